@@ -1,0 +1,125 @@
+"""xlib-pipeline: decorate functions into a pipeline, run it in parallel, audit everything.
+
+>>> from xlib_pipeline import Pipeline, PipelineManager
+>>> p = Pipeline("hello")
+>>> @p.task("greet")
+... def greet():
+...     return "hello"
+>>> PipelineManager(entry_points=False).execute_pipeline(p).final_result
+'hello'
+"""
+
+from __future__ import annotations
+
+from ._builtin import ENCRYPTED_MAGIC
+from ._config import Config, CoreConfig
+from ._executors import remote_traceback
+from ._graph import Plan, plan
+from ._manager import PipelineManager
+from ._records import (
+    CliCommand,
+    ConfigKey,
+    Executor,
+    ExecutorSpec,
+    Isolation,
+    ManagerDecorator,
+    PayloadRef,
+    PluginInfo,
+    RenderTarget,
+    ResourceLimits,
+    RetryDecision,
+    RunContext,
+    RunOption,
+    Status,
+    TaskOption,
+    TaskOutcome,
+)
+from ._results import PipelineResult, TaskResult
+from ._task import Pipeline, Task, task_options, with_options
+from .exceptions import (
+    ArityError,
+    ComplianceError,
+    ConditionError,
+    ConfigError,
+    CycleError,
+    DefinitionError,
+    DuplicateTaskError,
+    EmptyPipelineError,
+    GraphError,
+    MissingPluginError,
+    PipelineError,
+    PluginError,
+    PluginLoadError,
+    ResourceLimitExceeded,
+    RunCancelledError,
+    SecurityError,
+    SerializationError,
+    StoreError,
+    TaskError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnknownDependencyError,
+    UnknownTaskOptionError,
+    WorkerLostError,
+)
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENCRYPTED_MAGIC",
+    "ArityError",
+    "CliCommand",
+    "ComplianceError",
+    "ConditionError",
+    "Config",
+    "ConfigError",
+    "ConfigKey",
+    "CoreConfig",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateTaskError",
+    "EmptyPipelineError",
+    "Executor",
+    "ExecutorSpec",
+    "GraphError",
+    "Isolation",
+    "ManagerDecorator",
+    "MissingPluginError",
+    "PayloadRef",
+    "Pipeline",
+    "PipelineError",
+    "PipelineManager",
+    "PipelineResult",
+    "Plan",
+    "PluginError",
+    "PluginInfo",
+    "PluginLoadError",
+    "RenderTarget",
+    "ResourceLimitExceeded",
+    "ResourceLimits",
+    "RetryDecision",
+    "RunCancelledError",
+    "RunContext",
+    "RunOption",
+    "SecurityError",
+    "SerializationError",
+    "Status",
+    "StoreError",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskOption",
+    "TaskOutcome",
+    "TaskResult",
+    "TaskTimeoutError",
+    "UnknownDependencyError",
+    "UnknownTaskOptionError",
+    "WorkerLostError",
+    "__version__",
+    "hookimpl",
+    "plan",
+    "remote_traceback",
+    "task_options",
+    "with_options",
+]

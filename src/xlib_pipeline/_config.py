@@ -1,0 +1,204 @@
+"""Configuration: the core's keys and validation of every key plugins register.
+
+``PipelineManager(config)`` takes a plain dict. Each key is owned by the core or by a
+plugin (through ``register_config_keys``); dotted names such as ``security.access_control``
+address nested dicts. An unknown key is a :class:`ConfigError` naming the key and the
+closest valid one; a key owned by a plugin that is not installed names the package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._graph import suggest
+from ._plugins import KNOWN_CONFIG_KEYS, package_for
+from ._records import ConfigKey
+from .exceptions import ConfigError, MissingPluginError
+
+EXECUTION_STRATEGIES = ("intelligent", "fifo")
+FAILURE_POLICIES = ("continue", "stop")
+
+
+def default_max_workers() -> int:
+    """The standard library ThreadPoolExecutor default: ``min(32, cpu_count + 4)``."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def positive_int_or_none(value: Any) -> int | None:
+    """Convert to a positive int, or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    """Accept only real booleans (``"false"`` is a mistake, not a truthy value)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def one_of(*choices: str) -> Any:
+    """A converter accepting one of ``choices``."""
+
+    def convert(value: Any) -> str:
+        if value not in choices:
+            hint = suggest(str(value), choices)
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            raise ValueError(f"expected one of {list(choices)}, got {value!r}{extra}")
+        return str(value)
+
+    return convert
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    """A list of strings."""
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value or ()):
+        raise ValueError(f"expected a list of names, got {value!r}")
+    return tuple(value or ())
+
+
+def plugins_section(value: Any) -> dict[str, Any]:
+    """The ``plugins`` section: ``{"disable": [...], "entry_points": bool}``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping like {{'disable': ['audit']}}, got {value!r}")
+    unknown = set(value) - {"disable", "entry_points"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)}; expected 'disable', 'entry_points'")
+    return {
+        "disable": string_list(value.get("disable", ())),
+        "entry_points": boolean(value.get("entry_points", True)),
+    }
+
+
+@attrs.frozen(kw_only=True)
+class CoreConfig:
+    """The core's settings. See docs/configuration.md for every key."""
+
+    max_workers: int = attrs.field(factory=default_max_workers)
+    executor: str = "threads"
+    execution_strategy: str = "intelligent"
+    dependency_optimization: bool = True
+    parallel_execution: bool = True
+    on_failure: str = "continue"
+    actor: str | None = None
+
+
+CORE_KEYS = (
+    ConfigKey(
+        name="max_workers",
+        convert=positive_int_or_none,
+        doc="Tasks run at once with parallel=True (default: ThreadPoolExecutor's).",
+    ),
+    ConfigKey(name="executor", convert=str, default="threads", doc="Default executor name."),
+    ConfigKey(
+        name="execution_strategy",
+        convert=one_of(*EXECUTION_STRATEGIES),
+        default="intelligent",
+        doc="Order of ready tasks: 'intelligent' runs the longest remaining path first; "
+        "'fifo' runs them in definition order.",
+    ),
+    ConfigKey(
+        name="dependency_optimization",
+        convert=boolean,
+        default=True,
+        doc="Run a task's lone ready successor on the same worker, skipping a thread hand-off.",
+    ),
+    ConfigKey(
+        name="parallel_execution",
+        convert=boolean,
+        default=True,
+        doc="Default for execute_pipeline(parallel=...): threads when true, inline when false.",
+    ),
+    ConfigKey(
+        name="on_failure",
+        convert=one_of(*FAILURE_POLICIES),
+        default="continue",
+        doc="'continue' runs every task not downstream of a failure; 'stop' starts nothing "
+        "new after the first failure (those tasks end cancelled).",
+    ),
+    ConfigKey(name="actor", convert=str, doc="Who runs pipelines (audit records); default: OS user."),
+    ConfigKey(name="plugins", convert=plugins_section, doc="{'disable': [names]}."),
+)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A validated configuration: the core's :class:`CoreConfig` plus every plugin key."""
+
+    core: CoreConfig
+    values: Mapping[str, Any]
+    raw: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The converted value of dotted ``key`` (its registered default when absent)."""
+        return self.values.get(key, default)
+
+    def given(self, key: str) -> bool:
+        """Whether the user set ``key`` explicitly."""
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+
+def validate(raw: Mapping[str, Any] | None, keys: Mapping[str, ConfigKey]) -> Config:
+    """Validate ``raw`` against the registered ``keys``; see the module docstring."""
+    raw = dict(raw or {})
+    if not isinstance(raw, Mapping):  # pragma: no cover - guarded by dict()
+        raise ConfigError(f"config must be a mapping, got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    _walk(raw, "", keys, values)
+    for name, key in keys.items():
+        if name not in values and key.default is not None:
+            values[name] = key.default
+    core = CoreConfig(
+        max_workers=values.get("max_workers") or default_max_workers(),
+        executor=values.get("executor", "threads"),
+        execution_strategy=values.get("execution_strategy", "intelligent"),
+        dependency_optimization=values.get("dependency_optimization", True),
+        parallel_execution=values.get("parallel_execution", True),
+        on_failure=values.get("on_failure", "continue"),
+        actor=values.get("actor"),
+    )
+    return Config(core=core, values=values, raw=raw)
+
+
+def _walk(node: Mapping[str, Any], prefix: str, keys: Mapping[str, ConfigKey], out: dict) -> None:
+    for k, v in node.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"config keys must be strings, got {k!r}", key=repr(k))
+        path = prefix + k
+        key = keys.get(path)
+        if key is not None:
+            try:
+                out[path] = key.convert(v)
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"config key {path!r}: {exc}", key=path) from exc
+            continue
+        is_namespace = any(n.startswith(path + ".") for n in keys) or any(
+            n.startswith(path + ".") for n in KNOWN_CONFIG_KEYS
+        )
+        if is_namespace and isinstance(v, Mapping):
+            _walk(v, path + ".", keys, out)
+            continue
+        plugin = KNOWN_CONFIG_KEYS.get(path)
+        if plugin is not None:
+            raise MissingPluginError(f"config key {path!r}", package_for(plugin))
+        candidates = [n for n in (*keys, *KNOWN_CONFIG_KEYS) if n.startswith(prefix)]
+        hint = suggest(path, candidates)
+        if hint is None and prefix:
+            hint = suggest(k, [n[len(prefix) :] for n in candidates])
+            hint = prefix + hint if hint else None
+        extra = f"; did you mean {hint!r}?" if hint else ""
+        raise ConfigError(f"unknown config key {path!r}{extra}", key=path, suggestion=hint)

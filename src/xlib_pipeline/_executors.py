@@ -1,0 +1,432 @@
+"""Built-in executors: local (inline and threads) and worker processes.
+
+An executor decides *where* a task's function body runs; the scheduler decides *when*.
+``call`` blocks the scheduler lane that dispatched the task until the body finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cloudpickle
+
+from . import _worker
+from ._records import Isolation, ResourceLimits, RunContext
+from ._task import Task
+from .exceptions import (
+    ResourceLimitExceeded,
+    SerializationError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+
+
+class RemoteError(TaskError):
+    """A task failed in a worker and its exception could not be rebuilt in the driver."""
+
+
+def call_with_timeout(task: Task, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float):
+    """Run ``fn(*args)`` on a helper thread; raise :class:`TaskTimeoutError` past ``timeout``.
+
+    A thread cannot be killed: after a timeout it is abandoned (daemon) and its result
+    discarded. Use the process executor when a runaway task must really be stopped.
+    """
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    t = threading.Thread(target=target, name=f"xlib-task-{task.name}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        raise TaskTimeoutError(
+            f"task {task.name!r} timed out after {timeout:g}s", task=task.name
+        )
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+class LocalExecutor:
+    """Runs the function in the scheduler lane's own thread (``inline`` and ``threads``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        *,
+        run: RunContext,
+        isolation: Isolation | None,
+        timeout: float | None,
+    ) -> Any:
+        if timeout is not None:
+            return call_with_timeout(task, task.fn, args, timeout)
+        return task.fn(*args)
+
+    def lanes(self) -> int | None:
+        return 1 if self.name == "inline" else None
+
+    def close(self) -> None:
+        pass
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One fresh interpreter running ``_worker.py``, talking over two private pipes."""
+
+    def __init__(self, limits: ResourceLimits, core_offset: int = 0) -> None:
+        self.limits = limits
+        p2c_r, p2c_w = os.pipe()
+        c2p_r, c2p_w = os.pipe()
+        spec = {
+            "memory_bytes": limits.memory_bytes,
+            "cpu_cores": limits.cpu_cores,
+            "core_offset": core_offset,
+        }
+        env = dict(os.environ)
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", _worker.__file__, str(p2c_r), str(c2p_w), json.dumps(spec)],
+            pass_fds=(p2c_r, c2p_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C goes to the driver, which decides
+        )
+        os.close(p2c_r)
+        os.close(c2p_w)
+        self._w = p2c_w
+        self._r = c2p_r
+        self.known: set[str] = set()
+        self.pid = self.proc.pid
+
+    def send(self, key: str, fn_bytes: bytes, args: tuple[Any, ...], task: str) -> None:
+        payload = (key, None if key in self.known else fn_bytes, args, task)
+        try:
+            data = cloudpickle.dumps(payload, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"task {task!r}: its arguments cannot be pickled for a worker process: "
+                f"{type(exc).__name__}: {exc}",
+                task=task,
+                cause=exc,
+            ) from exc
+        _worker.write_frame(self._w, data)
+        self.known.add(key)
+
+    def receive(self, timeout: float | None) -> bytes | None:
+        """Wait for the answer; ``None`` when ``timeout`` passed first."""
+        if timeout is not None:
+            ready, _, _ = select.select([self._r], [], [], max(timeout, 0.0))
+            if not ready:
+                return None
+        frame = _worker.read_frame(self._r)
+        if frame is None:
+            raise EOFError("worker closed its pipe")
+        return frame
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
+        self.proc.wait()
+        self._close_fds()
+
+    def stop(self) -> None:
+        """Close the command pipe (the worker exits at EOF); kill if it lingers."""
+        try:
+            os.close(self._w)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._w, self._r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@attrs.define
+class WorkerPool:
+    """Warm worker processes sharing one set of limits; at most ``size`` busy at once."""
+
+    limits: ResourceLimits
+    size: int
+    _idle: list[WorkerProcess] = attrs.field(factory=list)
+    _all: list[WorkerProcess] = attrs.field(factory=list)
+    _busy: int = 0
+    _cond: threading.Condition = attrs.field(factory=threading.Condition)
+    _closed: bool = False
+    _spawned: int = 0
+
+    def acquire(self) -> WorkerProcess:
+        with self._cond:
+            while not self._idle and self._busy >= self.size:
+                self._cond.wait()
+            self._busy += 1
+            if self._idle:
+                return self._idle.pop()
+            offset = self._spawned
+            self._spawned += 1
+        try:
+            w = WorkerProcess(self.limits, core_offset=offset)
+        except BaseException:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._all.append(w)
+        return w
+
+    def release(self, worker: WorkerProcess, *, healthy: bool) -> None:
+        if not healthy:
+            worker.kill()
+        with self._cond:
+            self._busy -= 1
+            if healthy and not self._closed:
+                self._idle.append(worker)
+            else:
+                if worker in self._all:
+                    self._all.remove(worker)
+                if healthy:
+                    worker.stop()
+            self._cond.notify()
+
+    def pids(self) -> list[int]:
+        with self._cond:
+            return [w.pid for w in self._all]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            workers, self._idle, self._all = list(self._all), [], []
+        for w in workers:
+            w.stop()
+
+
+class ProcessExecutor:
+    """Runs each task in a warm worker process (fresh interpreters, tasks sent by value).
+
+    Functions, arguments and results must be picklable by cloudpickle; closures and code
+    defined in ``__main__`` are. Pools are keyed by ``Isolation.pool`` so each tenant gets
+    its own processes and limits. A task past its ``timeout`` has its worker killed.
+    """
+
+    name = "processes"
+
+    def __init__(self, manager: Any) -> None:
+        self._max = manager.config.core.max_workers
+        self._pools: dict[str, WorkerPool] = {}
+        self._lock = threading.Lock()
+        self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._fallback_cache: dict[int, tuple[Any, str, bytes]] = {}
+
+    def lanes(self) -> int | None:
+        return None
+
+    def pool(self, isolation: Isolation | None) -> WorkerPool:
+        """The pool serving ``isolation`` (created on first use)."""
+        key = (isolation.pool if isolation and isolation.pool else "default")
+        limits = isolation.limits if isolation else ResourceLimits()
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                size = limits.cpu_cores or self._max
+                pool = WorkerPool(limits=limits, size=max(1, size))
+                self._pools[key] = pool
+            return pool
+
+    def _pickled(self, task: Task) -> tuple[str, bytes]:
+        fn = task.fn
+        try:
+            cached = self._fn_cache.get(fn)
+        except TypeError:
+            cached = None
+        if cached is not None:
+            return cached
+        try:
+            data = cloudpickle.dumps(fn, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"task {task.name!r}: its function cannot be pickled for a worker process: "
+                f"{type(exc).__name__}: {exc}",
+                task=task.name,
+                cause=exc,
+            ) from exc
+        import hashlib
+
+        entry = (hashlib.sha256(data).hexdigest()[:24], data)
+        try:
+            self._fn_cache[fn] = entry
+        except TypeError:
+            pass
+        return entry
+
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        *,
+        run: RunContext,
+        isolation: Isolation | None,
+        timeout: float | None,
+    ) -> Any:
+        key, fn_bytes = self._pickled(task)
+        pool = self.pool(isolation)
+        limits = pool.limits
+        if limits.wall_seconds is not None:
+            timeout = limits.wall_seconds if timeout is None else min(timeout, limits.wall_seconds)
+        worker = pool.acquire()
+        healthy = False
+        try:
+            worker.send(key, fn_bytes, args, task.name)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                frame = worker.receive(timeout)
+            except (EOFError, OSError):
+                frame = b""
+            if frame is None:
+                raise TaskTimeoutError(
+                    f"task {task.name!r} timed out after {timeout:g}s; its worker process "
+                    f"(pid {worker.pid}) was killed",
+                    task=task.name,
+                )
+            if frame == b"":
+                worker.proc.wait()
+                code = worker.proc.returncode
+                tenant = isolation.tenant if isolation else None
+                if limits.memory_bytes is not None:
+                    raise ResourceLimitExceeded(
+                        f"task {task.name!r}"
+                        + (f" of tenant {tenant!r}" if tenant else "")
+                        + f" was killed (exit {code}) past its memory limit of "
+                        f"{_fmt_bytes(limits.memory_bytes)}",
+                        task=task.name,
+                        tenant=tenant,
+                        limit="memory",
+                    )
+                raise WorkerLostError(
+                    f"task {task.name!r}: worker process pid {worker.pid} died "
+                    f"(exit code {code}) before answering",
+                    task=task.name,
+                )
+            del deadline
+            answer = pickle.loads(frame)
+            if answer[0] == "ok":
+                healthy = True
+                return answer[1]
+            _, stage, type_name, message, tb, blob = answer
+            healthy = stage != "memory"
+            raise _rebuild(task, isolation, limits, stage, type_name, message, tb, blob)
+        finally:
+            pool.release(worker, healthy=healthy)
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of every live worker process (for tests and monitoring)."""
+        with self._lock:
+            pools = list(self._pools.values())
+        return [pid for p in pools for pid in p.pids()]
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for p in pools:
+            p.close()
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
+
+
+def _rebuild(
+    task: Task,
+    isolation: Isolation | None,
+    limits: ResourceLimits,
+    stage: str,
+    type_name: str,
+    message: str,
+    tb: str,
+    blob: bytes | None,
+) -> BaseException:
+    tenant = isolation.tenant if isolation else None
+    if stage == "memory" and limits.memory_bytes is not None:
+        return ResourceLimitExceeded(
+            f"task {task.name!r}"
+            + (f" of tenant {tenant!r}" if tenant else "")
+            + f" exceeded its memory limit of {_fmt_bytes(limits.memory_bytes)}",
+            task=task.name,
+            tenant=tenant,
+            limit="memory",
+            traceback=tb,
+        )
+    if stage == "result":
+        return SerializationError(
+            f"task {task.name!r}: its result cannot be pickled back from the worker: "
+            f"{type_name}: {message}",
+            task=task.name,
+            traceback=tb,
+        )
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(f"{type_name}: {message}", task=task.name, traceback=tb)
+    try:
+        exc.__xlib_remote_traceback__ = tb  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    return exc
+
+
+def remote_traceback(exc: BaseException) -> str | None:
+    """The traceback text a worker process reported for ``exc``, if it came from one."""
+    return getattr(exc, "__xlib_remote_traceback__", None) or getattr(exc, "traceback", None)
+
+
+def worker_script() -> Path:
+    """Path of the worker entry point (what ``xlib-pipeline worker`` processes run)."""
+    return Path(_worker.__file__)

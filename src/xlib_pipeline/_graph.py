@@ -1,0 +1,234 @@
+"""Graph validation and the compiled execution plan.
+
+:func:`plan` validates a pipeline once per structural version and compiles it into integer
+arrays (predecessors, successors, in-degrees, priorities) so the scheduler's per-task work
+is list indexing, never dict look-ups by name or re-validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._task import Pipeline, Task
+from .exceptions import ArityError, CycleError, EmptyPipelineError, UnknownDependencyError
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str | None:
+    """Return the closest candidate to ``name`` (for did-you-mean messages), or ``None``."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Plan:
+    """A validated pipeline compiled to index arrays. Built by :func:`plan`, cached."""
+
+    pipeline_name: str
+    version: int
+    names: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    index: Mapping[str, int]
+    preds: tuple[tuple[int, ...], ...]
+    succs: tuple[tuple[int, ...], ...]
+    npreds: tuple[int, ...]
+    roots: tuple[int, ...]
+    sinks: tuple[int, ...]
+    order: tuple[int, ...]
+    #: Longest path (in tasks) from each task to a sink; the "intelligent" priority.
+    height: tuple[int, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def plan(pipeline: Pipeline) -> Plan:
+    """Validate ``pipeline`` and return its compiled :class:`Plan` (cached per version)."""
+    cached = pipeline._plan
+    if cached is not None and cached.version == pipeline._version:
+        return cached  # type: ignore[no-any-return]
+    compiled = _compile(pipeline)
+    pipeline._plan = compiled
+    return compiled
+
+
+def _compile(pipeline: Pipeline) -> Plan:
+    tasks = tuple(pipeline.tasks.values())
+    if not tasks:
+        raise EmptyPipelineError(pipeline.name)
+    names = tuple(t.name for t in tasks)
+    index = {n: i for i, n in enumerate(names)}
+    preds: list[tuple[int, ...]] = []
+    for t in tasks:
+        row = []
+        for dep in t.depends_on:
+            j = index.get(dep)
+            if j is None:
+                raise UnknownDependencyError(t.name, dep, suggest(dep, index))
+            row.append(j)
+        preds.append(tuple(row))
+    n = len(tasks)
+    succ_lists: list[list[int]] = [[] for _ in range(n)]
+    for i, row in enumerate(preds):
+        for j in row:
+            succ_lists[j].append(i)
+    npreds = [len(r) for r in preds]
+    order = _toposort(npreds, succ_lists)
+    if len(order) != n:
+        raise CycleError(pipeline.name, _find_cycle(names, preds, set(order)))
+    _check_arity(tasks, preds, names)
+    height = [1] * n
+    for i in reversed(order):
+        best = 0
+        for s in succ_lists[i]:
+            if height[s] > best:
+                best = height[s]
+        height[i] = best + 1
+    return Plan(
+        pipeline_name=pipeline.name,
+        version=pipeline._version,
+        names=names,
+        tasks=tasks,
+        index=index,
+        preds=tuple(preds),
+        succs=tuple(tuple(s) for s in succ_lists),
+        npreds=tuple(npreds),
+        roots=tuple(i for i in range(n) if not preds[i]),
+        sinks=tuple(i for i in range(n) if not succ_lists[i]),
+        order=tuple(order),
+        height=tuple(height),
+        fingerprint=_fingerprint(pipeline.name, tasks),
+    )
+
+
+def _toposort(npreds: list[int], succs: list[list[int]]) -> list[int]:
+    remaining = list(npreds)
+    order = [i for i, k in enumerate(remaining) if k == 0]
+    pos = 0
+    while pos < len(order):
+        i = order[pos]
+        pos += 1
+        for s in succs[i]:
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                order.append(s)
+    return order
+
+
+def _find_cycle(
+    names: tuple[str, ...], preds: list[tuple[int, ...]], acyclic: set[int]
+) -> list[str]:
+    """Return one cycle among the nodes Kahn's algorithm could not order, as names."""
+    start = next(i for i in range(len(names)) if i not in acyclic)
+    # Walk upstream edges: every unordered node has an unordered predecessor.
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(p for p in preds[node] if p not in acyclic)
+    cycle = path[seen[node] :]
+    # We walked dependency edges backwards (task -> its upstream); show data-flow order.
+    cycle.reverse()
+    return [names[i] for i in cycle] + [names[cycle[0]]]
+
+
+def _check_arity(tasks: tuple[Task, ...], preds: list[tuple[int, ...]], names: tuple[str, ...]):
+    checked: dict[tuple[int, int], None] = {}
+    for t, row in zip(tasks, preds):
+        key = (id(t.fn), len(row))
+        if key in checked:
+            continue
+        _check_callable(t, t.fn, len(row), [names[j] for j in row])
+        checked[key] = None
+
+
+def _check_callable(task: Task, fn: Callable[..., Any], count: int, upstreams: list[str]) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust them
+        return
+    try:
+        sig.bind(*([None] * count))
+    except TypeError:
+        raise ArityError(task.name, count, str(sig), upstreams) from None
+
+
+def _fingerprint(name: str, tasks: tuple[Task, ...]) -> str:
+    """A digest of the pipeline's structure: names, edges, strategies and code identity."""
+    h = hashlib.sha256(name.encode())
+    for t in tasks:
+        code = getattr(t.fn, "__code__", None)
+        qual = getattr(t.fn, "__qualname__", type(t.fn).__name__)
+        h.update(b"\0" + t.name.encode() + b"\1" + "\1".join(t.depends_on).encode())
+        h.update(b"\2" + t.merge_strategy.encode() + b"\3" + qual.encode())
+        h.update(b"\4" + (b"c" if t.condition is not None else b"-"))
+        if code is not None:
+            h.update(code.co_code)
+    return h.hexdigest()[:16]
+
+
+def critical_path(
+    p: Plan, weight: Callable[[int], float]
+) -> tuple[float, list[str]]:
+    """Return the heaviest path through the plan with task weights ``weight(i)``."""
+    best = [0.0] * len(p.names)
+    back = [-1] * len(p.names)
+    for i in p.order:
+        base, link = 0.0, -1
+        for j in p.preds[i]:
+            if link == -1 or best[j] > base:
+                base, link = best[j], j
+        best[i] = base + weight(i)
+        back[i] = link
+    end = max(range(len(best)), key=best.__getitem__)
+    path = [end]
+    while back[path[-1]] != -1:
+        path.append(back[path[-1]])
+    path.reverse()
+    return best[end], [p.names[i] for i in path]
+
+
+def _edges(pipeline: Pipeline) -> list[tuple[str, str]]:
+    return [(dep, t.name) for t in pipeline.tasks.values() for dep in t.depends_on]
+
+
+def _mermaid_id(name: str) -> str:
+    return "t_" + "".join(c if c.isalnum() else "_" for c in name) + "_" + hashlib.md5(
+        name.encode(), usedforsecurity=False
+    ).hexdigest()[:4]
+
+
+def to_mermaid(pipeline: Pipeline) -> str:
+    """Render the DAG as a Mermaid ``flowchart LR``; conditional tasks get a rhombus."""
+    lines = ["flowchart LR"]
+    for t in pipeline.tasks.values():
+        label = t.name.replace('"', "'")
+        shape = f'{{"{label}"}}' if t.condition is not None else f'["{label}"]'
+        lines.append(f"    {_mermaid_id(t.name)}{shape}")
+    for a, b in _edges(pipeline):
+        lines.append(f"    {_mermaid_id(a)} --> {_mermaid_id(b)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(pipeline: Pipeline) -> str:
+    """Render the DAG in Graphviz DOT."""
+
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"digraph {q(pipeline.name)} {{", "    rankdir=LR;"]
+    for t in pipeline.tasks.values():
+        shape = "diamond" if t.condition is not None else "box"
+        lines.append(f"    {q(t.name)} [shape={shape}];")
+    for a, b in _edges(pipeline):
+        lines.append(f"    {q(a)} -> {q(b)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,428 @@
+"""The :class:`PipelineManager`: plugins, validated config, executors and runs."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._builtin import CorePlugin
+from ._config import Config, validate
+from ._events import get_logger
+from ._graph import Plan, plan, suggest
+from ._monitor import Monitor
+from ._plugins import (
+    KNOWN_DECORATORS,
+    KNOWN_RUN_OPTIONS,
+    KNOWN_TASK_OPTIONS,
+    Hooks,
+    create_plugin_manager,
+    package_for,
+)
+from ._records import (
+    Executor,
+    ExecutorSpec,
+    ManagerDecorator,
+    PluginInfo,
+    RenderTarget,
+    RunContext,
+    RunOption,
+    Status,
+    TaskOption,
+)
+from ._results import PipelineResult, TaskResults
+from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
+from ._task import Pipeline
+from .exceptions import (
+    ConfigError,
+    DefinitionError,
+    MissingPluginError,
+    PipelineError,
+    PluginError,
+    UnknownTaskOptionError,
+)
+
+_CORE_RUN_OPTIONS = (
+    "parallel",
+    "monitor",
+    "executor",
+    "max_workers",
+    "tenant_id",
+    "principal",
+    "params",
+    "run_id",
+)
+
+
+class PipelineManager:
+    """Runs pipelines under a validated config with the installed (and given) plugins.
+
+    ``config`` is a plain dict (see docs/configuration.md); ``plugins`` adds plugin objects
+    explicitly; ``entry_points=False`` ignores installed plugins (useful in tests).
+    Plugins add decorators such as ``pm.audit_log(...)`` as attributes of the manager.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        plugins: Iterable[object] = (),
+        entry_points: bool | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(f"config must be a dict, got {type(config).__name__}")
+        raw = dict(config or {})
+        section = raw.get("plugins")
+        disabled: tuple[str, ...] = ()
+        use_eps = True if entry_points is None else entry_points
+        if isinstance(section, Mapping):
+            disabled = tuple(section.get("disable", ()) or ())
+            if entry_points is None:
+                use_eps = bool(section.get("entry_points", True))
+        self._pm, self._infos = create_plugin_manager(
+            explicit=plugins,
+            disabled=disabled,
+            entry_points=use_eps,
+            builtin=[("core", CorePlugin())],
+        )
+        self.hooks = Hooks(self._pm)
+        keys = self.hooks.collect("register_config_keys")
+        self.config: Config = validate(raw, keys)
+        self._task_options: dict[str, TaskOption] = self.hooks.collect("register_task_options")
+        self._run_options: dict[str, RunOption] = self.hooks.collect("register_run_options")
+        self._executor_specs: dict[str, ExecutorSpec] = self.hooks.collect("register_executors")
+        self._decorators: dict[str, ManagerDecorator] = self.hooks.collect(
+            "register_manager_decorators"
+        )
+        self._render_targets: dict[str, RenderTarget] = self.hooks.collect(
+            "register_render_targets"
+        )
+        self._executors: dict[str, Executor] = {}
+        self._exec_lock = threading.Lock()
+        self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
+        self._closed = False
+        self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
+        self.hooks.call("configure", manager=self, config=self.config)
+        self._finalizer = weakref.finalize(self, _close_executors, self._executors)
+
+    # -- plugins ---------------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """The registered plugins with their distributions, versions and hooks."""
+        return list(self._infos)
+
+    def has_plugin(self, name: str) -> bool:
+        """Whether plugin ``name`` is registered (and not disabled)."""
+        return bool(self._pm.has_plugin(name)) and self._pm.get_plugin(name) is not None
+
+    def get_plugin(self, name: str) -> Any:
+        """The registered plugin object called ``name`` (``None`` when absent)."""
+        return self._pm.get_plugin(name)
+
+    @property
+    def render_targets(self) -> Mapping[str, RenderTarget]:
+        """Deployment render targets registered by plugins."""
+        return dict(self._render_targets)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        decorators = self.__dict__.get("_decorators", {})
+        spec = decorators.get(name)
+        if spec is not None:
+            factory = spec.factory
+
+            def decorator_factory(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+                return factory(self, *args, **kwargs)
+
+            decorator_factory.__name__ = name
+            decorator_factory.__doc__ = spec.doc
+            return decorator_factory
+        plugin = KNOWN_DECORATORS.get(name)
+        if plugin is not None:
+            raise MissingPluginError(f"pm.{name}(...)", package_for(plugin))
+        hint = suggest(name, [*decorators, *KNOWN_DECORATORS, "execute_pipeline"])
+        extra = f"; did you mean {hint!r}?" if hint else ""
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}{extra}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Task closures often capture an object holding the manager (the user guide's
+        # examples do). A worker process gets a detached stand-in, never plugins or keys.
+        return (_DetachedManager, (dict(self.config.raw),))
+
+    # -- executors ---------------------------------------------------------------------------
+
+    def executor(self, name: str) -> Executor:
+        """The executor registered as ``name`` (built once per manager, kept warm)."""
+        ex = self._executors.get(name)
+        if ex is not None:
+            return ex
+        with self._exec_lock:
+            ex = self._executors.get(name)
+            if ex is None:
+                spec = self._executor_specs.get(name)
+                if spec is None:
+                    if name == "dask":
+                        raise MissingPluginError("the 'dask' executor", package_for("dask"))
+                    hint = suggest(name, self._executor_specs)
+                    extra = f"; did you mean {hint!r}?" if hint else ""
+                    raise ConfigError(
+                        f"unknown executor {name!r}; registered: "
+                        f"{sorted(self._executor_specs)}{extra}",
+                        key="executor",
+                        suggestion=hint,
+                    )
+                try:
+                    ex = spec.factory(self)
+                except PipelineError:
+                    raise
+                except Exception as exc:
+                    owner = self.hooks.owner("register_executors", name)
+                    raise PluginError(
+                        f"plugin {owner!r} failed to build executor {name!r}: "
+                        f"{type(exc).__name__}: {exc}",
+                        plugin=owner,
+                        hook="register_executors",
+                    ) from exc
+                self._executors[name] = ex
+        return ex
+
+    def close(self) -> None:
+        """Stop worker pools and let plugins release resources. The manager stays usable."""
+        try:
+            self.hooks.call("close", manager=self)
+        finally:
+            _close_executors(self._executors)
+
+    def __enter__(self) -> PipelineManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate_pipeline(self, pipeline: Pipeline) -> Plan:
+        """Validate graph and task options without running anything; return the plan."""
+        if not isinstance(pipeline, Pipeline):
+            raise DefinitionError(
+                f"execute_pipeline expects a Pipeline, got {type(pipeline).__name__}"
+            )
+        p = plan(pipeline)
+        if p not in self._checked:
+            self._check_options(p)
+            self._checked[p] = True
+        return p
+
+    def _check_options(self, p: Plan) -> None:
+        known = self._task_options
+        for t in p.tasks:
+            for key, value in t.options.items():
+                spec = known.get(key)
+                if spec is None:
+                    plugin = KNOWN_TASK_OPTIONS.get(key)
+                    raise UnknownTaskOptionError(
+                        t.name,
+                        key,
+                        suggest(key, [*known, *KNOWN_TASK_OPTIONS]),
+                        package_for(plugin) if plugin else None,
+                    )
+                try:
+                    spec.convert(value)
+                except (ValueError, TypeError) as exc:
+                    raise DefinitionError(
+                        f"task {t.name!r}: option {key}={value!r} is invalid: {exc}", task=t.name
+                    ) from exc
+
+    def _check_run_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in options.items():
+            spec = self._run_options.get(key)
+            if spec is None:
+                plugin = KNOWN_RUN_OPTIONS.get(key)
+                if plugin is not None:
+                    raise MissingPluginError(
+                        f"execute_pipeline({key}=...)", package_for(plugin)
+                    )
+                hint = suggest(key, [*self._run_options, *_CORE_RUN_OPTIONS, *KNOWN_RUN_OPTIONS])
+                extra = f"; did you mean {hint!r}?" if hint else ""
+                raise TypeError(f"execute_pipeline() got an unknown option {key!r}{extra}")
+            try:
+                out[key] = spec.convert(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(
+                    f"execute_pipeline({key}={value!r}) is invalid: {exc}", key=key
+                ) from exc
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+
+    def execute_pipeline(
+        self,
+        pipeline: Pipeline,
+        *,
+        parallel: bool | None = None,
+        monitor: bool = False,
+        executor: str | None = None,
+        max_workers: int | None = None,
+        tenant_id: str | None = None,
+        principal: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """Run ``pipeline`` and return its :class:`PipelineResult` (failures do not raise).
+
+        ``parallel`` picks threads (default, from config ``parallel_execution``) or inline;
+        ``executor`` names any registered executor; ``monitor=True`` shows progress and a
+        summary. Plugins add options such as ``isolation_mode=`` or ``distributed=``.
+        Raises before anything runs when the pipeline, an option or a plugin refuses it.
+        """
+        p = self.validate_pipeline(pipeline)
+        run_options = self._check_run_options(options)
+        core = self.config.core
+        if parallel is None:
+            parallel = core.parallel_execution
+        name = executor or (core.executor if parallel else "inline")
+        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+            raise ConfigError(f"max_workers must be a positive int, got {max_workers!r}")
+        rid = run_id or new_run_id()
+        ctx = RunContext(
+            run_id=rid,
+            pipeline=pipeline,
+            plan=p,
+            config=self.config,
+            manager=self,
+            tenant_id=tenant_id,
+            principal=principal,
+            executor=name,
+            options=run_options,
+            params=dict(params or {}),
+        )
+        ctx.log = get_logger(pipeline=pipeline.name, run_id=rid)
+        return self._execute(ctx, parallel=parallel, monitor=monitor, max_workers=max_workers)
+
+    def _execute(
+        self,
+        ctx: RunContext,
+        *,
+        parallel: bool,
+        monitor: bool,
+        max_workers: int | None,
+        preloaded: Mapping[int, tuple[Status, Any]] | None = None,
+        observers: Iterable[Observer] = (),
+    ) -> PipelineResult:
+        hooks = self.hooks
+        p = ctx.plan
+        try:
+            if hooks.has["validate_pipeline"]:
+                hooks.call("validate_pipeline", pipeline=ctx.pipeline, run=ctx)
+            if hooks.has["before_pipeline"]:
+                hooks.call("before_pipeline", run=ctx)
+        except BaseException as exc:
+            refused = _refused_result(ctx, exc)
+            ctx.log.warning("pipeline.refused", error=type(exc).__name__)
+            if hooks.has["after_pipeline"]:
+                try:
+                    hooks.call("after_pipeline", run=ctx, result=refused)
+                except PipelineError:
+                    pass
+            raise
+        ex = self.executor(ctx.executor)
+        suggested = ex.lanes()
+        if not parallel or ctx.executor == "inline":
+            lanes = 1
+        elif suggested is not None:
+            lanes = suggested
+        else:
+            lanes = lane_count(max_workers or self.config.core.max_workers, len(p))
+        obs: list[Observer] = list(observers)
+        mon: Monitor | None = None
+        if monitor:
+            mon = Monitor()
+            obs.append(mon)
+        run = Run(
+            ctx=ctx,
+            plan=p,
+            hooks=hooks,
+            executor_for=self.executor,
+            lanes=lanes,
+            strategy=self.config.core.execution_strategy,
+            continuation=self.config.core.dependency_optimization,
+            on_failure=self.config.core.on_failure,
+            observers=obs,
+            preloaded=preloaded,
+            grace=ctx.params.get("__grace__") if ctx.params else None,
+        )
+        ctx.stash["__run__"] = run
+        if mon is not None:
+            mon.start(run)
+        ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
+        result = run.execute()
+        ctx.log.info(
+            "pipeline." + result.status,
+            duration=round(result.duration, 6),
+            failed_task=result.failed_task,
+        )
+        if hooks.has["after_pipeline"]:
+            try:
+                hooks.call("after_pipeline", run=ctx, result=result)
+            except PipelineError as exc:
+                result = attrs.evolve(result, status="failed", success=False, error=exc)
+        return result
+
+
+def _refused_result(ctx: RunContext, exc: BaseException) -> PipelineResult:
+    import time
+
+    p = ctx.plan
+    cols = Columns(len(p))
+    cols.status = [Status.CANCELLED] * len(p)
+    now = time.time()
+    return PipelineResult(
+        pipeline=p.pipeline_name,
+        run_id=ctx.run_id,
+        status="refused",
+        success=False,
+        final_result=None,
+        error=exc,
+        tasks=TaskResults(p.names, p.index, cols),
+        started=now,
+        finished=now,
+    )
+
+
+def _close_executors(executors: dict[str, Executor]) -> None:
+    items = list(executors.values())
+    executors.clear()
+    for ex in items:
+        try:
+            ex.close()
+        except Exception:  # pragma: no cover - best effort at shutdown
+            pass
+
+
+class _DetachedManager:
+    """What a :class:`PipelineManager` becomes inside a worker process: inert.
+
+    Task code may hold a manager (through ``self`` in a closure) but cannot run pipelines
+    or load plugins in a worker; any use says so.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config_raw = config
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise PipelineError(
+            f"PipelineManager.{name} is not available inside a worker process; "
+            "tasks run there by value, without the driver's plugins"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_DetachedManager, (self.config_raw,))

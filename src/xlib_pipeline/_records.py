@@ -1,0 +1,290 @@
+"""Frozen records exchanged between the core and plugins through hooks."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from ._config import Config
+    from ._graph import Plan
+    from ._task import Pipeline, Task
+
+
+class Status(enum.StrEnum):
+    """A task's state. ``pending`` and ``running`` are transient; the rest are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"
+    CANCELLED = "cancelled"
+
+
+def utc(ts: float | None) -> datetime | None:
+    """Convert a POSIX timestamp to an aware UTC datetime (``None`` stays ``None``)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@attrs.define(kw_only=True, eq=False)
+class RunContext:
+    """One execution of a pipeline, passed to every hook as ``run``.
+
+    ``stash`` is a per-run dict where plugins keep their own state under their own keys.
+    ``options`` holds run options given to ``execute_pipeline`` (``isolation_mode=`` ...).
+    """
+
+    run_id: str
+    pipeline: Pipeline
+    plan: Plan
+    config: Config
+    manager: Any
+    tenant_id: str | None = None
+    principal: str | None = None
+    executor: str = "threads"
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    started: float = attrs.field(factory=time.time)
+    resumed_from: str | None = None
+    stash: dict[str, Any] = attrs.field(factory=dict)
+    log: Any = None
+
+    @property
+    def pipeline_name(self) -> str:
+        """The pipeline's name."""
+        return self.pipeline.name
+
+    def tenant_of(self, task: Task) -> str | None:
+        """The tenant a task runs for: its ``tenant_id`` option, else the run's tenant."""
+        return task.options.get("tenant_id") or self.tenant_id
+
+
+@attrs.frozen(kw_only=True)
+class TaskOutcome:
+    """How one attempt of a task ended; given to ``after_task`` and ``on_task_error``."""
+
+    task: str
+    status: Status
+    output: Any = None
+    error: BaseException | None = None
+    traceback: str | None = None
+    attempt: int = 1
+    started: float | None = None
+    finished: float | None = None
+    #: False when a retry follows this attempt; True for the task's last word.
+    final: bool = True
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the attempt took, when it ran."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+@attrs.frozen(kw_only=True)
+class RetryDecision:
+    """An ``on_task_error`` answer: retry after ``delay`` seconds, or veto (``retry=False``)."""
+
+    retry: bool = True
+    delay: float = 0.0
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ResourceLimits:
+    """Operating-system limits for a task's worker process."""
+
+    memory_bytes: int | None = None
+    cpu_cores: int | None = None
+    wall_seconds: float | None = None
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any] | None) -> ResourceLimits:
+        """Build from the guide's form: ``{"cpu_cores": 2, "memory_gb": 4}``."""
+        if not value:
+            return cls()
+        known = {"cpu_cores", "memory_gb", "memory_mb", "memory_bytes", "wall_seconds"}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(
+                f"unknown resource limit(s) {sorted(unknown)}; expected some of {sorted(known)}"
+            )
+        mem: int | None = None
+        if value.get("memory_bytes") is not None:
+            mem = int(value["memory_bytes"])
+        elif value.get("memory_mb") is not None:
+            mem = int(float(value["memory_mb"]) * 1024**2)
+        elif value.get("memory_gb") is not None:
+            mem = int(float(value["memory_gb"]) * 1024**3)
+        cores = value.get("cpu_cores")
+        wall = value.get("wall_seconds")
+        for name, v in (("memory", mem), ("cpu_cores", cores), ("wall_seconds", wall)):
+            if v is not None and (not isinstance(v, int | float) or v <= 0):
+                raise ValueError(f"resource limit {name} must be a positive number, got {v!r}")
+        return cls(
+            memory_bytes=mem,
+            cpu_cores=int(cores) if cores is not None else None,
+            wall_seconds=float(wall) if wall is not None else None,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Isolation:
+    """Where a task runs, answered by the ``isolate`` hook.
+
+    ``executor`` names a registered executor (``None``: the run's default); ``pool`` keys a
+    separate set of warm workers (one per tenant, say); ``limits`` apply to that pool.
+    """
+
+    executor: str | None = None
+    pool: str | None = None
+    tenant: str | None = None
+    limits: ResourceLimits = attrs.field(factory=ResourceLimits)
+
+
+@attrs.frozen(kw_only=True)
+class PayloadRef:
+    """Identifies a payload at rest, for ``encrypt``/``decrypt`` and as AAD binding."""
+
+    run_id: str
+    pipeline: str
+    task: str
+    tenant: str | None = None
+    kind: str = "output"
+
+    def aad(self) -> bytes:
+        """Canonical associated data binding a ciphertext to its run, task and tenant."""
+        parts = (self.kind, self.pipeline, self.run_id, self.task, self.tenant or "")
+        return "\x1f".join(parts).encode()
+
+
+# --- collector records ---------------------------------------------------------------------
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class ConfigKey:
+    """A config key a plugin owns. ``name`` may be dotted (``"security.access_control"``).
+
+    ``convert`` validates and converts the raw value (raise ``ValueError``/``TypeError`` with
+    a message saying what was expected); ``default`` is used when the key is absent.
+    """
+
+    name: str
+    convert: Callable[[Any], Any] = _identity
+    default: Any = None
+    doc: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class TaskOption:
+    """A keyword argument of ``@pipeline.task`` that a plugin owns."""
+
+    name: str
+    convert: Callable[[Any], Any] = _identity
+    doc: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RunOption:
+    """A keyword argument of ``execute_pipeline`` that a plugin owns."""
+
+    name: str
+    convert: Callable[[Any], Any] = _identity
+    doc: str = ""
+
+
+class Executor(Protocol):
+    """Runs task function bodies. The scheduler owns ordering; an executor owns *where*.
+
+    ``call`` blocks until the function returned (its value) or raised (re-raised here, a
+    :class:`~xlib_pipeline.exceptions.TaskError` for remote failures carrying the remote
+    traceback). ``lanes`` suggests how many tasks may run at once (``None``: config).
+    """
+
+    name: str
+
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        *,
+        run: RunContext,
+        isolation: Isolation | None,
+        timeout: float | None,
+    ) -> Any: ...
+
+    def lanes(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class ExecutorSpec:
+    """An executor a plugin registers: ``factory(manager)`` builds it once per manager."""
+
+    name: str
+    factory: Callable[[Any], Executor]
+    doc: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ManagerDecorator:
+    """A ``pm.<name>(**kwargs)`` decorator factory: ``factory(manager, **kwargs)``."""
+
+    name: str
+    factory: Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
+    doc: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RenderTarget:
+    """A deployment render target: ``render(pipeline, manager, options) -> {filename: text}``."""
+
+    name: str
+    render: Callable[..., Mapping[str, str]]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    doc: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class CliCommand:
+    """A sub-command of ``xlib-pipeline``: ``add_arguments(parser)``, then ``run(args) -> int``."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """An installed or registered plugin, as ``xlib-pipeline plugins`` lists it."""
+
+    name: str
+    dist: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    builtin: bool = False
+
+
+def flatten(items: Iterable[Iterable[Any]] | None) -> list[Any]:
+    """Flatten the list of lists a collector hook returns."""
+    out: list[Any] = []
+    for chunk in items or ():
+        if chunk:
+            out.extend(chunk)
+    return out

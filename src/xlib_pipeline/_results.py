@@ -1,0 +1,167 @@
+"""Results: :class:`TaskResult` per task and :class:`PipelineResult` per run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ._records import Status, utc
+from .exceptions import TaskFailedError
+
+
+@attrs.frozen(kw_only=True)
+class TaskResult:
+    """How a task ended in a run.
+
+    ``status`` is one of succeeded, failed, skipped, upstream_failed, cancelled; ``output``
+    is the function's return value when it succeeded; ``error`` the exception when it failed;
+    ``attempts`` counts calls of the function (0 when it never ran).
+    """
+
+    name: str
+    status: Status
+    output: Any = None
+    error: BaseException | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def started_at(self) -> datetime | None:
+        """UTC start of the first attempt."""
+        return utc(self.started)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """UTC end of the last attempt."""
+        return utc(self.finished)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from first start to last finish, when the task ran."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the task succeeded."""
+        return self.status is Status.SUCCEEDED
+
+
+class TaskResults(Mapping[str, TaskResult]):
+    """Task name → :class:`TaskResult`, built lazily from the scheduler's arrays."""
+
+    __slots__ = ("_built", "_cols", "_index", "_names")
+
+    def __init__(self, names: tuple[str, ...], index: Mapping[str, int], cols: Any) -> None:
+        self._names = names
+        self._index = index
+        self._cols = cols
+        self._built: dict[int, TaskResult] = {}
+
+    def _build(self, i: int) -> TaskResult:
+        r = self._built.get(i)
+        if r is None:
+            c = self._cols
+            err = c.errors.get(i)
+            r = TaskResult(
+                name=self._names[i],
+                status=c.status[i] or Status.PENDING,
+                output=c.outputs[i] if c.status[i] is Status.SUCCEEDED else None,
+                error=err[0] if err else None,
+                traceback=err[1] if err else None,
+                attempts=c.attempts.get(i, 1 if c.started[i] is not None else 0),
+                started=c.started[i],
+                finished=c.finished[i],
+            )
+            self._built[i] = r
+        return r
+
+    def __getitem__(self, name: str) -> TaskResult:
+        return self._build(self._index[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for s in self._cols.status:
+            counts[str(s)] = counts.get(str(s), 0) + 1
+        return f"TaskResults({len(self)} tasks: {counts})"
+
+    def by_status(self, status: Status | str) -> list[str]:
+        """Names of the tasks that ended in ``status``."""
+        st = Status(status)
+        return [n for n, s in zip(self._names, self._cols.status) if s is st]
+
+
+_MAPPING_KEYS = (
+    "success",
+    "final_result",
+    "error",
+    "tasks",
+    "duration",
+    "run_id",
+    "pipeline",
+    "status",
+)
+
+
+@attrs.frozen(kw_only=True)
+class PipelineResult(Mapping[str, Any]):
+    """The outcome of one run; also readable as a mapping (``result["final_result"]``).
+
+    ``final_result`` is the single sink task's output; with several sink tasks it is a dict
+    of sink name → output (``None`` for sinks that did not succeed). ``error`` is a
+    :class:`TaskFailedError` for the first task that failed (its ``task``, ``cause`` and
+    ``traceback``), or the error that stopped the run, or ``None``.
+    """
+
+    pipeline: str
+    run_id: str
+    status: str
+    success: bool
+    final_result: Any
+    error: BaseException | None
+    tasks: Mapping[str, TaskResult] = attrs.field(repr=False)
+    started: float
+    finished: float
+    resumed_from: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Wall-clock seconds of the run."""
+        return self.finished - self.started
+
+    @property
+    def failed_task(self) -> str | None:
+        """The name of the first task that failed, if any."""
+        return self.error.task if isinstance(self.error, TaskFailedError) else None
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _MAPPING_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MAPPING_KEYS)
+
+    def __len__(self) -> int:
+        return len(_MAPPING_KEYS)
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    def raise_for_status(self) -> PipelineResult:
+        """Raise the run's error if it did not succeed; return ``self`` otherwise."""
+        if not self.success and self.error is not None:
+            raise self.error
+        return self

@@ -1,0 +1,586 @@
+"""The scheduler: one executor-agnostic loop over a compiled :class:`~._graph.Plan`.
+
+State machine per task::
+
+    waiting --(all upstreams terminal)--> ready --> running --> succeeded | failed
+                                            \\--> skipped | upstream_failed | cancelled
+
+A task becomes *ready* when its last upstream reaches a terminal state. A ready task is
+then decided without running when an upstream failed (``upstream_failed``), when an
+upstream was skipped and it does not collect what is available (``skipped``), when the run
+is stopping (``cancelled``) or when its ``condition`` is false (``skipped``).
+
+Work is done by *lanes*: the driver thread alone (inline) or ``max_workers`` threads that
+pull ready tasks from a queue. The lane that finishes a task does the bookkeeping under one
+lock and, when that releases successors, keeps the first (longest remaining path first
+under the "intelligent" strategy) to run next itself, so a chain never pays a thread
+hand-off. An executor decides where a function body runs (in the lane's thread, in a worker
+process, on a Dask cluster); the lane blocks in ``Executor.call`` meanwhile. Hooks run in
+the lanes, in the driver process. Nothing finished is ever lost: outputs are kept as soon as
+a task ends, whatever happens to the rest of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._graph import Plan
+from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
+from ._results import PipelineResult, TaskResults
+from ._task import Task
+from .exceptions import ConditionError, PipelineError, TaskError, TaskFailedError
+
+SUCCEEDED = Status.SUCCEEDED
+FAILED = Status.FAILED
+SKIPPED = Status.SKIPPED
+UPSTREAM_FAILED = Status.UPSTREAM_FAILED
+CANCELLED = Status.CANCELLED
+
+_F_FAILED = 1  # an upstream failed or was upstream_failed
+_F_SKIPPED = 2  # an upstream was skipped
+_F_CANCELLED = 4  # an upstream was cancelled
+
+_log = logging.getLogger("xlib_pipeline")
+
+
+def new_run_id() -> str:
+    """A time-ordered UUID (version 7 layout): sortable run ids, unique across machines."""
+    ms = int(time.time() * 1000)
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class Columns:
+    """Per-task state as parallel lists (cheap to update, cheap in memory)."""
+
+    __slots__ = ("attempts", "errors", "finished", "outputs", "started", "status")
+
+    def __init__(self, n: int) -> None:
+        self.status: list[Status | None] = [None] * n
+        self.outputs: list[Any] = [None] * n
+        self.started: list[float | None] = [None] * n
+        self.finished: list[float | None] = [None] * n
+        self.errors: dict[int, tuple[BaseException, str | None]] = {}
+        self.attempts: dict[int, int] = {}
+
+
+class Observer:
+    """Internal per-run observer (monitor, run store). Called from lanes; be thread-safe."""
+
+    def task_started(self, run: Run, i: int) -> None:
+        """A task's function is about to be called."""
+
+    def task_finished(self, run: Run, i: int) -> None:
+        """A task reached a terminal state (its columns are filled)."""
+
+    def run_finished(self, run: Run, result: PipelineResult) -> None:
+        """The run ended."""
+
+
+class Run:
+    """One execution of a plan. Built and driven by :class:`~xlib_pipeline.PipelineManager`."""
+
+    def __init__(
+        self,
+        *,
+        ctx: RunContext,
+        plan: Plan,
+        hooks: Any,
+        executor_for: Callable[[str], Executor],
+        lanes: int,
+        strategy: str,
+        continuation: bool,
+        on_failure: str,
+        observers: list[Observer],
+        preloaded: Mapping[int, tuple[Status, Any]] | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.hooks = hooks
+        self.executor_for = executor_for
+        self.lanes = max(1, lanes)
+        self.intelligent = strategy == "intelligent"
+        self.continuation = continuation
+        self.stop_on_failure = on_failure == "stop"
+        self.observers = observers
+        self.grace = grace
+        n = len(plan)
+        self.cols = Columns(n)
+        self.remaining = list(plan.npreds)
+        self.flags = bytearray(n)
+        self.collect = [t.merge_strategy == "collect_available" for t in plan.tasks]
+        self.timeouts = [t.options.get("timeout") for t in plan.tasks]
+        self.done = 0
+        self.first_failure: int | None = None
+        self.fatal: BaseException | None = None
+        self.stopping = False
+        self.lock = threading.Lock()
+        self.finished_event = threading.Event()
+        self.preloaded = dict(preloaded or {})
+        has = hooks.has
+        self.h_before = has["before_task"]
+        self.h_after = has["after_task"]
+        self.h_error = has["on_task_error"]
+        self.h_isolate = has["isolate"]
+        self.events = _log.isEnabledFor(logging.INFO)
+        self.sleep: Callable[[float], None] = time.sleep
+        self._queue: Any = None
+
+    # -- driving ------------------------------------------------------------------------------
+
+    def execute(self) -> PipelineResult:
+        """Run every task to a terminal state and return the result."""
+        started = time.time()
+        default = self.executor_for(self.ctx.executor)
+        self.default_executor = default
+        self.default_local = getattr(default, "name", "") in ("threads", "inline")
+        roots = [i for i in self.plan.roots]
+        if self.intelligent:
+            roots.sort(key=self.plan.height.__getitem__, reverse=True)
+        interrupted: BaseException | None = None
+        if self.lanes == 1:
+            dq: deque[int] = deque(roots)
+            self._push = dq.append
+            try:
+                while dq:
+                    i: int | None = dq.popleft()
+                    while i is not None:
+                        i = self._process(i)
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                self.stopping = True
+                # Drain: everything left ends cancelled, nothing re-runs.
+                while dq:
+                    j: int | None = dq.popleft()
+                    while j is not None:
+                        j = self._process(j)
+        else:
+            q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+            self._push = q.put
+            self._queue = q
+            for i in roots:
+                q.put(i)
+            threads = [
+                threading.Thread(target=self._lane, name=f"xlib-lane-{k}", daemon=True)
+                for k in range(min(self.lanes, len(self.plan)))
+            ]
+            for t in threads:
+                t.start()
+            try:
+                self.finished_event.wait()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                self.stopping = True
+                self._log("pipeline.cancelling", grace=self.grace)
+                if not self.finished_event.wait(self.grace):
+                    self._abandon()
+            for _ in threads:
+                q.put(None)
+        result = self._result(started, time.time(), interrupted)
+        return result
+
+    def _lane(self) -> None:
+        q = self._queue
+        process = self._process
+        while True:
+            i = q.get()
+            if i is None:
+                return
+            try:
+                while i is not None:
+                    i = process(i)
+            except BaseException as exc:  # a bug in the core or a hook: never hang the run
+                self.fatal = exc
+                self.stopping = True
+                self._abandon()
+                return
+
+    def _abandon(self) -> None:
+        """Mark everything not terminal as cancelled and release the driver."""
+        with self.lock:
+            st = self.cols.status
+            for i in range(len(st)):
+                if st[i] is None or st[i] is Status.RUNNING:
+                    st[i] = CANCELLED
+            self.done = len(st)
+            self.finished_event.set()
+
+    # -- one task -----------------------------------------------------------------------------
+
+    def _process(self, i: int) -> int | None:
+        """Decide, run and finish task ``i``; return a successor to run next, if any."""
+        plan = self.plan
+        task = plan.tasks[i]
+        pre = self.preloaded.pop(i, None) if self.preloaded else None
+        if pre is not None:
+            return self._finish(i, pre[0], pre[1], None, None, None, 0, resumed=True)
+        fl = self.flags[i]
+        if fl:
+            if fl & _F_FAILED:
+                return self._decided(i, task, UPSTREAM_FAILED)
+            if fl & _F_CANCELLED:
+                return self._decided(i, task, CANCELLED)
+            if not self.collect[i]:
+                return self._decided(i, task, SKIPPED)
+        if self.stopping:
+            return self._decided(i, task, CANCELLED)
+        ps = plan.preds[i]
+        outs = self.cols.outputs
+        if not ps:
+            args: tuple[Any, ...] = ()
+        elif len(ps) == 1:
+            args = (outs[ps[0]],)
+        else:
+            args = tuple([outs[p] for p in ps])
+        cond = task.condition
+        if cond is not None:
+            try:
+                go = cond(*args)
+            except Exception as exc:
+                err = ConditionError(
+                    f"task {task.name!r}: its condition raised {type(exc).__name__}: {exc}",
+                    task=task.name,
+                    cause=exc,
+                )
+                err.__cause__ = exc
+                now = time.time()
+                return self._failed(i, task, err, _format(exc), now, now, 0)
+            if not go:
+                return self._decided(i, task, SKIPPED)
+        return self._run(i, task, args)
+
+    def _run(self, i: int, task: Task, args: tuple[Any, ...]) -> int | None:
+        timeout = self.timeouts[i]
+        hooks = self.hooks
+        ctx = self.ctx
+        attempt = 1
+        first_start: float | None = None
+        executor = self.default_executor
+        isolation: Isolation | None = None
+        if self.h_isolate:
+            try:
+                isolation = hooks.call("isolate", task=task, run=ctx)
+            except PipelineError as exc:
+                now = time.time()
+                return self._failed(i, task, exc, _format(exc), now, now, 0)
+            if isolation is not None and isolation.executor:
+                executor = self.executor_for(isolation.executor)
+        direct = self.default_local and executor is self.default_executor and timeout is None
+        while True:
+            started = time.time()
+            if first_start is None:
+                first_start = started
+                self.cols.started[i] = started
+            for ob in self.observers:
+                ob.task_started(self, i)
+            if self.events:
+                self._log("task.started", task=task.name, attempt=attempt)
+            if self.h_before:
+                try:
+                    hooks.call("before_task", task=task, run=ctx, inputs=args)
+                except BaseException as exc:  # refused before the function ran
+                    return self._failed(
+                        i, task, exc, _format(exc), first_start, time.time(), attempt - 1
+                    )
+            try:
+                if direct:
+                    out = task.fn(*args)
+                else:
+                    out = executor.call(
+                        task, args, run=ctx, isolation=isolation, timeout=timeout
+                    )
+            except BaseException as exc:
+                finished = time.time()
+                tb = _format(exc)
+                decision = self._retry_decision(task, exc, tb, attempt, started, finished)
+                if decision is not None:
+                    if self.h_after:
+                        self._after(task, FAILED, None, exc, tb, attempt, started, finished, False)
+                    if self.events:
+                        self._log(
+                            "task.retry_scheduled",
+                            task=task.name,
+                            attempt=attempt,
+                            delay=decision.delay,
+                            error=type(exc).__name__,
+                        )
+                    if decision.delay > 0:
+                        self.sleep(decision.delay)
+                    attempt += 1
+                    continue
+                return self._failed(i, task, exc, tb, first_start, finished, attempt)
+            finished = time.time()
+            if self.h_after:
+                try:
+                    self._after(task, SUCCEEDED, out, None, None, attempt, started, finished, True)
+                except BaseException as exc:
+                    return self._failed(i, task, exc, _format(exc), first_start, finished, attempt)
+            if attempt != 1:
+                self.cols.attempts[i] = attempt
+            return self._finish(i, SUCCEEDED, out, None, first_start, finished, attempt)
+
+    def _retry_decision(
+        self, task: Task, exc: BaseException, tb: str, attempt: int, started: float, finished: float
+    ) -> RetryDecision | None:
+        if not self.h_error or self.stopping:
+            return None
+        outcome = TaskOutcome(
+            task=task.name,
+            status=FAILED,
+            error=exc,
+            traceback=tb,
+            attempt=attempt,
+            started=started,
+            finished=finished,
+        )
+        answers = self.hooks.call("on_task_error", task=task, run=self.ctx, outcome=outcome)
+        return reduce_decisions(answers)
+
+    def _after(
+        self,
+        task: Task,
+        status: Status,
+        out: Any,
+        err: BaseException | None,
+        tb: str | None,
+        attempt: int,
+        started: float | None,
+        finished: float | None,
+        final: bool,
+    ) -> None:
+        outcome = TaskOutcome(
+            task=task.name,
+            status=status,
+            output=out,
+            error=err,
+            traceback=tb,
+            attempt=attempt,
+            started=started,
+            finished=finished,
+            final=final,
+        )
+        self.hooks.call("after_task", task=task, run=self.ctx, outcome=outcome)
+
+    def _decided(self, i: int, task: Task, status: Status) -> int | None:
+        """Finish a task that never runs (skipped, upstream_failed, cancelled)."""
+        if self.h_after:
+            try:
+                self._after(task, status, None, None, None, 0, None, None, True)
+            except BaseException as exc:
+                now = time.time()
+                return self._failed(i, task, exc, _format(exc), now, now, 0, after=False)
+        return self._finish(i, status, None, None, None, None, 0)
+
+    def _failed(
+        self,
+        i: int,
+        task: Task,
+        exc: BaseException,
+        tb: str | None,
+        started: float | None,
+        finished: float | None,
+        attempt: int,
+        *,
+        after: bool = True,
+    ) -> int | None:
+        if self.h_after and after:
+            try:
+                self._after(task, FAILED, None, exc, tb, attempt, started, finished, True)
+            except BaseException:
+                pass  # the task already failed; its own error is the one to report
+        if attempt != 1:
+            self.cols.attempts[i] = attempt
+        return self._finish(i, FAILED, None, (exc, tb), started, finished, attempt)
+
+    def _finish(
+        self,
+        i: int,
+        status: Status,
+        out: Any,
+        err: tuple[BaseException, str | None] | None,
+        started: float | None,
+        finished: float | None,
+        attempt: int,
+        *,
+        resumed: bool = False,
+    ) -> int | None:
+        cols = self.cols
+        succs = self.plan.succs[i]
+        ready: list[int] | None = None
+        with self.lock:
+            if cols.status[i] is not None and cols.status[i] is not Status.RUNNING:
+                return None  # abandoned meanwhile
+            cols.status[i] = status
+            if status is SUCCEEDED:
+                cols.outputs[i] = out
+            if started is not None:
+                cols.started[i] = started
+            cols.finished[i] = finished
+            if err is not None:
+                cols.errors[i] = err
+                if self.first_failure is None:
+                    self.first_failure = i
+                    if self.stop_on_failure:
+                        self.stopping = True
+            if status is not SUCCEEDED:
+                bit = (
+                    _F_FAILED
+                    if status is FAILED or status is UPSTREAM_FAILED
+                    else _F_CANCELLED
+                    if status is CANCELLED
+                    else _F_SKIPPED
+                )
+                flags = self.flags
+                for s in succs:
+                    flags[s] |= bit
+            remaining = self.remaining
+            for s in succs:
+                remaining[s] -= 1
+                if remaining[s] == 0:
+                    if ready is None:
+                        ready = [s]
+                    else:
+                        ready.append(s)
+            self.done += 1
+            if self.done == len(cols.status):
+                self.finished_event.set()
+        if self.observers:
+            for ob in self.observers:
+                ob.task_finished(self, i)
+        if self.events:
+            self._task_event(i, status, attempt, resumed)
+        if ready is None:
+            return None
+        if len(ready) > 1 and self.intelligent:
+            ready.sort(key=self.plan.height.__getitem__, reverse=True)
+        if not self.continuation:
+            for s in ready:
+                self._push(s)
+            return None
+        push = self._push
+        for s in ready[1:]:
+            push(s)
+        return ready[0]
+
+    # -- events and result ----------------------------------------------------------------------
+
+    def _log(self, event: str, **kw: Any) -> None:
+        log = self.ctx.log
+        if log is not None:
+            log.info(event, **kw)
+
+    def _task_event(self, i: int, status: Status, attempt: int, resumed: bool) -> None:
+        cols = self.cols
+        name = self.plan.names[i]
+        if status is SUCCEEDED:
+            d = (cols.finished[i] or 0) - (cols.started[i] or 0)
+            self._log(
+                "task.resumed" if resumed else "task.succeeded",
+                task=name,
+                attempts=attempt,
+                duration=None if resumed else round(d, 6),
+            )
+        elif status is FAILED:
+            exc = cols.errors[i][0]
+            self._log("task.failed", task=name, attempts=attempt, error=type(exc).__name__)
+        else:
+            self._log(f"task.{status.value}", task=name)
+
+    def _result(
+        self, started: float, finished: float, interrupted: BaseException | None
+    ) -> PipelineResult:
+        cols = self.cols
+        plan = self.plan
+        st = cols.status
+        if any(s is FAILED or s is UPSTREAM_FAILED for s in st):
+            status = "failed"
+        elif interrupted is not None or self.fatal is not None or any(s is CANCELLED for s in st):
+            status = "cancelled"
+        else:
+            status = "succeeded"
+        error: BaseException | None = None
+        if self.first_failure is not None:
+            i = self.first_failure
+            exc, tb = cols.errors[i]
+            error = failure_error(plan.names[i], exc, tb)
+        elif self.fatal is not None:
+            error = self.fatal
+        elif interrupted is not None:
+            from .exceptions import RunCancelledError
+
+            error = RunCancelledError(
+                f"run {self.ctx.run_id} of pipeline {plan.pipeline_name!r} was cancelled"
+            )
+        sinks = plan.sinks
+        if len(sinks) == 1:
+            final = cols.outputs[sinks[0]] if st[sinks[0]] is SUCCEEDED else None
+        else:
+            final = {
+                plan.names[s]: (cols.outputs[s] if st[s] is SUCCEEDED else None) for s in sinks
+            }
+        result = PipelineResult(
+            pipeline=plan.pipeline_name,
+            run_id=self.ctx.run_id,
+            status=status,
+            success=status == "succeeded",
+            final_result=final,
+            error=error,
+            tasks=TaskResults(plan.names, plan.index, cols),
+            started=started,
+            finished=finished,
+            resumed_from=self.ctx.resumed_from,
+        )
+        for ob in self.observers:
+            ob.run_finished(self, result)
+        return result
+
+
+def failure_error(task: str, exc: BaseException, tb: str | None) -> TaskFailedError:
+    """Wrap a task's original exception into the run-level :class:`TaskFailedError`."""
+    if isinstance(exc, TaskError) and exc.task == task:
+        detail = str(exc)
+    else:
+        detail = f"task {task!r} failed: {type(exc).__name__}: {exc}"
+    err = TaskFailedError(detail, task=task, cause=exc, traceback=tb)
+    err.__cause__ = exc
+    return err
+
+
+def reduce_decisions(answers: list[RetryDecision | None] | None) -> RetryDecision | None:
+    """Any veto (``retry=False``) wins; else retry after the longest delay asked for."""
+    chosen: RetryDecision | None = None
+    for a in answers or ():
+        if a is None:
+            continue
+        if not a.retry:
+            return None
+        if chosen is None or a.delay > chosen.delay:
+            chosen = a
+    return chosen
+
+
+def _format(exc: BaseException) -> str:
+    remote = getattr(exc, "__xlib_remote_traceback__", None)
+    local = "".join(traceback.format_exception(exc))
+    if remote:
+        return local + "\nRemote traceback (in the worker):\n" + remote
+    return local
+
+
+def lane_count(max_workers: int, n: int) -> int:
+    """How many lanes a threaded run uses."""
+    return max(1, min(max_workers, n, (os.cpu_count() or 1) * 64))

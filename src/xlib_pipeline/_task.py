@@ -1,0 +1,318 @@
+"""Definitions: :class:`Task`, :class:`Pipeline` and the option-carrying decorator helpers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from .exceptions import DefinitionError, DuplicateTaskError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MergeStrategy = Literal["all_success", "collect_available"]
+MERGE_STRATEGIES: tuple[str, ...] = ("all_success", "collect_available")
+
+#: Attribute under which decorators stack task options onto a function.
+OPTIONS_ATTR = "__xlib_pipeline_options__"
+#: Attribute naming the function a task really runs when a decorator wrapped it.
+TASK_FN_ATTR = "__xlib_pipeline_task_fn__"
+#: Attribute set on a function registered as a task: ``(pipeline, task name)``.
+REGISTERED_ATTR = "__xlib_pipeline_task__"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if not value:
+        return _EMPTY
+    return MappingProxyType(dict(value))
+
+
+def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One step of a pipeline: a function, its upstream tasks and its options.
+
+    Upstream results are passed to ``fn`` as positional arguments in ``depends_on`` order.
+    ``condition`` receives the same positional arguments; a false answer skips the task.
+    ``options`` holds plugin-owned settings (``retries=``, ``timeout=``, ``inputs=`` ...).
+    """
+
+    name: str
+    fn: Callable[..., Any] = attrs.field(eq=False)
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
+    condition: Callable[..., Any] | None = attrs.field(default=None, eq=False)
+    merge_strategy: str = "all_success"
+    options: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_freeze_options, eq=False)
+    description: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise DefinitionError(f"task name must be a non-empty string, got {self.name!r}")
+        if not callable(self.fn):
+            raise DefinitionError(f"task {self.name!r}: fn must be callable", task=self.name)
+        if self.condition is not None and not callable(self.condition):
+            raise DefinitionError(
+                f"task {self.name!r}: condition must be callable, got {type(self.condition).__name__}",
+                task=self.name,
+            )
+        if self.merge_strategy not in MERGE_STRATEGIES:
+            raise DefinitionError(
+                f"task {self.name!r}: merge_strategy must be one of {MERGE_STRATEGIES}, "
+                f"got {self.merge_strategy!r}",
+                task=self.name,
+            )
+        for dep in self.depends_on:
+            if not isinstance(dep, str):
+                raise DefinitionError(
+                    f"task {self.name!r}: depends_on entries must be task names, got {dep!r}",
+                    task=self.name,
+                )
+        if len(set(self.depends_on)) != len(self.depends_on):
+            raise DefinitionError(
+                f"task {self.name!r}: depends_on lists a task twice: {list(self.depends_on)}",
+                task=self.name,
+            )
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """Return the task option ``name`` (plugin-owned), or ``default``."""
+        return self.options.get(name, default)
+
+
+def task_options(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Return the task options stacked on ``fn`` by option-carrying decorators."""
+    return dict(getattr(fn, OPTIONS_ATTR, None) or {})
+
+
+def with_options(
+    fn: F,
+    options: Mapping[str, Any],
+    *,
+    call_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+) -> F:
+    """Attach task ``options`` to ``fn`` for a later ``@pipeline.task`` to pick up.
+
+    This is how manager decorators such as ``pm.audit_log(...)`` work. When ``call_wrapper``
+    is given, the returned function is ``call_wrapper(fn)`` (used when ``fn`` is called
+    directly, outside a pipeline) while a task built from it still runs the original ``fn``;
+    the plugin then observes the task through its hooks instead.
+    Conflicting values for the same option raise :class:`DefinitionError`.
+    """
+    merged = task_options(fn)
+    for key, value in options.items():
+        if key in merged and merged[key] != value:
+            raise DefinitionError(
+                f"function {getattr(fn, '__name__', fn)!r}: option {key!r} given twice "
+                f"with different values ({merged[key]!r} and {value!r})"
+            )
+        merged[key] = value
+    inner = getattr(fn, TASK_FN_ATTR, fn)
+    if call_wrapper is None:
+        try:
+            setattr(fn, OPTIONS_ATTR, merged)
+            return fn
+        except (AttributeError, TypeError):  # builtins and C callables take no attributes
+            call_wrapper = _identity_wrapper
+    wrapped = call_wrapper(fn)
+    if wrapped is fn:
+        wrapped = _identity_wrapper(fn)
+    functools.update_wrapper(wrapped, fn)
+    setattr(wrapped, OPTIONS_ATTR, merged)
+    setattr(wrapped, TASK_FN_ATTR, inner)
+    return wrapped  # type: ignore[return-value]
+
+
+def _identity_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
+
+
+@attrs.define(eq=False)
+class Pipeline:
+    """A named DAG of tasks, built with the :meth:`task` decorator or :meth:`add_task`."""
+
+    name: str
+    description: str | None = None
+    _tasks: dict[str, Task] = attrs.field(factory=dict, init=False, repr=False)
+    _version: int = attrs.field(default=0, init=False, repr=False)
+    _plan: Any = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise DefinitionError(f"pipeline name must be a non-empty string, got {self.name!r}")
+
+    # -- building ---------------------------------------------------------------------------
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        depends_on: Iterable[str] | str | None = None,
+        condition: Callable[..., Any] | None = None,
+        merge_strategy: str = "all_success",
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorate a function into a task named ``name`` (default: the function's name).
+
+        ``depends_on`` lists upstream task names whose results are passed positionally;
+        ``condition`` decides at run time whether the task runs; ``merge_strategy`` is
+        ``"all_success"`` (a skipped upstream skips this task) or ``"collect_available"``
+        (skipped upstreams arrive as ``None``). Other keyword arguments are task options
+        owned by plugins (``retries=``, ``timeout=``, ``inputs=`` ...), validated at run time.
+        """
+        if callable(name) and not isinstance(name, str):
+            raise DefinitionError(
+                "use @pipeline.task('name', ...) or @pipeline.task() with parentheses"
+            )
+
+        def decorator(fn: F) -> F:
+            self.add_task(
+                name or getattr(fn, "__name__", None) or repr(fn),
+                fn,
+                depends_on=depends_on,
+                condition=condition,
+                merge_strategy=merge_strategy,
+                **options,
+            )
+            return fn
+
+        return decorator
+
+    def add_task(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        depends_on: Iterable[str] | str | None = None,
+        condition: Callable[..., Any] | None = None,
+        merge_strategy: str = "all_success",
+        **options: Any,
+    ) -> Task:
+        """Add a task built from ``fn``; the programmatic twin of :meth:`task`."""
+        if name in self._tasks:
+            raise DuplicateTaskError(self.name, name)
+        stacked = task_options(fn)
+        for key, value in options.items():
+            if key in stacked and stacked[key] != value:
+                raise DefinitionError(
+                    f"task {name!r}: option {key!r} given twice with different values "
+                    f"({stacked[key]!r} and {value!r})",
+                    task=name,
+                )
+            stacked[key] = value
+        run_fn = getattr(fn, TASK_FN_ATTR, fn)
+        doc = getattr(run_fn, "__doc__", None)
+        task = Task(
+            name=name,
+            fn=run_fn,
+            depends_on=_as_tuple(depends_on),
+            condition=condition,
+            merge_strategy=merge_strategy,
+            options=stacked,
+            description=doc.strip().splitlines()[0] if doc and doc.strip() else None,
+        )
+        self._tasks[name] = task
+        self._touch()
+        try:
+            setattr(fn, REGISTERED_ATTR, (self, name))
+        except (AttributeError, TypeError):
+            pass
+        return task
+
+    def replace(self, name: str, **changes: Any) -> Task:
+        """Replace task ``name`` with a copy carrying ``changes`` (``options=`` merges)."""
+        old = self[name]
+        if "options" in changes:
+            changes["options"] = {**old.options, **changes["options"]}
+        new = attrs.evolve(old, **changes)
+        self._tasks[name] = new
+        self._touch()
+        return new
+
+    def distribute_across_nodes(
+        self, parallelism: int | str = "auto", **options: Any
+    ) -> Callable[[F], F]:
+        """Mark a task to run on the distributed executor (needs ``xlib-pipeline-dask``).
+
+        ``parallelism`` is ``"auto"`` (the cluster's worker threads) or a number of
+        partitions to run at once; with ``map_over=`` the task is mapped over a list.
+        Works above or below ``@pipeline.task``.
+        """
+        if not (parallelism == "auto" or (isinstance(parallelism, int) and parallelism > 0)):
+            raise DefinitionError(
+                f"distribute_across_nodes: parallelism must be 'auto' or a positive int, "
+                f"got {parallelism!r}"
+            )
+        spec = {"parallelism": parallelism, **options}
+
+        def decorator(fn: F) -> F:
+            registered = getattr(fn, REGISTERED_ATTR, None)
+            if registered is not None and registered[0] is self:
+                self.replace(registered[1], options={"distribute": spec})
+                return fn
+            return with_options(fn, {"distribute": spec})
+
+        return decorator
+
+    def _touch(self) -> None:
+        self._version += 1
+        self._plan = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> Mapping[str, Task]:
+        """The tasks by name, in definition order (read-only view)."""
+        return MappingProxyType(self._tasks)
+
+    def __getitem__(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            from ._graph import suggest
+
+            hint = suggest(name, self._tasks)
+            raise KeyError(
+                f"pipeline {self.name!r} has no task {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def validate(self) -> None:
+        """Check the graph (cycles, unknown dependencies, arity, emptiness); raise on error."""
+        from ._graph import plan
+
+        plan(self)
+
+    def to_mermaid(self) -> str:
+        """Render the DAG as a Mermaid flowchart."""
+        from ._graph import to_mermaid
+
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """Render the DAG in Graphviz DOT."""
+        from ._graph import to_dot
+
+        return to_dot(self)

@@ -1,0 +1,127 @@
+"""Worker process entry point: ``python _worker.py READ_FD WRITE_FD LIMITS_JSON``.
+
+Started as a fresh interpreter (never a fork, never re-running the user's script). It
+receives tasks by value over a private pipe (functions and closures pickled with
+cloudpickle, so code defined in ``__main__`` works), applies the operating-system limits it
+was started with, and answers each call with its result or its error and traceback.
+The user's ``print`` output goes to the inherited stdout/stderr, not into the protocol.
+
+This file imports nothing from xlib_pipeline so a worker starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import traceback
+
+HEADER = struct.Struct("!Q")
+
+
+def read_frame(fd: int) -> bytes | None:
+    """Read one length-prefixed frame; ``None`` at end of file."""
+    head = _read_exact(fd, HEADER.size)
+    if head is None:
+        return None
+    (size,) = HEADER.unpack(head)
+    body = _read_exact(fd, size)
+    if body is None:
+        raise EOFError("pipe closed in the middle of a frame")
+    return body
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            return None if remaining == size else b""
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    """Write one length-prefixed frame."""
+    view = memoryview(HEADER.pack(len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def apply_limits(limits: dict[str, object]) -> None:
+    """Apply memory (address space) and CPU-core limits to this process."""
+    mem = limits.get("memory_bytes")
+    if isinstance(mem, int) and mem > 0:
+        import resource
+
+        # Count only what the task allocates: the limit sits on top of what the fresh
+        # interpreter already maps, so the driver's memory never counts against it.
+        base = _current_vm_bytes()
+        soft = base + mem
+        resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+    cores = limits.get("cpu_cores")
+    if isinstance(cores, int) and cores > 0 and hasattr(os, "sched_setaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        offset = int(str(limits.get("core_offset", 0)))
+        pick = [allowed[(offset + i) % len(allowed)] for i in range(min(cores, len(allowed)))]
+        os.sched_setaffinity(0, set(pick))
+
+
+def _current_vm_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[0])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - not Linux
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    rfd, wfd = int(argv[1]), int(argv[2])
+    limits = json.loads(argv[3]) if len(argv) > 3 else {}
+    import cloudpickle  # imported before limits so its modules are mapped already
+
+    apply_limits(limits)
+    functions: dict[str, object] = {}
+    while True:
+        frame = read_frame(rfd)
+        if frame is None:
+            return 0
+        try:
+            key, fn_bytes, args, task = pickle.loads(frame)
+            fn = functions.get(key)
+            if fn is None:
+                fn = cloudpickle.loads(fn_bytes)
+                functions[key] = fn
+            result = fn(*args)  # type: ignore[operator]
+            try:
+                payload = cloudpickle.dumps(("ok", result), protocol=5)
+            except Exception as exc:
+                payload = _error_payload(exc, stage="result")
+        except MemoryError as exc:
+            functions.clear()
+            payload = _error_payload(exc, stage="memory")
+        except BaseException as exc:  # report everything, including SystemExit
+            payload = _error_payload(exc, stage="call")
+        write_frame(wfd, payload)
+
+
+def _error_payload(exc: BaseException, *, stage: str) -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        import cloudpickle
+
+        blob: bytes | None = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # ensure it round-trips before sending
+    except Exception:
+        blob = None
+    return pickle.dumps(("err", stage, type(exc).__name__, str(exc), tb, blob), protocol=5)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,359 @@
+"""The ``xlib-pipeline`` command line.
+
+Built-in commands: ``run``, ``graph``, ``plugins``, ``render``; plugins add more through
+``register_cli_commands`` (``audit``, ``lineage``, ``keys``, ``worker`` ...).
+Exit codes: 0 success, 1 a run failed, 2 bad input (file, name, config, option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._manager import PipelineManager
+from ._records import CliCommand
+from ._task import Pipeline
+from .exceptions import PipelineError
+
+#: Module attribute a pipeline file may define to configure ``xlib-pipeline run``.
+CONFIG_ATTR = "PIPELINE_CONFIG"
+
+
+class UsageError(PipelineError):
+    """Bad command-line input (exit code 2)."""
+
+
+# --- loading pipelines from files ---------------------------------------------------------------
+
+
+def load_module(path: str | os.PathLike[str]) -> Any:
+    """Import a Python file as a module whose functions workers receive by value."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"pipeline file {str(file)!r} does not exist")
+    name = "xlib_pipeline_user_" + "".join(c if c.isalnum() else "_" for c in file.stem)
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"pipeline file {str(file)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec.loader.exec_module(module)
+    try:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    except Exception:  # pragma: no cover - older cloudpickle
+        pass
+    return module
+
+
+def load_pipeline(target: str) -> tuple[Pipeline, Any]:
+    """Resolve ``FILE[:NAME]`` to a pipeline; NAME is a Pipeline or a zero-argument factory."""
+    file, _, name = target.partition(":")
+    if not name and ":" in target[2:]:  # Windows drive letters
+        file, _, name = target.rpartition(":")
+    module = load_module(file)
+    if name:
+        if not hasattr(module, name):
+            from ._graph import suggest
+
+            found = [k for k, v in vars(module).items() if _is_candidate(v)]
+            hint = suggest(name, found)
+            raise UsageError(
+                f"{file}: no attribute {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + (f" (pipelines and factories: {', '.join(found)})" if found else "")
+            )
+        obj = getattr(module, name)
+        if isinstance(obj, Pipeline):
+            return obj, module
+        if callable(obj):
+            built = obj()
+            if isinstance(built, Pipeline):
+                return built, module
+            raise UsageError(
+                f"{file}:{name} returned {type(built).__name__}, expected a Pipeline"
+            )
+        raise UsageError(f"{file}:{name} is a {type(obj).__name__}, expected a Pipeline")
+    pipelines = [v for v in vars(module).values() if isinstance(v, Pipeline)]
+    unique = list({id(p): p for p in pipelines}.values())
+    if len(unique) == 1:
+        return unique[0], module
+    names = [k for k, v in vars(module).items() if _is_candidate(v)]
+    if not unique:
+        raise UsageError(
+            f"{file}: no module-level Pipeline found; name a pipeline or factory with "
+            f"{file}:NAME" + (f" (candidates: {', '.join(names)})" if names else "")
+        )
+    raise UsageError(f"{file}: several pipelines ({', '.join(names)}); choose with {file}:NAME")
+
+
+def _is_candidate(value: Any) -> bool:
+    if isinstance(value, Pipeline):
+        return True
+    if isinstance(value, type):
+        return False
+    return callable(value) and "pipeline" in getattr(value, "__name__", "").lower()
+
+
+def load_config(path: str | None, module: Any = None) -> dict[str, Any]:
+    """Read ``--config`` (JSON, TOML or YAML) or the file's ``PIPELINE_CONFIG`` dict."""
+    if path is None:
+        found = getattr(module, CONFIG_ATTR, None) if module is not None else None
+        return dict(found or {})
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file {path!r} does not exist")
+    text = file.read_text()
+    try:
+        if file.suffix == ".json":
+            data = json.loads(text)
+        elif file.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise UsageError(f"config file {path!r}: expected .json, .toml, .yaml or .yml")
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"config file {path!r} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must hold a mapping at the top level")
+    return data
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    return repr(value)
+
+
+def _print_result(value: Any) -> None:
+    try:
+        print(json.dumps(value, indent=2, default=_json_default, sort_keys=True))
+    except (TypeError, ValueError):
+        print(repr(value))
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def build_manager(args: argparse.Namespace, module: Any = None) -> PipelineManager:
+    """The manager for a CLI invocation: ``--config`` or the file's PIPELINE_CONFIG."""
+    config = load_config(getattr(args, "config", None), module)
+    for hook in _MANAGER_ADJUSTERS:
+        config = hook(args, config)
+    return PipelineManager(config)
+
+
+#: Functions ``(args, config) -> config`` applied before the CLI builds a manager.
+_MANAGER_ADJUSTERS: list[Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]]] = []
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    pipeline, module = load_pipeline(args.target)
+    with build_manager(args, module) as pm:
+        options: dict[str, Any] = {}
+        if args.tenant:
+            options["tenant_id"] = args.tenant
+        if args.principal:
+            options["principal"] = args.principal
+        result = pm.execute_pipeline(
+            pipeline,
+            parallel=not args.inline,
+            executor=args.executor,
+            max_workers=args.max_workers,
+            monitor=args.monitor,
+            params=_parse_params(args.param or ()),
+            **options,
+        )
+    print(f"run {result.run_id} {result.status} in {result.duration:.3f}s", file=sys.stderr)
+    print(f"run_id: {result.run_id}")
+    if result.success:
+        _print_result(result.final_result)
+        return 0
+    err = result.error
+    print(f"error: {err}", file=sys.stderr)
+    tb = getattr(err, "traceback", None)
+    if tb:
+        print(tb, file=sys.stderr)
+    return 1
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    pipeline, _ = load_pipeline(args.target)
+    pipeline.validate()
+    print(pipeline.to_mermaid() if args.format == "mermaid" else pipeline.to_dot(), end="")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    pm = PipelineManager(entry_points=True)
+    infos = pm.plugins
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "dist": i.dist,
+                        "version": i.version,
+                        "hooks": list(i.hooks),
+                        "builtin": i.builtin,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="xlib-pipeline plugins")
+    for col in ("name", "distribution", "version", "hooks"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(
+            i.name + (" (builtin)" if i.builtin else ""),
+            i.dist or "-",
+            i.version or "-",
+            ", ".join(i.hooks),
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    pipeline, module = load_pipeline(args.target)
+    pm = build_manager(args, module)
+    target = pm.render_targets.get(args.render_target)
+    if target is None:  # pragma: no cover - argparse restricts choices
+        raise UsageError(f"unknown render target {args.render_target!r}")
+    files = target.render(pipeline, pm, args)
+    out = getattr(args, "output", None)
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        print(f"wrote {len(files)} file(s) to {folder}", file=sys.stderr)
+    else:
+        docs = [text.strip() for text in files.values()]
+        print("\n---\n".join(d.removeprefix("---").strip() for d in docs))
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (.json, .toml, .yaml)")
+
+
+def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with plugin sub-commands and render targets from ``pm``."""
+    parser = argparse.ArgumentParser(
+        prog="xlib-pipeline", description="Run, inspect and deploy xlib-pipeline pipelines."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log events")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline: FILE[:PIPELINE_OR_FACTORY]")
+    run.add_argument("target")
+    _add_config_arg(run)
+    run.add_argument("--inline", action="store_true", help="run tasks one at a time")
+    run.add_argument("--executor", help="executor name (threads, processes, dask ...)")
+    run.add_argument("--max-workers", type=int)
+    run.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True)
+    run.add_argument("--tenant", help="tenant id for the run")
+    run.add_argument("--principal", help="who runs it (access control)")
+    run.add_argument("--param", action="append", help="KEY=VALUE run parameter (repeatable)")
+    run.set_defaults(func=cmd_run)
+
+    graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")
+    graph.add_argument("target")
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.set_defaults(func=cmd_graph)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and their hooks")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    targets = pm.render_targets if pm is not None else {}
+    render = sub.add_parser("render", help="render deployment manifests for a pipeline")
+    rsub = render.add_subparsers(dest="render_target", required=True, metavar="TARGET")
+    for name, target in sorted(targets.items()):
+        tp = rsub.add_parser(name, help=target.doc or name)
+        tp.add_argument("target", help="FILE[:PIPELINE_OR_FACTORY]")
+        _add_config_arg(tp)
+        tp.add_argument("-o", "--output", help="write one file per manifest into this folder")
+        if target.add_arguments is not None:
+            target.add_arguments(tp)
+        tp.set_defaults(func=cmd_render)
+
+    if pm is not None:
+        commands: dict[str, CliCommand] = pm.hooks.collect("register_cli_commands")
+        for name, command in sorted(commands.items()):
+            cp = sub.add_parser(name, help=command.help)
+            command.add_arguments(cp)
+            cp.set_defaults(func=command.run)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("xlib_pipeline")
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xlib-pipeline`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        pm = PipelineManager(entry_points=True)
+    except PipelineError as exc:
+        print(f"xlib-pipeline: {exc}", file=sys.stderr)
+        return 2
+    parser = build_parser(pm)
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code = args.func(args)
+        return int(code or 0)
+    except PipelineError as exc:
+        print(f"xlib-pipeline: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xlib-pipeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

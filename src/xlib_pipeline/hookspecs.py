@@ -1,0 +1,142 @@
+"""The plugin contract: pluggy markers and hook specifications.
+
+Implement hooks on a class, mark them with :data:`hookimpl`, and expose the class through
+the ``xlib_pipeline`` entry-point group (or pass an instance in ``PipelineManager(plugins=[...])``).
+One instance is made per :class:`~xlib_pipeline.PipelineManager`.
+
+Roles: *observers* (``before_*``/``after_*``) return nothing; *collectors* (``register_*``)
+return iterables the core merges, rejecting duplicates; *providers* (``isolate``,
+``encrypt``, ``decrypt``) stop at the first non-None result; the *decision* hook
+``on_task_error`` is reduced by a documented rule; *validators* raise to refuse.
+
+Hooks are called in the driver process, possibly from several scheduler threads at once
+for different tasks: implementations must be thread-safe. Always call with keywords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._config import Config
+    from ._records import (
+        CliCommand,
+        ConfigKey,
+        ExecutorSpec,
+        Isolation,
+        ManagerDecorator,
+        PayloadRef,
+        RenderTarget,
+        RetryDecision,
+        RunContext,
+        RunOption,
+        TaskOption,
+        TaskOutcome,
+    )
+    from ._results import PipelineResult
+    from ._task import Pipeline, Task
+
+PROJECT = "xlib_pipeline"
+#: The entry-point group plugins are discovered in.
+ENTRY_POINT_GROUP = "xlib_pipeline"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Mark a plugin method as a hook implementation: ``@hookimpl`` or ``@hookimpl(trylast=True)``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class HookSpecs:
+    """Every hook a plugin may implement."""
+
+    # -- collectors: called once per manager ----------------------------------------------
+
+    @hookspec
+    def register_config_keys(self) -> Iterable[ConfigKey]:
+        """Collector: config keys this plugin owns (validated by the core, then stored)."""
+
+    @hookspec
+    def register_task_options(self) -> Iterable[TaskOption]:
+        """Collector: ``@pipeline.task(...)`` keyword options this plugin owns."""
+
+    @hookspec
+    def register_run_options(self) -> Iterable[RunOption]:
+        """Collector: ``execute_pipeline(...)`` keyword options this plugin owns."""
+
+    @hookspec
+    def register_executors(self) -> Iterable[ExecutorSpec]:
+        """Collector: executors selectable by name (config ``executor``, ``isolate``)."""
+
+    @hookspec
+    def register_manager_decorators(self) -> Iterable[ManagerDecorator]:
+        """Collector: decorators exposed as ``pm.<name>(...)`` (``pm.audit_log`` ...)."""
+
+    @hookspec
+    def register_render_targets(self) -> Iterable[RenderTarget]:
+        """Collector: deployment render targets for ``xlib-pipeline render TARGET``."""
+
+    @hookspec
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        """Collector: sub-commands added to the ``xlib-pipeline`` CLI."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @hookspec
+    def configure(self, manager: Any, config: Config) -> None:
+        """Observer: called once when a manager is built, after its config is validated."""
+
+    @hookspec
+    def close(self, manager: Any) -> None:
+        """Observer: called when a manager is closed; release files, pools, clusters."""
+
+    @hookspec
+    def validate_pipeline(self, pipeline: Pipeline, run: RunContext) -> None:
+        """Validator: raise (e.g. ``ComplianceError``) to refuse a run before any task starts."""
+
+    @hookspec
+    def before_pipeline(self, run: RunContext) -> None:
+        """Observer: a run is about to start (after validation)."""
+
+    @hookspec
+    def after_pipeline(self, run: RunContext, result: PipelineResult) -> None:
+        """Observer: a run ended, successfully or not; always called."""
+
+    @hookspec
+    def before_task(self, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:
+        """Observer/validator: a task is about to run with ``inputs``.
+
+        Raising fails the task before its function is called (nothing reaches it).
+        """
+
+    @hookspec
+    def after_task(self, task: Task, run: RunContext, outcome: TaskOutcome) -> None:
+        """Observer: a task reached an outcome (every attempt, skips included); always called."""
+
+    @hookspec
+    def on_task_error(
+        self, task: Task, run: RunContext, outcome: TaskOutcome
+    ) -> RetryDecision | None:
+        """Decision: an attempt failed; answer a :class:`RetryDecision` to retry, or ``None``.
+
+        Reduced as: any ``RetryDecision(retry=False)`` vetoes; otherwise the task is retried
+        if any answer asks for it, after the longest requested delay.
+        """
+
+    # -- providers: stop at first non-None result ---------------------------------------------
+
+    @hookspec(firstresult=True)
+    def isolate(self, task: Task, run: RunContext) -> Isolation | None:
+        """Provider: decide where and under what limits ``task`` runs.
+
+        ``None`` means the run's default executor. Stops at first non-None result.
+        """
+
+    @hookspec(firstresult=True)
+    def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        """Provider: protect payload bytes before they are stored. Stops at first non-None result."""
+
+    @hookspec(firstresult=True)
+    def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        """Provider: recover bytes stored by ``encrypt``. Stops at first non-None result."""

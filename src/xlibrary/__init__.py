@@ -1,0 +1,1 @@
+"""Compatibility namespace for code written against ``xlibrary.pipeline``."""
