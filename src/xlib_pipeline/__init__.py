@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from ._builtin import ENCRYPTED_MAGIC
-from ._config import Config, CoreConfig
+from ._config import Config, CoreConfig, data_dir
 from ._executors import remote_traceback
 from ._graph import Plan, plan
 from ._manager import PipelineManager
@@ -117,6 +117,7 @@ __all__ = [
     "UnknownTaskOptionError",
     "WorkerLostError",
     "__version__",
+    "data_dir",
     "hookimpl",
     "plan",
     "remote_traceback",

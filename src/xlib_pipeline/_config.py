@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -21,6 +22,13 @@ from .exceptions import ConfigError, MissingPluginError
 
 EXECUTION_STRATEGIES = ("intelligent", "fifo")
 FAILURE_POLICIES = ("continue", "stop")
+
+
+def data_dir() -> Path:
+    """Where embedded defaults live (run store, audit trail, lineage file): the folder named
+    by ``XLIB_PIPELINE_HOME``, else ``.xlib-pipeline`` in the current directory."""
+    env = os.environ.get("XLIB_PIPELINE_HOME")
+    return Path(env) if env else Path.cwd() / ".xlib-pipeline"
 
 
 def default_max_workers() -> int:

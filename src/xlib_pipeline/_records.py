@@ -57,6 +57,8 @@ class RunContext:
     resumed_from: str | None = None
     stash: dict[str, Any] = attrs.field(factory=dict)
     log: Any = None
+    #: How the scheduler waits between retries; tests and plugins may replace it.
+    sleep: Callable[[float], None] = time.sleep
 
     @property
     def pipeline_name(self) -> str:

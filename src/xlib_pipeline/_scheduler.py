@@ -137,7 +137,6 @@ class Run:
         self.h_error = has["on_task_error"]
         self.h_isolate = has["isolate"]
         self.events = _log.isEnabledFor(logging.INFO)
-        self.sleep: Callable[[float], None] = time.sleep
         self._queue: Any = None
 
     # -- driving ------------------------------------------------------------------------------
@@ -319,7 +318,7 @@ class Run:
                             error=type(exc).__name__,
                         )
                     if decision.delay > 0:
-                        self.sleep(decision.delay)
+                        ctx.sleep(decision.delay)
                     attempt += 1
                     continue
                 return self._failed(i, task, exc, tb, first_start, finished, attempt)
