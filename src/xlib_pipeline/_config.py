@@ -133,7 +133,23 @@ CORE_KEYS = (
     ),
     ConfigKey(name="actor", convert=str, doc="Who runs pipelines (audit records); default: OS user."),
     ConfigKey(name="plugins", convert=plugins_section, doc="{'disable': [names]}."),
+    ConfigKey(
+        name="store",
+        convert=lambda v: __import__("xlib_pipeline._store", fromlist=["x"]).store_section(v),
+        doc="Run store: {'path': FILE, 'batch_ms': 50, 'batch_size': 500, "
+        "'synchronous': 'normal'|'full', 'record_outputs': True}.",
+    ),
+    ConfigKey(
+        name="cancel_grace_seconds",
+        convert=lambda v: float(v) if not isinstance(v, bool) and float(v) >= 0 else _bad(v),
+        default=10.0,
+        doc="On cancellation (Ctrl-C, SIGTERM), how long running tasks may finish.",
+    ),
 )
+
+
+def _bad(value: Any) -> Any:
+    raise ValueError(f"expected a non-negative number of seconds, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

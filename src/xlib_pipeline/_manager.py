@@ -34,7 +34,9 @@ from ._records import (
     TaskOption,
 )
 from ._results import PipelineResult, TaskResults
+from ._recording import StoreRecorder, load_resume
 from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
+from ._store import RunStore
 from ._task import Pipeline
 from .exceptions import (
     ConfigError,
@@ -54,6 +56,8 @@ _CORE_RUN_OPTIONS = (
     "principal",
     "params",
     "run_id",
+    "resume",
+    "force",
 )
 
 
@@ -104,6 +108,8 @@ class PipelineManager:
         self._exec_lock = threading.Lock()
         self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
         self._closed = False
+        self._store: RunStore | None = None
+        self._store_lock = threading.Lock()
         self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
         self.hooks.call("configure", manager=self, config=self.config)
         self._finalizer = weakref.finalize(self, _close_executors, self._executors)
@@ -191,12 +197,32 @@ class PipelineManager:
                 self._executors[name] = ex
         return ex
 
+    @property
+    def store(self) -> RunStore | None:
+        """The run store named by config ``store.path`` (opened on first use), or ``None``."""
+        section = self.config.get("store")
+        if section is None:
+            return None
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = RunStore(
+                        section["path"],
+                        batch_ms=section["batch_ms"],
+                        batch_size=section["batch_size"],
+                        synchronous=section["synchronous"],
+                    )
+        return self._store
+
     def close(self) -> None:
-        """Stop worker pools and let plugins release resources. The manager stays usable."""
+        """Stop worker pools, close the store, let plugins release resources."""
         try:
             self.hooks.call("close", manager=self)
         finally:
             _close_executors(self._executors)
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     def __enter__(self) -> PipelineManager:
         return self
@@ -273,6 +299,9 @@ class PipelineManager:
         principal: str | None = None,
         params: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        resume: str | None = None,
+        force: bool = False,
+        source: str | None = None,
         **options: Any,
     ) -> PipelineResult:
         """Run ``pipeline`` and return its :class:`PipelineResult` (failures do not raise).
@@ -280,6 +309,8 @@ class PipelineManager:
         ``parallel`` picks threads (default, from config ``parallel_execution``) or inline;
         ``executor`` names any registered executor; ``monitor=True`` shows progress and a
         summary. Plugins add options such as ``isolation_mode=`` or ``distributed=``.
+        ``resume=RUN_ID`` re-runs only what did not finish in that stored run (needs config
+        ``store``; ``force=True`` accepts a changed structure).
         Raises before anything runs when the pipeline, an option or a plugin refuses it.
         """
         p = self.validate_pipeline(pipeline)
@@ -304,7 +335,35 @@ class PipelineManager:
             params=dict(params or {}),
         )
         ctx.log = get_logger(pipeline=pipeline.name, run_id=rid)
-        return self._execute(ctx, parallel=parallel, monitor=monitor, max_workers=max_workers)
+        observers: list[Observer] = []
+        preloaded = None
+        store = self.store
+        if resume is not None:
+            if store is None:
+                raise ConfigError(
+                    "resume needs a run store: configure {'store': {'path': 'runs.sqlite'}}",
+                    key="store",
+                )
+            old, preloaded, carried = load_resume(store, resume, p, self.hooks, force=force)
+            ctx.resumed_from = old
+        if store is not None:
+            recorder = StoreRecorder(
+                store,
+                self.hooks,
+                record_outputs=self.config.get("store")["record_outputs"],
+                carried=carried if resume is not None else None,
+                source=source,
+            )
+            recorder.start(ctx, p)
+            observers.append(recorder)
+        return self._execute(
+            ctx,
+            parallel=parallel,
+            monitor=monitor,
+            max_workers=max_workers,
+            preloaded=preloaded,
+            observers=observers,
+        )
 
     def _execute(
         self,
@@ -356,7 +415,7 @@ class PipelineManager:
             on_failure=self.config.core.on_failure,
             observers=obs,
             preloaded=preloaded,
-            grace=ctx.params.get("__grace__") if ctx.params else None,
+            grace=self.config.get("cancel_grace_seconds", 10.0),
         )
         ctx.stash["__run__"] = run
         if mon is not None:

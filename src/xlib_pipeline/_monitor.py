@@ -82,7 +82,7 @@ class Monitor(Observer):
         with self._lock:
             print(line, file=self.stream, flush=True)
 
-    def task_started(self, run: Run, i: int) -> None:
+    def task_started(self, run: Run, i: int, attempt: int) -> None:
         with self._lock:
             self._running[i] = time.time()
             names = ", ".join(run.plan.names[j] for j in list(self._running)[:3])

@@ -80,8 +80,11 @@ class Columns:
 class Observer:
     """Internal per-run observer (monitor, run store). Called from lanes; be thread-safe."""
 
-    def task_started(self, run: Run, i: int) -> None:
-        """A task's function is about to be called."""
+    def task_started(self, run: Run, i: int, attempt: int) -> None:
+        """Attempt ``attempt`` of a task is about to start."""
+
+    def attempt_failed(self, run: Run, i: int, attempt: int, error: BaseException) -> None:
+        """An attempt failed and will be retried."""
 
     def task_finished(self, run: Run, i: int) -> None:
         """A task reached a terminal state (its columns are filled)."""
@@ -167,6 +170,7 @@ class Run:
                     j: int | None = dq.popleft()
                     while j is not None:
                         j = self._process(j)
+                self._abandon()
         else:
             q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
             self._push = q.put
@@ -285,7 +289,7 @@ class Run:
                 first_start = started
                 self.cols.started[i] = started
             for ob in self.observers:
-                ob.task_started(self, i)
+                ob.task_started(self, i, attempt)
             if self.events:
                 self._log("task.started", task=task.name, attempt=attempt)
             if self.h_before:
@@ -302,11 +306,15 @@ class Run:
                     out = executor.call(
                         task, args, run=ctx, isolation=isolation, timeout=timeout
                     )
+            except KeyboardInterrupt:
+                raise
             except BaseException as exc:
                 finished = time.time()
                 tb = _format(exc)
                 decision = self._retry_decision(task, exc, tb, attempt, started, finished)
                 if decision is not None:
+                    for ob in self.observers:
+                        ob.attempt_failed(self, i, attempt, exc)
                     if self.h_after:
                         self._after(task, FAILED, None, exc, tb, attempt, started, finished, False)
                     if self.events:

@@ -173,23 +173,160 @@ def build_manager(args: argparse.Namespace, module: Any = None) -> PipelineManag
 _MANAGER_ADJUSTERS: list[Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]]] = []
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    pipeline, module = load_pipeline(args.target)
-    with build_manager(args, module) as pm:
+def default_store_path() -> Path:
+    """Where the CLI records runs unless ``--store`` says otherwise."""
+    from ._config import data_dir
+
+    return data_dir() / "runs.sqlite"
+
+
+def _with_store(config: dict[str, Any], store: str | None) -> dict[str, Any]:
+    if store is not None or "store" not in config:
+        config = {**config, "store": {**(config.get("store") or {}), "path": str(store or default_store_path())}}
+    return config
+
+
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+
+
+def _source_of(target: str) -> str:
+    file, sep, name = target.partition(":")
+    return str(Path(file).resolve()) + (sep + name if sep else "")
+
+
+def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
+    pipeline, module = load_pipeline(target)
+    config = _with_store(load_config(getattr(args, "config", None), module), args.store)
+    if extra.get("resume") and getattr(args, "config", None) is None and extra.get("config"):
+        config = _with_store(dict(extra["config"]), args.store)
+    extra.pop("config", None)
+    _sigterm_as_interrupt()
+    with PipelineManager(config) as pm:
         options: dict[str, Any] = {}
-        if args.tenant:
+        if getattr(args, "tenant", None):
             options["tenant_id"] = args.tenant
-        if args.principal:
+        if getattr(args, "principal", None):
             options["principal"] = args.principal
         result = pm.execute_pipeline(
             pipeline,
-            parallel=not args.inline,
-            executor=args.executor,
-            max_workers=args.max_workers,
-            monitor=args.monitor,
-            params=_parse_params(args.param or ()),
+            parallel=not getattr(args, "inline", False),
+            executor=getattr(args, "executor", None),
+            max_workers=getattr(args, "max_workers", None),
+            monitor=getattr(args, "monitor", True),
+            params=_parse_params(getattr(args, "param", None) or ()),
+            source=_source_of(target),
             **options,
+            **extra,
         )
+    return _report(result)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _execute_cli(args, args.target)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ._store import RunStore
+
+    path = Path(args.store) if args.store else default_store_path()
+    store = RunStore(path, create=False)
+    try:
+        rec = store.get_run(args.run_id)
+    finally:
+        store.close()
+    target = args.target or rec.source
+    if not target:
+        raise UsageError(
+            f"run {rec.run_id} was not started from the CLI; name its pipeline with --target FILE:NAME"
+        )
+    return _execute_cli(
+        args, target, resume=rec.run_id, force=args.force, config=rec.config
+    )
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._store import RunStore
+
+    path = Path(args.store) if args.store else default_store_path()
+    store = RunStore(path, create=False)
+    console = Console()
+    try:
+        if args.runs_command == "list":
+            runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
+            if args.json:
+                print(json.dumps([_run_json(r) for r in runs], indent=2))
+                return 0
+            table = Table(title=f"runs in {path}")
+            for col in ("run id", "pipeline", "status", "started (UTC)", "seconds", "resumed from"):
+                table.add_column(col)
+            for r in runs:
+                table.add_row(
+                    r.run_id, r.pipeline, r.status, _ts(r.started), _secs(r.started, r.finished),
+                    r.resumed_from or "",
+                )
+            console.print(table)
+            return 0
+        rec = store.get_run(args.run_id)
+        tasks = store.get_tasks(rec.run_id)
+        if args.json:
+            out = _run_json(rec)
+            out["tasks"] = {
+                n: {"status": t.status, "attempts": t.attempts, "duration": t.duration,
+                    "error_type": t.error_type, "error": t.error}
+                for n, t in tasks.items()
+            }
+            print(json.dumps(out, indent=2))
+            return 0
+        console.print(
+            f"[bold]{rec.pipeline}[/] run {rec.run_id}: {rec.status}, "
+            f"{_secs(rec.started, rec.finished)}s, started {_ts(rec.started)}"
+            + (f", resumed from {rec.resumed_from}" if rec.resumed_from else "")
+        )
+        table = Table()
+        for col in ("task", "status", "attempts", "seconds", "error"):
+            table.add_column(col)
+        for n, t in sorted(tasks.items(), key=lambda kv: kv[1].started or 0):
+            err = f"{t.error_type}: {t.error}" if t.error_type else ""
+            table.add_row(n, t.status, str(t.attempts), _secs(t.started, t.finished), err[:80])
+        console.print(table)
+        if rec.error:
+            console.print(f"error: {rec.error}")
+        return 0
+    finally:
+        store.close()
+
+
+def _ts(ts: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _secs(a: float | None, b: float | None) -> str:
+    return "" if a is None or b is None else f"{b - a:.3f}"
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id, "pipeline": r.pipeline, "status": r.status, "started": r.started,
+        "finished": r.finished, "resumed_from": r.resumed_from, "error": r.error,
+        "source": r.source, "tenant": r.tenant, "principal": r.principal,
+    }
+
+
+def _report(result: Any) -> int:
     print(f"run {result.run_id} {result.status} in {result.duration:.3f}s", file=sys.stderr)
     print(f"run_id: {result.run_id}")
     if result.success:
@@ -292,7 +429,33 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     run.add_argument("--tenant", help="tenant id for the run")
     run.add_argument("--principal", help="who runs it (access control)")
     run.add_argument("--param", action="append", help="KEY=VALUE run parameter (repeatable)")
+    run.add_argument("--store", help="run store file (default: .xlib-pipeline/runs.sqlite)")
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="re-run what did not finish in a stored run")
+    resume.add_argument("run_id")
+    resume.add_argument("--store", help="run store file")
+    resume.add_argument("--target", help="FILE[:NAME] when the run did not start from the CLI")
+    _add_config_arg(resume)
+    resume.add_argument("--force", action="store_true", help="resume a changed pipeline")
+    resume.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True)
+    resume.add_argument("--inline", action="store_true")
+    resume.add_argument("--executor")
+    resume.add_argument("--max-workers", type=int)
+    resume.set_defaults(func=cmd_resume)
+
+    runs = sub.add_parser("runs", help="run history from the run store")
+    rsub_runs = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    rl = rsub_runs.add_parser("list", help="recent runs")
+    rl.add_argument("--limit", type=int, default=20)
+    rl.add_argument("--pipeline")
+    rl.add_argument("--status")
+    rs = rsub_runs.add_parser("show", help="one run with its tasks")
+    rs.add_argument("run_id")
+    for sp in (rl, rs):
+        sp.add_argument("--store", help="run store file")
+        sp.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
 
     graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")
     graph.add_argument("target")

@@ -1,0 +1,77 @@
+"""Developer tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``plugins``.
+
+Plugins are found by globbing ``plugins/*/pyproject.toml``; there is no hand-kept list.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.parent.name for p in ROOT.glob("plugins/*/pyproject.toml"))
+nox.options.sessions = ["tests"]
+nox.options.reuse_venv = "yes"
+
+
+def _install_all(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    args: list[str] = []
+    for name in PLUGINS:
+        extra = "[test]" if "test" in (ROOT / "plugins" / name / "pyproject.toml").read_text() else ""
+        args += ["-e", f"plugins/{name}{extra}"]
+    if args:
+        session.install(*args)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite: core and every plugin, installed together."""
+    _install_all(session)
+    session.env.setdefault("XLIB_PIPELINE_HOME", str(Path(session.create_tmp()) / "home"))
+    session.env.setdefault("XLIB_PIPELINE_KEYS_DIR", str(Path(session.create_tmp()) / "keys"))
+    suites = ["tests", *[f"plugins/{n}/tests" for n in PLUGINS if (ROOT / "plugins" / n / "tests").is_dir()]]
+    session.run("python", "-m", "pytest", *suites, *session.posargs)
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugins(session: nox.Session, plugin: str) -> None:
+    """One plugin alone with the core, in a fresh venv: proves discovery and independence."""
+    session.install("-e", ".[test]")
+    extra = "[test]" if "test" in (ROOT / "plugins" / plugin / "pyproject.toml").read_text() else ""
+    session.install("-e", f"plugins/{plugin}{extra}")
+    session.run("python", "-m", "pytest", f"plugins/{plugin}/tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over everything, mypy (strict) over the core."""
+    session.install("ruff", "mypy", "-e", ".")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: a real pipeline with compliance plugins on, parallel, monitored."""
+    _install_all(session)
+    home = ROOT / ".xlib-pipeline"
+    session.env["XLIB_PIPELINE_HOME"] = str(home)
+    session.run("xlib-pipeline", "run", "examples/quickstart.py", "--monitor")
+    trail = home / "audit.jsonl"
+    if trail.exists():
+        session.run("xlib-pipeline", "audit", "verify", str(trail))
+    session.run("xlib-pipeline", "runs", "list", "--limit", "5", success_codes=[0, 2])
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark under benchmarks/; results go to benchmarks/RESULTS.md by hand."""
+    _install_all(session)
+    quick = ["--quick"] if "quick" in session.posargs else []
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *quick, env={"PYTHONHASHSEED": "0", **os.environ})
