@@ -1,0 +1,296 @@
+"""The run store: recording, encryption hooks, resume, and refusing bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xlib_pipeline import (
+    PayloadRef,
+    Pipeline,
+    PipelineManager,
+    RetryDecision,
+    StoreError,
+    hookimpl,
+)
+from xlib_pipeline._recording import ResumeError
+from xlib_pipeline._store import RunStore
+
+
+def manager(path: Path, *plugins: object, **config: object) -> PipelineManager:
+    return PipelineManager({"store": {"path": str(path)}, **config}, plugins=plugins, entry_points=False)
+
+
+class XorCipher:
+    """A toy cipher plugin: enough to see that the store only writes what encrypt returns."""
+
+    name = "xor"
+
+    def __init__(self) -> None:
+        self.refs: list[PayloadRef] = []
+
+    @hookimpl
+    def encrypt(self, data: bytes, ref: PayloadRef) -> bytes:
+        self.refs.append(ref)
+        return b"XOR" + bytes(b ^ 0x5A for b in data)
+
+    @hookimpl
+    def decrypt(self, data: bytes, ref: PayloadRef) -> bytes:
+        assert data.startswith(b"XOR")
+        return bytes(b ^ 0x5A for b in data[3:])
+
+
+def flaky_pipeline(flag: Path, calls: list[str]) -> Pipeline:
+    p = Pipeline("flaky")
+
+    @p.task("load")
+    def load():
+        calls.append("load")
+        return {"rows": [1, 2, 3], "marker": "PLAINTEXT-MARKER-7731"}
+
+    @p.task("transform", depends_on=["load"])
+    def transform(data):
+        calls.append("transform")
+        if not flag.exists():
+            raise RuntimeError("upstream system unavailable")
+        return sum(data["rows"])
+
+    @p.task("side", depends_on=["load"])
+    def side(data):
+        calls.append("side")
+        return len(data["rows"])
+
+    @p.task("report", depends_on=["transform", "side"])
+    def report(total, n):
+        calls.append("report")
+        return {"total": total, "n": n}
+
+    return p
+
+
+class TestRecording:
+    def test_run_tasks_and_events_are_recorded(self, tmp_path: Path) -> None:
+        """A run, each task's status, attempts and output, and its events are stored."""
+        calls: list[str] = []
+        (tmp_path / "ok").touch()
+        with manager(tmp_path / "runs.sqlite") as pm:
+            result = pm.execute_pipeline(flaky_pipeline(tmp_path / "ok", calls))
+            store = pm.store
+            assert store is not None
+            run = store.get_run(result.run_id)
+            tasks = store.get_tasks(result.run_id)
+            events = [e[2] for e in store.get_events(result.run_id)]
+        assert run.status == "succeeded" and run.pipeline == "flaky"
+        assert {n: t.status for n, t in tasks.items()} == dict.fromkeys(
+            ["load", "transform", "side", "report"], "succeeded"
+        )
+        assert all(t.attempts == 1 and t.output for t in tasks.values())
+        assert events.count("running") == 4 and events[-1] == "run.succeeded"
+
+    def test_outputs_pass_through_the_encrypt_hook(self, tmp_path: Path) -> None:
+        """The raw store file never holds an output's plaintext when a cipher plugin answers."""
+        cipher = XorCipher()
+        (tmp_path / "ok").touch()
+        db = tmp_path / "runs.sqlite"
+        with manager(db, cipher) as pm:
+            result = pm.execute_pipeline(flaky_pipeline(tmp_path / "ok", []))
+        assert result.success
+        assert {r.task for r in cipher.refs} == {"load", "transform", "side", "report"}
+        assert all(r.run_id == result.run_id for r in cipher.refs)
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("runs.sqlite*"))
+        assert b"PLAINTEXT-MARKER-7731" not in raw
+
+    def test_failed_attempts_are_recorded(self, tmp_path: Path) -> None:
+        """Every failed attempt of a retried task appears in the events with its error."""
+
+        class RetryTwice:
+            name = "retry-twice"
+
+            @hookimpl
+            def on_task_error(self, task, run, outcome):
+                return RetryDecision(delay=0) if outcome.attempt < 3 else None
+
+        state = {"n": 0}
+        p = Pipeline("retry")
+
+        @p.task("flaky")
+        def flaky():
+            state["n"] += 1
+            if state["n"] < 3:
+                raise ConnectionError(f"try {state['n']}")
+            return "ok"
+
+        with manager(tmp_path / "r.sqlite", RetryTwice()) as pm:
+            result = pm.execute_pipeline(p)
+            events = pm.store.get_events(result.run_id)
+            tasks = pm.store.get_tasks(result.run_id)
+        assert result.tasks["flaky"].attempts == 3
+        assert tasks["flaky"].attempts == 3
+        failed = [e for e in events if e[2] == "attempt_failed"]
+        assert [(e[3], e[4]) for e in failed] == [(1, "ConnectionError"), (2, "ConnectionError")]
+
+
+class TestResume:
+    def test_resume_reruns_only_what_did_not_finish(self, tmp_path: Path) -> None:
+        """Finished tasks are loaded from the store; the failed one and its dependents re-run."""
+        calls: list[str] = []
+        flag = tmp_path / "ok"
+        p = flaky_pipeline(flag, calls)
+        with manager(tmp_path / "runs.sqlite") as pm:
+            first = pm.execute_pipeline(p)
+            assert not first.success and first.failed_task == "transform"
+            assert first.tasks["report"].status == "upstream_failed"
+            calls.clear()
+            flag.touch()
+            second = pm.execute_pipeline(p, resume=first.run_id)
+        assert second.success and second.resumed_from == first.run_id
+        assert sorted(calls) == ["report", "transform"]
+        assert second.final_result == {"total": 6, "n": 3}
+
+    def test_resume_of_a_resumed_run_loads_carried_outputs(self, tmp_path: Path) -> None:
+        """Outputs carried into a resumed run stay loadable when that run is resumed again."""
+        calls: list[str] = []
+        cipher = XorCipher()
+        flag = tmp_path / "ok"
+        p = flaky_pipeline(flag, calls)
+        with manager(tmp_path / "runs.sqlite", cipher) as pm:
+            first = pm.execute_pipeline(p)
+            second = pm.execute_pipeline(p, resume=first.run_id)  # still failing
+            flag.touch()
+            calls.clear()
+            third = pm.execute_pipeline(p, resume=second.run_id)
+        assert third.success and sorted(calls) == ["report", "transform"]
+
+    def test_changed_structure_is_refused_with_what_changed(self, tmp_path: Path) -> None:
+        """Adding a task after a run makes resume refuse and name the added task."""
+        p = flaky_pipeline(tmp_path / "ok", [])
+        with manager(tmp_path / "runs.sqlite") as pm:
+            first = pm.execute_pipeline(p)
+            p.add_task("extra", lambda r: r, depends_on=["report"])
+            with pytest.raises(ResumeError, match="tasks added: extra"):
+                pm.execute_pipeline(p, resume=first.run_id)
+            (tmp_path / "ok").touch()
+            forced = pm.execute_pipeline(p, resume=first.run_id, force=True)
+        assert forced.success
+
+    def test_resume_without_store_or_unknown_run(self, tmp_path: Path) -> None:
+        """Resume needs a store, and an unknown run id is named in the error."""
+        p = flaky_pipeline(tmp_path / "ok", [])
+        with pytest.raises(Exception, match="store"):
+            PipelineManager(entry_points=False).execute_pipeline(p, resume="abc")
+        with manager(tmp_path / "runs.sqlite") as pm, pytest.raises(StoreError, match="nope"):
+            pm.execute_pipeline(p, resume="nope")
+
+    def test_unpicklable_output_reruns_on_resume(self, tmp_path: Path) -> None:
+        """An output the store could not pickle is not lost silently: its task runs again."""
+        calls: list[str] = []
+        flag = tmp_path / "ok"
+        p = Pipeline("gen")
+
+        @p.task("make")
+        def make():
+            calls.append("make")
+            return (i for i in range(3))  # generators cannot be pickled
+
+        @p.task("use", depends_on=["make"])
+        def use(gen):
+            calls.append("use")
+            if not flag.exists():
+                raise RuntimeError("not yet")
+            return sum(gen)
+
+        with manager(tmp_path / "runs.sqlite") as pm:
+            first = pm.execute_pipeline(p)
+            flag.touch()
+            calls.clear()
+            second = pm.execute_pipeline(p, resume=first.run_id)
+        assert second.final_result == 3 and calls == ["make", "use"]
+
+
+@st.composite
+def dags_with_failures(draw):
+    n = draw(st.integers(2, 12))
+    deps = {i: draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set() for i in range(n)}
+    failing = draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=3))
+    return n, deps, failing
+
+
+class TestResumeProperty:
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(case=dags_with_failures())
+    def test_resume_equals_uninterrupted_run(self, tmp_path: Path, case) -> None:
+        """After failures are fixed, resuming gives the uninterrupted result and re-runs no success."""
+        n, deps, failing = case
+        broken = set(failing)
+        ran: list[int] = []
+
+        def build() -> Pipeline:
+            p = Pipeline("prop")
+            for i in range(n):
+                def fn(*ups, i=i):
+                    ran.append(i)
+                    if i in broken:
+                        raise ValueError(f"task {i} broken")
+                    return i + sum(ups)
+                p.add_task(f"t{i}", fn, depends_on=[f"t{j}" for j in sorted(deps[i])])
+            return p
+
+        db = tmp_path / f"prop-{hashlib.md5(repr(case).encode()).hexdigest()}.sqlite"
+        p = build()
+        with manager(db) as pm:
+            first = pm.execute_pipeline(p)
+            done = {name for name, t in first.tasks.items() if t.status == "succeeded"}
+            broken.clear()
+            ran.clear()
+            second = pm.execute_pipeline(p, resume=first.run_id)
+        resumed_ran = list(ran)
+        reference = PipelineManager(entry_points=False).execute_pipeline(build())
+        ran[:] = resumed_ran
+        assert second.success
+        assert second.final_result == reference.final_result
+        assert not {f"t{i}" for i in ran} & done
+        assert len(ran) == len(set(ran))
+
+
+class TestBadFiles:
+    def test_corrupt_file_is_refused_and_left_untouched(self, tmp_path: Path) -> None:
+        """A file that is not SQLite gives StoreError naming it; its bytes do not change."""
+        bad = tmp_path / "runs.sqlite"
+        bad.write_bytes(b"this is not a database" * 100)
+        before = bad.read_bytes()
+        with pytest.raises(StoreError, match="runs.sqlite") as info:
+            RunStore(bad)
+        assert info.value.path == str(bad)
+        assert bad.read_bytes() == before
+
+    def test_foreign_sqlite_file_is_refused(self, tmp_path: Path) -> None:
+        """Another application's SQLite database is not adopted as a run store."""
+        other = tmp_path / "app.db"
+        with sqlite3.connect(other) as c:
+            c.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+        before = other.read_bytes()
+        with pytest.raises(StoreError, match="another application"):
+            PipelineManager({"store": {"path": str(other)}}, entry_points=False).execute_pipeline(
+                flaky_pipeline(tmp_path / "x", [])
+            )
+        assert other.read_bytes() == before
+
+    def test_bad_store_config_names_the_key(self) -> None:
+        """A store section without a path is a config error naming 'store'."""
+        with pytest.raises(Exception, match="store"):
+            PipelineManager({"store": {"batch_ms": 5}}, entry_points=False)
+
+    def test_integrity_after_runs(self, tmp_path: Path) -> None:
+        """The store passes SQLite's integrity check after several runs."""
+        db = tmp_path / "runs.sqlite"
+        (tmp_path / "ok").touch()
+        with manager(db) as pm:
+            for _ in range(3):
+                pm.execute_pipeline(flaky_pipeline(tmp_path / "ok", []))
+        with sqlite3.connect(db) as c:
+            assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
