@@ -1,0 +1,322 @@
+"""The encryption plugin: config keys, ``pm.encrypt_data``, the ``encrypt``/``decrypt`` hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from xlib_pipeline import (
+    ENCRYPTED_MAGIC,
+    CliCommand,
+    ConfigError,
+    ConfigKey,
+    ManagerDecorator,
+    PayloadRef,
+    RunContext,
+    SecurityError,
+    TaskOption,
+    data_dir,
+    hookimpl,
+    with_options,
+)
+
+from ._envelope import Envelope
+from ._keyring import KeyManagementService, Keyring, generate_key_file
+
+#: Environment variable naming the folder of the embedded default key file.
+KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
+DEFAULT_KEY_FILE = "master-keys.json"
+
+_log = logging.getLogger("xlib_pipeline.encryption")
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _keyring_spec(value: Any) -> Any:
+    """``{"env": VAR}``, ``{"file": PATH}``, a path string, or a KMS object."""
+    if isinstance(value, KeyManagementService) and not isinstance(value, Mapping):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return {"file": os.fspath(value)}
+    if isinstance(value, Mapping):
+        if "kms" in value and len(value) == 1:
+            kms = value["kms"]
+            if not isinstance(kms, KeyManagementService):
+                raise ValueError(
+                    "keyring {'kms': obj}: obj must implement active_key_id, wrap() and unwrap() "
+                    "(see xlib_pipeline_encryption.KeyManagementService)"
+                )
+            return kms
+        if len(value) == 1 and ("env" in value or "file" in value):
+            v = next(iter(value.values()))
+            if not isinstance(v, str | os.PathLike) or not os.fspath(v):
+                raise ValueError(f"keyring {dict(value)!r}: expected a non-empty name or path")
+            return {k: os.fspath(v) for k, v in value.items()}
+    raise ValueError(
+        f"expected {{'env': 'XLIB_PIPELINE_KEYS'}}, {{'file': PATH}} or {{'kms': obj}}, "
+        f"got {value!r}"
+    )
+
+
+def default_key_dir() -> Path:
+    """Where the embedded default key file lives: ``$XLIB_PIPELINE_KEYS_DIR``, else
+    ``$XDG_CONFIG_HOME/xlib-pipeline/keys``, else ``~/.config/xlib-pipeline/keys``."""
+    env = os.environ.get(KEYS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "xlib-pipeline" / "keys"
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def default_keyring(*, create: bool) -> Keyring | None:
+    """The embedded default keyring, created (0600, outside the data folder) when asked."""
+    folder = default_key_dir()
+    if _inside(folder, data_dir()):
+        raise ConfigError(
+            f"the default key folder {str(folder)!r} is inside the data folder "
+            f"{str(data_dir())!r}; keys must never sit beside the data they protect: set "
+            f"{KEYS_DIR_ENV} elsewhere or configure encryption.keyring",
+            key="encryption.keyring",
+        )
+    file = folder / DEFAULT_KEY_FILE
+    if not file.exists():
+        if not create:
+            return None
+        try:
+            key = generate_key_file(file)
+        except ConfigError:  # another manager created it meanwhile
+            pass
+        else:
+            _log.warning(
+                "encryption.key_file_created path=%s key_id=%s: no encryption.keyring is "
+                "configured, so a local master key was created there (mode 0600); back it "
+                "up: losing it makes encrypted results unreadable",
+                file,
+                key.id,
+            )
+    return Keyring.from_file(file)
+
+
+class EncryptionPlugin:
+    """AES-256-GCM envelope encryption of stored task outputs (see docs/plugins/encryption.md).
+
+    Pass ``kms=`` to use your own :class:`KeyManagementService` instead of a keyring:
+    ``PipelineManager(config, plugins=[EncryptionPlugin(kms=MyKms())])``.
+    """
+
+    name = "encryption"
+
+    def __init__(self, kms: KeyManagementService | None = None) -> None:
+        self._kms_override = kms
+        self._lock = threading.Lock()
+        self._kms: KeyManagementService | None = None
+        self._kms_stamp: Any = None
+        self.at_rest = False
+        self.in_transit = False
+        self.allow_plaintext = False
+        self._spec: Any = None
+        self._marked: set[tuple[str, str]] = set()
+        self._seen_plans: Any = None
+        self.envelope = Envelope(self.kms, per_run_keys=False)
+
+    # -- collectors --------------------------------------------------------------------------
+
+    @hookimpl
+    def register_config_keys(self) -> Iterable[ConfigKey]:
+        return (
+            ConfigKey(
+                name="encryption.keyring",
+                convert=_keyring_spec,
+                doc="Master keys: {'env': VAR}, {'file': PATH} or {'kms': obj}.",
+            ),
+            ConfigKey(
+                name="encryption.per_run_keys",
+                convert=_bool,
+                default=False,
+                doc="A fresh data key per tenant and run (default: per tenant).",
+            ),
+            ConfigKey(
+                name="encryption.allow_plaintext_reads",
+                convert=_bool,
+                default=False,
+                doc="Accept unencrypted stored outputs of tasks that require encryption "
+                "(e.g. runs stored before encryption was turned on).",
+            ),
+            ConfigKey(
+                name="security.encryption_at_rest",
+                convert=_bool,
+                default=False,
+                doc="Encrypt every stored task output.",
+            ),
+            ConfigKey(
+                name="security.encryption_in_transit",
+                convert=_bool,
+                default=False,
+                doc="Require TLS on network transports (the dask plugin enforces it).",
+            ),
+        )
+
+    @hookimpl
+    def register_task_options(self) -> Iterable[TaskOption]:
+        return (
+            TaskOption(
+                name="encrypt",
+                convert=_bool,
+                doc="Encrypt this task's stored output under its tenant's data key.",
+            ),
+        )
+
+    @hookimpl
+    def register_manager_decorators(self) -> Iterable[ManagerDecorator]:
+        return (
+            ManagerDecorator(
+                name="encrypt_data",
+                factory=encrypt_data,
+                doc="pm.encrypt_data(tenant_id=...): encrypt the task's stored output.",
+            ),
+        )
+
+    @hookimpl
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        from ._cli import keys_command
+
+        return (keys_command(),)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @hookimpl
+    def configure(self, manager: Any, config: Any) -> None:
+        self.at_rest = bool(config.get("security.encryption_at_rest"))
+        self.in_transit = bool(config.get("security.encryption_in_transit"))
+        self.allow_plaintext = bool(config.get("encryption.allow_plaintext_reads"))
+        self._spec = config.get("encryption.keyring")
+        self.envelope = Envelope(self.kms, per_run_keys=bool(config.get("encryption.per_run_keys")))
+        manager.state["encryption"] = self
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is encrypted: at-rest on, or tasks marked with ``encrypt``."""
+        return self.at_rest or bool(self._marked)
+
+    def kms(self) -> KeyManagementService:
+        """The master keys in use (loaded on first use; a key file is re-read when it changed)."""
+        if self._kms_override is not None:
+            return self._kms_override
+        spec = self._spec
+        if not isinstance(spec, Mapping) and spec is not None:
+            return spec  # a KMS object from config
+        stamp = _stamp(spec)
+        kms = self._kms
+        if kms is not None and stamp == self._kms_stamp:
+            return kms
+        with self._lock:
+            if self._kms is None or stamp != self._kms_stamp:
+                old = self._kms
+                new: KeyManagementService | None
+                if spec is None:
+                    new = default_keyring(create=True)
+                    stamp = _stamp(None)
+                else:
+                    new = Keyring.load(spec)
+                assert new is not None
+                self._kms, self._kms_stamp = new, stamp
+                if old is not None and old.active_key_id != new.active_key_id:
+                    self.envelope.reset()
+            return self._kms
+
+    @hookimpl
+    def before_pipeline(self, run: RunContext) -> None:
+        marked = [t.name for t in run.plan.tasks if t.options.get("encrypt")]
+        if marked:
+            name = run.pipeline_name
+            with self._lock:
+                self._marked.update((name, t) for t in marked)
+        if self.at_rest or marked:
+            self.kms()  # fail before anything runs when the keyring is unusable
+
+    @hookimpl
+    def after_pipeline(self, run: RunContext, result: Any) -> None:
+        self.envelope.forget_run(run.run_id)
+
+    def requires(self, ref: PayloadRef) -> bool:
+        """Whether the payload ``ref`` names must be stored encrypted."""
+        return self.at_rest or (ref.pipeline, ref.task) in self._marked
+
+    # -- providers ---------------------------------------------------------------------------
+
+    @hookimpl
+    def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
+            return None
+        return self.envelope.seal(data, ref)
+
+    @hookimpl
+    def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        if data.startswith(ENCRYPTED_MAGIC):
+            return self.envelope.open(data, ref)
+        if not self.allow_plaintext and self.requires(ref):
+            raise SecurityError(
+                f"the stored {ref.kind} of task {ref.task!r} (run {ref.run_id}) is not "
+                "encrypted although encryption is required for it; refusing to read it "
+                "(set encryption.allow_plaintext_reads to accept runs stored before "
+                "encryption was turned on)"
+            )
+        return None
+
+    def rewrap(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        """Re-wrap a stored ciphertext's data key under the active master key (rotation)."""
+        if not data.startswith(ENCRYPTED_MAGIC):
+            return None
+        return self.envelope.rewrap(data, ref)
+
+
+def _stamp(spec: Any) -> Any:
+    if spec is None:
+        path = default_key_dir() / DEFAULT_KEY_FILE
+    elif isinstance(spec, Mapping) and "file" in spec:
+        path = Path(spec["file"]).expanduser()
+    elif isinstance(spec, Mapping) and "env" in spec:
+        return ("env", os.environ.get(spec["env"]))
+    else:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return ("missing", str(path))
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+def encrypt_data(
+    manager: Any, fn: Callable[..., Any] | None = None, *, tenant_id: str | None = None
+) -> Any:
+    """``pm.encrypt_data(tenant_id=...)``: store the task's output encrypted under the
+    tenant's data key. Stack it directly under ``@pipeline.task``."""
+    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+        raise ConfigError(
+            f"pm.encrypt_data(tenant_id=...) needs a non-empty string, got {tenant_id!r}"
+        )
+    options: dict[str, Any] = {"encrypt": True}
+    if tenant_id is not None:
+        options["tenant_id"] = tenant_id
+
+    def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
+        return with_options(f, options)
+
+    return decorator(fn) if fn is not None else decorator
