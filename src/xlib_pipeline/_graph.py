@@ -137,6 +137,9 @@ def _find_cycle(
     cycle = path[seen[node] :]
     # We walked dependency edges backwards (task -> its upstream); show data-flow order.
     cycle.reverse()
+    # Start at the task defined first, so the same cycle always reads the same way.
+    k = cycle.index(min(cycle))
+    cycle = cycle[k:] + cycle[:k]
     return [names[i] for i in cycle] + [names[cycle[0]]]
 
 

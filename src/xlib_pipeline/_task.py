@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -24,6 +25,24 @@ TASK_FN_ATTR = "__xlib_pipeline_task_fn__"
 REGISTERED_ATTR = "__xlib_pipeline_task__"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class _Registration:
+    """Marks a function registered as a task. Holds its pipeline weakly and pickles without
+    it, so sending a task function to a worker never drags the whole pipeline along."""
+
+    __slots__ = ("_ref", "name")
+
+    def __init__(self, pipeline: Any, name: str) -> None:
+        self._ref = weakref.ref(pipeline) if pipeline is not None else None
+        self.name = name
+
+    @property
+    def pipeline(self) -> Any:
+        return self._ref() if self._ref is not None else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Registration, (None, self.name))
 
 
 def _freeze_options(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -227,7 +246,7 @@ class Pipeline:
         self._tasks[name] = task
         self._touch()
         try:
-            setattr(fn, REGISTERED_ATTR, (self, name))
+            setattr(fn, REGISTERED_ATTR, _Registration(self, name))
         except (AttributeError, TypeError):
             pass
         return task
@@ -260,8 +279,8 @@ class Pipeline:
 
         def decorator(fn: F) -> F:
             registered = getattr(fn, REGISTERED_ATTR, None)
-            if registered is not None and registered[0] is self:
-                self.replace(registered[1], options={"distribute": spec})
+            if registered is not None and registered.pipeline is self:
+                self.replace(registered.name, options={"distribute": spec})
                 return fn
             return with_options(fn, {"distribute": spec})
 
