@@ -434,3 +434,22 @@ class TestProcesses:
         assert result.success, result.error
         assert result.tasks["work"].attempts == 3
         assert counter.read_text() == "3"
+
+
+class TestRunStore:
+    def test_every_attempt_is_recorded(self, tmp_path: Path) -> None:
+        """The run store keeps one attempt_failed event per retried attempt and the count."""
+        pm, _ = manager({"store": {"path": str(tmp_path / "runs.sqlite")}})
+        try:
+            p, _ = one_task(fn=flaky(2), retries=2)
+            result = pm.execute_pipeline(p)
+            store = pm.store
+            assert store is not None
+            store.flush()
+            events = store.get_events(result.run_id)
+            tasks = store.get_tasks(result.run_id)
+        finally:
+            pm.close()
+        failed = [(e[3], e[4]) for e in events if e[0] == "work" and e[2] == "attempt_failed"]
+        assert failed == [(1, "ConnectionError"), (2, "ConnectionError")]
+        assert tasks["work"].attempts == 3
