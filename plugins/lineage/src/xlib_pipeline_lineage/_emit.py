@@ -1,0 +1,144 @@
+"""Sinks (transports) and the per-run background emitter.
+
+Hooks only append small tuples to a queue (well under a microsecond each); a background
+thread turns them into OpenLineage events and hands them to the sink in batches;
+``after_pipeline`` waits for the queue to drain, so every event of a run is written when
+``execute_pipeline`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from openlineage.client.transport.file import FileConfig, FileTransport
+
+from ._events import to_client_event
+
+_log = logging.getLogger("xlib_pipeline.lineage")
+
+#: How many events the emitter writes per batch at most.
+BATCH = 2048
+
+
+class BatchedFileTransport(FileTransport):
+    """openlineage-python's file transport in append mode, writing a batch per open.
+
+    The base class opens the file once per event; the emitter calls :meth:`write_lines`
+    with many pre-serialised events at once instead. ``emit`` (one event object) still
+    works as in the base class. The output is the base transport's format: one JSON event
+    per line.
+    """
+
+    kind = "file"
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append already-serialised events, one per line."""
+        path = self.config.log_file_path
+        try:
+            with self._file_handler.open_file(path, "a") as f:
+                f.write("\n".join(lines) + "\n")
+        except OSError as exc:
+            raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+
+
+class Sink:
+    """Where events go: a file (fast path) or any openlineage-python transport."""
+
+    def __init__(self, transport_config: Mapping[str, Any]) -> None:
+        cfg = dict(transport_config)
+        self.kind = str(cfg.get("type"))
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+        self._file: BatchedFileTransport | None = None
+        self._client: Any = None
+        if self.kind == "file":
+            path = cfg.pop("path", None) or cfg.get("log_file_path")
+            cfg["log_file_path"] = str(path)
+            cfg.setdefault("append", True)
+            cfg.pop("type", None)
+            if not cfg["append"]:
+                raise ValueError(
+                    "lineage.transport: the file transport must append (append=True); "
+                    "one file holds every run's events"
+                )
+            self.path = Path(cfg["log_file_path"]) if "://" not in cfg["log_file_path"] else None
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = BatchedFileTransport(FileConfig.from_dict(cfg))
+        else:
+            from openlineage.client import OpenLineageClient
+            from openlineage.client.transport import get_default_factory
+
+            transport = get_default_factory().create(cfg)
+            self._client = OpenLineageClient(transport=transport)
+
+    def write(self, events: list[str]) -> None:
+        """Write a batch of JSON events (thread-safe: runs of one manager share the sink)."""
+        if self._file is not None:
+            with self._lock:
+                self._file.write_lines(events)
+            return
+        with self._lock:
+            for e in events:
+                self._client.emit(to_client_event(json.loads(e)))
+
+    def close(self) -> None:
+        """Release the transport."""
+        if self._client is not None:
+            try:
+                self._client.close(timeout=5.0)
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+
+class Emitter:
+    """A background thread draining ``put`` records through ``build`` into a sink."""
+
+    def __init__(self, sink: Sink, build: Callable[[tuple[Any, ...], list[str]], None]) -> None:
+        self.sink = sink
+        self._build = build
+        self._q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.put = self._q.put
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._loop, name="xlib-lineage", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        q = self._q
+        build = self._build
+        done = False
+        while not done:
+            item = q.get()
+            events: list[str] = []
+            n = 0
+            while True:
+                if item is None:
+                    done = True
+                    break
+                try:
+                    build(item, events)
+                except Exception as exc:  # never lose the thread; report at the end
+                    self.errors.append(exc)
+                n += 1
+                if n >= BATCH:
+                    break
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+            if events:
+                try:
+                    self.sink.write(events)
+                except Exception as exc:
+                    self.errors.append(exc)
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Write everything queued so far and stop the thread."""
+        self._q.put(None)
+        self._thread.join(timeout)

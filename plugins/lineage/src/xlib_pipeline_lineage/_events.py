@@ -1,0 +1,277 @@
+"""OpenLineage run events as plain JSON-ready dicts, and their openlineage-python twins.
+
+Events are built as dicts (cheap, and exactly what the file transport writes as one JSON
+line). For transports other than ``file`` they are converted to the client's
+``openlineage.client.event_v2`` objects and emitted through ``OpenLineageClient``.
+
+Naming conventions (documented in docs/plugins/lineage.md):
+
+* job namespace: config ``lineage.namespace`` (default ``"xlib-pipeline"``);
+* pipeline run: job name = pipeline name, runId = the core's run id (a UUIDv7);
+* task run: job name = ``"<pipeline>.<task>"``, runId = :func:`task_run_id` (a UUIDv5 of
+  the pipeline run id and the task name, so anyone can recompute it); its ``parent`` run
+  facet names the pipeline run, which is also its ``root``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from openlineage.client.event_v2 import RunEvent as _ClientRunEvent
+from openlineage.client.facet_v2 import error_message_run, parent_run
+
+#: The facet schema URLs come from the installed client so they always match it.
+PARENT_SCHEMA = parent_run.ParentRunFacet._get_schema()
+ERROR_SCHEMA = error_message_run.ErrorMessageRunFacet._get_schema()
+EVENT_SCHEMA = _ClientRunEvent._get_schema()
+
+#: Base of the identifiers of xlib-pipeline's own facet schemas, shipped in ``schemas/``.
+FACET_SCHEMA_BASE = "https://xlib-pipeline.dev/spec/facets/1-0-0/"
+RUN_FACET = "xlibPipeline_run"
+RUN_FACET_SCHEMA = (
+    FACET_SCHEMA_BASE + "XlibPipelineTaskRunFacet.json#/$defs/XlibPipelineTaskRunFacet"
+)
+CLASSIFICATION_FACET = "xlibPipeline_classification"
+CLASSIFICATION_FACET_SCHEMA = (
+    FACET_SCHEMA_BASE
+    + "XlibPipelineClassificationDatasetFacet.json#/$defs/XlibPipelineClassificationDatasetFacet"
+)
+
+DEFAULT_NAMESPACE = "xlib-pipeline"
+
+
+def default_producer() -> str:
+    """The producer URI written on every event and facet unless configured."""
+    from . import __version__
+
+    return f"https://pypi.org/project/xlib-pipeline-lineage/{__version__}/"
+
+
+def task_run_id(pipeline_run_id: str, task: str) -> str:
+    """The OpenLineage runId of ``task`` in pipeline run ``pipeline_run_id``.
+
+    ``uuid5(UUID(pipeline_run_id), task)``: deterministic, so anyone holding a run id can
+    find the task runs of that run.
+    """
+    return str(uuid.uuid5(uuid.UUID(pipeline_run_id), task))
+
+
+def fast_uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without building UUID objects."""
+    b = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def iso(ts: float) -> str:
+    """A POSIX timestamp as an RFC 3339 UTC date-time."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def parse_dataset(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+    """Normalise one ``inputs=``/``outputs=`` entry into ``{"namespace", "name"[, "facets"]}``.
+
+    Strings: ``"scheme://authority/path"`` becomes namespace ``scheme://authority`` and name
+    ``/path`` (the OpenLineage naming convention); otherwise ``"namespace:name"`` splits at
+    the first colon; a bare ``"name"`` uses ``default_namespace``. Dicts need ``name`` and
+    may give ``namespace`` and ``facets`` (a mapping of OpenLineage dataset facets).
+    """
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("a dataset name must be a non-empty string")
+        if "://" in value:
+            scheme, _, rest = value.partition("://")
+            authority, slash, path = rest.partition("/")
+            if not scheme or not authority:
+                raise ValueError(f"dataset {value!r}: expected 'scheme://authority/path'")
+            return {"namespace": f"{scheme}://{authority}", "name": slash + path or "/"}
+        ns, sep, name = value.partition(":")
+        if sep:
+            if not ns or not name:
+                raise ValueError(f"dataset {value!r}: expected 'namespace:name'")
+            return {"namespace": ns, "name": name}
+        return {"namespace": default_namespace, "name": value}
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"namespace", "name", "facets"}
+        if unknown:
+            raise ValueError(
+                f"dataset {dict(value)!r}: unknown key(s) {sorted(unknown)}; "
+                "expected 'namespace', 'name', 'facets'"
+            )
+        name = value.get("name")
+        ns = value.get("namespace", default_namespace)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"dataset {dict(value)!r}: 'name' must be a non-empty string")
+        if not isinstance(ns, str) or not ns:
+            raise ValueError(f"dataset {dict(value)!r}: 'namespace' must be a non-empty string")
+        out: dict[str, Any] = {"namespace": ns, "name": name}
+        facets = value.get("facets")
+        if facets is not None:
+            if not isinstance(facets, Mapping) or not all(
+                isinstance(f, Mapping) for f in facets.values()
+            ):
+                raise ValueError(f"dataset {name!r}: 'facets' must map facet names to dicts")
+            out["facets"] = {k: dict(v) for k, v in facets.items()}
+        return out
+    raise ValueError(
+        f"a dataset must be 'namespace:name' or a dict with 'name', got {type(value).__name__}"
+    )
+
+
+def parse_datasets(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
+    """Normalise an ``inputs=``/``outputs=`` option (one entry or a list of entries)."""
+    if value is None:
+        return []
+    if isinstance(value, str | Mapping):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise ValueError(f"expected a list of datasets, got {type(value).__name__}")
+    return [parse_dataset(v, default_namespace) for v in value]
+
+
+def run_event(
+    event_type: str,
+    ts: float,
+    *,
+    run_id: str,
+    namespace: str,
+    job: str,
+    producer: str,
+    run_facets: dict[str, Any] | None = None,
+    inputs: list[dict[str, Any]] | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One OpenLineage ``RunEvent`` as a dict."""
+    run: dict[str, Any] = {"runId": run_id}
+    if run_facets:
+        run["facets"] = run_facets
+    return {
+        "eventType": event_type,
+        "eventTime": iso(ts),
+        "producer": producer,
+        "schemaURL": EVENT_SCHEMA,
+        "run": run,
+        "job": {"namespace": namespace, "name": job},
+        "inputs": inputs or [],
+        "outputs": outputs or [],
+    }
+
+
+def parent_facet(producer: str, run_id: str, namespace: str, job: str) -> dict[str, Any]:
+    """The standard ``parent`` run facet (the pipeline run is parent and root, so the
+    optional ``root`` field is left out)."""
+    ref = {"run": {"runId": run_id}, "job": {"namespace": namespace, "name": job}}
+    return {"_producer": producer, "_schemaURL": PARENT_SCHEMA, **ref}
+
+
+def error_facet(producer: str, error: BaseException | None, stack: str | None) -> dict[str, Any]:
+    """The standard ``errorMessage`` run facet (message truncated to 1,000 characters)."""
+    if error is None:
+        message = "unknown error"
+    else:
+        message = f"{type(error).__name__}: {error}"[:1000]
+    out: dict[str, Any] = {
+        "_producer": producer,
+        "_schemaURL": ERROR_SCHEMA,
+        "message": message,
+        "programmingLanguage": "python",
+    }
+    if stack:
+        out["stackTrace"] = stack
+    return out
+
+
+def xlib_facet(producer: str, **fields: Any) -> dict[str, Any]:
+    """xlib-pipeline's own run facet (schema: schemas/XlibPipelineTaskRunFacet.json)."""
+    out = {"_producer": producer, "_schemaURL": RUN_FACET_SCHEMA}
+    out.update({k: v for k, v in fields.items() if v is not None})
+    return out
+
+
+def classification_facet(producer: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The classification dataset facet built from a classification stash entry."""
+    out: dict[str, Any] = {
+        "_producer": producer,
+        "_schemaURL": CLASSIFICATION_FACET_SCHEMA,
+        "level": str(entry["level"]),
+    }
+    if entry.get("declared") is not None:
+        out["declared"] = str(entry["declared"])
+    detected = entry.get("detected")
+    if detected:
+        out["detected"] = [str(d) for d in detected]
+    return out
+
+
+# --- conversion to openlineage-python objects (non-file transports) -------------------------
+
+
+def to_client_event(event: Mapping[str, Any]) -> Any:
+    """Convert an event dict into an ``openlineage.client.event_v2.RunEvent``."""
+    from openlineage.client import event_v2
+
+    run = event["run"]
+    job = event["job"]
+    return event_v2.RunEvent(
+        eventType=event_v2.RunState(event["eventType"]),
+        eventTime=event["eventTime"],
+        producer=event["producer"],
+        run=event_v2.Run(runId=run["runId"], facets=_run_facets(run.get("facets") or {})),
+        job=event_v2.Job(namespace=job["namespace"], name=job["name"]),
+        inputs=[
+            event_v2.InputDataset(
+                namespace=d["namespace"], name=d["name"], facets=_generic(d.get("facets"))
+            )
+            for d in event.get("inputs") or ()
+        ],
+        outputs=[
+            event_v2.OutputDataset(
+                namespace=d["namespace"], name=d["name"], facets=_generic(d.get("facets"))
+            )
+            for d in event.get("outputs") or ()
+        ],
+    )
+
+
+def _run_facets(facets: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, f in facets.items():
+        if key == "parent":
+            root = f.get("root")
+            out[key] = parent_run.ParentRunFacet(
+                run=parent_run.Run(runId=f["run"]["runId"]),
+                job=parent_run.Job(namespace=f["job"]["namespace"], name=f["job"]["name"]),
+                root=parent_run.Root(
+                    run=parent_run.RootRun(runId=root["run"]["runId"]),
+                    job=parent_run.RootJob(
+                        namespace=root["job"]["namespace"], name=root["job"]["name"]
+                    ),
+                )
+                if root
+                else None,
+                producer=f["_producer"],
+            )
+        elif key == "errorMessage":
+            out[key] = error_message_run.ErrorMessageRunFacet(
+                message=f["message"],
+                programmingLanguage=f["programmingLanguage"],
+                stackTrace=f.get("stackTrace"),
+                producer=f["_producer"],
+            )
+        else:
+            out[key] = _GenericFacet(f)
+    return out
+
+
+def _generic(facets: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: _GenericFacet(v) for k, v in (facets or {}).items()}
+
+
+class _GenericFacet(dict):  # type: ignore[type-arg]
+    """A facet kept as its JSON dict; the client's serializer writes dicts as they are."""

@@ -1,0 +1,441 @@
+"""The lineage plugin: OpenLineage START/COMPLETE/FAIL/ABORT events for runs and task runs.
+
+Hot path: ``before_task``/``after_task`` append one tuple to the run's queue; a background
+thread builds the events (run ids, facets, datasets) and writes them in batches;
+``after_pipeline`` waits until everything of the run is written.
+
+Event rules (see docs/plugins/lineage.md):
+
+* every task run that reaches an outcome has exactly one START and exactly one terminal
+  event: COMPLETE (succeeded), FAIL (failed, with an ``errorMessage`` facet) or ABORT
+  (skipped, upstream_failed, cancelled; the ``xlibPipeline_run`` facet says which). A task
+  that never ran gets its START and its ABORT together, at the moment it was decided;
+* retries: only the final attempt's outcome is terminal; the START is the first attempt's;
+* the pipeline run gets START at ``before_pipeline`` and COMPLETE/FAIL/ABORT at
+  ``after_pipeline``; a run refused before it started gets START and FAIL, no task events.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from xlib_pipeline import CliCommand, ConfigKey, TaskOption, data_dir, hookimpl
+from xlib_pipeline.exceptions import ConfigError
+
+from . import _events as ev
+from ._emit import Emitter, Sink
+
+_SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
+_TERMINAL = {
+    "succeeded": "COMPLETE",
+    "failed": "FAIL",
+    "skipped": "ABORT",
+    "upstream_failed": "ABORT",
+    "cancelled": "ABORT",
+}
+_REASONS = {
+    "skipped": "task skipped (condition false or an upstream was skipped)",
+    "upstream_failed": "an upstream task failed",
+    "cancelled": "run cancelled before the task started",
+}
+
+
+def _section(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            "expected a mapping like {'namespace': 'my-team', 'transport': {'type': 'file'}}, "
+            f"got {value!r}"
+        )
+    for k in value:
+        if k not in _SECTION_KEYS:
+            hint = difflib.get_close_matches(str(k), _SECTION_KEYS, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown key {k!r}; expected some of {list(_SECTION_KEYS)}{extra}")
+    out = dict(value)
+    for key in ("enabled", "include_stack_trace"):
+        if key in out and not isinstance(out[key], bool):
+            raise ValueError(f"{key!r} must be true or false, got {out[key]!r}")
+    for key in ("namespace", "producer"):
+        if key in out and (not isinstance(out[key], str) or not out[key]):
+            raise ValueError(f"{key!r} must be a non-empty string, got {out[key]!r}")
+    if "producer" in out and "://" not in out["producer"]:
+        raise ValueError(f"'producer' must be a URI (https://...), got {out['producer']!r}")
+    transport = out.get("transport")
+    if transport is not None:
+        if not isinstance(transport, Mapping) or not isinstance(transport.get("type"), str):
+            raise ValueError(
+                "'transport' must be a mapping with a 'type' (file, console, http, kafka ...), "
+                f"got {transport!r}"
+            )
+        out["transport"] = dict(transport)
+    return out
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _datasets_option(value: Any) -> Any:
+    ev.parse_datasets(value)  # validates; the run parses again with the configured namespace
+    return value
+
+
+class _RunState:
+    """Per-run lineage state; all mutable parts are touched by the emitter thread only.
+
+    Events are written as JSON text assembled from fragments serialised once per run (the
+    parent facet, producer, namespace) and once per task (run id, job name, datasets), so
+    each event costs a string format plus the parts that really vary.
+    """
+
+    def __init__(self, plugin: LineagePlugin, run: Any) -> None:
+        d = json.dumps
+        self.namespace: str = plugin.namespace
+        self.producer: str = plugin.producer
+        self.include_stack: bool = plugin.include_stack
+        self.pipeline: str = run.pipeline_name
+        self.run_id: str = run.run_id
+        self.tenant: str | None = run.tenant_id
+        self.executor: str = run.executor
+        self.stash: dict[str, Any] = run.stash
+        self.tasks = {t.name: t for t in run.plan.tasks}
+        self.datasets = plugin.datasets_for(run.plan)
+        self.started: set[str] = set()
+        self.ended: set[str] = set()
+        #: task name -> OpenLineage runId of its task run (the recorded mapping).
+        self.task_run_ids: dict[str, str] = {}
+        self._info: dict[str, tuple[str, str, str, str, str]] = {}
+        self._ns_bytes = uuid.UUID(self.run_id).bytes
+        p = self.producer
+        self._head = f'"producer":{d(p)},"schemaURL":{d(ev.EVENT_SCHEMA)}'
+        self._parent = d(ev.parent_facet(p, self.run_id, self.namespace, self.pipeline))
+        self._xhead = f'{{"_producer":{d(p)},"_schemaURL":{d(ev.RUN_FACET_SCHEMA)},"kind":"task",'
+        self._ns = d(self.namespace)
+        self._job_prefix = self.pipeline + "."
+        self.emitter = Emitter(plugin.sink(), self.build)
+
+    # -- event building (emitter thread) -------------------------------------------------
+
+    def _task_info(self, name: str) -> tuple[str, str, str, str, str]:
+        info = self._info.get(name)
+        if info is None:
+            d = json.dumps
+            rid = self.task_run_ids[name] = ev.fast_uuid5(self._ns_bytes, name)
+            ins, outs = self.datasets.get(name, ((), ()))
+            info = self._info[name] = (
+                rid,
+                d(self._job_prefix + name),
+                d(name),
+                d(list(ins)) if ins else "[]",
+                d(list(outs)) if outs else "[]",
+            )
+        return info
+
+    def _task_event(
+        self, etype: str, name: str, ts: float, facet: str, extra: str = "", outs: str = ""
+    ) -> str:
+        rid, job, _, ins, declared = self._task_info(name)
+        return (
+            f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}",{self._head},'
+            f'"run":{{"runId":"{rid}","facets":{{"parent":{self._parent},'
+            f'"{ev.RUN_FACET}":{facet}{extra}}}}},'
+            f'"job":{{"namespace":{self._ns},"name":{job}}},'
+            f'"inputs":{ins},"outputs":{outs or declared}}}'
+        )
+
+    def _start(self, name: str, ts: float, out: list[str]) -> None:
+        self.started.add(name)
+        task = self.tasks.get(name)
+        info = self._task_info(name)
+        up = json.dumps(list(task.depends_on)) if task is not None and task.depends_on else "[]"
+        facet = f'{self._xhead}"task":{info[2]},"status":"running","upstream":{up}}}'
+        out.append(self._task_event("START", name, ts, facet))
+
+    def _end(
+        self,
+        name: str,
+        status: str,
+        error: BaseException | None,
+        tb: str | None,
+        attempts: int,
+        ts: float,
+        out: list[str],
+        reason: str | None = None,
+    ) -> None:
+        if name in self.ended:
+            return
+        if name not in self.started:
+            self._start(name, ts, out)
+        self.ended.add(name)
+        etype = _TERMINAL.get(status, "ABORT")
+        why = reason or _REASONS.get(status)
+        facet = (
+            f'{self._xhead}"task":{self._task_info(name)[2]},"status":"{status}",'
+            f'"attempts":{int(attempts)}' + (f',"reason":{json.dumps(why)}}}' if why else "}")
+        )
+        extra = ""
+        if etype == "FAIL":
+            extra = ',"errorMessage":' + json.dumps(ev.error_facet(self.producer, error, tb))
+        outs = ""
+        if status == "succeeded" and self.stash.get("classification") is not None:
+            classified = self._classified_outputs(name)
+            if classified is not None:
+                outs = json.dumps(classified)
+        out.append(self._task_event(etype, name, ts, facet, extra, outs))
+
+    def _classified_outputs(self, name: str) -> list[dict[str, Any]] | None:
+        """Outputs with the classification facet, read from ``run.stash["classification"]``."""
+        cls = self.stash.get("classification")
+        if not isinstance(cls, Mapping):
+            return None
+        entry = (cls.get("outputs") or {}).get(name)
+        if not isinstance(entry, Mapping) or "level" not in entry:
+            return None
+        facet = ev.classification_facet(self.producer, entry)
+        declared = self.datasets.get(name, ((), ()))[1]
+        targets = list(declared) or [
+            {"namespace": self.namespace, "name": f"{self.pipeline}.{name}.result"}
+        ]
+        outs = []
+        for d in targets:
+            d2 = dict(d)
+            d2["facets"] = {**(d.get("facets") or {}), ev.CLASSIFICATION_FACET: facet}
+            outs.append(d2)
+        return outs
+
+    def _pipeline_event(
+        self, etype: str, ts: float, status: str, error: BaseException | None = None
+    ) -> str:
+        p = self.producer
+        facets: dict[str, Any] = {
+            ev.RUN_FACET: ev.xlib_facet(
+                p, kind="pipeline", status=status, tenant=self.tenant, executor=self.executor
+            )
+        }
+        if etype == "FAIL":
+            facets["errorMessage"] = ev.error_facet(p, error, None)
+        return json.dumps(
+            ev.run_event(
+                etype,
+                ts,
+                run_id=self.run_id,
+                namespace=self.namespace,
+                job=self.pipeline,
+                producer=p,
+                run_facets=facets,
+            ),
+            separators=(",", ":"),
+        )
+
+    def build(self, rec: tuple[Any, ...], out: list[str]) -> None:
+        """Turn one queued record into zero or more events (emitter thread)."""
+        kind = rec[0]
+        if kind == "S":
+            if rec[1] not in self.started:
+                self._start(rec[1], rec[2], out)
+        elif kind == "E":
+            self._end(rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], out)
+        elif kind == "PS":
+            out.append(self._pipeline_event("START", rec[1], "running"))
+        elif kind == "PE":
+            status, error, ts = rec[1], rec[2], rec[3]
+            if status != "refused":
+                for name in self.tasks:  # tasks abandoned without an outcome
+                    if name not in self.ended:
+                        self._end(
+                            name,
+                            "cancelled",
+                            None,
+                            None,
+                            0,
+                            ts,
+                            out,
+                            reason="the run ended without an outcome for this task",
+                        )
+            etype = {"succeeded": "COMPLETE", "cancelled": "ABORT"}.get(status, "FAIL")
+            out.append(self._pipeline_event(etype, ts, status, error))
+
+
+class LineagePlugin:
+    """OpenLineage run events for pipelines and tasks (``xlib-pipeline-lineage``)."""
+
+    name = "lineage"
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.namespace = ev.DEFAULT_NAMESPACE
+        self.producer = ev.default_producer()
+        self.include_stack = False
+        self.transport: dict[str, Any] = {}
+        self._sink: Sink | None = None
+        self._lock = threading.Lock()
+        self._datasets: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+    # -- registration ----------------------------------------------------------------------
+
+    @hookimpl
+    def register_config_keys(self) -> Iterable[ConfigKey]:
+        return (
+            ConfigKey(
+                name="lineage",
+                convert=_section,
+                doc="OpenLineage events: {namespace, transport: {type: file|console|http|..., "
+                "...}, producer, include_stack_trace, enabled}.",
+            ),
+            ConfigKey(
+                name="data_lineage",
+                convert=_flag,
+                doc="true: emit OpenLineage events with defaults (file data_dir()/lineage.jsonl).",
+            ),
+        )
+
+    @hookimpl
+    def register_task_options(self) -> Iterable[TaskOption]:
+        return (
+            TaskOption(
+                name="inputs",
+                convert=_datasets_option,
+                doc="Datasets the task reads: 'namespace:name' strings or {namespace, name} dicts.",
+            ),
+            TaskOption(
+                name="outputs",
+                convert=_datasets_option,
+                doc="Datasets the task writes: 'namespace:name' strings or {namespace, name} dicts.",
+            ),
+        )
+
+    @hookimpl
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        from ._graph import add_arguments, run_cli
+
+        return (
+            CliCommand(
+                name="lineage",
+                help="show the OpenLineage graph of a run (Mermaid)",
+                add_arguments=add_arguments,
+                run=run_cli,
+            ),
+        )
+
+    @hookimpl
+    def configure(self, manager: Any, config: Any) -> None:
+        section = config.get("lineage")
+        flag = config.get("data_lineage")
+        if flag is False or (section is None and not flag):
+            return
+        section = dict(section or {})
+        if not section.get("enabled", True):
+            return
+        self.enabled = True
+        self.namespace = section.get("namespace", ev.DEFAULT_NAMESPACE)
+        self.producer = section.get("producer") or ev.default_producer()
+        self.include_stack = bool(section.get("include_stack_trace", False))
+        transport = dict(section.get("transport") or {"type": "file"})
+        if transport.get("type") == "file" and not (
+            transport.get("path") or transport.get("log_file_path")
+        ):
+            transport["path"] = str(data_dir() / "lineage.jsonl")
+        self.transport = transport
+        try:
+            self._sink = Sink(transport)
+        except Exception as exc:
+            raise ConfigError(
+                f"config key 'lineage.transport': cannot build the {transport.get('type')!r} "
+                f"transport: {type(exc).__name__}: {exc}",
+                key="lineage.transport",
+            ) from exc
+
+    @property
+    def path(self) -> Any:
+        """The file the file transport writes (``None`` for other transports)."""
+        return self._sink.path if self._sink is not None else None
+
+    def sink(self) -> Sink:
+        """The manager's transport (built at configure)."""
+        assert self._sink is not None
+        return self._sink
+
+    def datasets_for(self, plan: Any) -> dict[str, Any]:
+        """Parsed ``inputs``/``outputs`` per task of ``plan`` (cached per plan)."""
+        cached = self._datasets.get(plan)
+        if cached is not None:
+            return cached
+        out: dict[str, Any] = {}
+        ns = self.namespace
+        for t in plan.tasks:
+            opts = t.options
+            if "inputs" in opts or "outputs" in opts:
+                out[t.name] = (
+                    tuple(ev.parse_datasets(opts.get("inputs"), ns)),
+                    tuple(ev.parse_datasets(opts.get("outputs"), ns)),
+                )
+        with self._lock:
+            self._datasets[plan] = out
+        return out
+
+    # -- run hooks -------------------------------------------------------------------------
+
+    @hookimpl
+    def before_pipeline(self, run: Any) -> None:
+        if not self.enabled:
+            return
+        state = _RunState(self, run)
+        run.stash["lineage"] = state
+        state.emitter.put(("PS", run.started))
+
+    @hookimpl
+    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
+        state = run.stash.get("lineage")
+        if state is not None:
+            state.emitter.put(("S", task.name, time.time()))
+
+    @hookimpl
+    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
+        if not outcome.final:
+            return
+        state = run.stash.get("lineage")
+        if state is not None:
+            state.emitter.put(
+                (
+                    "E",
+                    task.name,
+                    outcome.status.value,
+                    outcome.error,
+                    outcome.traceback if state.include_stack else None,
+                    outcome.attempt,
+                    outcome.finished or time.time(),
+                )
+            )
+
+    @hookimpl
+    def after_pipeline(self, run: Any, result: Any) -> None:
+        if not self.enabled:
+            return
+        state = run.stash.get("lineage")
+        if state is None:  # refused before before_pipeline ran
+            state = _RunState(self, run)
+            run.stash["lineage"] = state
+            state.emitter.put(("PS", result.started))
+        state.emitter.put(("PE", result.status, result.error, result.finished or time.time()))
+        state.emitter.finish()
+        if state.emitter.errors and run.log is not None:
+            err = state.emitter.errors[0]
+            run.log.warning(
+                "lineage.emit_failed",
+                errors=len(state.emitter.errors),
+                error=f"{type(err).__name__}: {err}",
+            )
+
+    @hookimpl
+    def close(self, manager: Any) -> None:
+        if self._sink is not None:
+            self._sink.close()
