@@ -1,0 +1,174 @@
+"""Encryption with the run store: nothing readable at rest, bound rows, rotation, CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+
+import pytest
+from xlib_pipeline_encryption import add_key, generate_key_file, key_id_of, rotate_store
+
+from xlib_pipeline import ENCRYPTED_MAGIC, Pipeline, PipelineManager, SecurityError
+from xlib_pipeline.cli import main as cli
+
+MARKER = "MARKER-c0ffee-DO-NOT-STORE"
+
+
+def config(tmp_path, keyfile=None, **security):
+    cfg = {
+        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "security": {"encryption_at_rest": True, **security},
+    }
+    if keyfile is not None:
+        cfg["encryption"] = {"keyring": {"file": str(keyfile)}}
+    return cfg
+
+
+def build(flaky=None):
+    p = Pipeline("secure")
+
+    @p.task("extract", tenant_id="acme")
+    def extract():
+        return {"ssn": MARKER, "rows": list(range(100))}
+
+    @p.task("report", tenant_id="globex")
+    def report():
+        return MARKER + "-globex"
+
+    @p.task("combine", depends_on=["extract", "report"])
+    def combine(a, b):
+        if flaky is not None and flaky["fail"]:
+            raise RuntimeError("transient")
+        return {"n": len(a["rows"]), "b": b}
+
+    return p
+
+
+def raw_bytes(tmp_path) -> bytes:
+    return b"".join(f.read_bytes() for f in tmp_path.glob("runs.sqlite*"))
+
+
+def outputs(tmp_path):
+    with sqlite3.connect(tmp_path / "runs.sqlite") as c:
+        return c.execute(
+            "SELECT run_id, task, tenant, output FROM tasks WHERE output IS NOT NULL"
+        ).fetchall()
+
+
+class TestAtRest:
+    def test_store_file_holds_no_plaintext(self, tmp_path):
+        """The SQLite file (and its WAL) never contains an encrypted output's plaintext."""
+        with PipelineManager(config(tmp_path)) as pm:
+            result = pm.execute_pipeline(build())
+        assert result.success and result.final_result["b"] == MARKER + "-globex"
+        assert MARKER.encode() not in raw_bytes(tmp_path)
+        rows = outputs(tmp_path)
+        assert len(rows) == 3 and all(bytes(r[3]).startswith(ENCRYPTED_MAGIC) for r in rows)
+
+    def test_only_marked_tasks_without_at_rest(self, tmp_path):
+        """Without at-rest, only pm.encrypt_data tasks are encrypted in the store."""
+        cfg = {"store": {"path": str(tmp_path / "runs.sqlite")}}
+        with PipelineManager(cfg) as pm:
+            p = Pipeline("mixed")
+
+            @p.task("secret")
+            @pm.encrypt_data(tenant_id="acme")
+            def secret():
+                return MARKER
+
+            @p.task("public")
+            def public():
+                return "PUBLIC-VALUE"
+
+            assert pm.execute_pipeline(p).success
+        data = raw_bytes(tmp_path)
+        assert MARKER.encode() not in data
+        assert b"PUBLIC-VALUE" in data
+
+    def test_ciphertext_copied_to_another_row_fails(self, tmp_path):
+        """A ciphertext copied into another task's or tenant's row is refused on resume."""
+        flaky = {"fail": True}
+        with PipelineManager(config(tmp_path)) as pm:
+            first = pm.execute_pipeline(build(flaky))
+        assert not first.success
+        with sqlite3.connect(tmp_path / "runs.sqlite") as c:
+            (blob,) = c.execute(
+                "SELECT output FROM tasks WHERE task='extract' AND run_id=?", (first.run_id,)
+            ).fetchone()
+            c.execute(
+                "UPDATE tasks SET output=? WHERE task='report' AND run_id=?",
+                (blob, first.run_id),
+            )
+        flaky["fail"] = False
+        with PipelineManager(config(tmp_path)) as pm, pytest.raises(SecurityError) as info:
+            pm.execute_pipeline(build(flaky), resume=first.run_id)
+        msg = str(info.value)
+        assert "'report'" in msg and "'globex'" in msg and MARKER not in msg
+
+
+class TestRotationWithStore:
+    def test_rotate_rewraps_and_old_runs_resume(self, tmp_path):
+        """After adding a key and rotating, every stored key is re-wrapped; resume works."""
+        keyfile = tmp_path / "secrets" / "ring.json"
+        first = generate_key_file(keyfile)
+        flaky = {"fail": True}
+        with PipelineManager(config(tmp_path, keyfile)) as pm:
+            failed = pm.execute_pipeline(build(flaky))
+        assert {key_id_of(bytes(r[3])) for r in outputs(tmp_path)} == {first.id}
+        second = add_key(keyfile)
+        with PipelineManager(config(tmp_path, keyfile)) as pm:
+            report = rotate_store(pm)
+        assert report.rewrapped == 2 and report.active_key_id == second.id
+        assert {key_id_of(bytes(r[3])) for r in outputs(tmp_path)} == {second.id}
+        # Retire the old key: the rotated run still resumes.
+        ring = json.loads(keyfile.read_text())
+        ring["keys"] = [k for k in ring["keys"] if k["id"] == second.id]
+        keyfile.write_text(json.dumps(ring))
+        flaky["fail"] = False
+        with PipelineManager(config(tmp_path, keyfile)) as pm:
+            resumed = pm.execute_pipeline(build(flaky), resume=failed.run_id)
+            again = rotate_store(pm)
+        assert resumed.success and resumed.final_result["n"] == 100
+        assert again.rewrapped == 0 and again.current == 3  # carried rows share a blob
+
+    def test_old_runs_resume_without_rotation(self, tmp_path):
+        """Old keys keep decrypting after a new key is added (no rotation needed to read)."""
+        keyfile = tmp_path / "secrets" / "ring.json"
+        generate_key_file(keyfile)
+        flaky = {"fail": True}
+        with PipelineManager(config(tmp_path, keyfile)) as pm:
+            failed = pm.execute_pipeline(build(flaky))
+        second = add_key(keyfile)
+        flaky["fail"] = False
+        with PipelineManager(config(tmp_path, keyfile)) as pm:
+            resumed = pm.execute_pipeline(build(flaky), resume=failed.run_id)
+        assert resumed.success
+        new_rows = [r for r in outputs(tmp_path) if r[0] == resumed.run_id and r[1] == "combine"]
+        assert key_id_of(bytes(new_rows[0][3])) == second.id
+
+
+class TestCli:
+    def test_generate_list_add_rotate(self, tmp_path, capsys):
+        """keys generate/list/add/rotate work end to end and never print key material."""
+        keyfile = tmp_path / "secrets" / "ring.json"
+        assert cli(["keys", "generate", str(keyfile)]) == 0
+        assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+        assert cli(["keys", "generate", str(keyfile)]) == 2  # refuses to overwrite
+        cfg = config(tmp_path, keyfile)
+        with PipelineManager(cfg) as pm:
+            assert pm.execute_pipeline(build()).success
+        assert cli(["keys", "add", str(keyfile)]) == 0
+        cfg_file = tmp_path / "cfg.json"
+        cfg_file.write_text(json.dumps(cfg))
+        capsys.readouterr()
+        assert cli(["keys", "rotate", "--config", str(cfg_file), "--dry-run"]) == 0
+        assert "would re-wrap 3" in capsys.readouterr().out
+        assert cli(["keys", "rotate", "--config", str(cfg_file)]) == 0
+        assert "re-wrapped 3" in capsys.readouterr().out
+        assert cli(["keys", "list", str(keyfile), "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert len(listed["keys"]) == 2 and listed["active"] == listed["keys"][-1]
+        material = [k["key"] for k in json.loads(keyfile.read_text())["keys"]]
+        out = capsys.readouterr()
+        assert not any(m in out.out + out.err for m in material)
