@@ -23,7 +23,9 @@ from xlib_pipeline._store import RunStore
 
 
 def manager(path: Path, *plugins: object, **config: object) -> PipelineManager:
-    return PipelineManager({"store": {"path": str(path)}, **config}, plugins=plugins, entry_points=False)
+    return PipelineManager(
+        {"store": {"path": str(path)}, **config}, plugins=plugins, entry_points=False
+    )
 
 
 class XorCipher:
@@ -221,10 +223,12 @@ def dags_with_failures(draw):
 
 
 class TestResumeProperty:
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(case=dags_with_failures())
     def test_resume_equals_uninterrupted_run(self, tmp_path: Path, case) -> None:
-        """After failures are fixed, resuming gives the uninterrupted result and re-runs no success."""
+        """Once fixed, resume gives the uninterrupted result and re-runs no succeeded task."""
         n, deps, failing = case
         broken = set(failing)
         ran: list[int] = []
@@ -232,11 +236,13 @@ class TestResumeProperty:
         def build() -> Pipeline:
             p = Pipeline("prop")
             for i in range(n):
+
                 def fn(*ups, i=i):
                     ran.append(i)
                     if i in broken:
                         raise ValueError(f"task {i} broken")
                     return i + sum(ups)
+
                 p.add_task(f"t{i}", fn, depends_on=[f"t{j}" for j in sorted(deps[i])])
             return p
 
@@ -263,7 +269,7 @@ class TestBadFiles:
         bad = tmp_path / "runs.sqlite"
         bad.write_bytes(b"this is not a database" * 100)
         before = bad.read_bytes()
-        with pytest.raises(StoreError, match="runs.sqlite") as info:
+        with pytest.raises(StoreError, match=r"runs\.sqlite") as info:
             RunStore(bad)
         assert info.value.path == str(bad)
         assert bad.read_bytes() == before

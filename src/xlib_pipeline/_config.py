@@ -131,7 +131,9 @@ CORE_KEYS = (
         doc="'continue' runs every task not downstream of a failure; 'stop' starts nothing "
         "new after the first failure (those tasks end cancelled).",
     ),
-    ConfigKey(name="actor", convert=str, doc="Who runs pipelines (audit records); default: OS user."),
+    ConfigKey(
+        name="actor", convert=str, doc="Who runs pipelines (audit records); default: OS user."
+    ),
     ConfigKey(name="plugins", convert=plugins_section, doc="{'disable': [names]}."),
     ConfigKey(
         name="store",
@@ -196,7 +198,9 @@ def validate(raw: Mapping[str, Any] | None, keys: Mapping[str, ConfigKey]) -> Co
     return Config(core=core, values=values, raw=raw)
 
 
-def _walk(node: Mapping[str, Any], prefix: str, keys: Mapping[str, ConfigKey], out: dict) -> None:
+def _walk(
+    node: Mapping[str, Any], prefix: str, keys: Mapping[str, ConfigKey], out: dict[str, Any]
+) -> None:
     for k, v in node.items():
         if not isinstance(k, str):
             raise ConfigError(f"config keys must be strings, got {k!r}", key=repr(k))

@@ -39,7 +39,9 @@ class RemoteError(TaskError):
     """A task failed in a worker and its exception could not be rebuilt in the driver."""
 
 
-def call_with_timeout(task: Task, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float):
+def call_with_timeout(
+    task: Task, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
+) -> Any:
     """Run ``fn(*args)`` on a helper thread; raise :class:`TaskTimeoutError` past ``timeout``.
 
     A thread cannot be killed: after a timeout it is abandoned (daemon) and its result
@@ -57,9 +59,7 @@ def call_with_timeout(task: Task, fn: Callable[..., Any], args: tuple[Any, ...],
     t.start()
     t.join(timeout)
     if not box:
-        raise TaskTimeoutError(
-            f"task {task.name!r} timed out after {timeout:g}s", task=task.name
-        )
+        raise TaskTimeoutError(f"task {task.name!r} timed out after {timeout:g}s", task=task.name)
     ok, value = box[0]
     if ok:
         return value
@@ -264,7 +264,7 @@ class ProcessExecutor:
 
     def pool(self, isolation: Isolation | None) -> WorkerPool:
         """The pool serving ``isolation`` (created on first use)."""
-        key = (isolation.pool if isolation and isolation.pool else "default")
+        key = isolation.pool if isolation and isolation.pool else "default"
         limits = isolation.limits if isolation else ResourceLimits()
         with self._lock:
             pool = self._pools.get(key)

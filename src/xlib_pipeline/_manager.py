@@ -22,6 +22,7 @@ from ._plugins import (
     create_plugin_manager,
     package_for,
 )
+from ._recording import StoreRecorder, load_resume
 from ._records import (
     Executor,
     ExecutorSpec,
@@ -34,7 +35,6 @@ from ._records import (
     TaskOption,
 )
 from ._results import PipelineResult, TaskResults
-from ._recording import StoreRecorder, load_resume
 from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
 from ._store import RunStore
 from ._task import Pipeline
@@ -143,7 +143,8 @@ class PipelineManager:
             factory = spec.factory
 
             def decorator_factory(*args: Any, **kwargs: Any) -> Callable[..., Any]:
-                return factory(self, *args, **kwargs)
+                made: Callable[..., Any] = factory(self, *args, **kwargs)
+                return made
 
             decorator_factory.__name__ = name
             decorator_factory.__doc__ = spec.doc
@@ -271,9 +272,7 @@ class PipelineManager:
             if spec is None:
                 plugin = KNOWN_RUN_OPTIONS.get(key)
                 if plugin is not None:
-                    raise MissingPluginError(
-                        f"execute_pipeline({key}=...)", package_for(plugin)
-                    )
+                    raise MissingPluginError(f"execute_pipeline({key}=...)", package_for(plugin))
                 hint = suggest(key, [*self._run_options, *_CORE_RUN_OPTIONS, *KNOWN_RUN_OPTIONS])
                 extra = f"; did you mean {hint!r}?" if hint else ""
                 raise TypeError(f"execute_pipeline() got an unknown option {key!r}{extra}")

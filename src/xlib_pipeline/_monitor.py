@@ -60,8 +60,13 @@ class Monitor(Observer):
         n = len(run.plan)
         if self.tty:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-            from rich.progress import TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             console = Console(file=self.stream)
             self._progress = Progress(
@@ -135,7 +140,9 @@ class Monitor(Observer):
         rows = sorted(info["durations"].items(), key=lambda kv: -kv[1])[: self.max_rows]
         for name, d in rows:
             status = run.cols.status[run.plan.index[name]]
-            table.add_row(name, status.value if status else "?", f"{d:.3f}", "●" if name in crit else "")
+            table.add_row(
+                name, status.value if status else "?", f"{d:.3f}", "●" if name in crit else ""
+            )
         console = Console(file=self.stream)
         console.print(table)
         console.print(

@@ -303,9 +303,7 @@ class Run:
                 if direct:
                     out = task.fn(*args)
                 else:
-                    out = executor.call(
-                        task, args, run=ctx, isolation=isolation, timeout=timeout
-                    )
+                    out = executor.call(task, args, run=ctx, isolation=isolation, timeout=timeout)
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:
@@ -581,7 +579,7 @@ def reduce_decisions(answers: list[RetryDecision | None] | None) -> RetryDecisio
 
 
 def _format(exc: BaseException) -> str:
-    remote = getattr(exc, "__xlib_remote_traceback__", None)
+    remote: str | None = getattr(exc, "__xlib_remote_traceback__", None)
     local = "".join(traceback.format_exception(exc))
     if remote:
         return local + "\nRemote traceback (in the worker):\n" + remote

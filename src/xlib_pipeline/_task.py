@@ -83,7 +83,8 @@ class Task:
             raise DefinitionError(f"task {self.name!r}: fn must be callable", task=self.name)
         if self.condition is not None and not callable(self.condition):
             raise DefinitionError(
-                f"task {self.name!r}: condition must be callable, got {type(self.condition).__name__}",
+                f"task {self.name!r}: condition must be callable, "
+                f"got {type(self.condition).__name__}",
                 task=self.name,
             )
         if self.merge_strategy not in MERGE_STRATEGIES:

@@ -90,10 +90,10 @@ def main(argv: list[str]) -> int:
     functions: dict[str, object] = {}
     while True:
         frame = read_frame(rfd)
-        if frame is None:
+        if not frame:
             return 0
         try:
-            key, fn_bytes, args, task = pickle.loads(frame)
+            key, fn_bytes, args, _task = pickle.loads(frame)
             fn = functions.get(key)
             if fn is None:
                 fn = cloudpickle.loads(fn_bytes)
@@ -116,8 +116,9 @@ def _error_payload(exc: BaseException, *, stage: str) -> bytes:
     try:
         import cloudpickle
 
-        blob: bytes | None = cloudpickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # ensure it round-trips before sending
+        data: bytes = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(data)  # ensure it round-trips before sending
+        blob: bytes | None = data
     except Exception:
         blob = None
     return pickle.dumps(("err", stage, type(exc).__name__, str(exc), tb, blob), protocol=5)

@@ -82,9 +82,7 @@ def load_pipeline(target: str) -> tuple[Pipeline, Any]:
             built = obj()
             if isinstance(built, Pipeline):
                 return built, module
-            raise UsageError(
-                f"{file}:{name} returned {type(built).__name__}, expected a Pipeline"
-            )
+            raise UsageError(f"{file}:{name} returned {type(built).__name__}, expected a Pipeline")
         raise UsageError(f"{file}:{name} is a {type(obj).__name__}, expected a Pipeline")
     pipelines = [v for v in vars(module).values() if isinstance(v, Pipeline)]
     unique = list({id(p): p for p in pipelines}.values())
@@ -122,7 +120,7 @@ def load_config(path: str | None, module: Any = None) -> dict[str, Any]:
         elif file.suffix == ".toml":
             data = tomllib.loads(text)
         elif file.suffix in (".yaml", ".yml"):
-            import yaml
+            import yaml  # type: ignore[import-untyped,unused-ignore]
 
             data = yaml.safe_load(text)
         else:
@@ -182,7 +180,10 @@ def default_store_path() -> Path:
 
 def _with_store(config: dict[str, Any], store: str | None) -> dict[str, Any]:
     if store is not None or "store" not in config:
-        config = {**config, "store": {**(config.get("store") or {}), "path": str(store or default_store_path())}}
+        config = {
+            **config,
+            "store": {**(config.get("store") or {}), "path": str(store or default_store_path())},
+        }
     return config
 
 
@@ -246,11 +247,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     target = args.target or rec.source
     if not target:
         raise UsageError(
-            f"run {rec.run_id} was not started from the CLI; name its pipeline with --target FILE:NAME"
+            f"run {rec.run_id} was not started from the CLI; "
+            "name its pipeline with --target FILE:NAME"
         )
-    return _execute_cli(
-        args, target, resume=rec.run_id, force=args.force, config=rec.config
-    )
+    return _execute_cli(args, target, resume=rec.run_id, force=args.force, config=rec.config)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -273,7 +273,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 table.add_column(col)
             for r in runs:
                 table.add_row(
-                    r.run_id, r.pipeline, r.status, _ts(r.started), _secs(r.started, r.finished),
+                    r.run_id,
+                    r.pipeline,
+                    r.status,
+                    _ts(r.started),
+                    _secs(r.started, r.finished),
                     r.resumed_from or "",
                 )
             console.print(table)
@@ -283,8 +287,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if args.json:
             out = _run_json(rec)
             out["tasks"] = {
-                n: {"status": t.status, "attempts": t.attempts, "duration": t.duration,
-                    "error_type": t.error_type, "error": t.error}
+                n: {
+                    "status": t.status,
+                    "attempts": t.attempts,
+                    "duration": t.duration,
+                    "error_type": t.error_type,
+                    "error": t.error,
+                }
                 for n, t in tasks.items()
             }
             print(json.dumps(out, indent=2))
@@ -320,9 +329,16 @@ def _secs(a: float | None, b: float | None) -> str:
 
 def _run_json(r: Any) -> dict[str, Any]:
     return {
-        "run_id": r.run_id, "pipeline": r.pipeline, "status": r.status, "started": r.started,
-        "finished": r.finished, "resumed_from": r.resumed_from, "error": r.error,
-        "source": r.source, "tenant": r.tenant, "principal": r.principal,
+        "run_id": r.run_id,
+        "pipeline": r.pipeline,
+        "status": r.status,
+        "started": r.started,
+        "finished": r.finished,
+        "resumed_from": r.resumed_from,
+        "error": r.error,
+        "source": r.source,
+        "tenant": r.tenant,
+        "principal": r.principal,
     }
 
 

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """The plugin contract: pluggy markers and hook specifications.
 
 Implement hooks on a class, mark them with :data:`hookimpl`, and expose the class through
@@ -135,7 +136,10 @@ class HookSpecs:
 
     @hookspec(firstresult=True)
     def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
-        """Provider: protect payload bytes before they are stored. Stops at first non-None result."""
+        """Provider: protect payload bytes before they are stored.
+
+        Stops at first non-None result.
+        """
 
     @hookspec(firstresult=True)
     def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:

@@ -38,7 +38,9 @@ PIPELINE = textwrap.dedent(
     pipeline.add_task("extract", stage("extract", 0.15))
     for part in ("a", "b", "c"):
         pipeline.add_task(f"clean_{part}", stage(f"clean_{part}", 0.25), depends_on=["extract"])
-        pipeline.add_task(f"enrich_{part}", stage(f"enrich_{part}", 0.25), depends_on=[f"clean_{part}"])
+        pipeline.add_task(
+            f"enrich_{part}", stage(f"enrich_{part}", 0.25), depends_on=[f"clean_{part}"]
+        )
     pipeline.add_task("join", stage("join", 0.15), depends_on=[f"enrich_{p}" for p in "abc"])
     pipeline.add_task("publish", stage("publish", 0.15), depends_on=["join"])
     """
@@ -85,9 +87,23 @@ def test_kill_and_resume(project: tuple[Path, dict[str, str]], kill_after: int) 
     env["MARKER_LOG"] = str(log)
     store = root / "runs.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xlib_pipeline.cli", "run", "stages.py", "--no-monitor",
-         "--store", str(store), "--max-workers", "2"],
-        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "xlib_pipeline.cli",
+            "run",
+            "stages.py",
+            "--no-monitor",
+            "--store",
+            str(store),
+            "--max-workers",
+            "2",
+        ],
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -102,8 +118,12 @@ def test_kill_and_resume(project: tuple[Path, dict[str, str]], kill_after: int) 
     with sqlite3.connect(store) as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         run_id, status = c.execute("SELECT run_id, status FROM runs").fetchone()
-        finished = {r[0] for r in c.execute(
-            "SELECT task FROM tasks WHERE run_id=? AND status='succeeded'", (run_id,))}
+        finished = {
+            r[0]
+            for r in c.execute(
+                "SELECT task FROM tasks WHERE run_id=? AND status='succeeded'", (run_id,)
+            )
+        }
     assert status == "running"  # the kill left it unfinished
     assert finished, "some tasks were recorded before the kill"
 
@@ -115,8 +135,7 @@ def test_kill_and_resume(project: tuple[Path, dict[str, str]], kill_after: int) 
         assert starts.count(task) == 1, f"{task} finished before the kill but ran again"
     with sqlite3.connect(store) as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        resumed = c.execute(
-            "SELECT status FROM runs WHERE resumed_from=?", (run_id,)).fetchone()
+        resumed = c.execute("SELECT status FROM runs WHERE resumed_from=?", (run_id,)).fetchone()
     assert resumed == ("succeeded",)
 
 
@@ -127,9 +146,23 @@ def test_sigterm_cancels_and_resume_finishes(project: tuple[Path, dict[str, str]
     env["MARKER_LOG"] = str(log)
     store = root / "runs.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xlib_pipeline.cli", "run", "stages.py", "--no-monitor",
-         "--store", str(store), "--max-workers", "2"],
-        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "xlib_pipeline.cli",
+            "run",
+            "stages.py",
+            "--no-monitor",
+            "--store",
+            str(store),
+            "--max-workers",
+            "2",
+        ],
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     while not (log.exists() and "end extract" in log.read_text()):
         time.sleep(0.01)
