@@ -75,11 +75,11 @@ def _compile(pipeline: Pipeline) -> Plan:
         preds.append(tuple(row))
     n = len(tasks)
     succ_lists: list[list[int]] = [[] for _ in range(n)]
-    for i, row in enumerate(preds):
-        for j in row:
+    for i, upstream in enumerate(preds):
+        for j in upstream:
             succ_lists[j].append(i)
     npreds = [len(r) for r in preds]
-    order = _toposort(npreds, succ_lists)
+    order: list[int] = _toposort(npreds, succ_lists)
     if len(order) != n:
         raise CycleError(pipeline.name, _find_cycle(names, preds, set(order)))
     _check_arity(tasks, preds, names)
@@ -143,7 +143,9 @@ def _find_cycle(
     return [names[i] for i in cycle] + [names[cycle[0]]]
 
 
-def _check_arity(tasks: tuple[Task, ...], preds: list[tuple[int, ...]], names: tuple[str, ...]):
+def _check_arity(
+    tasks: tuple[Task, ...], preds: list[tuple[int, ...]], names: tuple[str, ...]
+) -> None:
     checked: dict[tuple[int, int], None] = {}
     for t, row in zip(tasks, preds):
         key = (id(t.fn), len(row))
@@ -178,9 +180,7 @@ def _fingerprint(name: str, tasks: tuple[Task, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def critical_path(
-    p: Plan, weight: Callable[[int], float]
-) -> tuple[float, list[str]]:
+def critical_path(p: Plan, weight: Callable[[int], float]) -> tuple[float, list[str]]:
     """Return the heaviest path through the plan with task weights ``weight(i)``."""
     best = [0.0] * len(p.names)
     back = [-1] * len(p.names)
@@ -204,9 +204,12 @@ def _edges(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 
 def _mermaid_id(name: str) -> str:
-    return "t_" + "".join(c if c.isalnum() else "_" for c in name) + "_" + hashlib.md5(
-        name.encode(), usedforsecurity=False
-    ).hexdigest()[:4]
+    return (
+        "t_"
+        + "".join(c if c.isalnum() else "_" for c in name)
+        + "_"
+        + hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()[:4]
+    )
 
 
 def to_mermaid(pipeline: Pipeline) -> str:
