@@ -172,10 +172,7 @@ def parent_facet(producer: str, run_id: str, namespace: str, job: str) -> dict[s
 
 def error_facet(producer: str, error: BaseException | None, stack: str | None) -> dict[str, Any]:
     """The standard ``errorMessage`` run facet (message truncated to 1,000 characters)."""
-    if error is None:
-        message = "unknown error"
-    else:
-        message = f"{type(error).__name__}: {error}"[:1000]
+    message = "unknown error" if error is None else f"{type(error).__name__}: {error}"[:1000]
     out: dict[str, Any] = {
         "_producer": producer,
         "_schemaURL": ERROR_SCHEMA,

@@ -309,7 +309,8 @@ class LineagePlugin:
             TaskOption(
                 name="outputs",
                 convert=_datasets_option,
-                doc="Datasets the task writes: 'namespace:name' strings or {namespace, name} dicts.",
+                doc="Datasets the task writes: 'namespace:name' strings or {namespace, name} "
+                "dicts.",
             ),
         )
 
