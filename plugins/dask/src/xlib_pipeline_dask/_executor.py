@@ -1,0 +1,374 @@
+"""The ``dask`` executor (task bodies on Dask workers) and the ``local_map`` fallback.
+
+The scheduler loop, hooks, retries and audit stay in the driver; :meth:`DaskExecutor.call`
+only ships a task's function and upstream values to the cluster and blocks the calling
+lane until the answer (or the remote exception, with its traceback) is back.
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from xlib_pipeline import (
+    DefinitionError,
+    Isolation,
+    RunContext,
+    Task,
+    TaskError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
+from xlib_pipeline._executors import call_with_timeout
+
+from ._remote import RemoteCall
+from ._settings import DistributeSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._cluster import ClusterHandle
+
+#: ``run.stash`` key of the per-run state.
+STASH = "dask"
+
+
+@attrs.define(kw_only=True)
+class RunState:
+    """Per-run decisions, made once in ``before_pipeline``."""
+
+    distributed: bool
+    inner: str  # the executor the run would have used without this plugin
+    marked_only: bool = False
+    specs: Mapping[int, tuple[DistributeSpec | None, int | None]] = attrs.field(factory=dict)
+
+    def spec(self, task: Task) -> tuple[DistributeSpec | None, int | None]:
+        """``(distribute spec, map index)`` of ``task``."""
+        return self.specs.get(id(task), (None, None))
+
+
+class RemoteResult:
+    """A task output kept on the cluster (``distribute={"keep_remote": True}``).
+
+    Downstream tasks on the ``dask`` executor receive the value itself (Dask resolves the
+    future on the worker); anything else receives this object and may call :meth:`result`.
+    """
+
+    __slots__ = ("_future", "_futures", "task")
+
+    def __init__(self, task: str, future: Any = None, futures: list[Any] | None = None) -> None:
+        self.task = task
+        self._future = future
+        self._futures = futures
+
+    @property
+    def futures(self) -> list[Any]:
+        """The Dask futures holding the value (one, or one per mapped partition)."""
+        return list(self._futures) if self._futures is not None else [self._future]
+
+    def remote(self) -> Any:
+        """What to pass to ``client.submit``: the future, or the list of futures."""
+        return list(self._futures) if self._futures is not None else self._future
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Fetch the value to the driver."""
+        if self._futures is not None:
+            client = self._futures[0].client if self._futures else None
+            return client.gather(self._futures) if client is not None else []
+        return self._future.result(timeout=timeout)
+
+    def __repr__(self) -> str:
+        n = "" if self._futures is None else f", partitions={len(self._futures)}"
+        return f"RemoteResult(task={self.task!r}{n})"
+
+
+def _unwrap(value: Any) -> Any:
+    return value.remote() if type(value) is RemoteResult else value
+
+
+class DaskExecutor:
+    """Runs task bodies on a Dask cluster through ``client.submit(fn, *args, pure=False)``.
+
+    ``lanes()`` is how many tasks the driver keeps in flight: ``distributed.lanes`` or four
+    per worker thread (Dask queues the excess, so workers never wait for the driver).
+    """
+
+    name = "dask"
+
+    def __init__(self, handle: ClusterHandle, lanes: int | None = None) -> None:
+        self.handle = handle
+        self._lanes = lanes
+        self._wrappers: weakref.WeakKeyDictionary[Any, RemoteCall] = weakref.WeakKeyDictionary()
+
+    def lanes(self) -> int | None:
+        if self._lanes is not None:
+            return self._lanes
+        return max(4, 4 * self.handle.total_threads())
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def _remote(self, task: Task) -> RemoteCall:
+        fn = task.fn
+        try:
+            w = self._wrappers.get(fn)
+        except TypeError:
+            return RemoteCall(fn, task.name)
+        if w is None or w.task != task.name:
+            w = RemoteCall(fn, task.name)
+            try:
+                self._wrappers[fn] = w
+            except TypeError:
+                pass
+        return w
+
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        *,
+        run: RunContext,
+        isolation: Isolation | None,
+        timeout: float | None,
+    ) -> Any:
+        state: RunState | None = run.stash.get(STASH)
+        spec, index = state.spec(task) if state is not None else (None, None)
+        if state is not None and state.marked_only and spec is None and index is None:
+            # distributed.scope = "marked": unmarked tasks stay in the driver's lane.
+            if timeout is not None:
+                return call_with_timeout(task, task.fn, args, timeout)
+            return task.fn(*args)
+        client = self.handle.client()
+        fn = self._remote(task)
+        args = tuple([_unwrap(a) for a in args])
+        key = f"{task.name}-{uuid.uuid4().hex}"
+        keep = spec is not None and spec.keep_remote
+        if index is not None:
+            return self._map(client, task, fn, args, index, spec, key, keep, timeout)
+        fut = client.submit(fn, *args, pure=False, key=key)
+        if keep:
+            return RemoteResult(task.name, future=fut)
+        return _wait_one(client, task, fut, timeout)
+
+    def _map(
+        self,
+        client: Any,
+        task: Task,
+        fn: RemoteCall,
+        args: tuple[Any, ...],
+        index: int,
+        spec: DistributeSpec | None,
+        key: str,
+        keep: bool,
+        timeout: float | None,
+    ) -> Any:
+        from distributed import Future
+
+        items = _items(task, args, index)
+        if isinstance(items, Future):
+            items = items.result()
+            _check_items(task, items, index)
+        n = len(items)
+        shared = list(args)
+        if n > 1:  # ship each shared argument once, not once per partition
+            for j, a in enumerate(shared):
+                if j != index and not isinstance(a, Future) and not _small(a):
+                    shared[j] = client.scatter([a], hash=False)[0]
+        before, after = shared[:index], shared[index + 1 :]
+        par = spec.parallelism if spec is not None else "auto"
+        if par == "auto" or par >= n:
+            futs = [
+                client.submit(fn, *before, item, *after, pure=False, key=f"{key}-{k}")
+                for k, item in enumerate(items)
+            ]
+            if keep:
+                return RemoteResult(task.name, futures=futs)
+            return _gather(client, task, futs, timeout)
+        return _windowed(client, task, fn, before, after, items, par, key, timeout)
+
+
+def _small(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int | float | bool | str | bytes)
+        and (not isinstance(value, str | bytes) or len(value) < 1024)
+    )
+
+
+def _items(task: Task, args: tuple[Any, ...], index: int) -> Any:
+    if index >= len(args):
+        raise DefinitionError(
+            f"task {task.name!r}: map_over={index} but the task has {len(args)} upstream "
+            f"argument(s) ({', '.join(task.depends_on) or 'none'})",
+            task=task.name,
+        )
+    items = args[index]
+    from distributed import Future
+
+    if isinstance(items, Future):
+        return items
+    if isinstance(items, list) and items and all(isinstance(i, Future) for i in items):
+        return items  # partitions kept remote upstream: map over the futures themselves
+    _check_items(task, items, index)
+    return items
+
+
+def _check_items(task: Task, items: Any, index: int) -> None:
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+        upstream = task.depends_on[index] if index < len(task.depends_on) else "?"
+        raise TypeError(
+            f"task {task.name!r}: map_over={index} expects upstream argument {index} "
+            f"(the output of {upstream!r}) to be a list or tuple, got {type(items).__name__}"
+        )
+
+
+def _wait_one(client: Any, task: Task, fut: Any, timeout: float | None) -> Any:
+    try:
+        return fut.result(timeout=timeout)
+    except BaseException as exc:
+        raise _translate(client, task, [fut], exc, timeout) from None
+
+
+def _gather(client: Any, task: Task, futs: list[Any], timeout: float | None) -> list[Any]:
+    from distributed import wait
+
+    try:
+        if timeout is not None:
+            wait(futs, timeout=timeout)
+        return list(client.gather(futs))
+    except BaseException as exc:
+        raise _translate(client, task, futs, exc, timeout) from None
+
+
+def _windowed(
+    client: Any,
+    task: Task,
+    fn: RemoteCall,
+    before: list[Any],
+    after: list[Any],
+    items: Sequence[Any],
+    par: int,
+    key: str,
+    timeout: float | None,
+) -> list[Any]:
+    """Map with at most ``par`` partitions in flight; results in input order."""
+    from distributed import as_completed
+
+    n = len(items)
+    results: list[Any] = [None] * n
+    futs: list[Any] = []
+    index_of: dict[str, int] = {}
+
+    def submit(k: int) -> Any:
+        f = client.submit(fn, *before, items[k], *after, pure=False, key=f"{key}-{k}")
+        futs.append(f)
+        index_of[f.key] = k
+        return f
+
+    nxt = min(par, n)
+    ac = as_completed([submit(k) for k in range(nxt)], loop=client.loop, timeout=timeout)
+    current: int | None = None
+    try:
+        for f in ac:
+            current = index_of[f.key]
+            results[current] = f.result()
+            current = None
+            if nxt < n:
+                ac.add(submit(nxt))
+                nxt += 1
+    except BaseException as exc:
+        raise _translate(client, task, futs, exc, timeout, total=n, index=current) from None
+    return results
+
+
+def _translate(
+    client: Any,
+    task: Task,
+    futs: list[Any],
+    exc: BaseException,
+    timeout: float | None,
+    *,
+    total: int | None = None,
+    index: int | None = None,
+) -> BaseException:
+    """Turn what ``result``/``gather`` raised into what the core should see."""
+    from distributed import CancelledError
+
+    try:
+        from distributed.scheduler import KilledWorker
+    except Exception:  # pragma: no cover
+        KilledWorker = ()  # type: ignore[assignment,misc]
+    pending = [f for f in futs if not f.done()]
+    failed = [k for k, f in enumerate(futs) if f.status == "error"]
+    if index is not None:
+        failed = [index]
+    if pending:
+        try:
+            client.cancel(pending)
+        except Exception:  # pragma: no cover - client already closed
+            pass
+    if isinstance(exc, TimeoutError) and timeout is not None and not failed:
+        return TaskTimeoutError(
+            f"task {task.name!r} timed out after {timeout:g}s on the Dask cluster "
+            "(its futures were cancelled; a running worker thread finishes on its own)",
+            task=task.name,
+        )
+    if isinstance(exc, KilledWorker):
+        return WorkerLostError(
+            f"task {task.name!r}: the Dask workers running it died ({exc})", task=task.name
+        )
+    if isinstance(exc, CancelledError) and not failed:
+        return TaskError(
+            f"task {task.name!r}: its Dask future was cancelled (cluster closed?)",
+            task=task.name,
+        )
+    total = len(futs) if total is None else total
+    if total > 1 and failed:
+        note = f"partition {failed[0]} of {total} of task {task.name!r} failed\n"
+        tb = getattr(exc, "__xlib_remote_traceback__", None)
+        if tb:
+            try:
+                exc.__xlib_remote_traceback__ = note + tb  # type: ignore[attr-defined]
+            except Exception:  # pragma: no cover
+                pass
+    return exc
+
+
+class LocalMapExecutor:
+    """Runs ``map_over`` tasks item by item on the run's own executor (non-distributed runs).
+
+    Other tasks go straight to that executor, so a run behaves as without this plugin.
+    """
+
+    name = "local_map"
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    def lanes(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def call(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        *,
+        run: RunContext,
+        isolation: Isolation | None,
+        timeout: float | None,
+    ) -> Any:
+        state: RunState = run.stash[STASH]
+        inner = self._manager.executor(state.inner)
+        _, index = state.spec(task)
+        if index is None:
+            return inner.call(task, args, run=run, isolation=isolation, timeout=timeout)
+        items = _items(task, args, index)
+        out = []
+        for item in items:
+            part = (*args[:index], item, *args[index + 1 :])
+            out.append(inner.call(task, part, run=run, isolation=isolation, timeout=timeout))
+        return out
