@@ -144,13 +144,19 @@ def create_plugin_manager(
         if pm.has_plugin(name):
             pm.unregister(name=name)
             infos = [i for i in infos if i.name != name]
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r} is invalid: {exc}", plugin=name) from exc
         dist, version = _plugin_dist(plugin)
         infos.append(_info(pm, name, plugin, dist=dist, version=version))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
+        bad = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(
+            f"plugin {bad!r} implements an unknown hook: {exc}", plugin=bad
+        ) from exc
     return pm, infos
 
 
