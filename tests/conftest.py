@@ -33,7 +33,9 @@ settings.register_profile(
     # The autouse XLIB_PIPELINE_HOME fixture is function-scoped but only sets an env var.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-settings.register_profile("xlib-core-ci", parent=settings.get_profile("xlib-core"), max_examples=100)
+settings.register_profile(
+    "xlib-core-ci", parent=settings.get_profile("xlib-core"), max_examples=100
+)
 if not os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile("xlib-core")
 else:  # pragma: no cover - chosen by the caller
@@ -81,4 +83,3 @@ def process_manager() -> Iterator[PipelineManager]:
         yield pm
     finally:
         pm.close()
-

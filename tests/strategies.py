@@ -76,9 +76,7 @@ class DagSpec:
             ups = [out[d] for d in node.deps]
             if any(u in (FAILED, UPSTREAM_FAILED) for u in ups):
                 out[node.name] = UPSTREAM_FAILED
-            elif any(u is SKIPPED for u in ups) and not node.collect:
-                out[node.name] = SKIPPED
-            elif node.condition is False:
+            elif (any(u is SKIPPED for u in ups) and not node.collect) or node.condition is False:
                 out[node.name] = SKIPPED
             elif node.fail:
                 out[node.name] = FAILED

@@ -284,7 +284,7 @@ class TestSchedulingHints:
 class TestRunOptions:
     def test_unknown_run_option_suggests(self, manager):
         """An unknown execute_pipeline option is a TypeError with a suggestion."""
-        with pytest.raises(TypeError, match="'paralel'.*did you mean 'parallel'"):
+        with pytest.raises(TypeError, match=r"'paralel'.*did you mean 'parallel'"):
             manager.execute_pipeline(_threads_pipeline(), paralel=True)
 
     @pytest.mark.parametrize(

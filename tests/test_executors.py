@@ -198,7 +198,7 @@ class TestProcessExecutor:
 class TestTimeouts:
     @pytest.mark.parametrize("executor", ["threads", "processes"])
     def test_timeout_fails_task_and_dependents(self, executor):
-        """A task sleeping past timeout=0.3 fails with TaskTimeoutError; dependents upstream_failed."""
+        """A task sleeping past timeout=0.3 fails (TaskTimeoutError); dependents upstream_failed."""
         p = Pipeline(f"timeout_{executor}")
         p.add_task("slow", lambda: time.sleep(3) or "late", timeout=0.3)
         p.add_task("after", lambda x: x, depends_on=["slow"])
@@ -260,5 +260,5 @@ class TestLocalExecutors:
         """An unknown executor name is refused with the registered ones listed."""
         p = Pipeline("x")
         p.add_task("t", lambda: 1)
-        with pytest.raises(ValueError, match="'procesess'.*did you mean 'processes'"):
+        with pytest.raises(ValueError, match=r"'procesess'.*did you mean 'processes'"):
             manager.execute_pipeline(p, executor="procesess")

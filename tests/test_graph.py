@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from xlib_pipeline_core_strategies import build_pipeline, dags
 
 from xlib_pipeline import (
     ArityError,
@@ -20,7 +22,6 @@ from xlib_pipeline import (
     UnknownDependencyError,
     plan,
 )
-from xlib_pipeline_core_strategies import build_pipeline, dags
 
 
 def noop(*args):
@@ -78,7 +79,7 @@ class TestCycles:
         assert set(path) == {"x", "y", "z"}
         assert "root" not in path and "after" not in path
         # consecutive entries are real edges in data-flow order
-        for up, down in zip(path, path[1:]):
+        for up, down in itertools.pairwise(path):
             assert up in p[down].depends_on
 
     @given(st.integers(2, 8), st.data())
@@ -93,7 +94,7 @@ class TestCycles:
             p.validate()
         path = info.value.path
         assert len(path) == n + 1 and path[0] == path[-1]
-        for up, down in zip(path, path[1:]):
+        for up, down in itertools.pairwise(path):
             assert p[down].depends_on == (up,)
 
     def test_cycle_error_is_a_graph_error(self):

@@ -414,7 +414,7 @@ class TestPluginRegistration:
             def register_task_options(self):
                 return [TaskOption(name="timeout")]
 
-        with pytest.raises(PluginError, match="'core'.*'clash'|'clash'.*'core'"):
+        with pytest.raises(PluginError, match=r"'core'.*'clash'|'clash'.*'core'"):
             pm_with(Clash())
 
     def test_failing_collector_names_plugin(self):
@@ -529,7 +529,7 @@ class TestTaskOptionsAndDecorators:
     def test_unknown_manager_attribute(self, manager):
         """A misspelled manager attribute is an AttributeError with a suggestion."""
         with pytest.raises(AttributeError, match="did you mean 'execute_pipeline'"):
-            manager.execute_pipelin
+            _ = manager.execute_pipelin
 
     def test_isolate_none_means_default_executor(self):
         """An isolate hook answering None leaves the task on the default executor."""

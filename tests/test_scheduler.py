@@ -10,15 +10,6 @@ import cloudpickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from xlib_pipeline import (
-    ConditionError,
-    Pipeline,
-    PipelineManager,
-    PipelineResult,
-    Status,
-    TaskFailedError,
-)
 from xlib_pipeline_core_strategies import (
     CANCELLED,
     FAILED,
@@ -29,6 +20,15 @@ from xlib_pipeline_core_strategies import (
     Recorder,
     build_pipeline,
     dags,
+)
+
+from xlib_pipeline import (
+    ConditionError,
+    Pipeline,
+    PipelineManager,
+    PipelineResult,
+    Status,
+    TaskFailedError,
 )
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -190,7 +190,9 @@ class TestStopOnFailure:
         p.add_task("after_boom", lambda x: ran.append("after_boom"), depends_on=["boom"])
         p.add_task("other", lambda: ran.append("other"))
         p.add_task("other_next", lambda x: ran.append("other_next"), depends_on=["other"])
-        pm = PipelineManager({"on_failure": "stop", "execution_strategy": "fifo"}, entry_points=False)
+        pm = PipelineManager(
+            {"on_failure": "stop", "execution_strategy": "fifo"}, entry_points=False
+        )
         result = pm.execute_pipeline(p, parallel=False)
         assert ran == []
         assert result.tasks["boom"].status is FAILED
@@ -302,7 +304,9 @@ class TestConditionsAndMerge:
             seen.append((a, b))
             return a < b
 
-        p.add_task("z", lambda a, b: a + b, depends_on=["y", "x"], condition=lambda a, b: cond(a, b))
+        p.add_task(
+            "z", lambda a, b: a + b, depends_on=["y", "x"], condition=lambda a, b: cond(a, b)
+        )
         result = manager.execute_pipeline(p)
         assert seen == [(2, 1)]
         assert result.tasks["z"].status is SKIPPED
