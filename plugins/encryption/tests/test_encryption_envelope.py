@@ -190,9 +190,10 @@ class TestKeyFiles:
         pm2 = manager(config={**AT_REST, "encryption": {"keyring": {"env": "XLIB_PIPELINE_KEYS"}}})
         assert dec(pm2, enc(pm2, b"data", ref()), ref()) == b"data"
 
-    def test_missing_env_var_is_a_clear_error(self):
+    def test_missing_env_var_is_a_clear_error(self, tmp_path):
         """An unset keyring variable fails before any task runs, naming the variable."""
-        pm = manager(config={**AT_REST, "encryption": {"keyring": {"env": "NOPE_KEYS"}}})
+        cfg = {**AT_REST, "encryption": {"keyring": {"env": "NOPE_KEYS"}}}
+        pm = manager(config={**cfg, "store": {"path": str(tmp_path / "runs.sqlite")}})
         p = Pipeline("p")
         p.task("a")(lambda: 1)
         with pytest.raises(ConfigError, match="NOPE_KEYS"):
@@ -242,7 +243,11 @@ class TestRotation:
         """After adding a master key, new writes use it and old ciphertexts still decrypt."""
         path = tmp_path / "ring.json"
         first = generate_key_file(path)
-        cfg = {**AT_REST, "encryption": {"keyring": {"file": str(path)}}}
+        cfg = {
+            **AT_REST,
+            "encryption": {"keyring": {"file": str(path)}},
+            "store": {"path": str(tmp_path / "runs.sqlite")},
+        }
         pm = manager(config=cfg)
         old = enc(pm, b"old data", ref(tenant="a"))
         assert key_id_of(old) == first.id

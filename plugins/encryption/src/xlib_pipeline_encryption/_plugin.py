@@ -248,7 +248,7 @@ class EncryptionPlugin:
             name = run.pipeline_name
             with self._lock:
                 self._marked.update((name, t) for t in marked)
-        if self.at_rest or marked:
+        if (self.at_rest or marked) and run.config.get("store") is not None:
             self.kms()  # fail before anything runs when the keyring is unusable
 
     @hookimpl
