@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     for _ in range(args.repeat):
         b.append(timed(bare, pipeline, args.threads))
         l_.append(timed(lin, pipeline, args.threads))
-    events = sum(1 for _ in open(path))
+    with open(path) as f:
+        events = sum(1 for _ in f)
     n = args.tasks
     mb, ml = statistics.median(b), statistics.median(l_)
     print(
