@@ -1,0 +1,143 @@
+"""The ``kubernetes`` plugin: a render target, a worker command and the config keys it owns.
+
+No hooks run during pipeline execution: the plugin is inert for runs whatever the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from xlib_pipeline import CliCommand, ConfigKey, RenderTarget, hookimpl
+
+from . import _worker
+from ._manifests import render_manifests, to_files, to_yaml
+from ._settings import KubernetesSettings, boolean, resource_management, section
+
+
+def settings_from_config(config: Any) -> KubernetesSettings:
+    """The effective settings of a manager's config (section, then top-level keys)."""
+    s: KubernetesSettings = config.get("kubernetes") or KubernetesSettings()
+    changes: dict[str, Any] = {}
+    if config.given("auto_scaling"):
+        changes["auto_scaling"] = config.get("auto_scaling")
+    if config.given("resource_management"):
+        changes["resource_management"] = config.get("resource_management")
+    return s.evolve(**changes)
+
+
+def _add_render_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", help="namespace of every object (default: config or 'default')")
+    p.add_argument("--image", help="container image of the workers (and Dask scheduler)")
+    p.add_argument("--replicas", type=int, help="initial worker replicas")
+    p.add_argument("--min-replicas", type=int, help="HPA minimum")
+    p.add_argument("--max-replicas", type=int, help="HPA maximum")
+    p.add_argument("--executor", help="'dask' adds a Dask scheduler and points workers at it")
+    p.add_argument("--name", dest="app_name", help="application name (default: the pipeline's)")
+    p.add_argument("--instance", help="app.kubernetes.io/instance (default: the name)")
+    p.add_argument("--app-version", help="app.kubernetes.io/version")
+    p.add_argument(
+        "--auto-scaling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="render a HorizontalPodAutoscaler (default: config auto_scaling, else yes)",
+    )
+    p.add_argument("--egress-cidr", action="append", help="allow egress to a CIDR (repeatable)")
+
+
+def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
+    """``xlib-pipeline render kubernetes``: one YAML stream, or files + kustomization (-o)."""
+    s = settings_from_config(manager.config)
+    get = (lambda k: getattr(args, k, None)) if args is not None else (lambda k: None)
+    changes: dict[str, Any] = {
+        "namespace": get("namespace"),
+        "image": get("image"),
+        "replicas": get("replicas"),
+        "executor": get("executor"),
+        "name": get("app_name"),
+        "instance": get("instance"),
+        "version": get("app_version"),
+        "auto_scaling": get("auto_scaling"),
+        "egress_cidrs": get("egress_cidr"),
+    }
+    lo, hi = get("min_replicas"), get("max_replicas")
+    if lo is not None or hi is not None:
+        changes["autoscaling"] = {
+            **s.autoscaling,
+            **({"min_replicas": lo} if lo is not None else {}),
+            **({"max_replicas": hi} if hi is not None else {}),
+        }
+    try:
+        s = s.evolve(**changes)
+    except ValueError as exc:
+        from xlib_pipeline import ConfigError
+
+        raise ConfigError(f"render kubernetes: {exc}", key="kubernetes") from exc
+    executor = s.executor or ("dask" if manager.config.get("distributed_mode") else None)
+    objs = render_manifests(pipeline, settings=s, config=manager.config.raw, executor=executor)
+    if get("output"):
+        return to_files(objs)
+    return {"manifests.yaml": to_yaml(objs)}
+
+
+class KubernetesPlugin:
+    """Kubernetes deployment: ``render kubernetes`` and the ``worker`` command."""
+
+    name = "kubernetes"
+
+    def __init__(self) -> None:
+        self.settings = KubernetesSettings()
+
+    @hookimpl
+    def register_config_keys(self) -> Iterable[ConfigKey]:
+        return (
+            ConfigKey(
+                name="kubernetes",
+                convert=section,
+                doc="Deployment settings: {namespace, image, replicas, resources, autoscaling, "
+                "port, run_as_user, egress_cidrs, env, ...} (see docs/plugins/kubernetes.md).",
+            ),
+            ConfigKey(
+                name="auto_scaling",
+                convert=boolean,
+                doc="Render a HorizontalPodAutoscaler for the workers (default true).",
+            ),
+            ConfigKey(
+                name="resource_management",
+                convert=resource_management,
+                doc="'kubernetes': pods get resource requests and limits; 'local': requests "
+                "only (limits left to xlib-pipeline's own isolation).",
+            ),
+        )
+
+    @hookimpl
+    def register_render_targets(self) -> Iterable[RenderTarget]:
+        return (
+            RenderTarget(
+                name="kubernetes",
+                render=render_target,
+                add_arguments=_add_render_arguments,
+                doc="Deployment, Service, HPA, ConfigMap, ServiceAccount, PDB, NetworkPolicy "
+                "(+ Dask scheduler with --executor dask)",
+            ),
+        )
+
+    @hookimpl
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        return (
+            CliCommand(
+                name="worker",
+                help="run a worker: /health, /metrics, Dask worker or job-queue loop",
+                add_arguments=_worker.add_arguments,
+                run=_worker.run,
+            ),
+        )
+
+    @hookimpl
+    def configure(self, manager: Any, config: Any) -> None:
+        self.settings = settings_from_config(config)
+
+    def render(self, pipeline: Any, **options: Any) -> list[Mapping[str, Any]]:
+        """This manager's manifests for ``pipeline`` (``options`` override settings)."""
+        return render_manifests(pipeline, settings=self.settings.evolve(**options))

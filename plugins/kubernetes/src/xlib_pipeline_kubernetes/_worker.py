@@ -1,0 +1,388 @@
+"""``xlib-pipeline worker``: what the rendered Deployment runs.
+
+It serves ``/health`` (200 when it can take work, 503 while starting or draining) and
+``/metrics`` (Prometheus text format, its own registry), and does real work in one of two
+modes:
+
+- **dask** (``--scheduler`` or ``$XLIB_PIPELINE_DASK_ADDRESS``): a ``distributed.Worker``
+  joins the scheduler; a worker plugin counts the tasks it runs. TLS settings come from
+  dask's own config (``DASK_DISTRIBUTED__COMM__TLS__*`` variables).
+- **queue** (otherwise): a local loop that claims job files ``*.json`` from
+  ``<queue>/incoming`` (an atomic rename into ``processing/``), runs the named pipeline
+  (``{"target": "file.py:NAME", "params": {...}}``) and writes a summary (run id, status,
+  durations; never payloads) to ``done/`` or ``failed/``.
+
+SIGTERM (or SIGINT) drains: readiness turns 503, no new work is taken, the current job (or
+the Dask worker's graceful retirement) finishes, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from xlib_pipeline import Status, hookimpl
+
+from ._manifests import HEALTH_PATH, METRICS_PATH
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class WorkerMetrics:
+    """The worker's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.started = Counter(
+            "xlib_pipeline_worker_tasks_started",
+            "Task attempts started on this worker.",
+            registry=self.registry,
+        )
+        self.succeeded = Counter(
+            "xlib_pipeline_worker_tasks_succeeded",
+            "Task attempts that succeeded on this worker.",
+            registry=self.registry,
+        )
+        self.failed = Counter(
+            "xlib_pipeline_worker_tasks_failed",
+            "Task attempts that failed on this worker.",
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "xlib_pipeline_worker_task_duration_seconds",
+            "Wall-clock seconds of task attempts on this worker.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "xlib_pipeline_worker_queue_depth",
+            "Work waiting on this worker (ready Dask tasks, or queued job files).",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "xlib_pipeline_worker_ready",
+            "1 when the worker takes work, 0 while starting or draining.",
+            registry=self.registry,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def task_finished(self, ok: bool, seconds: float | None) -> None:
+        """Count one finished attempt."""
+        (self.succeeded if ok else self.failed).inc()
+        if seconds is not None and seconds >= 0:
+            self.duration.observe(seconds)
+
+
+class WorkerState:
+    """Readiness: ``starting`` -> ``ready`` -> ``draining`` -> ``stopped`` (thread-safe)."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self._lock = threading.Lock()
+        self.status = "starting"
+        self.metrics = metrics
+        self.stop = threading.Event()
+        self.check: Any = None  # extra readiness check (the Dask worker is running)
+
+    def set(self, status: str) -> None:
+        """Move to ``status``."""
+        with self._lock:
+            if self.status in ("draining", "stopped") and status == "ready":
+                return
+            self.status = status
+        self.metrics.ready.set(1 if status == "ready" else 0)
+
+    def is_ready(self) -> bool:
+        """Whether the worker can take work now."""
+        if self.status != "ready":
+            return False
+        check = self.check
+        try:
+            return bool(check()) if check is not None else True
+        except Exception:
+            return False
+
+    def drain(self, *_: Any) -> None:
+        """Signal handler: stop taking work."""
+        self.set("draining")
+        self.stop.set()
+
+
+def make_server(host: str, port: int, state: WorkerState) -> ThreadingHTTPServer:
+    """The HTTP server answering /health and /metrics (not started)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "xlib-pipeline-worker"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == HEALTH_PATH:
+                ready = state.is_ready()
+                status = state.status
+                if status == "ready" and not ready:
+                    status = "unavailable"  # e.g. the Dask worker lost its scheduler
+                body = json.dumps({"status": status}).encode()
+                self._send(200 if ready else 503, body, "application/json")
+            elif path == METRICS_PATH:
+                body, ctype = state.metrics.render()
+                self._send(200, body, ctype)
+            else:
+                self._send(404, b'{"error": "not found"}', "application/json")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            pass  # probes every few seconds would flood the log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+# --- queue mode ---------------------------------------------------------------------------------
+
+
+class MetricsPlugin:
+    """Counts the task attempts of pipelines the queue worker runs."""
+
+    name = "worker-metrics"
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    @hookimpl
+    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
+        self.metrics.started.inc()
+
+    @hookimpl
+    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
+        if outcome.status in (Status.SUCCEEDED, Status.FAILED) and outcome.attempt >= 1:
+            self.metrics.task_finished(outcome.status is Status.SUCCEEDED, outcome.duration)
+
+
+def _queue_dirs(root: Path) -> dict[str, Path]:
+    dirs = {n: root / n for n in ("incoming", "processing", "done", "failed")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def _run_job(job_file: Path, dirs: dict[str, Path], metrics: WorkerMetrics, config: str | None):
+    from xlib_pipeline import PipelineManager
+    from xlib_pipeline.cli import load_config, load_pipeline
+
+    started = time.time()
+    summary: dict[str, Any] = {"job": job_file.name, "started": started}
+    ok = False
+    try:
+        job = json.loads(job_file.read_text())
+        if not isinstance(job, dict) or not isinstance(job.get("target"), str):
+            raise ValueError('a job file must be {"target": "file.py[:PIPELINE]", "params": {}}')
+        pipeline, module = load_pipeline(job["target"])
+        cfg = load_config(job.get("config") or config, module)
+        with PipelineManager(cfg, plugins=[MetricsPlugin(metrics)]) as pm:
+            result = pm.execute_pipeline(pipeline, params=job.get("params") or {})
+        ok = result.success
+        summary.update(
+            run_id=result.run_id,
+            pipeline=result.pipeline,
+            status=result.status,
+            failed_task=result.failed_task,
+            error=None if result.error is None else type(result.error).__name__,
+        )
+    except Exception as exc:
+        summary.update(status="error", error=f"{type(exc).__name__}: {exc}")
+    summary["finished"] = time.time()
+    dest = dirs["done" if ok else "failed"] / job_file.name
+    dest.with_suffix(".result.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    job_file.replace(dest)
+
+
+def run_queue(state: WorkerState, queue: Path, poll: float, config: str | None) -> int:
+    """Claim and run job files until asked to stop; 0 on a clean drain."""
+    dirs = _queue_dirs(queue)
+    state.set("ready")
+    metrics = state.metrics
+    while not state.stop.is_set():
+        pending = sorted(dirs["incoming"].glob("*.json"))
+        metrics.queue_depth.set(len(pending))
+        claimed = None
+        for job in pending:
+            target = dirs["processing"] / job.name
+            try:
+                job.rename(target)  # atomic: one replica wins a job
+            except OSError:
+                continue
+            claimed = target
+            break
+        if claimed is None:
+            state.stop.wait(poll)
+            continue
+        _run_job(claimed, dirs, metrics, config)
+    metrics.queue_depth.set(len(list(dirs["incoming"].glob("*.json"))))
+    return 0
+
+
+# --- dask mode ----------------------------------------------------------------------------------
+
+
+def _dask_plugin(metrics: WorkerMetrics) -> Any:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TaskCounter(WorkerPlugin):
+        """Counts tasks this Dask worker executes (transitions on the worker's loop)."""
+
+        name = "xlib-pipeline-metrics"
+
+        def __init__(self) -> None:
+            self.worker: Any = None
+            self.begun: dict[Any, float] = {}
+
+        def setup(self, worker: Any) -> None:
+            self.worker = worker
+
+        def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+            if finish == "executing":
+                metrics.started.inc()
+                self.begun[key] = time.monotonic()
+            elif start == "executing":
+                t0 = self.begun.pop(key, None)
+                took = None if t0 is None else time.monotonic() - t0
+                if finish == "memory":
+                    metrics.task_finished(True, took)
+                elif finish == "error":
+                    metrics.task_finished(False, took)
+            w = self.worker
+            if w is not None:
+                try:
+                    metrics.queue_depth.set(len(w.state.ready) + len(w.state.constrained))
+                except Exception:  # pragma: no cover - internals moved
+                    pass
+
+    return TaskCounter()
+
+
+def run_dask(state: WorkerState, args: argparse.Namespace, scheduler: str) -> int:
+    """Run a Dask worker joined to ``scheduler`` until SIGTERM; then retire gracefully."""
+    import asyncio
+
+    from distributed import Worker
+    from distributed.core import Status as DaskStatus
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        contact = None
+        pod_ip = os.environ.get("POD_IP")
+        if pod_ip and args.dask_port:
+            scheme = scheduler.split("://", 1)[0] if "://" in scheduler else "tcp"
+            contact = f"{scheme}://{pod_ip}:{args.dask_port}"
+        worker = Worker(
+            scheduler,
+            nthreads=args.nthreads,
+            host=args.host if args.host != "0.0.0.0" or contact else None,
+            port=args.dask_port or 0,
+            contact_address=contact,
+            name=args.name,
+            plugins={_dask_plugin(state.metrics)},
+            death_timeout=args.startup_timeout,
+        )
+        await worker
+        state.check = lambda: worker.status == DaskStatus.running
+        state.set("ready")
+        print(
+            f"xlib-pipeline worker: dask worker {worker.address} joined {scheduler}",
+            file=sys.stderr,
+        )
+        done = asyncio.ensure_future(worker.finished())
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([done, waiter], return_when=asyncio.FIRST_COMPLETED)
+        state.set("draining")
+        if not done.done():
+            try:
+                await asyncio.wait_for(
+                    worker.close_gracefully(reason="xlib-pipeline worker drain"),
+                    timeout=args.drain_timeout,
+                )
+            except Exception:
+                await worker.close(reason="xlib-pipeline worker drain timed out")
+            code = 0
+        else:
+            code = 0 if stop.is_set() else 1
+        waiter.cancel()
+        return code
+
+    return asyncio.run(main())
+
+
+# --- command ------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``xlib-pipeline worker``."""
+    env = os.environ.get
+    p.add_argument("--host", default=env("XLIB_PIPELINE_WORKER_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env("XLIB_PIPELINE_WORKER_PORT", "8080")))
+    p.add_argument(
+        "--scheduler",
+        default=env("XLIB_PIPELINE_DASK_ADDRESS"),
+        help="Dask scheduler address (default $XLIB_PIPELINE_DASK_ADDRESS); without it the "
+        "worker runs job files from --queue",
+    )
+    p.add_argument("--nthreads", type=int, default=1, help="Dask worker threads")
+    p.add_argument("--dask-port", type=int, default=0, help="Dask worker listening port")
+    p.add_argument("--name", default=env("POD_NAME"), help="worker name (default $POD_NAME)")
+    p.add_argument("--queue", help="job folder (default <XLIB_PIPELINE_HOME>/queue)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between queue scans")
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    p.add_argument("--startup-timeout", type=float, default=60.0)
+    p.add_argument("--config", default=env("XLIB_PIPELINE_CONFIG"), help="pipeline config file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve /health and /metrics and do work until SIGTERM; exit 0 after a clean drain."""
+    from xlib_pipeline import data_dir
+
+    metrics = WorkerMetrics()
+    state = WorkerState(metrics)
+    server = make_server(args.host, args.port, state)
+    thread = threading.Thread(target=server.serve_forever, name="xlib-worker-http", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    print(f"xlib-pipeline worker: serving http://{host}:{port}{HEALTH_PATH}", file=sys.stderr)
+    try:
+        if args.scheduler:
+            code = run_dask(state, args, args.scheduler)
+        else:
+            signal.signal(signal.SIGTERM, state.drain)
+            signal.signal(signal.SIGINT, state.drain)
+            queue = Path(args.queue) if args.queue else data_dir() / "queue"
+            code = run_queue(state, queue, args.poll, args.config)
+    finally:
+        state.set("stopped")
+        server.shutdown()
+        server.server_close()
+    print(f"xlib-pipeline worker: stopped (exit {code})", file=sys.stderr)
+    return code
