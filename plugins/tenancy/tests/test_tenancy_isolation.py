@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+
 from xlib_pipeline import Pipeline, PipelineManager, ResourceLimitExceeded
 
 pytestmark = pytest.mark.slow
@@ -63,7 +65,7 @@ def test_one_core_tenant_never_runs_two_tasks_at_once(pm):
     result = pm.execute_pipeline(p, isolation_mode="tenant", resource_limits={"cpu_cores": 1})
     assert result.success
     spans = sorted(result.tasks[f"t{k}"].output[:2] for k in range(4))
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.005, "two tasks of a 1-core tenant overlapped"
     assert all(len(result.tasks[f"t{k}"].output[3]) == 1 for k in range(4))
 

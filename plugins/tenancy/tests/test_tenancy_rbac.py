@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+from xlib_pipeline_tenancy import Policy, QuotaExceededError, os_user
+
 from xlib_pipeline import ConfigError, Pipeline, PipelineManager, SecurityError
 from xlib_pipeline.cli import main as cli
-from xlib_pipeline_tenancy import Policy, QuotaExceededError, os_user
 
 BINDINGS = {
     "alice": {"acme": ["operator"]},
