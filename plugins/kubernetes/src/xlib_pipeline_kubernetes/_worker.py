@@ -151,7 +151,7 @@ def make_server(host: str, port: int, state: WorkerState) -> ThreadingHTTPServer
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # probes every few seconds would flood the log
 
     server = ThreadingHTTPServer((host, port), Handler)
