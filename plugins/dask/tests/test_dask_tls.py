@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from xlib_pipeline_dask import DaskPlugin
+
 from xlib_pipeline import Pipeline
 from xlib_pipeline.testing import ExecutorConformance, isolated_manager
-from xlib_pipeline_dask import DaskPlugin
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from xlib_pipeline import ConfigError, Pipeline, PipelineManager
 from xlib_pipeline_kubernetes import (
     HEALTH_PATH,
     KubernetesSettings,
@@ -15,6 +14,8 @@ from xlib_pipeline_kubernetes import (
     render_manifests,
     to_files,
 )
+
+from xlib_pipeline import ConfigError, Pipeline, PipelineManager
 
 kv = pytest.importorskip("kubernetes_validate")
 

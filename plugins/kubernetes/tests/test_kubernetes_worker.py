@@ -63,8 +63,17 @@ def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, XLIB_PIPELINE_HOME=str(tmp_path / "home"))
     env.pop("XLIB_PIPELINE_DASK_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xlib_pipeline.cli", "worker", "--host", "127.0.0.1"]
-        + ["--port", str(port), *extra],
+        [
+            sys.executable,
+            "-m",
+            "xlib_pipeline.cli",
+            "worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
