@@ -2,9 +2,10 @@
 
 A record's ``hash`` is SHA-256 (or HMAC-SHA256 with a key) over the canonical JSON of the
 record *without* its ``hash`` field: ``json.dumps(record, sort_keys=True,
-separators=(",", ":"), ensure_ascii=True)`` encoded as ASCII. A trail line is the canonical
-JSON of the whole record (``hash`` included) followed by ``\\n``; a verifier re-serializes
-each parsed line and requires byte equality, so no byte of a line can change unnoticed.
+separators=(",", ":"), ensure_ascii=True)`` encoded as ASCII (the *body*). A trail line is
+that body with ``,"hash":"<hex>"`` added as its last member, then ``\\n``: the record is
+serialized once. A verifier re-serializes each parsed line this way and requires byte
+equality, so no byte of a line can change unnoticed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,34 @@ _encode = _encoder.encode
 def canonical(record: dict[str, Any]) -> str:
     """The canonical JSON text of ``record`` (sorted keys, compact, ASCII only)."""
     return _encode(record)
+
+
+def render_line(body: str, hash_hex: str) -> str:
+    """The trail line (without newline) of a record whose canonical body is ``body``."""
+    if body == "{}":
+        return '{"hash":"' + hash_hex + '"}'
+    return body[:-1] + ',"hash":"' + hash_hex + '"}'
+
+
+def split_line(text: str) -> tuple[dict[str, Any], str, str]:
+    """Parse a trail line into ``(record without hash, hash, body)``.
+
+    Raises ValueError saying what is wrong when the line is not JSON, has no ``hash``, or
+    is not byte-for-byte the canonical rendering of what it holds.
+    """
+    try:
+        rec = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    given = rec.pop("hash", None)
+    if not isinstance(given, str):
+        raise ValueError("the record has no hash")
+    body = _encode(rec)
+    if render_line(body, given) != text:
+        raise ValueError("not in canonical JSON form (a byte was changed)")
+    return rec, given, body
 
 
 def record_hash(body: str, key: bytes | None) -> str:

@@ -228,9 +228,19 @@ def error_class(exc: BaseException | None) -> str | None:
     return cls.__qualname__ if mod == "builtins" else f"{mod}.{cls.__qualname__}"
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """The current UTC time, ISO-8601 with microseconds."""
-    return datetime.now(UTC).isoformat()
+    """The current UTC time, ISO-8601 with microseconds (``2024-05-01T12:00:00.123456+00:00``)."""
+    global _second
+    t = time.time()
+    sec = int(t)
+    cached = _second
+    if cached[0] != sec:
+        cached = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _second = cached
+    return f"{cached[1]}.{int((t - sec) * 1e6):06d}+00:00"
 
 
 class _RunState:

@@ -2,12 +2,12 @@
 
 Writing a record::
 
-    fields --> [user processors] --> chain hasher --> JSON renderer --> sink (os.write)
-               (structlog processor chain)                              |--> destinations
+    fields --> [user processors] --> chain hasher --> line renderer --> os.write --> destinations
+               (a structlog processor chain)
 
 The chain hasher assigns ``seq`` and ``prev`` and computes ``hash``; the renderer produces
-the canonical line; the sink appends it with one ``write(2)`` on an ``O_APPEND`` descriptor
-and then hands it to the destinations. All of this runs under the trail's lock, so threads
+the line; it is appended with one ``write(2)`` on an ``O_APPEND`` descriptor and then handed
+to the destinations. All of this runs under the trail's lock, so threads
 never interleave. Several processes appending to one file take ``fcntl.flock`` around
 "read the tail, append" (``multiprocess=True``; a single-process trail that notices
 someone else wrote to its file switches to that mode by itself).
@@ -35,7 +35,15 @@ import structlog
 
 from xlib_pipeline.exceptions import StoreError
 
-from ._canonical import ALG_HMAC, ALG_SHA256, GENESIS, canonical, record_hash
+from ._canonical import (
+    ALG_HMAC,
+    ALG_SHA256,
+    GENESIS,
+    canonical,
+    record_hash,
+    render_line,
+    split_line,
+)
 
 _log = logging.getLogger("xlib_pipeline.audit")
 
@@ -87,7 +95,8 @@ def read_head(path: Path) -> dict[str, Any] | None:
 
 
 class _ChainHasher:
-    """structlog processor: assigns ``seq`` and ``prev``, computes ``hash``."""
+    """structlog processor: assigns ``seq`` and ``prev`` and computes ``hash`` over the
+    canonical body. Runs under the trail's lock, after every user processor."""
 
     def __init__(self, trail: AuditTrail) -> None:
         self._trail = weakref.proxy(trail)
@@ -108,22 +117,24 @@ class _ChainHasher:
             ) from exc
         h = record_hash(body, t._key)
         ev["hash"] = h
-        t._staged = (seq, h)
+        t._staged = (seq, h, body, ev)
         return ev
 
 
-class _Sink:
-    """The structlog "logger" at the end of the chain: appends rendered lines to the file."""
+class _LineRenderer:
+    """structlog renderer: the trail line for the hashed event (serialized only once)."""
 
     def __init__(self, trail: AuditTrail) -> None:
         self._trail = weakref.proxy(trail)
 
-    def msg(self, line: str) -> None:
-        self._trail._commit(line)
-
-
-def _canonical_serializer(ev: Any, **_: Any) -> str:
-    return canonical(ev)
+    def __call__(self, logger: Any, method: str, ev: dict[str, Any]) -> str:
+        staged = self._trail._staged
+        if staged is None or staged[3] is not ev:
+            raise AuditTrailError(
+                "the audit renderer got an event the chain hasher did not hash",
+                path=str(self._trail.path),
+            )
+        return render_line(staged[2], staged[1])
 
 
 # One writer object per trail file in a process, shared by every manager that names it:
@@ -212,7 +223,7 @@ class AuditTrail:
         self._seq = 0
         self._prev = GENESIS
         self._size = 0
-        self._staged: tuple[int, str] | None = None
+        self._staged: tuple[int, str, str, dict[str, Any]] | None = None
         self._pending = 0
         self._last_sync = time.monotonic()
         self._head_seq = -1
@@ -253,14 +264,10 @@ class AuditTrail:
                 self._destinations.append(d)
 
     def _build_logger(self) -> None:
-        renderer = structlog.processors.JSONRenderer(serializer=_canonical_serializer)
-        self._logger = structlog.wrap_logger(
-            _Sink(self),
-            processors=[*self._processors, _ChainHasher(self), renderer],
-            context_class=dict,
-            wrapper_class=structlog.BoundLogger,
-        )
-        self._emit = self._logger.msg
+        # A structlog processor chain, run directly (no BoundLogger: it would copy the
+        # event dict once more per record). User processors first, so their fields are
+        # hashed; the renderer's string is what gets written.
+        self._chain = (*self._processors, _ChainHasher(self), _LineRenderer(self))
 
     def add_processor(self, processor: Processor) -> None:
         """Add a structlog processor that runs before the chain hasher (fields are hashed)."""
@@ -412,14 +419,12 @@ class AuditTrail:
 
     def _parse_line(self, raw: bytes, what: str) -> dict[str, Any]:
         try:
-            text = raw.decode("ascii")
-            rec = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise self._fail(f"{what} is not a valid JSON record ({exc})") from exc
-        if not isinstance(rec, dict) or canonical(rec) != text:
-            raise self._fail(f"{what} is not in canonical form (edited?)")
-        given = rec.pop("hash", None)
-        if not isinstance(rec.get("seq"), int) or record_hash(canonical(rec), self._key) != given:
+            rec, given, body = split_line(raw.decode("ascii"))
+        except UnicodeDecodeError as exc:
+            raise self._fail(f"{what} holds a non-ASCII byte (edited?)") from exc
+        except ValueError as exc:
+            raise self._fail(f"{what} is not intact: {exc}") from exc
+        if not isinstance(rec.get("seq"), int) or record_hash(body, self._key) != given:
             key_hint = " or was written with another HMAC key" if self._key else ""
             raise self._fail(f"{what} does not match its hash (edited{key_hint})")
         rec["hash"] = given
@@ -492,9 +497,14 @@ class AuditTrail:
 
     def _append_locked(self, fields: dict[str, Any]) -> int:
         self._staged = None
-        self._emit(**fields)
-        if self._staged is None:  # a processor dropped the event
+        ev: Any = dict(fields)
+        try:
+            for proc in self._chain:
+                ev = proc(self, "info", ev)
+        except structlog.DropEvent:  # a user processor dropped the record
+            self._staged = None
             return self._seq
+        self._commit(ev)
         seq = self._seq
         policy = self.fsync
         if policy == "always":
@@ -506,16 +516,16 @@ class AuditTrail:
         return seq
 
     def _commit(self, line: str) -> None:
-        """Called by the sink with the rendered line: write it, then advance the chain."""
+        """Write the rendered line, then advance the chain and feed the destinations."""
         staged = self._staged
         fd = self._fd
         assert staged is not None and fd is not None
         data = (line + "\n").encode("ascii")
-        view = memoryview(data)
         written = 0
         try:
-            while written < len(data):
-                written += os.write(fd, view[written:])
+            written = os.write(fd, data)
+            while written < len(data):  # rare: a short write
+                written += os.write(fd, data[written:])
         except OSError as exc:
             if written:
                 # Never leave half a record: cut back to where this record began.
@@ -525,7 +535,8 @@ class AuditTrail:
             raise AuditTrailError(
                 f"cannot append to audit trail {self.path}: {exc.strerror}", path=str(self.path)
             ) from exc
-        self._seq, self._prev = staged
+        self._seq, self._prev = staged[0], staged[1]
+        self._staged = None
         self._size += len(data)
         for dest in self._destinations:
             dest(line)
