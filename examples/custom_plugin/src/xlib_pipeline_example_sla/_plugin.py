@@ -1,0 +1,250 @@
+"""The SLA plugin: per-task time budgets, breach records, a report file and a CLI command.
+
+What it adds to xlib-pipeline:
+
+* task option ``sla_seconds=`` (``@pipeline.task("load", sla_seconds=2)``);
+* manager decorator ``pm.sla(seconds=2)``, the same option as a decorator;
+* config keys ``sla.default_seconds`` (budget of tasks without ``sla_seconds``) and
+  ``sla.report_file`` (where breaches are appended as JSON lines; default
+  ``<data_dir>/sla-breaches.jsonl``);
+* CLI command ``xlib-pipeline sla`` printing the recorded breaches.
+
+The plugin is inert unless a budget is set: without ``sla_seconds`` and without
+``sla.default_seconds`` it records nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from xlib_pipeline import (
+    CliCommand,
+    ConfigKey,
+    ManagerDecorator,
+    Status,
+    TaskOption,
+    data_dir,
+    hookimpl,
+    with_options,
+)
+
+PLUGIN_NAME = "example_sla"
+REPORT_NAME = "sla-breaches.jsonl"
+
+
+def _seconds(value: Any) -> float:
+    """Convert a positive number of seconds (booleans and strings are mistakes)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    return None if value is None else _seconds(value)
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError(f"expected a file path, got {value!r}")
+    return Path(value)
+
+
+def default_report_file() -> Path:
+    """Where breaches go when ``sla.report_file`` is not set."""
+    return data_dir() / REPORT_NAME
+
+
+@attrs.frozen(kw_only=True)
+class Breach:
+    """A task attempt that took longer than its budget. Never holds task data."""
+
+    run_id: str
+    pipeline: str
+    task: str
+    status: str
+    attempt: int
+    seconds: float
+    budget: float
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), sort_keys=True)
+
+
+def read_report(path: str | Path) -> list[Breach]:
+    """Read the breaches recorded in a report file (an absent file has none)."""
+    file = Path(path)
+    if not file.exists():
+        return []
+    out = []
+    for n, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Breach(**json.loads(line)))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{file}:{n}: not an SLA breach record: {exc}") from exc
+    return out
+
+
+class SlaPlugin:
+    """Records task attempts that run longer than their ``sla_seconds`` budget.
+
+    One instance is made per :class:`~xlib_pipeline.PipelineManager`; ``breaches`` holds
+    what this manager's runs recorded (get the instance with
+    ``pm.get_plugin("example_sla")``).
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.breaches: list[Breach] = []
+        self.default_seconds: float | None = None
+        self.report_file: Path | None = None
+
+    # -- what the plugin registers -------------------------------------------------------
+
+    @hookimpl
+    def register_config_keys(self) -> Iterable[ConfigKey]:
+        return (
+            ConfigKey(
+                name="sla.default_seconds",
+                convert=_seconds_or_none,
+                doc="Budget in seconds for tasks without sla_seconds (default: none).",
+            ),
+            ConfigKey(
+                name="sla.report_file",
+                convert=_path,
+                doc=f"JSON-lines file for breaches (default: <data_dir>/{REPORT_NAME}).",
+            ),
+        )
+
+    @hookimpl
+    def register_task_options(self) -> Iterable[TaskOption]:
+        return (
+            TaskOption(
+                name="sla_seconds",
+                convert=_seconds,
+                doc="Seconds the task should take at most; longer attempts are reported.",
+            ),
+        )
+
+    @hookimpl
+    def register_manager_decorators(self) -> Iterable[ManagerDecorator]:
+        def sla(manager: Any, seconds: float) -> Any:
+            budget = _seconds(seconds)  # fail at decoration time, naming the value
+            return lambda fn: with_options(fn, {"sla_seconds": budget})
+
+        return (ManagerDecorator(name="sla", factory=sla, doc="Give a task an SLA in seconds."),)
+
+    @hookimpl
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        return (
+            CliCommand(
+                name="sla",
+                help="show tasks that ran longer than their SLA",
+                add_arguments=_add_arguments,
+                run=_run_command,
+            ),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @hookimpl
+    def configure(self, manager: Any, config: Any) -> None:
+        self.default_seconds = config.get("sla.default_seconds")
+        self.report_file = config.get("sla.report_file")
+
+    @hookimpl
+    def before_pipeline(self, run: Any) -> None:
+        # Precompute the budgets once per run so after_task is a dict look-up.
+        budgets = {}
+        for task in run.plan.tasks:
+            budget = task.option("sla_seconds", self.default_seconds)
+            if budget is not None:
+                budgets[task.name] = float(budget)
+        run.stash[PLUGIN_NAME] = {"budgets": budgets, "breaches": []}
+
+    @hookimpl
+    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
+        state = run.stash.get(PLUGIN_NAME)
+        if not state or not state["budgets"]:
+            return  # inert: no budgets in this run
+        budget = state["budgets"].get(task.name)
+        took = outcome.duration
+        if budget is None or took is None or took <= budget:
+            return
+        breach = Breach(
+            run_id=run.run_id,
+            pipeline=run.pipeline_name,
+            task=task.name,
+            status=str(outcome.status),
+            attempt=outcome.attempt,
+            seconds=round(took, 6),
+            budget=budget,
+        )
+        with self._lock:  # after_task runs on several scheduler threads at once
+            state["breaches"].append(breach)
+            self.breaches.append(breach)
+
+    @hookimpl
+    def after_pipeline(self, run: Any, result: Any) -> None:
+        state = run.stash.get(PLUGIN_NAME)
+        if not state or not state["breaches"]:
+            return
+        file = self.report_file or default_report_file()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with file.open("a") as f:
+            for breach in state["breaches"]:
+                f.write(breach.to_json() + "\n")
+
+    def breaches_for(self, run_id: str) -> list[Breach]:
+        """The breaches one run of this manager recorded."""
+        with self._lock:
+            return [b for b in self.breaches if b.run_id == run_id]
+
+
+# -- the CLI command -------------------------------------------------------------------------
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--file", help=f"report file (default: $XLIB_PIPELINE_HOME/{REPORT_NAME})", default=None
+    )
+    parser.add_argument("--run", help="only this run id")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument(
+        "--fail-on-breach", action="store_true", help="exit 1 when any breach is listed"
+    )
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    file = Path(args.file) if args.file else default_report_file()
+    try:
+        breaches = read_report(file)
+    except ValueError as exc:
+        print(f"xlib-pipeline sla: {exc}")
+        return 2
+    if args.run:
+        breaches = [b for b in breaches if b.run_id == args.run]
+    if args.json:
+        for b in breaches:
+            print(b.to_json())
+    elif not breaches:
+        print(f"no SLA breaches in {file}")
+    else:
+        print(f"{len(breaches)} SLA breach(es) in {file}:")
+        for b in breaches:
+            status = "" if b.status == Status.SUCCEEDED else f" [{b.status}]"
+            print(
+                f"  {b.pipeline}.{b.task}: {b.seconds:.3f}s > {b.budget:g}s "
+                f"(run {b.run_id}, attempt {b.attempt}){status}"
+            )
+    return 1 if (breaches and args.fail_on_breach) else 0
