@@ -11,6 +11,7 @@ config section is never retried, and the plugin adds no work to tasks that succe
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,9 @@ from xlib_pipeline import (
 
 from ._policy import RandomSource, RetryPolicy, config_section, option_value, policy_from
 
+# The core routes its structlog events to this stdlib logger; skip building events it drops.
+_LOGGER = logging.getLogger("xlib_pipeline")
+
 
 class RetriesPlugin:
     """Retry failed task attempts by policy.
@@ -41,6 +45,9 @@ class RetriesPlugin:
     def __init__(self, *, rng: RandomSource | None = None) -> None:
         self.rng: RandomSource = rng if rng is not None else random.Random()
         self.default: RetryPolicy | None = None
+        # id(option value) -> (value, policy): converting a mapping builds and validates a
+        # policy (~30 µs); a task's option value is converted once per manager.
+        self._cache: dict[int, tuple[Any, RetryPolicy | None]] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -69,6 +76,7 @@ class RetriesPlugin:
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
         self.default = config.get("retries")
+        self._cache.clear()
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -77,7 +85,16 @@ class RetriesPlugin:
         value = task.options.get("retries")
         if value is None:
             return self.default
-        return policy_from(value, self.default)
+        if isinstance(value, RetryPolicy):
+            return value
+        hit = self._cache.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        policy = policy_from(value, self.default)
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[id(value)] = (value, policy)  # keeps value alive, so its id stays unique
+        return policy
 
     @hookimpl
     def on_task_error(
@@ -96,7 +113,7 @@ class RetriesPlugin:
         if policy is None or error is None:
             return None
         attempt = outcome.attempt
-        log = run.log
+        log = run.log if _LOGGER.isEnabledFor(logging.INFO) else None
         if isinstance(error, policy.never_retry_on):
             if log is not None:
                 log.info(
@@ -130,7 +147,7 @@ class RetriesPlugin:
                 retry=False, reason=f"{attempt} of {policy.max_attempts} attempts used"
             )
         window = policy.window(attempt)
-        delay = policy.delay(attempt, self.rng)
+        delay = policy.jittered(window, self.rng)
         if log is not None:
             log.info(
                 "retries.retry_scheduled",

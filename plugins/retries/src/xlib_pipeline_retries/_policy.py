@@ -173,7 +173,10 @@ class RetryPolicy:
 
         Draws from ``self.rng``, else ``rng``, else the module-level :mod:`random`.
         """
-        high = self.window(attempt)
+        return self.jittered(self.window(attempt), rng)
+
+    def jittered(self, high: float, rng: RandomSource | None = None) -> float:
+        """A wait drawn for the window ``[0, high]`` (``high`` itself without jitter)."""
         if not self.jitter or high <= 0:
             return high
         source = self.rng or rng or random
