@@ -187,6 +187,9 @@ class WorkerPool:
 
     limits: ResourceLimits
     size: int
+    #: First CPU (index into the allowed set) this pool's workers are pinned from, so
+    #: pools limited to few cores spread over the machine instead of all taking core 0.
+    core_start: int = 0
     _idle: list[WorkerProcess] = attrs.field(factory=list)
     _all: list[WorkerProcess] = attrs.field(factory=list)
     _busy: int = 0
@@ -201,7 +204,7 @@ class WorkerPool:
             self._busy += 1
             if self._idle:
                 return self._idle.pop()
-            offset = self._spawned
+            offset = self.core_start + self._spawned
             self._spawned += 1
         try:
             w = WorkerProcess(self.limits, core_offset=offset)
@@ -253,6 +256,7 @@ class ProcessExecutor:
     def __init__(self, manager: Any) -> None:
         self._max = manager.config.core.max_workers
         self._pools: dict[str, WorkerPool] = {}
+        self._next_core = 0
         self._lock = threading.Lock()
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
             weakref.WeakKeyDictionary()
@@ -270,7 +274,9 @@ class ProcessExecutor:
             pool = self._pools.get(key)
             if pool is None:
                 size = limits.cpu_cores or self._max
-                pool = WorkerPool(limits=limits, size=max(1, size))
+                pool = WorkerPool(limits=limits, size=max(1, size), core_start=self._next_core)
+                if limits.cpu_cores:
+                    self._next_core += limits.cpu_cores
                 self._pools[key] = pool
             return pool
 

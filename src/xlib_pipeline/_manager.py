@@ -24,6 +24,7 @@ from ._plugins import (
 )
 from ._recording import StoreRecorder, load_resume
 from ._records import (
+    CliCommand,
     Executor,
     ExecutorSpec,
     ManagerDecorator,
@@ -104,6 +105,8 @@ class PipelineManager:
         self._render_targets: dict[str, RenderTarget] = self.hooks.collect(
             "register_render_targets"
         )
+        self._cli_commands: dict[str, CliCommand] = self.hooks.collect("register_cli_commands")
+        self._inactive: dict[str, object] = {}
         self._executors: dict[str, Executor] = {}
         self._exec_lock = threading.Lock()
         self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
@@ -111,10 +114,61 @@ class PipelineManager:
         self._store: RunStore | None = None
         self._store_lock = threading.Lock()
         self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
-        self.hooks.call("configure", manager=self, config=self.config)
+        self._configure_plugins()
         self._finalizer = weakref.finalize(self, _close_executors, self._executors)
 
     # -- plugins ---------------------------------------------------------------------------
+
+    def _configure_plugins(self) -> None:
+        """Call each plugin's ``configure``; unregister those that answer ``False``."""
+        inactive: list[str] = []
+        for impl in reversed(self._pm.hook.configure.get_hookimpls()):
+            try:
+                answer = impl.function(manager=self, config=self.config)
+            except PipelineError as exc:
+                if getattr(exc, "plugin", None) is None:
+                    exc.plugin = impl.plugin_name  # type: ignore[attr-defined]
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in hook 'configure': "
+                    f"{type(exc).__name__}: {exc}",
+                    plugin=impl.plugin_name,
+                    hook="configure",
+                ) from exc
+            if answer is False:
+                inactive.append(impl.plugin_name)
+        for name in inactive:
+            self._inactive[name] = self._pm.unregister(name=name)
+        if inactive:
+            self._infos = [
+                attrs.evolve(i, active=False) if i.name in inactive else i for i in self._infos
+            ]
+            self._rebuild_hooks()
+
+    def _rebuild_hooks(self) -> None:
+        owners = self.hooks.owners
+        self.hooks = Hooks(self._pm)
+        self.hooks.owners = owners
+
+    def _activate(self, owner: str | None) -> None:
+        """Register again a plugin that declined in ``configure`` because a pipeline, a run
+        or a decorator now uses something it owns; it then works with its defaults."""
+        if owner is None or owner not in self._inactive:
+            return
+        with self._exec_lock:
+            plugin = self._inactive.pop(owner, None)
+            if plugin is None:
+                return
+            self._pm.register(plugin, name=owner)
+            self._infos = [
+                attrs.evolve(i, active=True) if i.name == owner else i for i in self._infos
+            ]
+            self._rebuild_hooks()
+
+    def is_active(self, name: str) -> bool:
+        """Whether plugin ``name`` is installed and active for this manager."""
+        return any(i.name == name and i.active for i in self._infos)
 
     @property
     def plugins(self) -> list[PluginInfo]:
@@ -122,12 +176,18 @@ class PipelineManager:
         return list(self._infos)
 
     def has_plugin(self, name: str) -> bool:
-        """Whether plugin ``name`` is registered (and not disabled)."""
-        return bool(self._pm.has_plugin(name)) and self._pm.get_plugin(name) is not None
+        """Whether plugin ``name`` is installed for this manager (active or not), not disabled."""
+        registered = self._pm.has_plugin(name) and self._pm.get_plugin(name) is not None
+        return bool(registered) or name in self._inactive
 
     def get_plugin(self, name: str) -> Any:
-        """The registered plugin object called ``name`` (``None`` when absent)."""
-        return self._pm.get_plugin(name)
+        """The plugin object called ``name``, active or not (``None`` when absent)."""
+        return self._pm.get_plugin(name) or self._inactive.get(name)
+
+    @property
+    def cli_commands(self) -> Mapping[str, CliCommand]:
+        """CLI sub-commands registered by plugins."""
+        return dict(self._cli_commands)
 
     @property
     def render_targets(self) -> Mapping[str, RenderTarget]:
@@ -140,6 +200,7 @@ class PipelineManager:
         decorators = self.__dict__.get("_decorators", {})
         spec = decorators.get(name)
         if spec is not None:
+            self._activate(self.hooks.owner("register_manager_decorators", name))
             factory = spec.factory
 
             def decorator_factory(*args: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -258,6 +319,7 @@ class PipelineManager:
                         suggest(key, [*known, *KNOWN_TASK_OPTIONS]),
                         package_for(plugin) if plugin else None,
                     )
+                self._activate(self.hooks.owner("register_task_options", key))
                 try:
                     spec.convert(value)
                 except (ValueError, TypeError) as exc:
@@ -276,6 +338,7 @@ class PipelineManager:
                 hint = suggest(key, [*self._run_options, *_CORE_RUN_OPTIONS, *KNOWN_RUN_OPTIONS])
                 extra = f"; did you mean {hint!r}?" if hint else ""
                 raise TypeError(f"execute_pipeline() got an unknown option {key!r}{extra}")
+            self._activate(self.hooks.owner("register_run_options", key))
             try:
                 out[key] = spec.convert(value)
             except (ValueError, TypeError) as exc:
@@ -334,8 +397,6 @@ class PipelineManager:
             params=dict(params or {}),
         )
         ctx.log = get_logger(pipeline=pipeline.name, run_id=rid)
-        observers: list[Observer] = []
-        preloaded = None
         store = self.store
         if resume is not None:
             if store is None:
@@ -343,25 +404,15 @@ class PipelineManager:
                     "resume needs a run store: configure {'store': {'path': 'runs.sqlite'}}",
                     key="store",
                 )
-            old, preloaded, carried = load_resume(store, resume, p, self.hooks, force=force)
-            ctx.resumed_from = old
-        if store is not None:
-            recorder = StoreRecorder(
-                store,
-                self.hooks,
-                record_outputs=self.config.get("store")["record_outputs"],
-                carried=carried if resume is not None else None,
-                source=source,
-            )
-            recorder.start(ctx, p)
-            observers.append(recorder)
+            ctx.resumed_from = store.get_run(resume).run_id
         return self._execute(
             ctx,
             parallel=parallel,
             monitor=monitor,
             max_workers=max_workers,
-            preloaded=preloaded,
-            observers=observers,
+            resume=resume,
+            force=force,
+            source=source,
         )
 
     def _execute(
@@ -371,19 +422,41 @@ class PipelineManager:
         parallel: bool,
         monitor: bool,
         max_workers: int | None,
-        preloaded: Mapping[int, tuple[Status, Any]] | None = None,
-        observers: Iterable[Observer] = (),
+        resume: str | None = None,
+        force: bool = False,
+        source: str | None = None,
     ) -> PipelineResult:
         hooks = self.hooks
         p = ctx.plan
+        store = self.store
+        obs: list[Observer] = []
+        preloaded: Mapping[int, tuple[Status, Any]] | None = None
         try:
             if hooks.has["validate_pipeline"]:
                 hooks.call("validate_pipeline", pipeline=ctx.pipeline, run=ctx)
+            # Stored outputs are decrypted only once validators (access control) agreed.
+            carried = None
+            if resume is not None and store is not None:
+                _, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
+            if store is not None:
+                recorder = StoreRecorder(
+                    store,
+                    hooks,
+                    record_outputs=self.config.get("store")["record_outputs"],
+                    carried=carried,
+                    source=source,
+                )
+                recorder.start(ctx, p)
+                obs.append(recorder)
             if hooks.has["before_pipeline"]:
                 hooks.call("before_pipeline", run=ctx)
         except BaseException as exc:
             refused = _refused_result(ctx, exc)
             ctx.log.warning("pipeline.refused", error=type(exc).__name__)
+            if obs and store is not None:  # the run row exists: close it as refused
+                store.run_finished(
+                    ctx.run_id, "refused", refused.finished, f"{type(exc).__name__}: {exc}"
+                )
             if hooks.has["after_pipeline"]:
                 try:
                     hooks.call("after_pipeline", run=ctx, result=refused)
@@ -398,7 +471,6 @@ class PipelineManager:
             lanes = suggested
         else:
             lanes = lane_count(max_workers or self.config.core.max_workers, len(p))
-        obs: list[Observer] = list(observers)
         mon: Monitor | None = None
         if monitor:
             mon = Monitor()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
@@ -154,9 +154,7 @@ def create_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         bad = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(
-            f"plugin {bad!r} implements an unknown hook: {exc}", plugin=bad
-        ) from exc
+        raise PluginError(f"plugin {bad!r} implements an unknown hook: {exc}", plugin=bad) from exc
     return pm, infos
 
 
@@ -193,6 +191,7 @@ class Hooks:
             )
         }
         self._codes: dict[types.CodeType, str] | None = None
+        self.owners: dict[str, dict[str, str]] = {}
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -269,11 +268,9 @@ class Hooks:
                     )
                 out[k] = record
                 owners[k] = impl.plugin_name
-        self.owners = getattr(self, "owners", {})
         self.owners[hook] = owners
         return out
 
     def owner(self, hook: str, name: str) -> str | None:
         """Which plugin registered ``name`` through collector ``hook``."""
-        owners: Mapping[str, Mapping[str, str]] = getattr(self, "owners", {})
-        return owners.get(hook, {}).get(name)
+        return self.owners.get(hook, {}).get(name)

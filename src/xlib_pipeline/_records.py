@@ -281,6 +281,8 @@ class PluginInfo:
     version: str | None
     hooks: tuple[str, ...]
     builtin: bool = False
+    #: False when the plugin's ``configure`` declined (nothing configured it).
+    active: bool = True
 
 
 def flatten(items: Iterable[Iterable[Any]] | None) -> list[Any]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ._manager import PipelineManager
-from ._records import CliCommand
 from ._task import Pipeline
 from .exceptions import PipelineError
 
@@ -495,8 +494,7 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
         tp.set_defaults(func=cmd_render)
 
     if pm is not None:
-        commands: dict[str, CliCommand] = pm.hooks.collect("register_cli_commands")
-        for name, command in sorted(commands.items()):
+        for name, command in sorted(pm.cli_commands.items()):
             cp = sub.add_parser(name, help=command.help)
             command.add_arguments(cp)
             cp.set_defaults(func=command.run)

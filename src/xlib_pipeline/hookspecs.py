@@ -85,8 +85,13 @@ class HookSpecs:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @hookspec
-    def configure(self, manager: Any, config: Config) -> None:
-        """Observer: called once when a manager is built, after its config is validated."""
+    def configure(self, manager: Any, config: Config) -> bool | None:
+        """Lifecycle: called once when a manager is built, after its config is validated.
+
+        Return ``False`` to stay inactive for this manager (nothing configured it): the
+        plugin is then unregistered from the manager after its collectors ran, so it costs
+        nothing per task. Any other answer keeps it active.
+        """
 
     @hookspec
     def close(self, manager: Any) -> None:

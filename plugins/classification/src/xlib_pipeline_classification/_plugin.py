@@ -209,11 +209,13 @@ class ClassificationPlugin:
         )
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> None:
+    def configure(self, manager: Any, config: Any) -> bool | None:
         section = config.get("classification")
         scanning = config.get("security_scanning")
         if section is None and scanning is None:
-            return
+            # Inactive for this manager; the core re-activates the plugin when a pipeline
+            # uses classification= or clearance=, so a declared clearance is never ignored.
+            return False
         section = dict(section or {})
         self.enabled = bool(section.get("enabled", True)) and not (
             scanning is False and not section

@@ -328,14 +328,14 @@ class LineagePlugin:
         )
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> None:
+    def configure(self, manager: Any, config: Any) -> bool | None:
         section = config.get("lineage")
         flag = config.get("data_lineage")
         if flag is False or (section is None and not flag):
-            return
+            return False  # inactive for this manager: no per-task hook cost
         section = dict(section or {})
         if not section.get("enabled", True):
-            return
+            return False
         self.enabled = True
         self.namespace = section.get("namespace", ev.DEFAULT_NAMESPACE)
         self.producer = section.get("producer") or ev.default_producer()
