@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from xlib_pipeline import Pipeline, PipelineManager
 from xlib_pipeline_audit import AuditPlugin, head_path, verify
+
+from xlib_pipeline import Pipeline, PipelineManager
 
 HS = settings(
     max_examples=60,
