@@ -580,7 +580,12 @@ def reduce_decisions(answers: list[RetryDecision | None] | None) -> RetryDecisio
 
 def _format(exc: BaseException) -> str:
     remote: str | None = getattr(exc, "__xlib_remote_traceback__", None)
-    local = "".join(traceback.format_exception(exc))
+    tb = exc.__traceback__
+    # Leave out the scheduler's own frame: it says nothing about the task, and locating the
+    # failing position in Run._run's large code object cost ~170 of ~230 µs per failure.
+    if tb is not None and tb.tb_frame.f_code is Run._run.__code__:
+        tb = tb.tb_next
+    local = "".join(traceback.format_exception(type(exc), exc, tb))
     if remote:
         return local + "\nRemote traceback (in the worker):\n" + remote
     return local
