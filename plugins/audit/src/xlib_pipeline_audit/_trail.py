@@ -185,10 +185,11 @@ if hasattr(os, "register_at_fork"):
 class AuditTrail:
     """Appends hash-chained records to one JSON-lines file. Thread-safe.
 
-    ``fsync``: ``"always"`` syncs data and head after every record; ``"batch"`` every
-    ``batch_size`` records, every ``batch_interval_ms`` (a background thread) and on
-    :meth:`sync`; ``"never"`` leaves it to the OS (the head is still replaced on
-    :meth:`sync` and :meth:`close`). ``key`` switches hashes to HMAC-SHA256.
+    ``fsync``: ``"always"`` syncs every record before :meth:`append` returns;
+    ``"batch"`` has a background thread sync when ``batch_size`` records are pending and
+    every ``batch_interval_ms``; both also sync on :meth:`sync` and :meth:`close`, and the
+    head anchor follows each sync. ``"never"`` leaves it to the OS (the head is still
+    replaced on :meth:`sync` and :meth:`close`). ``key`` switches hashes to HMAC-SHA256.
     ``processors`` are structlog processors run before the chain hasher (their fields are
     hashed); ``destinations`` receive every line after it is in the file.
     """
@@ -230,6 +231,7 @@ class AuditTrail:
         self._refs = 0
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self.closed = False
         self._build_logger()
@@ -302,7 +304,7 @@ class AuditTrail:
             self._fd = None
             os.close(fd)
             raise
-        if self.fsync == "batch" and self.batch_interval > 0:
+        if self.fsync != "never":
             self._start_flusher()
 
     @contextlib.contextmanager
@@ -507,12 +509,16 @@ class AuditTrail:
         self._commit(ev)
         seq = self._seq
         policy = self.fsync
-        if policy == "always":
-            self._sync_locked()
-        else:
+        if policy == "never":
             self._pending += 1
-            if policy == "batch" and self._pending >= self.batch_size:
-                self._sync_locked()
+            return seq
+        if policy == "always":
+            os.fdatasync(self._fd)  # type: ignore[arg-type]
+        self._pending += 1
+        if self._pending == self.batch_size:
+            # fsync (batch) and the head anchor are done by the flusher thread, off the
+            # writers' path; "always" already synced the record itself.
+            self._wake.set()
         return seq
 
     def _commit(self, line: str) -> None:
@@ -563,6 +569,8 @@ class AuditTrail:
             f"{self.head_path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         )
         with self._head_lock:
+            if 0 < seq <= self._head_seq:
+                return  # a newer anchor was written meanwhile: never move it back
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, data)
@@ -584,16 +592,20 @@ class AuditTrail:
 
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
-        stop = self._stop
-        interval = self.batch_interval
+        stop, wake = self._stop, self._wake
+        interval = self.batch_interval if self.batch_interval > 0 else None
 
         def loop() -> None:
-            while not stop.wait(interval):
+            while True:
+                wake.wait(interval)
+                wake.clear()
+                if stop.is_set():
+                    return
                 trail = ref()
                 if trail is None:
                     return
                 try:
-                    trail._timed_sync()
+                    trail._background_sync()
                 except Exception as exc:  # reported on the next append
                     trail._error = exc
                 del trail
@@ -602,13 +614,21 @@ class AuditTrail:
         self._flusher = t
         t.start()
 
-    def _timed_sync(self) -> None:
+    def _background_sync(self) -> None:
+        """Flusher thread: fsync what is written so far and move the head anchor to it.
+
+        The trail's lock is held only to read the chain's position, so writers never wait
+        for the disk."""
         with self._lock:
-            if self._fd is None or not self._pending:
+            fd = self._fd
+            if fd is None or not self._pending:
                 return
-            if time.monotonic() - self._last_sync >= self.batch_interval * 0.999:
-                with self._flocked():
-                    self._sync_locked()
+            seq, last, size = self._seq, self._prev, self._size
+            self._pending = 0
+            self._last_sync = time.monotonic()
+        if self.fsync == "batch":
+            os.fdatasync(fd)
+        self._write_head(seq, last, size)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -631,6 +651,10 @@ class AuditTrail:
     def close(self) -> None:
         """Sync, update the head anchor and close the file. Idempotent."""
         self._stop.set()
+        self._wake.set()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=30)
         with self._lock:
             fd = self._fd
             if fd is None:
@@ -649,6 +673,7 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._head_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._flusher = None
         self._mp = True
         fd = self._fd
@@ -659,5 +684,5 @@ class AuditTrail:
             with contextlib.suppress(Exception):
                 self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
                 self._size = -1  # re-read the tail on the next append
-            if self._fd is not None and self.fsync == "batch" and self.batch_interval > 0:
+            if self._fd is not None and self.fsync != "never":
                 self._start_flusher()
