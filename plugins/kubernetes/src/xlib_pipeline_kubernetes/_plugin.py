@@ -88,6 +88,7 @@ class KubernetesPlugin:
 
     def __init__(self) -> None:
         self.settings = KubernetesSettings()
+        self._config: Mapping[str, Any] = {}
 
     @hookimpl
     def register_config_keys(self) -> Iterable[ConfigKey]:
@@ -137,7 +138,14 @@ class KubernetesPlugin:
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
         self.settings = settings_from_config(config)
+        self._config = config.raw
 
-    def render(self, pipeline: Any, **options: Any) -> list[Mapping[str, Any]]:
-        """This manager's manifests for ``pipeline`` (``options`` override settings)."""
-        return render_manifests(pipeline, settings=self.settings.evolve(**options))
+    def render(self, pipeline: Any, **options: Any) -> list[dict[str, Any]]:
+        """This manager's manifests for ``pipeline`` (``options`` override settings).
+
+        The ConfigMap carries the manager's config; ``distributed_mode`` in it (or
+        ``executor="dask"``) adds the Dask scheduler.
+        """
+        return render_manifests(
+            pipeline, settings=self.settings.evolve(**options), config=self._config
+        )
