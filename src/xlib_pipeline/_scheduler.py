@@ -332,8 +332,10 @@ class Run:
             if self.h_after:
                 try:
                     self._after(task, SUCCEEDED, out, None, None, attempt, started, finished, True)
-                except BaseException as exc:
-                    return self._failed(i, task, exc, _format(exc), first_start, finished, attempt)
+                except BaseException as exc:  # observers already saw this attempt once
+                    return self._failed(
+                        i, task, exc, _format(exc), first_start, finished, attempt, after=False
+                    )
             if attempt != 1:
                 self.cols.attempts[i] = attempt
             return self._finish(i, SUCCEEDED, out, None, first_start, finished, attempt)

@@ -147,11 +147,16 @@ class TestAccess:
 
 
 class TestQuotas:
-    def _slow(self, name, tenant, log, n=3, delay=0.15):
+    def _slow(self, name, tenant, log, n=3, delay=0.15, gate=None):
         p = Pipeline(name)
+        deps = []
+        if gate is not None:
+            # Both runs are registered with the gate before their slow tasks start.
+            p.add_task("gate", lambda: gate.wait(timeout=30), tenant_id=tenant)
+            deps = ["gate"]
         for k in range(n):
 
-            def body(k=k):
+            def body(*_, k=k):
                 with log["lock"]:
                     log["now"][tenant] = log["now"].get(tenant, 0) + 1
                     log["peak"][tenant] = max(log["peak"].get(tenant, 0), log["now"][tenant])
@@ -160,7 +165,7 @@ class TestQuotas:
                     log["now"][tenant] -= 1
                 return k
 
-            p.add_task(f"t{k}", body, tenant_id=tenant)
+            p.add_task(f"t{k}", body, tenant_id=tenant, depends_on=deps)
         return p
 
     def _log(self):
@@ -213,8 +218,10 @@ class TestQuotas:
         pm = PipelineManager({"multi_tenant": True, "max_workers": 4})
         results = {}
 
+        gate = threading.Barrier(2)
+
         def go(tenant):
-            results[tenant] = pm.execute_pipeline(self._slow(tenant, tenant, log, n=6))
+            results[tenant] = pm.execute_pipeline(self._slow(tenant, tenant, log, n=6, gate=gate))
 
         threads = [threading.Thread(target=go, args=(t,)) for t in ("acme", "globex")]
         for t in threads:
