@@ -211,8 +211,8 @@ class TestDirectCalls:
         pm.close()
         assert verify(path).ok
 
-    def test_decorator_without_audit_config_is_inert(self, tmp_path):
-        """pm.audit_log still attaches options when auditing is off, and writes nothing."""
+    def test_decorator_without_audit_config_uses_defaults(self, _audit_home):
+        """pm.audit_log with no audit config is never ignored: the default trail records it."""
         pm = _pm({})
 
         @pm.audit_log(tenant_id="t1", operation="op")
@@ -224,6 +224,24 @@ class TestDirectCalls:
         p.task("f")(f)
         assert p["f"].options["audit"] == {"operation": "op"}
         assert p["f"].options["tenant_id"] == "t1"
+        assert pm.execute_pipeline(p).success
+        trail = _audit_home / "audit.jsonl"
+        records = [json.loads(line) for line in trail.read_text().splitlines()]
+        assert {r["action"] for r in records} >= {"call.started", "task.started"}
+        assert all(r["tenant"] == "t1" for r in records if r.get("task") == "f")
+        assert verify(trail).ok
+
+    def test_decorator_with_audit_disabled_is_inert(self, tmp_path):
+        """With audit: false, pm.audit_log attaches options and writes nothing."""
+        pm = _pm({"audit": False})
+
+        @pm.audit_log(tenant_id="t1", operation="op")
+        def f():
+            return 3
+
+        assert f() == 3
+        p = Pipeline("x")
+        p.task("f")(f)
         assert pm.execute_pipeline(p).success
         assert not (tmp_path / "home").exists()
 

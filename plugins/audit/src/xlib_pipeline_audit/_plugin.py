@@ -458,10 +458,14 @@ class AuditPlugin:
                     "trail; drop one of them",
                     key="audit",
                 )
+            self._explicitly_off = True
             return
         if section is None and not flags:
             return
-        settings = section or AuditSettings()
+        self._enable(manager, config, section or AuditSettings())
+
+    def _enable(self, manager: Any, config: Any, settings: AuditSettings) -> None:
+        """Turn the trail on with ``settings`` and register the per-task recorder."""
         self.settings = settings
         self.key = load_key(settings)
         self.path = (
@@ -548,6 +552,10 @@ class AuditPlugin:
         convert_task_option(opt)
         if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
             raise ValueError(f"audit_log: tenant_id must be a non-empty string, got {tenant_id!r}")
+        if not self.enabled and not getattr(self, "_explicitly_off", False):
+            # pm.audit_log asks for auditing: never ignore it silently. With no audit config
+            # the trail opens with its embedded defaults (data_dir()/audit.jsonl).
+            self._enable(manager, manager.config, AuditSettings())
         options: dict[str, Any] = {"audit": opt}
         if tenant_id is not None:
             options["tenant_id"] = tenant_id
