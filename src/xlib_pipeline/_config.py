@@ -18,7 +18,7 @@ import attrs
 from ._graph import suggest
 from ._plugins import KNOWN_CONFIG_KEYS, package_for
 from ._records import ConfigKey
-from .exceptions import ConfigError, MissingPluginError
+from .exceptions import ConfigError, MissingPluginConfigError
 
 EXECUTION_STRATEGIES = ("intelligent", "fifo")
 FAILURE_POLICIES = ("continue", "stop")
@@ -222,7 +222,7 @@ def _walk(
             continue
         plugin = KNOWN_CONFIG_KEYS.get(path)
         if plugin is not None:
-            raise MissingPluginError(f"config key {path!r}", package_for(plugin))
+            raise MissingPluginConfigError(path, package_for(plugin))
         candidates = [n for n in (*keys, *KNOWN_CONFIG_KEYS) if n.startswith(prefix)]
         hint = suggest(path, candidates)
         if hint is None and prefix:

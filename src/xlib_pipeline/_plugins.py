@@ -7,9 +7,10 @@ plugin into an error that names the plugin and the hook.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -84,13 +85,18 @@ def package_for(plugin: str) -> str:
     return PLUGIN_PACKAGES.get(plugin, f"xlib-pipeline-{plugin}")
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Mapping[str, list[str]]:
+    try:
+        return md.packages_distributions()
+    except Exception:  # pragma: no cover - broken metadata
+        return {}
+
+
 def _plugin_dist(obj: object) -> tuple[str | None, str | None]:
     module = getattr(type(obj), "__module__", "") or ""
     top = module.split(".")[0]
-    try:
-        dists = md.packages_distributions().get(top) or []
-    except Exception:  # pragma: no cover - broken metadata
-        dists = []
+    dists = _packages_distributions().get(top) or []
     for dist in dists:
         try:
             return dist, md.version(dist)

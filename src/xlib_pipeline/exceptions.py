@@ -155,6 +155,15 @@ class MissingPluginError(PluginError, AttributeError):
         self.package = package
 
 
+class MissingPluginConfigError(MissingPluginError, ConfigError):  # type: ignore[misc]
+    """A config key belongs to a plugin that is not installed; also a :class:`ConfigError`."""
+
+    def __init__(self, key: str, package: str) -> None:
+        MissingPluginError.__init__(self, f"config key {key!r}", package)
+        self.key = key
+        self.suggestion = None
+
+
 # --- execution ----------------------------------------------------------------------------------
 
 
