@@ -158,9 +158,12 @@ class SlaPlugin:
     # -- lifecycle -------------------------------------------------------------------------
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> None:
+    def configure(self, manager: Any, config: Any) -> bool:
         self.default_seconds = config.get("sla.default_seconds")
         self.report_file = config.get("sla.report_file")
+        # No default budget: decline, so runs pay nothing for this plugin. The manager
+        # re-activates it when a pipeline uses sla_seconds= or pm.sla(...).
+        return self.default_seconds is not None
 
     @hookimpl
     def before_pipeline(self, run: Any) -> None:
