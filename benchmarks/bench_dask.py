@@ -111,7 +111,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--work-ms", type=float, default=10.0)
-    ap.add_argument("--lanes", type=int, default=None, help="distributed.lanes (default 4/thread)")
+    ap.add_argument(
+        "--lanes", type=int, default=None, help="distributed.lanes (default 8 per worker thread)"
+    )
     ap.add_argument("--only-noop", action="store_true")
     a = ap.parse_args()
     n = a.n

@@ -91,7 +91,7 @@ def _unwrap(value: Any) -> Any:
 class DaskExecutor:
     """Runs task bodies on a Dask cluster through ``client.submit(fn, *args, pure=False)``.
 
-    ``lanes()`` is how many tasks the driver keeps in flight: ``distributed.lanes`` or four
+    ``lanes()`` is how many tasks the driver keeps in flight: ``distributed.lanes`` or eight
     per worker thread (Dask queues the excess, so workers never wait for the driver).
     """
 
@@ -105,7 +105,7 @@ class DaskExecutor:
     def lanes(self) -> int | None:
         if self._lanes is not None:
             return self._lanes
-        return max(4, 4 * self.handle.total_threads())
+        return max(8, 8 * self.handle.total_threads())
 
     def close(self) -> None:
         self.handle.close()
