@@ -131,6 +131,7 @@ class Run:
         self.first_failure: int | None = None
         self.fatal: BaseException | None = None
         self.stopping = False
+        self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.finished_event = threading.Event()
         self.preloaded = dict(preloaded or {})
@@ -164,7 +165,7 @@ class Run:
                         i = self._process(i)
             except KeyboardInterrupt as exc:
                 interrupted = exc
-                self.stopping = True
+                self._stop()
                 # Drain: everything left ends cancelled, nothing re-runs.
                 while dq:
                     j: int | None = dq.popleft()
@@ -187,7 +188,7 @@ class Run:
                 self.finished_event.wait()
             except KeyboardInterrupt as exc:
                 interrupted = exc
-                self.stopping = True
+                self._stop()
                 self._log("pipeline.cancelling", grace=self.grace)
                 if not self.finished_event.wait(self.grace):
                     self._abandon()
@@ -195,6 +196,11 @@ class Run:
                 q.put(None)
         result = self._result(started, time.time(), interrupted)
         return result
+
+    def _stop(self) -> None:
+        """Start no new task or attempt from now on (cancellation, ``on_failure: stop``)."""
+        self.stopping = True
+        self.stop_event.set()
 
     def _lane(self) -> None:
         q = self._queue
@@ -208,7 +214,7 @@ class Run:
                     i = process(i)
             except BaseException as exc:  # a bug in the core or a hook: never hang the run
                 self.fatal = exc
-                self.stopping = True
+                self._stop()
                 self._abandon()
                 return
 
@@ -324,7 +330,12 @@ class Run:
                             error=type(exc).__name__,
                         )
                     if decision.delay > 0:
-                        ctx.sleep(decision.delay)
+                        if ctx.sleep is time.sleep:
+                            self.stop_event.wait(decision.delay)  # cancellation cuts it short
+                        else:
+                            ctx.sleep(decision.delay)
+                    if self.stopping:  # cancelled while waiting: no further attempt
+                        return self._failed(i, task, exc, tb, first_start, finished, attempt)
                     attempt += 1
                     continue
                 return self._failed(i, task, exc, tb, first_start, finished, attempt)
@@ -442,7 +453,7 @@ class Run:
                 if self.first_failure is None:
                     self.first_failure = i
                     if self.stop_on_failure:
-                        self.stopping = True
+                        self._stop()
             if status is not SUCCEEDED:
                 bit = (
                     _F_FAILED
