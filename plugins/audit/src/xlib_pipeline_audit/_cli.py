@@ -110,13 +110,15 @@ def _show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"audit trail {args.path} ({len(records)} record(s))")
+    table = Table(title="audit trail")
     columns = ("seq", "ts", "action", "outcome", "pipeline", "run", "task", "tenant", "actor")
     for col in columns:
         table.add_column(col, overflow="fold")
     for rec in records:
         table.add_row(*(_cell(rec, col) for col in columns))
     Console().print(table)
+    # Plain print: rich would wrap a long path at the terminal's width.
+    print(f"({len(records)} record(s)) in {args.path}")
     return 0
 
 
