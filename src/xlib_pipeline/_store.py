@@ -223,6 +223,8 @@ class RunStore:
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queued = 0
         self._error: BaseException | None = None
 
     # -- writing --------------------------------------------------------------------------
@@ -245,6 +247,10 @@ class RunStore:
         if self._writer is None:
             self._ensure_writer()
         self._q.put((sql, params))
+        self._queued += 1  # approximate (no lock): only decides an early wake-up
+        if self._queued >= self.batch_size:
+            self._queued = 0
+            self._wake.set()
 
     def flush(self) -> None:
         """Block until everything queued so far is committed."""
@@ -252,6 +258,7 @@ class RunStore:
             return
         done = threading.Event()
         self._q.put((_FLUSH, done))
+        self._wake.set()
         done.wait()
         if self._error is not None:
             err, self._error = self._error, None
@@ -261,12 +268,19 @@ class RunStore:
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         q = self._q
+        wake = self._wake
         while True:
-            item = q.get()
+            first = q.get()
+            # Sleep through the batch window instead of waking for every record: each
+            # wake-up would take the GIL from the scheduler's lanes. flush() and close()
+            # set ``wake`` to cut the window short.
+            if first is not _STOP and first[0] is not _FLUSH:
+                wake.wait(self.batch_s)
+            wake.clear()
             batch: list[tuple[str, tuple[Any, ...]]] = []
             waiters: list[threading.Event] = []
             stop = False
-            deadline = time.monotonic() + self.batch_s
+            item = first
             while True:
                 if item is _STOP:
                     stop = True
@@ -274,27 +288,10 @@ class RunStore:
                     waiters.append(item[1])
                 else:
                     batch.append(item)
-                if stop or waiters or len(batch) >= self.batch_size:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = q.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            # Drain what is already queued so a flush commits everything before it.
-            while not stop:
                 try:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stop = True
-                elif item[0] is _FLUSH:
-                    waiters.append(item[1])
-                else:
-                    batch.append(item)
             if batch:
                 # One transaction per batch; rows grouped per statement (executemany is
                 # several times cheaper than execute per row). Within a statement the order
@@ -324,6 +321,7 @@ class RunStore:
         if self._writer is not None:
             self.flush()
             self._q.put(_STOP)
+            self._wake.set()
             self._writer.join()
             self._writer = None
         with self._read_lock:
