@@ -35,6 +35,7 @@ SECTION_KEYS = (
     "fsync",
     "batch_size",
     "batch_interval_ms",
+    "write_through",
     "hmac_key_env",
     "hmac_key_file",
     "actor",
@@ -68,6 +69,7 @@ class AuditSettings:
     actor: str | None = None
     digests: bool = False
     multiprocess: bool = False
+    write_through: bool = False
     processors: tuple[Any, ...] = ()
     destinations: tuple[Any, ...] = ()
 
@@ -140,6 +142,7 @@ def convert_section(value: Any) -> AuditSettings:
         actor=_opt_str("actor", value.get("actor")),
         digests=_bool("audit.digests", value.get("digests", False)),
         multiprocess=_bool("audit.multiprocess", value.get("multiprocess", False)),
+        write_through=_bool("audit.write_through", value.get("write_through", False)),
         processors=_callables("processors", value.get("processors")),
         destinations=_callables("destinations", value.get("destinations")),
     )
@@ -400,7 +403,7 @@ class AuditPlugin:
                 name="audit",
                 convert=convert_section,
                 doc="Audit trail settings: true, or {path, fsync: always|batch|never, "
-                "batch_size, batch_interval_ms, hmac_key_env, hmac_key_file, actor, digests, "
+                "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, actor, digests, "
                 "multiprocess, processors, destinations}.",
             ),
             *(
@@ -514,6 +517,7 @@ class AuditPlugin:
                 fsync=s.fsync,
                 batch_size=s.batch_size,
                 batch_interval_ms=s.batch_interval_ms,
+                write_through=s.write_through,
                 key=self.key,
                 multiprocess=s.multiprocess,
                 processors=self._processors,
@@ -605,6 +609,7 @@ class AuditPlugin:
         if use_digests:
             start["input_digest"] = digest((args, kwargs), self.key)
         trail.append(start)
+        trail.flush()  # a direct call is written before it runs, like a one-task run
         t0 = time.perf_counter()
         try:
             out = fn(*args, **kwargs)
@@ -619,6 +624,7 @@ class AuditPlugin:
                     "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
                 }
             )
+            trail.sync()
             raise
         end = {
             **base,
@@ -630,4 +636,5 @@ class AuditPlugin:
         if use_digests:
             end["output_digest"] = digest(out, self.key)
         trail.append(end)
+        trail.sync()  # and synced when it ends, as a run is
         return out

@@ -203,6 +203,7 @@ class AuditTrail:
         batch_interval_ms: int = 200,
         key: bytes | None = None,
         multiprocess: bool = False,
+        write_through: bool = False,
         processors: Iterable[Processor] = (),
         destinations: Iterable[Destination] = (),
     ) -> None:
@@ -216,6 +217,10 @@ class AuditTrail:
         self._key = key
         self.multiprocess = bool(multiprocess)
         self._mp = self.multiprocess
+        # Group commit: records wait in memory and reach the file together (one write(2)
+        # per batch), unless every record must be written before append returns.
+        self.write_through = bool(write_through) or fsync == "always"
+        self._buf: list[tuple[bytes, str, dict[str, Any]]] = []
         self._processors: list[Processor] = list(processors)
         self._destinations: list[Destination] = list(destinations)
         self._lock = threading.Lock()
@@ -243,11 +248,15 @@ class AuditTrail:
             "fsync": self.fsync,
             "batch_size": self.batch_size,
             "batch_interval_ms": round(self.batch_interval * 1000),
+            "write_through": self.write_through,
             "key": self._key,
         }
 
     def _check_same(self, settings: dict[str, Any]) -> None:
         mine = self._settings()
+        settings = dict(settings)
+        if settings.get("fsync") == "always":
+            settings["write_through"] = True
         for name, value in settings.items():
             if name in mine and mine[name] != value:
                 what = "HMAC key" if name == "key" else name
@@ -304,7 +313,7 @@ class AuditTrail:
             self._fd = None
             os.close(fd)
             raise
-        if self.fsync != "never":
+        if self.fsync != "never" or not self.write_through:
             self._start_flusher()
 
     @contextlib.contextmanager
@@ -481,6 +490,8 @@ class AuditTrail:
                     return self._append_locked(fields)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+            if not self.write_through:
+                return self._append_locked(fields)  # the size check happens at each flush
             if os.fstat(fd).st_size != self._size:
                 # Someone else appended: from now on take the cross-process path.
                 _log.warning(
@@ -509,6 +520,8 @@ class AuditTrail:
         self._commit(ev)
         seq = self._seq
         policy = self.fsync
+        if not self.write_through and not self._mp:
+            return seq  # queued: counted and synced when the batch is written
         if policy == "never":
             self._pending += 1
             return seq
@@ -522,11 +535,20 @@ class AuditTrail:
         return seq
 
     def _commit(self, line: str) -> None:
-        """Write the rendered line, then advance the chain and feed the destinations."""
+        """Write (or, in group commit, queue) the rendered line and advance the chain."""
         staged = self._staged
         fd = self._fd
         assert staged is not None and fd is not None
         data = (line + "\n").encode("ascii")
+        if not self.write_through and not self._mp:
+            self._buf.append((data, line, staged[3]))
+            self._seq, self._prev = staged[0], staged[1]
+            self._staged = None
+            if len(self._buf) >= self.batch_size:
+                self._flush_locked()
+                if self.fsync == "batch":
+                    self._wake.set()  # the flusher syncs the batch just written
+            return
         written = 0
         try:
             written = os.write(fd, data)
@@ -547,12 +569,65 @@ class AuditTrail:
         for dest in self._destinations:
             dest(line)
 
+    def _flush_locked(self) -> None:
+        """Write the queued records with one write(2). Holds the trail's lock.
+
+        If another process appended meanwhile, the queued records are chained again on top
+        of its last record (under flock), and the trail switches to the flock path.
+        """
+        buf = self._buf
+        fd = self._fd
+        if not buf or fd is None:
+            return
+        if os.fstat(fd).st_size != self._size:
+            _log.warning(
+                "audit.concurrent_writer_detected path=%s: switching to flock mode "
+                "(set audit.multiprocess: true when several processes share a trail)",
+                self.path,
+            )
+            self._mp = True
+            self._buf = []
+            with self._flocked(force=True):
+                self._load_tail(check_head=False)
+                for _, _, ev in buf:
+                    ev.pop("hash", None)
+                    for proc in self._chain[-2:]:  # hasher and renderer only
+                        ev = proc(self, "info", ev)
+                    self._commit(ev)
+            return
+        data = b"".join(item[0] for item in buf)
+        written = 0
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # rare: a short write
+                written += os.write(fd, data[written:])
+        except OSError as exc:
+            if written:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._size)
+            raise AuditTrailError(
+                f"cannot append to audit trail {self.path}: {exc.strerror}", path=str(self.path)
+            ) from exc
+        self._buf = []
+        self._size += len(data)
+        self._pending += len(buf)
+        if self._destinations:
+            for _, line, _ in buf:
+                for dest in self._destinations:
+                    dest(line)
+
+    def flush(self) -> None:
+        """Write every queued record to the file now (without syncing it)."""
+        with self._lock:
+            self._flush_locked()
+
     # -- durability ----------------------------------------------------------------------------
 
     def _sync_locked(self) -> None:
         fd = self._fd
         if fd is None:
             return
+        self._flush_locked()
         if self.fsync != "never":
             os.fdatasync(fd)
         self._pending = 0
@@ -586,7 +661,7 @@ class AuditTrail:
         with self._lock:
             if self._fd is None:
                 return
-            if self._pending or self._seq != self._head_seq:
+            if self._buf or self._pending or self._seq != self._head_seq:
                 with self._flocked():
                     self._sync_locked()
 
@@ -621,7 +696,10 @@ class AuditTrail:
         for the disk."""
         with self._lock:
             fd = self._fd
-            if fd is None or not self._pending:
+            if fd is None:
+                return
+            self._flush_locked()
+            if not self._pending:
                 return
             seq, last, size = self._seq, self._prev, self._size
             self._pending = 0
@@ -684,5 +762,6 @@ class AuditTrail:
             with contextlib.suppress(Exception):
                 self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
                 self._size = -1  # re-read the tail on the next append
-            if self._fd is not None and self.fsync != "never":
+            self._buf = []  # the parent writes what it had queued
+            if self._fd is not None and (self.fsync != "never" or not self.write_through):
                 self._start_flusher()
