@@ -20,7 +20,9 @@ def _install_all(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     args: list[str] = []
     for name in PLUGINS:
-        extra = "[test]" if "test" in (ROOT / "plugins" / name / "pyproject.toml").read_text() else ""
+        extra = (
+            "[test]" if "test" in (ROOT / "plugins" / name / "pyproject.toml").read_text() else ""
+        )
         args += ["-e", f"plugins/{name}{extra}"]
     if args:
         session.install(*args)
@@ -32,7 +34,10 @@ def tests(session: nox.Session) -> None:
     _install_all(session)
     session.env.setdefault("XLIB_PIPELINE_HOME", str(Path(session.create_tmp()) / "home"))
     session.env.setdefault("XLIB_PIPELINE_KEYS_DIR", str(Path(session.create_tmp()) / "keys"))
-    suites = ["tests", *[f"plugins/{n}/tests" for n in PLUGINS if (ROOT / "plugins" / n / "tests").is_dir()]]
+    suites = [
+        "tests",
+        *[f"plugins/{n}/tests" for n in PLUGINS if (ROOT / "plugins" / n / "tests").is_dir()],
+    ]
     session.run("python", "-m", "pytest", *suites, *session.posargs)
 
 

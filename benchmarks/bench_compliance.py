@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _dags import layered, reference_threads, to_pipeline  # noqa: E402
+from _dags import layered, reference_threads, to_pipeline
 
-from xlib_pipeline import PipelineManager  # noqa: E402
+from xlib_pipeline import PipelineManager
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -403,8 +403,8 @@ class AuditPlugin:
                 name="audit",
                 convert=convert_section,
                 doc="Audit trail settings: true, or {path, fsync: always|batch|never, "
-                "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, actor, digests, "
-                "multiprocess, processors, destinations}.",
+                "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, "
+                "actor, digests, multiprocess, processors, destinations}.",
             ),
             *(
                 ConfigKey(name=k, convert=functools.partial(_bool, k), doc=flag_doc)
