@@ -36,6 +36,39 @@ from ._keyring import KeyManagementService
 VERSION = 1
 _PREFIX = ENCRYPTED_MAGIC + bytes([VERSION])
 _NONCE = 12
+
+
+class _NoncePool:
+    """Random 96-bit nonces sliced from one ``os.urandom`` read of many.
+
+    One ``getrandom(2)`` per nonce released the GIL on every stored output; a pool reads
+    4,096 at a time. A forked child drops the pool it inherited, so parent and child never
+    hand out the same bytes.
+    """
+
+    _SIZE = _NONCE * 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            pos = self._pos
+            if pos + _NONCE > len(self._buf):
+                self._buf, pos = os.urandom(self._SIZE), 0
+            self._pos = pos + _NONCE
+            return self._buf[pos : pos + _NONCE]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buf, self._pos = b"", 0
+
+
+_NONCES = _NoncePool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_NONCES.reset)
 _U16 = struct.Struct(">H")
 _CACHE_MAX = 4096
 
@@ -127,7 +160,7 @@ class Envelope:
     def seal(self, data: bytes, ref: PayloadRef) -> bytes:
         """Encrypt ``data`` bound to ``ref`` (its run, task, tenant and kind)."""
         header, aead = self._sealing_key(ref)
-        nonce = os.urandom(_NONCE)
+        nonce = _NONCES.take()
         return header + nonce + aead.encrypt(nonce, data, _PREFIX + ref.aad())
 
     def forget_run(self, run_id: str) -> None:
