@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from ._builtin import ENCRYPTED_MAGIC
-from ._config import Config, CoreConfig, data_dir
+from ._config import Config, CoreConfig, boolean, check_keys, data_dir, one_of
 from ._executors import remote_traceback
 from ._graph import Plan, plan
 from ._manager import PipelineManager
@@ -119,8 +119,11 @@ __all__ = [
     "UnknownTaskOptionError",
     "WorkerLostError",
     "__version__",
+    "boolean",
+    "check_keys",
     "data_dir",
     "hookimpl",
+    "one_of",
     "plan",
     "remote_traceback",
     "task_options",

@@ -9,7 +9,7 @@ closest valid one; a key owned by a plugin that is not installed names the packa
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,23 @@ def one_of(*choices: str) -> Any:
         return str(value)
 
     return convert
+
+
+def check_keys(value: Any, allowed: Iterable[str], *, example: str) -> dict[str, Any]:
+    """Validate a config section: a mapping whose keys are all in ``allowed``.
+
+    Raises ``ValueError`` naming the unknown key, the closest allowed one and the
+    expected shape (``example``); returns a plain dict copy.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping like {example}, got {value!r}")
+    allowed = list(allowed)
+    for k in value:
+        if k not in allowed:
+            hint = suggest(str(k), allowed)
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            raise ValueError(f"unknown key {k!r}; expected some of {allowed}{extra}")
+    return dict(value)
 
 
 def string_list(value: Any) -> tuple[str, ...]:

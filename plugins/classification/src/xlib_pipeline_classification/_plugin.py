@@ -16,13 +16,12 @@
 
 from __future__ import annotations
 
-import difflib
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from xlib_pipeline import ConfigKey, TaskOption, hookimpl
+from xlib_pipeline import ConfigKey, TaskOption, check_keys, hookimpl
 from xlib_pipeline.exceptions import ComplianceError, ConfigError
 
 from ._detectors import LEVELS, RANK, Detector, check_detector, check_level, resolve
@@ -41,17 +40,9 @@ DEFAULT_SCAN_LIMIT = 64 * 1024
 
 
 def _section(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            f"expected a mapping like {{'detect_pii': True, 'default_level': 'internal'}}, "
-            f"got {value!r}"
-        )
-    for k in value:
-        if k not in _SECTION_KEYS:
-            hint = difflib.get_close_matches(str(k), _SECTION_KEYS, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"unknown key {k!r}; expected some of {list(_SECTION_KEYS)}{extra}")
-    out = dict(value)
+    out = check_keys(
+        value, _SECTION_KEYS, example="{'detect_pii': True, 'default_level': 'internal'}"
+    )
     for key in ("enabled", "detect_pii"):
         if key in out and not isinstance(out[key], bool):
             raise ValueError(f"{key!r} must be true or false, got {out[key]!r}")

@@ -21,6 +21,7 @@ from xlib_pipeline import (
     RunContext,
     RunOption,
     TaskOption,
+    boolean,
     hookimpl,
 )
 
@@ -29,7 +30,6 @@ from ._executor import STASH, DaskExecutor, LocalMapExecutor, RunState
 from ._settings import (
     DaskSettings,
     DistributeSpec,
-    boolean,
     cluster_type,
     distribute_spec,
     map_index,

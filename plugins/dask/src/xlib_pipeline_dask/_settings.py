@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 
+from xlib_pipeline import one_of
+
 #: Environment variable naming a scheduler address when config gives none.
 ADDRESS_ENV = "XLIB_PIPELINE_DASK_ADDRESS"
 CLUSTER_TYPES = ("local", "dask", "kubernetes")
@@ -159,18 +161,8 @@ def settings_section(value: Any) -> DaskSettings:
     return DaskSettings(**kw)
 
 
-def cluster_type(value: Any) -> str:
-    """Convert ``cluster_type``."""
-    if value not in CLUSTER_TYPES:
-        raise ValueError(f"expected one of {list(CLUSTER_TYPES)}, got {value!r}")
-    return str(value)
-
-
-def boolean(value: Any) -> bool:
-    """Accept only real booleans."""
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+#: Convert ``cluster_type``.
+cluster_type = one_of(*CLUSTER_TYPES)
 
 
 @attrs.frozen(kw_only=True)

@@ -19,6 +19,7 @@ from xlib_pipeline import (
     RunContext,
     SecurityError,
     TaskOption,
+    boolean,
     data_dir,
     hookimpl,
     with_options,
@@ -34,10 +35,7 @@ DEFAULT_KEY_FILE = "master-keys.json"
 _log = logging.getLogger("xlib_pipeline.encryption")
 
 
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+_bool = boolean
 
 
 def _keyring_spec(value: Any) -> Any:

@@ -9,11 +9,11 @@ import argparse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from xlib_pipeline import CliCommand, ConfigKey, RenderTarget, hookimpl
+from xlib_pipeline import CliCommand, ConfigKey, RenderTarget, boolean, hookimpl
 
 from . import _worker
 from ._manifests import render_manifests, to_files, to_yaml
-from ._settings import KubernetesSettings, boolean, resource_management, section
+from ._settings import KubernetesSettings, resource_management, section
 
 
 def settings_from_config(config: Any) -> KubernetesSettings:

@@ -9,6 +9,8 @@ from typing import Any
 
 import attrs
 
+from xlib_pipeline import one_of
+
 VERSION = "0.1.0"
 DEFAULT_IMAGE = f"ghcr.io/xlib/xlib-pipeline-worker:{VERSION}"
 RESOURCE_MANAGEMENT = ("kubernetes", "local")
@@ -195,15 +197,5 @@ def section(value: Any) -> KubernetesSettings:
     return KubernetesSettings(**kw)
 
 
-def resource_management(value: Any) -> str:
-    """Convert ``resource_management``."""
-    if value not in RESOURCE_MANAGEMENT:
-        raise ValueError(f"expected one of {list(RESOURCE_MANAGEMENT)}, got {value!r}")
-    return str(value)
-
-
-def boolean(value: Any) -> bool:
-    """Accept only real booleans."""
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+#: Convert ``resource_management``.
+resource_management = one_of(*RESOURCE_MANAGEMENT)

@@ -17,7 +17,6 @@ Event rules (see docs/plugins/lineage.md):
 
 from __future__ import annotations
 
-import difflib
 import json
 import threading
 import time
@@ -26,7 +25,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from xlib_pipeline import CliCommand, ConfigKey, TaskOption, data_dir, hookimpl
+from xlib_pipeline import CliCommand, ConfigKey, TaskOption, check_keys, data_dir, hookimpl
 from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
@@ -48,17 +47,9 @@ _REASONS = {
 
 
 def _section(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            "expected a mapping like {'namespace': 'my-team', 'transport': {'type': 'file'}}, "
-            f"got {value!r}"
-        )
-    for k in value:
-        if k not in _SECTION_KEYS:
-            hint = difflib.get_close_matches(str(k), _SECTION_KEYS, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"unknown key {k!r}; expected some of {list(_SECTION_KEYS)}{extra}")
-    out = dict(value)
+    out = check_keys(
+        value, _SECTION_KEYS, example="{'namespace': 'my-team', 'transport': {'type': 'file'}}"
+    )
     for key in ("enabled", "include_stack_trace"):
         if key in out and not isinstance(out[key], bool):
             raise ValueError(f"{key!r} must be true or false, got {out[key]!r}")

@@ -27,6 +27,7 @@ from xlib_pipeline import (
     RunOption,
     SecurityError,
     TaskOption,
+    boolean,
     hookimpl,
     with_options,
 )
@@ -48,10 +49,7 @@ _RUNTIME_HOOKS = (
 # --- converters ---------------------------------------------------------------------------------
 
 
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+_bool = boolean
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
