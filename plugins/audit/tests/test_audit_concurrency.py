@@ -117,7 +117,9 @@ class TestProcesses:
     def test_single_process_writer_notices_another_writer(self, tmp_path, write_through):
         """A writer not told about other processes re-reads the tail once the file grew."""
         path = tmp_path / "a.jsonl"
-        mine = AuditTrail(path, fsync="never", write_through=write_through)
+        # batch_interval_ms=0: the queue is written only by count or at close, so the
+        # interleaving below is deterministic.
+        mine = AuditTrail(path, fsync="never", write_through=write_through, batch_interval_ms=0)
         mine.append({"action": "test.mine"})
         script = tmp_path / "other.py"
         script.write_text(

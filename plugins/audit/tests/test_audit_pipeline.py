@@ -420,3 +420,26 @@ class TestDurabilityAndRecovery:
         path.write_text(path.read_text().replace('"succeeded"', '"failed"'))
         with pytest.raises(AuditTrailError):
             _pm({"audit": {"path": str(path)}}).execute_pipeline(p)
+
+
+class TestClassificationLevels:
+    def test_levels_are_recorded_without_data(self, tmp_path):
+        """With the classification plugin, each finished task records its output's level."""
+        cls = pytest.importorskip("xlib_pipeline_classification")
+        path = tmp_path / "a.jsonl"
+        pm = PipelineManager(
+            {"audit": {"path": str(path)}, "classification": {"detect_pii": True}},
+            entry_points=False,
+            plugins=[AuditPlugin(), cls.ClassificationPlugin()],
+        )
+        p = Pipeline("levels")
+        p.add_task("public_stats", lambda: {"rows": 3}, classification="public")
+        p.add_task("contacts", lambda: {"owner": "jane.doe@example.com"})
+        assert pm.execute_pipeline(p).success
+        pm.close()
+        done = {r["task"]: r for r in read(path) if r["action"] == "task.finished"}
+        assert done["public_stats"]["classification"] == "public"
+        assert done["contacts"]["classification"] == "confidential"
+        assert done["contacts"]["pii_detected"] == ["email"]
+        assert "jane.doe" not in path.read_text()
+        assert verify(path).ok

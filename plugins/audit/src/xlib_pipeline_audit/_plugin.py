@@ -344,7 +344,9 @@ class _Recorder:
             rec["input_digest"] = digest(inputs, self._plugin.key)
         self._plugin.writer().append(rec)
 
-    @hookimpl(tryfirst=True)
+    # trylast: the outcome is recorded after the other observers ran, so what they
+    # computed for it (the classification level of the output) is in the record.
+    @hookimpl(trylast=True)
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
         st = run.stash.get("audit")
         if st is None:
@@ -367,8 +369,18 @@ class _Recorder:
             rec["operation"] = meta[1]
         if not outcome.final:
             rec["retrying"] = True
-        if meta[2] and err is None and outcome.status.value == "succeeded":
-            rec["output_digest"] = digest(outcome.output, self._plugin.key)
+        if err is None and outcome.status.value == "succeeded":
+            if meta[2]:
+                rec["output_digest"] = digest(outcome.output, self._plugin.key)
+            # The classification plugin (when present) leaves each output's level here,
+            # from its tryfirst after_task; record the level, never the data.
+            levels = run.stash.get("classification")
+            if levels is not None:
+                entry = levels.get("outputs", {}).get(task.name)
+                if entry:
+                    rec["classification"] = entry["level"]
+                    if entry.get("detected"):
+                        rec["pii_detected"] = sorted(entry["detected"])
         self._plugin.writer().append(rec)
 
 
