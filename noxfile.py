@@ -66,6 +66,7 @@ def demo(session: nox.Session) -> None:
     _install_all(session)
     home = ROOT / ".xlib-pipeline"
     session.env["XLIB_PIPELINE_HOME"] = str(home)
+    session.env.setdefault("XLIB_PIPELINE_KEYS_DIR", str(ROOT / ".xlib-pipeline-keys"))
     session.run("xlib-pipeline", "run", "examples/quickstart.py", "--monitor")
     trail = home / "audit.jsonl"
     if trail.exists():

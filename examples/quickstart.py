@@ -3,8 +3,10 @@
 Run it with ``xlib-pipeline run examples/quickstart.py``. It generates a day of synthetic
 card transactions, validates them, scores four regions in parallel, joins the scores and
 writes a report. ``PIPELINE_CONFIG`` turns the compliance plugins on with embedded
-defaults: an audit trail, OpenLineage events and data classification, all written under
-``.xlib-pipeline/`` (or ``$XLIB_PIPELINE_HOME``), next to the run store the CLI keeps.
+defaults: an audit trail, OpenLineage events, data classification and encryption of every
+stored output, written under ``.xlib-pipeline/`` (or ``$XLIB_PIPELINE_HOME``) next to the run
+store the CLI keeps. The master key goes to ``$XLIB_PIPELINE_KEYS_DIR`` (the demo session
+sets it), else ``~/.config/xlib-pipeline/keys``: never beside the data it protects.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PIPELINE_CONFIG = {
     "audit": {"fsync": "batch"},
     "lineage": {"namespace": "xlib-demo"},
     "classification": {"detect_pii": True},
+    "security": {"encryption_at_rest": True},
 }
 
 REGIONS = ("north", "south", "east", "west")
