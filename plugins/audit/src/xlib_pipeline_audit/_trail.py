@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
@@ -220,6 +221,8 @@ class AuditTrail:
         # Group commit: records wait in memory and reach the file together (one write(2)
         # per batch), unless every record must be written before append returns.
         self.write_through = bool(write_through) or fsync == "always"
+        self._combining = not self.write_through and not self.multiprocess
+        self._inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._buf: list[tuple[bytes, str, dict[str, Any]]] = []
         self._processors: list[Processor] = list(processors)
         self._destinations: list[Destination] = list(destinations)
@@ -467,46 +470,78 @@ class AuditTrail:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, fields: dict[str, Any]) -> int:
-        """Chain, render and append one record; return its ``seq``. Raises AuditTrailError."""
+    def append(self, fields: dict[str, Any]) -> int | None:
+        """Chain, render and append one record. Raises AuditTrailError.
+
+        With group commit (the default, single process) appends never wait for each other:
+        the record joins an inbox and whichever thread gets the trail's lock chains every
+        waiting record, in arrival order (flat combining). Threads that find the lock taken
+        go on at once; their records are chained by the holder, the next append or the next
+        sync. Returns the record's ``seq`` when it was chained by this call, else ``None``.
+        """
+        if self._combining and not self._mp:
+            self._inbox.put(fields)
+            lock = self._lock
+            while lock.acquire(blocking=False):
+                try:
+                    self._drain_locked()
+                finally:
+                    lock.release()
+                if self._inbox.empty():
+                    break
+            return None
         with self._lock:
-            if self._fd is None:
-                if self.closed:
-                    raise AuditTrailError(f"audit trail {self.path} is closed", path=str(self.path))
-                self._open()
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise AuditTrailError(
-                    f"audit trail {self.path}: background sync failed: {err}",
-                    path=str(self.path),
-                ) from err
-            fd = self._fd
-            assert fd is not None
-            if self._mp:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    if os.fstat(fd).st_size != self._size:
-                        self._load_tail(check_head=False)
-                    return self._append_locked(fields)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            if not self.write_through:
-                return self._append_locked(fields)  # the size check happens at each flush
-            if os.fstat(fd).st_size != self._size:
-                # Someone else appended: from now on take the cross-process path.
-                _log.warning(
-                    "audit.concurrent_writer_detected path=%s: switching to flock mode "
-                    "(set audit.multiprocess: true when several processes share a trail)",
-                    self.path,
-                )
-                self._mp = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
+            self._drain_locked()
+            return self._append_one_locked(fields)
+
+    def _drain_locked(self) -> None:
+        """Chain every record waiting in the inbox, in arrival order. Holds the lock."""
+        inbox = self._inbox
+        while True:
+            try:
+                fields = inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._append_one_locked(fields)
+
+    def _append_one_locked(self, fields: dict[str, Any]) -> int:
+        if self._fd is None:
+            if self.closed:
+                raise AuditTrailError(f"audit trail {self.path} is closed", path=str(self.path))
+            self._open()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise AuditTrailError(
+                f"audit trail {self.path}: background sync failed: {err}",
+                path=str(self.path),
+            ) from err
+        fd = self._fd
+        assert fd is not None
+        if self._mp:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size != self._size:
                     self._load_tail(check_head=False)
-                    return self._append_locked(fields)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            return self._append_locked(fields)
+                return self._append_locked(fields)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        if not self.write_through:
+            return self._append_locked(fields)  # the size check happens at each flush
+        if os.fstat(fd).st_size != self._size:
+            # Someone else appended: from now on take the cross-process path.
+            _log.warning(
+                "audit.concurrent_writer_detected path=%s: switching to flock mode "
+                "(set audit.multiprocess: true when several processes share a trail)",
+                self.path,
+            )
+            self._mp = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self._load_tail(check_head=False)
+                return self._append_locked(fields)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return self._append_locked(fields)
 
     def _append_locked(self, fields: dict[str, Any]) -> int:
         self._staged = None
@@ -619,11 +654,14 @@ class AuditTrail:
     def flush(self) -> None:
         """Write every queued record to the file now (without syncing it)."""
         with self._lock:
+            self._drain_locked()
             self._flush_locked()
 
     # -- durability ----------------------------------------------------------------------------
 
     def _sync_locked(self) -> None:
+        if not self._inbox.empty():
+            self._drain_locked()  # opens the file if nothing had yet
         fd = self._fd
         if fd is None:
             return
@@ -659,9 +697,9 @@ class AuditTrail:
     def sync(self) -> None:
         """Make every record so far durable (per the policy) and move the head anchor to it."""
         with self._lock:
-            if self._fd is None:
+            if self._fd is None and self._inbox.empty():
                 return
-            if self._buf or self._pending or self._seq != self._head_seq:
+            if self._buf or not self._inbox.empty() or self._pending or self._seq != self._head_seq:
                 with self._flocked():
                     self._sync_locked()
 
@@ -698,6 +736,7 @@ class AuditTrail:
             fd = self._fd
             if fd is None:
                 return
+            self._drain_locked()
             self._flush_locked()
             if not self._pending:
                 return
@@ -734,6 +773,8 @@ class AuditTrail:
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout=30)
         with self._lock:
+            if not self._inbox.empty() and not self.closed:
+                self._drain_locked()
             fd = self._fd
             if fd is None:
                 self.closed = True
