@@ -148,7 +148,8 @@ class Monitor(Observer):
         console.print(
             f"makespan {info['makespan']:.2f}s · critical path "
             f"{info['critical_path_seconds']:.2f}s ({' → '.join(info['critical_path'])}) · "
-            f"achieved parallelism {info['parallelism']:.2f}×"
+            f"achieved parallelism {info['parallelism']:.2f}×",
+            highlight=False,
         )
 
 
