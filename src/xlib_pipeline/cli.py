@@ -269,7 +269,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 return 0
             table = Table(title=f"runs in {path}")
             for col in ("run id", "pipeline", "status", "started (UTC)", "seconds", "resumed from"):
-                table.add_column(col)
+                # fold, never truncate: run ids are meant to be copied
+                table.add_column(col, overflow="fold")
             for r in runs:
                 table.add_row(
                     r.run_id,
