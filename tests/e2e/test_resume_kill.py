@@ -58,6 +58,19 @@ def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
     )
 
 
+def start_run(store: Path, *, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """Start ``xlib-pipeline run stages.py`` on 2 workers, recording into ``store``."""
+    args = ["run", "stages.py", "--no-monitor", "--store", str(store), "--max-workers", "2"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "xlib_pipeline.cli", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def final_json(stdout: str) -> object:
     return json.loads(stdout.split("\n", 1)[1])
 
@@ -86,25 +99,7 @@ def test_kill_and_resume(project: tuple[Path, dict[str, str]], kill_after: int) 
     log = root / "markers.log"
     env["MARKER_LOG"] = str(log)
     store = root / "runs.sqlite"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xlib_pipeline.cli",
-            "run",
-            "stages.py",
-            "--no-monitor",
-            "--store",
-            str(store),
-            "--max-workers",
-            "2",
-        ],
-        env=env,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(store, env=env, cwd=root)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         ends = log.read_text().count("end ") if log.exists() else 0
@@ -145,25 +140,7 @@ def test_sigterm_cancels_and_resume_finishes(project: tuple[Path, dict[str, str]
     log = root / "markers.log"
     env["MARKER_LOG"] = str(log)
     store = root / "runs.sqlite"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xlib_pipeline.cli",
-            "run",
-            "stages.py",
-            "--no-monitor",
-            "--store",
-            str(store),
-            "--max-workers",
-            "2",
-        ],
-        env=env,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(store, env=env, cwd=root)
     while not (log.exists() and "end extract" in log.read_text()):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
