@@ -300,3 +300,30 @@ class TestBadFiles:
                 pm.execute_pipeline(flaky_pipeline(tmp_path / "ok", []))
         with sqlite3.connect(db) as c:
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+class BrokenCipher:
+    """A cipher plugin whose encrypt fails (a keyring gone missing, say)."""
+
+    name = "broken-cipher"
+
+    @hookimpl
+    def encrypt(self, data: bytes, ref: PayloadRef) -> bytes:
+        raise OSError("key file vanished")
+
+
+class TestStoreFailures:
+    def test_failing_encrypt_fails_the_run_and_stores_no_plaintext(self, tmp_path: Path) -> None:
+        """If an output cannot be encrypted, the run fails naming the plugin; nothing leaks."""
+        (tmp_path / "ok").touch()
+        db = tmp_path / "runs.sqlite"
+        for parallel in (False, True):
+            with manager(db, BrokenCipher()) as pm:
+                result = pm.execute_pipeline(flaky_pipeline(tmp_path / "ok", []), parallel=parallel)
+                run = pm.store.get_run(result.run_id)
+            assert not result.success and result.status == "failed"
+            assert getattr(result.error, "plugin", None) == "broken-cipher"
+            assert "key file vanished" in str(result.error)
+            assert run.status == "failed"
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("runs.sqlite*"))
+        assert b"PLAINTEXT-MARKER-7731" not in raw

@@ -121,6 +121,8 @@ class StoreRecorder(Observer):
         tenant = ctx.tenant_of(task)
         blob: bytes | None = None
         output_run: str | None = None
+        failure: BaseException | None = None
+        self.recorded.add(i)
         if status is Status.SUCCEEDED:
             carried = self.carried.pop(i, None)
             if carried is not None:
@@ -129,11 +131,13 @@ class StoreRecorder(Observer):
                 raw = dump_output(cols.outputs[i])
                 if raw is not None:
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
-                    blob = self.hooks.call("encrypt", data=raw, ref=ref)
+                    try:
+                        blob = self.hooks.call("encrypt", data=raw, ref=ref)
+                    except BaseException as exc:  # never fall back to plaintext
+                        failure = exc
         err = cols.errors.get(i)
         exc = err[0] if err else None
         attempts = cols.attempts.get(i, 1 if cols.started[i] is not None else 0)
-        self.recorded.add(i)
         self.store.task_finished(
             (
                 ctx.run_id,
@@ -150,6 +154,8 @@ class StoreRecorder(Observer):
                 tenant,
             )
         )
+        if failure is not None:  # recorded without its output: resume re-runs it
+            raise failure
 
     def run_finished(self, run: Run, result: PipelineResult) -> None:
         # Tasks abandoned on cancellation never reached task_finished: record them too.

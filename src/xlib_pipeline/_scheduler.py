@@ -172,6 +172,10 @@ class Run:
                     while j is not None:
                         j = self._process(j)
                 self._abandon()
+            except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
+                self.fatal = exc
+                self._stop()
+                self._abandon()
         else:
             q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
             self._push = q.put
@@ -478,7 +482,14 @@ class Run:
                 self.finished_event.set()
         if self.observers:
             for ob in self.observers:
-                ob.task_finished(self, i)
+                try:
+                    ob.task_finished(self, i)
+                except BaseException as exc:
+                    # The run store (or its encrypt hook) could not record the task: stop
+                    # starting work; the run fails with this error, which names the plugin.
+                    if self.fatal is None:
+                        self.fatal = exc
+                    self._stop()
         if self.events:
             self._task_event(i, status, attempt, resumed)
         if ready is None:
@@ -524,7 +535,7 @@ class Run:
         cols = self.cols
         plan = self.plan
         st = cols.status
-        if any(s is FAILED or s is UPSTREAM_FAILED for s in st):
+        if self.fatal is not None or any(s is FAILED or s is UPSTREAM_FAILED for s in st):
             status = "failed"
         elif interrupted is not None or self.fatal is not None or any(s is CANCELLED for s in st):
             status = "cancelled"
