@@ -133,8 +133,8 @@ class StoreRecorder(Observer):
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
                         blob = self.hooks.call("encrypt", data=raw, ref=ref)
-                    except BaseException as exc:  # never fall back to plaintext
-                        failure = exc
+                    except BaseException as error:  # never fall back to plaintext
+                        failure = error
         err = cols.errors.get(i)
         exc = err[0] if err else None
         attempts = cols.attempts.get(i, 1 if cols.started[i] is not None else 0)
