@@ -37,7 +37,7 @@ from ._records import (
 )
 from ._results import PipelineResult, TaskResults
 from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
-from ._store import RunStore
+from ._store import RunRecord, RunStore, TaskRecord
 from ._task import Pipeline
 from .exceptions import (
     ConfigError,
@@ -275,6 +275,42 @@ class PipelineManager:
                         synchronous=section["synchronous"],
                     )
         return self._store
+
+    def read_run(
+        self, run_id: str, *, principal: str | None = None
+    ) -> tuple[RunRecord, dict[str, TaskRecord]]:
+        """A stored run and its tasks, once ``principal`` may read every tenant in it.
+
+        Access is decided by the ``check_access`` hook (the tenancy plugin's RBAC); outputs
+        stay as stored (encrypted under their tenant's key when encryption is on).
+        """
+        store = self.store
+        if store is None:
+            raise ConfigError("reading runs needs a run store: configure {'store': {...}}")
+        rec = store.get_run(run_id)
+        tasks = store.get_tasks(rec.run_id)
+        self.check_read_access(rec, tasks.values(), principal=principal)
+        return rec, tasks
+
+    def check_read_access(
+        self,
+        rec: RunRecord,
+        tasks: Iterable[TaskRecord] = (),
+        *,
+        principal: str | None = None,
+    ) -> None:
+        """Raise SecurityError unless ``principal`` may read the run's tenants' data."""
+        tenants = {rec.tenant, *(t.tenant for t in tasks)}
+        if len(tenants) > 1:
+            tenants.discard(None)
+        for tenant in sorted(tenants, key=lambda t: t or ""):
+            self.hooks.call(
+                "check_access",
+                principal=principal,
+                permission="read_data",
+                tenant=tenant,
+                action=f"read run {rec.run_id} of pipeline {rec.pipeline!r}",
+            )
 
     def close(self) -> None:
         """Stop worker pools, close the store, let plugins release resources."""

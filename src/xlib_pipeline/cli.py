@@ -261,9 +261,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     path = Path(args.store) if args.store else default_store_path()
     store = RunStore(path, create=False)
     console = Console()
+    guard = _AccessGuard(args)
     try:
         if args.runs_command == "list":
             runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
+            runs = [r for r in runs if guard.may_read(r, store.get_tasks(r.run_id).values())]
             if args.json:
                 print(json.dumps([_run_json(r) for r in runs], indent=2))
                 return 0
@@ -284,6 +286,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return 0
         rec = store.get_run(args.run_id)
         tasks = store.get_tasks(rec.run_id)
+        guard.check(rec, tasks.values())
         if args.json:
             out = _run_json(rec)
             out["tasks"] = {
@@ -315,6 +318,49 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+        guard.close()
+
+
+class _AccessGuard:
+    """Applies each run's own access policy (the config it ran with, or ``--config``) to
+    reads of the store, through the ``check_access`` hook (tenancy's RBAC)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.principal: str | None = getattr(args, "principal", None)
+        self.forced = load_config(args.config) if getattr(args, "config", None) else None
+        self._managers: dict[str, PipelineManager] = {}
+
+    def _manager(self, rec: Any) -> PipelineManager:
+        config = self.forced if self.forced is not None else dict(rec.config)
+        config.pop("store", None)
+        key = json.dumps(config, sort_keys=True, default=repr)
+        pm = self._managers.get(key)
+        if pm is None:
+            try:
+                pm = PipelineManager(config)
+            except PipelineError as exc:
+                raise UsageError(
+                    f"cannot evaluate the access policy of run {rec.run_id} (its config no "
+                    f"longer loads: {exc}); pass the policy with --config"
+                ) from exc
+            self._managers[key] = pm
+        return pm
+
+    def check(self, rec: Any, tasks: Any = ()) -> None:
+        self._manager(rec).check_read_access(rec, tasks, principal=self.principal)
+
+    def may_read(self, rec: Any, tasks: Any = ()) -> bool:
+        from .exceptions import SecurityError
+
+        try:
+            self.check(rec, tasks)
+        except SecurityError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for pm in self._managers.values():
+            pm.close()
 
 
 def _ts(ts: float | None) -> str:
@@ -471,6 +517,8 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     for sp in (rl, rs):
         sp.add_argument("--store", help="run store file")
         sp.add_argument("--json", action="store_true")
+        sp.add_argument("--principal", help="who reads (access control; default: OS user)")
+        _add_config_arg(sp)
     runs.set_defaults(func=cmd_runs)
 
     graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")

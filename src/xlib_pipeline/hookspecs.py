@@ -102,6 +102,17 @@ class HookSpecs:
         """Validator: raise (e.g. ``ComplianceError``) to refuse a run before any task starts."""
 
     @hookspec
+    def check_access(
+        self, principal: str | None, permission: str, tenant: str | None, action: str
+    ) -> None:
+        """Validator: raise ``SecurityError`` if ``principal`` may not ``action``.
+
+        Called for reads of the run store outside a run (``runs show``, ``runs list``,
+        ``PipelineManager.read_run``) with ``permission="read_data"`` and each tenant whose
+        rows would be shown. No implementation means no access control.
+        """
+
+    @hookspec
     def before_pipeline(self, run: RunContext) -> None:
         """Observer: a run is about to start (after validation)."""
 

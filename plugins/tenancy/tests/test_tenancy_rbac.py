@@ -233,3 +233,28 @@ class TestQuotas:
         alone = self._log()
         pm.execute_pipeline(self._slow("solo", "acme", alone, n=6))
         assert alone["peak"]["acme"] == 4  # alone, a tenant uses every slot
+
+
+class TestStoreReads:
+    def test_reading_a_run_needs_read_data_on_its_tenant(self, tmp_path, capsys):
+        """read_run and `runs show/list` apply the run's own policy to the reader."""
+        db = tmp_path / "runs.sqlite"
+        pm = PipelineManager({**rbac(), "store": {"path": str(db)}})
+        result = pm.execute_pipeline(acme_pipeline(), principal="alice")
+        assert result.success
+        rec, tasks = pm.read_run(result.run_id, principal="bob")  # analyst: read_data
+        assert rec.run_id == result.run_id and tasks["extract"].tenant == "acme"
+        with pytest.raises(SecurityError, match="read_data") as info:
+            pm.read_run(result.run_id, principal="mallory")
+        assert info.value.tenant == "acme"
+        pm.close()
+
+        assert cli(["runs", "show", result.run_id, "--store", str(db), "--principal", "bob"]) == 0
+        capsys.readouterr()
+        code = cli(["runs", "show", result.run_id, "--store", str(db), "--principal", "mallory"])
+        assert code == 2
+        assert "access denied" in capsys.readouterr().err
+        assert cli(["runs", "list", "--store", str(db), "--json", "--principal", "mallory"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+        assert cli(["runs", "list", "--store", str(db), "--json", "--principal", "alice"]) == 0
+        assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [result.run_id]

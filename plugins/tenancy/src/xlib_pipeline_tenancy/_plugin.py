@@ -356,6 +356,13 @@ class TenancyPlugin:
         if in_use:
             self.activate()
 
+    @hookimpl
+    def check_access(
+        self, principal: str | None, permission: str, tenant: str | None, action: str
+    ) -> None:
+        """Store reads outside a run (``runs show``, ``read_run``) need the permission too."""
+        self.authorize_action(principal, permission, action=action, tenant=tenant)
+
     def activate(self) -> None:
         """Register the per-run and per-task hooks (idempotent, thread-safe)."""
         if self._runtime is not None or self.manager is None:
