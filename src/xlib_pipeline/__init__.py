@@ -12,8 +12,16 @@
 from __future__ import annotations
 
 from ._builtin import ENCRYPTED_MAGIC
-from ._config import Config, CoreConfig, boolean, check_keys, data_dir, one_of
-from ._executors import remote_traceback
+from ._config import (
+    Config,
+    CoreConfig,
+    boolean,
+    check_keys,
+    data_dir,
+    one_of,
+    read_mapping_file,
+)
+from ._executors import call_with_timeout, remote_traceback
 from ._graph import Plan, plan
 from ._manager import PipelineManager
 from ._records import (
@@ -120,11 +128,13 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "boolean",
+    "call_with_timeout",
     "check_keys",
     "data_dir",
     "hookimpl",
     "one_of",
     "plan",
+    "read_mapping_file",
     "remote_traceback",
     "task_options",
     "with_options",

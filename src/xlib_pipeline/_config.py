@@ -8,7 +8,9 @@ closest valid one; a key owned by a plugin that is not installed names the packa
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,36 @@ def check_keys(value: Any, allowed: Iterable[str], *, example: str) -> dict[str,
             extra = f"; did you mean {hint!r}?" if hint else ""
             raise ValueError(f"unknown key {k!r}; expected some of {allowed}{extra}")
     return dict(value)
+
+
+def read_mapping_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON, TOML or YAML file holding a mapping (config files, policy files).
+
+    Raises ``ValueError`` naming the file and what was wrong with it.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"file {str(file)!r} does not exist")
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise ValueError(f"file {str(file)!r}: expected .json, .toml, .yaml or .yml")
+    text = file.read_text()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml  # type: ignore[import-untyped,unused-ignore]
+
+            data = yaml.safe_load(text)
+    except ValueError as exc:  # JSON, TOML and YAML errors all derive from ValueError
+        raise ValueError(f"file {str(file)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        raise ValueError(f"file {str(file)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"file {str(file)!r} must hold a mapping at the top level")
+    return data
 
 
 def string_list(value: Any) -> tuple[str, ...]:

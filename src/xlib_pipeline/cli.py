@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._config import read_mapping_file
 from ._manager import PipelineManager
 from ._task import Pipeline
 from .exceptions import PipelineError
@@ -109,26 +109,10 @@ def load_config(path: str | None, module: Any = None) -> dict[str, Any]:
     if path is None:
         found = getattr(module, CONFIG_ATTR, None) if module is not None else None
         return dict(found or {})
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"config file {path!r} does not exist")
-    text = file.read_text()
     try:
-        if file.suffix == ".json":
-            data = json.loads(text)
-        elif file.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif file.suffix in (".yaml", ".yml"):
-            import yaml  # type: ignore[import-untyped,unused-ignore]
-
-            data = yaml.safe_load(text)
-        else:
-            raise UsageError(f"config file {path!r}: expected .json, .toml, .yaml or .yml")
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"config file {path!r} is not valid: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"config file {path!r} must hold a mapping at the top level")
-    return data
+        return read_mapping_file(path)
+    except ValueError as exc:
+        raise UsageError(f"config {exc}") from exc
 
 
 # --- commands -----------------------------------------------------------------------------------

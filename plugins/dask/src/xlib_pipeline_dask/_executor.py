@@ -22,8 +22,8 @@ from xlib_pipeline import (
     TaskError,
     TaskTimeoutError,
     WorkerLostError,
+    call_with_timeout,
 )
-from xlib_pipeline._executors import call_with_timeout
 
 from ._remote import RemoteCall
 from ._settings import DistributeSpec

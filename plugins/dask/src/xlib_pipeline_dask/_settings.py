@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from xlib_pipeline import one_of
+from xlib_pipeline import check_keys, one_of
 
 #: Environment variable naming a scheduler address when config gives none.
 ADDRESS_ENV = "XLIB_PIPELINE_DASK_ADDRESS"
@@ -122,18 +122,10 @@ def settings_section(value: Any) -> DaskSettings:
     """Convert the ``distributed`` config section to :class:`DaskSettings`."""
     if isinstance(value, DaskSettings):
         return value
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            "expected a mapping such as {'address': 'tcp://scheduler:8786'} or {'n_workers': 4}"
-        )
-    fields = {f.name for f in attrs.fields(DaskSettings)}
-    unknown = sorted(set(value) - fields)
-    if unknown:
-        from xlib_pipeline._graph import suggest
-
-        hint = suggest(unknown[0], fields)
-        extra = f"; did you mean {hint!r}?" if hint else ""
-        raise ValueError(f"unknown key(s) {unknown}; expected some of {sorted(fields)}{extra}")
+    fields = sorted(f.name for f in attrs.fields(DaskSettings))
+    value = check_keys(
+        value, fields, example="{'address': 'tcp://scheduler:8786'} or {'n_workers': 4}"
+    )
     kw: dict[str, Any] = {}
     for key, item in value.items():
         if item is None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from xlib_pipeline import one_of
+from xlib_pipeline import check_keys, one_of
 
 VERSION = "0.1.0"
 DEFAULT_IMAGE = f"ghcr.io/xlib/xlib-pipeline-worker:{VERSION}"
@@ -127,16 +127,8 @@ def section(value: Any) -> KubernetesSettings:
     """Convert the ``kubernetes`` config section (a mapping) to :class:`KubernetesSettings`."""
     if isinstance(value, KubernetesSettings):
         return value
-    if not isinstance(value, Mapping):
-        raise ValueError("expected a mapping such as {'namespace': 'pipelines', 'image': '...'}")
-    fields = {f.name for f in attrs.fields(KubernetesSettings)}
-    unknown = sorted(set(value) - fields)
-    if unknown:
-        from xlib_pipeline._graph import suggest
-
-        hint = suggest(unknown[0], fields)
-        extra = f"; did you mean {hint!r}?" if hint else ""
-        raise ValueError(f"unknown key(s) {unknown}; expected some of {sorted(fields)}{extra}")
+    fields = sorted(f.name for f in attrs.fields(KubernetesSettings))
+    value = check_keys(value, fields, example="{'namespace': 'pipelines', 'image': '...'}")
     kw: dict[str, Any] = {}
     for key, v in value.items():
         if v is None:

@@ -9,16 +9,13 @@ running the process is ``admin`` of every tenant, and nobody else holds anything
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 
-from xlib_pipeline import ConfigError, ResourceLimits, SecurityError
+from xlib_pipeline import ConfigError, ResourceLimits, SecurityError, read_mapping_file
 
 #: Permissions the core and first-party plugins check.
 PERMISSIONS = (
@@ -195,32 +192,7 @@ def denial(
 
 def read_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a policy file (.json, .toml, .yaml/.yml) into a mapping."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(
-            f"tenancy.policy_file {str(file)!r} does not exist", key="tenancy.policy_file"
-        )
-    if file.suffix not in (".json", ".toml", ".yaml", ".yml"):
-        raise ConfigError(
-            f"tenancy.policy_file {str(file)!r}: expected .json, .toml, .yaml or .yml",
-            key="tenancy.policy_file",
-        )
-    text = file.read_text()
     try:
-        if file.suffix == ".json":
-            data = json.loads(text)
-        elif file.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # JSON, TOML or YAML syntax
-        raise ConfigError(
-            f"tenancy.policy_file {str(file)!r} is not valid: {exc}", key="tenancy.policy_file"
-        ) from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"tenancy.policy_file {str(file)!r} must hold a mapping", key="tenancy.policy_file"
-        )
-    return dict(data)
+        return read_mapping_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"tenancy.policy_file: {exc}", key="tenancy.policy_file") from exc
