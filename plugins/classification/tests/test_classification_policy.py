@@ -334,6 +334,9 @@ GUIDE = Path("/work/shared/seed/pipeline-manager-user-guide.md")
 @pytest.mark.skipif(not GUIDE.exists(), reason="user guide not available")
 def test_guide_compliance_example_runs(tmp_path, monkeypatch, capsys):
     """The guide's compliance example runs with classification on and prints its claims."""
+    # Its config also turns on audit (compliance_mode) and lineage (data_lineage).
+    pytest.importorskip("xlib_pipeline_audit", reason="the example needs xlib-pipeline-audit")
+    pytest.importorskip("xlib_pipeline_lineage", reason="the example needs xlib-pipeline-lineage")
     monkeypatch.setenv("XLIB_PIPELINE_HOME", str(tmp_path))
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     code = next(b for b in blocks if "CompliancePipelineManager" in b)

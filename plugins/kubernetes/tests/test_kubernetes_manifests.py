@@ -223,6 +223,7 @@ class TestManagerAndCli:
         """`xlib-pipeline render kubernetes FILE -o DIR` writes valid files and a kustomization."""
         from xlib_pipeline.cli import main
 
+        pytest.importorskip("xlib_pipeline_dask", reason="distributed_mode needs the dask plugin")
         monkeypatch.setenv("XLIB_PIPELINE_HOME", str(tmp_path / "home"))
         src = tmp_path / "etl.py"
         src.write_text(
