@@ -17,7 +17,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -261,7 +260,6 @@ class ProcessExecutor:
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
             weakref.WeakKeyDictionary()
         )
-        self._fallback_cache: dict[int, tuple[Any, str, bytes]] = {}
 
     def lanes(self) -> int | None:
         return None
@@ -431,8 +429,3 @@ def _rebuild(
 def remote_traceback(exc: BaseException) -> str | None:
     """The traceback text a worker process reported for ``exc``, if it came from one."""
     return getattr(exc, "__xlib_remote_traceback__", None) or getattr(exc, "traceback", None)
-
-
-def worker_script() -> Path:
-    """Path of the worker entry point (what ``xlib-pipeline worker`` processes run)."""
-    return Path(_worker.__file__)

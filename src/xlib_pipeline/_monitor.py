@@ -51,7 +51,6 @@ class Monitor(Observer):
         self._lock = threading.Lock()
         self._running: dict[int, float] = {}
         self._done = 0
-        self._live: Any = None
         self._progress: Any = None
         self._bar: Any = None
 

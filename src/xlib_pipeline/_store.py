@@ -353,18 +353,6 @@ class RunStore:
             (run_id, task, ts or time.time(), event, attempt, error_type, error),
         )
 
-    def task_running(
-        self, run_id: str, task: str, started: float, attempt: int, tenant: Any
-    ) -> None:
-        """Record that a task's attempt started."""
-        self.submit(
-            "INSERT INTO tasks (run_id, task, status, attempts, started, tenant) "
-            "VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT(run_id, task) DO UPDATE SET "
-            "status='running', attempts=excluded.attempts",
-            (run_id, task, attempt, started, tenant),
-        )
-        self.event(run_id, task, "running", attempt=attempt, ts=started)
-
     def task_finished(self, row: tuple[Any, ...]) -> None:
         """Record a task's terminal state; ``row`` follows the tasks table's columns."""
         self.submit(
