@@ -248,6 +248,52 @@ class Hooks:
                 hook=hook,
             ) from exc
 
+    def observer(self, hook: str, argnames: tuple[str, ...]) -> Callable[..., None]:
+        """A direct caller for a per-task observer hook: ``call(*args)`` in ``argnames`` order.
+
+        It calls the implementations pluggy would, in pluggy's order, without pluggy's
+        per-call dispatch work; a failure is attributed to its plugin like :meth:`call`.
+        Hooks with wrapper implementations fall back to :meth:`call`. Snapshot: plugins
+        registered afterwards are not seen by the returned caller.
+        """
+        impls = getattr(self._h, hook).get_hookimpls()
+        if any(i.hookwrapper or i.wrapper for i in impls):
+
+            def through_pluggy(*args: Any) -> None:
+                self.call(hook, **dict(zip(argnames, args)))
+
+            return through_pluggy
+        plan = []
+        for impl in reversed(impls):  # pluggy calls the last (tryfirst) first
+            idx = tuple(argnames.index(a) for a in impl.argnames)
+            plan.append(
+                (
+                    impl.function,
+                    None if idx == tuple(range(len(argnames))) else idx,
+                    impl.plugin_name,
+                )
+            )
+
+        def call(*args: Any) -> None:
+            for fn, idx, name in plan:
+                try:
+                    if idx is None:
+                        fn(*args)
+                    else:
+                        fn(*[args[k] for k in idx])
+                except PipelineError as exc:
+                    if getattr(exc, "plugin", None) is None:
+                        exc.plugin = name  # type: ignore[attr-defined]
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {name!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}",
+                        plugin=name,
+                        hook=hook,
+                    ) from exc
+
+        return call
+
     def collect(self, hook: str, key: Callable[[Any], str] = lambda r: r.name) -> dict[str, Any]:
         """Call a collector hook and merge its records by ``key``, rejecting duplicates."""
         out: dict[str, Any] = {}

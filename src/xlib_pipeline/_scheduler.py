@@ -141,6 +141,9 @@ class Run:
         self.h_error = has["on_task_error"]
         self.h_isolate = has["isolate"]
         self.events = _log.isEnabledFor(logging.INFO)
+        # Direct callers for the two per-task observer hooks (built once per run).
+        self._before_task = hooks.observer("before_task", ("task", "run", "inputs"))
+        self._after_task = hooks.observer("after_task", ("task", "run", "outcome"))
         self._queue: Any = None
 
     # -- driving ------------------------------------------------------------------------------
@@ -304,7 +307,7 @@ class Run:
                 self._log("task.started", task=task.name, attempt=attempt)
             if self.h_before:
                 try:
-                    hooks.call("before_task", task=task, run=ctx, inputs=args)
+                    self._before_task(task, ctx, args)
                 except BaseException as exc:  # refused before the function ran
                     return self._failed(
                         i, task, exc, _format(exc), first_start, time.time(), attempt - 1
@@ -395,7 +398,7 @@ class Run:
             finished=finished,
             final=final,
         )
-        self.hooks.call("after_task", task=task, run=self.ctx, outcome=outcome)
+        self._after_task(task, self.ctx, outcome)
 
     def _decided(self, i: int, task: Task, status: Status) -> int | None:
         """Finish a task that never runs (skipped, upstream_failed, cancelled)."""
