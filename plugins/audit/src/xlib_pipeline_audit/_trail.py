@@ -584,6 +584,17 @@ class AuditTrail:
                 if self.fsync == "batch":
                     self._wake.set()  # the flusher syncs the batch just written
             return
+        try:
+            self._write_all(fd, data)
+        finally:
+            self._staged = None
+        self._seq, self._prev = staged[0], staged[1]
+        self._size += len(data)
+        for dest in self._destinations:
+            dest(line)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Append ``data`` whole; on an error cut the file back so no half record stays."""
         written = 0
         try:
             written = os.write(fd, data)
@@ -591,18 +602,11 @@ class AuditTrail:
                 written += os.write(fd, data[written:])
         except OSError as exc:
             if written:
-                # Never leave half a record: cut back to where this record began.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self._size)
-            self._staged = None
             raise AuditTrailError(
                 f"cannot append to audit trail {self.path}: {exc.strerror}", path=str(self.path)
             ) from exc
-        self._seq, self._prev = staged[0], staged[1]
-        self._staged = None
-        self._size += len(data)
-        for dest in self._destinations:
-            dest(line)
 
     def _flush_locked(self) -> None:
         """Write the queued records with one write(2). Holds the trail's lock.
@@ -631,18 +635,7 @@ class AuditTrail:
                     self._commit(ev)
             return
         data = b"".join(item[0] for item in buf)
-        written = 0
-        try:
-            written = os.write(fd, data)
-            while written < len(data):  # rare: a short write
-                written += os.write(fd, data[written:])
-        except OSError as exc:
-            if written:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, self._size)
-            raise AuditTrailError(
-                f"cannot append to audit trail {self.path}: {exc.strerror}", path=str(self.path)
-            ) from exc
+        self._write_all(fd, data)
         self._buf = []
         self._size += len(data)
         self._pending += len(buf)
