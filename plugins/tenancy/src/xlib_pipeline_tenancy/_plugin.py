@@ -29,6 +29,7 @@ from xlib_pipeline import (
     TaskOption,
     boolean,
     hookimpl,
+    one_of,
     with_options,
 )
 
@@ -52,13 +53,7 @@ _RUNTIME_HOOKS = (
 _bool = boolean
 
 
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {list(choices)}, got {value!r}")
-        return str(value)
-
-    return convert
+_choice = one_of
 
 
 def _positive(value: Any) -> int:
