@@ -108,7 +108,7 @@ class PipelineManager:
         self._cli_commands: dict[str, CliCommand] = self.hooks.collect("register_cli_commands")
         self._inactive: dict[str, object] = {}
         self._executors: dict[str, Executor] = {}
-        self._exec_lock = threading.Lock()
+        self._exec_lock = threading.RLock()
         self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
         self._closed = False
         self._store: RunStore | None = None
@@ -164,6 +164,17 @@ class PipelineManager:
             self._infos = [
                 attrs.evolve(i, active=True) if i.name == owner else i for i in self._infos
             ]
+            self._rebuild_hooks()
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a further hook object for this manager (a plugin's per-run part, say).
+
+        Plugins call it from ``configure`` or later to add hooks only when they are needed;
+        the manager then recomputes which hooks have implementations. Runs already under
+        way keep the hooks they started with.
+        """
+        with self._exec_lock:
+            self._pm.register(plugin, name=name)
             self._rebuild_hooks()
 
     def is_active(self, name: str) -> bool:

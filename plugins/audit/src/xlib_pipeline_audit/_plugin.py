@@ -494,11 +494,7 @@ class AuditPlugin:
         self.enabled = True
         recorder = _Recorder(self)
         self._recorder = recorder
-        hooks = manager.hooks
-        hooks.pluggy.register(recorder, name="audit.recorder")
-        # The core computed which hooks have implementations before configure ran.
-        for hook in hooks.has:
-            hooks.has[hook] = bool(getattr(hooks.pluggy.hook, hook).get_hookimpls())
+        manager.register(recorder, name="audit.recorder")
 
     @hookimpl
     def close(self, manager: Any) -> None:

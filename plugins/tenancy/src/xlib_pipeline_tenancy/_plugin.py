@@ -37,16 +37,6 @@ from ._gate import TenantGate
 from ._policy import Policy, TenantSpec, denial, os_user, read_policy_file
 
 ISOLATION_MODES = ("tenant", "none")
-_RUNTIME_HOOKS = (
-    "validate_pipeline",
-    "before_pipeline",
-    "after_pipeline",
-    "isolate",
-    "before_task",
-    "after_task",
-)
-
-
 # --- converters ---------------------------------------------------------------------------------
 
 
@@ -366,10 +356,7 @@ class TenancyPlugin:
             if self._runtime is not None:
                 return
             runtime = _Runtime(self)
-            hooks = self.manager.hooks
-            hooks.pluggy.register(runtime, name="tenancy.runtime")
-            for name in _RUNTIME_HOOKS:
-                hooks.has[name] = True
+            self.manager.register(runtime, name="tenancy.runtime")
             self._runtime = runtime
 
     def _activating(self, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
