@@ -1,7 +1,7 @@
 """A third-party plugin is discovered through its entry point once pip-installed.
 
-Builds a virtual environment (with the system site-packages, so the core and pytest are
-visible), pip-installs ``examples/custom_plugin`` into it, and checks that the
+Builds a virtual environment that sees exactly what the test's own environment has (the nox
+session's venv: the core, pytest, hatchling ...) and nothing of the base interpreter, pip-installs ``examples/custom_plugin`` into it, and checks that the
 ``xlib-pipeline`` CLI of that environment lists the plugin, that a run uses it, that its
 CLI command works, and that the example's own tests pass there.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import site
 import subprocess
 import sys
 import textwrap
@@ -48,12 +49,21 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv with the example plugin installed (not editable), built once for the module."""
     root = tmp_path_factory.mktemp("venv")
     env_dir = root / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)],
-        check=True,
-        timeout=300,
-    )
+    # No --system-site-packages: that would expose the *base* interpreter (whatever was
+    # installed there by hand), not this environment. Instead a .pth file adds this
+    # environment's site-packages (processing their .pth files, so editable installs work).
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
+    child_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parents)
+    (Path(child_site) / "_xlib_parent_env.pth").write_text(lines)
     # Without build isolation when the build backend is already here (fast, offline);
     # otherwise pip fetches hatchling into an isolated build environment.
     isolation = [] if importlib.util.find_spec("hatchling") is None else ["--no-build-isolation"]
