@@ -38,7 +38,11 @@ def tests(session: nox.Session) -> None:
         "tests",
         *[f"plugins/{n}/tests" for n in PLUGINS if (ROOT / "plugins" / n / "tests").is_dir()],
     ]
-    session.run("python", "-m", "pytest", *suites, *session.posargs)
+    # `nox -s tests -- tests/test_graph.py -x` runs just those paths; bare options keep every suite.
+    paths = [
+        a for a in session.posargs if not a.startswith("-") and (ROOT / a.split("::")[0]).exists()
+    ]
+    session.run("python", "-m", "pytest", *([] if paths else suites), *session.posargs)
 
 
 @nox.session

@@ -1,9 +1,10 @@
 """A third-party plugin is discovered through its entry point once pip-installed.
 
 Builds a virtual environment that sees exactly what the test's own environment has (the nox
-session's venv: the core, pytest, hatchling ...) and nothing of the base interpreter, pip-installs ``examples/custom_plugin`` into it, and checks that the
-``xlib-pipeline`` CLI of that environment lists the plugin, that a run uses it, that its
-CLI command works, and that the example's own tests pass there.
+session's venv: the core, pytest, hatchling ...) and nothing of the base interpreter,
+pip-installs ``examples/custom_plugin`` into it, and checks that the ``xlib-pipeline`` CLI of
+that environment lists the plugin, that a run uses it, that its CLI command works, and that the
+example's own tests pass there.
 """
 
 from __future__ import annotations
