@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from ._async import call_body, is_async_callable
 from ._builtin import ENCRYPTED_MAGIC
 from ._config import (
     Config,
@@ -54,6 +55,7 @@ from .exceptions import (
     DuplicateTaskError,
     EmptyPipelineError,
     GraphError,
+    LazyResultError,
     MissingPluginConfigError,
     MissingPluginError,
     PipelineError,
@@ -93,6 +95,7 @@ __all__ = [
     "ExecutorSpec",
     "GraphError",
     "Isolation",
+    "LazyResultError",
     "ManagerDecorator",
     "MissingPluginConfigError",
     "MissingPluginError",
@@ -128,10 +131,12 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "boolean",
+    "call_body",
     "call_with_timeout",
     "check_keys",
     "data_dir",
     "hookimpl",
+    "is_async_callable",
     "one_of",
     "plan",
     "read_mapping_file",

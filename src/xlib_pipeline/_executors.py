@@ -23,9 +23,11 @@ import attrs
 import cloudpickle
 
 from . import _worker
+from ._async import call_body
 from ._records import Isolation, ResourceLimits, RunContext
 from ._task import Task
 from .exceptions import (
+    LazyResultError,
     ResourceLimitExceeded,
     SerializationError,
     TaskError,
@@ -47,16 +49,19 @@ def call_with_timeout(
     discarded. Use the process executor when a runaway task must really be stopped.
     """
     box: list[Any] = []
+    is_async = fn is task.fn and task.is_async
 
     def target() -> None:
         try:
-            box.append((True, fn(*args)))
+            box.append((True, call_body(task.name, fn, args, is_async=is_async, timeout=timeout)))
         except BaseException as exc:
             box.append((False, exc))
 
     t = threading.Thread(target=target, name=f"xlib-task-{task.name}", daemon=True)
     t.start()
-    t.join(timeout)
+    # A coroutine body cancels itself at ``timeout`` (CancelledError inside it): give it
+    # the moment it needs to unwind and report the timeout itself.
+    t.join(timeout + 1.0 if is_async else timeout)
     if not box:
         raise TaskTimeoutError(f"task {task.name!r} timed out after {timeout:g}s", task=task.name)
     ok, value = box[0]
@@ -82,7 +87,7 @@ class LocalExecutor:
     ) -> Any:
         if timeout is not None:
             return call_with_timeout(task, task.fn, args, timeout)
-        return task.fn(*args)
+        return call_body(task.name, task.fn, args, is_async=task.is_async)
 
     def lanes(self) -> int | None:
         return 1 if self.name == "inline" else None
@@ -123,8 +128,10 @@ class WorkerProcess:
         self.known: set[str] = set()
         self.pid = self.proc.pid
 
-    def send(self, key: str, fn_bytes: bytes, args: tuple[Any, ...], task: str) -> None:
-        payload = (key, None if key in self.known else fn_bytes, args, task)
+    def send(
+        self, key: str, fn_bytes: bytes, args: tuple[Any, ...], task: str, is_async: bool = False
+    ) -> None:
+        payload = (key, None if key in self.known else fn_bytes, args, task, is_async)
         try:
             data = cloudpickle.dumps(payload, protocol=5)
         except Exception as exc:
@@ -321,7 +328,7 @@ class ProcessExecutor:
         worker = pool.acquire()
         healthy = False
         try:
-            worker.send(key, fn_bytes, args, task.name)
+            worker.send(key, fn_bytes, args, task.name, task.is_async)
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 frame = worker.receive(timeout)
@@ -403,6 +410,13 @@ def _rebuild(
             tenant=tenant,
             limit="memory",
             traceback=tb,
+        )
+    if stage == "lazy":
+        return LazyResultError(
+            f"task {task.name!r} is a plain function that returned a {type_name} object "
+            "instead of a value: declare it `async def` to have it awaited, or return the "
+            "value itself",
+            task=task.name,
         )
     if stage == "result":
         return SerializationError(

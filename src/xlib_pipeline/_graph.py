@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from ._async import is_async_callable
 from ._task import Pipeline, Task
 from .exceptions import ArityError, CycleError, EmptyPipelineError, UnknownDependencyError
 
@@ -43,6 +44,9 @@ class Plan:
     #: Longest path (in tasks) from each task to a sink; the "intelligent" priority.
     height: tuple[int, ...]
     fingerprint: str
+    #: Which tasks are coroutine functions (``async def``), and whether any is.
+    is_async: tuple[bool, ...] = ()
+    has_async: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -83,6 +87,13 @@ def _compile(pipeline: Pipeline) -> Plan:
     if len(order) != n:
         raise CycleError(pipeline.name, _find_cycle(names, preds, set(order)))
     _check_arity(tasks, preds, names)
+    seen: dict[int, bool] = {}
+    is_async: list[bool] = []
+    for t in tasks:
+        a = seen.get(id(t.fn))
+        if a is None:
+            a = seen[id(t.fn)] = is_async_callable(t.fn)
+        is_async.append(a)
     height = [1] * n
     for i in reversed(order):
         best = 0
@@ -104,6 +115,8 @@ def _compile(pipeline: Pipeline) -> Plan:
         order=tuple(order),
         height=tuple(height),
         fingerprint=_fingerprint(pipeline.name, tasks),
+        is_async=tuple(is_async),
+        has_async=any(is_async),
     )
 
 

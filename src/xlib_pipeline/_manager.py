@@ -114,6 +114,7 @@ class PipelineManager:
         self._store: RunStore | None = None
         self._store_lock = threading.Lock()
         self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
+        self._live: dict[str, Run] = {}  # runs under way, by run id (for cancel_run)
         self._configure_plugins()
         self._finalizer = weakref.finalize(self, _close_executors, self._executors)
 
@@ -462,6 +463,43 @@ class PipelineManager:
             source=source,
         )
 
+    async def execute_pipeline_async(self, pipeline: Pipeline, **kwargs: Any) -> PipelineResult:
+        """Awaitable :meth:`execute_pipeline`, for code that runs an event loop (Jupyter, an
+        async web handler): the run goes on in a worker thread, the caller's loop stays free.
+
+        Takes the same arguments. Cancelling the awaiting task stops the run as Ctrl-C
+        would (nothing new starts; running tasks get ``cancel_grace_seconds``, then
+        coroutine tasks are cancelled) and re-raises :class:`asyncio.CancelledError` once
+        the run is recorded as cancelled.
+        """
+        import asyncio
+
+        rid = kwargs.pop("run_id", None) or new_run_id()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self.execute_pipeline, pipeline, run_id=rid, **kwargs)
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The run may still be starting (validation, store): ask until it is under way.
+            while not self.cancel_run(rid, reason="the awaiting task was cancelled"):
+                done, _ = await asyncio.wait([work], timeout=0.01)
+                if done:
+                    break
+            await asyncio.wait([work])
+            raise
+
+    def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> bool:
+        """Ask the run ``run_id`` under way in this manager to stop, as Ctrl-C would.
+
+        Returns ``False`` when no such run is under way (it may have just ended).
+        """
+        run = self._live.get(run_id)
+        if run is None:
+            return False
+        run.request_stop(f"run {run_id} was cancelled: {reason}")
+        return True
+
     def _execute(
         self,
         ctx: RunContext,
@@ -539,7 +577,11 @@ class PipelineManager:
         if mon is not None:
             mon.start(run)
         ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
-        result = run.execute()
+        self._live[ctx.run_id] = run
+        try:
+            result = run.execute()
+        finally:
+            self._live.pop(ctx.run_id, None)
         ctx.log.info(
             "pipeline." + result.status,
             duration=round(result.duration, 6),

@@ -33,11 +33,18 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._async import LAZY_TYPES, LoopThread, lazy_result_error
 from ._graph import Plan
 from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
 from ._results import PipelineResult, TaskResults
 from ._task import Task
-from .exceptions import ConditionError, PipelineError, TaskError, TaskFailedError
+from .exceptions import (
+    ConditionError,
+    PipelineError,
+    RunCancelledError,
+    TaskError,
+    TaskFailedError,
+)
 
 SUCCEEDED = Status.SUCCEEDED
 FAILED = Status.FAILED
@@ -141,6 +148,13 @@ class Run:
         self.h_error = has["on_task_error"]
         self.h_isolate = has["isolate"]
         self.events = _log.isEnabledFor(logging.INFO)
+        # Coroutine tasks on a local executor await on one event loop per run (started on
+        # first use); their completions come back to the lanes as _AsyncDone items.
+        self.is_async = plan.is_async if plan.has_async else None
+        self.aloop: LoopThread | None = None
+        self._aloop_lock = threading.Lock()
+        self.cancel_reason: str | None = None
+        self.async_running: set[int] = set()
         # Direct callers for the two per-task observer hooks (built once per run).
         self._before_task = hooks.observer("before_task", ("task", "run", "inputs"))
         self._after_task = hooks.observer("after_task", ("task", "run", "outcome"))
@@ -158,56 +172,127 @@ class Run:
         if self.intelligent:
             roots.sort(key=self.plan.height.__getitem__, reverse=True)
         interrupted: BaseException | None = None
-        if self.lanes == 1:
-            dq: deque[int] = deque(roots)
-            self._push = dq.append
+        try:
+            if self.lanes == 1 and self.is_async is not None:
+                interrupted = self._drive_inline_async(roots)
+            elif self.lanes == 1:
+                interrupted = self._drive_inline(roots)
+            else:
+                interrupted = self._drive_lanes(roots)
+        finally:
+            if self.aloop is not None:
+                self.aloop.close()
+        if interrupted is None and self.cancel_reason is not None:
+            interrupted = RunCancelledError(self.cancel_reason)
+        return self._result(started, time.time(), interrupted)
+
+    def _drive_inline(self, roots: list[int]) -> BaseException | None:
+        interrupted: BaseException | None = None
+        dq: deque[int] = deque(roots)
+        self._push = dq.append
+        try:
+            while dq:
+                i: int | None = dq.popleft()
+                while i is not None:
+                    i = self._process(i)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            self._stop()
+            # Drain: everything left ends cancelled, nothing re-runs.
+            while dq:
+                j: int | None = dq.popleft()
+                while j is not None:
+                    j = self._process(j)
+            self._abandon()
+        except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
+            self.fatal = exc
+            self._stop()
+            self._abandon()
+        return interrupted
+
+    def _drive_inline_async(self, roots: list[int]) -> BaseException | None:
+        """The driver thread is the only lane; coroutine completions arrive on a queue."""
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._push = q.put
+        self._queue = q
+        for i in roots:
+            q.put(i)
+        interrupted: BaseException | None = None
+        deadline: float | None = None
+        while not self.finished_event.is_set():
             try:
-                while dq:
-                    i: int | None = dq.popleft()
-                    while i is not None:
-                        i = self._process(i)
+                if deadline is None:
+                    item = q.get()
+                else:
+                    if not self.async_running and q.empty():
+                        self._abandon()  # nothing left that could still finish
+                        break
+                    try:
+                        item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        self._abandon()
+                        break
+                while item is not None:
+                    item = self._process(item) if item.__class__ is int else item.complete(self)
             except KeyboardInterrupt as exc:
+                if interrupted is not None:  # a second Ctrl-C: stop at once
+                    self._abandon()
+                    break
                 interrupted = exc
                 self._stop()
-                # Drain: everything left ends cancelled, nothing re-runs.
-                while dq:
-                    j: int | None = dq.popleft()
-                    while j is not None:
-                        j = self._process(j)
-                self._abandon()
+                self._log("pipeline.cancelling", grace=self.grace)
+                deadline = time.monotonic() + (self.grace if self.grace is not None else 1e9)
             except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
                 self.fatal = exc
                 self._stop()
                 self._abandon()
-        else:
-            q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-            self._push = q.put
-            self._queue = q
-            for i in roots:
-                q.put(i)
-            threads = [
-                threading.Thread(target=self._lane, name=f"xlib-lane-{k}", daemon=True)
-                for k in range(min(self.lanes, len(self.plan)))
-            ]
-            for t in threads:
-                t.start()
-            try:
-                self.finished_event.wait()
-            except KeyboardInterrupt as exc:
-                interrupted = exc
-                self._stop()
-                self._log("pipeline.cancelling", grace=self.grace)
-                if not self.finished_event.wait(self.grace):
-                    self._abandon()
-            for _ in threads:
-                q.put(None)
-        result = self._result(started, time.time(), interrupted)
-        return result
+        return interrupted
+
+    def _drive_lanes(self, roots: list[int]) -> BaseException | None:
+        interrupted: BaseException | None = None
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._push = q.put
+        self._queue = q
+        for i in roots:
+            q.put(i)
+        threads = [
+            threading.Thread(target=self._lane, name=f"xlib-lane-{k}", daemon=True)
+            for k in range(min(self.lanes, len(self.plan)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self.finished_event.wait()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            self._stop()
+            self._log("pipeline.cancelling", grace=self.grace)
+            if not self.finished_event.wait(self.grace):
+                self._abandon()
+        for _ in threads:
+            q.put(None)
+        return interrupted
 
     def _stop(self) -> None:
         """Start no new task or attempt from now on (cancellation, ``on_failure: stop``)."""
         self.stopping = True
         self.stop_event.set()
+        if self.aloop is not None:
+            self.aloop.hurry()  # retry back-offs of coroutine tasks end now
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run from another thread, as Ctrl-C would: start nothing new, give
+        running tasks ``grace`` seconds to finish, then cancel the rest."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._stop()
+        self._log("pipeline.cancelling", grace=self.grace)
+
+        def after_grace() -> None:
+            if not self.finished_event.wait(self.grace):
+                self._abandon()
+
+        threading.Thread(target=after_grace, name="xlib-cancel-grace", daemon=True).start()
 
     def _lane(self) -> None:
         q = self._queue
@@ -218,7 +303,7 @@ class Run:
                 return
             try:
                 while i is not None:
-                    i = process(i)
+                    i = process(i) if i.__class__ is int else i.complete(self)
             except BaseException as exc:  # a bug in the core or a hook: never hang the run
                 self.fatal = exc
                 self._stop()
@@ -234,6 +319,8 @@ class Run:
                     st[i] = CANCELLED
             self.done = len(st)
             self.finished_event.set()
+        if self.aloop is not None:
+            self.aloop.cancel_all()  # coroutines are cancelled, not abandoned
 
     # -- one task -----------------------------------------------------------------------------
 
@@ -295,7 +382,10 @@ class Run:
                 return self._failed(i, task, exc, _format(exc), now, now, 0)
             if isolation is not None and isolation.executor:
                 executor = self.executor_for(isolation.executor)
-        direct = self.default_local and executor is self.default_executor and timeout is None
+        local = self.default_local and executor is self.default_executor
+        if self.is_async is not None and self.is_async[i] and local:
+            return self._start_async(i, task, args, 1, None)
+        direct = local and timeout is None
         while True:
             started = time.time()
             if first_start is None:
@@ -324,18 +414,7 @@ class Run:
                 tb = _format(exc)
                 decision = self._retry_decision(task, exc, tb, attempt, started, finished)
                 if decision is not None:
-                    for ob in self.observers:
-                        ob.attempt_failed(self, i, attempt, exc)
-                    if self.h_after:
-                        self._after(task, FAILED, None, exc, tb, attempt, started, finished, False)
-                    if self.events:
-                        self._log(
-                            "task.retry_scheduled",
-                            task=task.name,
-                            attempt=attempt,
-                            delay=decision.delay,
-                            error=type(exc).__name__,
-                        )
+                    self._announce_retry(i, task, exc, tb, attempt, started, finished, decision)
                     if decision.delay > 0:
                         if ctx.sleep is time.sleep:
                             self.stop_event.wait(decision.delay)  # cancellation cuts it short
@@ -347,16 +426,122 @@ class Run:
                     continue
                 return self._failed(i, task, exc, tb, first_start, finished, attempt)
             finished = time.time()
-            if self.h_after:
-                try:
-                    self._after(task, SUCCEEDED, out, None, None, attempt, started, finished, True)
-                except BaseException as exc:  # observers already saw this attempt once
-                    return self._failed(
-                        i, task, exc, _format(exc), first_start, finished, attempt, after=False
-                    )
-            if attempt != 1:
-                self.cols.attempts[i] = attempt
-            return self._finish(i, SUCCEEDED, out, None, first_start, finished, attempt)
+            if out.__class__ in LAZY_TYPES:  # a plain function handed back work never done
+                err = lazy_result_error(task.name, out)
+                return self._failed(i, task, err, None, first_start, finished, attempt)
+            return self._succeeded(i, task, out, attempt, started, first_start, finished)
+
+    def _succeeded(
+        self,
+        i: int,
+        task: Task,
+        out: Any,
+        attempt: int,
+        started: float,
+        first_start: float,
+        finished: float,
+    ) -> int | None:
+        if self.h_after:
+            try:
+                self._after(task, SUCCEEDED, out, None, None, attempt, started, finished, True)
+            except BaseException as exc:  # observers already saw this attempt once
+                return self._failed(
+                    i, task, exc, _format(exc), first_start, finished, attempt, after=False
+                )
+        if attempt != 1:
+            self.cols.attempts[i] = attempt
+        return self._finish(i, SUCCEEDED, out, None, first_start, finished, attempt)
+
+    def _announce_retry(
+        self,
+        i: int,
+        task: Task,
+        exc: BaseException,
+        tb: str,
+        attempt: int,
+        started: float,
+        finished: float,
+        decision: RetryDecision,
+    ) -> None:
+        for ob in self.observers:
+            ob.attempt_failed(self, i, attempt, exc)
+        if self.h_after:
+            self._after(task, FAILED, None, exc, tb, attempt, started, finished, False)
+        if self.events:
+            self._log(
+                "task.retry_scheduled",
+                task=task.name,
+                attempt=attempt,
+                delay=decision.delay,
+                error=type(exc).__name__,
+            )
+
+    # -- coroutine tasks ------------------------------------------------------------------------
+
+    def _loop(self) -> LoopThread:
+        aloop = self.aloop
+        if aloop is None:
+            with self._aloop_lock:
+                aloop = self.aloop
+                if aloop is None:
+                    aloop = self.aloop = LoopThread(f"xlib-loop-{self.ctx.run_id[:8]}")
+        return aloop
+
+    def _start_async(
+        self, i: int, task: Task, args: tuple[Any, ...], attempt: int, first_start: float | None
+    ) -> int | None:
+        """Start one attempt of a coroutine task on the run's event loop; the lane moves on."""
+        if self.stopping and first_start is not None:
+            return self._decided(i, task, CANCELLED)
+        started = time.time()
+        if first_start is None:
+            first_start = started
+            self.cols.started[i] = started
+        for ob in self.observers:
+            ob.task_started(self, i, attempt)
+        if self.events:
+            self._log("task.started", task=task.name, attempt=attempt)
+        if self.h_before:
+            try:
+                self._before_task(task, self.ctx, args)
+            except BaseException as exc:  # refused before the coroutine was created
+                return self._failed(
+                    i, task, exc, _format(exc), first_start, time.time(), attempt - 1
+                )
+        push = self._push
+        fs = first_start
+
+        def done(ok: bool, value: Any) -> None:
+            push(_AsyncDone(i, task, args, attempt, started, fs, ok, value))
+
+        with self.lock:
+            self.async_running.add(i)
+        self._loop().submit(task.name, task.fn, args, self.timeouts[i], done)
+        return None
+
+    def _complete_async(self, d: _AsyncDone) -> int | None:
+        """A coroutine attempt ended (in a lane): finish, fail, or schedule a retry."""
+        i, task, attempt = d.i, d.task, d.attempt
+        finished = time.time()
+        with self.lock:
+            self.async_running.discard(i)
+        if d.ok:
+            return self._succeeded(i, task, d.value, attempt, d.started, d.first_start, finished)
+        exc: BaseException = d.value
+        tb = _format(exc)
+        decision = self._retry_decision(task, exc, tb, attempt, d.started, finished)
+        if decision is None:
+            return self._failed(i, task, exc, tb, d.first_start, finished, attempt)
+        self._announce_retry(i, task, exc, tb, attempt, d.started, finished, decision)
+        retry = _AsyncRetry(i, task, d.args, attempt, d.first_start, exc, tb, finished)
+        if decision.delay > 0 and not self.stopping:
+            if self.ctx.sleep is not time.sleep:
+                self.ctx.sleep(decision.delay)
+            else:
+                push = self._push
+                self._loop().later(decision.delay, lambda: push(retry))
+                return None
+        return retry.complete(self)
 
     def _retry_decision(
         self, task: Task, exc: BaseException, tb: str, attempt: int, started: float, finished: float
@@ -552,8 +737,6 @@ class Run:
         elif self.fatal is not None:
             error = self.fatal
         elif interrupted is not None:
-            from .exceptions import RunCancelledError
-
             error = RunCancelledError(
                 f"run {self.ctx.run_id} of pipeline {plan.pipeline_name!r} was cancelled"
             )
@@ -579,6 +762,67 @@ class Run:
         for ob in self.observers:
             ob.run_finished(self, result)
         return result
+
+
+class _AsyncDone:
+    """A coroutine attempt's outcome, handed from the event loop back to a lane."""
+
+    __slots__ = ("args", "attempt", "first_start", "i", "ok", "started", "task", "value")
+
+    def __init__(
+        self,
+        i: int,
+        task: Task,
+        args: tuple[Any, ...],
+        attempt: int,
+        started: float,
+        first_start: float,
+        ok: bool,
+        value: Any,
+    ) -> None:
+        self.i = i
+        self.task = task
+        self.args = args
+        self.attempt = attempt
+        self.started = started
+        self.first_start = first_start
+        self.ok = ok
+        self.value = value
+
+    def complete(self, run: Run) -> int | None:
+        return run._complete_async(self)
+
+
+class _AsyncRetry:
+    """The next attempt of a coroutine task, due once its back-off delay passed."""
+
+    __slots__ = ("args", "attempt", "error", "finished", "first_start", "i", "task", "tb")
+
+    def __init__(
+        self,
+        i: int,
+        task: Task,
+        args: tuple[Any, ...],
+        attempt: int,
+        first_start: float,
+        error: BaseException,
+        tb: str,
+        finished: float,
+    ) -> None:
+        self.i = i
+        self.task = task
+        self.args = args
+        self.attempt = attempt
+        self.first_start = first_start
+        self.error = error
+        self.tb = tb
+        self.finished = finished
+
+    def complete(self, run: Run) -> int | None:
+        if run.stopping:  # cancelled while waiting: no further attempt
+            i, task, start, end = self.i, self.task, self.first_start, self.finished
+            return run._failed(i, task, self.error, self.tb, start, end, self.attempt)
+        return run._start_async(self.i, self.task, self.args, self.attempt + 1, self.first_start)
 
 
 def failure_error(task: str, exc: BaseException, tb: str | None) -> TaskFailedError:

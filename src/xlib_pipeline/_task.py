@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
+from ._async import is_async_callable
 from .exceptions import DefinitionError, DuplicateTaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,6 +109,12 @@ class Task:
     def option(self, name: str, default: Any = None) -> Any:
         """Return the task option ``name`` (plugin-owned), or ``default``."""
         return self.options.get(name, default)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is a coroutine function (``async def``); its output is then the
+        awaited value, on every executor."""
+        return is_async_callable(self.fn)
 
 
 def task_options(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -93,22 +93,52 @@ def main(argv: list[str]) -> int:
         if not frame:
             return 0
         try:
-            key, fn_bytes, args, _task = pickle.loads(frame)
+            key, fn_bytes, args, _task, is_async = pickle.loads(frame)
             fn = functions.get(key)
             if fn is None:
                 fn = cloudpickle.loads(fn_bytes)
                 functions[key] = fn
-            result = fn(*args)  # type: ignore[operator]
-            try:
-                payload = cloudpickle.dumps(("ok", result), protocol=5)
-            except Exception as exc:
-                payload = _error_payload(exc, stage="result")
+            if is_async:  # a coroutine function: run it to completion on a fresh loop
+                result = _run_coroutine(fn, args)
+            else:
+                result = fn(*args)  # type: ignore[operator]
+            lazy = _lazy_kind(result) if not is_async else None
+            if lazy is not None:
+                payload = pickle.dumps(("err", "lazy", lazy, "", "", None), protocol=5)
+            else:
+                try:
+                    payload = cloudpickle.dumps(("ok", result), protocol=5)
+                except Exception as exc:
+                    payload = _error_payload(exc, stage="result")
         except MemoryError as exc:
             functions.clear()
             payload = _error_payload(exc, stage="memory")
         except BaseException as exc:  # report everything, including SystemExit
             payload = _error_payload(exc, stage="call")
         write_frame(wfd, payload)
+
+
+def _run_coroutine(fn: object, args: tuple[object, ...]) -> object:
+    import asyncio
+    import inspect
+
+    async def body() -> object:
+        res = fn(*args)  # type: ignore[operator]
+        return await res if inspect.isawaitable(res) else res
+
+    return asyncio.run(body())
+
+
+def _lazy_kind(value: object) -> str | None:
+    """The type name of a coroutine/generator a plain function returned (closed), or None."""
+    import types
+
+    if isinstance(value, types.CoroutineType):
+        value.close()
+        return "coroutine"
+    if isinstance(value, (types.GeneratorType, types.AsyncGeneratorType)):
+        return type(value).__name__
+    return None
 
 
 def _error_payload(exc: BaseException, *, stage: str) -> bytes:

@@ -192,6 +192,14 @@ class TaskTimeoutError(TaskError, TimeoutError):
     """A task ran past its ``timeout``."""
 
 
+class LazyResultError(TaskError, TypeError):
+    """A plain (``def``) task returned a coroutine, generator or future instead of a value.
+
+    The work it stands for never ran; declare the function ``async def`` (the scheduler then
+    awaits it) or return the value itself.
+    """
+
+
 class ConditionError(TaskError):
     """A task's ``condition`` raised instead of returning a truth value."""
 

@@ -109,6 +109,34 @@ class TestRemoteExecution:
         assert recorder.pids and set(recorder.pids) == {driver}
         assert ("left", "succeeded") in recorder.outcomes
 
+    def test_async_tasks_run_to_completion_on_workers(self, pm):
+        """A coroutine task is awaited on the Dask worker; its output is the awaited value."""
+        import asyncio
+
+        p = Pipeline("async-remote")
+
+        @p.task("fetch")
+        async def fetch():
+            await asyncio.sleep(0.01)
+            return os.getpid()
+
+        @p.task("combine", depends_on=["fetch"])
+        def combine(pid):
+            return (pid, os.getpid())
+
+        @p.task("forgot", depends_on=["combine"])
+        def forgot(_):
+            async def inner():
+                return 1
+
+            return inner()
+
+        result = pm.execute_pipeline(p, distributed=True)
+        fetched, combined = result.tasks["combine"].output
+        assert fetched != os.getpid() and combined != os.getpid()
+        err = result.tasks["forgot"].error
+        assert type(err).__name__ == "LazyResultError" and "'forgot'" in str(err)
+
     def test_remote_failure_traceback_reaches_result(self, pm):
         """A failing remote task's traceback, with the worker frame, is in result.error."""
         p = Pipeline("fails")

@@ -22,6 +22,7 @@ from xlib_pipeline import (
     TaskError,
     TaskTimeoutError,
     WorkerLostError,
+    call_body,
     call_with_timeout,
 )
 
@@ -115,9 +116,9 @@ class DaskExecutor:
         try:
             w = self._wrappers.get(fn)
         except TypeError:
-            return RemoteCall(fn, task.name)
+            return RemoteCall(fn, task.name, task.is_async)
         if w is None or w.task != task.name:
-            w = RemoteCall(fn, task.name)
+            w = RemoteCall(fn, task.name, task.is_async)
             try:
                 self._wrappers[fn] = w
             except TypeError:
@@ -139,7 +140,7 @@ class DaskExecutor:
             # distributed.scope = "marked": unmarked tasks stay in the driver's lane.
             if timeout is not None:
                 return call_with_timeout(task, task.fn, args, timeout)
-            return task.fn(*args)
+            return call_body(task.name, task.fn, args, is_async=task.is_async)
         client = self.handle.client()
         fn = self._remote(task)
         args = tuple([_unwrap(a) for a in args])

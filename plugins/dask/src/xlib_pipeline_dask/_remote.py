@@ -11,6 +11,8 @@ import socket
 import traceback
 from typing import Any
 
+from xlib_pipeline import call_body
+
 
 class RemoteCall:
     """Call ``fn(*args)`` on a worker; on failure attach the formatted remote traceback.
@@ -19,15 +21,17 @@ class RemoteCall:
     appends to the task's traceback (:func:`xlib_pipeline.remote_traceback`).
     """
 
-    __slots__ = ("fn", "task")
+    __slots__ = ("fn", "is_async", "task")
 
-    def __init__(self, fn: Any, task: str) -> None:
+    def __init__(self, fn: Any, task: str, is_async: bool = False) -> None:
         self.fn = fn
         self.task = task
+        self.is_async = is_async
 
     def __call__(self, *args: Any) -> Any:
         try:
-            return self.fn(*args)
+            # A coroutine function runs to completion on the worker (its own event loop).
+            return call_body(self.task, self.fn, args, is_async=self.is_async)
         except BaseException as exc:
             where = _where()
             text = f"task {self.task!r} on {where}\n" + traceback.format_exc()
@@ -38,7 +42,7 @@ class RemoteCall:
             raise
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RemoteCall, (self.fn, self.task))
+        return (RemoteCall, (self.fn, self.task, self.is_async))
 
     def __repr__(self) -> str:
         return f"RemoteCall({self.task!r})"
