@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -197,14 +198,14 @@ class TestResume:
         @p.task("make")
         def make():
             calls.append("make")
-            return (i for i in range(3))  # generators cannot be pickled
+            return (threading.Lock(), [0, 1, 2])  # locks cannot be pickled
 
         @p.task("use", depends_on=["make"])
         def use(gen):
             calls.append("use")
             if not flag.exists():
                 raise RuntimeError("not yet")
-            return sum(gen)
+            return sum(gen[1])
 
         with manager(tmp_path / "runs.sqlite") as pm:
             first = pm.execute_pipeline(p)

@@ -65,6 +65,7 @@ from .exceptions import (
     RunCancelledError,
     SecurityError,
     SerializationError,
+    SettingWithoutEffectWarning,
     StoreError,
     TaskError,
     TaskFailedError,
@@ -72,6 +73,7 @@ from .exceptions import (
     UnknownDependencyError,
     UnknownTaskOptionError,
     WorkerLostError,
+    XlibPipelineWarning,
 )
 from .hookspecs import hookimpl
 
@@ -117,6 +119,7 @@ __all__ = [
     "RunOption",
     "SecurityError",
     "SerializationError",
+    "SettingWithoutEffectWarning",
     "Status",
     "StoreError",
     "Task",
@@ -129,6 +132,7 @@ __all__ = [
     "UnknownDependencyError",
     "UnknownTaskOptionError",
     "WorkerLostError",
+    "XlibPipelineWarning",
     "__version__",
     "boolean",
     "call_body",

@@ -191,12 +191,76 @@ CORE_KEYS = (
         "'synchronous': 'normal'|'full', 'record_outputs': True}.",
     ),
     ConfigKey(
+        name="compliance_mode",
+        convert=boolean,
+        default=False,
+        doc="true turns on the whole compliance set with embedded defaults: the run store, "
+        "audit trail, lineage, classification with PII detection and encryption at rest "
+        "(keys you set yourself win). Refuses to start if one of those plugins is missing.",
+    ),
+    ConfigKey(
         name="cancel_grace_seconds",
         convert=lambda v: float(v) if not isinstance(v, bool) and float(v) >= 0 else _bad(v),
         default=10.0,
         doc="On cancellation (Ctrl-C, SIGTERM), how long running tasks may finish.",
     ),
 )
+
+
+#: What ``compliance_mode: true`` turns on: (dotted key, value, plugin owning it, what it
+#: is, the plugin's own section key, which must not say ``false``).
+COMPLIANCE_SET: tuple[tuple[str, Any, str | None, str, str], ...] = (
+    ("store", True, None, "the run store", "store"),
+    ("audit_logging", True, "audit", "the audit trail", "audit"),
+    ("data_lineage", True, "lineage", "OpenLineage lineage", "lineage"),
+    (
+        "security_scanning",
+        True,
+        "classification",
+        "classification with PII detection",
+        "classification",
+    ),
+    ("security.encryption_at_rest", True, "encryption", "encryption at rest", "encryption"),
+)
+
+
+def expand_compliance_mode(raw: Mapping[str, Any], keys: Mapping[str, ConfigKey]) -> dict[str, Any]:
+    """``raw`` with the keys ``compliance_mode: true`` implies, where the user set none.
+
+    Raises :class:`MissingPluginConfigError` naming ``compliance_mode`` and the package when
+    a plugin of the set is not installed (or is disabled).
+    """
+    out = dict(raw)
+    if out.get("compliance_mode") is not True:
+        return out
+    for key, value, plugin, what, section in COMPLIANCE_SET:
+        if out.get(section) is False or (
+            isinstance(out.get(section), Mapping) and out[section].get("enabled") is False
+        ):
+            raise ConfigError(
+                f"compliance_mode: true turns on {what}, but config says {section}: off; "
+                "drop one of them",
+                key=section,
+            )
+        if key not in keys:
+            err = MissingPluginConfigError("compliance_mode", package_for(plugin or key))
+            err.args = (
+                f"compliance_mode: true turns on {what}, which needs the plugin "
+                f"{package_for(plugin or key)!r}; it is not installed or is disabled: "
+                f"pip install {package_for(plugin or key)}",
+            )
+            raise err
+        head, _, leaf = key.rpartition(".")
+        node = out
+        if head:
+            sub = node.get(head)
+            if sub is None:
+                sub = {}
+            elif not isinstance(sub, Mapping):
+                continue  # a malformed section: validation names it
+            node[head] = node = dict(sub)
+        node.setdefault(leaf, value)
+    return out
 
 
 def _bad(value: Any) -> Any:
@@ -230,6 +294,7 @@ def validate(raw: Mapping[str, Any] | None, keys: Mapping[str, ConfigKey]) -> Co
     raw = dict(raw or {})
     if not isinstance(raw, Mapping):  # pragma: no cover - guarded by dict()
         raise ConfigError(f"config must be a mapping, got {type(raw).__name__}")
+    raw = expand_compliance_mode(raw, keys)
     values: dict[str, Any] = {}
     _walk(raw, "", keys, values)
     for name, key in keys.items():

@@ -37,7 +37,7 @@ from ._records import (
 )
 from ._results import PipelineResult, TaskResults
 from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
-from ._store import RunRecord, RunStore, TaskRecord
+from ._store import RunRecord, RunStore, TaskRecord, store_section
 from ._task import Pipeline
 from .exceptions import (
     ConfigError,
@@ -45,6 +45,7 @@ from .exceptions import (
     MissingPluginError,
     PipelineError,
     PluginError,
+    SettingWithoutEffectWarning,
     UnknownTaskOptionError,
 )
 
@@ -115,6 +116,8 @@ class PipelineManager:
         self._store_lock = threading.Lock()
         self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
         self._live: dict[str, Run] = {}  # runs under way, by run id (for cancel_run)
+        self._store_needed: str | None = None  # why a plugin needs the default store
+        self._warned: set[str] = set()
         self._configure_plugins()
         self._finalizer = weakref.finalize(self, _close_executors, self._executors)
 
@@ -271,12 +274,42 @@ class PipelineManager:
                 self._executors[name] = ex
         return ex
 
+    def _record_outputs(self) -> bool:
+        section = self.config.get("store")
+        return True if section is None else bool(section["record_outputs"])
+
+    def require_store(self, reason: str) -> None:
+        """A plugin needs this manager's runs recorded (``reason`` names the setting, e.g.
+        ``security.encryption_at_rest``): with no ``store`` configured, runs go to the
+        embedded default store, ``data_dir()/runs.sqlite``. With ``store: false`` nothing
+        can be recorded: warn once (:class:`SettingWithoutEffectWarning`) naming ``reason``.
+        """
+        if self.config.given("store"):
+            if self.config.get("store") is None and reason not in self._warned:
+                self._warned.add(reason)
+                import warnings
+
+                warnings.warn(
+                    f"{reason} has no effect: config says store: false, so no run output is "
+                    f"stored (nothing to protect). Remove store: false to record runs in "
+                    f"the embedded default store, or drop {reason}.",
+                    SettingWithoutEffectWarning,
+                    stacklevel=3,
+                )
+            return
+        if self._store_needed is None:
+            self._store_needed = reason
+
     @property
     def store(self) -> RunStore | None:
-        """The run store named by config ``store.path`` (opened on first use), or ``None``."""
+        """The run store: config ``store`` (``true`` or no ``path`` means the default file),
+        else the embedded default when a plugin requires one (:meth:`require_store`), else
+        ``None``. Opened on first use."""
         section = self.config.get("store")
         if section is None:
-            return None
+            if self._store_needed is None or self.config.given("store"):
+                return None
+            section = store_section(True)
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
@@ -513,12 +546,13 @@ class PipelineManager:
     ) -> PipelineResult:
         hooks = self.hooks
         p = ctx.plan
-        store = self.store
+        store: RunStore | None = None
         obs: list[Observer] = []
         preloaded: Mapping[int, tuple[Status, Any]] | None = None
         try:
             if hooks.has["validate_pipeline"]:
                 hooks.call("validate_pipeline", pipeline=ctx.pipeline, run=ctx)
+            store = self.store  # after validators: they may require_store()
             # Stored outputs are decrypted only once validators (access control) agreed.
             carried = None
             if resume is not None and store is not None:
@@ -527,7 +561,7 @@ class PipelineManager:
                 recorder = StoreRecorder(
                     store,
                     hooks,
-                    record_outputs=self.config.get("store")["record_outputs"],
+                    record_outputs=self._record_outputs(),
                     carried=carried,
                     source=source,
                 )

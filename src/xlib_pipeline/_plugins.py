@@ -35,7 +35,6 @@ KNOWN_CONFIG_KEYS = {
     "audit": "audit",
     "audit_logging": "audit",
     "audit_everything": "audit",
-    "compliance_mode": "audit",
     "lineage": "lineage",
     "data_lineage": "lineage",
     "classification": "classification",

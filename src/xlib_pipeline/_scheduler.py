@@ -159,6 +159,8 @@ class Run:
         self._before_task = hooks.observer("before_task", ("task", "run", "inputs"))
         self._after_task = hooks.observer("after_task", ("task", "run", "outcome"))
         self._queue: Any = None
+        #: Hands a ready task index (or a coroutine completion) to the lanes.
+        self._push: Callable[[Any], None] = _no_push
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -762,6 +764,10 @@ class Run:
         for ob in self.observers:
             ob.run_finished(self, result)
         return result
+
+
+def _no_push(item: Any) -> None:  # pragma: no cover - replaced before any task runs
+    raise RuntimeError("the run has not started")
 
 
 class _AsyncDone:

@@ -81,16 +81,35 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
 
 
-def store_section(value: Any) -> dict[str, Any]:
-    """Validate the ``store`` config section."""
+#: The embedded default store's file name, in ``data_dir()``.
+DEFAULT_STORE_FILE = "runs.sqlite"
+
+
+def store_section(value: Any) -> dict[str, Any] | None:
+    """Validate the ``store`` config section.
+
+    ``true`` (or a mapping without ``path``) means the embedded default file,
+    ``data_dir()/runs.sqlite``; ``false`` means no store, even where a plugin needs one
+    (encryption at rest), which then warns.
+    """
+    if value is False:
+        return None
+    if value is True:
+        value = {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping like {{'path': 'runs.sqlite'}}, got {value!r}")
+        raise ValueError(
+            f"expected true, false or a mapping like {{'path': 'runs.sqlite'}}, got {value!r}"
+        )
     allowed = {"path", "batch_ms", "batch_size", "synchronous", "record_outputs"}
     unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}")
-    if "path" not in value or not isinstance(value["path"], str | Path):
-        raise ValueError("'path' (the SQLite file) is required")
+    if "path" not in value:
+        from ._config import data_dir
+
+        value = {**value, "path": str(data_dir() / DEFAULT_STORE_FILE)}
+    if not isinstance(value["path"], str | Path):
+        raise ValueError(f"'path' must be a file path, got {value['path']!r}")
     sync = value.get("synchronous", "normal")
     if sync not in ("normal", "full"):
         raise ValueError(f"'synchronous' must be 'normal' or 'full', got {sync!r}")

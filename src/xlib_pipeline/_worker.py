@@ -98,10 +98,8 @@ def main(argv: list[str]) -> int:
             if fn is None:
                 fn = cloudpickle.loads(fn_bytes)
                 functions[key] = fn
-            if is_async:  # a coroutine function: run it to completion on a fresh loop
-                result = _run_coroutine(fn, args)
-            else:
-                result = fn(*args)  # type: ignore[operator]
+            # A coroutine function runs to completion on a fresh event loop.
+            result = _run_coroutine(fn, args) if is_async else fn(*args)  # type: ignore[operator]
             lazy = _lazy_kind(result) if not is_async else None
             if lazy is not None:
                 payload = pickle.dumps(("err", "lazy", lazy, "", "", None), protocol=5)

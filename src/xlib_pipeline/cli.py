@@ -162,11 +162,10 @@ def default_store_path() -> Path:
 
 
 def _with_store(config: dict[str, Any], store: str | None) -> dict[str, Any]:
-    if store is not None or "store" not in config:
-        config = {
-            **config,
-            "store": {**(config.get("store") or {}), "path": str(store or default_store_path())},
-        }
+    section = config.get("store")
+    if store is not None or section is None or section is True:
+        base = section if isinstance(section, dict) else {}
+        config = {**config, "store": {**base, "path": str(store or default_store_path())}}
     return config
 
 

@@ -251,3 +251,16 @@ class StoreError(PipelineError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+# --- warnings -----------------------------------------------------------------------------------
+
+
+class XlibPipelineWarning(UserWarning):
+    """Base class of the warnings xlib-pipeline issues."""
+
+
+class SettingWithoutEffectWarning(XlibPipelineWarning):
+    """A setting cannot take effect as configured (say, encryption at rest with
+    ``store: false``: nothing is stored, so nothing is encrypted). Issued once per manager
+    and setting; the message names the key and what to change."""

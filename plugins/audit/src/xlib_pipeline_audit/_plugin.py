@@ -44,7 +44,9 @@ SECTION_KEYS = (
     "processors",
     "destinations",
 )
-FLAG_KEYS = ("audit_logging", "audit_everything", "compliance_mode")
+#: Flags that turn the trail on (``compliance_mode``, owned by the core, implies
+#: ``audit_logging``).
+FLAG_KEYS = ("audit_logging", "audit_everything")
 DEFAULT_FILE = "audit.jsonl"
 _TERMINAL = (
     Status.SUCCEEDED,
@@ -388,7 +390,7 @@ class AuditPlugin:
     """Tamper-evident audit trail of every run, task attempt and audited call.
 
     Inert unless one of the config keys ``audit``, ``audit_logging``, ``audit_everything``
-    or ``compliance_mode`` turns it on. ``path`` is the trail file (``None`` when off).
+    or the core's ``compliance_mode`` turns it on. ``path`` is the trail file (``None`` when off).
     """
 
     name = "audit"

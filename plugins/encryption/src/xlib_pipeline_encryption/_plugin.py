@@ -207,6 +207,8 @@ class EncryptionPlugin:
         self._spec = config.get("encryption.keyring")
         self.envelope = Envelope(self.kms, per_run_keys=bool(config.get("encryption.per_run_keys")))
         manager.state["encryption"] = self
+        if self.at_rest:  # nothing is encrypted unless runs are stored
+            manager.require_store("security.encryption_at_rest")
 
     @property
     def active(self) -> bool:
@@ -240,13 +242,19 @@ class EncryptionPlugin:
             return self._kms
 
     @hookimpl
+    def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
+        marked = [t.name for t in run.plan.tasks if t.options.get("encrypt")]
+        if marked:  # encrypt=... (pm.encrypt_data) means: store this output, encrypted
+            run.manager.require_store(f"the encrypt option of task {marked[0]!r}")
+
+    @hookimpl
     def before_pipeline(self, run: RunContext) -> None:
         marked = [t.name for t in run.plan.tasks if t.options.get("encrypt")]
         if marked:
             name = run.pipeline_name
             with self._lock:
                 self._marked.update((name, t) for t in marked)
-        if (self.at_rest or marked) and run.config.get("store") is not None:
+        if (self.at_rest or marked) and run.manager.store is not None:
             self.kms()  # fail before anything runs when the keyring is unusable
 
     @hookimpl
