@@ -86,8 +86,9 @@ def test_tenants_run_in_different_worker_pids(pm):
     assert {"tenant:a", "tenant:b"} <= set(pools)
 
 
-def test_cores_are_clamped_and_no_tenant_stays_in_driver(pm):
-    """cpu_cores above the machine's count is clamped; tasks without a tenant stay local."""
+def test_cores_are_clamped_and_run_limits_cover_tasks_without_a_tenant(pm):
+    """cpu_cores above the machine's count is clamped; run-level limits hold for every task,
+    so a task without a tenant runs in a limited worker too (never in the driver)."""
     p = Pipeline("clamp")
     p.add_task("tenanted", lambda: os.getpid(), tenant_id="big")
     p.add_task("plain", lambda: os.getpid())
@@ -95,7 +96,7 @@ def test_cores_are_clamped_and_no_tenant_stays_in_driver(pm):
         p, isolation_mode="tenant", resource_limits={"cpu_cores": 64, "memory_gb": 8}
     )
     assert result.success
-    assert result.tasks["plain"].output == os.getpid()
+    assert result.tasks["plain"].output != os.getpid()
     assert result.tasks["tenanted"].output != os.getpid()
     pool = pm.executor("processes")._pools["tenant:big"]
     assert pool.size == len(os.sched_getaffinity(0))
@@ -157,3 +158,34 @@ def test_user_guide_multi_tenant_example(capsys):
     pools = set(pm.executor("processes")._pools)
     assert {"tenant:tenant_corp_a", "tenant:tenant_startup_b"} <= pools
     pm.close()
+
+
+def test_run_limits_without_isolation_mode_are_enforced():
+    """execute_pipeline(resource_limits=...) alone, no tenant anywhere: every task runs in a
+    limited worker and a task past the memory limit fails; nothing is silently ignored."""
+    p = Pipeline("limited")
+
+    @p.task("pid")
+    def pid():
+        return os.getpid()
+
+    @p.task("hog")
+    def hog():
+        return len(bytearray(1024**3))
+
+    with PipelineManager() as manager:
+        result = manager.execute_pipeline(p, resource_limits={"memory_gb": 0.2})
+    assert result.tasks["pid"].output != os.getpid()
+    err = result.tasks["hog"].error
+    assert isinstance(err, ResourceLimitExceeded) and err.limit == "memory"
+
+
+def test_run_limits_with_isolation_none_are_refused():
+    """Limits that cannot be enforced refuse the run with a ConfigError saying why."""
+    from xlib_pipeline import ConfigError
+
+    p = Pipeline("refused")
+    p.add_task("a", lambda: 1)
+    with PipelineManager() as manager, pytest.raises(ConfigError) as info:
+        manager.execute_pipeline(p, isolation_mode="none", resource_limits={"cpu_cores": 1})
+    assert "resource_limits" in str(info.value) and "isolation_mode='none'" in str(info.value)

@@ -454,6 +454,16 @@ class _Runtime:
     @hookimpl
     def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
         p = self.p
+        if run.options.get("resource_limits") is not None and (
+            run.options.get("isolation_mode") == "none"
+        ):
+            raise ConfigError(
+                f"run of pipeline {run.pipeline_name!r}: resource_limits are enforced in "
+                "worker processes, but isolation_mode='none' runs every task in the driver; "
+                "drop isolation_mode='none' (limits then apply to every task) or drop "
+                "resource_limits",
+                key="resource_limits",
+            )
         groups = p.tenants_of(run)
         tenants = {t for t in groups if t is not None}
         declared = p.policy.tenants
@@ -497,11 +507,15 @@ class _Runtime:
         per_task = given != "none" and any(
             t.options.get("isolate") or t.options.get("resource_limits") for t in run.plan.tasks
         )
-        if mode == "tenant" or per_task:
+        # Run-level limits hold for every task of the run, with or without isolation_mode:
+        # a task without a tenant runs in a limited pool of the run's (possibly no) tenant.
+        every = run_limits is not None
+        if mode == "tenant" or per_task or every:
             for task in run.plan.tasks:
                 tenant = run.tenant_of(task)
-                wanted = per_task and bool(
-                    task.options.get("isolate") or task.options.get("resource_limits")
+                wanted = every or (
+                    per_task
+                    and bool(task.options.get("isolate") or task.options.get("resource_limits"))
                 )
                 if not ((mode == "tenant" and tenant) or wanted):
                     state.isolation[task.name] = None
