@@ -335,3 +335,61 @@ class TestConfig:
 
         with pytest.raises(ClusterStartError, match=r"127\.0\.0\.1:9"):
             pm.execute_pipeline(p, distributed=True)
+
+
+class TestClusterShape:
+    """auto_scaling and resource_management shape the local cluster the plugin starts."""
+
+    def _handle(self, config):
+        with PipelineManager(config) as manager:
+            return _plugin(manager).handle
+
+    def test_fixed_by_default(self):
+        shape = self._handle({"distributed": {"n_workers": 3}}).local_shape()
+        assert shape == {
+            "workers": 3,
+            "adaptive": None,
+            "threads_per_worker": 1,
+            "memory_limit": None,
+        }
+
+    def test_auto_scaling_and_resource_management(self):
+        handle = self._handle(
+            {
+                "distributed": {"n_workers": 1, "minimum_workers": 2, "maximum_workers": 5},
+                "auto_scaling": True,
+                "resource_management": "kubernetes",
+            }
+        )
+        shape = handle.local_shape()
+        assert shape["adaptive"] == (2, 5) and shape["workers"] == 2
+        assert shape["memory_limit"] == "auto"
+        local = self._handle({"resource_management": "local"}).local_shape()
+        assert local["memory_limit"] == 0
+
+    def test_bounds_are_checked(self):
+        with pytest.raises(ConfigError, match="maximum_workers"):
+            PipelineManager({"distributed": {"minimum_workers": 4, "maximum_workers": 2}})
+
+    def test_adaptive_local_cluster_really_adapts(self):
+        """A real adaptive cluster: starts at the minimum and runs a pipeline."""
+        config = {
+            "distributed": {"n_workers": 1, "minimum_workers": 1, "maximum_workers": 2},
+            "auto_scaling": True,
+        }
+        p = Pipeline("adaptive")
+        p.add_task("a", lambda: os.getpid())
+        with PipelineManager(config) as manager:
+            result = manager.execute_pipeline(p, distributed=True)
+            assert result.success and result.final_result != os.getpid()
+            cluster = _plugin(manager).handle._cluster
+            assert cluster._adaptive is not None
+            assert cluster._adaptive.minimum == 1 and cluster._adaptive.maximum == 2
+
+    def test_kubernetes_without_address_warns_visibly(self, monkeypatch):
+        from xlib_pipeline import SettingWithoutEffectWarning
+
+        monkeypatch.delenv("XLIB_PIPELINE_DASK_ADDRESS", raising=False)
+        handle = self._handle({"cluster_type": "kubernetes"})
+        with pytest.warns(SettingWithoutEffectWarning, match="distributed.address"):
+            assert handle.target() == (None, "local")

@@ -26,11 +26,12 @@ import ssl
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from xlib_pipeline import ConfigError, PipelineError
+from xlib_pipeline import ConfigError, PipelineError, SettingWithoutEffectWarning
 
 from ._settings import ADDRESS_ENV, SECURITY_FIELDS, DaskSettings, check_address
 
@@ -183,9 +184,13 @@ class ClusterHandle:
         *,
         cluster_type: str = "local",
         encryption_in_transit: bool = False,
+        auto_scaling: bool = False,
+        resource_management: str | None = None,
     ) -> None:
         self.settings = settings
         self.cluster_type = cluster_type
+        self.auto_scaling = auto_scaling
+        self.resource_management = resource_management
         self.encryption_in_transit = encryption_in_transit
         self._lock = threading.Lock()
         self._client: Any = None
@@ -214,12 +219,39 @@ class ClusterHandle:
                 key="distributed.address",
             )
         if self.cluster_type == "kubernetes":
-            _log.warning(
-                "dask.local_cluster_fallback: cluster_type 'kubernetes' without "
-                "distributed.address or %s; starting a local cluster instead",
-                ADDRESS_ENV,
+            message = (
+                "cluster_type 'kubernetes' has no scheduler address (distributed.address or "
+                f"the environment variable {ADDRESS_ENV}), so a local Dask cluster on this "
+                "machine runs the tasks instead. To use the cluster, render its scheduler "
+                "with `xlib-pipeline render kubernetes --executor dask` and set "
+                f"distributed.address (or {ADDRESS_ENV}) to 'tcp://<scheduler-service>:8786'."
             )
+            _log.warning("dask.local_cluster_fallback: %s", message)
+            warnings.warn(message, SettingWithoutEffectWarning, stacklevel=2)
         return None, "local"
+
+    def local_shape(self) -> dict[str, Any]:
+        """How the local cluster is shaped by ``distributed``, ``auto_scaling`` and
+        ``resource_management`` (see docs/plugins/dask.md): workers at start, adaptive bounds
+        (``None`` when fixed), threads and memory limit per worker."""
+        s = self.settings
+        adaptive: tuple[int, int] | None = None
+        workers = s.n_workers
+        if self.auto_scaling:
+            high = s.maximum_workers or max(s.n_workers, os.cpu_count() or 1)
+            adaptive = (s.minimum_workers, high)
+            workers = min(max(s.n_workers, s.minimum_workers), high)
+        memory: str | int | None = s.memory_limit
+        if memory is None and self.resource_management == "kubernetes":
+            memory = "auto"  # each worker gets its share of the machine; the nanny enforces it
+        elif memory is None and self.resource_management == "local":
+            memory = 0  # no per-worker limit: xlib-pipeline's own isolation limits tasks
+        return {
+            "workers": workers,
+            "adaptive": adaptive,
+            "threads_per_worker": s.threads_per_worker,
+            "memory_limit": memory,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -294,14 +326,15 @@ class ClusterHandle:
                 "dashboard_address": ":0" if s.dashboard else None,
             },
         }
+        shape = self.local_shape()
         worker_kwargs: dict[str, Any] = {
-            "nthreads": s.threads_per_worker,
+            "nthreads": shape["threads_per_worker"],
             "host": "127.0.0.1",
             "death_timeout": s.death_timeout,
             "silence_logs": logging.CRITICAL,  # failures are reported in the driver
         }
-        if s.memory_limit is not None:
-            worker_kwargs["memory_limit"] = s.memory_limit
+        if shape["memory_limit"] is not None:
+            worker_kwargs["memory_limit"] = shape["memory_limit"]
         env = _tls_env(security) if security is not None else {}
         worker = {
             "cls": FreshWorker,
@@ -316,7 +349,7 @@ class ClusterHandle:
         cluster = None
         try:
             cluster = SpecCluster(
-                workers={i: worker for i in range(s.n_workers)},
+                workers={i: worker for i in range(shape["workers"])},
                 scheduler=scheduler,
                 worker=worker,
                 security=security,
@@ -324,7 +357,10 @@ class ClusterHandle:
                 name="xlib-pipeline-local",
             )
             client = Client(cluster, security=security, set_as_default=False)
-            client.wait_for_workers(s.n_workers, timeout=timeout)
+            client.wait_for_workers(shape["workers"], timeout=timeout)
+            if shape["adaptive"] is not None:
+                low, high = shape["adaptive"]
+                cluster.adapt(minimum=low, maximum=high)
         except Exception as exc:
             if cluster is not None:
                 try:
@@ -332,7 +368,7 @@ class ClusterHandle:
                 except Exception:
                     pass
             raise ClusterStartError(
-                f"the local Dask cluster ({s.n_workers} worker process(es)) did not start "
+                f"the local Dask cluster ({shape['workers']} worker process(es)) did not start "
                 f"within {timeout:g}s: {type(exc).__name__}: {exc}"
             ) from exc
         return cluster, client

@@ -70,7 +70,9 @@ class DaskPlugin:
                 convert=settings_section,
                 doc="Dask cluster: {address, n_workers, threads_per_worker, worker_class, "
                 "memory_limit, security, lanes, scope, startup_timeout, death_timeout, "
-                "dashboard}. No address: a local cluster of fresh worker processes.",
+                "dashboard, minimum_workers, maximum_workers}. No address: a local cluster of "
+                "fresh worker processes (adaptive between minimum_workers and maximum_workers "
+                "with auto_scaling: true).",
             ),
             ConfigKey(
                 name="distributed_mode",
@@ -139,8 +141,14 @@ class DaskPlugin:
         self.mode = bool(config.get("distributed_mode", False))
         self.cluster_type = config.get("cluster_type", "local") or "local"
         eit = _raw_get(config.raw, "security.encryption_in_transit")
+        # auto_scaling and resource_management belong to the kubernetes plugin (they shape
+        # the rendered deployment); read by value, they also shape the local cluster.
         self.handle = ClusterHandle(
-            self.settings, cluster_type=self.cluster_type, encryption_in_transit=eit is True
+            self.settings,
+            cluster_type=self.cluster_type,
+            encryption_in_transit=eit is True,
+            auto_scaling=_raw_get(config.raw, "auto_scaling") is True,
+            resource_management=config.get("resource_management"),
         )
 
     @hookimpl

@@ -116,6 +116,12 @@ class DaskSettings:
     startup_timeout: float = 60.0
     death_timeout: float = 60.0
     dashboard: bool = False
+    #: Bounds of adaptive scaling (config ``auto_scaling: true``) of the local cluster.
+    minimum_workers: int = 1
+    maximum_workers: int | None = None
+
+
+_COUNT_KEYS = ("n_workers", "threads_per_worker", "lanes", "minimum_workers", "maximum_workers")
 
 
 def settings_section(value: Any) -> DaskSettings:
@@ -132,7 +138,13 @@ def settings_section(value: Any) -> DaskSettings:
             continue
         if key == "address":
             kw[key] = check_address(item)
-        elif key in ("n_workers", "threads_per_worker", "lanes"):
+        elif key in (
+            "n_workers",
+            "threads_per_worker",
+            "lanes",
+            "minimum_workers",
+            "maximum_workers",
+        ):
             kw[key] = _pos_int(key, item)
         elif key in ("startup_timeout", "death_timeout"):
             kw[key] = _pos_float(key, item)
@@ -150,6 +162,11 @@ def settings_section(value: Any) -> DaskSettings:
             kw[key] = item
         elif key == "security":
             kw[key] = check_security(item)
+    low, high = kw.get("minimum_workers", 1), kw.get("maximum_workers")
+    if high is not None and high < low:
+        raise ValueError(
+            f"distributed.maximum_workers ({high}) is below distributed.minimum_workers ({low})"
+        )
     return DaskSettings(**kw)
 
 
