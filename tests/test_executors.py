@@ -262,3 +262,28 @@ class TestLocalExecutors:
         p.add_task("t", lambda: 1)
         with pytest.raises(ValueError, match=r"'procesess'.*did you mean 'processes'"):
             manager.execute_pipeline(p, executor="procesess")
+
+
+def test_decorated_module_function_pickles_by_reference(tmp_path, monkeypatch):
+    """@pipeline.task returns a wrapper to user code (direct calls can be observed), yet the
+    task's own function still pickles by reference for worker processes."""
+    import importlib
+    import pickle as std_pickle
+
+    import cloudpickle
+
+    (tmp_path / "xlib_byref_mod.py").write_text(
+        "from xlib_pipeline import Pipeline\n"
+        "p = Pipeline('byref')\n"
+        "@p.task('step')\n"
+        "def step():\n"
+        "    return 7\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("xlib_byref_mod")
+    fn = mod.p["step"].fn
+    assert fn is mod.step.__wrapped__
+    data = cloudpickle.dumps(fn)
+    assert b"xlib_byref_mod" in data and len(data) < 200  # a reference, not the code
+    assert std_pickle.loads(data) is fn
+    assert mod.step() == 7

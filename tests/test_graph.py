@@ -146,7 +146,7 @@ class TestDuplicates:
 
         assert info.value.task == "step"
         assert "'step'" in str(info.value) and "'dups'" in str(info.value)
-        assert len(p) == 1 and p["step"].fn is first
+        assert len(p) == 1 and p["step"].fn is first.__wrapped__  # the undecorated function
 
     def test_duplicate_dependency_entry(self):
         """A depends_on list naming a task twice is a definition error naming the task."""

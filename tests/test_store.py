@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import xlib_pipeline
 from xlib_pipeline import (
     PayloadRef,
     Pipeline,
@@ -288,9 +289,12 @@ class TestBadFiles:
         assert other.read_bytes() == before
 
     def test_bad_store_config_names_the_key(self) -> None:
-        """A store section without a path is a config error naming 'store'."""
-        with pytest.raises(Exception, match="store"):
-            PipelineManager({"store": {"batch_ms": 5}}, entry_points=False)
+        """A bad store section is a config error naming 'store' and the bad key; a section
+        without a path means the embedded default file."""
+        with pytest.raises(xlib_pipeline.ConfigError, match=r"store.*'pth'"):
+            PipelineManager({"store": {"pth": "runs.sqlite"}}, entry_points=False)
+        with PipelineManager({"store": {"batch_ms": 5}}, entry_points=False) as pm:
+            assert pm.store is not None and pm.store.path.name == "runs.sqlite"
 
     def test_integrity_after_runs(self, tmp_path: Path) -> None:
         """The store passes SQLite's integrity check after several runs."""

@@ -44,7 +44,7 @@ from ._records import (
     TaskOutcome,
 )
 from ._results import PipelineResult, TaskResult
-from ._task import Pipeline, Task, task_options, with_options
+from ._task import CallObserver, Pipeline, Task, observe_direct_calls, task_options, with_options
 from .exceptions import (
     ArityError,
     ComplianceError,
@@ -82,6 +82,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENCRYPTED_MAGIC",
     "ArityError",
+    "CallObserver",
     "CliCommand",
     "ComplianceError",
     "ConditionError",
@@ -141,6 +142,7 @@ __all__ = [
     "data_dir",
     "hookimpl",
     "is_async_callable",
+    "observe_direct_calls",
     "one_of",
     "plan",
     "read_mapping_file",

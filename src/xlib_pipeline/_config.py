@@ -234,12 +234,11 @@ def expand_compliance_mode(raw: Mapping[str, Any], keys: Mapping[str, ConfigKey]
     if out.get("compliance_mode") is not True:
         return out
     for key, value, plugin, what, section in COMPLIANCE_SET:
-        if out.get(section) is False or (
-            isinstance(out.get(section), Mapping) and out[section].get("enabled") is False
-        ):
+        off = out.get(section) is False
+        if off or (isinstance(out.get(section), Mapping) and out[section].get("enabled") is False):
+            said = f"{section}: false" if off else f"{section}.enabled: false"
             raise ConfigError(
-                f"compliance_mode: true turns on {what}, but config says {section}: off; "
-                "drop one of them",
+                f"compliance_mode: true turns on {what}, but config says {said}; drop one of them",
                 key=section,
             )
         if key not in keys:

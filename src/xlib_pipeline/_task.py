@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import threading
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -160,6 +162,100 @@ def with_options(
     return wrapped  # type: ignore[return-value]
 
 
+class CallObserver(Protocol):
+    """Sees direct calls of task functions (calls made by user code, not by a run).
+
+    ``begin`` is called before the function runs and returns a token; ``end`` gets that
+    token and either the result or the exception. Register with
+    :func:`observe_direct_calls`; the audit plugin does under ``audit_everything: true``.
+    """
+
+    def begin(
+        self, pipeline: str, task: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> Any: ...
+
+    def end(self, token: Any, result: Any, error: BaseException | None) -> None: ...
+
+
+_observers: tuple[CallObserver, ...] = ()
+_observers_lock = threading.Lock()
+
+
+def observe_direct_calls(observer: CallObserver) -> Callable[[], None]:
+    """Have ``observer`` see every direct call of a function decorated with
+    ``@pipeline.task``; returns a function that stops it. Calls made by runs (the scheduler
+    calls the undecorated function) are not direct calls."""
+    global _observers
+    with _observers_lock:
+        _observers = (*_observers, observer)
+
+    def remove() -> None:
+        global _observers
+        with _observers_lock:
+            _observers = tuple(o for o in _observers if o is not observer)
+
+    return remove
+
+
+def _begin(pipeline: str, task: Task, fn: Any, args: Any, kwargs: Any) -> list[Any]:
+    return [(o, o.begin(pipeline, task.name, fn, args, kwargs)) for o in _observers]
+
+
+def _end(tokens: list[Any], result: Any, error: BaseException | None) -> None:
+    for observer, token in tokens:
+        observer.end(token, result, error)
+
+
+def _direct_calls(fn: F, pipeline: str, task: Task) -> F:
+    """What ``@pipeline.task`` returns: ``fn`` itself to the scheduler (the task keeps the
+    original), and to user code a wrapper that lets :func:`observe_direct_calls` observers
+    see direct calls (a plain call when there are none)."""
+    if not isinstance(fn, types.FunctionType) and not hasattr(fn, TASK_FN_ATTR):
+        return fn  # callable objects, partials, builtins: returned as given
+    inner = fn
+
+    if task.is_async:
+
+        async def direct_async(*args: Any, **kwargs: Any) -> Any:
+            if not _observers:
+                return await inner(*args, **kwargs)
+            tokens = _begin(pipeline, task, inner, args, kwargs)
+            try:
+                out = await inner(*args, **kwargs)
+            except BaseException as exc:
+                _end(tokens, None, exc)
+                raise
+            _end(tokens, out, None)
+            return out
+
+        wrapper: Any = direct_async
+    else:
+
+        def direct(*args: Any, **kwargs: Any) -> Any:
+            if not _observers:
+                return inner(*args, **kwargs)
+            tokens = _begin(pipeline, task, inner, args, kwargs)
+            try:
+                out = inner(*args, **kwargs)
+            except BaseException as exc:
+                _end(tokens, None, exc)
+                raise
+            _end(tokens, out, None)
+            return out
+
+        wrapper = direct
+    functools.update_wrapper(wrapper, fn)
+    if not hasattr(wrapper, TASK_FN_ATTR):
+        setattr(wrapper, TASK_FN_ATTR, task.fn)
+    # Pickling by reference (worker processes, Dask) looks the task's function up by its
+    # qualified name, which now finds this wrapper: point the name through it.
+    original = task.fn
+    qual = getattr(original, "__qualname__", "")
+    if isinstance(original, types.FunctionType) and "<locals>" not in qual and original is fn:
+        original.__qualname__ = qual + ".__wrapped__"
+    return wrapper  # type: ignore[no-any-return]
+
+
 def _identity_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -206,7 +302,7 @@ class Pipeline:
             )
 
         def decorator(fn: F) -> F:
-            self.add_task(
+            task = self.add_task(
                 name or getattr(fn, "__name__", None) or repr(fn),
                 fn,
                 depends_on=depends_on,
@@ -214,7 +310,7 @@ class Pipeline:
                 merge_strategy=merge_strategy,
                 **options,
             )
-            return fn
+            return _direct_calls(fn, self.name, task)
 
         return decorator
 

@@ -211,6 +211,49 @@ class TestDirectCalls:
         pm.close()
         assert verify(path).ok
 
+    def test_audit_everything_records_direct_calls_of_every_task_function(self, tmp_path):
+        """audit_everything: calling any @pipeline.task function directly is audited once
+        (pm.audit_log functions are not recorded twice); calls made by a run are not
+        direct calls; after close nothing more is recorded."""
+        path = tmp_path / "a.jsonl"
+        pm = _pm({"audit": {"path": str(path)}, "audit_everything": True})
+        p = Pipeline("direct")
+
+        @p.task("double")
+        def double(x=2):
+            return x * 2
+
+        @p.task("labelled")
+        @pm.audit_log(operation="label")
+        def labelled():
+            return 1
+
+        @p.task("broken")
+        def broken():
+            raise ValueError(MARKER)
+
+        assert double(21) == 42 and labelled() == 1
+        with pytest.raises(ValueError):
+            broken()
+        calls = [(r["action"], r.get("task"), r["outcome"]) for r in read(path)]
+        assert calls == [
+            ("call.started", "double", "started"),
+            ("call.finished", "double", "succeeded"),
+            ("call.started", None, "started"),
+            ("call.finished", None, "succeeded"),
+            ("call.started", "broken", "started"),
+            ("call.finished", "broken", "failed"),
+        ]
+        before = len(calls)
+        result = pm.execute_pipeline(p)
+        assert result.tasks["double"].output == 4
+        assert not [r for r in list(read(path))[before:] if r["action"].startswith("call.")]
+        pm.close()
+        double(1)
+        assert not [r for r in list(read(path))[before:] if r["action"].startswith("call.")]
+        assert MARKER not in path.read_text()
+        assert verify(path).ok
+
     def test_decorator_without_audit_config_uses_defaults(self, _audit_home):
         """pm.audit_log with no audit config is never ignored: the default trail records it."""
         pm = _pm({})
@@ -247,7 +290,7 @@ class TestDirectCalls:
 
 
 class TestConfig:
-    @pytest.mark.parametrize("flag", ["audit_logging", "audit_everything", "compliance_mode"])
+    @pytest.mark.parametrize("flag", ["audit_logging", "audit_everything"])
     def test_flags_turn_audit_on_with_defaults(self, flag, _audit_home):
         """Each guide flag enables the trail at data_dir()/audit.jsonl with fsync batch."""
         pm = _pm({flag: True})
@@ -258,6 +301,14 @@ class TestConfig:
         p.add_task("a", lambda: 1)
         pm.execute_pipeline(p)
         assert verify(plugin.path).ok
+
+    def test_compliance_mode_needs_the_whole_set(self, _audit_home):
+        """compliance_mode turns on more than audit: with only audit here it refuses by name."""
+        from xlib_pipeline import MissingPluginConfigError
+
+        with pytest.raises(MissingPluginConfigError) as info:
+            _pm({"compliance_mode": True})
+        assert "compliance_mode" in str(info.value) and "xlib-pipeline-" in str(info.value)
 
     def test_inert_without_keys(self, _audit_home):
         """No audit key: no hooks on the task path, no file, path is None."""

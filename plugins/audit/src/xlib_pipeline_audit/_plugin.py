@@ -24,6 +24,8 @@ from xlib_pipeline import (
     TaskOption,
     data_dir,
     hookimpl,
+    observe_direct_calls,
+    task_options,
     with_options,
 )
 
@@ -386,6 +388,36 @@ class _Recorder:
         self._plugin.writer().append(rec)
 
 
+class _DirectCalls:
+    """``audit_everything``: audit direct calls of every ``@pipeline.task`` function."""
+
+    def __init__(self, plugin: AuditPlugin) -> None:
+        self.plugin = plugin
+
+    def begin(
+        self, pipeline: str, task: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> Any:
+        if not self.plugin.enabled or getattr(fn, "__xlib_audited__", False):
+            return None  # off, or pm.audit_log already audits this function's calls
+        options = task_options(fn)
+        label = options.get("audit") or {}
+        function = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        return self.plugin.call_started(
+            function.removesuffix(".__wrapped__"),
+            options.get("tenant_id"),
+            label.get("operation"),
+            label.get("digests"),
+            args,
+            kwargs,
+            pipeline=pipeline,
+            task=task,
+        )
+
+    def end(self, token: Any, result: Any, error: BaseException | None) -> None:
+        if token is not None:
+            self.plugin.call_finished(token, result, error)
+
+
 class AuditPlugin:
     """Tamper-evident audit trail of every run, task attempt and audited call.
 
@@ -404,6 +436,7 @@ class AuditPlugin:
         self._trail: AuditTrail | None = None
         self._recorder: _Recorder | None = None
         self._manager: Any = None
+        self._stop_observing: Callable[[], None] | None = None
 
     # -- collectors -------------------------------------------------------------------------
 
@@ -497,9 +530,15 @@ class AuditPlugin:
         recorder = _Recorder(self)
         self._recorder = recorder
         manager.register(recorder, name="audit.recorder")
+        if config.get("audit_everything") and self._stop_observing is None:
+            # audit_everything: direct calls of every task function are audited too.
+            self._stop_observing = observe_direct_calls(_DirectCalls(self))
 
     @hookimpl
     def close(self, manager: Any) -> None:
+        stop, self._stop_observing = self._stop_observing, None
+        if stop is not None:
+            stop()
         trail, self._trail = self._trail, None
         if trail is not None:
             trail.release()
@@ -586,6 +625,7 @@ class AuditPlugin:
                         inner, args, kwargs, function, tenant_id, operation, digests
                     )
 
+                audited.__xlib_audited__ = True  # type: ignore[attr-defined]
                 return audited
 
             return with_options(fn, options, call_wrapper=call_wrapper)
@@ -602,14 +642,36 @@ class AuditPlugin:
         operation: str | None,
         digests: bool | None,
     ) -> Any:
+        state = self.call_started(function, tenant, operation, digests, args, kwargs)
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.call_finished(state, None, exc)
+            raise
+        self.call_finished(state, out, None)
+        return out
+
+    def call_started(
+        self,
+        function: str,
+        tenant: str | None,
+        operation: str | None,
+        digests: bool | None,
+        args: tuple[Any, ...],
+        kwargs: Any,
+        *,
+        pipeline: str | None = None,
+        task: str | None = None,
+    ) -> tuple[dict[str, Any], bool, float]:
+        """Write (and flush) the ``call.started`` record of a direct call."""
         trail = self.writer()
         use_digests = self.settings.digests if digests is None else digests
         base = {
             "actor": self.actor,
             "tenant": tenant,
-            "pipeline": None,
+            "pipeline": pipeline,
             "run_id": None,
-            "task": None,
+            "task": task,
             "function": function,
             "error_class": None,
         }
@@ -620,31 +682,24 @@ class AuditPlugin:
             start["input_digest"] = digest((args, kwargs), self.key)
         trail.append(start)
         trail.flush()  # a direct call is written before it runs, like a one-task run
-        t0 = time.perf_counter()
-        try:
-            out = fn(*args, **kwargs)
-        except BaseException as exc:
-            trail.append(
-                {
-                    **base,
-                    "ts": now_iso(),
-                    "action": "call.finished",
-                    "outcome": "failed",
-                    "error_class": error_class(exc),
-                    "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
-                }
-            )
-            trail.sync()
-            raise
-        end = {
+        return base, use_digests, time.perf_counter()
+
+    def call_finished(
+        self, state: tuple[dict[str, Any], bool, float], out: Any, exc: BaseException | None
+    ) -> None:
+        """Write (and sync) the ``call.finished`` record of a direct call."""
+        base, use_digests, t0 = state
+        end: dict[str, Any] = {
             **base,
             "ts": now_iso(),
             "action": "call.finished",
-            "outcome": "succeeded",
+            "outcome": "failed" if exc is not None else "succeeded",
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
-        if use_digests:
+        if exc is not None:
+            end["error_class"] = error_class(exc)
+        elif use_digests:
             end["output_digest"] = digest(out, self.key)
+        trail = self.writer()
         trail.append(end)
         trail.sync()  # and synced when it ends, as a run is
-        return out
