@@ -104,6 +104,32 @@ class TestEnterpriseWorkflows:
         assert out.count("Encrypted: True") == 3
         assert "failed" not in out
 
+    def test_multi_tenant_in_an_empty_folder_leaves_only_ciphertext(self, tmp_path, monkeypatch):
+        """Example 3, unchanged, in an empty folder: encryption at rest with no store
+        configured records the runs in the embedded default store, every output encrypted
+        under a 0600 key file, and no plaintext of any output in the store's files."""
+        import sqlite3
+        import stat
+
+        needs("xlib_pipeline_tenancy", "xlib_pipeline_audit", "xlib_pipeline_encryption")
+        keys = tmp_path / "keys"
+        monkeypatch.setenv("XLIB_PIPELINE_KEYS_DIR", str(keys))
+        run_script(after_block_one(3), tmp_path)
+        store = tmp_path / "home" / "runs.sqlite"
+        assert store.is_file(), "no run store was created"
+        with sqlite3.connect(store) as conn:
+            runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+            outputs = [r[0] for r in conn.execute("SELECT output FROM tasks")]
+        assert runs == 3
+        assert outputs and all(o is not None and bytes(o).startswith(b"XLPENC") for o in outputs)
+        key_files = [f for f in keys.rglob("*") if f.is_file()]
+        assert key_files
+        for f in key_files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        raw = b"".join(f.read_bytes() for f in store.parent.glob("runs.sqlite*"))
+        for plaintext in (b"data_categories", b"records_processed", b"access_granted"):
+            assert plaintext not in raw, plaintext
+
     def test_compliance(self, tmp_path):
         """Example 4: the compliance pipeline completes with every validation passed."""
         needs("xlib_pipeline_audit", "xlib_pipeline_lineage", "xlib_pipeline_classification")
