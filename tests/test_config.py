@@ -296,3 +296,31 @@ class TestRunOptions:
         with pytest.raises(MissingPluginError) as info:
             manager.execute_pipeline(_threads_pipeline(), **{option: "x"})
         assert info.value.package == package and option in str(info.value)
+
+
+class TestComplianceMode:
+    def test_turns_on_the_whole_set_with_embedded_defaults(self, tmp_path, monkeypatch):
+        """compliance_mode: store, audit, lineage, classification with PII detection and
+        encryption at rest, each from its embedded default; keys the user set win."""
+        import importlib.util
+
+        plugins = ("audit", "lineage", "classification", "encryption")
+        missing = [n for n in plugins if importlib.util.find_spec(f"xlib_pipeline_{n}") is None]
+        if missing:
+            pytest.skip(f"needs the plugins {missing} (installed by `nox -s tests`)")
+        monkeypatch.setenv("XLIB_PIPELINE_KEYS_DIR", str(tmp_path / "keys"))
+        with PipelineManager({"compliance_mode": True}) as pm:
+            c = pm.config
+            assert c.get("audit_logging") and c.get("data_lineage")
+            assert c.get("security_scanning") and c.get("security.encryption_at_rest")
+            assert pm.store is not None
+            for name in plugins:
+                assert pm.is_active(name), name
+        with PipelineManager(
+            {"compliance_mode": True, "store": {"path": str(tmp_path / "mine.sqlite")}}
+        ) as pm:
+            assert pm.store is not None and pm.store.path == tmp_path / "mine.sqlite"
+
+    def test_is_a_real_boolean(self):
+        with pytest.raises(ConfigError, match="compliance_mode"):
+            PipelineManager({"compliance_mode": "yes"}, entry_points=False)

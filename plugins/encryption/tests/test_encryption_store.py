@@ -172,3 +172,61 @@ class TestCli:
         material = [k["key"] for k in json.loads(keyfile.read_text())["keys"]]
         out = capsys.readouterr()
         assert not any(m in out.out + out.err for m in material)
+
+
+class TestNoStoreConfigured:
+    """Encryption at rest never does nothing silently: no store means the default store."""
+
+    def _run(self, pm):
+        p = Pipeline("no-store")
+
+        @p.task("secret")
+        def secret():
+            return {"note": MARKER}
+
+        result = pm.execute_pipeline(p)
+        assert result.success, result.error
+        return result
+
+    def test_at_rest_without_store_uses_the_embedded_default(self, tmp_path):
+        with PipelineManager({"security": {"encryption_at_rest": True}}) as pm:
+            self._run(pm)
+            path = pm.store.path
+        assert path == tmp_path / "home" / "runs.sqlite"
+        with sqlite3.connect(path) as conn:
+            (blob,) = conn.execute("SELECT output FROM tasks WHERE task = 'secret'").fetchone()
+        assert bytes(blob).startswith(ENCRYPTED_MAGIC)
+        raw = b"".join(f.read_bytes() for f in path.parent.glob("runs.sqlite*"))
+        assert MARKER.encode() not in raw
+        (key,) = (tmp_path / "keys").glob("*.json")
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+    def test_encrypt_data_without_store_uses_the_embedded_default(self, tmp_path):
+        with PipelineManager() as pm:
+            p = Pipeline("marked")
+
+            @p.task("secret")
+            @pm.encrypt_data(tenant_id="acme")
+            def secret():
+                return {"note": MARKER}
+
+            assert pm.execute_pipeline(p).success
+            assert pm.store is not None
+        raw = (tmp_path / "home" / "runs.sqlite").read_bytes()
+        assert MARKER.encode() not in raw
+
+    def test_store_false_warns_once_naming_the_key(self):
+        import warnings
+
+        from xlib_pipeline import SettingWithoutEffectWarning
+
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with PipelineManager({"security": {"encryption_at_rest": True}, "store": False}) as pm:
+                self._run(pm)
+                self._run(pm)
+                assert pm.store is None
+        ours = [x for x in w if x.category is SettingWithoutEffectWarning]
+        assert len(ours) == 1
+        assert "security.encryption_at_rest" in str(ours[0].message)
+        assert "store: false" in str(ours[0].message)

@@ -189,3 +189,19 @@ def test_run_limits_with_isolation_none_are_refused():
     with PipelineManager() as manager, pytest.raises(ConfigError) as info:
         manager.execute_pipeline(p, isolation_mode="none", resource_limits={"cpu_cores": 1})
     assert "resource_limits" in str(info.value) and "isolation_mode='none'" in str(info.value)
+
+
+def test_async_task_runs_to_completion_in_its_tenant_worker(pm):
+    """An async def task of an isolated tenant is awaited inside the tenant's worker."""
+    import asyncio
+
+    p = Pipeline("async-tenant")
+
+    @p.task("fetch", tenant_id="acme")
+    async def fetch():
+        await asyncio.sleep(0.01)
+        return os.getpid()
+
+    result = pm.execute_pipeline(p, isolation_mode="tenant")
+    assert result.success, result.error
+    assert isinstance(result.final_result, int) and result.final_result != os.getpid()
