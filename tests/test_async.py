@@ -377,3 +377,35 @@ def test_ctrl_c_cancels_running_coroutines_after_the_grace(tmp_path, mode: str) 
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.split() == ["cancelled", "cancelled", "cancelled", "['cancelled']"], out + err
+
+
+def test_the_store_records_and_resumes_awaited_values(tmp_path) -> None:
+    """Stored outputs of coroutine tasks are the awaited values; resume reuses them."""
+    calls: list[str] = []
+    flag = tmp_path / "ok"
+    p = Pipeline("stored-async")
+
+    @p.task("fetch")
+    async def fetch() -> dict[str, int]:
+        calls.append("fetch")
+        await asyncio.sleep(0)
+        return {"rows": 3}
+
+    @p.task("load", depends_on=["fetch"])
+    async def load(data: dict[str, int]) -> int:
+        calls.append("load")
+        if not flag.exists():
+            raise RuntimeError("target down")
+        return data["rows"]
+
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}}
+    with isolated_manager(config) as pm:
+        first = pm.execute_pipeline(p)
+        assert first.failed_task == "load"
+        _, tasks = pm.read_run(first.run_id)
+        assert tasks["fetch"].status == "succeeded"
+        flag.touch()
+        calls.clear()
+        second = pm.execute_pipeline(p, resume=first.run_id)
+    assert second.success and second.final_result == 3
+    assert calls == ["load"]  # fetch's stored (awaited) output was reused
