@@ -60,4 +60,6 @@ def test_guide_kubernetes_block_runs_on_dask(tmp_path):
     _, source, address, workers, _pid = line.split()
     assert source == "local" and address.startswith("tcp://127.0.0.1:")
     assert int(workers) == 2
-    assert "starting a local cluster instead" in err
+    # The fallback is visible: a SettingWithoutEffectWarning saying how to reach a real cluster.
+    assert "SettingWithoutEffectWarning" in err and "a local Dask cluster" in err
+    assert "distributed.address" in err
