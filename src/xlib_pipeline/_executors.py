@@ -196,6 +196,8 @@ class WorkerPool:
     #: First CPU (index into the allowed set) this pool's workers are pinned from, so
     #: pools limited to few cores spread over the machine instead of all taking core 0.
     core_start: int = 0
+    #: The one tenant whose tasks this pool's processes run (``None``: tenant-less tasks).
+    tenant: str | None = None
     _idle: list[WorkerProcess] = attrs.field(factory=list)
     _all: list[WorkerProcess] = attrs.field(factory=list)
     _busy: int = 0
@@ -253,15 +255,17 @@ class ProcessExecutor:
     """Runs each task in a warm worker process (fresh interpreters, tasks sent by value).
 
     Functions, arguments and results must be picklable by cloudpickle; closures and code
-    defined in ``__main__`` are. Pools are keyed by ``Isolation.pool`` so each tenant gets
-    its own processes and limits. A task past its ``timeout`` has its worker killed.
+    defined in ``__main__`` are. Pools are keyed by the tuple ``(tenant, Isolation.pool,
+    limits)``: a worker process serves exactly one tenant for its whole life, whatever a
+    plugin names its pool, and one set of limits. A task past its ``timeout`` has its
+    worker killed.
     """
 
     name = "processes"
 
     def __init__(self, manager: Any) -> None:
         self._max = manager.config.core.max_workers
-        self._pools: dict[str, WorkerPool] = {}
+        self._pools: dict[tuple[Any, ...], WorkerPool] = {}
         self._next_core = 0
         self._lock = threading.Lock()
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
@@ -273,13 +277,18 @@ class ProcessExecutor:
 
     def pool(self, isolation: Isolation | None) -> WorkerPool:
         """The pool serving ``isolation`` (created on first use)."""
-        key = isolation.pool if isolation and isolation.pool else "default"
+        key = pool_key(isolation)
         limits = isolation.limits if isolation else ResourceLimits()
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
                 size = limits.cpu_cores or self._max
-                pool = WorkerPool(limits=limits, size=max(1, size), core_start=self._next_core)
+                pool = WorkerPool(
+                    limits=limits,
+                    size=max(1, size),
+                    core_start=self._next_core,
+                    tenant=isolation.tenant if isolation else None,
+                )
                 if limits.cpu_cores:
                     self._next_core += limits.cpu_cores
                 self._pools[key] = pool
@@ -370,6 +379,12 @@ class ProcessExecutor:
         finally:
             pool.release(worker, healthy=healthy)
 
+    def pool_pids(self) -> dict[tuple[Any, ...], list[int]]:
+        """PIDs of live worker processes by pool key ``(tenant, pool, limits)``."""
+        with self._lock:
+            pools = list(self._pools.items())
+        return {k: p.pids() for k, p in pools}
+
     def worker_pids(self) -> list[int]:
         """PIDs of every live worker process (for tests and monitoring)."""
         with self._lock:
@@ -381,6 +396,17 @@ class ProcessExecutor:
             pools, self._pools = list(self._pools.values()), {}
         for p in pools:
             p.close()
+
+
+def pool_key(isolation: Isolation | None) -> tuple[Any, ...]:
+    """The identity of the worker pool serving ``isolation``: ``(tenant, pool, limits)``.
+
+    A structured key, never a joined string, so no tenant name can collide with another
+    tenant's pool; the tenant is always part of it, whatever ``Isolation.pool`` holds.
+    """
+    if isolation is None:
+        return (None, None, ResourceLimits())
+    return (isolation.tenant, isolation.pool, isolation.limits)
 
 
 def _fmt_bytes(n: int) -> str:

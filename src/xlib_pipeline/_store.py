@@ -113,12 +113,22 @@ def store_section(value: Any) -> dict[str, Any] | None:
     sync = value.get("synchronous", "normal")
     if sync not in ("normal", "full"):
         raise ValueError(f"'synchronous' must be 'normal' or 'full', got {sync!r}")
+    from ._config import boolean, number
+
+    batch_ms = number(minimum=0, maximum=60_000, what="'batch_ms'")(value.get("batch_ms", 50))
+    batch_size = number(minimum=1, maximum=1_000_000, integer=True, what="'batch_size'")(
+        value.get("batch_size", 500)
+    )
+    try:
+        record = boolean(value.get("record_outputs", True))
+    except ValueError as exc:
+        raise ValueError(f"'record_outputs': {exc}") from None
     return {
         "path": str(value["path"]),
-        "batch_ms": float(value.get("batch_ms", 50)),
-        "batch_size": int(value.get("batch_size", 500)),
+        "batch_ms": batch_ms,
+        "batch_size": batch_size,
         "synchronous": sync,
-        "record_outputs": bool(value.get("record_outputs", True)),
+        "record_outputs": record,
     }
 
 
@@ -233,6 +243,12 @@ class RunStore:
         synchronous: str = "normal",
         create: bool = True,
     ) -> None:
+        from ._config import number
+
+        batch_ms = number(minimum=0, maximum=60_000, what="batch_ms")(batch_ms)
+        batch_size = number(minimum=1, maximum=1_000_000, integer=True, what="batch_size")(
+            batch_size
+        )
         self.path = Path(path)
         self.batch_s = batch_ms / 1000.0
         self.batch_size = batch_size
@@ -327,7 +343,7 @@ class RunStore:
                     with conn:
                         for sql, rows in groups.items():
                             conn.executemany(sql, rows)
-                except sqlite3.Error as exc:  # keep going; report at the next flush
+                except Exception as exc:  # keep going; report at the next flush
                     self._error = exc
             for w in waiters:
                 w.set()

@@ -20,6 +20,7 @@ from xlib_pipeline import (
     SecurityError,
     TaskOption,
     boolean,
+    check_tenant_id,
     data_dir,
     hookimpl,
     with_options,
@@ -314,10 +315,11 @@ def encrypt_data(
 ) -> Any:
     """``pm.encrypt_data(tenant_id=...)``: store the task's output encrypted under the
     tenant's data key. Stack it directly under ``@pipeline.task``."""
-    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
-        raise ConfigError(
-            f"pm.encrypt_data(tenant_id=...) needs a non-empty string, got {tenant_id!r}"
-        )
+    if tenant_id is not None:
+        try:
+            check_tenant_id(tenant_id, what="pm.encrypt_data(tenant_id=...)")
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="tenant_id") from exc
     options: dict[str, Any] = {"encrypt": True}
     if tenant_id is not None:
         options["tenant_id"] = tenant_id
