@@ -80,9 +80,9 @@ class AuditSettings:
 
 def _positive_int(name: str, value: Any, *, zero: bool = False) -> int:
     low = 0 if zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9:
         what = "a non-negative" if zero else "a positive"
-        raise ValueError(f"audit.{name} must be {what} integer, got {value!r}")
+        raise ValueError(f"audit.{name} must be {what} integer (at most 1e9), got {value!r}")
     return value
 
 
