@@ -15,6 +15,7 @@ failure may lose the last batches (use ``synchronous: "full"`` to make every com
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import queue
 import sqlite3
@@ -140,7 +141,13 @@ def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite
     if exists and path.is_dir():
         raise StoreError(f"run store {str(path)!r} is a directory, expected a file", path=str(path))
     if not exists:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"run store {str(path)!r}: cannot create its folder: {exc.strerror or exc}",
+                path=str(path),
+            ) from exc
     try:
         conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -148,7 +155,8 @@ def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise StoreError(
-            f"run store {str(path)!r} is not a valid SQLite database ({exc}); "
+            _access_problem(path)
+            or f"run store {str(path)!r} is not a valid SQLite database ({exc}); "
             "it was left untouched",
             path=str(path),
         ) from exc
@@ -177,9 +185,30 @@ def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreError(
-            f"run store {str(path)!r} is damaged ({exc}); it was left untouched", path=str(path)
+            _access_problem(path)
+            or f"run store {str(path)!r} is damaged ({exc}); it was left untouched",
+            path=str(path),
         ) from exc
     return conn
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be opened for writing, when the cause is access, not content."""
+    folder = path.parent
+    if path.exists() and not os.access(path, os.R_OK):
+        return f"run store {str(path)!r} is not readable by this user; it was left untouched"
+    if path.exists() and not os.access(path, os.W_OK):
+        return (
+            f"run store {str(path)!r} is read-only (file mode or a read-only file system); "
+            "it was left untouched"
+        )
+    if not os.access(folder, os.W_OK):
+        return (
+            f"run store {str(path)!r}: its folder {str(folder)!r} is not writable (read-only "
+            "file system or no permission); SQLite needs to create the journal files "
+            f"{path.name}-wal and {path.name}-shm beside it"
+        )
+    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -420,13 +449,19 @@ class RunStore:
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run ``run_id`` (a unique prefix is enough); StoreError when unknown."""
+        if not isinstance(run_id, str) or not run_id:
+            raise StoreError(f"expected a run id or its prefix, got {run_id!r}", path=str(self.path))
         with self._reading() as c:
-            rows = c.execute(
+            cols = (
                 "SELECT run_id, pipeline, fingerprint, structure, status, started, finished, "
                 "tenant, principal, params, config, source, executor, resumed_from, error "
-                "FROM runs WHERE run_id LIKE ? || '%' LIMIT 2",
-                (run_id,),
-            ).fetchall()
+                "FROM runs WHERE "
+            )
+            rows = c.execute(cols + "run_id = ?", (run_id,)).fetchall()
+            if not rows:  # a prefix: compared literally ('%' and '_' are not wildcards)
+                rows = c.execute(
+                    cols + "substr(run_id, 1, ?) = ? LIMIT 2", (len(run_id), run_id)
+                ).fetchall()
         if not rows:
             raise StoreError(
                 f"run {run_id!r} is not in the run store {str(self.path)!r}", path=str(self.path)
