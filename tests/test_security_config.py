@@ -42,7 +42,7 @@ def _finishes(fn: Any, seconds: float = 60.0) -> Any:
 def test_store_batch_ms_out_of_range_is_refused(tmp_path, batch_ms):
     """inf and 1e16 used to kill the writer thread (OverflowError) and hang the run."""
     config = {"store": {"path": str(tmp_path / "s.sqlite"), "batch_ms": batch_ms}}
-    with pytest.raises(ConfigError, match="'store'.*batch_ms") as info:
+    with pytest.raises(ConfigError, match=r"'store'.*batch_ms") as info:
         PipelineManager(config, entry_points=False)
     assert info.value.key == "store"
 
@@ -51,7 +51,7 @@ def test_store_batch_size_zero_and_string_booleans_are_refused(tmp_path):
     path = str(tmp_path / "s.sqlite")
     with pytest.raises(ConfigError, match="batch_size"):
         PipelineManager({"store": {"path": path, "batch_size": 0}}, entry_points=False)
-    with pytest.raises(ConfigError, match="record_outputs.*true or false"):
+    with pytest.raises(ConfigError, match=r"record_outputs.*true or false"):
         PipelineManager({"store": {"path": path, "record_outputs": "false"}}, entry_points=False)
 
 

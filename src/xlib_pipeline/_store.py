@@ -450,7 +450,9 @@ class RunStore:
     def get_run(self, run_id: str) -> RunRecord:
         """The run ``run_id`` (a unique prefix is enough); StoreError when unknown."""
         if not isinstance(run_id, str) or not run_id:
-            raise StoreError(f"expected a run id or its prefix, got {run_id!r}", path=str(self.path))
+            raise StoreError(
+                f"expected a run id or its prefix, got {run_id!r}", path=str(self.path)
+            )
         with self._reading() as c:
             cols = (
                 "SELECT run_id, pipeline, fingerprint, structure, status, started, finished, "

@@ -67,7 +67,7 @@ def test_run_tenant_outside_the_grammar_is_refused(pm):
 
 
 def test_declared_tenant_names_follow_the_grammar():
-    with pytest.raises(ConfigError, match="tenant name.*'acme:x'"):
+    with pytest.raises(ConfigError, match=r"tenant name.*'acme:x'"):
         PipelineManager({"tenancy": {"tenants": {"acme:x": {}}}})
 
 
@@ -151,7 +151,9 @@ def test_random_tenants_get_disjoint_worker_pids(tenants):
             p = Pipeline(f"round{round_}")
             for k, tenant in enumerate(tenants):
                 p.add_task(f"t{k}", os.getpid, tenant_id=tenant)
-            result = pm.execute_pipeline(p, isolation_mode="tenant", resource_limits={"cpu_cores": 1})
+            result = pm.execute_pipeline(
+                p, isolation_mode="tenant", resource_limits={"cpu_cores": 1}
+            )
             assert result.success
             for k, tenant in enumerate(tenants):
                 pids.setdefault(tenant, set()).add(result.tasks[f"t{k}"].output)

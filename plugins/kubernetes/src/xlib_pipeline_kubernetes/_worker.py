@@ -413,8 +413,7 @@ def run(args: argparse.Namespace) -> int:
         server = make_server(args.host, args.port, state)
     except OSError as exc:  # unknown host, port in use, no permission
         print(
-            f"xlib-pipeline worker: cannot serve on {args.host}:{args.port}: "
-            f"{exc.strerror or exc}",
+            f"xlib-pipeline worker: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 2

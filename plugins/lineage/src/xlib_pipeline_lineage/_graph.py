@@ -52,7 +52,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).splitlines())
 
 
-
 def to_mermaid(events: list[dict[str, Any]], run_id: str) -> str:
     """Render a run's lineage as a Mermaid flowchart: jobs and datasets are nodes.
 
