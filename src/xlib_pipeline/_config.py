@@ -93,9 +93,7 @@ def number(
 
 def seconds(*, positive: bool = False, what: str = "value") -> Callable[[Any], float]:
     """A converter for a duration: a finite number of seconds, at most :data:`MAX_SECONDS`."""
-    return number(
-        minimum=0.0, maximum=MAX_SECONDS, exclusive_minimum=positive, what=what
-    )
+    return number(minimum=0.0, maximum=MAX_SECONDS, exclusive_minimum=positive, what=what)
 
 
 def boolean(value: Any) -> bool:
