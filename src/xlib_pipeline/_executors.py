@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import cloudpickle
 
 from . import _worker
 from ._async import call_body
+from ._limits import TreeWatchdog, Watch
 from ._records import Isolation, ResourceLimits, RunContext
 from ._task import Task
 from .exceptions import (
@@ -210,8 +210,12 @@ class WorkerPool:
             while not self._idle and self._busy >= self.size:
                 self._cond.wait()
             self._busy += 1
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                w = self._idle.pop()
+                if w.alive():
+                    return w
+                self._all.remove(w)  # died while idle (killed from outside)
+                w.kill()
             offset = self.core_start + self._spawned
             self._spawned += 1
         try:
@@ -266,6 +270,7 @@ class ProcessExecutor:
     def __init__(self, manager: Any) -> None:
         self._max = manager.config.core.max_workers
         self._pools: dict[tuple[Any, ...], WorkerPool] = {}
+        self._watchdog: TreeWatchdog | None = TreeWatchdog() if TreeWatchdog.available() else None
         self._next_core = 0
         self._lock = threading.Lock()
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
@@ -336,13 +341,20 @@ class ProcessExecutor:
             timeout = limits.wall_seconds if timeout is None else min(timeout, limits.wall_seconds)
         worker = pool.acquire()
         healthy = False
+        tenant = isolation.tenant if isolation else None
+        watch = None
+        if limits.memory_bytes is not None and self._watchdog is not None:
+            watch = self._watchdog.watch(worker.pid, limits.memory_bytes)
         try:
             worker.send(key, fn_bytes, args, task.name, task.is_async)
-            deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 frame = worker.receive(timeout)
             except (EOFError, OSError):
                 frame = b""
+            if watch is not None:
+                self._watchdog.unwatch(watch)  # type: ignore[union-attr]
+                if watch.killed_at is not None:
+                    raise _tree_limit_error(task, tenant, limits, watch)
             if frame is None:
                 raise TaskTimeoutError(
                     f"task {task.name!r} timed out after {timeout:g}s; its worker process "
@@ -351,24 +363,7 @@ class ProcessExecutor:
                 )
             if frame == b"":
                 worker.proc.wait()
-                code = worker.proc.returncode
-                tenant = isolation.tenant if isolation else None
-                if limits.memory_bytes is not None:
-                    raise ResourceLimitExceeded(
-                        f"task {task.name!r}"
-                        + (f" of tenant {tenant!r}" if tenant else "")
-                        + f" was killed (exit {code}) past its memory limit of "
-                        f"{_fmt_bytes(limits.memory_bytes)}",
-                        task=task.name,
-                        tenant=tenant,
-                        limit="memory",
-                    )
-                raise WorkerLostError(
-                    f"task {task.name!r}: worker process pid {worker.pid} died "
-                    f"(exit code {code}) before answering",
-                    task=task.name,
-                )
-            del deadline
+                raise _lost_error(task, tenant, worker.pid, worker.proc.returncode)
             answer = pickle.loads(frame)
             if answer[0] == "ok":
                 healthy = True
@@ -377,6 +372,8 @@ class ProcessExecutor:
             healthy = stage != "memory"
             raise _rebuild(task, isolation, limits, stage, type_name, message, tb, blob)
         finally:
+            if watch is not None:
+                self._watchdog.unwatch(watch)  # type: ignore[union-attr]
             pool.release(worker, healthy=healthy)
 
     def pool_pids(self) -> dict[tuple[Any, ...], list[int]]:
@@ -407,6 +404,44 @@ def pool_key(isolation: Isolation | None) -> tuple[Any, ...]:
     if isolation is None:
         return (None, None, ResourceLimits())
     return (isolation.tenant, isolation.pool, isolation.limits)
+
+
+def _tree_limit_error(
+    task: Task, tenant: str | None, limits: ResourceLimits, watch: Watch
+) -> ResourceLimitExceeded:
+    assert watch.killed_at is not None and limits.memory_bytes is not None
+    used = watch.killed_at - watch.baseline
+    return ResourceLimitExceeded(
+        f"task {task.name!r}"
+        + (f" of tenant {tenant!r}" if tenant else "")
+        + f" exceeded its memory limit of {_fmt_bytes(limits.memory_bytes)}: its process "
+        f"tree (the worker and the processes it started) reached {_fmt_bytes(used)} "
+        "resident; the whole tree was killed",
+        task=task.name,
+        tenant=tenant,
+        limit="memory",
+    )
+
+
+def _lost_error(task: Task, tenant: str | None, pid: int, code: int | None) -> WorkerLostError:
+    """What happened to a worker that died before answering: its signal or exit code."""
+    who = f"task {task.name!r}" + (f" of tenant {tenant!r}" if tenant else "")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = f"was killed by {name}"
+        if -code == signal.SIGKILL:
+            why += " (sent by another process, or the kernel's out-of-memory killer)"
+        elif -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+            why += " (a crash in native code)"
+    else:
+        why = f"exited with code {code} (os._exit, or native code calling exit)"
+    return WorkerLostError(
+        f"{who}: its worker process (pid {pid}) {why} before answering",
+        task=task.name,
+    )
 
 
 def _fmt_bytes(n: int) -> str:
