@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._config import CORE_KEYS, seconds
+from ._config import CORE_KEYS, boolean, seconds
 from ._executors import LocalExecutor, ProcessExecutor
 from ._records import ConfigKey, ExecutorSpec, PayloadRef, TaskOption, check_tenant_id
 from .exceptions import MissingPluginError
@@ -38,6 +38,11 @@ class CorePlugin:
                 name="timeout",
                 convert=_timeout,
                 doc="Seconds a task may run; past it the task fails as timed out.",
+            ),
+            TaskOption(
+                name="freeze_inputs",
+                convert=boolean,
+                doc="Pass this task deep copies of its inputs (see config freeze_inputs).",
             ),
             TaskOption(
                 name="tenant_id",

@@ -248,6 +248,14 @@ CORE_KEYS = (
         "(keys you set yourself win). Refuses to start if one of those plugins is missing.",
     ),
     ConfigKey(
+        name="freeze_inputs",
+        convert=boolean,
+        default=False,
+        doc="Give every task its own deep copies of its inputs (threads executor: tasks "
+        "share objects otherwise, so a task mutating an input changes what siblings and "
+        "result.tasks see). The task option freeze_inputs= overrides it per task.",
+    ),
+    ConfigKey(
         name="cancel_grace_seconds",
         convert=seconds(what="cancel_grace_seconds"),
         default=10.0,
