@@ -362,7 +362,7 @@ class Run:
             try:
                 args = copy.deepcopy(args)
             except Exception as exc:
-                err = SerializationError(
+                copy_err = SerializationError(
                     f"task {task.name!r}: freeze_inputs could not copy its inputs "
                     f"(outputs of {', '.join(plan.names[p] for p in ps)}): "
                     f"{type(exc).__name__}: {exc}",
@@ -370,7 +370,7 @@ class Run:
                     cause=exc,
                 )
                 now = time.time()
-                return self._failed(i, task, err, _format(exc), now, now, 0)
+                return self._failed(i, task, copy_err, _format(exc), now, now, 0)
         cond = task.condition
         if cond is not None:
             try:
