@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import attrs
@@ -75,7 +76,11 @@ def kill_tree(procs: list[Any]) -> None:
 
 
 class TreeWatchdog:
-    """One daemon thread polling the process trees of running memory-limited tasks."""
+    """One daemon thread polling the process trees of running memory-limited tasks.
+
+    Per task it costs one RSS read of the worker (the baseline); trees are walked only by
+    the watchdog thread, every ``interval``, so a task shorter than that is never walked.
+    """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
@@ -83,6 +88,22 @@ class TreeWatchdog:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._procs: dict[int, Any] = {}  # pid -> psutil.Process, reused across tasks
+
+    def _rss(self, pid: int) -> int:
+        """The RSS of process ``pid`` alone (0 when it is gone)."""
+        import psutil
+
+        proc = self._procs.get(pid)
+        try:
+            if proc is None:
+                if len(self._procs) > 256:
+                    self._procs.clear()
+                proc = self._procs[pid] = psutil.Process(pid)
+            return int(proc.memory_info().rss)
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return 0
 
     @staticmethod
     def available() -> bool:
@@ -94,8 +115,9 @@ class TreeWatchdog:
         return True
 
     def watch(self, pid: int, limit: int) -> Watch:
-        """Start watching worker ``pid``: its tree may grow ``limit`` bytes past its size now."""
-        baseline = tree_rss(tree(pid))
+        """Start watching worker ``pid``: its tree may grow ``limit`` bytes past the worker's
+        size now (an idle worker has no children)."""
+        baseline = self._rss(pid)
         w = Watch(pid=pid, allowed=baseline + limit, limit=limit, baseline=baseline)
         with self._lock:
             self._watches[id(w)] = w
@@ -117,22 +139,28 @@ class TreeWatchdog:
         procs = tree(w.pid)
         rss = tree_rss(procs)
         w.peak = max(w.peak, rss)
-        if rss > w.allowed and w.killed_at is None:
-            w.killed_at = rss
-            kill_tree(procs)
+        if rss <= w.allowed:
+            return
+        # Kill under the lock, and only a tree still watched: once unwatch() returned, the
+        # worker may serve another task, and nothing here may touch it.
+        with self._lock:
+            if id(w) in self._watches and w.killed_at is None:
+                w.killed_at = rss
+                kill_tree(procs)
 
     def _loop(self) -> None:
         # A daemon thread that sleeps on the condition while nothing is watched: it costs
         # nothing between limited tasks, and a closed executor's watchdog simply idles.
+        # It sleeps ``interval`` before each round, so short tasks are never walked.
         while True:
             with self._lock:
                 while not self._watches:
                     self._wake.wait()
+            time.sleep(self.interval)
+            with self._lock:
                 watches = list(self._watches.values())
             for w in watches:
                 try:
                     self.check(w)
                 except Exception:  # pragma: no cover - psutil race; next round retries
                     pass
-            with self._lock:
-                self._wake.wait(self.interval)

@@ -101,6 +101,8 @@ def verify(
             reason=reason,
         )
 
+    used_default = False  # the key came from the default key file, not the caller
+
     # The head first: it says whether the trail is keyed.
     head_doc: dict[str, Any] | None = None
     head_problem: str | None = None
@@ -113,12 +115,19 @@ def verify(
     if head_doc is not None:
         head_alg = head_doc.get("alg")
         if head_alg == ALG_HMAC and kb is None:
-            return bad(
-                None,
-                None,
-                "the trail is HMAC-protected (head says hmac-sha256): give its key "
-                "(--key / --key-env / --key-file)",
-            )
+            from ._keys import default_key, default_key_path
+
+            kb = default_key(create=False)  # a trail keyed by default: the local key file
+            alg = ALG_HMAC
+            used_default = kb is not None
+            if kb is None:
+                return bad(
+                    None,
+                    None,
+                    "the trail is HMAC-protected (head says hmac-sha256): give its key "
+                    f"(--key / --key-env / --key-file; the default key file "
+                    f"{str(default_key_path())!r} does not exist here)",
+                )
         if head_alg == ALG_SHA256 and kb is not None:
             return bad(
                 None,
@@ -165,8 +174,21 @@ def verify(
                 expected,
                 "prev does not match the hash of the previous record (a record was replaced)",
             )
+        if expected == 1 and kb is None and head_doc is None:
+            # No head to say whether the trail is keyed: a first record that is not plain
+            # SHA-256 but verifies with the default HMAC key tells.
+            from ._keys import default_key
+
+            dk = default_key(create=False) if record_hash(body, None) != given else None
+            if dk is not None and record_hash(body, dk) == given:
+                kb, alg, used_default = dk, ALG_HMAC, True
         if record_hash(body, kb) != given:
             hint = " or the key is wrong" if kb is not None else ""
+            if used_default:
+                hint += (
+                    " (checked with the default HMAC key file; if the trail was written "
+                    "with another key, give it with --key / --key-env / --key-file)"
+                )
             return bad(lineno, expected, f"hash mismatch: the record was edited{hint}")
         prev = given
         records += 1
