@@ -7,7 +7,14 @@ from typing import Any
 
 from ._config import CORE_KEYS, boolean, seconds
 from ._executors import LocalExecutor, ProcessExecutor
-from ._records import ConfigKey, ExecutorSpec, PayloadRef, TaskOption, check_tenant_id
+from ._records import (
+    ConfigKey,
+    ExecutorSpec,
+    PayloadRef,
+    StreamConnector,
+    TaskOption,
+    check_tenant_id,
+)
 from .exceptions import MissingPluginError
 from .hookspecs import hookimpl
 
@@ -20,6 +27,12 @@ _timeout = seconds(positive=True, what="timeout")
 
 def _tenant(value: Any) -> str:
     return check_tenant_id(value)
+
+
+def _window(value: Any) -> Any:
+    from .streams import WindowSpec
+
+    return WindowSpec.from_value(value)
 
 
 class CorePlugin:
@@ -45,6 +58,12 @@ class CorePlugin:
                 doc="Pass this task deep copies of its inputs (see config freeze_inputs).",
             ),
             TaskOption(
+                name="window",
+                convert=_window,
+                doc="Event-time window of a stream task (size, slide, field, delay, "
+                "allowed_lateness); see docs/streams.md.",
+            ),
+            TaskOption(
                 name="tenant_id",
                 convert=_tenant,
                 doc="The tenant a task runs for (audit, encryption keys, isolation).",
@@ -68,6 +87,28 @@ class CorePlugin:
                 name="processes",
                 factory=ProcessExecutor,
                 doc="Tasks in warm worker processes (fresh interpreters; cloudpickle).",
+            ),
+        )
+
+    @hookimpl
+    def register_stream_connectors(self) -> Iterable[StreamConnector]:
+        # Imported when a stream is built, so plain batch runs never load the streams package.
+        def jsonl_source(url: str, options: Any) -> Any:
+            from .streams import JsonLinesSource
+
+            return JsonLinesSource.from_url(url, options)
+
+        def jsonl_sink(url: str, options: Any) -> Any:
+            from .streams import JsonLinesSink
+
+            return JsonLinesSink.from_url(url, options)
+
+        return (
+            StreamConnector(
+                scheme="jsonl",
+                source=jsonl_source,
+                sink=jsonl_sink,
+                doc="JSON-lines file: jsonl:PATH (source options: follow, poll_interval).",
             ),
         )
 

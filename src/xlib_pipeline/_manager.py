@@ -33,6 +33,7 @@ from ._records import (
     RunContext,
     RunOption,
     Status,
+    StreamConnector,
     TaskOption,
     check_tenant_id,
 )
@@ -108,6 +109,9 @@ class PipelineManager:
             "register_render_targets"
         )
         self._cli_commands: dict[str, CliCommand] = self.hooks.collect("register_cli_commands")
+        self._stream_connectors: dict[str, StreamConnector] = self.hooks.collect(
+            "register_stream_connectors"
+        )
         self._inactive: dict[str, object] = {}
         self._executors: dict[str, Executor] = {}
         self._exec_lock = threading.RLock()
@@ -204,6 +208,21 @@ class PipelineManager:
     def cli_commands(self) -> Mapping[str, CliCommand]:
         """CLI sub-commands registered by plugins."""
         return dict(self._cli_commands)
+
+    @property
+    def stream_connectors(self) -> Mapping[str, StreamConnector]:
+        """Stream sources and sinks by URL scheme (embedded ``jsonl`` plus plugins')."""
+        return dict(self._stream_connectors)
+
+    def stream(self, pipeline: Pipeline, **kwargs: Any) -> Any:
+        """Run ``pipeline`` over a source in micro-batches, one run per batch, into a sink.
+
+        See :func:`xlib_pipeline.streams.run_stream` for the arguments; returns the
+        :class:`~xlib_pipeline.streams.Stream` (``records``, ``batches``, ``status`` ...).
+        """
+        from .streams import run_stream
+
+        return run_stream(self, pipeline, **kwargs)
 
     @property
     def render_targets(self) -> Mapping[str, RenderTarget]:
@@ -391,6 +410,12 @@ class PipelineManager:
     def _check_options(self, p: Plan) -> None:
         known = self._task_options
         for t in p.tasks:
+            if "window" in t.options:
+                raise DefinitionError(
+                    f"task {t.name!r}: window= applies when the pipeline runs as a stream "
+                    "(pm.stream or xlib-pipeline stream); execute_pipeline runs one batch",
+                    task=t.name,
+                )
             for key, value in t.options.items():
                 spec = known.get(key)
                 if spec is None:
@@ -446,6 +471,7 @@ class PipelineManager:
         resume: str | None = None,
         force: bool = False,
         source: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> PipelineResult:
         """Run ``pipeline`` and return its :class:`PipelineResult` (failures do not raise).
@@ -455,9 +481,18 @@ class PipelineManager:
         summary. Plugins add options such as ``isolation_mode=`` or ``distributed=``.
         ``resume=RUN_ID`` re-runs only what did not finish in that stored run (needs config
         ``store``; ``force=True`` accepts a changed structure).
+        ``inputs`` gives the outputs of tasks that then do not run (a stream feeds each
+        micro-batch this way); they are recorded like finished tasks.
         Raises before anything runs when the pipeline, an option or a plugin refuses it.
         """
         p = self.validate_pipeline(pipeline)
+        given: dict[int, tuple[Status, Any]] = {}
+        for key, value in (inputs or {}).items():
+            if key not in p.index:
+                raise DefinitionError(
+                    f"inputs: pipeline {pipeline.name!r} has no task {key!r}", task=key
+                )
+            given[p.index[key]] = (Status.SUCCEEDED, value)
         run_options = self._check_run_options(options)
         core = self.config.core
         if parallel is None:
@@ -502,6 +537,7 @@ class PipelineManager:
             resume=resume,
             force=force,
             source=source,
+            given=given,
         )
 
     async def execute_pipeline_async(self, pipeline: Pipeline, **kwargs: Any) -> PipelineResult:
@@ -551,6 +587,7 @@ class PipelineManager:
         resume: str | None = None,
         force: bool = False,
         source: str | None = None,
+        given: Mapping[int, tuple[Status, Any]] | None = None,
     ) -> PipelineResult:
         hooks = self.hooks
         p = ctx.plan
@@ -565,6 +602,8 @@ class PipelineManager:
             carried = None
             if resume is not None and store is not None:
                 _, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
+            if given:
+                preloaded = {**(preloaded or {}), **given}
             if store is not None:
                 recorder = StoreRecorder(
                     store,

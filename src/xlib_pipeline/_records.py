@@ -292,6 +292,26 @@ class ExecutorSpec:
 
 
 @attrs.frozen(kw_only=True)
+class StreamConnector:
+    """A stream source and/or sink a plugin registers under a URL ``scheme``.
+
+    ``source(url, options)`` / ``sink(url, options)`` build one from a URL such as
+    ``jsonl:payments.jsonl`` or ``redis://host:6379/stream?group=g`` (see
+    :mod:`xlib_pipeline.streams` for the protocols they implement).
+    """
+
+    scheme: str
+    source: Callable[[str, Mapping[str, Any]], Any] | None = None
+    sink: Callable[[str, Mapping[str, Any]], Any] | None = None
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        """The scheme (collector hooks merge records by name)."""
+        return self.scheme
+
+
+@attrs.frozen(kw_only=True)
 class ManagerDecorator:
     """A ``pm.<name>(**kwargs)`` decorator factory: ``factory(manager, **kwargs)``."""
 

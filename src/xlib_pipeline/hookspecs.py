@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RetryDecision,
         RunContext,
         RunOption,
+        StreamConnector,
         TaskOption,
         TaskOutcome,
     )
@@ -81,6 +82,10 @@ class HookSpecs:
     @hookspec
     def register_cli_commands(self) -> Iterable[CliCommand]:
         """Collector: sub-commands added to the ``xlib-pipeline`` CLI."""
+
+    @hookspec
+    def register_stream_connectors(self) -> Iterable[StreamConnector]:
+        """Collector: stream sources and sinks by URL scheme (``pm.stream``, CLI ``stream``)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 

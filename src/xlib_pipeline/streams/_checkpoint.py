@@ -1,0 +1,314 @@
+"""Stream checkpoints in the run store: one transaction per batch.
+
+Two tables beside the run store's own: ``streams`` (one row per stream: where it is, its
+counters, its window state) and ``stream_batches`` (one row per committed batch: its run,
+source offsets, output and sink position). A batch's row and the stream row's update are
+written in **one** SQLite transaction on a connection of this module's own, so after a
+crash at any instant the store holds either the whole checkpoint of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..exceptions import StoreError
+from ._protocol import Checkpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    name TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    source TEXT,
+    sink TEXT,
+    status TEXT NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    offset TEXT,
+    position TEXT,
+    origin TEXT,
+    records INTEGER NOT NULL DEFAULT 0,
+    outputs INTEGER NOT NULL DEFAULT 0,
+    late INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    lag INTEGER,
+    window_state BLOB,
+    tenant TEXT,
+    lineage_run TEXT,
+    started REAL,
+    updated REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS stream_batches (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT,
+    start_offset TEXT,
+    end_offset TEXT,
+    records INTEGER NOT NULL,
+    outputs INTEGER NOT NULL,
+    late INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    position TEXT,
+    output BLOB,
+    committed REAL NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+"""
+
+
+@attrs.frozen(kw_only=True)
+class StreamRecord:
+    """A stream as the store holds it."""
+
+    name: str
+    pipeline: str
+    source: str | None
+    sink: str | None
+    status: str
+    seq: int
+    offset: Any
+    position: Any
+    origin: Any
+    records: int
+    outputs: int
+    late: int
+    dead: int
+    lag: int | None
+    window_state: bytes | None
+    tenant: str | None
+    lineage_run: str | None
+    started: float | None
+    updated: float | None
+    error: str | None
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The last committed checkpoint (seq 0: the stream's origin)."""
+        return Checkpoint(seq=self.seq, offset=self.offset, position=self.position)
+
+
+@attrs.frozen(kw_only=True)
+class BatchRecord:
+    """One committed batch."""
+
+    seq: int
+    run_id: str | None
+    start_offset: Any
+    end_offset: Any
+    records: int
+    outputs: int
+    late: int
+    dead: int
+    position: Any
+    output: bytes | None
+    committed: float
+
+
+def _j(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _u(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+_COLS = (
+    "name, pipeline, source, sink, status, seq, offset, position, origin, records, outputs, "
+    "late, dead, lag, window_state, tenant, lineage_run, started, updated, error"
+)
+
+
+class CheckpointStore:
+    """Checkpoint tables of one run store file (its own connection; thread-safe)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "normal") -> None:
+        self.path = Path(path)
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self._conn.executescript(_SCHEMA)
+            self._conn.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"run store {str(self.path)!r}: cannot keep stream checkpoints: {exc}",
+                path=str(self.path),
+            ) from exc
+        self._lock = threading.Lock()
+
+    def _tx(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._lock:
+            try:
+                with self._conn:
+                    for sql, params in statements:
+                        self._conn.execute(sql, params)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"run store {str(self.path)!r}: a checkpoint write failed: {exc}",
+                    path=str(self.path),
+                ) from exc
+
+    def load(self, name: str) -> StreamRecord | None:
+        """The stream ``name``, or ``None`` when it never ran on this store."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLS} FROM streams WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def list(self) -> list[StreamRecord]:
+        """Every stream, most recently updated first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLS} FROM streams ORDER BY updated DESC"
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def create(
+        self,
+        *,
+        name: str,
+        pipeline: str,
+        source: str,
+        sink: str,
+        origin: Any,
+        tenant: str | None,
+        lineage_run: str | None,
+    ) -> None:
+        """Start stream ``name`` afresh at the sink's ``origin`` (drops its old batches)."""
+        now = time.time()
+        self._tx(
+            [
+                ("DELETE FROM stream_batches WHERE stream = ?", (name,)),
+                (
+                    f"INSERT OR REPLACE INTO streams ({_COLS}) VALUES "
+                    "(?, ?, ?, ?, 'running', 0, NULL, ?, ?, 0, 0, 0, 0, NULL, NULL, ?, ?, ?, ?, "
+                    "NULL)",
+                    (name, pipeline, source, sink, _j(origin), _j(origin), tenant, lineage_run,
+                     now, now),
+                ),
+            ]
+        )
+
+    def reopen(self, name: str, *, source: str, sink: str) -> None:
+        """Mark stream ``name`` running again (a restart that continues)."""
+        self._tx(
+            [
+                (
+                    "UPDATE streams SET status='running', source=?, sink=?, updated=?, "
+                    "error=NULL WHERE name=?",
+                    (source, sink, time.time(), name),
+                )
+            ]
+        )
+
+    def commit(
+        self,
+        name: str,
+        *,
+        checkpoint: Checkpoint,
+        run_id: str | None,
+        start: Any,
+        records: int,
+        outputs: int,
+        output: bytes | None,
+        window_state: bytes | None,
+        late: int = 0,
+        dead: int = 0,
+        lag: int | None = None,
+    ) -> None:
+        """Commit one batch: its row and the stream's new offsets, position, counters and
+        window state, in one transaction."""
+        now = time.time()
+        pos = _j(checkpoint.position)
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "
+                    "end_offset, records, outputs, late, dead, position, output, committed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, checkpoint.seq, run_id, _j(start), _j(checkpoint.offset), records,
+                     outputs, late, dead, pos, output, now),
+                ),
+                (
+                    "UPDATE streams SET seq=?, offset=?, position=?, records=records+?, "
+                    "outputs=outputs+?, late=late+?, dead=dead+?, lag=?, window_state=?, "
+                    "updated=? WHERE name=?",
+                    (checkpoint.seq, _j(checkpoint.offset), pos, records, outputs, late, dead,
+                     lag, window_state, now, name),
+                ),
+            ]
+        )
+
+    def finish(self, name: str, status: str, error: str | None = None) -> None:
+        """Record how a stream stopped (``completed``, ``stopped``, ``failed``)."""
+        self._tx(
+            [
+                (
+                    "UPDATE streams SET status=?, error=?, updated=? WHERE name=?",
+                    (status, error, time.time(), name),
+                )
+            ]
+        )
+
+    def batches(self, name: str, *, limit: int = 20) -> list[BatchRecord]:
+        """The newest committed batches of ``name``, newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, run_id, start_offset, end_offset, records, outputs, late, dead, "
+                "position, output, committed FROM stream_batches WHERE stream = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (name, limit),
+            ).fetchall()
+        return [
+            BatchRecord(
+                seq=r[0],
+                run_id=r[1],
+                start_offset=_u(r[2]),
+                end_offset=_u(r[3]),
+                records=r[4],
+                outputs=r[5],
+                late=r[6],
+                dead=r[7],
+                position=_u(r[8]),
+                output=r[9],
+                committed=r[10],
+            )
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def _record(r: tuple[Any, ...]) -> StreamRecord:
+    return StreamRecord(
+        name=r[0],
+        pipeline=r[1],
+        source=r[2],
+        sink=r[3],
+        status=r[4],
+        seq=r[5],
+        offset=_u(r[6]),
+        position=_u(r[7]),
+        origin=_u(r[8]),
+        records=r[9],
+        outputs=r[10],
+        late=r[11],
+        dead=r[12],
+        lag=r[13],
+        window_state=r[14],
+        tenant=r[15],
+        lineage_run=r[16],
+        started=r[17],
+        updated=r[18],
+        error=r[19],
+    )
