@@ -304,7 +304,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 )
             console.print(table)
             return 0
-        rec = store.get_run(args.run_id)
+        try:
+            rec = store.get_run(args.run_id)
+        except PipelineError:
+            from .streams._cli import show_stream
+
+            if show_stream(path, args.run_id, as_json=args.json, guard=guard):
+                return 0
+            raise
         tasks = store.get_tasks(rec.run_id)
         guard.check(rec, tasks.values())
         if args.json:
@@ -566,7 +573,7 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     rl.add_argument("--limit", type=_int_at_least(0), default=20)
     rl.add_argument("--pipeline")
     rl.add_argument("--status")
-    rs = rsub_runs.add_parser("show", help="one run with its tasks")
+    rs = rsub_runs.add_parser("show", help="one run with its tasks, or a stream by name")
     rs.add_argument("run_id")
     for sp in (rl, rs):
         sp.add_argument("--store", help="run store file")
@@ -574,6 +581,12 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
         sp.add_argument("--principal", help="who reads (access control; default: OS user)")
         _add_config_arg(sp)
     runs.set_defaults(func=cmd_runs)
+
+    from .streams._cli import add_parser as add_stream_parser
+    from .streams._cli import cmd_stream
+
+    add_stream_parser(sub, _add_config_arg)
+    sub.choices["stream"].set_defaults(func=cmd_stream)
 
     graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")
     graph.add_argument("target")

@@ -168,6 +168,12 @@ class Stream:
             )
         wrap = self.windows.wrap if self.windows else None
         self.batch_pipeline, self.output_task, self.fed = derive(pipeline, output_task, wrap)
+        if "parallel" not in self.run_kwargs and "executor" not in self.run_kwargs:
+            # A chain has nothing to run side by side: skip starting lanes for every batch.
+            tasks = self.batch_pipeline.tasks.values()
+            succs = collections.Counter(d for t in tasks for d in t.depends_on)
+            if all(len(t.depends_on) <= 1 for t in tasks) and max(succs.values()) <= 1:
+                self.run_kwargs["parallel"] = False
         self.status = "created"
         self.error: BaseException | None = None
         self.records = 0
@@ -422,7 +428,7 @@ class Stream:
         }
 
     def _run_batch(self, seq: int, batch: SourceBatch) -> PipelineResult:
-        kwargs = dict(self.run_kwargs)
+        kwargs = self.run_kwargs
         result: PipelineResult = self.pm.execute_pipeline(
             self.batch_pipeline,
             inputs={BATCH_TASK: batch.records},

@@ -1,0 +1,182 @@
+"""``xlib-pipeline stream`` and the stream part of ``runs show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import PipelineError
+
+
+def add_parser(sub: Any, add_config_arg: Any) -> None:
+    """Add the ``stream`` sub-command to the CLI's sub-parsers."""
+    sp = sub.add_parser(
+        "stream", help="run a pipeline over a source in micro-batches into a sink (checkpointed)"
+    )
+    sp.add_argument("target", help="FILE[:PIPELINE_OR_FACTORY]")
+    add_config_arg(sp)
+    sp.add_argument("--source", required=True, help="source URL: jsonl:PATH, redis://... ")
+    sp.add_argument("--follow", action="store_true", help="tail a growing JSON-lines file")
+    sp.add_argument("--sink", help="sink URL: jsonl:PATH, redis://... (default: none)")
+    sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
+    sp.add_argument("--store", help="run store file (checkpoints live there)")
+    sp.add_argument("--name", help="stream name (default: the pipeline's name)")
+    sp.add_argument("--batch-size", type=int, default=1000)
+    sp.add_argument("--batch-timeout", type=float, default=0.5, help="seconds per batch at most")
+    sp.add_argument("--max-in-flight", type=int, default=1, help="batches running at once")
+    sp.add_argument("--from-start", action="store_true", help="start over (sink back to origin)")
+    sp.add_argument("--output-task", help="the task whose output goes to the sink")
+    sp.add_argument("--max-batches", type=int, help="stop after this many batches")
+    sp.add_argument("--max-records", type=int, help="stop after this many records")
+    sp.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    sp.add_argument("--tenant", help="tenant id of every batch run")
+    sp.add_argument("--principal", help="who runs the stream (access control)")
+    sp.add_argument("--executor", help="executor name (threads, processes ...)")
+    sp.add_argument(
+        "--monitor", action=argparse.BooleanOptionalAction, default=None, help="live progress"
+    )
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Run ``xlib-pipeline stream``; exit 0 when it completed or stopped, 1 when it failed."""
+    from .. import cli
+    from ._engine import print_progress
+
+    pipeline, module = cli.load_pipeline(args.target)
+    config = cli._with_store(cli.load_config(getattr(args, "config", None), module), args.store)
+    cli._sigterm_as_interrupt()
+    options: dict[str, Any] = {}
+    for key, attr in (("tenant_id", "tenant"), ("principal", "principal")):
+        if getattr(args, attr, None):
+            options[key] = getattr(args, attr)
+    if args.executor:
+        options["executor"] = args.executor
+    monitor = sys.stderr.isatty() if args.monitor is None else args.monitor
+    from .._manager import PipelineManager
+
+    with PipelineManager(config) as pm:
+        stream = pm.stream(
+            pipeline,
+            source=args.source,
+            source_options={"follow": True} if args.follow else None,
+            sink=args.sink,
+            late_sink=args.late_sink,
+            name=args.name,
+            batch_size=args.batch_size,
+            batch_timeout=args.batch_timeout,
+            max_in_flight=args.max_in_flight,
+            from_start=args.from_start,
+            output_task=args.output_task,
+            max_batches=args.max_batches,
+            max_records=args.max_records,
+            idle_timeout=args.idle_timeout,
+            on_batch=print_progress if monitor else None,
+            **options,
+        )
+    if monitor:
+        sys.stderr.write("\n")
+    print(
+        f"stream {stream.name} {stream.status}: {stream.records} records, "
+        f"{stream.batches} batches, {stream.outputs} outputs, {stream.late} late",
+        file=sys.stderr,
+    )
+    if stream.error is not None:
+        print(f"error: {stream.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
+    """Print stream ``name`` of the store at ``path``; ``False`` when there is none."""
+    from .._store import RunStore
+    from ._checkpoint import CheckpointStore
+
+    ckpt = CheckpointStore(path)
+    try:
+        rec = ckpt.load(name)
+        if rec is None:
+            return False
+        batches = ckpt.batches(name, limit=10)
+    finally:
+        ckpt.close()
+    last = next((b for b in batches if b.run_id), None)
+    if last is not None and guard is not None:  # the stream's data is read under its policy
+        store = RunStore(path, create=False)
+        try:
+            try:
+                run = store.get_run(last.run_id)  # type: ignore[arg-type]
+            except PipelineError:
+                run = None
+            if run is not None:
+                guard.check(run, store.get_tasks(run.run_id).values())
+        finally:
+            store.close()
+    span = (rec.updated or 0) - (rec.started or 0)
+    info = {
+        "stream": rec.name,
+        "pipeline": rec.pipeline,
+        "status": rec.status,
+        "source": rec.source,
+        "sink": rec.sink,
+        "records": rec.records,
+        "batches": rec.seq,
+        "outputs": rec.outputs,
+        "late": rec.late,
+        "dead_letter": rec.dead,
+        "lag": rec.lag,
+        "checkpoint": {"seq": rec.seq, "offset": rec.offset, "position": rec.position},
+        "tenant": rec.tenant,
+        "started": rec.started,
+        "updated": rec.updated,
+        "error": rec.error,
+        "last_batches": [
+            {
+                "seq": b.seq,
+                "run_id": b.run_id,
+                "offsets": [b.start_offset, b.end_offset],
+                "records": b.records,
+                "outputs": b.outputs,
+                "late": b.late,
+                "committed": b.committed,
+            }
+            for b in batches
+        ],
+    }
+    if as_json:
+        print(json.dumps(info, indent=2, default=repr))
+        return True
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"[bold]{rec.pipeline}[/] stream {rec.name}: {rec.status}, {rec.records} records in "
+        f"{rec.seq} batches, {rec.outputs} outputs, {rec.late} late, lag "
+        f"{'?' if rec.lag is None else rec.lag}"
+    )
+    console.print(f"source {rec.source} -> sink {rec.sink}")
+    console.print(
+        f"last checkpoint: batch {rec.seq}, source offset {rec.offset!r}, "
+        f"sink position {rec.position!r}"
+    )
+    if span > 0 and rec.records:
+        console.print(f"average {rec.records / span:,.0f} records/s since the stream started")
+    table = Table(title="latest batches")
+    for col in ("batch", "run id", "offsets", "records", "outputs", "late"):
+        table.add_column(col, overflow="fold")
+    for b in batches:
+        table.add_row(
+            str(b.seq),
+            b.run_id or "(sink catch-up)",
+            f"{b.start_offset!r}..{b.end_offset!r}",
+            str(b.records),
+            str(b.outputs),
+            str(b.late),
+        )
+    console.print(table)
+    if rec.error:
+        console.print(f"error: {rec.error}")
+    return True
