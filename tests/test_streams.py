@@ -1,0 +1,284 @@
+"""Streams: micro-batches as runs, embedded connectors, checkpoints, restart, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xlib_pipeline import ConfigError, DefinitionError, Pipeline, PipelineManager
+from xlib_pipeline.streams import (
+    CallbackSink,
+    CheckpointStore,
+    IterableSource,
+    JsonLinesSink,
+    JsonLinesSource,
+    StreamError,
+)
+
+
+def screening() -> Pipeline:
+    p = Pipeline("screening")
+
+    @p.task("parse")
+    def parse(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in batch if r["amount"] > 0]
+
+    @p.task("screen", depends_on=["parse"])
+    def screen(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "flag": r["amount"] > 100} for r in rows]
+
+    return p
+
+
+def write_jsonl(path: Path, n: int, start: int = 0) -> list[dict[str, Any]]:
+    rows = [{"id": i, "amount": (i * 37) % 200 - 20} for i in range(start, start + n)]
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return rows
+
+
+def expected(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "flag": r["amount"] > 100} for r in rows if r["amount"] > 0]
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def pm(tmp_path: Path) -> Any:
+    with PipelineManager({"store": {"path": str(tmp_path / "runs.sqlite")}}, entry_points=False) as m:
+        yield m
+
+
+def test_file_to_file_each_batch_is_a_run(pm: PipelineManager, tmp_path: Path) -> None:
+    rows = write_jsonl(tmp_path / "in.jsonl", 2500)
+    s = pm.stream(
+        screening(),
+        source=JsonLinesSource(tmp_path / "in.jsonl"),
+        sink=JsonLinesSink(tmp_path / "out.jsonl"),
+        batch_size=1000,
+    )
+    assert (s.status, s.records, s.batches, s.error) == ("completed", 2500, 3, None)
+    assert read_jsonl(tmp_path / "out.jsonl") == expected(rows)
+    assert s.outputs == len(expected(rows))
+    # Each batch is a recorded run of the pipeline, with the batch's offsets as params.
+    runs = pm.store.list_runs(pipeline="screening")  # type: ignore[union-attr]
+    assert len(runs) == 3 and {r.status for r in runs} == {"succeeded"}
+    offsets = sorted(tuple(r.params["stream"]["offsets"]) for r in runs)
+    assert offsets[0][0] == 0 and offsets[-1][1] == (tmp_path / "in.jsonl").stat().st_size
+    assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
+
+
+def test_restart_continues_and_from_start_starts_over(pm: PipelineManager, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    out.write_text('{"kept": "existing content"}\n')
+    rows = write_jsonl(src, 1000)
+    first = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100,
+                      max_batches=4)
+    assert (first.status, first.records, first.batches) == ("stopped", 400, 4)
+    second = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
+    assert (second.status, second.records, second.batches) == ("completed", 1000, 10)
+    assert read_jsonl(out) == [{"kept": "existing content"}, *expected(rows)]
+    more = write_jsonl(src, 50, start=1000)
+    third = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
+    assert (third.records, third.batches) == (1050, 11)
+    assert read_jsonl(out) == [{"kept": "existing content"}, *expected(rows + more)]
+    again = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=300,
+                      from_start=True)
+    assert (again.records, again.batches) == (1050, 4)
+    assert read_jsonl(out) == [{"kept": "existing content"}, *expected(rows + more)]
+
+
+def test_sink_truncates_what_was_written_after_the_checkpoint(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = write_jsonl(src, 500)
+    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100,
+              max_batches=2)
+    with open(out, "a") as f:  # what a crash between sink write and commit leaves behind
+        f.write('{"id": 999999, "half": "written"}\n{"id": 12')
+    s = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
+    assert s.status == "completed"
+    assert read_jsonl(out) == expected(rows)
+
+
+def test_checkpoint_is_one_row_per_batch_with_offsets_and_position(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, 300)
+    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
+    ck = CheckpointStore(tmp_path / "runs.sqlite")
+    try:
+        rec = ck.load("screening")
+        assert rec is not None and rec.seq == 3 and rec.status == "completed"
+        assert rec.offset == src.stat().st_size and rec.position == out.stat().st_size
+        batches = ck.batches("screening")
+        assert [b.seq for b in batches] == [3, 2, 1]
+        assert batches[0].end_offset == rec.offset and batches[-1].start_offset == 0
+        assert all(b.output is not None and b.run_id for b in batches)
+    finally:
+        ck.close()
+    with sqlite3.connect(tmp_path / "runs.sqlite") as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_iterable_async_iterable_and_callback_sink(pm: PipelineManager) -> None:
+    rows = [{"id": i, "amount": i} for i in range(1, 251)]
+    got: list[Any] = []
+    s = pm.stream(screening(), source=rows, sink=got.extend, batch_size=100, name="it")
+    assert (s.status, s.records, s.batches) == ("completed", 250, 3)
+    assert got == expected(rows)
+
+    async def agen() -> Any:
+        for r in rows:
+            if r["id"] % 50 == 0:
+                await asyncio.sleep(0.001)
+            yield r
+
+    seen: list[tuple[int, int]] = []
+    sink = CallbackSink(lambda recs, seq: seen.append((seq, len(recs))), with_seq=True)
+    s2 = pm.stream(screening(), source=IterableSource(agen()), sink=sink, batch_size=100,
+                   batch_timeout=5, name="ait")
+    assert (s2.status, s2.records) == ("completed", 250)
+    assert [q for q, _ in seen] == list(range(1, len(seen) + 1))
+    assert sum(n for _, n in seen) == 250
+
+
+def test_restart_of_a_replayable_iterable_skips_what_is_committed(pm: PipelineManager) -> None:
+    rows = [{"id": i, "amount": i} for i in range(1, 101)]
+    got: list[Any] = []
+    pm.stream(screening(), source=rows, sink=got.extend, batch_size=10, max_batches=3, name="r")
+    pm.stream(screening(), source=rows, sink=got.extend, batch_size=10, name="r")
+    assert got == expected(rows)
+
+
+def test_follow_tails_a_growing_file(pm: PipelineManager, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = write_jsonl(src, 10)
+    s = pm.stream(screening(), source=JsonLinesSource(src, follow=True, poll_interval=0.01),
+                  sink=JsonLinesSink(out), batch_size=5, batch_timeout=0.05, wait=False)
+    try:
+        with open(src, "a") as f:  # a half-written line is read once its newline arrives
+            f.write('{"id": 10, "amo')
+            f.flush()
+            time.sleep(0.2)
+            f.write('unt": 5}\n')
+        rows.append({"id": 10, "amount": 5})
+        rows += write_jsonl(src, 7, start=11)
+        deadline = time.monotonic() + 30
+        while s.records < len(rows) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        s.stop()
+        assert s.wait(30)
+    assert s.status == "stopped" and s.records == len(rows)
+    assert read_jsonl(out) == expected(rows)
+
+
+def test_max_in_flight_overlaps_but_commits_in_order(pm: PipelineManager) -> None:
+    p = Pipeline("jitter")
+    active = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    @p.task("work")
+    def work(batch: list[int]) -> list[int]:
+        with lock:
+            active["now"] += 1
+            active["peak"] = max(active["peak"], active["now"])
+        time.sleep(random.Random(batch[0]).uniform(0, 0.03))
+        with lock:
+            active["now"] -= 1
+        return [x * 2 for x in batch]
+
+    got: list[int] = []
+    s = pm.stream(p, source=range(400), sink=got.extend, batch_size=10, max_in_flight=4)
+    assert s.status == "completed" and got == [x * 2 for x in range(400)]
+    assert 1 < active["peak"] <= 4
+
+
+def test_a_failing_batch_stops_the_stream_and_a_restart_retries_it(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = write_jsonl(src, 50)
+    broken = {"on": True}
+    p = screening()
+
+    @p.task("check", depends_on=["screen"])
+    def check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if broken["on"] and any(r["id"] == 25 for r in rows):
+            raise ValueError("record 25 is bad")
+        return rows
+
+    s = pm.stream(p, source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+    assert s.status == "failed" and s.batches == 2
+    assert isinstance(s.error, StreamError)
+    assert "batch 3" in str(s.error) and "record 25 is bad" in str(s.error)
+    assert read_jsonl(out) == expected(rows[:20])
+    broken["on"] = False
+    s = pm.stream(p, source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+    assert s.status == "completed" and read_jsonl(out) == expected(rows)
+
+
+def test_a_line_that_is_not_json_is_named(pm: PipelineManager, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, 3)
+    with open(src, "a") as f:
+        f.write("\n{not json}\n")
+    s = pm.stream(screening(), source=f"jsonl:{src}", sink=None, batch_size=100)
+    assert s.status == "failed"
+    assert "in.jsonl" in str(s.error) and "line 5" in str(s.error)
+
+
+def test_bad_input_is_refused_before_anything_runs(pm: PipelineManager, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no connector for scheme 'kafka'"):
+        pm.stream(screening(), source="kafka://x/y")
+    with pytest.raises(ConfigError, match="batch_size"):
+        pm.stream(screening(), source=[], batch_size=0)
+    two = screening()
+    two.add_task("other", lambda rows: rows, depends_on=["parse"])
+    with pytest.raises(DefinitionError, match="output_task"):
+        pm.stream(two, source=[])
+    none = Pipeline("none")
+    none.add_task("const", lambda: 1)
+    with pytest.raises(DefinitionError, match="no root task takes the batch"):
+        pm.stream(none, source=[])
+    with PipelineManager(entry_points=False) as bare:
+        with pytest.raises(ConfigError, match="needs a run store"):
+            bare.stream(screening(), source=[{"amount": 1}])
+    other = Pipeline("other")
+    other.add_task("x", lambda b: b)
+    pm.stream(screening(), source=[{"id": 1, "amount": 1}], name="shared")
+    s = pm.stream(other, source=[{"id": 1}], name="shared")
+    assert s.status == "failed" and "belongs to pipeline 'screening'" in str(s.error)
+
+
+def test_a_file_sink_shorter_than_its_checkpoint_is_refused(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(src, 100)
+    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10,
+              max_batches=2)
+    out.write_text("")
+    s = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+    assert s.status == "failed" and "--from-start" in str(s.error)
+
+
+def test_window_option_outside_a_stream_is_refused(manager: PipelineManager) -> None:
+    p = Pipeline("w")
+    p.add_task("agg", lambda: 1, window={"size": 10, "field": "ts"})
+    with pytest.raises(DefinitionError, match="applies when the pipeline runs as a stream"):
+        manager.execute_pipeline(p)
