@@ -30,6 +30,7 @@ PLUGIN_PACKAGES = {
     "retries": "xlib-pipeline-retries",
     "kubernetes": "xlib-pipeline-kubernetes",
     "dask": "xlib-pipeline-dask",
+    "redis": "xlib-pipeline-redis",
 }
 KNOWN_CONFIG_KEYS = {
     "audit": "audit",

@@ -291,6 +291,9 @@ class Stream:
             if rec is not None:  # start over: back to where the sink stood originally
                 origin_ckpt = Checkpoint(seq=0, offset=None, position=rec.origin)
             self.sink.open(origin_ckpt)
+            rewind = getattr(self.source, "from_start", None)
+            if rec is not None and callable(rewind):  # a broker group goes back to the start
+                rewind()
             if self.late_sink is not None:
                 self.late_sink.open(None)
             self.stream_run_id = str(uuid.uuid4())

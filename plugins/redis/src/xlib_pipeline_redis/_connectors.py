@@ -1,0 +1,295 @@
+"""Redis Streams source and sink (redis-py).
+
+Source URL: ``redis://HOST:PORT[/DB]/STREAM?group=GROUP[&consumer=NAME][&claim_idle_ms=N]``.
+Records are the entries' field maps (``dict[str, str]``). Reading order on each batch:
+this consumer's own pending entries (delivered before a crash, never acknowledged), then
+entries idle for ``claim_idle_ms`` in *other* consumers' pending lists (``XAUTOCLAIM``:
+a dead consumer's work is taken over), then new entries (``XREADGROUP ... >``).
+
+Sink URL: ``redis://HOST:PORT[/DB]/STREAM[?checkpoint_key=KEY][&maxlen=N]``. Each output
+record (a dict) becomes one entry; values that are not str/int/float/bytes are written as
+JSON. A batch's entries, the source's acknowledgements (when the source is a Redis
+stream on the same server) and the sink's checkpoint are one ``MULTI``/``EXEC``: after a
+crash the stream either wrote and acknowledged a batch, or did neither.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+
+from xlib_pipeline import ConfigError
+from xlib_pipeline.streams import BaseSink, BaseSource, Checkpoint, Source, SourceBatch, StreamError
+
+
+def _parse(url: str, role: str, allowed: set[str]) -> tuple[str, str, dict[str, str]]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"{role} {url!r}: expected redis://HOST:PORT[/DB]/STREAM", key=role)
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        raise ConfigError(f"{role} {url!r}: no stream name (redis://HOST:PORT/STREAM)", key=role)
+    db = "0"
+    if len(segments) == 2 and segments[0].isdigit():
+        db, stream = segments
+    elif len(segments) == 1:
+        stream = segments[0]
+    else:
+        raise ConfigError(f"{role} {url!r}: expected one stream name after the host", key=role)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{role} {url!r}: unknown parameter(s) {sorted(unknown)}; expected {sorted(allowed)}",
+            key=role,
+        )
+    auth = f"{parts.username or ''}:{parts.password}@" if parts.password else ""
+    server = f"{parts.scheme}://{auth}{parts.hostname}:{parts.port or 6379}/{db}"
+    return server, stream, query
+
+
+def _client(server: str) -> redis.Redis:
+    return redis.Redis.from_url(server, decode_responses=True)
+
+
+class RedisStreamSource(BaseSource):
+    """Entries of a Redis stream, read through a consumer group."""
+
+    def __init__(
+        self,
+        server: str,
+        stream: str,
+        *,
+        group: str,
+        consumer: str | None = None,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{group}"
+        self.claim_idle_ms = claim_idle_ms
+        self.url = f"{server}/{stream}?group={group}"
+        self.client = _client(server)
+        self._own_pending = True
+        self._acked_in_sink: set[str] = set()
+        try:
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise StreamError(f"source {self.url}: cannot create the group: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StreamError(f"source {self.url}: cannot reach Redis: {exc}") from exc
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any]) -> RedisStreamSource:
+        server, stream, query = _parse(url, "source", {"group", "consumer", "claim_idle_ms"})
+        merged = {**query, **options}
+        if not merged.get("group"):
+            raise ConfigError(f"source {url!r}: a consumer group is required (?group=NAME)")
+        try:
+            idle = int(merged.get("claim_idle_ms", 30_000))
+        except ValueError:
+            raise ConfigError(f"source {url!r}: claim_idle_ms must be an int") from None
+        return cls(
+            server,
+            stream,
+            group=str(merged["group"]),
+            consumer=merged.get("consumer"),
+            claim_idle_ms=idle,
+        )
+
+    def seek(self, offset: Any) -> None:
+        """Acknowledge the last committed batch again (idempotent): it may have been
+        checkpointed just before a crash, before its acknowledgement reached Redis."""
+        if offset is None:
+            return
+        ids = offset.get("ids") if isinstance(offset, dict) else None
+        if ids:
+            self.client.xack(self.stream, self.group, *ids)
+
+    def from_start(self) -> None:
+        """Deliver the whole stream to the group again (``from_start``)."""
+        self.client.xgroup_setid(self.stream, self.group, id="0")
+
+    def read(self, max_records: int, timeout: float) -> SourceBatch | None:
+        entries: list[tuple[str, dict[str, str]]] = []
+        try:
+            if self._own_pending:  # delivered to us before a restart, never acknowledged
+                got = self.client.xreadgroup(
+                    self.group, self.consumer, {self.stream: "0"}, count=max_records
+                )
+                entries = got[0][1] if got else []
+                if not entries:
+                    self._own_pending = False
+            if not entries:  # a dead consumer's pending entries
+                claimed = self.client.xautoclaim(
+                    self.stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id="0-0",
+                    count=max_records,
+                )
+                entries = [e for e in claimed[1] if e[1] is not None]
+                if entries:
+                    self._own_pending = True  # they are ours now: read them as pending
+            if not entries:
+                got = self.client.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=max_records,
+                    block=max(1, int(timeout * 1000)),
+                )
+                entries = got[0][1] if got else []
+        except redis.RedisError as exc:
+            raise StreamError(f"source {self.url}: {type(exc).__name__}: {exc}") from exc
+        ids = [e[0] for e in entries]
+        records = [dict(e[1]) for e in entries]
+        start = ids[0] if ids else None
+        return SourceBatch(records=records, start=start, end={"last": ids[-1] if ids else None,
+                                                               "ids": ids})
+
+    def committed(self, offset: Any) -> None:
+        ids = offset.get("ids") if isinstance(offset, dict) else None
+        if not ids:
+            return
+        if self._acked_in_sink:
+            done = self._acked_in_sink
+            self._acked_in_sink = set()
+            if done.issuperset(ids):
+                return
+        self.client.xack(self.stream, self.group, *ids)
+
+    def lag(self) -> int | None:
+        try:
+            for g in self.client.xinfo_groups(self.stream):
+                if g.get("name") == self.group:
+                    lag = g.get("lag")
+                    return None if lag is None else int(lag) + int(g.get("pending", 0))
+        except redis.RedisError:
+            return None
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _field(value: Any) -> str | int | float | bytes:
+    if isinstance(value, str | int | float | bytes) and not isinstance(value, bool):
+        return value
+    return json.dumps(value, default=str)
+
+
+class RedisStreamSink(BaseSink):
+    """Appends output records to a Redis stream, exactly once per batch (MULTI/EXEC)."""
+
+    def __init__(
+        self,
+        server: str,
+        stream: str,
+        *,
+        checkpoint_key: str | None = None,
+        maxlen: int | None = None,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.url = f"{server}/{stream}"
+        self.key = checkpoint_key or f"xlib-pipeline:checkpoint:{stream}"
+        self.maxlen = maxlen
+        self.client = _client(server)
+        self._last: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any]) -> RedisStreamSink:
+        server, stream, query = _parse(url, "sink", {"checkpoint_key", "maxlen"})
+        merged = {**query, **options}
+        maxlen = merged.get("maxlen")
+        return cls(
+            server,
+            stream,
+            checkpoint_key=merged.get("checkpoint_key"),
+            maxlen=None if maxlen is None else int(maxlen),
+        )
+
+    def open(self, checkpoint: Checkpoint | None) -> Checkpoint | None:
+        try:
+            raw = self.client.get(self.key)
+        except redis.RedisError as exc:
+            raise StreamError(f"sink {self.url}: cannot reach Redis: {exc}") from exc
+        if checkpoint is None or checkpoint.seq == 0:  # a new stream, or from_start
+            self.client.set(self.key, json.dumps({"seq": 0, "offset": None, "position": None}))
+            return None
+        if raw is None:
+            return None
+        saved = json.loads(raw)
+        if int(saved.get("seq", 0)) > checkpoint.seq:
+            return Checkpoint(
+                seq=int(saved["seq"]), offset=saved.get("offset"), position=saved.get("position")
+            )
+        return None
+
+    def position(self) -> Any:
+        return self._last
+
+    def write(self, records: Sequence[Any], checkpoint: Checkpoint, source: Source) -> Any:
+        pipe = self.client.pipeline(transaction=True)
+        for rec in records:
+            if not isinstance(rec, Mapping) or not rec:
+                raise StreamError(
+                    f"sink {self.url}: batch {checkpoint.seq}: an output record must be a "
+                    f"non-empty dict (a Redis entry's field map), got {rec!r:.80}"
+                )
+            fields = {str(k): _field(v) for k, v in rec.items()}
+            if self.maxlen is not None:
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+            else:
+                pipe.xadd(self.stream, fields)
+        acked: list[str] = []
+        if isinstance(source, RedisStreamSource) and source.server == self.server:
+            ids = (checkpoint.offset or {}).get("ids") or []
+            if ids:
+                pipe.xack(source.stream, source.group, *ids)
+                acked = list(ids)
+        pipe.set(
+            self.key,
+            json.dumps({"seq": checkpoint.seq, "offset": checkpoint.offset, "position": None}),
+        )
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise StreamError(
+                f"sink {self.url}: the transaction of batch {checkpoint.seq} failed "
+                f"(nothing of it was written): {exc}"
+            ) from exc
+        if acked and isinstance(source, RedisStreamSource):
+            source._acked_in_sink = set(acked)
+        if records:
+            self._last = str(results[len(records) - 1])
+        return self._last
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def wait_for(client: redis.Redis, seconds: float = 10.0) -> None:
+    """Wait until ``client`` answers PING (used by the tests' server fixture)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+__all__ = ["RedisStreamSink", "RedisStreamSource"]
