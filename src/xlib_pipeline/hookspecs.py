@@ -16,7 +16,7 @@ for different tasks: implementations must be thread-safe. Always call with keywo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -124,6 +124,14 @@ class HookSpecs:
     @hookspec
     def after_pipeline(self, run: RunContext, result: PipelineResult) -> None:
         """Observer: a run ended, successfully or not; always called."""
+
+    @hookspec
+    def stream_event(self, stream: Any, event: str, info: Mapping[str, Any]) -> None:
+        """Observer: a stream (``xlib_pipeline.streams.Stream``) ``"started"``, committed a
+        ``"batch"`` (``info``: seq, run_id, offsets, records, outputs, late, dead) or ended
+        (``"completed"``, ``"stopped"``, ``"failed"``; ``info["error"]``). Each batch is
+        also an ordinary run whose ``run.params["stream"]`` names the stream and batch.
+        """
 
     @hookspec
     def before_task(self, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:

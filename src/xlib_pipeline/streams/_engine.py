@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 import uuid
+
+import attrs
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._manager import PipelineManager
     from .._results import PipelineResult
     from .._task import Pipeline
+
+
+@attrs.frozen
+class BatchOutcome:
+    """A batch's run, and when its records were quarantined one by one, their outputs
+    and the dead-letter entries."""
+
+    result: PipelineResult
+    outputs: list[Any] | None
+    dead: list[dict[str, Any]]
 
 
 class NullSink(BaseSink):
@@ -105,6 +117,15 @@ def _unknown(pm: PipelineManager, url: str, role: str) -> str:
     )
 
 
+def brief_offset(offset: Any) -> Any:
+    """An offset short enough for audit records and run params (a broker batch's list of
+    entry ids becomes its first, last and count)."""
+    if isinstance(offset, Mapping) and isinstance(offset.get("ids"), list):
+        ids = offset["ids"]
+        return {"first": ids[0] if ids else None, "last": offset.get("last"), "count": len(ids)}
+    return offset
+
+
 def _records_of(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -143,6 +164,7 @@ class Stream:
         run_kwargs: Mapping[str, Any],
         on_batch: Callable[[Stream], None] | None = None,
         late_sink: Sink | None = None,
+        dead_letter: Sink | None = None,
     ) -> None:
         self.pm = pm
         self.pipeline = pipeline
@@ -159,6 +181,8 @@ class Stream:
         self.run_kwargs = dict(run_kwargs)
         self.on_batch = on_batch
         self.late_sink = late_sink
+        self.dead_letter = dead_letter
+        self._events = bool(pm.hooks.pluggy.hook.stream_event.get_hookimpls())
         self.windows = WindowOperator.for_pipeline(pipeline)
         if self.windows and max_in_flight > 1:
             raise ConfigError(
@@ -261,9 +285,23 @@ class Stream:
         self._finish()
         return self
 
+    def _event(self, event: str, info: Mapping[str, Any]) -> None:
+        if self._events:
+            self.pm.hooks.call("stream_event", stream=self, event=event, info=info)
+
     def _finish(self) -> None:
         self.finished = time.time()
         err = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        try:
+            if self.status != "created" and self.checkpoint is not None:
+                self._event(
+                    self.status,
+                    {"records": self.records, "batches": self.batches, "error": err},
+                )
+        except PipelineError as exc:  # a plugin failed to record the end: report it
+            if self.error is None:
+                self.status, self.error = "failed", exc
+                err = f"{type(exc).__name__}: {exc}"
         try:
             if self._ckpt is not None:
                 self._ckpt.finish(self.name, self.status, err)
@@ -275,6 +313,8 @@ class Stream:
                 self.sink.close()
                 if self.late_sink is not None:
                     self.late_sink.close()
+                if self.dead_letter is not None:
+                    self.dead_letter.close()
 
     def _prepare(self) -> None:
         ckpt = self._ckpt
@@ -294,8 +334,9 @@ class Stream:
             rewind = getattr(self.source, "from_start", None)
             if rec is not None and callable(rewind):  # a broker group goes back to the start
                 rewind()
-            if self.late_sink is not None:
-                self.late_sink.open(None)
+            for side in (self.late_sink, self.dead_letter):
+                if side is not None:
+                    side.open(None)
             self.stream_run_id = str(uuid.uuid4())
             ckpt.create(
                 name=self.name,
@@ -312,12 +353,23 @@ class Stream:
             ckpt.reopen(self.name, source=self.source.url, sink=self.sink.url)
             self.stream_run_id = rec.lineage_run
             newer = self.sink.open(rec.checkpoint)
-            if self.late_sink is not None:
-                self.late_sink.open(None)
+            for side in (self.late_sink, self.dead_letter):
+                if side is not None:
+                    side.open(None)
             if newer is not None and newer.seq > rec.seq:
                 rec = self._adopt_sink_checkpoint(rec, newer)
         self._restore(rec)
         self.source.seek(self.checkpoint.offset if self.checkpoint else None)
+        self._event(
+            "started",
+            {
+                "source": self.source.url,
+                "sink": self.sink.url,
+                "checkpoint": self.checkpoint.seq if self.checkpoint else 0,
+                "offset": brief_offset(self.checkpoint.offset) if self.checkpoint else None,
+                "resumed": self.checkpoint is not None and self.checkpoint.seq > 0,
+            },
+        )
 
     def _adopt_sink_checkpoint(self, rec: StreamRecord, newer: Checkpoint) -> StreamRecord:
         """The sink committed batches (in its own transaction) the store did not record
@@ -425,33 +477,73 @@ class Stream:
                 "name": self.name,
                 "run": self.stream_run_id,
                 "batch": seq,
-                "offsets": [batch.start, batch.end],
+                "offsets": [brief_offset(batch.start), brief_offset(batch.end)],
                 "records": len(batch.records),
             }
         }
 
-    def _run_batch(self, seq: int, batch: SourceBatch) -> PipelineResult:
-        kwargs = self.run_kwargs
+    def _run_batch(self, seq: int, batch: SourceBatch) -> BatchOutcome:
+        snapshot = self.windows.snapshot() if self.windows else None
+        result = self._run_records(seq, batch, batch.records)
+        if result.success or self.dead_letter is None or result.status != "failed":
+            return BatchOutcome(result=result, outputs=None, dead=[])
+        # Quarantine: run the batch's records one by one; those that fail go to the
+        # dead-letter sink, the others on as usual (in order).
+        if self.windows is not None and snapshot is not None:
+            self.windows.rollback(snapshot)
+        outputs: list[Any] = []
+        dead: list[dict[str, Any]] = []
+        last = result
+        for i, record in enumerate(batch.records):
+            one = self._run_records(seq, batch, [record], index=i)
+            if one.success:
+                last = one
+                task = one.tasks.get(self.output_task)
+                outputs.extend(_records_of(task.output if task is not None else None))
+            else:
+                err = one.error
+                dead.append(
+                    {
+                        "stream": self.name,
+                        "batch": seq,
+                        "index": i,
+                        "run_id": one.run_id,
+                        "error": f"{type(err).__name__}: {err}",
+                        "record": record,
+                    }
+                )
+        return BatchOutcome(result=last, outputs=outputs, dead=dead)
+
+    def _run_records(
+        self, seq: int, batch: SourceBatch, records: list[Any], index: int | None = None
+    ) -> PipelineResult:
+        params = self._params(seq, batch)
+        if index is not None:
+            params["stream"]["record"] = index
         result: PipelineResult = self.pm.execute_pipeline(
             self.batch_pipeline,
-            inputs={BATCH_TASK: batch.records},
-            params=self._params(seq, batch),
+            inputs={BATCH_TASK: records},
+            params=params,
             source=f"stream:{self.name}",
-            **kwargs,
+            **self.run_kwargs,
         )
         return result
 
-    def _commit(self, seq: int, batch: SourceBatch, result: PipelineResult) -> None:
+    def _commit(self, seq: int, batch: SourceBatch, outcome: BatchOutcome) -> None:
+        result = outcome.result
         self.last_run_id = result.run_id
-        if not result.success:
+        if not result.success and outcome.outputs is None:
             err = result.error
             raise StreamError(
                 f"stream {self.name!r}: batch {seq} (offsets {batch.start}..{batch.end}, "
                 f"run {result.run_id}) {result.status}: {type(err).__name__}: {err}; "
                 f"batches up to {seq - 1} are committed, a restart retries batch {seq}"
             ) from err
-        task = result.tasks.get(self.output_task)
-        out = _records_of(task.output if task is not None else None)
+        if outcome.outputs is not None:
+            out = outcome.outputs
+        else:
+            task = result.tasks.get(self.output_task)
+            out = _records_of(task.output if task is not None else None)
         assert self.checkpoint is not None
         nxt = Checkpoint(seq=seq, offset=batch.end, position=self.checkpoint.position)
         try:
@@ -467,6 +559,10 @@ class Stream:
         late = self.windows.take_late() if self.windows else []
         if late:
             self._side_output(seq, late)
+        dead = outcome.dead
+        if dead:
+            assert self.dead_letter is not None
+            self.dead_letter.write(dead, Checkpoint(seq=seq, offset=None, position=None), self.source)
         self.lag = self.source.lag()
         assert self._ckpt is not None
         self._ckpt.commit(
@@ -479,6 +575,7 @@ class Stream:
             output=self._protect(out, "stream_output", seq),
             window_state=self._window_blob(seq),
             late=len(late),
+            dead=len(dead),
             lag=self.lag,
         )
         self.source.committed(batch.end)
@@ -489,6 +586,20 @@ class Stream:
         self._session_batches += 1
         self.outputs += len(out)
         self.late += len(late)
+        self.dead += len(dead)
+        self._event(
+            "batch",
+            {
+                "seq": seq,
+                "run_id": result.run_id,
+                "offsets": [brief_offset(batch.start), brief_offset(batch.end)],
+                "records": len(batch.records),
+                "outputs": len(out),
+                "late": len(late),
+                "dead": len(dead),
+                "lag": self.lag,
+            },
+        )
         if self.on_batch is not None:
             self.on_batch(self)
 
@@ -563,6 +674,7 @@ def run_stream(
     wait: bool = True,
     on_batch: Callable[[Stream], None] | None = None,
     late_sink: Any = None,
+    dead_letter: Any = None,
     **run_kwargs: Any,
 ) -> Stream:
     """Run ``pipeline`` over ``source`` in micro-batches into ``sink``; see docs/streams.md.
@@ -575,7 +687,11 @@ def run_stream(
     The same ``name`` (default: the pipeline's) on the same store continues after the
     last checkpoint; ``from_start=True`` starts over. ``max_batches``, ``max_records``
     and ``idle_timeout`` (seconds without a record) stop an endless stream;
-    ``wait=False`` returns the started :class:`Stream` at once. Other keyword arguments
+    ``wait=False`` returns the started :class:`Stream` at once. With ``dead_letter`` (a
+    sink), a failed batch is run again record by record and the records that fail (PII
+    refused by classification, say) go there with their error, counted and audited;
+    without it a failed batch stops the stream. ``late_sink`` receives late records of
+    windowed tasks. Other keyword arguments
     (``tenant_id``, ``principal``, ``executor``, plugin run options ...) apply to each
     batch's run as in ``execute_pipeline``.
     """
@@ -616,6 +732,7 @@ def run_stream(
         run_kwargs=run_kwargs,
         on_batch=on_batch,
         late_sink=None if late_sink is None else resolve_sink(pm, late_sink, {}),
+        dead_letter=None if dead_letter is None else resolve_sink(pm, dead_letter, {}),
     )
     # Refuse a bad pipeline or option before anything is read or written.
     pm.validate_pipeline(stream.batch_pipeline)

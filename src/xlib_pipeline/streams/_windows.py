@@ -232,6 +232,17 @@ class WindowOperator:
         options = {k: v for k, v in task.options.items() if k != "window"}
         return attrs.evolve(task, fn=windowed, options=options)
 
+    def snapshot(self) -> dict[str, WindowState]:
+        """A copy of every task's state (to roll back a batch that is run again)."""
+        with self._lock:
+            return copy.deepcopy(self.states)
+
+    def rollback(self, snapshot: dict[str, WindowState]) -> None:
+        """Return to :meth:`snapshot` and forget the late records since."""
+        with self._lock:
+            self.states = snapshot
+            self._late = []
+
     def take_late(self) -> list[Any]:
         """The late records of the batch just run (and forget them)."""
         with self._lock:

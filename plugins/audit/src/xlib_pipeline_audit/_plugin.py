@@ -316,6 +316,9 @@ class _Recorder:
         run.stash["audit"] = st
         rec = self._base(st, "run.started", "started")
         rec["tasks"] = len(run.plan.tasks)
+        stream = run.params.get("stream")
+        if stream is not None:  # one micro-batch of a stream: which one, which offsets
+            rec["stream"] = stream
         self._plugin.writer().append(rec)
 
     @hookimpl(tryfirst=True)
@@ -335,6 +338,30 @@ class _Recorder:
         trail = self._plugin.writer()
         trail.append(rec)
         trail.sync()
+
+    @hookimpl
+    def stream_event(self, stream: Any, event: str, info: Any) -> None:
+        """``stream.started``, ``stream.batch`` (offsets, counts of records, outputs, late
+        and dead-lettered records: never the records) and ``stream.<how it ended>``."""
+        rec = {
+            "ts": now_iso(),
+            "actor": stream.run_kwargs.get("principal") or self._plugin.actor,
+            "tenant": stream.run_kwargs.get("tenant_id"),
+            "pipeline": stream.pipeline.name,
+            "run_id": info.get("run_id") if event == "batch" else None,
+            "task": None,
+            "action": f"stream.{event}",
+            "outcome": "committed" if event == "batch" else event,
+            "error_class": None,
+            "stream": stream.name,
+            **{k: v for k, v in info.items() if k not in ("run_id", "error")},
+        }
+        if info.get("error"):
+            rec["error_class"] = str(info["error"]).split(":", 1)[0]
+        trail = self._plugin.writer()
+        trail.append(rec)
+        if event != "batch":
+            trail.sync()
 
     @hookimpl(tryfirst=True)
     def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:

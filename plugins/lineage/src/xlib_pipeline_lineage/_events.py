@@ -209,6 +209,21 @@ def classification_facet(producer: str, entry: Mapping[str, Any]) -> dict[str, A
 # --- conversion to openlineage-python objects (non-file transports) -------------------------
 
 
+def _job_facets(facets: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not facets:
+        return None
+    from openlineage.client.facet_v2 import job_type_job
+
+    out: dict[str, Any] = {}
+    jt = facets.get("jobType")
+    if jt is not None:
+        out["jobType"] = job_type_job.JobTypeJobFacet(
+            processingType=jt["processingType"], integration=jt["integration"],
+            jobType=jt.get("jobType"),
+        )
+    return out or None
+
+
 def to_client_event(event: Mapping[str, Any]) -> Any:
     """Convert an event dict into an ``openlineage.client.event_v2.RunEvent``."""
     from openlineage.client import event_v2
@@ -220,7 +235,9 @@ def to_client_event(event: Mapping[str, Any]) -> Any:
         eventTime=event["eventTime"],
         producer=event["producer"],
         run=event_v2.Run(runId=run["runId"], facets=_run_facets(run.get("facets") or {})),
-        job=event_v2.Job(namespace=job["namespace"], name=job["name"]),
+        job=event_v2.Job(
+            namespace=job["namespace"], name=job["name"], facets=_job_facets(job.get("facets"))
+        ),
         inputs=[
             event_v2.InputDataset(
                 namespace=d["namespace"], name=d["name"], facets=_generic(d.get("facets"))

@@ -377,8 +377,20 @@ class LineagePlugin:
     # -- run hooks -------------------------------------------------------------------------
 
     @hookimpl
-    def before_pipeline(self, run: Any) -> None:
+    def stream_event(self, stream: Any, event: str, info: Any) -> None:
         if not self.enabled:
+            return
+        from ._streams import stream_event
+
+        line = stream_event(
+            stream, event, info, namespace=self.namespace, producer=self.producer
+        )
+        if line is not None:
+            self.sink().write([line])
+
+    @hookimpl
+    def before_pipeline(self, run: Any) -> None:
+        if not self.enabled or "stream" in run.params:  # a stream's batch: the stream's run
             return
         state = _RunState(self, run)
         run.stash["lineage"] = state
@@ -410,7 +422,7 @@ class LineagePlugin:
 
     @hookimpl
     def after_pipeline(self, run: Any, result: Any) -> None:
-        if not self.enabled:
+        if not self.enabled or "stream" in run.params:
             return
         state = run.stash.get("lineage")
         if state is None:  # refused before before_pipeline ran

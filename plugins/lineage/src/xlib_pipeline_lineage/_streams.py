@@ -1,0 +1,88 @@
+"""Streams in OpenLineage: one run per stream, ``RUNNING`` per committed micro-batch.
+
+A stream's run id is kept with its checkpoint, so a restarted stream continues the same
+OpenLineage run. Its job carries the standard ``jobType`` facet with
+``processingType: STREAMING``; each event carries the ``xlibPipeline_stream`` run facet
+(the batch, its offsets and counts). The micro-batches' own runs emit no events of their
+own: the stream's run stands for them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from openlineage.client.facet_v2 import job_type_job
+
+from . import _events as ev
+
+JOB_TYPE_SCHEMA = job_type_job.JobTypeJobFacet._get_schema()
+STREAM_FACET = "xlibPipeline_stream"
+STREAM_FACET_SCHEMA = RUN_SCHEMA = (
+    "https://xlib-pipeline.dev/spec/facets/1-0-0/XlibPipelineStreamRunFacet.json"
+    "#/$defs/XlibPipelineStreamRunFacet"
+)
+_TYPES = {
+    "started": "START",
+    "batch": "RUNNING",
+    "completed": "COMPLETE",
+    "stopped": "COMPLETE",
+    "failed": "FAIL",
+}
+
+
+def job_type_facet(producer: str) -> dict[str, Any]:
+    """The standard ``jobType`` job facet of a stream."""
+    return {
+        "_producer": producer,
+        "_schemaURL": JOB_TYPE_SCHEMA,
+        "processingType": "STREAMING",
+        "integration": "XLIB_PIPELINE",
+        "jobType": "STREAM",
+    }
+
+
+def stream_event(
+    stream: Any, event: str, info: Mapping[str, Any], *, namespace: str, producer: str
+) -> str | None:
+    """The OpenLineage event (JSON) for a stream event, or ``None`` for unknown ones."""
+    etype = _TYPES.get(event)
+    if etype is None or not stream.stream_run_id:
+        return None
+    facet: dict[str, Any] = {
+        "_producer": producer,
+        "_schemaURL": STREAM_FACET_SCHEMA,
+        "stream": stream.name,
+        "status": event,
+    }
+    if event == "batch":
+        facet.update(
+            batch=int(info["seq"]),
+            batchRunId=str(info["run_id"]),
+            offsets=list(info["offsets"]),
+            records=int(info["records"]),
+            outputs=int(info["outputs"]),
+            late=int(info["late"]),
+            dead=int(info["dead"]),
+            lag=info.get("lag"),
+        )
+    elif event == "started":
+        facet.update(source=str(info["source"]), sink=str(info["sink"]))
+    else:
+        facet.update(records=int(info.get("records") or 0), batch=int(info.get("batches") or 0))
+    facets: dict[str, Any] = {STREAM_FACET: facet}
+    if etype == "FAIL":
+        facets["errorMessage"] = ev.error_facet(producer, stream.error, None)
+    out = ev.run_event(
+        etype,
+        time.time(),
+        run_id=stream.stream_run_id,
+        namespace=namespace,
+        job=stream.pipeline.name,
+        producer=producer,
+        run_facets=facets,
+    )
+    out["job"]["facets"] = {"jobType": job_type_facet(producer)}
+    return json.dumps(out, default=str)
