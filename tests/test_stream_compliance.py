@@ -46,8 +46,15 @@ def test_every_compliance_plugin_applies_per_batch(tmp_path: Path) -> None:
     out: list[Any] = []
     dead: list[Any] = []
     with PipelineManager(config) as pm:
-        s = pm.stream(contacts(), source=rows, sink=out.extend, dead_letter=dead.extend,
-                      batch_size=10, tenant_id="acme", principal="stream-bot")
+        s = pm.stream(
+            contacts(),
+            source=rows,
+            sink=out.extend,
+            dead_letter=dead.extend,
+            batch_size=10,
+            tenant_id="acme",
+            principal="stream-bot",
+        )
     assert s.status == "completed", s.error
     assert [r["id"] for r in out] == [i for i in range(30) if i not in (7, 22)]
     assert [d["record"]["id"] for d in dead] == [7, 22] and s.dead == 2
@@ -68,8 +75,13 @@ def test_every_compliance_plugin_applies_per_batch(tmp_path: Path) -> None:
     # Lineage: one STREAMING run, START, a RUNNING event per batch, COMPLETE.
     events = [json.loads(x) for x in (tmp_path / "lineage.jsonl").read_text().splitlines()]
     assert {e["run"]["runId"] for e in events} == {s.stream_run_id}
-    assert [e["eventType"] for e in events] == ["START", "RUNNING", "RUNNING", "RUNNING",
-                                                "COMPLETE"]
+    assert [e["eventType"] for e in events] == [
+        "START",
+        "RUNNING",
+        "RUNNING",
+        "RUNNING",
+        "COMPLETE",
+    ]
     assert all(e["job"]["facets"]["jobType"]["processingType"] == "STREAMING" for e in events)
     assert events[2]["run"]["facets"]["xlibPipeline_stream"]["offsets"] == [10, 20]
 
@@ -85,8 +97,10 @@ def test_every_compliance_plugin_applies_per_batch(tmp_path: Path) -> None:
 
 def test_without_a_dead_letter_sink_pii_stops_the_stream(tmp_path: Path) -> None:
     rows = [{"id": 1, "note": "a@example.com"}]
-    config = {"store": {"path": str(tmp_path / "runs.sqlite")},
-              "classification": {"detect_pii": True}}
+    config = {
+        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "classification": {"detect_pii": True},
+    }
     with PipelineManager(config) as pm:
         s = pm.stream(contacts(), source=rows, sink=None)
     assert s.status == "failed" and "clearance" in str(s.error) and s.batches == 0

@@ -45,8 +45,13 @@ def windowed(size: int, slide: int, delay: int, lateness: int) -> Pipeline:
 
     @p.task(
         "agg",
-        window={"size": size, "slide": slide, "field": "ts", "delay": delay,
-                "allowed_lateness": lateness},
+        window={
+            "size": size,
+            "slide": slide,
+            "field": "ts",
+            "delay": delay,
+            "allowed_lateness": lateness,
+        },
     )
     def agg(w: Window) -> dict[str, Any]:
         return {"start": w.start, "end": w.end, "ids": [r["id"] for r in w]}
@@ -81,12 +86,25 @@ def test_windows_match_the_model(
     p = windowed(size, slide, delay, lateness)
     with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
         # Stop part-way, then restart: the open windows come back from the checkpoint.
-        first = pm.stream(p, source=records, sink=out.extend, late_sink=late.extend,
-                          batch_size=batch_size, max_batches=stop_after, name=name)
+        first = pm.stream(
+            p,
+            source=records,
+            sink=out.extend,
+            late_sink=late.extend,
+            batch_size=batch_size,
+            max_batches=stop_after,
+            name=name,
+        )
         assert first.status in ("stopped", "completed"), first.error
         if first.status == "stopped":
-            rest = pm.stream(p, source=records, sink=out.extend, late_sink=late.extend,
-                             batch_size=batch_size, name=name)
+            rest = pm.stream(
+                p,
+                source=records,
+                sink=out.extend,
+                late_sink=late.extend,
+                batch_size=batch_size,
+                name=name,
+            )
             assert rest.status == "completed", rest.error
             assert rest.late == len(late)
     want, want_late = model(times, size, slide, delay, lateness)
@@ -101,8 +119,9 @@ def test_late_records_are_counted_in_the_checkpoint(tmp_path: Path) -> None:
     records = [{"id": 0, "ts": 50}, {"id": 1, "ts": 1}, {"id": 2, "ts": 55}]
     late: list[Any] = []
     with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
-        s = pm.stream(windowed(10, 10, 0, 0), source=records, sink=None, late_sink=late.extend,
-                      batch_size=1)
+        s = pm.stream(
+            windowed(10, 10, 0, 0), source=records, sink=None, late_sink=late.extend, batch_size=1
+        )
     assert s.late == 1 and late == [{"id": 1, "ts": 1}]
 
 
@@ -110,7 +129,7 @@ def test_bad_window_options_and_records_are_named(tmp_path: Path) -> None:
     with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
         p = Pipeline("bad")
         p.add_task("agg", lambda w: w, window={"size": 0, "field": "ts"})
-        with pytest.raises(DefinitionError, match="task 'agg'.*'size' must be > 0"):
+        with pytest.raises(DefinitionError, match=r"task 'agg'.*'size' must be > 0"):
             pm.stream(p, source=[])
         s = pm.stream(windowed(5, 5, 0, 0), source=[{"id": 1}], name="missing")
         assert s.status == "failed" and "window field 'ts' is missing" in str(s.error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import sqlite3
@@ -56,7 +57,9 @@ def read_jsonl(path: Path) -> list[Any]:
 
 @pytest.fixture
 def pm(tmp_path: Path) -> Any:
-    with PipelineManager({"store": {"path": str(tmp_path / "runs.sqlite")}}, entry_points=False) as m:
+    with PipelineManager(
+        {"store": {"path": str(tmp_path / "runs.sqlite")}}, entry_points=False
+    ) as m:
         yield m
 
 
@@ -76,15 +79,16 @@ def test_file_to_file_each_batch_is_a_run(pm: PipelineManager, tmp_path: Path) -
     assert len(runs) == 3 and {r.status for r in runs} == {"succeeded"}
     offsets = sorted(tuple(r.params["stream"]["offsets"]) for r in runs)
     assert offsets[0][0] == 0 and offsets[-1][1] == (tmp_path / "in.jsonl").stat().st_size
-    assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(offsets))
 
 
 def test_restart_continues_and_from_start_starts_over(pm: PipelineManager, tmp_path: Path) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     out.write_text('{"kept": "existing content"}\n')
     rows = write_jsonl(src, 1000)
-    first = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100,
-                      max_batches=4)
+    first = pm.stream(
+        screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100, max_batches=4
+    )
     assert (first.status, first.records, first.batches) == ("stopped", 400, 4)
     second = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
     assert (second.status, second.records, second.batches) == ("completed", 1000, 10)
@@ -93,8 +97,9 @@ def test_restart_continues_and_from_start_starts_over(pm: PipelineManager, tmp_p
     third = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
     assert (third.records, third.batches) == (1050, 11)
     assert read_jsonl(out) == [{"kept": "existing content"}, *expected(rows + more)]
-    again = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=300,
-                      from_start=True)
+    again = pm.stream(
+        screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=300, from_start=True
+    )
     assert (again.records, again.batches) == (1050, 4)
     assert read_jsonl(out) == [{"kept": "existing content"}, *expected(rows + more)]
 
@@ -104,8 +109,9 @@ def test_sink_truncates_what_was_written_after_the_checkpoint(
 ) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     rows = write_jsonl(src, 500)
-    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100,
-              max_batches=2)
+    pm.stream(
+        screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100, max_batches=2
+    )
     with open(out, "a") as f:  # what a crash between sink write and commit leaves behind
         f.write('{"id": 999999, "half": "written"}\n{"id": 12')
     s = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
@@ -149,8 +155,14 @@ def test_iterable_async_iterable_and_callback_sink(pm: PipelineManager) -> None:
 
     seen: list[tuple[int, int]] = []
     sink = CallbackSink(lambda recs, seq: seen.append((seq, len(recs))), with_seq=True)
-    s2 = pm.stream(screening(), source=IterableSource(agen()), sink=sink, batch_size=100,
-                   batch_timeout=5, name="ait")
+    s2 = pm.stream(
+        screening(),
+        source=IterableSource(agen()),
+        sink=sink,
+        batch_size=100,
+        batch_timeout=5,
+        name="ait",
+    )
     assert (s2.status, s2.records) == ("completed", 250)
     assert [q for q, _ in seen] == list(range(1, len(seen) + 1))
     assert sum(n for _, n in seen) == 250
@@ -167,8 +179,14 @@ def test_restart_of_a_replayable_iterable_skips_what_is_committed(pm: PipelineMa
 def test_follow_tails_a_growing_file(pm: PipelineManager, tmp_path: Path) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     rows = write_jsonl(src, 10)
-    s = pm.stream(screening(), source=JsonLinesSource(src, follow=True, poll_interval=0.01),
-                  sink=JsonLinesSink(out), batch_size=5, batch_timeout=0.05, wait=False)
+    s = pm.stream(
+        screening(),
+        source=JsonLinesSource(src, follow=True, poll_interval=0.01),
+        sink=JsonLinesSink(out),
+        batch_size=5,
+        batch_timeout=0.05,
+        wait=False,
+    )
     try:
         with open(src, "a") as f:  # a half-written line is read once its newline arrives
             f.write('{"id": 10, "amo')
@@ -255,9 +273,11 @@ def test_bad_input_is_refused_before_anything_runs(pm: PipelineManager, tmp_path
     none.add_task("const", lambda: 1)
     with pytest.raises(DefinitionError, match="no root task takes the batch"):
         pm.stream(none, source=[])
-    with PipelineManager(entry_points=False) as bare:
-        with pytest.raises(ConfigError, match="needs a run store"):
-            bare.stream(screening(), source=[{"amount": 1}])
+    with (
+        PipelineManager(entry_points=False) as bare,
+        pytest.raises(ConfigError, match="needs a run store"),
+    ):
+        bare.stream(screening(), source=[{"amount": 1}])
     other = Pipeline("other")
     other.add_task("x", lambda b: b)
     pm.stream(screening(), source=[{"id": 1, "amount": 1}], name="shared")
@@ -270,8 +290,7 @@ def test_a_file_sink_shorter_than_its_checkpoint_is_refused(
 ) -> None:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(src, 100)
-    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10,
-              max_batches=2)
+    pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10, max_batches=2)
     out.write_text("")
     s = pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
     assert s.status == "failed" and "--from-start" in str(s.error)

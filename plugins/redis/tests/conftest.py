@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from xlib_pipeline_redis._connectors import wait_for
 
 

@@ -104,18 +104,26 @@ def test_the_sink_ahead_of_the_store_is_not_written_twice(
     fill(r, 100)
     store = tmp_path / "runs.sqlite"
     with PipelineManager({"store": {"path": str(store)}}) as pm:
-        pm.stream(scoring(), source=f"{redis_url}/in?group=g&consumer=c", sink=f"{redis_url}/out",
-                  batch_size=10, max_batches=3)
+        pm.stream(
+            scoring(),
+            source=f"{redis_url}/in?group=g&consumer=c",
+            sink=f"{redis_url}/out",
+            batch_size=10,
+            max_batches=3,
+        )
     # Forge the crash: the store forgets batch 3, Redis (acks + output + checkpoint) has it.
     with sqlite3.connect(store) as c:
-        prev = c.execute(
-            "SELECT end_offset, position FROM stream_batches WHERE seq = 2"
-        ).fetchone()
+        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
         c.execute("DELETE FROM stream_batches WHERE seq = 3")
         c.execute("UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20", prev)
     with PipelineManager({"store": {"path": str(store)}}) as pm:
-        s = pm.stream(scoring(), source=f"{redis_url}/in?group=g&consumer=c",
-                      sink=f"{redis_url}/out", batch_size=10, idle_timeout=0.5)
+        s = pm.stream(
+            scoring(),
+            source=f"{redis_url}/in?group=g&consumer=c",
+            sink=f"{redis_url}/out",
+            batch_size=10,
+            idle_timeout=0.5,
+        )
     assert s.error is None
     assert outputs(r) == list(range(100))
     assert r.xpending("in", "g")["pending"] == 0
@@ -130,8 +138,9 @@ def test_bad_urls_and_records_are_named(r: redis.Redis, redis_url: str, tmp_path
         p = Pipeline("lists")
         p.add_task("x", lambda batch: [[1, 2] for _ in batch])
         fill(r, 3)
-        s = pm.stream(p, source=f"{redis_url}/in?group=g", sink=f"{redis_url}/out",
-                      idle_timeout=0.2)
+        s = pm.stream(
+            p, source=f"{redis_url}/in?group=g", sink=f"{redis_url}/out", idle_timeout=0.2
+        )
         assert s.status == "failed" and "non-empty dict" in str(s.error)
         assert r.xpending("in", "g")["pending"] == 3  # nothing acknowledged, nothing lost
 
@@ -151,8 +160,9 @@ def test_sigkill_at_ten_seeded_points(r: redis.Redis, redis_url: str, tmp_path: 
     rng = random.Random(1313)
     kills = 0
     for _ in range(10):
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 120
         start = r.xlen("out")
         while time.monotonic() < deadline and proc.poll() is None and r.xlen("out") == start:
@@ -163,8 +173,7 @@ def test_sigkill_at_ten_seeded_points(r: redis.Redis, redis_url: str, tmp_path: 
             kills += 1
         proc.wait(timeout=60)
     assert kills >= 5, "the stream finished before most kills: nothing was tested"
-    final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+    final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
     ids = outputs(r)
     assert len(ids) == n and sorted(ids) == list(range(n))

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from ._checkpoint import BatchRecord, CheckpointStore, StreamRecord
 from ._connectors import CallbackSink, IterableSource, JsonLinesSink, JsonLinesSource
-from ._engine import NullSink, Stream, print_progress, resolve_sink, resolve_source, run_stream
+from ._engine import Stream
 from ._errors import StreamError
 from ._pipeline import BATCH_TASK
 from ._protocol import BaseSink, BaseSource, Checkpoint, Sink, Source, SourceBatch
+from ._run import NullSink, print_progress, resolve_sink, resolve_source, run_stream
 from ._windows import Window, WindowSpec
 
 __all__ = [

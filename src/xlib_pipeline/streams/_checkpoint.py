@@ -162,7 +162,7 @@ class CheckpointStore:
             ).fetchone()
         return None if row is None else _record(row)
 
-    def list(self) -> list[StreamRecord]:
+    def list_streams(self) -> list[StreamRecord]:
         """Every stream, most recently updated first."""
         with self._lock:
             rows = self._conn.execute(
@@ -190,8 +190,18 @@ class CheckpointStore:
                     f"INSERT OR REPLACE INTO streams ({_COLS}) VALUES "
                     "(?, ?, ?, ?, 'running', 0, NULL, ?, ?, 0, 0, 0, 0, NULL, NULL, ?, ?, ?, ?, "
                     "NULL)",
-                    (name, pipeline, source, sink, _j(origin), _j(origin), tenant, lineage_run,
-                     now, now),
+                    (
+                        name,
+                        pipeline,
+                        source,
+                        sink,
+                        _j(origin),
+                        _j(origin),
+                        tenant,
+                        lineage_run,
+                        now,
+                        now,
+                    ),
                 ),
             ]
         )
@@ -233,15 +243,38 @@ class CheckpointStore:
                     "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "
                     "end_offset, records, outputs, late, dead, position, output, committed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, checkpoint.seq, run_id, _j(start), _j(checkpoint.offset), records,
-                     outputs, late, dead, pos, output, now),
+                    (
+                        name,
+                        checkpoint.seq,
+                        run_id,
+                        _j(start),
+                        _j(checkpoint.offset),
+                        records,
+                        outputs,
+                        late,
+                        dead,
+                        pos,
+                        output,
+                        now,
+                    ),
                 ),
                 (
                     "UPDATE streams SET seq=?, offset=?, position=?, records=records+?, "
                     "outputs=outputs+?, late=late+?, dead=dead+?, lag=?, window_state=?, "
                     "updated=? WHERE name=?",
-                    (checkpoint.seq, _j(checkpoint.offset), pos, records, outputs, late, dead,
-                     lag, window_state, now, name),
+                    (
+                        checkpoint.seq,
+                        _j(checkpoint.offset),
+                        pos,
+                        records,
+                        outputs,
+                        late,
+                        dead,
+                        lag,
+                        window_state,
+                        now,
+                        name,
+                    ),
                 ),
             ]
         )

@@ -43,7 +43,7 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run ``xlib-pipeline stream``; exit 0 when it completed or stopped, 1 when it failed."""
     from .. import cli
-    from ._engine import print_progress
+    from ._run import print_progress
 
     pipeline, module = cli.load_pipeline(args.target)
     config = cli._with_store(cli.load_config(getattr(args, "config", None), module), args.store)
@@ -107,7 +107,7 @@ def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
         store = RunStore(path, create=False)
         try:
             try:
-                run = store.get_run(last.run_id)  # type: ignore[arg-type]
+                run = store.get_run(last.run_id or "")
             except PipelineError:
                 run = None
             if run is not None:

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import sys
 import threading
 import time
 import uuid
-
-import attrs
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._records import PayloadRef
-from .._store import dump_output
 from ..exceptions import ConfigError, PipelineError
+from ._batch import BatchOutcome, brief_offset
+from ._batch import records_of as _records_of
 from ._checkpoint import CheckpointStore, StreamRecord
-from ._connectors import CallbackSink, IterableSource
 from ._errors import StreamError
+from ._payloads import StreamPayloads
 from ._pipeline import BATCH_TASK, derive
-from ._protocol import BaseSink, Checkpoint, Sink, Source, SourceBatch
+from ._protocol import Checkpoint, Sink, Source, SourceBatch
 from ._windows import WindowOperator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,114 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._task import Pipeline
 
 
-@attrs.frozen
-class BatchOutcome:
-    """A batch's run, and when its records were quarantined one by one, their outputs
-    and the dead-letter entries."""
-
-    result: PipelineResult
-    outputs: list[Any] | None
-    dead: list[dict[str, Any]]
-
-
-class NullSink(BaseSink):
-    """Keeps no copy: outputs are only checkpointed in the run store."""
-
-    url = "none"
-
-    def write(self, records: Any, checkpoint: Checkpoint, source: Source) -> Any:
-        return None
-
-
-def resolve_source(pm: PipelineManager, source: Any, options: Mapping[str, Any]) -> Source:
-    """A :class:`Source` from an object, a URL (``scheme:...``) or an (async) iterable."""
-    if isinstance(source, str):
-        conn = pm.stream_connectors.get(_scheme(source))
-        if conn is None or conn.source is None:
-            raise ConfigError(_unknown(pm, source, "source"), key="source")
-        made: Source = conn.source(source, dict(options))
-        return made
-    if options:
-        raise ConfigError(
-            f"source options {sorted(options)} apply to a source URL; pass them to the "
-            "source object's constructor instead",
-            key="source_options",
-        )
-    if isinstance(source, Source):
-        return source
-    if isinstance(source, Iterable | AsyncIterable):
-        return IterableSource(source)
-    raise ConfigError(
-        f"source must be a Source, a URL like 'jsonl:PATH' or an (async) iterable, "
-        f"got {type(source).__name__}",
-        key="source",
-    )
-
-
-def resolve_sink(pm: PipelineManager, sink: Any, options: Mapping[str, Any]) -> Sink:
-    """A :class:`Sink` from an object, a URL, a callable (callback) or ``None``."""
-    if sink is None:
-        return NullSink()
-    if isinstance(sink, str):
-        conn = pm.stream_connectors.get(_scheme(sink))
-        if conn is None or conn.sink is None:
-            raise ConfigError(_unknown(pm, sink, "sink"), key="sink")
-        made: Sink = conn.sink(sink, dict(options))
-        return made
-    if options:
-        raise ConfigError(
-            f"sink options {sorted(options)} apply to a sink URL; pass them to the sink "
-            "object's constructor instead",
-            key="sink_options",
-        )
-    if isinstance(sink, Sink):
-        return sink
-    if callable(sink):
-        return CallbackSink(sink)
-    raise ConfigError(
-        f"sink must be a Sink, a URL like 'jsonl:PATH', a callable or None, "
-        f"got {type(sink).__name__}",
-        key="sink",
-    )
-
-
-def _scheme(url: str) -> str:
-    head, sep, _ = url.partition(":")
-    return head.lower() if sep else ""
-
-
-def _unknown(pm: PipelineManager, url: str, role: str) -> str:
-    have = sorted(
-        s for s, c in pm.stream_connectors.items() if (c.source if role == "source" else c.sink)
-    )
-    scheme = _scheme(url)
-    hint = " (install xlib-pipeline-redis)" if scheme in ("redis", "rediss") else ""
-    return (
-        f"{role} {url!r}: no connector for scheme {scheme!r}{hint}; "
-        f"known {role} schemes: {', '.join(have)}"
-    )
-
-
-def brief_offset(offset: Any) -> Any:
-    """An offset short enough for audit records and run params (a broker batch's list of
-    entry ids becomes its first, last and count)."""
-    if isinstance(offset, Mapping) and isinstance(offset.get("ids"), list):
-        ids = offset["ids"]
-        return {"first": ids[0] if ids else None, "last": offset.get("last"), "count": len(ids)}
-    return offset
-
-
-def _records_of(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    if isinstance(value, tuple):
-        return list(value)
-    return [value]
-
-
-class Stream:
+class Stream(StreamPayloads):
     """One stream: a pipeline over a source into a sink, checkpointed in the run store.
 
     Counters (``records``, ``batches``, ``outputs``, ``late``, ``dead``) include what
@@ -463,9 +353,7 @@ class Stream:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self.status == "running":
-            self.status = (
-                "stopped" if self._stop.is_set() or self._limit_reached() else "completed"
-            )
+            self.status = "stopped" if self._stop.is_set() or self._limit_reached() else "completed"
             if self.idle_timeout is not None and self.status == "completed":
                 self.status = "stopped"
 
@@ -562,7 +450,9 @@ class Stream:
         dead = outcome.dead
         if dead:
             assert self.dead_letter is not None
-            self.dead_letter.write(dead, Checkpoint(seq=seq, offset=None, position=None), self.source)
+            self.dead_letter.write(
+                dead, Checkpoint(seq=seq, offset=None, position=None), self.source
+            )
         self.lag = self.source.lag()
         assert self._ckpt is not None
         self._ckpt.commit(
@@ -602,151 +492,3 @@ class Stream:
         )
         if self.on_batch is not None:
             self.on_batch(self)
-
-    def _side_output(self, seq: int, late: list[Any]) -> None:
-        """Late records: to the late sink (if any), counted, and logged for the audit."""
-        from .._events import get_logger
-
-        get_logger(pipeline=self.pipeline.name, stream=self.name).warning(
-            "stream.late_records", batch=seq, count=len(late)
-        )
-        if self.late_sink is not None:
-            assert self.checkpoint is not None
-            self.late_sink.write(
-                late, Checkpoint(seq=seq, offset=None, position=None), self.source
-            )
-
-    # -- payloads at rest -------------------------------------------------------------------
-
-    def _ref(self, kind: str) -> PayloadRef:
-        return PayloadRef(
-            run_id=self.stream_run_id or self.name,
-            pipeline=self.pipeline.name,
-            task=f"stream:{self.name}",
-            tenant=self._tenant,
-            kind=kind,
-        )
-
-    def _protect(self, value: Any, kind: str, seq: int) -> bytes | None:
-        if not self.pm._record_outputs():
-            return None
-        raw = dump_output(value)
-        if raw is None:
-            return None
-        blob: bytes = self.pm.hooks.call("encrypt", data=raw, ref=self._ref(kind))
-        return blob
-
-    def _window_blob(self, seq: int) -> bytes | None:
-        if not self.windows:
-            return None
-        raw = dump_output(self.windows.state())
-        if raw is None:  # pragma: no cover - window state is plain data
-            raise StreamError(f"stream {self.name!r}: window state cannot be serialized")
-        blob: bytes = self.pm.hooks.call("encrypt", data=raw, ref=self._ref("window_state"))
-        return blob
-
-    def _decrypt_state(self, blob: bytes | None) -> Any:
-        if blob is None:
-            return None
-        from .._store import load_output
-
-        data = self.pm.hooks.call("decrypt", data=blob, ref=self._ref("window_state"))
-        return load_output(data)
-
-
-def run_stream(
-    pm: PipelineManager,
-    pipeline: Pipeline,
-    *,
-    source: Any,
-    sink: Any = None,
-    name: str | None = None,
-    batch_size: int = 1000,
-    batch_timeout: float = 0.5,
-    max_in_flight: int = 1,
-    from_start: bool = False,
-    output_task: str | None = None,
-    max_batches: int | None = None,
-    max_records: int | None = None,
-    idle_timeout: float | None = None,
-    source_options: Mapping[str, Any] | None = None,
-    sink_options: Mapping[str, Any] | None = None,
-    wait: bool = True,
-    on_batch: Callable[[Stream], None] | None = None,
-    late_sink: Any = None,
-    dead_letter: Any = None,
-    **run_kwargs: Any,
-) -> Stream:
-    """Run ``pipeline`` over ``source`` in micro-batches into ``sink``; see docs/streams.md.
-
-    Each batch (``batch_size`` records, or what arrived within ``batch_timeout`` seconds)
-    is one run of the pipeline: root tasks with one parameter receive the batch, the
-    output of the final task (or ``output_task``) goes to the sink, then the source
-    offsets, the output and the sink position are committed to the run store in one
-    transaction. Up to ``max_in_flight`` batches run at once; they commit in order.
-    The same ``name`` (default: the pipeline's) on the same store continues after the
-    last checkpoint; ``from_start=True`` starts over. ``max_batches``, ``max_records``
-    and ``idle_timeout`` (seconds without a record) stop an endless stream;
-    ``wait=False`` returns the started :class:`Stream` at once. With ``dead_letter`` (a
-    sink), a failed batch is run again record by record and the records that fail (PII
-    refused by classification, say) go there with their error, counted and audited;
-    without it a failed batch stops the stream. ``late_sink`` receives late records of
-    windowed tasks. Other keyword arguments
-    (``tenant_id``, ``principal``, ``executor``, plugin run options ...) apply to each
-    batch's run as in ``execute_pipeline``.
-    """
-    for key, value, low in (
-        ("batch_size", batch_size, 1),
-        ("max_in_flight", max_in_flight, 1),
-        ("max_batches", max_batches, 1),
-        ("max_records", max_records, 1),
-    ):
-        if value is None and key in ("max_batches", "max_records"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"stream: {key} must be an int >= {low}, got {value!r}", key=key)
-    for key, num in (("batch_timeout", batch_timeout), ("idle_timeout", idle_timeout)):
-        if num is None and key == "idle_timeout":
-            continue
-        if isinstance(num, bool) or not isinstance(num, int | float) or num < 0:
-            raise ConfigError(f"stream: {key} must be seconds >= 0, got {num!r}", key=key)
-    for banned in ("inputs", "resume", "run_id", "params", "monitor"):
-        if banned in run_kwargs:
-            raise TypeError(f"pm.stream() does not take {banned}=: each batch is its own run")
-    src = resolve_source(pm, source, source_options or {})
-    snk = resolve_sink(pm, sink, sink_options or {})
-    stream = Stream(
-        pm,
-        pipeline,
-        source=src,
-        sink=snk,
-        name=name or pipeline.name,
-        batch_size=batch_size,
-        batch_timeout=float(batch_timeout),
-        max_in_flight=max_in_flight,
-        from_start=from_start,
-        output_task=output_task,
-        max_batches=max_batches,
-        max_records=max_records,
-        idle_timeout=idle_timeout,
-        run_kwargs=run_kwargs,
-        on_batch=on_batch,
-        late_sink=None if late_sink is None else resolve_sink(pm, late_sink, {}),
-        dead_letter=None if dead_letter is None else resolve_sink(pm, dead_letter, {}),
-    )
-    # Refuse a bad pipeline or option before anything is read or written.
-    pm.validate_pipeline(stream.batch_pipeline)
-    if not wait:
-        return stream.start()
-    stream.run()
-    return stream
-
-
-def print_progress(stream: Stream) -> None:
-    """A one-line monitor on stderr: records, batches, throughput, lag, checkpoint."""
-    lag = "?" if stream.lag is None else str(stream.lag)
-    sys.stderr.write(
-        f"\rstream {stream.name}: {stream.records} records, {stream.batches} batches, "
-        f"{stream.throughput:,.0f} rec/s, lag {lag}, checkpoint {stream.checkpoint.offset if stream.checkpoint else None}   "
-    )
-    sys.stderr.flush()

@@ -218,7 +218,8 @@ def _job_facets(facets: Mapping[str, Any] | None) -> dict[str, Any] | None:
     jt = facets.get("jobType")
     if jt is not None:
         out["jobType"] = job_type_job.JobTypeJobFacet(
-            processingType=jt["processingType"], integration=jt["integration"],
+            processingType=jt["processingType"],
+            integration=jt["integration"],
             jobType=jt.get("jobType"),
         )
     return out or None

@@ -382,9 +382,7 @@ class LineagePlugin:
             return
         from ._streams import stream_event
 
-        line = stream_event(
-            stream, event, info, namespace=self.namespace, producer=self.producer
-        )
+        line = stream_event(stream, event, info, namespace=self.namespace, producer=self.producer)
         if line is not None:
             self.sink().write([line])
 

@@ -154,8 +154,9 @@ class RedisStreamSource(BaseSource):
         ids = [e[0] for e in entries]
         records = [dict(e[1]) for e in entries]
         start = ids[0] if ids else None
-        return SourceBatch(records=records, start=start, end={"last": ids[-1] if ids else None,
-                                                               "ids": ids})
+        return SourceBatch(
+            records=records, start=start, end={"last": ids[-1] if ids else None, "ids": ids}
+        )
 
     def committed(self, offset: Any) -> None:
         ids = offset.get("ids") if isinstance(offset, dict) else None
