@@ -23,6 +23,9 @@ from ._plugins import (
     package_for,
 )
 from ._recording import StoreRecorder, load_resume
+
+#: The run param a stream sets on each batch run (see xlib_pipeline.streams).
+BATCH_INPUT = "stream"
 from ._records import (
     CliCommand,
     Executor,
@@ -611,6 +614,9 @@ class PipelineManager:
                     record_outputs=self._record_outputs(),
                     carried=carried,
                     source=source,
+                    # A stream's batch commits with its checkpoint (the stream flushes the
+                    # store first), not on its own.
+                    flush=given is None or BATCH_INPUT not in ctx.params,
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)

@@ -69,7 +69,9 @@ class StoreRecorder(Observer):
         record_outputs: bool = True,
         carried: Mapping[int, tuple[bytes, str]] | None = None,
         source: str | None = None,
+        flush: bool = True,
     ) -> None:
+        self.flush = flush
         self.store = store
         self.hooks = hooks
         self.record_outputs = record_outputs
@@ -98,7 +100,8 @@ class StoreRecorder(Observer):
                 "error": None,
             }
         )
-        self.store.flush()
+        if self.flush:
+            self.store.flush()
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
@@ -163,7 +166,14 @@ class StoreRecorder(Observer):
             if i not in self.recorded and st is not None:
                 self.task_finished(run, i)
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        self.store.run_finished(result.run_id, result.status, result.finished, err)
+        if self.flush:
+            self.store.run_finished(result.run_id, result.status, result.finished, err)
+            return
+        self.store.submit(
+            "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
+            (result.status, result.finished, err, result.run_id),
+        )
+        self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
 
 
 def _user() -> str:

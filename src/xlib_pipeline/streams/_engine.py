@@ -455,6 +455,9 @@ class Stream(StreamPayloads):
             )
         self.lag = self.source.lag()
         assert self._ckpt is not None
+        store = self.pm.store
+        if store is not None:  # the batch's run rows first: the checkpoint names the run
+            store.flush()
         self._ckpt.commit(
             self.name,
             checkpoint=nxt,
