@@ -23,9 +23,6 @@ from ._plugins import (
     package_for,
 )
 from ._recording import StoreRecorder, load_resume
-
-#: The run param a stream sets on each batch run (see xlib_pipeline.streams).
-BATCH_INPUT = "stream"
 from ._records import (
     CliCommand,
     Executor,
@@ -53,6 +50,9 @@ from .exceptions import (
     SettingWithoutEffectWarning,
     UnknownTaskOptionError,
 )
+
+#: The run param a stream sets on each batch run (see xlib_pipeline.streams).
+BATCH_INPUT = "stream"
 
 _CORE_RUN_OPTIONS = (
     "parallel",
