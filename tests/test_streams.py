@@ -301,3 +301,35 @@ def test_window_option_outside_a_stream_is_refused(manager: PipelineManager) -> 
     p.add_task("agg", lambda: 1, window={"size": 10, "field": "ts"})
     with pytest.raises(DefinitionError, match="applies when the pipeline runs as a stream"):
         manager.execute_pipeline(p)
+
+
+def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
+    from xlib_pipeline.cli import main
+
+    (tmp_path / "pipe.py").write_text(
+        "from xlib_pipeline import Pipeline\n"
+        "p = Pipeline('cli_stream')\n"
+        "@p.task('keep')\n"
+        "def keep(batch):\n"
+        "    return [r for r in batch if r['amount'] > 0]\n"
+    )
+    src, out, store = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "s.sqlite"
+    rows = write_jsonl(src, 120)
+    args = ["stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}", "--sink",
+            f"jsonl:{out}", "--store", str(store), "--batch-size", "50", "--no-monitor"]  # fmt: skip
+    assert main([*args, "--max-batches", "1"]) == 0
+    assert main(args) == 0
+    assert read_jsonl(out) == [r for r in rows if r["amount"] > 0]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["runs", "show", "cli_stream", "--store", str(store), "--json"]) == 0
+    shown = json.loads(buf.getvalue())
+    assert shown["records"] == 120 and shown["batches"] == 3 and shown["status"] == "completed"
+    assert shown["checkpoint"]["offset"] == src.stat().st_size
+    assert shown["checkpoint"]["position"] == out.stat().st_size
+    assert [b["seq"] for b in shown["last_batches"]] == [3, 2, 1]
+    assert main(["stream", str(tmp_path / "pipe.py"), "--source", "nope:x", "--store",
+                 str(store)]) == 2  # fmt: skip
