@@ -128,7 +128,8 @@ def run_stream(
     The same ``name`` (default: the pipeline's) on the same store continues after the
     last checkpoint; ``from_start=True`` starts over. ``max_batches``, ``max_records``
     and ``idle_timeout`` (seconds without a record) stop an endless stream;
-    ``wait=False`` returns the started :class:`Stream` at once. With ``dead_letter`` (a
+    ``wait=False`` returns the started :class:`Stream` at once; ``monitor=True`` keeps a
+    progress line on stderr (records, batches, records/s, lag, checkpoint). With ``dead_letter`` (a
     sink), a failed batch is run again record by record and the records that fail (PII
     refused by classification, say) go there with their error, counted and audited;
     without it a failed batch stops the stream. ``late_sink`` receives late records of
@@ -151,7 +152,15 @@ def run_stream(
             continue
         if isinstance(num, bool) or not isinstance(num, int | float) or num < 0:
             raise ConfigError(f"stream: {key} must be seconds >= 0, got {num!r}", key=key)
-    for banned in ("inputs", "resume", "run_id", "params", "monitor"):
+    if run_kwargs.pop("monitor", False):  # a live line: records, batches, rate, lag
+        user = on_batch
+
+        def on_batch(stream: Stream) -> None:
+            print_progress(stream)
+            if user is not None:
+                user(stream)
+
+    for banned in ("inputs", "resume", "run_id", "params"):
         if banned in run_kwargs:
             raise TypeError(f"pm.stream() does not take {banned}=: each batch is its own run")
     src = resolve_source(pm, source, source_options or {})
