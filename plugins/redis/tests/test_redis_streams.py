@@ -135,6 +135,8 @@ def test_bad_urls_and_records_are_named(r: redis.Redis, redis_url: str, tmp_path
             pm.stream(scoring(), source=f"{redis_url}/in")
         with pytest.raises(ConfigError, match="unknown parameter"):
             pm.stream(scoring(), source=f"{redis_url}/in?group=g&grup=x")
+        with pytest.raises(ConfigError, match="--follow is for files"):
+            pm.stream(scoring(), source=f"{redis_url}/in?group=g", source_options={"follow": 1})
         p = Pipeline("lists")
         p.add_task("x", lambda batch: [[1, 2] for _ in batch])
         fill(r, 3)

@@ -54,6 +54,17 @@ def _parse(url: str, role: str, allowed: set[str]) -> tuple[str, str, dict[str, 
     return server, stream, query
 
 
+def _check_options(url: str, role: str, options: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{role} {url!r}: option(s) {sorted(unknown)} do not apply to Redis streams "
+            f"(--follow is for files: a Redis source always waits for new entries); "
+            f"expected {sorted(allowed)}",
+            key=role,
+        )
+
+
 def _client(server: str) -> redis.Redis:
     return redis.Redis.from_url(server, decode_responses=True)
 
@@ -89,7 +100,9 @@ class RedisStreamSource(BaseSource):
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> RedisStreamSource:
-        server, stream, query = _parse(url, "source", {"group", "consumer", "claim_idle_ms"})
+        allowed = {"group", "consumer", "claim_idle_ms"}
+        server, stream, query = _parse(url, "source", allowed)
+        _check_options(url, "source", options, allowed)
         merged = {**query, **options}
         if not merged.get("group"):
             raise ConfigError(f"source {url!r}: a consumer group is required (?group=NAME)")
@@ -210,7 +223,9 @@ class RedisStreamSink(BaseSink):
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> RedisStreamSink:
-        server, stream, query = _parse(url, "sink", {"checkpoint_key", "maxlen"})
+        allowed = {"checkpoint_key", "maxlen"}
+        server, stream, query = _parse(url, "sink", allowed)
+        _check_options(url, "sink", options, allowed)
         merged = {**query, **options}
         maxlen = merged.get("maxlen")
         return cls(
