@@ -123,3 +123,22 @@ def test_window_state_is_encrypted_in_the_checkpoint(tmp_path: Path) -> None:
     with PipelineManager(config) as pm:  # restored (decrypted) on restart
         s = pm.stream(p, source=rows, sink=out.extend, batch_size=3)
     assert s.status == "completed" and out == [{"n": 3}]
+
+
+def test_a_stream_runs_as_a_principal_for_a_tenant(tmp_path: Path) -> None:
+    pytest.importorskip("xlib_pipeline_tenancy", reason="needs xlib-pipeline-tenancy")
+    config = {
+        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "security": {"access_control": "rbac"},
+        "tenancy": {"bindings": {"alice": {"acme": ["operator"]}}},
+    }
+    rows = [{"id": i, "note": "x"} for i in range(5)]
+    out: list[Any] = []
+    with PipelineManager(config) as pm:
+        ok = pm.stream(contacts(), source=rows, sink=out.extend, tenant_id="acme",
+                       principal="alice", name="alice-acme")  # fmt: skip
+        refused = pm.stream(contacts(), source=rows, sink=out.extend, tenant_id="globex",
+                            principal="alice", name="alice-globex")  # fmt: skip
+    assert ok.status == "completed" and len(out) == 5
+    assert refused.status == "failed" and refused.batches == 0
+    assert "alice" in str(refused.error) and "globex" in str(refused.error)

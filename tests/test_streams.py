@@ -315,8 +315,10 @@ def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
     )
     src, out, store = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "s.sqlite"
     rows = write_jsonl(src, 120)
-    args = ["stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}", "--sink",
-            f"jsonl:{out}", "--store", str(store), "--batch-size", "50", "--no-monitor"]  # fmt: skip
+    args = [
+        *("stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}"),
+        *("--sink", f"jsonl:{out}", "--store", str(store), "--batch-size", "50", "--no-monitor"),
+    ]
     assert main([*args, "--max-batches", "1"]) == 0
     assert main(args) == 0
     assert read_jsonl(out) == [r for r in rows if r["amount"] > 0]
