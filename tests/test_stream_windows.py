@@ -136,3 +136,5 @@ def test_bad_window_options_and_records_are_named(tmp_path: Path) -> None:
         p2 = windowed(5, 5, 0, 0)
         with pytest.raises(Exception, match="max_in_flight=1"):
             pm.stream(p2, source=[], max_in_flight=2)
+        with pytest.raises(Exception, match="'threads' or 'inline' executor"):
+            pm.stream(p2, source=[], executor="processes")

@@ -74,12 +74,8 @@ class Stream(StreamPayloads):
         self.dead_letter = dead_letter
         self._events = bool(pm.hooks.pluggy.hook.stream_event.get_hookimpls())
         self.windows = WindowOperator.for_pipeline(pipeline)
-        if self.windows and max_in_flight > 1:
-            raise ConfigError(
-                f"stream {name!r}: windowed tasks ({', '.join(self.windows.tasks)}) keep state "
-                "from batch to batch, so their batches run one at a time: use max_in_flight=1",
-                key="max_in_flight",
-            )
+        if self.windows:
+            self.windows.check_stream(name, max_in_flight, self.run_kwargs)
         wrap = self.windows.wrap if self.windows else None
         self.batch_pipeline, self.output_task, self.fed = derive(pipeline, output_task, wrap)
         if "parallel" not in self.run_kwargs and "executor" not in self.run_kwargs:

@@ -201,6 +201,28 @@ class WindowOperator:
         specs = windowed_tasks(pipeline)
         return cls(specs) if specs else None
 
+    def check_stream(self, name: str, max_in_flight: int, run_kwargs: Mapping[str, Any]) -> None:
+        """Refuse a stream that cannot keep this state: overlapping batches, or windowed
+        tasks run in other processes (their state would stay there)."""
+        from ..exceptions import ConfigError
+
+        tasks = ", ".join(self.tasks)
+        if max_in_flight > 1:
+            raise ConfigError(
+                f"stream {name!r}: windowed tasks ({tasks}) keep state from batch to batch, "
+                "so their batches run one at a time: use max_in_flight=1",
+                key="max_in_flight",
+            )
+        if run_kwargs.get("executor") not in (None, "threads", "inline") or run_kwargs.get(
+            "isolation_mode"
+        ) not in (None, "none"):
+            raise ConfigError(
+                f"stream {name!r}: windowed tasks ({tasks}) keep their window state in this "
+                "process: run them on the 'threads' or 'inline' executor, without process "
+                "isolation",
+                key="executor",
+            )
+
     def wrap(self, task: Task) -> Task:
         """``task`` with its function called once per closed window (others unchanged)."""
         if task.name not in self.specs:
