@@ -184,8 +184,14 @@ def run_stream(
         late_sink=None if late_sink is None else resolve_sink(pm, late_sink, {}),
         dead_letter=None if dead_letter is None else resolve_sink(pm, dead_letter, {}),
     )
-    # Refuse a bad pipeline or option before anything is read or written.
+    # Refuse a bad pipeline, option or a missing store before anything is read or written.
     pm.validate_pipeline(stream.batch_pipeline)
+    if pm.store is None:
+        raise ConfigError(
+            f"stream {stream.name!r} needs a run store for its checkpoints: configure "
+            "{'store': {'path': 'runs.sqlite'}} (or store: true for the default file)",
+            key="store",
+        )
     if not wait:
         return stream.start()
     stream.run()
