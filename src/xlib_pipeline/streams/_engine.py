@@ -72,7 +72,7 @@ class Stream(StreamPayloads):
         self.on_batch = on_batch
         self.late_sink = late_sink
         self.dead_letter = dead_letter
-        self._events = bool(pm.hooks.pluggy.hook.stream_event.get_hookimpls())
+        self._events = pm.hooks.has["stream_event"]
         self.windows = WindowOperator.for_pipeline(pipeline)
         if self.windows:
             self.windows.check_stream(name, max_in_flight, self.run_kwargs)
@@ -173,7 +173,7 @@ class Stream(StreamPayloads):
 
     def _event(self, event: str, info: Mapping[str, Any]) -> None:
         if self._events:
-            self.pm.hooks.call("stream_event", stream=self, event=event, info=info)
+            self.pm.hooks.stream_event(stream=self, event=event, info=info)
 
     def _finish(self) -> None:
         self.finished = time.time()

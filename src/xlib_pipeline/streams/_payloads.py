@@ -57,7 +57,7 @@ class StreamPayloads:
         raw = dump_output(value)
         if raw is None:
             return None
-        blob: bytes = self.pm.hooks.call("encrypt", data=raw, ref=self._ref(kind))
+        blob: bytes = self.pm.hooks.encrypt(data=raw, ref=self._ref(kind))
         return blob
 
     def _window_blob(self, seq: int) -> bytes | None:
@@ -66,11 +66,11 @@ class StreamPayloads:
         raw = dump_output(self.windows.state())
         if raw is None:  # pragma: no cover - window state is plain data
             raise StreamError(f"stream {self.name!r}: window state cannot be serialized")
-        blob: bytes = self.pm.hooks.call("encrypt", data=raw, ref=self._ref("window_state"))
+        blob: bytes = self.pm.hooks.encrypt(data=raw, ref=self._ref("window_state"))
         return blob
 
     def _decrypt_state(self, blob: bytes | None) -> Any:
         if blob is None:
             return None
-        data = self.pm.hooks.call("decrypt", data=blob, ref=self._ref("window_state"))
+        data = self.pm.hooks.decrypt(data=blob, ref=self._ref("window_state"))
         return load_output(data)

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from ._graph import Plan
+from ._outcomes import Observer
 from ._records import RunContext, Status
 from ._results import PipelineResult
-from ._scheduler import Observer, Run
+from ._scheduler import Run
 from ._store import RunStore, dump_output, load_output, payload_ref
-from .exceptions import PipelineError, StoreError
-
-
-class ResumeError(StoreError):
-    """A run cannot be resumed as asked (unknown run, other pipeline, changed structure)."""
+from .exceptions import PipelineError, ResumeError
 
 
 def structure(plan: Plan) -> dict[str, Any]:
@@ -135,7 +131,7 @@ class StoreRecorder(Observer):
                 if raw is not None:
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
-                        blob = self.hooks.call("encrypt", data=raw, ref=ref)
+                        blob = self.hooks.encrypt(data=raw, ref=ref)
                     except BaseException as error:  # never fall back to plaintext
                         failure = error
         err = cols.errors.get(i)
@@ -213,7 +209,7 @@ def load_resume(
             source_run = tr.output_run or rec.run_id
             ref = payload_ref(source_run, plan.pipeline_name, name, tr.tenant)
             try:
-                data = hooks.call("decrypt", data=tr.output, ref=ref)
+                data = hooks.decrypt(data=tr.output, ref=ref)
                 value = load_output(data)
             except PipelineError:
                 raise
@@ -228,8 +224,3 @@ def load_resume(
         elif tr.status == "skipped":
             preloaded[i] = (Status.SKIPPED, None)
     return rec.run_id, preloaded, carried
-
-
-def now() -> float:
-    """Current POSIX time (one place to patch in tests)."""
-    return time.time()
