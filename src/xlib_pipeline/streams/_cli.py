@@ -43,10 +43,11 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run ``xlib-pipeline stream``; exit 0 when it completed or stopped, 1 when it failed."""
     from .. import cli
+    from ..loading import load_config, load_pipeline, with_store
     from ._run import print_progress
 
-    pipeline, module = cli.load_pipeline(args.target)
-    config = cli._with_store(cli.load_config(getattr(args, "config", None), module), args.store)
+    pipeline, module = load_pipeline(args.target)
+    config = with_store(load_config(getattr(args, "config", None), module), args.store)
     cli._sigterm_as_interrupt()
     options: dict[str, Any] = {}
     for key, attr in (("tenant_id", "tenant"), ("principal", "principal")):
