@@ -315,9 +315,8 @@ class PipelineManager:
                 if self._store is None:
                     self._store = RunStore(
                         section["path"],
-                        batch_ms=section["batch_ms"],
-                        batch_size=section["batch_size"],
                         synchronous=section["synchronous"],
+                        busy_timeout_ms=section["busy_timeout_ms"],
                     )
         return self._store
 
@@ -606,6 +605,8 @@ class PipelineManager:
             observers=obs,
             preloaded=preloaded,
             grace=self.config.get("cancel_grace_seconds", 10.0),
+            commit=store.commit if store is not None else None,
+            flush=store.flush if store is not None else None,
         )
         ctx.stash["__run__"] = run
         if mon is not None:

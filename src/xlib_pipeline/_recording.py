@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +12,7 @@ from ._graph import Plan
 from ._records import RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Observer, Run
+from ._lease import HEARTBEAT_S
 from ._store import RunStore, dump_output, load_output, payload_ref
 from .exceptions import PipelineError, StoreError
 
@@ -78,7 +79,20 @@ class StoreRecorder(Observer):
         self.recorded: set[int] = set()
 
     def start(self, ctx: RunContext, plan: Plan) -> None:
-        """Record the run's row before its first task."""
+        """Lease the run (and the run it resumes), then record its row before its first task.
+
+        Raises :class:`RunLeasedError` while another live process executes either run.
+        """
+        ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
+        taken = self.store.acquire_leases(ctx.run_id, ids)
+        if taken:
+            ctx.stash["lease_takeover"] = [
+                {"run_id": t.run_id, "pid": t.pid, "host": t.host, "holder": t.holder}
+                for t in taken
+            ]
+            if ctx.log is not None:
+                for t in taken:
+                    ctx.log.warning("run.lease_taken_over", run=t.run_id, owner=t.describe())
         self.store.run_started(
             {
                 "run_id": ctx.run_id,
@@ -98,7 +112,12 @@ class StoreRecorder(Observer):
                 "error": None,
             }
         )
-        self.store.flush()
+        try:
+            self.store.flush()
+        except BaseException:
+            self.store.release_leases(ctx.run_id)
+            raise
+        self._beat = _Heartbeat(self.store, ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
@@ -129,6 +148,15 @@ class StoreRecorder(Observer):
                 blob, output_run = carried
             elif self.record_outputs:
                 raw = dump_output(cols.outputs[i])
+                if raw is not None and len(raw) > MAX_BLOB:
+                    failure = StoreError(
+                        f"run store {str(self.store.path)!r}: the output of task {task.name!r} "
+                        f"is {len(raw):,} bytes pickled, more than the store holds in one "
+                        f"value ({MAX_BLOB:,}); the task is recorded without it and re-runs "
+                        "on resume (return a path or a smaller value)",
+                        path=str(self.store.path),
+                    )
+                    raw = None
                 if raw is not None:
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
@@ -162,8 +190,36 @@ class StoreRecorder(Observer):
         for i, st in enumerate(run.cols.status):
             if i not in self.recorded and st is not None:
                 self.task_finished(run, i)
+        beat = getattr(self, "_beat", None)
+        if beat is not None:
+            beat.stop()
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
         self.store.run_finished(result.run_id, result.status, result.finished, err)
+
+
+#: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
+MAX_BLOB = 1_000_000_000 - 4096
+
+
+class _Heartbeat:
+    """Refreshes the run's lease every few seconds from a daemon thread."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(store, run_id), name="xlib-lease", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, store: RunStore, run_id: str) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                store.heartbeat(run_id)
+            except Exception:  # a store fault is reported by the run itself
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _user() -> str:
@@ -218,8 +274,3 @@ def load_resume(
         elif tr.status == "skipped":
             preloaded[i] = (Status.SKIPPED, None)
     return rec.run_id, preloaded, carried
-
-
-def now() -> float:
-    """Current POSIX time (one place to patch in tests)."""
-    return time.time()

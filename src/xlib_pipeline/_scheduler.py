@@ -22,6 +22,7 @@ a task ends, whatever happens to the rest of the run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -33,6 +34,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from ._async import LAZY_TYPES, LoopThread, lazy_result_error
 from ._graph import Plan
 from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
@@ -42,6 +45,7 @@ from .exceptions import (
     ConditionError,
     PipelineError,
     RunCancelledError,
+    StoreError,
     TaskError,
     TaskFailedError,
 )
@@ -117,6 +121,8 @@ class Run:
         observers: list[Observer],
         preloaded: Mapping[int, tuple[Status, Any]] | None = None,
         grace: float | None = None,
+        commit: Callable[[Callable[[BaseException | None], None] | None], None] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -128,6 +134,10 @@ class Run:
         self.stop_on_failure = on_failure == "stop"
         self.observers = observers
         self.grace = grace
+        # The run store's group commit: no successor starts before its upstream's outcome is
+        # committed (``commit(then)`` calls ``then`` once it is); ``flush`` blocks until then.
+        self.commit = commit
+        self.flush = flush
         n = len(plan)
         self.cols = Columns(n)
         self.remaining = list(plan.npreds)
@@ -648,6 +658,19 @@ class Run:
                     self.first_failure = i
                     if self.stop_on_failure:
                         self._stop()
+        # Record the outcome before any successor can become ready: whichever lane releases
+        # a successor then commits after every upstream's record was queued.
+        if self.observers:
+            for ob in self.observers:
+                try:
+                    ob.task_finished(self, i)
+                except BaseException as exc:
+                    # The run store (or its encrypt hook) could not record the task: stop
+                    # starting work; the run fails with this error, which names the plugin.
+                    if self.fatal is None:
+                        self.fatal = exc
+                    self._stop()
+        with self.lock:
             if status is not SUCCEEDED:
                 bit = (
                     _F_FAILED
@@ -668,18 +691,31 @@ class Run:
                     else:
                         ready.append(s)
             self.done += 1
-            if self.done == len(cols.status):
-                self.finished_event.set()
-        if self.observers:
-            for ob in self.observers:
-                try:
-                    ob.task_finished(self, i)
-                except BaseException as exc:
-                    # The run store (or its encrypt hook) could not record the task: stop
-                    # starting work; the run fails with this error, which names the plugin.
-                    if self.fatal is None:
-                        self.fatal = exc
-                    self._stop()
+            last = self.done == len(cols.status)
+        if ready is not None and len(ready) > 1 and self.intelligent:
+            ready.sort(key=self.plan.height.__getitem__, reverse=True)
+        if self.commit is not None:
+            if self.lanes == 1 or ready is None:
+                # Inline (one lane): commit here, then go on. Without a successor, commit
+                # as soon as no commit is in flight (a failure stops the run).
+                if self.lanes == 1 and self.flush is not None:
+                    try:
+                        self.flush()
+                    except BaseException as exc:
+                        self._store_failed(exc)
+                else:
+                    self.commit(self._store_failed)
+            else:
+                # Successors start only once this outcome is committed; the lane goes on
+                # with other ready work meanwhile (the committing lane releases them).
+                if self.events:
+                    self._task_event(i, status, attempt, resumed)
+                if last:
+                    self.finished_event.set()
+                self.commit(functools.partial(self._release, ready))
+                return None
+        if last:
+            self.finished_event.set()
         if self.events:
             self._task_event(i, status, attempt, resumed)
         if ready is None:
@@ -694,6 +730,22 @@ class Run:
         for s in ready[1:]:
             push(s)
         return ready[0]
+
+    def _store_failed(self, exc: BaseException | None) -> None:
+        """A commit failed: stop starting work; the run fails with the storage error."""
+        if exc is None:
+            return
+        if self.fatal is None:
+            self.fatal = exc
+        self._stop()
+
+    def _release(self, ready: list[int], exc: BaseException | None) -> None:
+        """Committed (or failed to commit, then stopping): let ``ready`` tasks be decided."""
+        if exc is not None:
+            self._store_failed(exc)
+        push = self._push
+        for s in ready:
+            push(s)
 
     # -- events and result ----------------------------------------------------------------------
 
@@ -732,7 +784,9 @@ class Run:
         else:
             status = "succeeded"
         error: BaseException | None = None
-        if self.first_failure is not None:
+        if isinstance(self.fatal, StoreError):  # a storage fault stopped the run: say so
+            error = self.fatal
+        elif self.first_failure is not None:
             i = self.first_failure
             exc, tb = cols.errors[i]
             error = failure_error(plan.names[i], exc, tb)
@@ -762,7 +816,11 @@ class Run:
             resumed_from=self.ctx.resumed_from,
         )
         for ob in self.observers:
-            ob.run_finished(self, result)
+            try:
+                ob.run_finished(self, result)
+            except BaseException as exc:  # e.g. the store still cannot be written
+                if result.success or not isinstance(result.error, StoreError):
+                    result = attrs.evolve(result, status="failed", success=False, error=exc)
         return result
 
 
