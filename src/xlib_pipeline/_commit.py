@@ -16,6 +16,7 @@ callbacks learn the error, and later commits fail fast with the same error until
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -36,6 +37,8 @@ def describe_fault(path: Path, exc: BaseException, busy_ms: int) -> StoreError:
     else:
         code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         what = f"{exc} ({code})"
+        if code.startswith(("SQLITE_IOERR", "SQLITE_FULL")):
+            what += _likely_errno(path)
         if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
             what += (
                 f"; another process held a write transaction on it for longer than "
@@ -49,6 +52,31 @@ def describe_fault(path: Path, exc: BaseException, busy_ms: int) -> StoreError:
     )
     err.errno_name = code  # type: ignore[attr-defined]
     return err
+
+
+def _likely_errno(path: Path) -> str:
+    """SQLite does not pass the OS errno on: name the likely one from what can be seen."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        soft = -1
+    sizes = []
+    for suffix in ("", "-wal", "-journal"):
+        try:
+            sizes.append(os.stat(str(path) + suffix).st_size)
+        except OSError:
+            pass
+    if soft != -1 and sizes and max(sizes) + 65536 >= soft:
+        return f"; errno EFBIG: the file reached this process's file-size limit (RLIMIT_FSIZE {soft:,} bytes)"
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return "; errno ENOSPC: no space left on the device"
+    except OSError:
+        pass
+    return "; errno EIO or another I/O error from the operating system"
 
 
 class Committer:
