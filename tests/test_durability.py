@@ -83,7 +83,7 @@ class TestCommitOrder:
 
     def test_removed_window_keys_are_refused(self, tmp_path: Path) -> None:
         """store.batch_ms no longer means anything: refused by name, not ignored."""
-        with pytest.raises(Exception, match="store.batch_ms"):
+        with pytest.raises(Exception, match=r"store\.batch_ms"):
             manager(tmp_path / "x.sqlite", batch_ms=5)
 
 
@@ -193,7 +193,7 @@ class TestStorageFaults:
         )
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            with pytest.raises(StoreError, match="SQLITE_BUSY|locked"):
+            with pytest.raises(StoreError, match=r"SQLITE_BUSY|locked"):
                 pm.execute_pipeline(p)  # the run row itself cannot be written: nothing ran
             assert calls == []
         finally:

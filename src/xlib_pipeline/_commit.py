@@ -69,7 +69,10 @@ def _likely_errno(path: Path) -> str:
         except OSError:
             pass
     if soft != -1 and sizes and max(sizes) + 65536 >= soft:
-        return f"; errno EFBIG: the file reached this process's file-size limit (RLIMIT_FSIZE {soft:,} bytes)"
+        return (
+            "; errno EFBIG: the file reached this process's file-size limit "
+            f"(RLIMIT_FSIZE {soft:,} bytes)"
+        )
     try:
         st = os.statvfs(path.parent)
         if st.f_bavail * st.f_frsize < 1 << 20:
@@ -82,9 +85,7 @@ def _likely_errno(path: Path) -> str:
 class Committer:
     """Group commit of statements onto the connection made by ``connect`` (opened lazily)."""
 
-    def __init__(
-        self, path: Path, connect: Callable[[], sqlite3.Connection], busy_ms: int
-    ) -> None:
+    def __init__(self, path: Path, connect: Callable[[], sqlite3.Connection], busy_ms: int) -> None:
         self.path = path
         self._connect = connect
         self._busy_ms = busy_ms
@@ -318,3 +319,29 @@ def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         if size > len(chunk):
             flat.extend(_NULL_ROW * (size - len(chunk)))
         conn.execute(_SQL[size], flat)
+
+
+class Checkpointer:
+    """Checkpoints the WAL from a daemon thread once it passes ``WAL_CHECKPOINT_BYTES``."""
+
+    WAL_CHECKPOINT_BYTES = 8 << 20
+
+    def __init__(self, store: Any) -> None:
+        self._stop = threading.Event()
+        wal = str(store.path) + "-wal"
+        self._thread = threading.Thread(
+            target=self._loop, args=(store, wal), name="xlib-store-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, store: Any, wal: str) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                if os.stat(wal).st_size >= self.WAL_CHECKPOINT_BYTES:
+                    store.checkpoint()
+            except (OSError, StoreError):
+                pass  # retried at the next tick; close() truncates the WAL
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 from typing import Any
 
 import attrs
+
+from ._commit import Committer, describe_fault
+from .exceptions import StoreError
 
 #: Seconds between heartbeats, and after which a lease of another host counts as stale.
 HEARTBEAT_S = 10.0
@@ -83,8 +87,7 @@ class Lease:
         """``pid 123 on host h (run R), heartbeat 3 s ago``."""
         ago = max(0.0, time.time() - self.heartbeat)
         return (
-            f"pid {self.pid} on host {self.host!r} (run {self.holder}), "
-            f"heartbeat {ago:.0f} s ago"
+            f"pid {self.pid} on host {self.host!r} (run {self.holder}), heartbeat {ago:.0f} s ago"
         )
 
 
@@ -114,3 +117,85 @@ def from_row(row: Any) -> Lease:
         acquired=row[5],
         heartbeat=row[6],
     )
+
+
+class RunLeasedError(StoreError):
+    """The run is being executed by another live process (it holds the run's lease)."""
+
+
+class LeaseMixin:
+    """The lease methods of :class:`~._store.RunStore`."""
+
+    path: Any
+    busy_timeout_ms: int
+    _committer: Committer
+
+    def submit(self, sql: str, params: tuple[Any, ...]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _reading(self) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def acquire_leases(self, holder: str, run_ids: list[str]) -> list[Lease]:
+        """Lease ``run_ids`` for run ``holder`` of this process, atomically.
+
+        Raises :class:`RunLeasedError` when one is held by a live owner; returns the stale
+        leases that were taken over (recorded as ``lease.taken_over`` events).
+        """
+        mine = me(holder)
+
+        def take(conn: sqlite3.Connection) -> list[Lease]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                marks = ", ".join("?" for _ in run_ids)
+                rows = conn.execute(
+                    f"SELECT * FROM leases WHERE run_id IN ({marks})", run_ids
+                ).fetchall()
+                stale: list[Lease] = []
+                for row in rows:
+                    other = from_row(row)
+                    if other.holder != holder and other.live():
+                        raise RunLeasedError(
+                            f"run {other.run_id} is being executed right now by "
+                            f"{other.describe()}; wait for it to end (or stop it) before "
+                            "running or resuming it again",
+                            path=str(self.path),
+                        )
+                    stale.append(other)
+                now = time.time()
+                for rid in run_ids:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (rid, holder, mine.pid, mine.host, mine.proc_start, now, now),
+                    )
+                for old in stale:
+                    conn.execute(
+                        "INSERT INTO events (run_id, task, ts, event, error) VALUES (?, NULL, ?, "
+                        "'lease.taken_over', ?)",
+                        (old.run_id, now, f"stale lease of {old.describe()} taken by {holder}"),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return stale
+
+        try:
+            taken: list[Lease] = self._committer.exclusive(take)
+        except sqlite3.Error as exc:
+            raise describe_fault(self.path, exc, self.busy_timeout_ms) from exc
+        return taken
+
+    def heartbeat(self, holder: str) -> None:
+        """Refresh the heartbeat of every lease held by run ``holder``."""
+        self.submit("UPDATE leases SET heartbeat=? WHERE holder=?", (time.time(), holder))
+
+    def release_leases(self, holder: str) -> None:
+        """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
+        self._committer.add("DELETE FROM leases WHERE holder=?", (holder,))
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The lease on ``run_id``, if any."""
+        with self._reading() as c:
+            row = c.execute("SELECT * FROM leases WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else from_row(row)

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._graph import Plan
+from ._lease import HEARTBEAT_S
 from ._records import RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Observer, Run
-from ._lease import HEARTBEAT_S
 from ._store import RunStore, dump_output, load_output, payload_ref
 from .exceptions import PipelineError, StoreError
 

@@ -31,14 +31,15 @@ from typing import Any
 import attrs
 
 from . import _lease
-from ._commit import LOG, LOG_SCHEMA, Committer, describe_fault
+from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
 from ._records import PayloadRef, Status
 from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     pipeline TEXT NOT NULL,
@@ -83,11 +84,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, task);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
-""" + _lease.SCHEMA
-
-
-class RunLeasedError(StoreError):
-    """The run is being executed by another live process (it holds the run's lease)."""
+"""
+    + _lease.SCHEMA
+)
 
 
 _REMOVED = {
@@ -209,32 +208,6 @@ def _connect(
     return conn
 
 
-class _Checkpointer:
-    """Checkpoints the WAL from a daemon thread once it passes ``WAL_CHECKPOINT_BYTES``."""
-
-    WAL_CHECKPOINT_BYTES = 8 << 20
-
-    def __init__(self, store: RunStore) -> None:
-        self._stop = threading.Event()
-        wal = str(store.path) + "-wal"
-        self._thread = threading.Thread(
-            target=self._loop, args=(store, wal), name="xlib-store-checkpoint", daemon=True
-        )
-        self._thread.start()
-
-    def _loop(self, store: RunStore, wal: str) -> None:
-        while not self._stop.wait(0.25):
-            try:
-                if os.stat(wal).st_size >= self.WAL_CHECKPOINT_BYTES:
-                    store.checkpoint()
-            except (OSError, StoreError):
-                pass  # retried at the next tick; close() truncates the WAL
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 @attrs.frozen(kw_only=True)
 class RunRecord:
     """A run as the store holds it."""
@@ -280,7 +253,7 @@ class TaskRecord:
         return self.finished - self.started
 
 
-class RunStore:
+class RunStore(_lease.LeaseMixin):
     """A handle on one store file. Thread-safe; writes go through a group committer.
 
     Records are committed as soon as no commit is in flight (see :mod:`._commit`): no
@@ -303,7 +276,7 @@ class RunStore:
             self.path, create=create, synchronous=synchronous, busy_ms=busy_timeout_ms
         )
         self._read_lock = threading.Lock()
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
         self.add = self._committer.add
         self.commit = self._committer.commit
@@ -318,11 +291,11 @@ class RunStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
         # Checkpoints (copying the WAL back into the file, with an fsync) run on a
-        # background thread, off the commit path: see _Checkpointer.
+        # background thread, off the commit path: see Checkpointer.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.executescript(LOG_SCHEMA)
         if self._checkpointer is None:
-            self._checkpointer = _Checkpointer(self)
+            self._checkpointer = Checkpointer(self)
         return conn
 
     # -- writing --------------------------------------------------------------------------
@@ -365,72 +338,6 @@ class RunStore:
         with self._reading() as c:
             c.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    # -- leases -----------------------------------------------------------------------------
-
-    def acquire_leases(self, holder: str, run_ids: list[str]) -> list[_lease.Lease]:
-        """Lease ``run_ids`` for run ``holder`` of this process, atomically.
-
-        Raises :class:`RunLeasedError` when one is held by a live owner; returns the stale
-        leases that were taken over (recorded as ``lease.taken_over`` events).
-        """
-        mine = _lease.me(holder)
-
-        def take(conn: sqlite3.Connection) -> list[_lease.Lease]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                marks = ", ".join("?" for _ in run_ids)
-                rows = conn.execute(
-                    f"SELECT * FROM leases WHERE run_id IN ({marks})", run_ids
-                ).fetchall()
-                stale: list[_lease.Lease] = []
-                for row in rows:
-                    other = _lease.from_row(row)
-                    if other.holder != holder and other.live():
-                        raise RunLeasedError(
-                            f"run {other.run_id} is being executed right now by "
-                            f"{other.describe()}; wait for it to end (or stop it) before "
-                            "running or resuming it again",
-                            path=str(self.path),
-                        )
-                    stale.append(other)
-                now = time.time()
-                for rid in run_ids:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (rid, holder, mine.pid, mine.host, mine.proc_start, now, now),
-                    )
-                for old in stale:
-                    conn.execute(
-                        "INSERT INTO events (run_id, task, ts, event, error) VALUES (?, NULL, ?, "
-                        "'lease.taken_over', ?)",
-                        (old.run_id, now, f"stale lease of {old.describe()} taken by {holder}"),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return stale
-
-        try:
-            taken: list[_lease.Lease] = self._committer.exclusive(take)
-        except sqlite3.Error as exc:
-            raise describe_fault(self.path, exc, self.busy_timeout_ms) from exc
-        return taken
-
-    def heartbeat(self, holder: str) -> None:
-        """Refresh the heartbeat of every lease held by run ``holder``."""
-        self.submit("UPDATE leases SET heartbeat=? WHERE holder=?", (time.time(), holder))
-
-    def release_leases(self, holder: str) -> None:
-        """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
-        self._committer.add("DELETE FROM leases WHERE holder=?", (holder,))
-
-    def lease(self, run_id: str) -> _lease.Lease | None:
-        """The lease on ``run_id``, if any."""
-        with self._reading() as c:
-            row = c.execute("SELECT * FROM leases WHERE run_id=?", (run_id,)).fetchone()
-        return None if row is None else _lease.from_row(row)
-
     # -- recording (called by the scheduler's store observer) -----------------------------
 
     def run_started(self, row: Mapping[str, Any]) -> None:
@@ -453,8 +360,22 @@ class RunStore:
         """Queue one state transition (committed with the next commit)."""
         self.add(
             LOG,
-            (2, run_id, task, event, attempt, None, None, error_type, error, None, None, None,
-             None, ts or time.time()),
+            (
+                2,
+                run_id,
+                task,
+                event,
+                attempt,
+                None,
+                None,
+                error_type,
+                error,
+                None,
+                None,
+                None,
+                None,
+                ts or time.time(),
+            ),
         )
 
     def task_finished(self, row: tuple[Any, ...]) -> None:

@@ -30,7 +30,8 @@ from xlib_pipeline import (
 )
 
 from ._canonical import digest
-from ._trail import FSYNC_POLICIES, AuditTrail, open_trail
+from ._registry import open_trail
+from ._trail import FSYNC_POLICIES, AuditTrail
 
 SECTION_KEYS = (
     "path",
@@ -346,7 +347,9 @@ class _Recorder:
             rec["operation"] = meta[1]
         if meta[2]:
             rec["input_digest"] = digest(inputs, self._plugin.key)
-        self._plugin.writer().append(rec)
+        # Guarantee (a): the body starts only once this record is in the file (write(2)
+        # returned); fsync stays governed by audit.fsync.
+        self._plugin.writer().append(rec, wait=True)
 
     # trylast: the outcome is recorded after the other observers ran, so what they
     # computed for it (the classification level of the output) is in the record.
@@ -680,8 +683,7 @@ class AuditPlugin:
         start = {**base, "ts": now_iso(), "action": "call.started", "outcome": "started"}
         if use_digests:
             start["input_digest"] = digest((args, kwargs), self.key)
-        trail.append(start)
-        trail.flush()  # a direct call is written before it runs, like a one-task run
+        trail.append(start, wait=True)  # in the file before the call runs, like a task
         return base, use_digests, time.perf_counter()
 
     def call_finished(
