@@ -445,7 +445,10 @@ class TestLeases:
             while time.monotonic() < deadline:
                 if db.exists():
                     with sqlite3.connect(db) as c:
-                        row = c.execute("SELECT run_id FROM tasks WHERE task='a'").fetchone()
+                        try:
+                            row = c.execute("SELECT run_id FROM tasks WHERE task='a'").fetchone()
+                        except sqlite3.OperationalError:  # the schema is being created
+                            row = None
                     if row:
                         rid = row[0]
                         break

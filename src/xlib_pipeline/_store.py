@@ -32,6 +32,7 @@ import attrs
 
 from . import _lease
 from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
+from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef, Status
 from .exceptions import StoreError
 
