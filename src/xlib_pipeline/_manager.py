@@ -113,6 +113,9 @@ class PipelineManager:
         self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
         self._closed = False
         self._store: RunStore | None = None
+        #: Called as ``notice(run_id, grace_seconds)`` on the first interrupt of a run (the
+        #: CLI prints that the run is stopping and how long running tasks may go on).
+        self.interrupt_notice: Callable[[str, float | None], None] | None = None
         self._store_lock = threading.Lock()
         self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
         self._live: dict[str, Run] = {}  # runs under way, by run id (for cancel_run)

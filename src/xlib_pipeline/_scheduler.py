@@ -210,6 +210,7 @@ class Run:
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
+            self._interrupt_notice()
             # Drain: everything left ends cancelled, nothing re-runs.
             while dq:
                 j: int | None = dq.popleft()
@@ -252,7 +253,7 @@ class Run:
                     break
                 interrupted = exc
                 self._stop()
-                self._log("pipeline.cancelling", grace=self.grace)
+                self._interrupt_notice()
                 deadline = time.monotonic() + (self.grace if self.grace is not None else 1e9)
             except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
                 self.fatal = exc
@@ -278,12 +279,22 @@ class Run:
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
-            self._log("pipeline.cancelling", grace=self.grace)
-            if not self.finished_event.wait(self.grace):
+            self._interrupt_notice()
+            try:
+                if not self.finished_event.wait(self.grace):
+                    self._abandon()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop at once
                 self._abandon()
         for _ in threads:
             q.put(None)
         return interrupted
+
+    def _interrupt_notice(self) -> None:
+        """Say at once that the run is stopping, and for how long running tasks may go on."""
+        self._log("pipeline.cancelling", grace=self.grace)
+        notice = getattr(self.ctx.manager, "interrupt_notice", None)
+        if notice is not None:
+            notice(self.ctx.run_id, self.grace)
 
     def _stop(self) -> None:
         """Start no new task or attempt from now on (cancellation, ``on_failure: stop``)."""

@@ -194,6 +194,7 @@ def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
     extra.pop("config", None)
     _sigterm_as_interrupt()
     with PipelineManager(config) as pm:
+        pm.interrupt_notice = _interrupt_notice
         options: dict[str, Any] = {}
         if getattr(args, "tenant", None):
             options["tenant_id"] = args.tenant
@@ -371,12 +372,29 @@ def _run_json(r: Any) -> dict[str, Any]:
     }
 
 
+def _interrupt_notice(run_id: str, grace: float | None) -> None:
+    """Printed at once on the first Ctrl-C / SIGTERM of a run."""
+    wait = "until they finish" if grace is None else f"up to {grace:g} s to finish"
+    print(
+        f"xlib-pipeline: stopping run {run_id}: no new task starts; running tasks get {wait}. "
+        "Press Ctrl-C again to stop at once.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _report(result: Any) -> int:
     print(f"run {result.run_id} {result.status} in {result.duration:.3f}s", file=sys.stderr)
     print(f"run_id: {result.run_id}")
     if result.success:
         _print_result(result.final_result)
         return 0
+    if result.status == "cancelled":
+        print(
+            f"xlib-pipeline: interrupted; `xlib-pipeline resume {result.run_id}` finishes it",
+            file=sys.stderr,
+        )
+        return 130
     err = result.error
     print(f"error: {err}", file=sys.stderr)
     tb = getattr(err, "traceback", None)
