@@ -466,3 +466,14 @@ class TestLeases:
         events = [e[2] for e in store.get_events(rid)]
         assert "lease.taken_over" in events
         store.close()
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    """The store and its WAL are created 0600, a new folder 0700."""
+    db = tmp_path / "new" / "runs.sqlite"
+    with manager(db) as pm:
+        assert pm.execute_pipeline(chain(2, [])).success
+        modes = {f.name: f.stat().st_mode & 0o777 for f in db.parent.iterdir()}
+    assert (db.parent.stat().st_mode & 0o777) == 0o700
+    assert modes["runs.sqlite"] == 0o600
+    assert all(m == 0o600 for m in modes.values()), modes

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._graph import Plan
 from ._lease import HEARTBEAT_S
-from ._records import RunContext, Status
+from ._records import PayloadRef, RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Observer, Run
 from ._store import RunStore, dump_output, load_output, payload_ref
@@ -129,8 +129,28 @@ class StoreRecorder(Observer):
             "attempt_failed",
             attempt=attempt,
             error_type=type(error).__name__,
-            error=str(error)[:2000],
+            error=self._protect(str(error)[:2000], run, i, "error"),  # type: ignore[arg-type]
         )
+
+    def _protect(self, text: str | None, run: Run, i: int | None, kind: str) -> str | bytes | None:
+        """An error text as stored: through the ``encrypt`` hook, like outputs (only the
+        exception class stays in clear). Without encryption it stays text."""
+        if text is None:
+            return None
+        ctx = run.ctx
+        task = run.plan.tasks[i] if i is not None else None
+        ref = PayloadRef(
+            run_id=ctx.run_id,
+            pipeline=run.plan.pipeline_name,
+            task=task.name if task is not None else "",
+            tenant=ctx.tenant_of(task) if task is not None else ctx.tenant_id,
+            kind=kind,
+        )
+        raw = text.encode("utf-8", "replace")
+        sealed = self.hooks.call("encrypt", data=raw, ref=ref)
+        if sealed is None or sealed == raw:
+            return text
+        return bytes(sealed)
 
     def task_finished(self, run: Run, i: int) -> None:
         cols = run.cols
@@ -175,8 +195,8 @@ class StoreRecorder(Observer):
                 cols.started[i],
                 cols.finished[i],
                 type(exc).__name__ if exc is not None else None,
-                str(exc)[:2000] if exc is not None else None,
-                err[1] if err else None,
+                self._protect(str(exc)[:2000], run, i, "error") if exc is not None else None,
+                self._protect(err[1], run, i, "traceback") if err else None,
                 blob,
                 output_run,
                 tenant,
@@ -194,7 +214,12 @@ class StoreRecorder(Observer):
         if beat is not None:
             beat.stop()
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        self.store.run_finished(result.run_id, result.status, result.finished, err)
+        self.store.run_finished(
+            result.run_id,
+            result.status,
+            result.finished,
+            self._protect(err, run, None, "run_error"),  # type: ignore[arg-type]
+        )
 
 
 #: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
@@ -220,6 +245,15 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:
+    """A stored error text in clear: decrypted through the ``decrypt`` hook when it was
+    stored encrypted (bytes); text as it is."""
+    if value is None or isinstance(value, str):
+        return value
+    data = hooks.call("decrypt", data=bytes(value), ref=ref)
+    return bytes(data if data is not None else value).decode("utf-8", "replace")
 
 
 def _user() -> str:

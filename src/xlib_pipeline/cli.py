@@ -271,6 +271,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         rec = store.get_run(args.run_id)
         tasks = store.get_tasks(rec.run_id)
         guard.check(rec, tasks.values())
+        rec, tasks = _revealed(guard._manager(rec), rec, tasks)
         if args.json:
             out = _run_json(rec)
             out["tasks"] = {
@@ -357,6 +358,35 @@ def _secs(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{b - a:.3f}"
 
 
+def _revealed(pm: PipelineManager, rec: Any, tasks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The run's error texts in clear, for a reader who passed the access check: texts
+    stored encrypted are decrypted through the ``decrypt`` hook (the encryption plugin)."""
+    import attrs
+
+    from ._recording import reveal
+    from ._records import PayloadRef
+
+    def clear(value: Any, task: str, kind: str, tenant: str | None) -> Any:
+        ref = PayloadRef(
+            run_id=rec.run_id, pipeline=rec.pipeline, task=task, tenant=tenant, kind=kind
+        )
+        try:
+            return reveal(pm.hooks, value, ref)
+        except PipelineError as exc:
+            return f"(encrypted; cannot be decrypted here: {type(exc).__name__})"
+
+    rec = attrs.evolve(rec, error=clear(rec.error, "", "run_error", rec.tenant))
+    tasks = {
+        n: attrs.evolve(
+            t,
+            error=clear(t.error, n, "error", t.tenant),
+            traceback=clear(t.traceback, n, "traceback", t.tenant),
+        )
+        for n, t in tasks.items()
+    }
+    return rec, tasks
+
+
 def _run_json(r: Any) -> dict[str, Any]:
     return {
         "run_id": r.run_id,
@@ -365,7 +395,7 @@ def _run_json(r: Any) -> dict[str, Any]:
         "started": r.started,
         "finished": r.finished,
         "resumed_from": r.resumed_from,
-        "error": r.error,
+        "error": "(encrypted)" if isinstance(r.error, bytes) else r.error,
         "source": r.source,
         "tenant": r.tenant,
         "principal": r.principal,

@@ -230,3 +230,35 @@ class TestNoStoreConfigured:
         assert len(ours) == 1
         assert "security.encryption_at_rest" in str(ours[0].message)
         assert "store: false" in str(ours[0].message)
+
+
+class TestErrorTexts:
+    def test_error_message_and_traceback_are_encrypted_at_rest(self, tmp_path, capsys):
+        """A failed attempt's message quotes data: only its class stays in clear, and
+        `runs show` decrypts it for a reader who may see the run."""
+        leak = "cy@example.net-" + MARKER
+        p = Pipeline("leaky")
+
+        @p.task("load")
+        def load():
+            raise ValueError(f"bad record {{'ssn': '{leak}'}}")
+
+        with PipelineManager(config(tmp_path)) as pm:
+            result = pm.execute_pipeline(p)
+        assert not result.success
+        assert leak.encode() not in raw_bytes(tmp_path), "an error text is stored in clear"
+        with sqlite3.connect(tmp_path / "runs.sqlite") as c:
+            error_type, error, tb = c.execute(
+                "SELECT error_type, error, traceback FROM tasks WHERE task='load'"
+            ).fetchone()
+            (run_error,) = c.execute("SELECT error FROM runs").fetchone()
+        assert error_type == "ValueError"
+        assert isinstance(error, bytes) and error.startswith(ENCRYPTED_MAGIC)
+        assert isinstance(tb, bytes) and isinstance(run_error, bytes)
+        store = str(tmp_path / "runs.sqlite")
+        assert cli(["runs", "show", result.run_id, "--store", store, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert leak in shown["tasks"]["load"]["error"]
+        assert shown["error"] is not None and leak in shown["error"]
+        assert cli(["runs", "list", "--store", store, "--json"]) == 0
+        assert leak not in capsys.readouterr().out
