@@ -361,6 +361,50 @@ class TestStorageFaults:
                 assert n == 200
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+    def test_kill_9_during_wal_checkpoints(self, tmp_path: Path) -> None:
+        """kill -9 while the WAL is being checkpointed (every tick, big outputs): the file
+        opens cleanly, finished runs are whole, and the interrupted run resumes."""
+        db = tmp_path / "runs.sqlite"
+        script = tmp_path / "ckpt.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import os, sys
+                from xlib_pipeline import Pipeline, PipelineManager
+                from xlib_pipeline import _commit
+                _commit.Checkpointer.WAL_CHECKPOINT_BYTES = 0  # checkpoint at every tick
+                p = Pipeline("ckpt")
+                prev = []
+                for k in range(60):
+                    p.add_task(f"t{{k}}", lambda *u: os.urandom(50_000), depends_on=prev)
+                    prev = [f"t{{k}}"]
+                pm = PipelineManager({{"store": {{"path": {str(db)!r}}}}}, entry_points=False)
+                print("ready", flush=True)
+                while True:
+                    pm.execute_pipeline(p, parallel=False)
+                """
+            )
+        )
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(2.5)
+        proc.kill()
+        proc.wait(timeout=30)
+        with sqlite3.connect(db) as c:
+            assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            runs = c.execute("SELECT run_id, status FROM runs ORDER BY started").fetchall()
+            for rid, status in runs:
+                if status == "succeeded":
+                    n = c.execute(
+                        "SELECT COUNT(*) FROM tasks WHERE run_id=? AND output IS NOT NULL",
+                        (rid,),
+                    ).fetchone()[0]
+                    assert n == 60
+        assert runs and runs[-1][1] == "running"
+        store = RunStore(db)
+        assert store.get_run(runs[-1][0]).status == "interrupted"
+        store.close()
+
     def test_output_too_large_is_a_failed_run_not_an_exception(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
