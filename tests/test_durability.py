@@ -521,3 +521,61 @@ def test_store_files_are_private(tmp_path: Path) -> None:
     assert (db.parent.stat().st_mode & 0o777) == 0o700
     assert modes["runs.sqlite"] == 0o600
     assert all(m == 0o600 for m in modes.values()), modes
+
+
+class TestPrune:
+    def test_keep_and_older_than_delete_whole_runs_and_reclaim_space(self, tmp_path: Path) -> None:
+        from xlib_pipeline.cli import main as cli
+
+        db = tmp_path / "runs.sqlite"
+        p = Pipeline("big")
+        p.add_task("a", lambda: os.urandom(200_000))
+        with manager(db) as pm:
+            ids = [pm.execute_pipeline(p).run_id for _ in range(5)]
+        before = db.stat().st_size
+        assert cli(["runs", "prune", "--keep", "2", "--dry-run", "--store", str(db)]) == 0
+        assert len(RunStore(db).list_runs()) == 5
+        assert cli(["runs", "prune", "--keep", "2", "--store", str(db)]) == 0
+        store = RunStore(db)
+        assert [r.run_id for r in store.list_runs()] == ids[:-3:-1]
+        with sqlite3.connect(db) as c:
+            for table in ("tasks", "events", "runs"):
+                n = c.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE run_id IN ({','.join('?' * 3)})", ids[:3]
+                ).fetchone()[0]
+                assert n == 0, table
+            assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.stat().st_size < before - 400_000, "the space was not reclaimed"
+        report = store.prune(older_than=0)
+        assert sorted(report.runs) == sorted(ids[3:]) and report.rows > 0
+        store.close()
+
+    def test_a_run_resumed_from_is_kept_unless_forced(self, tmp_path: Path) -> None:
+        db = tmp_path / "runs.sqlite"
+        fail = [True]
+        p = Pipeline("r")
+
+        def a() -> int:
+            if fail[0]:
+                raise RuntimeError("first")
+            return 1
+
+        p.add_task("a", a)
+        with manager(db) as pm:
+            first = pm.execute_pipeline(p)
+            fail[0] = False
+            second = pm.execute_pipeline(p, resume=first.run_id)
+            store = pm.store
+            assert store is not None
+            report = store.prune(older_than=0, keep=1)
+            assert report.refused == (first.run_id,) and report.runs == ()
+            forced = store.prune(older_than=0, keep=1, force=True)
+            assert forced.runs == (first.run_id,)
+            assert [r.run_id for r in store.list_runs()] == [second.run_id]
+
+    def test_bad_duration_is_a_clear_error(self) -> None:
+        from xlib_pipeline._prune import parse_duration
+
+        assert parse_duration("2d") == 172800
+        with pytest.raises(Exception, match="30d"):
+            parse_duration("soon")

@@ -188,6 +188,7 @@ def _connect(
         )
     try:
         if app_id == 0:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # prune gives pages back
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -333,6 +334,12 @@ class RunStore(_lease.LeaseMixin):
                 except sqlite3.Error:
                     pass  # busy (another process): its next checkpoint does it
                 self._conn.close()
+
+    def prune(self, **options: Any) -> Any:
+        """Delete whole old runs and reclaim the space: see :func:`._prune.prune_runs`."""
+        from ._prune import prune_runs
+
+        return prune_runs(self, **options)
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database file (PASSIVE: never blocks writers)."""

@@ -247,6 +247,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     console = Console()
     guard = _AccessGuard(args)
     try:
+        if args.runs_command == "prune":
+            return _prune(store, args)
         if args.runs_command == "list":
             runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
             runs = [r for r in runs if guard.may_read(r, store.get_tasks(r.run_id).values())]
@@ -356,6 +358,34 @@ def _ts(ts: float | None) -> str:
 
 def _secs(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{b - a:.3f}"
+
+
+def _prune(store: Any, args: argparse.Namespace) -> int:
+    from ._prune import parse_duration
+
+    older = parse_duration(args.older_than) if args.older_than is not None else None
+    report = store.prune(
+        older_than=older,
+        keep=args.keep,
+        pipeline=args.pipeline,
+        dry_run=args.dry_run,
+        force=args.force,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        verb = "would delete" if report.dry_run else "deleted"
+        print(f"{verb} {len(report.runs)} run(s), {report.rows} row(s)", end="")
+        print(f", reclaimed {report.reclaimed_bytes:,} bytes" if not report.dry_run else "")
+        for rid in report.runs:
+            print(f"  {rid}")
+    if report.refused:
+        print(
+            f"xlib-pipeline: kept {len(report.refused)} run(s) that a kept run was resumed "
+            f"from ({', '.join(report.refused)}); pass --force to prune them too",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _revealed(pm: PipelineManager, rec: Any, tasks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -545,7 +575,15 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     rl.add_argument("--status")
     rs = rsub_runs.add_parser("show", help="one run with its tasks")
     rs.add_argument("run_id")
-    for sp in (rl, rs):
+    rp = rsub_runs.add_parser("prune", help="delete old runs and reclaim the space")
+    rp.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 15m, 90s")
+    rp.add_argument("--keep", type=int, metavar="N", help="keep the newest N runs")
+    rp.add_argument("--pipeline", help="only runs of this pipeline")
+    rp.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    rp.add_argument(
+        "--force", action="store_true", help="also prune runs that a kept run resumed from"
+    )
+    for sp in (rl, rs, rp):
         sp.add_argument("--store", help="run store file")
         sp.add_argument("--json", action="store_true")
         sp.add_argument("--principal", help="who reads (access control; default: OS user)")
