@@ -239,6 +239,8 @@ class _Heartbeat:
     def _loop(self, store: RunStore, run_id: str) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
+                if store.lease(run_id) is None:
+                    return  # released (the run ended, or was refused after it started)
                 store.heartbeat(run_id)
             except Exception:  # a store fault is reported by the run itself
                 pass
