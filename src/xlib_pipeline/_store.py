@@ -531,6 +531,37 @@ class RunStore(_lease.LeaseMixin):
             ).fetchall()
         yield from rows
 
+    def iter_sealed_texts(self) -> Iterator[tuple[tuple[str, int, str], PayloadRef, bytes]]:
+        """Every error text stored encrypted (for key rotation): (where, ref, blob)."""
+        with self._reading() as c:
+            rows = c.execute(
+                "SELECT 'tasks', t.rowid, 'error', t.run_id, r.pipeline, t.task, t.tenant, "
+                "t.error, 'error' FROM tasks t JOIN runs r USING (run_id) "
+                "WHERE typeof(t.error) = 'blob' "
+                "UNION ALL SELECT 'tasks', t.rowid, 'traceback', t.run_id, r.pipeline, t.task, "
+                "t.tenant, t.traceback, 'traceback' FROM tasks t JOIN runs r USING (run_id) "
+                "WHERE typeof(t.traceback) = 'blob' "
+                "UNION ALL SELECT 'events', e.rowid, 'error', e.run_id, r.pipeline, e.task, "
+                "COALESCE((SELECT t.tenant FROM tasks t WHERE t.run_id = e.run_id AND "
+                "t.task = e.task), r.tenant), e.error, 'error' FROM events e "
+                "JOIN runs r USING (run_id) WHERE typeof(e.error) = 'blob' "
+                "UNION ALL SELECT 'runs', rowid, 'error', run_id, pipeline, '', tenant, error, "
+                "'run_error' FROM runs WHERE typeof(error) = 'blob'"
+            ).fetchall()
+        for table, rowid, column, run_id, pipeline, task, tenant, blob, kind in rows:
+            ref = PayloadRef(
+                run_id=run_id, pipeline=pipeline, task=task or "", tenant=tenant, kind=kind
+            )
+            yield (table, rowid, column), ref, bytes(blob)
+
+    def replace_sealed_text(self, where: tuple[str, int, str], blob: bytes) -> None:
+        """Overwrite one encrypted error text named by :meth:`iter_sealed_texts`."""
+        table, rowid, column = where
+        if table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
+            raise ValueError(f"not an error text: {where!r}")
+        with self._read_lock, self._conn:
+            self._conn.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (blob, rowid))
+
     def replace_output(self, run_id: str, task: str, blob: bytes) -> None:
         """Overwrite the stored output of ``run_id``/``task`` (and rows that reuse it)."""
         with self._read_lock, self._conn:
