@@ -147,7 +147,10 @@ class StoreRecorder(Observer):
             kind=kind,
         )
         raw = text.encode("utf-8", "replace")
-        sealed = self.hooks.call("encrypt", data=raw, ref=ref)
+        try:
+            sealed = self.hooks.call("encrypt", data=raw, ref=ref)
+        except Exception as exc:  # never fall back to plaintext: say it is not kept
+            return f"(not stored: the encrypt hook failed with {type(exc).__name__})"
         if sealed is None or sealed == raw:
             return text
         return bytes(sealed)
