@@ -337,11 +337,11 @@ class TestRendering:
         lines = text.strip().splitlines()
         assert lines[0] == "flowchart LR"
         nodes = {m.group(2): m.group(1) for m in re.finditer(r"(t_\w+)[\[{]\"([^\"]+)\"", text)}
-        assert set(nodes) == {"extract", "check", "load 'it'"}
+        assert set(nodes) == {"extract", "check", "load #quot;it#quot;"}
         arrows = re.findall(r"(t_\w+) --> (t_\w+)", text)
         assert len(arrows) == 3
         assert (nodes["extract"], nodes["check"]) in arrows
-        assert (nodes["check"], nodes["load 'it'"]) in arrows
+        assert (nodes["check"], nodes["load #quot;it#quot;"]) in arrows
         # conditional tasks are drawn as a rhombus
         assert nodes["check"] + '{"check"}' in text
 

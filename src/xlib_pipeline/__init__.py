@@ -19,8 +19,10 @@ from ._config import (
     boolean,
     check_keys,
     data_dir,
+    number,
     one_of,
     read_mapping_file,
+    seconds,
 )
 from ._executors import call_with_timeout, remote_traceback
 from ._graph import Plan, plan
@@ -42,6 +44,8 @@ from ._records import (
     Status,
     TaskOption,
     TaskOutcome,
+    check_tenant_id,
+    tenant_id_pattern,
 )
 from ._results import PipelineResult, TaskResult
 from ._task import CallObserver, Pipeline, Task, observe_direct_calls, task_options, with_options
@@ -139,14 +143,18 @@ __all__ = [
     "call_body",
     "call_with_timeout",
     "check_keys",
+    "check_tenant_id",
     "data_dir",
     "hookimpl",
     "is_async_callable",
+    "number",
     "observe_direct_calls",
     "one_of",
     "plan",
     "read_mapping_file",
     "remote_traceback",
+    "seconds",
     "task_options",
+    "tenant_id_pattern",
     "with_options",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._config import CORE_KEYS
+from ._config import CORE_KEYS, boolean, seconds
 from ._executors import LocalExecutor, ProcessExecutor
-from ._records import ConfigKey, ExecutorSpec, PayloadRef, TaskOption
+from ._records import ConfigKey, ExecutorSpec, PayloadRef, TaskOption, check_tenant_id
 from .exceptions import MissingPluginError
 from .hookspecs import hookimpl
 
@@ -15,16 +15,11 @@ from .hookspecs import hookimpl
 ENCRYPTED_MAGIC = b"XLPENC"
 
 
-def _timeout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
-    return float(value)
+_timeout = seconds(positive=True, what="timeout")
 
 
 def _tenant(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"tenant_id must be a non-empty string, got {value!r}")
-    return value
+    return check_tenant_id(value)
 
 
 class CorePlugin:
@@ -43,6 +38,11 @@ class CorePlugin:
                 name="timeout",
                 convert=_timeout,
                 doc="Seconds a task may run; past it the task fails as timed out.",
+            ),
+            TaskOption(
+                name="freeze_inputs",
+                convert=boolean,
+                doc="Pass this task deep copies of its inputs (see config freeze_inputs).",
             ),
             TaskOption(
                 name="tenant_id",

@@ -9,9 +9,10 @@ closest valid one; a key owned by a plugin that is not installed names the packa
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,54 @@ def positive_int_or_none(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a positive integer, got {value!r}")
     return value
+
+
+#: The longest duration any seconds-valued key or option accepts (a year): longer values
+#: overflow the operating system's timers.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def number(
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    integer: bool = False,
+    exclusive_minimum: bool = False,
+    what: str = "value",
+) -> Callable[[Any], Any]:
+    """A converter accepting a finite int (or float unless ``integer``) within the bounds.
+
+    Booleans and strings are refused (``"10"`` is a mistake, not ten); so are NaN and the
+    infinities. The error names ``what`` and the accepted range.
+    """
+
+    def describe() -> str:
+        kind = "an integer" if integer else "a number"
+        parts = []
+        if minimum is not None:
+            parts.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
+        if maximum is not None:
+            parts.append(f"<= {maximum:g}")
+        return kind + (" " + " and ".join(parts) if parts else "")
+
+    def convert(value: Any) -> Any:
+        ok_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            raise ValueError(f"{what} must be {describe()}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{what} must be {describe()} (finite), got {value!r}")
+        if minimum is not None and (value < minimum or (exclusive_minimum and value == minimum)):
+            raise ValueError(f"{what} must be {describe()}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{what} must be {describe()}, got {value!r}")
+        return value if integer else float(value)
+
+    return convert
+
+
+def seconds(*, positive: bool = False, what: str = "value") -> Callable[[Any], float]:
+    """A converter for a duration: a finite number of seconds, at most :data:`MAX_SECONDS`."""
+    return number(minimum=0.0, maximum=MAX_SECONDS, exclusive_minimum=positive, what=what)
 
 
 def boolean(value: Any) -> bool:
@@ -199,8 +248,16 @@ CORE_KEYS = (
         "(keys you set yourself win). Refuses to start if one of those plugins is missing.",
     ),
     ConfigKey(
+        name="freeze_inputs",
+        convert=boolean,
+        default=False,
+        doc="Give every task its own deep copies of its inputs (threads executor: tasks "
+        "share objects otherwise, so a task mutating an input changes what siblings and "
+        "result.tasks see). The task option freeze_inputs= overrides it per task.",
+    ),
+    ConfigKey(
         name="cancel_grace_seconds",
-        convert=lambda v: float(v) if not isinstance(v, bool) and float(v) >= 0 else _bad(v),
+        convert=seconds(what="cancel_grace_seconds"),
         default=10.0,
         doc="On cancellation (Ctrl-C, SIGTERM), how long running tasks may finish.",
     ),
@@ -262,10 +319,6 @@ def expand_compliance_mode(raw: Mapping[str, Any], keys: Mapping[str, ConfigKey]
     return out
 
 
-def _bad(value: Any) -> Any:
-    raise ValueError(f"expected a non-negative number of seconds, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class Config:
     """A validated configuration: the core's :class:`CoreConfig` plus every plugin key."""
@@ -324,7 +377,7 @@ def _walk(
                 out[path] = key.convert(v)
             except ConfigError:
                 raise
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ArithmeticError) as exc:
                 raise ConfigError(f"config key {path!r}: {exc}", key=path) from exc
             continue
         is_namespace = any(n.startswith(path + ".") for n in keys) or any(

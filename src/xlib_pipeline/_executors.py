@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import cloudpickle
 
 from . import _worker
 from ._async import call_body
+from ._limits import TreeWatchdog, Watch
 from ._records import Isolation, ResourceLimits, RunContext
 from ._task import Task
 from .exceptions import (
@@ -197,6 +197,8 @@ class WorkerPool:
     #: First CPU (index into the allowed set) this pool's workers are pinned from, so
     #: pools limited to few cores spread over the machine instead of all taking core 0.
     core_start: int = 0
+    #: The one tenant whose tasks this pool's processes run (``None``: tenant-less tasks).
+    tenant: str | None = None
     _idle: list[WorkerProcess] = attrs.field(factory=list)
     _all: list[WorkerProcess] = attrs.field(factory=list)
     _busy: int = 0
@@ -209,8 +211,12 @@ class WorkerPool:
             while not self._idle and self._busy >= self.size:
                 self._cond.wait()
             self._busy += 1
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                w = self._idle.pop()
+                if w.alive():
+                    return w
+                self._all.remove(w)  # died while idle (killed from outside)
+                w.kill()
             offset = self.core_start + self._spawned
             self._spawned += 1
         try:
@@ -254,15 +260,18 @@ class ProcessExecutor:
     """Runs each task in a warm worker process (fresh interpreters, tasks sent by value).
 
     Functions, arguments and results must be picklable by cloudpickle; closures and code
-    defined in ``__main__`` are. Pools are keyed by ``Isolation.pool`` so each tenant gets
-    its own processes and limits. A task past its ``timeout`` has its worker killed.
+    defined in ``__main__`` are. Pools are keyed by the tuple ``(tenant, Isolation.pool,
+    limits)``: a worker process serves exactly one tenant for its whole life, whatever a
+    plugin names its pool, and one set of limits. A task past its ``timeout`` has its
+    worker killed.
     """
 
     name = "processes"
 
     def __init__(self, manager: Any) -> None:
         self._max = manager.config.core.max_workers
-        self._pools: dict[str, WorkerPool] = {}
+        self._pools: dict[tuple[Any, ...], WorkerPool] = {}
+        self._watchdog: TreeWatchdog | None = TreeWatchdog() if TreeWatchdog.available() else None
         self._next_core = 0
         self._lock = threading.Lock()
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = (
@@ -274,13 +283,18 @@ class ProcessExecutor:
 
     def pool(self, isolation: Isolation | None) -> WorkerPool:
         """The pool serving ``isolation`` (created on first use)."""
-        key = isolation.pool if isolation and isolation.pool else "default"
+        key = pool_key(isolation)
         limits = isolation.limits if isolation else ResourceLimits()
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
                 size = limits.cpu_cores or self._max
-                pool = WorkerPool(limits=limits, size=max(1, size), core_start=self._next_core)
+                pool = WorkerPool(
+                    limits=limits,
+                    size=max(1, size),
+                    core_start=self._next_core,
+                    tenant=isolation.tenant if isolation else None,
+                )
                 if limits.cpu_cores:
                     self._next_core += limits.cpu_cores
                 self._pools[key] = pool
@@ -328,13 +342,20 @@ class ProcessExecutor:
             timeout = limits.wall_seconds if timeout is None else min(timeout, limits.wall_seconds)
         worker = pool.acquire()
         healthy = False
+        tenant = isolation.tenant if isolation else None
+        watch = None
+        if limits.memory_bytes is not None and self._watchdog is not None:
+            watch = self._watchdog.watch(worker.pid, limits.memory_bytes)
         try:
             worker.send(key, fn_bytes, args, task.name, task.is_async)
-            deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 frame = worker.receive(timeout)
             except (EOFError, OSError):
                 frame = b""
+            if watch is not None:
+                self._watchdog.unwatch(watch)  # type: ignore[union-attr]
+                if watch.killed_at is not None:
+                    raise _tree_limit_error(task, tenant, limits, watch)
             if frame is None:
                 raise TaskTimeoutError(
                     f"task {task.name!r} timed out after {timeout:g}s; its worker process "
@@ -343,24 +364,7 @@ class ProcessExecutor:
                 )
             if frame == b"":
                 worker.proc.wait()
-                code = worker.proc.returncode
-                tenant = isolation.tenant if isolation else None
-                if limits.memory_bytes is not None:
-                    raise ResourceLimitExceeded(
-                        f"task {task.name!r}"
-                        + (f" of tenant {tenant!r}" if tenant else "")
-                        + f" was killed (exit {code}) past its memory limit of "
-                        f"{_fmt_bytes(limits.memory_bytes)}",
-                        task=task.name,
-                        tenant=tenant,
-                        limit="memory",
-                    )
-                raise WorkerLostError(
-                    f"task {task.name!r}: worker process pid {worker.pid} died "
-                    f"(exit code {code}) before answering",
-                    task=task.name,
-                )
-            del deadline
+                raise _lost_error(task, tenant, worker.pid, worker.proc.returncode)
             answer = pickle.loads(frame)
             if answer[0] == "ok":
                 healthy = True
@@ -369,7 +373,15 @@ class ProcessExecutor:
             healthy = stage != "memory"
             raise _rebuild(task, isolation, limits, stage, type_name, message, tb, blob)
         finally:
+            if watch is not None:
+                self._watchdog.unwatch(watch)  # type: ignore[union-attr]
             pool.release(worker, healthy=healthy)
+
+    def pool_pids(self) -> dict[tuple[Any, ...], list[int]]:
+        """PIDs of live worker processes by pool key ``(tenant, pool, limits)``."""
+        with self._lock:
+            pools = list(self._pools.items())
+        return {k: p.pids() for k, p in pools}
 
     def worker_pids(self) -> list[int]:
         """PIDs of every live worker process (for tests and monitoring)."""
@@ -382,6 +394,55 @@ class ProcessExecutor:
             pools, self._pools = list(self._pools.values()), {}
         for p in pools:
             p.close()
+
+
+def pool_key(isolation: Isolation | None) -> tuple[Any, ...]:
+    """The identity of the worker pool serving ``isolation``: ``(tenant, pool, limits)``.
+
+    A structured key, never a joined string, so no tenant name can collide with another
+    tenant's pool; the tenant is always part of it, whatever ``Isolation.pool`` holds.
+    """
+    if isolation is None:
+        return (None, None, ResourceLimits())
+    return (isolation.tenant, isolation.pool, isolation.limits)
+
+
+def _tree_limit_error(
+    task: Task, tenant: str | None, limits: ResourceLimits, watch: Watch
+) -> ResourceLimitExceeded:
+    assert watch.killed_at is not None and limits.memory_bytes is not None
+    used = watch.killed_at - watch.baseline
+    return ResourceLimitExceeded(
+        f"task {task.name!r}"
+        + (f" of tenant {tenant!r}" if tenant else "")
+        + f" exceeded its memory limit of {_fmt_bytes(limits.memory_bytes)}: its process "
+        f"tree (the worker and the processes it started) reached {_fmt_bytes(used)} "
+        "resident; the whole tree was killed",
+        task=task.name,
+        tenant=tenant,
+        limit="memory",
+    )
+
+
+def _lost_error(task: Task, tenant: str | None, pid: int, code: int | None) -> WorkerLostError:
+    """What happened to a worker that died before answering: its signal or exit code."""
+    who = f"task {task.name!r}" + (f" of tenant {tenant!r}" if tenant else "")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = f"was killed by {name}"
+        if -code == signal.SIGKILL:
+            why += " (sent by another process, or the kernel's out-of-memory killer)"
+        elif -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+            why += " (a crash in native code)"
+    else:
+        why = f"exited with code {code} (os._exit, or native code calling exit)"
+    return WorkerLostError(
+        f"{who}: its worker process (pid {pid}) {why} before answering",
+        task=task.name,
+    )
 
 
 def _fmt_bytes(n: int) -> str:

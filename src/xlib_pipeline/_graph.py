@@ -225,11 +225,26 @@ def _mermaid_id(name: str) -> str:
     )
 
 
+def mermaid_label(text: str) -> str:
+    """``text`` as the inside of a quoted Mermaid label: quotes, ``#``, angle brackets and
+    line breaks become entity codes, so no name can end the label or start a statement."""
+    out = text.replace("#", "#35;")
+    for ch, code in (('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("\r", "#13;"), ("\n", "#10;")):
+        out = out.replace(ch, code)
+    return out
+
+
+def dot_string(text: str) -> str:
+    """``text`` as a quoted DOT string (backslashes, quotes and line breaks escaped)."""
+    out = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + out.replace("\r", "\\r").replace("\n", "\\n") + '"'
+
+
 def to_mermaid(pipeline: Pipeline) -> str:
     """Render the DAG as a Mermaid ``flowchart LR``; conditional tasks get a rhombus."""
     lines = ["flowchart LR"]
     for t in pipeline.tasks.values():
-        label = t.name.replace('"', "'")
+        label = mermaid_label(t.name)
         shape = f'{{"{label}"}}' if t.condition is not None else f'["{label}"]'
         lines.append(f"    {_mermaid_id(t.name)}{shape}")
     for a, b in _edges(pipeline):
@@ -240,9 +255,7 @@ def to_mermaid(pipeline: Pipeline) -> str:
 def to_dot(pipeline: Pipeline) -> str:
     """Render the DAG in Graphviz DOT."""
 
-    def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
+    q = dot_string
     lines = [f"digraph {q(pipeline.name)} {{", "    rankdir=LR;"]
     for t in pipeline.tasks.values():
         shape = "diamond" if t.condition is not None else "box"

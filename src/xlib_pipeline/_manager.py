@@ -34,6 +34,7 @@ from ._records import (
     RunOption,
     Status,
     TaskOption,
+    check_tenant_id,
 )
 from ._results import PipelineResult, TaskResults
 from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
@@ -405,7 +406,7 @@ class PipelineManager:
                 self._activate(self.hooks.owner("register_task_options", key))
                 try:
                     spec.convert(value)
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, ArithmeticError) as exc:
                     raise DefinitionError(
                         f"task {t.name!r}: option {key}={value!r} is invalid: {exc}", task=t.name
                     ) from exc
@@ -424,7 +425,7 @@ class PipelineManager:
             self._activate(self.hooks.owner("register_run_options", key))
             try:
                 out[key] = spec.convert(value)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ArithmeticError) as exc:
                 raise ConfigError(
                     f"execute_pipeline({key}={value!r}) is invalid: {exc}", key=key
                 ) from exc
@@ -464,8 +465,15 @@ class PipelineManager:
         if parallel is None:
             parallel = core.parallel_execution
         name = executor or (core.executor if parallel else "inline")
-        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
             raise ConfigError(f"max_workers must be a positive int, got {max_workers!r}")
+        if tenant_id is not None:
+            try:
+                check_tenant_id(tenant_id)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="tenant_id") from exc
         rid = run_id or new_run_id()
         ctx = RunContext(
             run_id=rid,

@@ -69,11 +69,12 @@ class Monitor(Observer):
 
             console = Console(file=self.stream)
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                # markup=False: pipeline and task names are data, never rich markup
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("{task.fields[running]}"),
+                TextColumn("{task.fields[running]}", markup=False),
                 console=console,
                 transient=False,
             )
@@ -129,8 +130,9 @@ class Monitor(Observer):
     def _rich_summary(self, run: Run, result: PipelineResult, info: dict[str, Any]) -> None:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"{result.pipeline} · {result.status} · run {result.run_id}")
+        table = Table(title=Text(f"{result.pipeline} · {result.status} · run {result.run_id}"))
         table.add_column("task")
         table.add_column("status")
         table.add_column("seconds", justify="right")
@@ -140,14 +142,19 @@ class Monitor(Observer):
         for name, d in rows:
             status = run.cols.status[run.plan.index[name]]
             table.add_row(
-                name, status.value if status else "?", f"{d:.3f}", "●" if name in crit else ""
+                Text(name),
+                status.value if status else "?",
+                f"{d:.3f}",
+                "●" if name in crit else "",
             )
         console = Console(file=self.stream)
         console.print(table)
         console.print(
-            f"makespan {info['makespan']:.2f}s · critical path "
-            f"{info['critical_path_seconds']:.2f}s ({' → '.join(info['critical_path'])}) · "
-            f"achieved parallelism {info['parallelism']:.2f}×",
+            Text(
+                f"makespan {info['makespan']:.2f}s · critical path "
+                f"{info['critical_path_seconds']:.2f}s ({' → '.join(info['critical_path'])}) · "
+                f"achieved parallelism {info['parallelism']:.2f}×"
+            ),
             highlight=False,
         )
 

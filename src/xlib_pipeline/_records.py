@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import math
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +18,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._config import Config
     from ._graph import Plan
     from ._task import Pipeline, Task
+
+
+#: The grammar of tenant ids: a letter or digit, then up to 62 letters, digits, ``_``, ``.``
+#: or ``-``. Tenant ids name worker pools, key files, audit records and Kubernetes labels,
+#: so separators such as ``:`` or ``/``, whitespace and markup are refused.
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def tenant_id_pattern() -> re.Pattern[str]:
+    """The compiled tenant-id grammar (for tools and property tests)."""
+    return TENANT_ID_PATTERN
+
+
+def check_tenant_id(value: Any, *, what: str = "tenant_id") -> str:
+    """Return ``value`` when it is a valid tenant id; ``ValueError`` naming ``what`` if not."""
+    if not isinstance(value, str) or TENANT_ID_PATTERN.fullmatch(value) is None:
+        raise ValueError(
+            f"{what} must be 1-63 characters: a letter or digit, then letters, digits, "
+            f"'_', '.' or '-'; got {value!r}"
+        )
+    return value
 
 
 class Status(enum.StrEnum):
@@ -121,23 +144,45 @@ class ResourceLimits:
             raise ValueError(
                 f"unknown resource limit(s) {sorted(unknown)}; expected some of {sorted(known)}"
             )
+
+        def finite(name: str, v: Any, *, integer: bool = False) -> float | None:
+            if v is None:
+                return None
+            kind = int if integer else (int, float)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, kind)
+                or (isinstance(v, float) and not math.isfinite(v))
+                or v <= 0
+                or v > _LIMIT_MAX.get(name, 2**62)
+            ):
+                what = "a positive integer" if integer else "a positive finite number"
+                cap = _LIMIT_MAX.get(name)
+                raise ValueError(
+                    f"resource limit {name} must be {what}"
+                    + (f" of at most {cap:g}" if cap is not None else "")
+                    + f", got {v!r}"
+                )
+            return float(v)
+
         mem: int | None = None
-        if value.get("memory_bytes") is not None:
-            mem = int(value["memory_bytes"])
-        elif value.get("memory_mb") is not None:
-            mem = int(float(value["memory_mb"]) * 1024**2)
-        elif value.get("memory_gb") is not None:
-            mem = int(float(value["memory_gb"]) * 1024**3)
-        cores = value.get("cpu_cores")
-        wall = value.get("wall_seconds")
-        for name, v in (("memory", mem), ("cpu_cores", cores), ("wall_seconds", wall)):
-            if v is not None and (not isinstance(v, int | float) or v <= 0):
-                raise ValueError(f"resource limit {name} must be a positive number, got {v!r}")
+        for name, scale in (("memory_bytes", 1), ("memory_mb", 1024**2), ("memory_gb", 1024**3)):
+            amount = finite(name, value.get(name), integer=name == "memory_bytes")
+            if amount is not None and mem is None:
+                mem = int(amount * scale)
+        if mem is not None and mem > 2**62:
+            raise ValueError(f"resource limit memory must be at most 4 EiB, got {mem} bytes")
+        cores = finite("cpu_cores", value.get("cpu_cores"), integer=True)
+        wall = finite("wall_seconds", value.get("wall_seconds"))
         return cls(
             memory_bytes=mem,
             cpu_cores=int(cores) if cores is not None else None,
-            wall_seconds=float(wall) if wall is not None else None,
+            wall_seconds=wall,
         )
+
+
+#: Upper bounds of resource limits (a year of wall time; more cores than any machine).
+_LIMIT_MAX = {"wall_seconds": 365 * 24 * 3600.0, "cpu_cores": 4096}
 
 
 @attrs.frozen(kw_only=True)
@@ -146,10 +191,13 @@ class Isolation:
 
     ``executor`` names a registered executor (``None``: the run's default); ``pool`` keys a
     separate set of warm workers (one per tenant, say); ``limits`` apply to that pool.
+    ``pool`` is any hashable value, best a tuple: executors key their pools by
+    ``(tenant, pool, limits)`` so two tenants never share a worker process, whatever
+    ``pool`` says.
     """
 
     executor: str | None = None
-    pool: str | None = None
+    pool: Hashable | None = None
     tenant: str | None = None
     limits: ResourceLimits = attrs.field(factory=ResourceLimits)
 

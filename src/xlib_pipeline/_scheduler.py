@@ -22,6 +22,7 @@ a task ends, whatever happens to the rest of the run.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -45,6 +46,7 @@ from .exceptions import (
     ConditionError,
     PipelineError,
     RunCancelledError,
+    SerializationError,
     StoreError,
     TaskError,
     TaskFailedError,
@@ -144,6 +146,11 @@ class Run:
         self.flags = bytearray(n)
         self.collect = [t.merge_strategy == "collect_available" for t in plan.tasks]
         self.timeouts = [t.options.get("timeout") for t in plan.tasks]
+        # freeze_inputs: each task gets its own deep copies of its upstreams' outputs, so a
+        # task mutating an input changes nothing its siblings or the result see.
+        frozen = bool(ctx.config.get("freeze_inputs", False))
+        freeze = [bool(t.options.get("freeze_inputs", frozen)) for t in plan.tasks]
+        self.freeze: list[bool] | None = freeze if any(freeze) else None
         self.done = 0
         self.first_failure: int | None = None
         self.fatal: BaseException | None = None
@@ -372,6 +379,19 @@ class Run:
             args = (outs[ps[0]],)
         else:
             args = tuple([outs[p] for p in ps])
+        if self.freeze is not None and args and self.freeze[i]:
+            try:
+                args = copy.deepcopy(args)
+            except Exception as exc:
+                copy_err = SerializationError(
+                    f"task {task.name!r}: freeze_inputs could not copy its inputs "
+                    f"(outputs of {', '.join(plan.names[p] for p in ps)}): "
+                    f"{type(exc).__name__}: {exc}",
+                    task=task.name,
+                    cause=exc,
+                )
+                now = time.time()
+                return self._failed(i, task, copy_err, _format(exc), now, now, 0)
         cond = task.condition
         if cond is not None:
             try:
@@ -430,8 +450,14 @@ class Run:
                     out = task.fn(*args)
                 else:
                     out = executor.call(task, args, run=ctx, isolation=isolation, timeout=timeout)
-            except KeyboardInterrupt:
-                raise
+            except KeyboardInterrupt as exc:
+                if threading.current_thread() is threading.main_thread():
+                    raise  # Ctrl-C (or the inline task itself): the driver decides
+                # A task raised it on a lane: it fails, and the run stops as on Ctrl-C,
+                # keeping what running siblings finish within the grace period.
+                finished = time.time()
+                self.request_stop(f"task {task.name!r} raised KeyboardInterrupt")
+                return self._failed(i, task, exc, _format(exc), first_start, finished, attempt)
             except BaseException as exc:
                 finished = time.time()
                 tb = _format(exc)

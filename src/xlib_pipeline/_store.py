@@ -137,9 +137,12 @@ def store_section(value: Any) -> dict[str, Any] | None:
         raise ValueError(
             f"'busy_timeout_ms' must be an integer from 0 to 86400000 (one day), got {busy!r}"
         )
-    record = value.get("record_outputs", True)
-    if not isinstance(record, bool):
-        raise ValueError(f"'record_outputs' must be true or false, got {record!r}")
+    from ._config import boolean
+
+    try:
+        record = boolean(value.get("record_outputs", True))
+    except ValueError as exc:
+        raise ValueError(f"'record_outputs': {exc}") from None
     return {
         "path": str(value["path"]),
         "synchronous": sync,
@@ -165,9 +168,16 @@ def _connect(
     if exists and path.is_dir():
         raise StoreError(f"run store {str(path)!r} is a directory, expected a file", path=str(path))
     if not exists:
-        private_dir(path.parent)
-        # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            private_dir(path.parent)
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StoreError(
+                f"run store {str(path)!r}: cannot create it or its folder: "
+                f"{exc.strerror or exc}",
+                path=str(path),
+            ) from exc
     try:
         conn = sqlite3.connect(str(path), timeout=busy_ms / 1000, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
@@ -175,7 +185,8 @@ def _connect(
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
         raise StoreError(
-            f"run store {str(path)!r} is not a valid SQLite database ({exc}); "
+            _access_problem(path)
+            or f"run store {str(path)!r} is not a valid SQLite database ({exc}); "
             "it was left untouched",
             path=str(path),
         ) from exc
@@ -205,9 +216,30 @@ def _connect(
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreError(
-            f"run store {str(path)!r} is damaged ({exc}); it was left untouched", path=str(path)
+            _access_problem(path)
+            or f"run store {str(path)!r} is damaged ({exc}); it was left untouched",
+            path=str(path),
         ) from exc
     return conn
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be opened for writing, when the cause is access, not content."""
+    folder = path.parent
+    if path.exists() and not os.access(path, os.R_OK):
+        return f"run store {str(path)!r} is not readable by this user; it was left untouched"
+    if path.exists() and not os.access(path, os.W_OK):
+        return (
+            f"run store {str(path)!r} is read-only (file mode or a read-only file system); "
+            "it was left untouched"
+        )
+    if not os.access(folder, os.W_OK):
+        return (
+            f"run store {str(path)!r}: its folder {str(folder)!r} is not writable (read-only "
+            "file system or no permission); SQLite needs to create the journal files "
+            f"{path.name}-wal and {path.name}-shm beside it"
+        )
+    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -271,6 +303,11 @@ class RunStore(_lease.LeaseMixin):
         busy_timeout_ms: int = 30000,
         create: bool = True,
     ) -> None:
+        from ._config import number
+
+        busy_timeout_ms = number(
+            minimum=0, maximum=86_400_000, integer=True, what="busy_timeout_ms"
+        )(busy_timeout_ms)
         self.path = Path(path)
         self._sync = synchronous
         self.busy_timeout_ms = busy_timeout_ms
@@ -418,13 +455,21 @@ class RunStore(_lease.LeaseMixin):
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run ``run_id`` (a unique prefix is enough); StoreError when unknown."""
+        if not isinstance(run_id, str) or not run_id:
+            raise StoreError(
+                f"expected a run id or its prefix, got {run_id!r}", path=str(self.path)
+            )
         with self._reading() as c:
-            rows = c.execute(
+            cols = (
                 "SELECT run_id, pipeline, fingerprint, structure, status, started, finished, "
                 "tenant, principal, params, config, source, executor, resumed_from, error "
-                "FROM runs WHERE run_id LIKE ? || '%' LIMIT 2",
-                (run_id,),
-            ).fetchall()
+                "FROM runs WHERE "
+            )
+            rows = c.execute(cols + "run_id = ?", (run_id,)).fetchall()
+            if not rows:  # a prefix: compared literally ('%' and '_' are not wildcards)
+                rows = c.execute(
+                    cols + "substr(run_id, 1, ?) = ? LIMIT 2", (len(run_id), run_id)
+                ).fetchall()
         if not rows:
             raise StoreError(
                 f"run {run_id!r} is not in the run store {str(self.path)!r}", path=str(self.path)

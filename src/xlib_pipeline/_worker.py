@@ -140,11 +140,36 @@ def main(argv: list[str]) -> int:
                 except Exception as exc:
                     payload = _error_payload(exc, stage="result")
         except MemoryError as exc:
-            functions.clear()
-            payload = _error_payload(exc, stage="memory")
+            # An allocation refused under the address-space limit is the limit; a
+            # MemoryError the task raised itself (``raise MemoryError``) is its own error.
+            stage = "call" if _raised_explicitly(exc) else "memory"
+            if stage == "memory":
+                functions.clear()
+            payload = _error_payload(exc, stage=stage)
         except BaseException as exc:  # report everything, including SystemExit
             payload = _error_payload(exc, stage="call")
         write_frame(wfd, payload)
+
+
+def _raised_explicitly(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a ``raise X`` statement in Python code (not an allocator).
+
+    The innermost traceback entry points at the instruction that raised: ``RAISE_VARARGS``
+    with an argument for a ``raise`` statement, a call or an operator for a failed
+    allocation inside the interpreter or a C extension.
+    """
+    import dis
+
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code.co_code
+    i = tb.tb_lasti
+    if not 0 <= i < len(code) - 1:
+        return False
+    return code[i] == dis.opmap["RAISE_VARARGS"] and code[i + 1] > 0
 
 
 def _run_coroutine(fn: object, args: tuple[object, ...]) -> object:

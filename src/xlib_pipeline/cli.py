@@ -47,7 +47,22 @@ def load_module(path: str | os.PathLike[str]) -> Any:
     folder = str(file.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(name, None)
+        where = f"line {exc.lineno}" if exc.lineno else "somewhere"
+        raise UsageError(
+            f"pipeline file {str(file)!r} has a syntax error at {where}: {exc.msg}"
+        ) from exc
+    except Exception as exc:  # ImportError, NameError ... raised while importing the file
+        sys.modules.pop(name, None)
+        line = _user_line(exc, file)
+        raise UsageError(
+            f"pipeline file {str(file)!r} failed to import"
+            + (f" (line {line})" if line else "")
+            + f": {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         import cloudpickle
 
@@ -55,6 +70,20 @@ def load_module(path: str | os.PathLike[str]) -> Any:
     except Exception:  # pragma: no cover - older cloudpickle
         pass
     return module
+
+
+def _user_line(exc: BaseException, file: Path) -> int | None:
+    """The line of ``file`` where ``exc`` was raised (the innermost frame in that file)."""
+    import traceback
+
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        try:
+            if Path(frame.filename).resolve() == file.resolve():
+                found = frame.lineno
+        except OSError:
+            continue
+    return found
 
 
 def load_pipeline(target: str) -> tuple[Pipeline, Any]:
@@ -239,6 +268,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from ._store import RunStore
 
@@ -251,22 +281,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return _prune(store, args)
         if args.runs_command == "list":
             runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
-            runs = [r for r in runs if guard.may_read(r, store.get_tasks(r.run_id).values())]
+            runs = [r for r in runs if guard.may_list(r, store.get_tasks(r.run_id).values())]
             if args.json:
                 print(json.dumps([_run_json(r) for r in runs], indent=2))
                 return 0
-            table = Table(title=f"runs in {path}")
+            # Every stored string is shown as plain Text: a pipeline named "p[/]x" or
+            # "[link=...]" is data, never rich markup.
+            table = Table(title=Text(f"runs in {path}"))
             for col in ("run id", "pipeline", "status", "started (UTC)", "seconds", "resumed from"):
                 # fold, never truncate: run ids are meant to be copied
                 table.add_column(col, overflow="fold")
             for r in runs:
                 table.add_row(
-                    r.run_id,
-                    r.pipeline,
-                    r.status,
-                    _ts(r.started),
-                    _secs(r.started, r.finished),
-                    r.resumed_from or "",
+                    *map(
+                        Text,
+                        (
+                            r.run_id,
+                            r.pipeline,
+                            r.status,
+                            _ts(r.started),
+                            _secs(r.started, r.finished),
+                            r.resumed_from or "",
+                        ),
+                    )
                 )
             console.print(table)
             return 0
@@ -288,20 +325,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
             }
             print(json.dumps(out, indent=2))
             return 0
-        console.print(
-            f"[bold]{rec.pipeline}[/] run {rec.run_id}: {rec.status}, "
+        head = Text(rec.pipeline, style="bold")
+        head.append(
+            f" run {rec.run_id}: {rec.status}, "
             f"{_secs(rec.started, rec.finished)}s, started {_ts(rec.started)}"
             + (f", resumed from {rec.resumed_from}" if rec.resumed_from else "")
         )
+        console.print(head, highlight=False)
         table = Table()
         for col in ("task", "status", "attempts", "seconds", "error"):
             table.add_column(col)
         for n, t in sorted(tasks.items(), key=lambda kv: kv[1].started or 0):
             err = f"{t.error_type}: {t.error}" if t.error_type else ""
-            table.add_row(n, t.status, str(t.attempts), _secs(t.started, t.finished), err[:80])
+            table.add_row(
+                *map(Text, (n, t.status, str(t.attempts), _secs(t.started, t.finished), err[:80]))
+            )
         console.print(table)
         if rec.error:
-            console.print(f"error: {rec.error}")
+            console.print(Text(f"error: {rec.error}"), highlight=False)
         return 0
     finally:
         store.close()
@@ -344,6 +385,15 @@ class _AccessGuard:
         except SecurityError:
             return False
         return True
+
+    def may_list(self, rec: Any, tasks: Any = ()) -> bool:
+        """``may_read`` for listings: a run whose policy cannot be evaluated is left out
+        with a warning naming it (fail closed), instead of failing the whole listing."""
+        try:
+            return self.may_read(rec, tasks)
+        except UsageError as exc:
+            print(f"xlib-pipeline: run {rec.run_id} not listed: {exc}", file=sys.stderr)
+            return False
 
     def close(self) -> None:
         for pm in self._managers.values():
@@ -492,16 +542,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="xlib-pipeline plugins")
     for col in ("name", "distribution", "version", "hooks"):
         table.add_column(col)
     for i in infos:
         table.add_row(
-            i.name + (" (builtin)" if i.builtin else ""),
-            i.dist or "-",
-            i.version or "-",
-            ", ".join(i.hooks),
+            *map(
+                Text,
+                (
+                    i.name + (" (builtin)" if i.builtin else ""),
+                    i.dist or "-",
+                    i.version or "-",
+                    ", ".join(i.hooks),
+                ),
+            )
         )
     Console().print(table)
     return 0
@@ -534,6 +590,21 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (.json, .toml, .yaml)")
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (at most 10**6)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= 10**6:
+            raise argparse.ArgumentTypeError(f"expected {low} to 1000000, got {value}")
+        return value
+
+    return convert
+
+
 def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     """The argument parser, with plugin sub-commands and render targets from ``pm``."""
     parser = argparse.ArgumentParser(
@@ -547,7 +618,7 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     _add_config_arg(run)
     run.add_argument("--inline", action="store_true", help="run tasks one at a time")
     run.add_argument("--executor", help="executor name (threads, processes, dask ...)")
-    run.add_argument("--max-workers", type=int)
+    run.add_argument("--max-workers", type=_int_at_least(1))
     run.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True)
     run.add_argument("--tenant", help="tenant id for the run")
     run.add_argument("--principal", help="who runs it (access control)")
@@ -564,13 +635,13 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     resume.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True)
     resume.add_argument("--inline", action="store_true")
     resume.add_argument("--executor")
-    resume.add_argument("--max-workers", type=int)
+    resume.add_argument("--max-workers", type=_int_at_least(1))
     resume.set_defaults(func=cmd_resume)
 
     runs = sub.add_parser("runs", help="run history from the run store")
     rsub_runs = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     rl = rsub_runs.add_parser("list", help="recent runs")
-    rl.add_argument("--limit", type=int, default=20)
+    rl.add_argument("--limit", type=_int_at_least(0), default=20)
     rl.add_argument("--pipeline")
     rl.add_argument("--status")
     rs = rsub_runs.add_parser("show", help="one run with its tasks")
@@ -648,6 +719,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xlib-pipeline: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file or folder named on the command line
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"xlib-pipeline: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # Never a traceback for input: one line, the traceback only with -vv.
+        if args.verbose >= 2:
+            raise
+        print(
+            f"xlib-pipeline: {args.command}: {type(exc).__name__}: {exc} "
+            "(run with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

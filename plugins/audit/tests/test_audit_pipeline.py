@@ -93,7 +93,8 @@ class TestRun:
         assert MARKER not in path.read_text()
 
     def test_digests_opt_in(self, tmp_path):
-        """Digests appear only when enabled, as SHA-256 of the value, never the value."""
+        """Digests appear only when enabled, as an HMAC (SHA-256 unkeyed) of the value,
+        never the value."""
         path = tmp_path / "a.jsonl"
         pm = _pm({"audit": {"path": str(path), "digests": True}})
         p = Pipeline("d")
@@ -110,8 +111,10 @@ class TestRun:
         from xlib_pipeline_audit import digest
 
         recs = {(r["task"], r["action"]): r for r in read(path) if r["task"]}
-        assert recs[("src", "task.finished")]["output_digest"] == digest(MARKER)
-        assert recs[("dst", "task.started")]["input_digest"] == digest((MARKER,))
+        key = pm.get_plugin("audit").key  # keyed by default: digests are HMACs too
+        assert key is not None
+        assert recs[("src", "task.finished")]["output_digest"] == digest(MARKER, key)
+        assert recs[("dst", "task.started")]["input_digest"] == digest((MARKER,), key)
         assert MARKER not in path.read_text()
 
         plain = tmp_path / "b.jsonl"

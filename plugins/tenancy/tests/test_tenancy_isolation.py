@@ -82,8 +82,8 @@ def test_tenants_run_in_different_worker_pids(pm):
     b = {result.tasks[f"b{k}"].output for k in range(2)}
     assert not (a & b)
     assert os.getpid() not in a | b
-    pools = pm.executor("processes")._pools
-    assert {"tenant:a", "tenant:b"} <= set(pools)
+    pools = pm.executor("processes").pool_pids()
+    assert {"a", "b"} <= {tenant for tenant, _, _ in pools}
 
 
 def test_cores_are_clamped_and_run_limits_cover_tasks_without_a_tenant(pm):
@@ -98,7 +98,8 @@ def test_cores_are_clamped_and_run_limits_cover_tasks_without_a_tenant(pm):
     assert result.success
     assert result.tasks["plain"].output != os.getpid()
     assert result.tasks["tenanted"].output != os.getpid()
-    pool = pm.executor("processes")._pools["tenant:big"]
+    ex = pm.executor("processes")
+    (pool,) = [p for (tenant, _, _), p in ex._pools.items() if tenant == "big"]
     assert pool.size == len(os.sched_getaffinity(0))
 
 
@@ -155,8 +156,8 @@ def test_user_guide_multi_tenant_example(capsys):
         assert f"/secure/tenant_{tenant}/results" in out
     assert "failed" not in out
     pm = ns["enterprise_pm"].pm
-    pools = set(pm.executor("processes")._pools)
-    assert {"tenant:tenant_corp_a", "tenant:tenant_startup_b"} <= pools
+    pools = {tenant for tenant, _, _ in pm.executor("processes").pool_pids()}
+    assert {"tenant_corp_a", "tenant_startup_b"} <= pools
     pm.close()
 
 

@@ -73,6 +73,16 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"xlib-pipeline audit: no such file: {exc.filename}", file=sys.stderr)
         return 2
+    except IsADirectoryError as exc:
+        print(
+            f"xlib-pipeline audit: {exc.filename!r} is a directory; expected an audit trail "
+            "file (.jsonl)",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        print(f"xlib-pipeline audit: cannot read {exc.filename!r}: {exc.strerror}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"xlib-pipeline audit: {exc}", file=sys.stderr)
         return 2
@@ -109,13 +119,15 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="audit trail")
     columns = ("seq", "ts", "action", "outcome", "pipeline", "run", "task", "tenant", "actor")
     for col in columns:
         table.add_column(col, overflow="fold")
     for rec in records:
-        table.add_row(*(_cell(rec, col) for col in columns))
+        # Text, never markup: task names and errors in the trail are data ("t[/]" is a name)
+        table.add_row(*(Text(_cell(rec, col)) for col in columns))
     Console().print(table)
     # Plain print: rich would wrap a long path at the terminal's width.
     print(f"({len(records)} record(s)) in {args.path}")

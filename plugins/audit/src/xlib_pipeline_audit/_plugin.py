@@ -30,6 +30,7 @@ from xlib_pipeline import (
 )
 
 from ._canonical import digest
+from ._keys import default_key, refuse_unkeyed_trail
 from ._registry import open_trail
 from ._trail import FSYNC_POLICIES, AuditTrail
 
@@ -41,6 +42,7 @@ SECTION_KEYS = (
     "write_through",
     "hmac_key_env",
     "hmac_key_file",
+    "keyed",
     "actor",
     "digests",
     "multiprocess",
@@ -71,6 +73,9 @@ class AuditSettings:
     batch_interval_ms: int = 200
     hmac_key_env: str | None = None
     hmac_key_file: str | None = None
+    #: Key the trail by default (a 0600 key file outside the data folder) when neither
+    #: hmac_key_env nor hmac_key_file names one; ``False`` writes a plain SHA-256 chain.
+    keyed: bool = True
     actor: str | None = None
     digests: bool = False
     multiprocess: bool = False
@@ -81,9 +86,9 @@ class AuditSettings:
 
 def _positive_int(name: str, value: Any, *, zero: bool = False) -> int:
     low = 0 if zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9:
         what = "a non-negative" if zero else "a positive"
-        raise ValueError(f"audit.{name} must be {what} integer, got {value!r}")
+        raise ValueError(f"audit.{name} must be {what} integer (at most 1e9), got {value!r}")
     return value
 
 
@@ -144,6 +149,7 @@ def convert_section(value: Any) -> AuditSettings:
         ),
         hmac_key_env=_opt_str("hmac_key_env", value.get("hmac_key_env")),
         hmac_key_file=_opt_str("hmac_key_file", value.get("hmac_key_file")),
+        keyed=_keyed(value),
         actor=_opt_str("actor", value.get("actor")),
         digests=_bool("audit.digests", value.get("digests", False)),
         multiprocess=_bool("audit.multiprocess", value.get("multiprocess", False)),
@@ -189,8 +195,16 @@ def _resolve(item: Any) -> Any:
     return obj
 
 
+def _keyed(value: Mapping[str, Any]) -> bool:
+    keyed = _bool("audit.keyed", value.get("keyed", True))
+    if not keyed and (value.get("hmac_key_env") or value.get("hmac_key_file")):
+        raise ValueError("audit.keyed is false but an HMAC key is configured; drop one of them")
+    return keyed
+
+
 def load_key(settings: AuditSettings) -> bytes | None:
-    """The HMAC key named by ``hmac_key_env`` or ``hmac_key_file`` (``None`` when neither)."""
+    """The HMAC key named by ``hmac_key_env`` or ``hmac_key_file``; else, unless
+    ``keyed: false``, the default key file (created 0600 outside the data folder)."""
     if settings.hmac_key_env and settings.hmac_key_file:
         raise ConfigError("audit: give either hmac_key_env or hmac_key_file, not both", key="audit")
     if settings.hmac_key_env:
@@ -216,6 +230,8 @@ def load_key(settings: AuditSettings) -> bytes | None:
                 key="audit.hmac_key_file",
             )
         return data
+    if settings.keyed:
+        return default_key(create=True)
     return None
 
 
@@ -520,12 +536,14 @@ class AuditPlugin:
     def _enable(self, manager: Any, config: Any, settings: AuditSettings) -> None:
         """Turn the trail on with ``settings`` and register the per-task recorder."""
         self.settings = settings
-        self.key = load_key(settings)
         self.path = (
             Path(settings.path).expanduser().absolute()
             if settings.path
             else (data_dir() / DEFAULT_FILE).absolute()
         )
+        if settings.keyed and not (settings.hmac_key_env or settings.hmac_key_file):
+            refuse_unkeyed_trail(self.path)
+        self.key = load_key(settings)
         self.actor = settings.actor or config.core.actor or os_user()
         self._processors = tuple(_resolve(p) for p in settings.processors)
         self._destinations = tuple(_resolve(d) for d in settings.destinations)

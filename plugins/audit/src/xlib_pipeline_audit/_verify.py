@@ -96,6 +96,8 @@ def verify(
             **kw,
         )
 
+    used_default = False  # the key came from the default key file, not the caller
+
     # The head first: it says whether the trail is keyed.
     head_doc: dict[str, Any] | None = None
     head_problem: str | None = None
@@ -106,15 +108,45 @@ def verify(
     if head_doc is None and head_problem is None and require_head:
         head_problem = f"head anchor {hp} is missing (it must be copied with the trail)"
     if head_doc is not None:
+        if head_doc.get("alg") == ALG_HMAC and kb is None:
+            from ._keys import default_key, default_key_path
+
+            kb = default_key(create=False)  # a trail keyed by default: the local key file
+            used_default = kb is not None
+            if kb is None:
+                return report(
+                    ok=False,
+                    reason="the trail is HMAC-protected (head says hmac-sha256): give its key "
+                    "(--key / --key-env / --key-file; the default key file "
+                    f"{str(default_key_path())!r} does not exist here)",
+                )
+            alg = ALG_HMAC
         sig = check_signature(head_doc, kb)
         if sig is not None and sig.kind == "alg":
             return report(ok=False, reason=sig.reason)
         if sig is not None:
             head_problem = f"head anchor {hp} does not match its check hash (edited)"
     want = head_doc.get("seq") if head_doc is not None else None
-    found = scan(data, kb, mark=frozenset([want]) if isinstance(want, int) else frozenset())
+    mark = frozenset([want]) if isinstance(want, int) else frozenset()
+    found = scan(data, kb, mark=mark)
+    if not found.ok and kb is None and head_doc is None and found.seq == 1:
+        # No head to say whether the trail is keyed: a first record that is not plain
+        # SHA-256 but verifies with the default HMAC key tells.
+        from ._keys import default_key
+
+        dk = default_key(create=False)
+        if dk is not None:
+            retry = scan(data, dk, mark=mark)
+            if retry.ok or (retry.seq or 0) > 1:
+                kb, alg, used_default, found = dk, ALG_HMAC, True, retry
     if not found.ok:
-        return report(found, ok=False, line=found.line, seq=found.seq, reason=found.reason)
+        reason = found.reason
+        if used_default and "hash mismatch" in (reason or ""):
+            reason = (reason or "") + (
+                " (checked with the default HMAC key file; if the trail was written "
+                "with another key, give it with --key / --key-env / --key-file)"
+            )
+        return report(found, ok=False, line=found.line, seq=found.seq, reason=reason)
     if head_problem is not None:
         return report(found, ok=False, reason=head_problem)
     if head_doc is None:  # not required

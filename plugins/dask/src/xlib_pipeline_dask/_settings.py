@@ -38,8 +38,14 @@ def _pos_int(name: str, value: Any) -> int:
 
 
 def _pos_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"distributed.{name} must be a positive number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= 1e9  # also refuses NaN
+    ):
+        raise ValueError(
+            f"distributed.{name} must be a positive finite number (at most 1e9), got {value!r}"
+        )
     return float(value)
 
 

@@ -189,15 +189,32 @@ class Envelope:
         if aead is not None:
             return aead
         try:
-            dek = self._kms().unwrap(head.key_id, head.wrapped, _context(ref.tenant))
-        except Exception as exc:
-            missing = "not in the keyring" in str(exc) if isinstance(exc, SecurityError) else False
-            reason = (
-                f"master key {head.key_id!r} is missing from the keyring"
-                if missing
-                else f"its data key does not unwrap under master key {head.key_id!r} for "
-                "this tenant: it was encrypted for another tenant, or altered"
+            kms = self._kms()
+        except Exception as exc:  # the keyring itself: file mode, format, missing variable
+            raise SecurityError(
+                f"{_where(ref)} cannot be decrypted: the keyring cannot be loaded: {exc}"
+            ) from exc
+        known = getattr(kms, "key_ids", None)
+        if known is not None and head.key_id not in known:
+            raise SecurityError(
+                f"{_where(ref)} cannot be decrypted: master key {head.key_id!r} is missing "
+                f"from the keyring ({getattr(kms, 'source', 'key service')}; it holds "
+                f"{', '.join(known)}); restore the key that encrypted it"
             )
+        try:
+            dek = kms.unwrap(head.key_id, head.wrapped, _context(ref.tenant))
+        except Exception as exc:
+            if known is not None:  # our Keyring: only authentication fails here
+                reason = (
+                    f"its data key does not unwrap under master key {head.key_id!r} for "
+                    "this tenant: it was encrypted for another tenant, or altered"
+                )
+            else:
+                reason = (
+                    f"the key service refused to unwrap its data key under master key "
+                    f"{head.key_id!r} ({type(exc).__name__}: {exc}): encrypted for another "
+                    "tenant, altered, or the service failed"
+                )
             raise SecurityError(f"{_where(ref)} cannot be decrypted: {reason}") from None
         aead = AESGCM(dek)
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from xlib_pipeline import (
     SecurityError,
     TaskOption,
     boolean,
+    check_tenant_id,
     data_dir,
     hookimpl,
     with_options,
@@ -83,8 +85,28 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def default_keyring(*, create: bool) -> Keyring | None:
-    """The embedded default keyring, created (0600, outside the data folder) when asked."""
+def stored_key_ids(store: Any) -> list[str]:
+    """Master key ids named by the encrypted outputs in ``store`` (sorted, unique)."""
+    found: set[str] = set()
+    if store is None:
+        return []
+    for _run, _task, _tenant, blob in store.iter_outputs():
+        if blob and blob.startswith(ENCRYPTED_MAGIC) and len(blob) > 8:
+            n = blob[7]
+            try:
+                found.add(bytes(blob[8 : 8 + n]).decode())
+            except UnicodeDecodeError:
+                continue
+    return sorted(found)
+
+
+def default_keyring(*, create: bool, store: Any = None) -> Keyring | None:
+    """The embedded default keyring, created (0600, outside the data folder) when asked.
+
+    Never replaces a lost key: when the key file is missing but ``store`` holds outputs
+    encrypted under master keys, creating a new key would hide the loss, so this refuses
+    with a :class:`ConfigError` naming the key ids and the file to restore.
+    """
     folder = default_key_dir()
     if _inside(folder, data_dir()):
         raise ConfigError(
@@ -97,6 +119,15 @@ def default_keyring(*, create: bool) -> Keyring | None:
     if not file.exists():
         if not create:
             return None
+        lost = stored_key_ids(store)
+        if lost:
+            raise ConfigError(
+                f"the default key file {str(file)!r} is missing, but the run store "
+                f"{str(store.path)!r} holds outputs encrypted under master key(s) "
+                f"{', '.join(lost)}; restore that file from its backup (a new key would leave "
+                "them unreadable), or point encryption.keyring at the keys",
+                key="encryption.keyring",
+            )
         try:
             key = generate_key_file(file)
         except ConfigError:  # another manager created it meanwhile
@@ -207,8 +238,17 @@ class EncryptionPlugin:
         self._spec = config.get("encryption.keyring")
         self.envelope = Envelope(self.kms, per_run_keys=bool(config.get("encryption.per_run_keys")))
         manager.state["encryption"] = self
+        self._manager_ref = weakref.ref(manager)
         if self.at_rest:  # nothing is encrypted unless runs are stored
             manager.require_store("security.encryption_at_rest")
+
+    def _store(self) -> Any:
+        ref = getattr(self, "_manager_ref", None)
+        manager = ref() if ref is not None else None
+        try:
+            return manager.store if manager is not None else None
+        except Exception:  # no usable store: nothing stored to protect
+            return None
 
     @property
     def active(self) -> bool:
@@ -231,7 +271,7 @@ class EncryptionPlugin:
                 old = self._kms
                 new: KeyManagementService | None
                 if spec is None:
-                    new = default_keyring(create=True)
+                    new = default_keyring(create=True, store=self._store())
                     stamp = _stamp(None)
                 else:
                     new = Keyring.load(spec)
@@ -314,10 +354,11 @@ def encrypt_data(
 ) -> Any:
     """``pm.encrypt_data(tenant_id=...)``: store the task's output encrypted under the
     tenant's data key. Stack it directly under ``@pipeline.task``."""
-    if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
-        raise ConfigError(
-            f"pm.encrypt_data(tenant_id=...) needs a non-empty string, got {tenant_id!r}"
-        )
+    if tenant_id is not None:
+        try:
+            check_tenant_id(tenant_id, what="pm.encrypt_data(tenant_id=...)")
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="tenant_id") from exc
     options: dict[str, Any] = {"encrypt": True}
     if tenant_id is not None:
         options["tenant_id"] = tenant_id

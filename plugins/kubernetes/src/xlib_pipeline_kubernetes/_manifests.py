@@ -9,12 +9,15 @@ dropped, the runtime's default seccomp profile and no service-account token.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from xlib_pipeline import ConfigError
 
 from ._settings import KubernetesSettings
 
@@ -41,6 +44,29 @@ def slug(name: str, limit: int = 40) -> str:
     if not s:
         raise ValueError(f"cannot make a Kubernetes name from {name!r}")
     return s
+
+
+def pipeline_slug(name: str) -> str:
+    """The app name for pipeline ``name``: its slug, or, when nothing of it survives (``---``,
+    a name in a non-Latin script), ``pipeline-`` and a digest of the name, so every pipeline
+    renders and two such pipelines never share objects."""
+    try:
+        return slug(name)
+    except ValueError:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        return f"pipeline-{digest}"
+
+
+def _object_name(value: str, key: str) -> str:
+    """An explicitly configured name: used as a slug, refused by key when nothing survives."""
+    try:
+        return slug(value)
+    except ValueError:
+        raise ConfigError(
+            f"kubernetes.{key} {value!r} has no letters or digits to make a Kubernetes name "
+            "(DNS-1123: lowercase a-z, 0-9 and '-')",
+            key=f"kubernetes.{key}",
+        ) from None
 
 
 def _label(value: str) -> str:
@@ -153,8 +179,9 @@ def render_manifests(
     name = getattr(pipeline, "name", pipeline)
     if not isinstance(name, str):
         raise TypeError(f"render_manifests expects a Pipeline or a name, got {pipeline!r}")
-    app = slug(s.name or name)
-    names = Names(app=app, instance=slug(s.instance or app), version=s.version)
+    app = _object_name(s.name, "name") if s.name else pipeline_slug(name)
+    instance = _object_name(s.instance, "instance") if s.instance else app
+    names = Names(app=app, instance=instance, version=s.version)
     dask = executor == "dask" or bool(config.get("distributed_mode")) or s.executor == "dask"
     ns = s.namespace
     worker_name = f"{app}-worker"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -340,24 +341,65 @@ def run_dask(state: WorkerState, args: argparse.Namespace, scheduler: str) -> in
 # --- command ------------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"expected an integer 1-1024, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite, non-negative number of seconds (at most a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86400:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 86400, got {text!r}")
+    return value
+
+
+def _poll(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.01:
+        raise argparse.ArgumentTypeError(f"expected at least 0.01 seconds, got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``xlib-pipeline worker``."""
     env = os.environ.get
     p.add_argument("--host", default=env("XLIB_PIPELINE_WORKER_HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(env("XLIB_PIPELINE_WORKER_PORT", "8080")))
+    # A string default goes through ``type`` when used, so a bad $XLIB_PIPELINE_WORKER_PORT
+    # is an argparse error of this command, not a crash of every command at start-up.
+    p.add_argument("--port", type=_port, default=env("XLIB_PIPELINE_WORKER_PORT", "8080"))
     p.add_argument(
         "--scheduler",
         default=env("XLIB_PIPELINE_DASK_ADDRESS"),
         help="Dask scheduler address (default $XLIB_PIPELINE_DASK_ADDRESS); without it the "
         "worker runs job files from --queue",
     )
-    p.add_argument("--nthreads", type=int, default=1, help="Dask worker threads")
-    p.add_argument("--dask-port", type=int, default=0, help="Dask worker listening port")
+    p.add_argument("--nthreads", type=_positive_int, default=1, help="Dask worker threads")
+    p.add_argument("--dask-port", type=_port, default=0, help="Dask worker listening port")
     p.add_argument("--name", default=env("POD_NAME"), help="worker name (default $POD_NAME)")
     p.add_argument("--queue", help="job folder (default <XLIB_PIPELINE_HOME>/queue)")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between queue scans")
-    p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--startup-timeout", type=float, default=60.0)
+    p.add_argument("--poll", type=_poll, default=1.0, help="seconds between queue scans")
+    p.add_argument("--drain-timeout", type=_seconds, default=30.0)
+    p.add_argument("--startup-timeout", type=_seconds, default=60.0)
     p.add_argument("--config", default=env("XLIB_PIPELINE_CONFIG"), help="pipeline config file")
 
 
@@ -367,7 +409,14 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = WorkerMetrics()
     state = WorkerState(metrics)
-    server = make_server(args.host, args.port, state)
+    try:
+        server = make_server(args.host, args.port, state)
+    except OSError as exc:  # unknown host, port in use, no permission
+        print(
+            f"xlib-pipeline worker: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     thread = threading.Thread(target=server.serve_forever, name="xlib-worker-http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]

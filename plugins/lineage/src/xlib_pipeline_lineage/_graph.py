@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,7 +40,16 @@ def run_events(events: Iterable[dict[str, Any]], run_id: str) -> list[dict[str, 
 
 
 def _label(text: str) -> str:
-    return '"' + text.replace('"', "#quot;") + '"'
+    """A quoted Mermaid label: quotes, ``#``, angle brackets and line breaks become entity
+    codes, so a job or dataset name can neither end the label nor start a statement."""
+    out = str(text).replace("#", "#35;")
+    for ch, code in (('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("\r", "#13;"), ("\n", "#10;")):
+        out = out.replace(ch, code)
+    return '"' + out + '"'
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).splitlines())
 
 
 def to_mermaid(events: list[dict[str, Any]], run_id: str) -> str:
@@ -85,11 +95,13 @@ def to_mermaid(events: list[dict[str, Any]], run_id: str) -> str:
     title = f"pipeline {pipeline or '?'} run {run_id}"
     if pipeline_state:
         title += f": {pipeline_state}"
-    lines.append(f"  %% {title}")
+    lines.append(f"  %% {_one_line(title)}")
     tid = {name: f"t{i}" for i, name in enumerate(tasks)}
     did = {key: f"d{i}" for i, key in enumerate(datasets)}
     for name, info in tasks.items():
-        lines.append(f"  {tid[name]}[{_label(name)}]:::{info['status']}")
+        # a class name from the file: only word characters, never a statement
+        status = re.sub(r"\W", "_", str(info["status"])) or "running"
+        lines.append(f"  {tid[name]}[{_label(name)}]:::{status}")
     for key, level in datasets.items():
         sep = "" if key[1].startswith("/") else ":"
         text = f"{key[0]}{sep}{key[1]}" + (f" [{level}]" if level else "")

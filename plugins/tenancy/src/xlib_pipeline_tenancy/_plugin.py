@@ -7,7 +7,6 @@ options used), so a manager that never uses tenancy runs exactly as the bare cor
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import weakref
@@ -28,6 +27,7 @@ from xlib_pipeline import (
     SecurityError,
     TaskOption,
     boolean,
+    check_tenant_id,
     hookimpl,
     one_of,
     with_options,
@@ -132,7 +132,6 @@ class TenancyPlugin:
         self.gate: TenantGate | None = None
         self._runtime: _Runtime | None = None
         self._lock = threading.Lock()
-        self._pool_limits: dict[str, ResourceLimits] = {}
         self._plans: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
     # -- collectors --------------------------------------------------------------------------
@@ -376,10 +375,11 @@ class TenancyPlugin:
         resource_limits: Mapping[str, Any] | None = None,
         **limits: Any,
     ) -> Any:
-        if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
-            raise ConfigError(
-                f"pm.isolate_resources(tenant_id=...) needs a non-empty string, got {tenant_id!r}"
-            )
+        if tenant_id is not None:
+            try:
+                check_tenant_id(tenant_id, what="pm.isolate_resources(tenant_id=...)")
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="tenant_id") from exc
         spec = {**(resource_limits or {}), **limits}
         try:
             ResourceLimits.from_mapping(spec)
@@ -434,15 +434,13 @@ class TenancyPlugin:
             pass
         return out
 
-    def pool_for(self, tenant: str | None, limits: ResourceLimits) -> str:
-        """The worker-pool key of a tenant: ``tenant:NAME`` (plus a digest if limits differ)."""
-        key = f"tenant:{tenant or '-'}"
-        with self._lock:
-            first = self._pool_limits.setdefault(key, limits)
-        if first == limits:
-            return key
-        digest = hashlib.sha256(repr(limits).encode()).hexdigest()[:8]
-        return f"{key}:{digest}"
+    def pool_for(self, tenant: str | None, limits: ResourceLimits) -> tuple[Any, ...]:
+        """The worker-pool key of a tenant: the tuple ``("tenant", tenant, limits)``.
+
+        Structured, never a joined string: no tenant id can name another tenant's pool.
+        (The process executor adds the tenant and limits to its own key as well.)
+        """
+        return ("tenant", tenant, limits)
 
 
 class _Runtime:

@@ -15,7 +15,13 @@ from typing import Any
 
 import attrs
 
-from xlib_pipeline import ConfigError, ResourceLimits, SecurityError, read_mapping_file
+from xlib_pipeline import (
+    ConfigError,
+    ResourceLimits,
+    SecurityError,
+    check_tenant_id,
+    read_mapping_file,
+)
 
 #: Permissions the core and first-party plugins check.
 PERMISSIONS = (
@@ -64,6 +70,7 @@ class TenantSpec:
     @classmethod
     def parse(cls, name: str, value: Any) -> TenantSpec:
         """Build from the config form ``{"resource_limits": {...}, "max_concurrent_tasks": 2}``."""
+        check_tenant_id(name, what="tenant name")
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
