@@ -174,8 +174,7 @@ def _connect(
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
             raise StoreError(
-                f"run store {str(path)!r}: cannot create it or its folder: "
-                f"{exc.strerror or exc}",
+                f"run store {str(path)!r}: cannot create it or its folder: {exc.strerror or exc}",
                 path=str(path),
             ) from exc
     try:
