@@ -57,11 +57,18 @@ def plugins(session: nox.Session, plugin: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over everything, mypy (strict) over the core."""
-    session.install("ruff", "mypy", "-e", ".")
+    """ruff over everything; mypy (strict) over the core, every plugin package and the
+    example plugin, each installed with its dependencies so their types are real."""
+    session.install("ruff", "mypy", "types-PyYAML", "-e", ".")
+    session.install(*[a for n in PLUGINS for a in ("-e", f"plugins/{n}")])
+    session.install("-e", "examples/custom_plugin")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    packages = [
+        str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("plugins/*/src/xlib_pipeline_*"))
+    ]
+    session.run("mypy", *packages, "examples/custom_plugin/src/xlib_pipeline_example_sla")
 
 
 @nox.session

@@ -6,7 +6,8 @@ The 10,000-task random layered DAG of no-op tasks, 2 worker threads, measured in
 process and run for: the plain graphlib + ThreadPoolExecutor(2) reference loop; the bare
 core; the core with its run store; and the core with the run store plus audit (fsync batch),
 lineage (file transport), classification (PII scanning) and encryption at rest. Medians of
-``--repeat`` runs; the goal is at most 5x the reference with everything on.
+``--repeat`` runs, contenders interleaved; the goal is at most 4x the reference with
+everything on.
 """
 
 from __future__ import annotations

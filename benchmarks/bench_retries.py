@@ -52,13 +52,13 @@ from xlib_pipeline import (  # noqa: E402
 
 
 class NoSleep:
-    """Replaces run.sleep so the retry path is measured without waiting."""
+    """Replaces the manager's sleep so the retry path is measured without waiting."""
 
     name = "no_sleep"
 
     @hookimpl
-    def before_pipeline(self, run: Any) -> None:
-        run.sleep = lambda seconds: None
+    def configure(self, manager: Any, config: Any) -> None:
+        manager.sleep = lambda seconds: None
 
 
 def _median_runs(runs: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:

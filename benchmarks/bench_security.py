@@ -41,17 +41,17 @@ def bench_encryption() -> list[tuple[str, float, float, float, float]]:
     pm = PipelineManager(
         {"security": {"encryption_at_rest": True}}, plugins=[EncryptionPlugin(kms=ring)]
     )
-    call = pm.hooks.call
+    hooks = pm.hooks
     ref = PayloadRef(run_id="run-1", pipeline="bench", task="t", tenant="acme")
     rows = []
     for label, size, n in (("1 KiB", 1024, 20000), ("1 MiB", 1024**2, 200)):
         if QUICK:
             n = max(20, n // 10)
         data = os.urandom(size)
-        ct = call("encrypt", data=data, ref=ref)
+        ct = hooks.encrypt(data=data, ref=ref)
         copy = per_op(lambda d=data: bytes(bytearray(d)), n, 7)
-        enc = per_op(lambda d=data: call("encrypt", data=d, ref=ref), n, 7)
-        dec = per_op(lambda c=ct: call("decrypt", data=c, ref=ref), n, 7)
+        enc = per_op(lambda d=data: hooks.encrypt(data=d, ref=ref), n, 7)
+        dec = per_op(lambda c=ct: hooks.decrypt(data=c, ref=ref), n, 7)
         rows.append((label, copy * 1e6, enc * 1e6, dec * 1e6, enc / copy))
     return rows
 

@@ -409,7 +409,7 @@ class TestStorageFaults:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """An output past what SQLite holds fails the run (result returned, not raised)."""
-        from xlib_pipeline import _recording
+        from xlib_pipeline import _store_recorder as _recording
 
         monkeypatch.setattr(_recording, "MAX_BLOB", 1000)
         db = tmp_path / "runs.sqlite"

@@ -174,8 +174,8 @@ class Retrier:
         self.slept: list[float] = []
 
     @hookimpl
-    def before_pipeline(self, run):
-        run.sleep = self.slept.append  # no real sleeping in tests
+    def configure(self, manager, config):
+        manager.sleep = self.slept.append  # no real sleeping in tests
 
     @hookimpl
     def on_task_error(self, task, run, outcome):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
+import uuid
+from datetime import timedelta
 
 import cloudpickle
 import pytest
@@ -30,6 +33,7 @@ from xlib_pipeline import (
     Status,
     TaskFailedError,
 )
+from xlib_pipeline._outcomes import new_run_id
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -389,18 +393,38 @@ class TestResults:
         """Per-task results carry status, output, attempts and times."""
         result = manager.execute_pipeline(self._diamond())
         assert list(result.tasks) == ["top", "left", "right", "bottom"]
-        bottom = result.tasks["bottom"]
+        top, bottom = result.tasks["top"], result.tasks["bottom"]
         assert bottom.status is Status.SUCCEEDED and bottom.succeeded
-        assert bottom.attempts == 1 and bottom.duration >= 0
+        assert bottom.attempts == 1 and bottom.output == result.final_result
+        assert bottom.duration == bottom.finished - bottom.started
         assert bottom.started_at.tzinfo is not None
+        assert abs(bottom.finished_at - bottom.started_at - timedelta(seconds=bottom.duration)) < (
+            timedelta(microseconds=2)
+        )
+        # times follow the graph: the run brackets every task, upstreams end before downstreams
+        assert result.started <= top.started <= top.finished <= bottom.started
+        assert bottom.finished <= result.finished
+        assert result.duration == result.finished - result.started
         assert result.tasks.by_status("succeeded") == ["top", "left", "right", "bottom"]
-        assert result.duration >= 0 and result.run_id
 
     def test_run_ids_are_unique_and_sortable(self, manager):
-        """Each run gets a new id; later runs sort after earlier ones."""
+        """Each run gets a new id: a UUIDv7 whose leading 48 bits are its start in ms, so
+        ids from different milliseconds sort by time."""
         ids = [manager.execute_pipeline(self._diamond()).run_id for _ in range(3)]
         assert len(set(ids)) == 3
-        assert ids == sorted(ids) or ids[0][:11] == ids[-1][:11]
+        stamps = []
+        for _ in range(5):
+            before = int(time.time() * 1000)
+            rid = new_run_id()
+            after = int(time.time() * 1000)
+            u = uuid.UUID(rid)
+            assert u.version == 7 and u.variant == uuid.RFC_4122
+            ms = u.int >> 80
+            assert before <= ms <= after
+            stamps.append((ms, rid))
+            while int(time.time() * 1000) == after:  # next id in a later millisecond
+                time.sleep(0.0005)
+        assert [r for _, r in stamps] == sorted(r for _, r in stamps)
 
     def test_explicit_run_id(self, manager):
         """A run id given by the caller is used."""

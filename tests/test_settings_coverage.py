@@ -80,7 +80,7 @@ def _registered() -> list[tuple[str, str, str]]:
             ("task option", "register_task_options"),
             ("run option", "register_run_options"),
         ):
-            for name in pm.hooks.collect(hook):
+            for name in getattr(pm.hooks, hook)():
                 out.append((kind, name, pm.hooks.owner(hook, name) or "core"))
     return out
 

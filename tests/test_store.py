@@ -16,11 +16,11 @@ from xlib_pipeline import (
     PayloadRef,
     Pipeline,
     PipelineManager,
+    ResumeError,
     RetryDecision,
     StoreError,
     hookimpl,
 )
-from xlib_pipeline._recording import ResumeError
 from xlib_pipeline._store import RunStore
 
 

@@ -28,16 +28,12 @@ from ._records import Isolation, ResourceLimits, RunContext
 from ._task import Task
 from .exceptions import (
     LazyResultError,
+    RemoteError,
     ResourceLimitExceeded,
     SerializationError,
-    TaskError,
     TaskTimeoutError,
     WorkerLostError,
 )
-
-
-class RemoteError(TaskError):
-    """A task failed in a worker and its exception could not be rebuilt in the driver."""
 
 
 def call_with_timeout(

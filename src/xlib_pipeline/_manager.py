@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from ._config import Config, validate
 from ._events import get_logger
 from ._graph import Plan, plan, suggest
 from ._monitor import Monitor
+from ._outcomes import Columns, Observer, lane_count, new_run_id
 from ._plugins import (
     KNOWN_DECORATORS,
     KNOWN_RUN_OPTIONS,
@@ -21,32 +23,29 @@ from ._plugins import (
     Hooks,
     create_plugin_manager,
     package_for,
+    register_checked,
 )
-from ._recording import StoreRecorder, load_resume
 from ._records import (
     CliCommand,
     Executor,
-    ExecutorSpec,
-    ManagerDecorator,
     PluginInfo,
     RenderTarget,
     RunContext,
-    RunOption,
     Status,
-    TaskOption,
     check_tenant_id,
 )
+from ._resources import ManagerResources, _close_executors, _DetachedManager
 from ._results import PipelineResult, TaskResults
-from ._scheduler import Columns, Observer, Run, lane_count, new_run_id
-from ._store import RunRecord, RunStore, TaskRecord, store_section
-from ._task import Pipeline
+from ._scheduler import Run
+from ._store import RunStore
+from ._store_recorder import StoreRecorder, load_resume
+from ._task import Pipeline, Task
 from .exceptions import (
     ConfigError,
     DefinitionError,
     MissingPluginError,
     PipelineError,
     PluginError,
-    SettingWithoutEffectWarning,
     UnknownTaskOptionError,
 )
 
@@ -64,7 +63,7 @@ _CORE_RUN_OPTIONS = (
 )
 
 
-class PipelineManager:
+class PipelineManager(ManagerResources):
     """Runs pipelines under a validated config with the installed (and given) plugins.
 
     ``config`` is a plain dict (see docs/configuration.md); ``plugins`` adds plugin objects
@@ -96,98 +95,59 @@ class PipelineManager:
             builtin=[("core", CorePlugin())],
         )
         self.hooks = Hooks(self._pm)
-        keys = self.hooks.collect("register_config_keys")
+        keys = self.hooks.register_config_keys()
         self.config: Config = validate(raw, keys)
-        self._task_options: dict[str, TaskOption] = self.hooks.collect("register_task_options")
-        self._run_options: dict[str, RunOption] = self.hooks.collect("register_run_options")
-        self._executor_specs: dict[str, ExecutorSpec] = self.hooks.collect("register_executors")
-        self._decorators: dict[str, ManagerDecorator] = self.hooks.collect(
-            "register_manager_decorators"
-        )
-        self._render_targets: dict[str, RenderTarget] = self.hooks.collect(
-            "register_render_targets"
-        )
-        self._cli_commands: dict[str, CliCommand] = self.hooks.collect("register_cli_commands")
-        self._inactive: dict[str, object] = {}
+        self._task_options = self.hooks.register_task_options()
+        self._run_options = self.hooks.register_run_options()
+        self._executor_specs = self.hooks.register_executors()
+        self._decorators = self.hooks.register_manager_decorators()
+        self._render_targets = self.hooks.register_render_targets()
+        self._cli_commands = self.hooks.register_cli_commands()
         self._executors: dict[str, Executor] = {}
         self._exec_lock = threading.RLock()
-        self._checked: weakref.WeakKeyDictionary[Plan, bool] = weakref.WeakKeyDictionary()
+        self._checked: weakref.WeakKeyDictionary[Plan, tuple[Task, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._closed = False
         self._store: RunStore | None = None
         #: Called as ``notice(run_id, grace_seconds)`` on the first interrupt of a run (the
         #: CLI prints that the run is stopping and how long running tasks may go on).
         self.interrupt_notice: Callable[[str, float | None], None] | None = None
         self._store_lock = threading.Lock()
-        self.state: dict[str, Any] = {}  # per-manager plugin state, by plugin name
         self._live: dict[str, Run] = {}  # runs under way, by run id (for cancel_run)
         self._store_needed: str | None = None  # why a plugin needs the default store
         self._warned: set[str] = set()
-        self._configure_plugins()
+        #: How the scheduler waits between retries. With ``time.sleep`` (the default) a
+        #: cancellation cuts the wait short; tests (or a plugin's ``configure``) may replace it.
+        self.sleep: Callable[[float], None] = time.sleep
+        self.hooks.configure(manager=self, config=self.config)
         self._finalizer = weakref.finalize(self, _close_executors, self._executors)
 
     # -- plugins ---------------------------------------------------------------------------
 
-    def _configure_plugins(self) -> None:
-        """Call each plugin's ``configure``; unregister those that answer ``False``."""
-        inactive: list[str] = []
-        for impl in reversed(self._pm.hook.configure.get_hookimpls()):
-            try:
-                answer = impl.function(manager=self, config=self.config)
-            except PipelineError as exc:
-                if getattr(exc, "plugin", None) is None:
-                    exc.plugin = impl.plugin_name  # type: ignore[attr-defined]
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in hook 'configure': "
-                    f"{type(exc).__name__}: {exc}",
-                    plugin=impl.plugin_name,
-                    hook="configure",
-                ) from exc
-            if answer is False:
-                inactive.append(impl.plugin_name)
-        for name in inactive:
-            self._inactive[name] = self._pm.unregister(name=name)
-        if inactive:
-            self._infos = [
-                attrs.evolve(i, active=False) if i.name in inactive else i for i in self._infos
-            ]
-            self._rebuild_hooks()
-
-    def _rebuild_hooks(self) -> None:
-        owners = self.hooks.owners
-        self.hooks = Hooks(self._pm)
-        self.hooks.owners = owners
-
-    def _activate(self, owner: str | None) -> None:
-        """Register again a plugin that declined in ``configure`` because a pipeline, a run
-        or a decorator now uses something it owns; it then works with its defaults."""
-        if owner is None or owner not in self._inactive:
-            return
-        with self._exec_lock:
-            plugin = self._inactive.pop(owner, None)
-            if plugin is None:
-                return
-            self._pm.register(plugin, name=owner)
-            self._infos = [
-                attrs.evolve(i, active=True) if i.name == owner else i for i in self._infos
-            ]
-            self._rebuild_hooks()
-
     def register(self, plugin: object, name: str) -> None:
-        """Register a further hook object for this manager (a plugin's per-run part, say).
+        """Register a plugin's runtime hook object for this manager (pytest's idiom).
 
-        Plugins call it from ``configure`` or later to add hooks only when they are needed;
-        the manager then recomputes which hooks have implementations. Runs already under
-        way keep the hooks they started with.
+        Plugins call it from ``configure`` (what their config turns on) or ``prepare_run``
+        (what a pipeline's options need). A name already registered by an object of the same
+        class is left alone, so calling it again is harmless; another class is refused. Runs
+        already under way keep the hooks they started with. A marked method that is no hook
+        is refused with a did-you-mean.
         """
         with self._exec_lock:
-            self._pm.register(plugin, name=name)
-            self._rebuild_hooks()
-
-    def is_active(self, name: str) -> bool:
-        """Whether plugin ``name`` is installed and active for this manager."""
-        return any(i.name == name and i.active for i in self._infos)
+            present = self._pm.get_plugin(name)
+            if present is not None:
+                if type(present) is not type(plugin):
+                    raise PluginError(
+                        f"cannot register a {type(plugin).__name__} as {name!r}: that name is "
+                        f"taken by a {type(present).__name__}",
+                        plugin=name,
+                    )
+                return
+            register_checked(self._pm, plugin, name)
+            owners = self.hooks.owners
+            self.hooks = Hooks(self._pm)
+            self.hooks.owners = owners
 
     @property
     def plugins(self) -> list[PluginInfo]:
@@ -195,13 +155,16 @@ class PipelineManager:
         return list(self._infos)
 
     def has_plugin(self, name: str) -> bool:
-        """Whether plugin ``name`` is installed for this manager (active or not), not disabled."""
-        registered = self._pm.has_plugin(name) and self._pm.get_plugin(name) is not None
-        return bool(registered) or name in self._inactive
+        """Whether plugin ``name`` (or a runtime object of that name) is registered."""
+        return self._pm.get_plugin(name) is not None
 
     def get_plugin(self, name: str) -> Any:
-        """The plugin object called ``name``, active or not (``None`` when absent)."""
-        return self._pm.get_plugin(name) or self._inactive.get(name)
+        """The plugin object registered as ``name`` (``None`` when absent).
+
+        For a plugin's own objects; plugins never reach another plugin this way (they share
+        state through :class:`~xlib_pipeline.StashKey` keys and hooks).
+        """
+        return self._pm.get_plugin(name)
 
     @property
     def cli_commands(self) -> Mapping[str, CliCommand]:
@@ -219,7 +182,6 @@ class PipelineManager:
         decorators = self.__dict__.get("_decorators", {})
         spec = decorators.get(name)
         if spec is not None:
-            self._activate(self.hooks.owner("register_manager_decorators", name))
             factory = spec.factory
 
             def decorator_factory(*args: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -241,129 +203,10 @@ class PipelineManager:
         # examples do). A worker process gets a detached stand-in, never plugins or keys.
         return (_DetachedManager, (dict(self.config.raw),))
 
-    # -- executors ---------------------------------------------------------------------------
-
-    def executor(self, name: str) -> Executor:
-        """The executor registered as ``name`` (built once per manager, kept warm)."""
-        ex = self._executors.get(name)
-        if ex is not None:
-            return ex
-        with self._exec_lock:
-            ex = self._executors.get(name)
-            if ex is None:
-                spec = self._executor_specs.get(name)
-                if spec is None:
-                    if name == "dask":
-                        raise MissingPluginError("the 'dask' executor", package_for("dask"))
-                    hint = suggest(name, self._executor_specs)
-                    extra = f"; did you mean {hint!r}?" if hint else ""
-                    raise ConfigError(
-                        f"unknown executor {name!r}; registered: "
-                        f"{sorted(self._executor_specs)}{extra}",
-                        key="executor",
-                        suggestion=hint,
-                    )
-                try:
-                    ex = spec.factory(self)
-                except PipelineError:
-                    raise
-                except Exception as exc:
-                    owner = self.hooks.owner("register_executors", name)
-                    raise PluginError(
-                        f"plugin {owner!r} failed to build executor {name!r}: "
-                        f"{type(exc).__name__}: {exc}",
-                        plugin=owner,
-                        hook="register_executors",
-                    ) from exc
-                self._executors[name] = ex
-        return ex
-
-    def _record_outputs(self) -> bool:
-        section = self.config.get("store")
-        return True if section is None else bool(section["record_outputs"])
-
-    def require_store(self, reason: str) -> None:
-        """A plugin needs this manager's runs recorded (``reason`` names the setting, e.g.
-        ``security.encryption_at_rest``): with no ``store`` configured, runs go to the
-        embedded default store, ``data_dir()/runs.sqlite``. With ``store: false`` nothing
-        can be recorded: warn once (:class:`SettingWithoutEffectWarning`) naming ``reason``.
-        """
-        if self.config.given("store"):
-            if self.config.get("store") is None and reason not in self._warned:
-                self._warned.add(reason)
-                import warnings
-
-                warnings.warn(
-                    f"{reason} has no effect: config says store: false, so no run output is "
-                    f"stored (nothing to protect). Remove store: false to record runs in "
-                    f"the embedded default store, or drop {reason}.",
-                    SettingWithoutEffectWarning,
-                    stacklevel=3,
-                )
-            return
-        if self._store_needed is None:
-            self._store_needed = reason
-
-    @property
-    def store(self) -> RunStore | None:
-        """The run store: config ``store`` (``true`` or no ``path`` means the default file),
-        else the embedded default when a plugin requires one (:meth:`require_store`), else
-        ``None``. Opened on first use."""
-        section = self.config.get("store")
-        if section is None:
-            if self._store_needed is None or self.config.given("store"):
-                return None
-            section = store_section(True)
-        if self._store is None:
-            with self._store_lock:
-                if self._store is None:
-                    self._store = RunStore(
-                        section["path"],
-                        synchronous=section["synchronous"],
-                        busy_timeout_ms=section["busy_timeout_ms"],
-                    )
-        return self._store
-
-    def read_run(
-        self, run_id: str, *, principal: str | None = None
-    ) -> tuple[RunRecord, dict[str, TaskRecord]]:
-        """A stored run and its tasks, once ``principal`` may read every tenant in it.
-
-        Access is decided by the ``check_access`` hook (the tenancy plugin's RBAC); outputs
-        stay as stored (encrypted under their tenant's key when encryption is on).
-        """
-        store = self.store
-        if store is None:
-            raise ConfigError("reading runs needs a run store: configure {'store': {...}}")
-        rec = store.get_run(run_id)
-        tasks = store.get_tasks(rec.run_id)
-        self.check_read_access(rec, tasks.values(), principal=principal)
-        return rec, tasks
-
-    def check_read_access(
-        self,
-        rec: RunRecord,
-        tasks: Iterable[TaskRecord] = (),
-        *,
-        principal: str | None = None,
-    ) -> None:
-        """Raise SecurityError unless ``principal`` may read the run's tenants' data."""
-        tenants = {rec.tenant, *(t.tenant for t in tasks)}
-        if len(tenants) > 1:
-            tenants.discard(None)
-        for tenant in sorted(tenants, key=lambda t: t or ""):
-            self.hooks.call(
-                "check_access",
-                principal=principal,
-                permission="read_data",
-                tenant=tenant,
-                action=f"read run {rec.run_id} of pipeline {rec.pipeline!r}",
-            )
-
     def close(self) -> None:
         """Stop worker pools, close the store, let plugins release resources."""
         try:
-            self.hooks.call("close", manager=self)
+            self.hooks.close(manager=self)
         finally:
             _close_executors(self._executors)
             if self._store is not None:
@@ -380,15 +223,21 @@ class PipelineManager:
 
     def validate_pipeline(self, pipeline: Pipeline) -> Plan:
         """Validate graph and task options without running anything; return the plan."""
+        return self._validated(pipeline)[0]
+
+    def _validated(self, pipeline: Pipeline) -> tuple[Plan, tuple[Task, ...]]:
+        """The plan and its tasks in topological order (checked once per plan version)."""
         if not isinstance(pipeline, Pipeline):
             raise DefinitionError(
                 f"execute_pipeline expects a Pipeline, got {type(pipeline).__name__}"
             )
         p = plan(pipeline)
-        if p not in self._checked:
+        ordered = self._checked.get(p)
+        if ordered is None:
             self._check_options(p)
-            self._checked[p] = True
-        return p
+            ordered = tuple(p.tasks[i] for i in p.order)
+            self._checked[p] = ordered
+        return p, ordered
 
     def _check_options(self, p: Plan) -> None:
         known = self._task_options
@@ -403,7 +252,6 @@ class PipelineManager:
                         suggest(key, [*known, *KNOWN_TASK_OPTIONS]),
                         package_for(plugin) if plugin else None,
                     )
-                self._activate(self.hooks.owner("register_task_options", key))
                 try:
                     spec.convert(value)
                 except (ValueError, TypeError, ArithmeticError) as exc:
@@ -422,7 +270,6 @@ class PipelineManager:
                 hint = suggest(key, [*self._run_options, *_CORE_RUN_OPTIONS, *KNOWN_RUN_OPTIONS])
                 extra = f"; did you mean {hint!r}?" if hint else ""
                 raise TypeError(f"execute_pipeline() got an unknown option {key!r}{extra}")
-            self._activate(self.hooks.owner("register_run_options", key))
             try:
                 out[key] = spec.convert(value)
             except (ValueError, TypeError, ArithmeticError) as exc:
@@ -459,7 +306,7 @@ class PipelineManager:
         ``store``; ``force=True`` accepts a changed structure).
         Raises before anything runs when the pipeline, an option or a plugin refuses it.
         """
-        p = self.validate_pipeline(pipeline)
+        p, tasks = self._validated(pipeline)
         run_options = self._check_run_options(options)
         core = self.config.core
         if parallel is None:
@@ -474,30 +321,37 @@ class PipelineManager:
                 check_tenant_id(tenant_id)
             except ValueError as exc:
                 raise ConfigError(str(exc), key="tenant_id") from exc
-        rid = run_id or new_run_id()
-        ctx = RunContext(
-            run_id=rid,
-            pipeline=pipeline,
-            plan=p,
-            config=self.config,
-            manager=self,
-            tenant_id=tenant_id,
-            principal=principal,
-            executor=name,
-            options=run_options,
-            params=dict(params or {}),
-        )
-        ctx.log = get_logger(pipeline=pipeline.name, run_id=rid)
         store = self.store
+        resumed_from: str | None = None
         if resume is not None:
             if store is None:
                 raise ConfigError(
                     "resume needs a run store: configure {'store': {'path': 'runs.sqlite'}}",
                     key="store",
                 )
-            ctx.resumed_from = store.get_run(resume).run_id
+            resumed_from = store.get_run(resume).run_id
+        self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=run_options)
+        hooks = self.hooks  # this run's hooks, whatever registers later
+        rid = run_id or new_run_id()
+        ctx = RunContext(
+            run_id=rid,
+            pipeline=pipeline,
+            tasks=tasks,
+            config=self.config,
+            manager=self,
+            tenant_id=tenant_id,
+            principal=hooks.resolve_principal(principal=principal, config=self.config),
+            executor=name,
+            options=run_options,
+            params=dict(params or {}),
+            resumed_from=resumed_from,
+            log=get_logger(pipeline=pipeline.name, run_id=rid),
+            sleep=self.sleep,
+        )
         return self._execute(
             ctx,
+            p,
+            hooks,
             parallel=parallel,
             monitor=monitor,
             max_workers=max_workers,
@@ -546,6 +400,8 @@ class PipelineManager:
     def _execute(
         self,
         ctx: RunContext,
+        p: Plan,
+        hooks: Hooks,
         *,
         parallel: bool,
         monitor: bool,
@@ -554,14 +410,14 @@ class PipelineManager:
         force: bool = False,
         source: str | None = None,
     ) -> PipelineResult:
-        hooks = self.hooks
-        p = ctx.plan
         store: RunStore | None = None
         obs: list[Observer] = []
         preloaded: Mapping[int, tuple[Status, Any]] | None = None
         try:
-            if hooks.has["validate_pipeline"]:
-                hooks.call("validate_pipeline", pipeline=ctx.pipeline, run=ctx)
+            chosen = hooks.select_executor(run=ctx)
+            if chosen is not None and chosen != ctx.executor:
+                ctx = attrs.evolve(ctx, executor=chosen)
+            hooks.validate_pipeline(pipeline=ctx.pipeline, run=ctx)
             store = self.store  # after validators: they may require_store()
             # Stored outputs are decrypted only once validators (access control) agreed.
             carried = None
@@ -577,20 +433,18 @@ class PipelineManager:
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)
-            if hooks.has["before_pipeline"]:
-                hooks.call("before_pipeline", run=ctx)
+            hooks.before_pipeline(run=ctx)
         except BaseException as exc:
-            refused = _refused_result(ctx, exc)
+            refused = _refused_result(ctx, p, exc)
             ctx.log.warning("pipeline.refused", error=type(exc).__name__)
             if obs and store is not None:  # the run row exists: close it as refused
                 store.run_finished(
                     ctx.run_id, "refused", refused.finished, f"{type(exc).__name__}: {exc}"
                 )
-            if hooks.has["after_pipeline"]:
-                try:
-                    hooks.call("after_pipeline", run=ctx, result=refused)
-                except PipelineError:
-                    pass
+            try:
+                hooks.after_pipeline(run=ctx, result=refused)
+            except PipelineError:
+                pass
             raise
         ex = self.executor(ctx.executor)
         suggested = ex.lanes()
@@ -619,7 +473,6 @@ class PipelineManager:
             commit=store.commit if store is not None else None,
             flush=store.flush if store is not None else None,
         )
-        ctx.stash["__run__"] = run
         if mon is not None:
             mon.start(run)
         ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
@@ -633,18 +486,14 @@ class PipelineManager:
             duration=round(result.duration, 6),
             failed_task=result.failed_task,
         )
-        if hooks.has["after_pipeline"]:
-            try:
-                hooks.call("after_pipeline", run=ctx, result=result)
-            except PipelineError as exc:
-                result = attrs.evolve(result, status="failed", success=False, error=exc)
+        try:
+            hooks.after_pipeline(run=ctx, result=result)
+        except PipelineError as exc:
+            result = attrs.evolve(result, status="failed", success=False, error=exc)
         return result
 
 
-def _refused_result(ctx: RunContext, exc: BaseException) -> PipelineResult:
-    import time
-
-    p = ctx.plan
+def _refused_result(ctx: RunContext, p: Plan, exc: BaseException) -> PipelineResult:
     cols = Columns(len(p))
     cols.status = [Status.CANCELLED] * len(p)
     now = time.time()
@@ -659,35 +508,3 @@ def _refused_result(ctx: RunContext, exc: BaseException) -> PipelineResult:
         started=now,
         finished=now,
     )
-
-
-def _close_executors(executors: dict[str, Executor]) -> None:
-    items = list(executors.values())
-    executors.clear()
-    for ex in items:
-        try:
-            ex.close()
-        except Exception:  # pragma: no cover - best effort at shutdown
-            pass
-
-
-class _DetachedManager:
-    """What a :class:`PipelineManager` becomes inside a worker process: inert.
-
-    Task code may hold a manager (through ``self`` in a closure) but cannot run pipelines
-    or load plugins in a worker; any use says so.
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self.config_raw = config
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise PipelineError(
-            f"PipelineManager.{name} is not available inside a worker process; "
-            "tasks run there by value, without the driver's plugins"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_DetachedManager, (self.config_raw,))

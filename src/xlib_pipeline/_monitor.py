@@ -9,9 +9,10 @@ import time
 from typing import IO, Any
 
 from ._graph import critical_path
+from ._outcomes import Observer
 from ._records import Status
 from ._results import PipelineResult
-from ._scheduler import Observer, Run
+from ._scheduler import Run
 
 
 def summarize(run: Run, result: PipelineResult) -> dict[str, Any]:

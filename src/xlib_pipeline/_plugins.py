@@ -1,23 +1,26 @@
-"""Plugin discovery, registration and the typed :class:`Hooks` facade.
+"""Plugin discovery and registration (the hook facade itself is in :mod:`._hooks`).
 
-The facade caches each hook caller, knows which hooks have implementations (so the
-scheduler skips empty ones on its hot path) and turns an exception raised inside a
-plugin into an error that names the plugin and the hook.
+Registration refuses a plugin that marks an unknown hook (``def befor_task``) with the
+closest hook name.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata as md
-import types
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import pluggy
 
 from . import hookspecs
-from ._records import PluginInfo, flatten
+from ._graph import suggest
+from ._hooks import Hooks
+from ._records import PluginInfo
 from .exceptions import PipelineError, PluginError, PluginLoadError
+from .hookspecs import HOOK_NAMES
+
+__all__ = ["HOOK_NAMES", "Hooks", "create_plugin_manager", "package_for", "register_checked"]
+
 
 # Names the core knows belong to first-party plugins, so a missing plugin can be named.
 # Strings only: the core never imports a plugin.
@@ -104,6 +107,30 @@ def _plugin_dist(obj: object) -> tuple[str | None, str | None]:
     return None, None
 
 
+def register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register ``plugin`` as ``name``; refuse unknown hook names and wrong arguments.
+
+    A method marked ``@hookimpl`` whose name is no hook (``befor_task``) is refused with the
+    closest hook name, and the plugin is left unregistered.
+    """
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} is invalid: {exc}", plugin=name) from exc
+    unknown = sorted(hc.name for hc in pm.get_hookcallers(plugin) or () if hc.spec is None)
+    if unknown:
+        pm.unregister(plugin)
+        bad = unknown[0]
+        hint = suggest(bad, HOOK_NAMES)
+        extra = f"; did you mean {hint!r}?" if hint else f"; hooks: {', '.join(HOOK_NAMES)}"
+        where = f"{type(plugin).__name__}.{bad}"
+        raise PluginError(
+            f"plugin {name!r} marks {where} with @hookimpl, but {bad!r} is not a hook{extra}",
+            plugin=name,
+            hook=bad,
+        )
+
+
 def create_plugin_manager(
     *,
     explicit: Iterable[object] = (),
@@ -123,7 +150,7 @@ def create_plugin_manager(
     for name in blocked:
         pm.set_blocked(name)
     for name, obj in builtin:
-        pm.register(obj, name=name)
+        register_checked(pm, obj, name)
         infos.append(_info(pm, name, obj, builtin=True))
     if entry_points:
         for ep in sorted(md.entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -134,7 +161,7 @@ def create_plugin_manager(
             try:
                 loaded = ep.load()
                 plugin = loaded() if isinstance(loaded, type) else loaded
-                pm.register(plugin, name=ep.name)
+                register_checked(pm, plugin, ep.name)
             except PipelineError:
                 raise
             except Exception as exc:
@@ -149,17 +176,9 @@ def create_plugin_manager(
         if pm.has_plugin(name):
             pm.unregister(name=name)
             infos = [i for i in infos if i.name != name]
-        try:
-            pm.register(plugin, name=name)
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {name!r} is invalid: {exc}", plugin=name) from exc
+        register_checked(pm, plugin, name)
         dist, version = _plugin_dist(plugin)
         infos.append(_info(pm, name, plugin, dist=dist, version=version))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        bad = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {bad!r} implements an unknown hook: {exc}", plugin=bad) from exc
     return pm, infos
 
 
@@ -174,154 +193,3 @@ def _info(
 ) -> PluginInfo:
     hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
     return PluginInfo(name=name, dist=dist, version=version, hooks=hooks, builtin=builtin)
-
-
-class Hooks:
-    """Typed access to the hooks of one plugin manager, with error attribution."""
-
-    def __init__(self, pm: pluggy.PluginManager) -> None:
-        self._pm = pm
-        self._h = pm.hook
-        # Which observer hooks have non-builtin implementations, computed once.
-        self.has: dict[str, bool] = {
-            name: bool(getattr(pm.hook, name).get_hookimpls())
-            for name in (
-                "before_task",
-                "after_task",
-                "on_task_error",
-                "isolate",
-                "before_pipeline",
-                "after_pipeline",
-                "validate_pipeline",
-            )
-        }
-        self._codes: dict[types.CodeType, str] | None = None
-        self.owners: dict[str, dict[str, str]] = {}
-
-    @property
-    def pluggy(self) -> pluggy.PluginManager:
-        """The underlying pluggy manager."""
-        return self._pm
-
-    # -- attribution ---------------------------------------------------------------------
-
-    def _owner_of(self, exc: BaseException) -> str | None:
-        if self._codes is None:
-            codes: dict[types.CodeType, str] = {}
-            for name, plugin in self._pm.list_name_plugin():
-                if plugin is None:
-                    continue
-                for hc in self._pm.get_hookcallers(plugin) or ():
-                    for impl in hc.get_hookimpls():
-                        if impl.plugin is plugin:
-                            code = getattr(impl.function, "__code__", None)
-                            if code is not None:
-                                codes[code] = name
-            self._codes = codes
-        tb = exc.__traceback__
-        owner = None
-        while tb is not None:
-            found = self._codes.get(tb.tb_frame.f_code)
-            if found is not None:
-                owner = found
-            tb = tb.tb_next
-        return owner
-
-    def call(self, hook: str, **kwargs: Any) -> Any:
-        """Call ``hook`` with keyword arguments; wrap a plugin's exception in PluginError.
-
-        A :class:`~xlib_pipeline.exceptions.PipelineError` raised on purpose by a plugin
-        (``SecurityError``, ``ComplianceError`` ...) passes through with ``.plugin`` set.
-        """
-        try:
-            return getattr(self._h, hook)(**kwargs)
-        except PipelineError as exc:
-            if getattr(exc, "plugin", None) is None:
-                exc.plugin = self._owner_of(exc)  # type: ignore[attr-defined]
-            raise
-        except Exception as exc:
-            owner = self._owner_of(exc) or "unknown"
-            raise PluginError(
-                f"plugin {owner!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}",
-                plugin=owner,
-                hook=hook,
-            ) from exc
-
-    def observer(self, hook: str, argnames: tuple[str, ...]) -> Callable[..., None]:
-        """A direct caller for a per-task observer hook: ``call(*args)`` in ``argnames`` order.
-
-        It calls the implementations pluggy would, in pluggy's order, without pluggy's
-        per-call dispatch work; a failure is attributed to its plugin like :meth:`call`.
-        Hooks with wrapper implementations fall back to :meth:`call`. Snapshot: plugins
-        registered afterwards are not seen by the returned caller.
-        """
-        impls = getattr(self._h, hook).get_hookimpls()
-        if any(i.hookwrapper or i.wrapper for i in impls):
-
-            def through_pluggy(*args: Any) -> None:
-                self.call(hook, **dict(zip(argnames, args)))
-
-            return through_pluggy
-        plan = []
-        for impl in reversed(impls):  # pluggy calls the last (tryfirst) first
-            idx = tuple(argnames.index(a) for a in impl.argnames)
-            plan.append(
-                (
-                    impl.function,
-                    None if idx == tuple(range(len(argnames))) else idx,
-                    impl.plugin_name,
-                )
-            )
-
-        def call(*args: Any) -> None:
-            for fn, idx, name in plan:
-                try:
-                    if idx is None:
-                        fn(*args)
-                    else:
-                        fn(*[args[k] for k in idx])
-                except PipelineError as exc:
-                    if getattr(exc, "plugin", None) is None:
-                        exc.plugin = name  # type: ignore[attr-defined]
-                    raise
-                except Exception as exc:
-                    raise PluginError(
-                        f"plugin {name!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}",
-                        plugin=name,
-                        hook=hook,
-                    ) from exc
-
-        return call
-
-    def collect(self, hook: str, key: Callable[[Any], str] = lambda r: r.name) -> dict[str, Any]:
-        """Call a collector hook and merge its records by ``key``, rejecting duplicates."""
-        out: dict[str, Any] = {}
-        owners: dict[str, str] = {}
-        caller = getattr(self._h, hook)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
-            try:
-                records = flatten([impl.function(**{a: None for a in impl.argnames})])
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in hook {hook!r}: "
-                    f"{type(exc).__name__}: {exc}",
-                    plugin=impl.plugin_name,
-                    hook=hook,
-                ) from exc
-            for record in records:
-                k = key(record)
-                if k in out:
-                    raise PluginError(
-                        f"{hook}: {k!r} is registered by both plugin {owners[k]!r} and "
-                        f"plugin {impl.plugin_name!r}",
-                        plugin=impl.plugin_name,
-                        hook=hook,
-                    )
-                out[k] = record
-                owners[k] = impl.plugin_name
-        self.owners[hook] = owners
-        return out
-
-    def owner(self, hook: str, name: str) -> str | None:
-        """Which plugin registered ``name`` through collector ``hook``."""
-        return self.owners.get(hook, {}).get(name)

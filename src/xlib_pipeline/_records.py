@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar, final
 
 import attrs
 
@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import argparse
 
     from ._config import Config
-    from ._graph import Plan
     from ._task import Pipeline, Task
 
 
@@ -58,17 +57,92 @@ def utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-@attrs.define(kw_only=True, eq=False)
-class RunContext:
-    """One execution of a pipeline, passed to every hook as ``run``.
+T = TypeVar("T")
+D = TypeVar("D")
 
-    ``stash`` is a per-run dict where plugins keep their own state under their own keys.
-    ``options`` holds run options given to ``execute_pipeline`` (``isolation_mode=`` ...).
+
+@final
+class StashKey(Generic[T]):
+    """A typed key into :attr:`RunContext.stash`, on pytest's ``StashKey`` model.
+
+    Each plugin makes its own keys at module level (``STATE = StashKey[MyState]()``); a key is
+    compared by identity, so two plugins can never collide, and mypy knows the value's type.
+    Keys several plugins share are defined in the core (:data:`CLASSIFICATION`).
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StashKey({self.name!r})" if self.name else object.__repr__(self)
+
+
+@final
+class Stash:
+    """Per-run, type-safe storage shared by plugins: ``run.stash[KEY] = value``.
+
+    Thread-safe for single operations (a dict under the GIL); plugins that read-modify-write
+    from several lanes keep a lock in the value they store.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[StashKey[Any], Any] = {}
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        if not isinstance(key, StashKey):
+            raise TypeError(f"stash keys are StashKey objects, got {key!r}")
+        self._data[key] = value
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        try:
+            value: T = self._data[key]
+        except KeyError:
+            raise KeyError(f"no value under {key!r} in this run's stash") from None
+        return value
+
+    def get(self, key: StashKey[T], default: D) -> T | D:
+        """The value under ``key``, or ``default``."""
+        value: T | D = self._data.get(key, default)
+        return value
+
+    def setdefault(self, key: StashKey[T], default: T) -> T:
+        """The value under ``key``, storing ``default`` first when there is none."""
+        value: T = self._data.setdefault(key, default)
+        return value
+
+    def pop(self, key: StashKey[T], default: D) -> T | D:
+        """Remove and return the value under ``key`` (``default`` when absent)."""
+        value: T | D = self._data.pop(key, default)
+        return value
+
+    def __delitem__(self, key: StashKey[Any]) -> None:
+        del self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class RunContext:
+    """One execution of a pipeline, passed to every hook as ``run``. Frozen.
+
+    What plugins decide for a run they decide through hooks that answer before the context
+    is built (``resolve_principal``, ``select_executor``); state they share goes in
+    ``stash`` under :class:`StashKey` keys. ``tasks`` lists the pipeline's tasks in
+    topological order (upstreams first). ``options`` holds the run options given to
+    ``execute_pipeline`` (``isolation_mode=`` ...).
     """
 
     run_id: str
     pipeline: Pipeline
-    plan: Plan
+    tasks: tuple[Task, ...]
     config: Config
     manager: Any
     tenant_id: str | None = None
@@ -78,9 +152,9 @@ class RunContext:
     params: Mapping[str, Any] = attrs.field(factory=dict)
     started: float = attrs.field(factory=time.time)
     resumed_from: str | None = None
-    stash: dict[str, Any] = attrs.field(factory=dict)
+    stash: Stash = attrs.field(factory=Stash)
     log: Any = None
-    #: How the scheduler waits between retries; tests and plugins may replace it.
+    #: How the scheduler waits between retries (``PipelineManager.sleep`` at the start).
     sleep: Callable[[float], None] = time.sleep
 
     @property
@@ -88,14 +162,66 @@ class RunContext:
         """The pipeline's name."""
         return self.pipeline.name
 
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks' names, in the order of :attr:`tasks`."""
+        return tuple(t.name for t in self.tasks)
+
     def tenant_of(self, task: Task) -> str | None:
         """The tenant a task runs for: its ``tenant_id`` option, else the run's tenant."""
         return task.options.get("tenant_id") or self.tenant_id
 
 
+# --- keys shared by several plugins ---------------------------------------------------------
+
+
 @attrs.frozen(kw_only=True)
-class TaskOutcome:
-    """How one attempt of a task ended; given to ``after_task`` and ``on_task_error``."""
+class OutputLevel:
+    """The classification of one task's output (see :data:`CLASSIFICATION`)."""
+
+    #: The effective level: ``public`` < ``internal`` < ``confidential`` < ``restricted``.
+    level: str
+    #: The task's own ``classification=`` option, when it declared one.
+    declared: str | None = None
+    #: The upstream task whose level this output inherited, when propagation raised it.
+    inherited_from: str | None = None
+    #: Names of the PII detectors that matched the output.
+    detected: tuple[str, ...] = ()
+
+
+@attrs.define(kw_only=True, eq=False)
+class Classification:
+    """Per-run classification levels, published by the classification plugin.
+
+    ``outputs`` gains a task's :class:`OutputLevel` when that task succeeds, before any
+    other plugin's ``after_task`` for it runs (the classification plugin's ``after_task``
+    is ``tryfirst``). Read it with ``run.stash.get(CLASSIFICATION, None)``.
+    """
+
+    levels: tuple[str, ...]
+    outputs: dict[str, OutputLevel] = attrs.field(factory=dict)
+
+    def level_of(self, task: str) -> str | None:
+        """The level of ``task``'s output, or ``None`` when it has none (yet)."""
+        entry = self.outputs.get(task)
+        return entry.level if entry is not None else None
+
+
+#: Where the classification plugin publishes levels for audit, lineage and others.
+CLASSIFICATION: StashKey[Classification] = StashKey("classification")
+
+#: Stale run leases this run took over (their owner's process was gone): one mapping per
+#: lease with ``run_id``, ``pid``, ``host`` and ``holder``. The audit plugin records them.
+LEASE_TAKEOVERS: StashKey[list[dict[str, Any]]] = StashKey("lease_takeovers")
+
+
+class TaskOutcome(NamedTuple):
+    """How one attempt of a task ended; given to ``after_task`` and ``on_task_error``.
+
+    Immutable. A named tuple rather than an attrs class because the scheduler builds one
+    per attempt of every task (about 2.5x cheaper to make); build it with keywords and
+    derive a changed copy with :meth:`replace`.
+    """
 
     task: str
     status: Status
@@ -114,6 +240,10 @@ class TaskOutcome:
         if self.started is None or self.finished is None:
             return None
         return self.finished - self.started
+
+    def replace(self, **changes: Any) -> TaskOutcome:
+        """A copy with ``changes`` applied (``outcome.replace(final=False)``)."""
+        return self._replace(**changes)
 
 
 @attrs.frozen(kw_only=True)
@@ -329,8 +459,6 @@ class PluginInfo:
     version: str | None
     hooks: tuple[str, ...]
     builtin: bool = False
-    #: False when the plugin's ``configure`` declined (nothing configured it).
-    active: bool = True
 
 
 def flatten(items: Iterable[Iterable[Any]] | None) -> list[Any]:

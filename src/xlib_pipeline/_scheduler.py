@@ -16,8 +16,9 @@ lock and, when that releases successors, keeps the first (longest remaining path
 under the "intelligent" strategy) to run next itself, so a chain never pays a thread
 hand-off. An executor decides where a function body runs (in the lane's thread, in a worker
 process, on a Dask cluster); the lane blocks in ``Executor.call`` meanwhile. Hooks run in
-the lanes, in the driver process. Nothing finished is ever lost: outputs are kept as soon as
-a task ends, whatever happens to the rest of the run.
+the lanes, in the driver process. Every attempt ends in one ``TaskOutcome``, given to
+``after_task`` and to ``_finish``, the only place successors are released. Nothing finished
+is ever lost: outputs are kept as soon as a task ends, whatever happens to the rest of the run.
 """
 
 from __future__ import annotations
@@ -25,32 +26,24 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 import queue
-import secrets
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import attrs
+from typing import TYPE_CHECKING, Any
 
 from ._async import LAZY_TYPES, LoopThread, lazy_result_error
+from ._coroutines import CoroutineLanes
 from ._graph import Plan
+from ._outcomes import Columns, Observer, _format, _no_push, build_result, failure, log_task_event
 from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
-from ._results import PipelineResult, TaskResults
+from ._results import PipelineResult
 from ._task import Task
-from .exceptions import (
-    ConditionError,
-    PipelineError,
-    RunCancelledError,
-    SerializationError,
-    StoreError,
-    TaskError,
-    TaskFailedError,
-)
+from .exceptions import ConditionError, PipelineError, RunCancelledError, SerializationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._hooks import Hooks
 
 SUCCEEDED = Status.SUCCEEDED
 FAILED = Status.FAILED
@@ -65,48 +58,7 @@ _F_CANCELLED = 4  # an upstream was cancelled
 _log = logging.getLogger("xlib_pipeline")
 
 
-def new_run_id() -> str:
-    """A time-ordered UUID (version 7 layout): sortable run ids, unique across machines."""
-    ms = int(time.time() * 1000)
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-class Columns:
-    """Per-task state as parallel lists (cheap to update, cheap in memory)."""
-
-    __slots__ = ("attempts", "errors", "finished", "outputs", "started", "status")
-
-    def __init__(self, n: int) -> None:
-        self.status: list[Status | None] = [None] * n
-        self.outputs: list[Any] = [None] * n
-        self.started: list[float | None] = [None] * n
-        self.finished: list[float | None] = [None] * n
-        self.errors: dict[int, tuple[BaseException, str | None]] = {}
-        self.attempts: dict[int, int] = {}
-
-
-class Observer:
-    """Internal per-run observer (monitor, run store). Called from lanes; be thread-safe."""
-
-    def task_started(self, run: Run, i: int, attempt: int) -> None:
-        """Attempt ``attempt`` of a task is about to start."""
-
-    def attempt_failed(self, run: Run, i: int, attempt: int, error: BaseException) -> None:
-        """An attempt failed and will be retried."""
-
-    def task_finished(self, run: Run, i: int) -> None:
-        """A task reached a terminal state (its columns are filled)."""
-
-    def run_finished(self, run: Run, result: PipelineResult) -> None:
-        """The run ended."""
-
-
-class Run:
+class Run(CoroutineLanes):
     """One execution of a plan. Built and driven by :class:`~xlib_pipeline.PipelineManager`."""
 
     def __init__(
@@ -114,7 +66,7 @@ class Run:
         *,
         ctx: RunContext,
         plan: Plan,
-        hooks: Any,
+        hooks: Hooks,
         executor_for: Callable[[str], Executor],
         lanes: int,
         strategy: str,
@@ -172,9 +124,6 @@ class Run:
         self._aloop_lock = threading.Lock()
         self.cancel_reason: str | None = None
         self.async_running: set[int] = set()
-        # Direct callers for the two per-task observer hooks (built once per run).
-        self._before_task = hooks.observer("before_task", ("task", "run", "inputs"))
-        self._after_task = hooks.observer("after_task", ("task", "run", "outcome"))
         self._queue: Any = None
         #: Hands a ready task index (or a coroutine completion) to the lanes.
         self._push: Callable[[Any], None] = _no_push
@@ -203,7 +152,7 @@ class Run:
                 self.aloop.close()
         if interrupted is None and self.cancel_reason is not None:
             interrupted = RunCancelledError(self.cancel_reason)
-        return self._result(started, time.time(), interrupted)
+        return build_result(self, started, time.time(), interrupted)
 
     def _drive_inline(self, roots: list[int]) -> BaseException | None:
         interrupted: BaseException | None = None
@@ -228,44 +177,6 @@ class Run:
             self.fatal = exc
             self._stop()
             self._abandon()
-        return interrupted
-
-    def _drive_inline_async(self, roots: list[int]) -> BaseException | None:
-        """The driver thread is the only lane; coroutine completions arrive on a queue."""
-        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._push = q.put
-        self._queue = q
-        for i in roots:
-            q.put(i)
-        interrupted: BaseException | None = None
-        deadline: float | None = None
-        while not self.finished_event.is_set():
-            try:
-                if deadline is None:
-                    item = q.get()
-                else:
-                    if not self.async_running and q.empty():
-                        self._abandon()  # nothing left that could still finish
-                        break
-                    try:
-                        item = q.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        self._abandon()
-                        break
-                while item is not None:
-                    item = self._process(item) if item.__class__ is int else item.complete(self)
-            except KeyboardInterrupt as exc:
-                if interrupted is not None:  # a second Ctrl-C: stop at once
-                    self._abandon()
-                    break
-                interrupted = exc
-                self._stop()
-                self._interrupt_notice()
-                deadline = time.monotonic() + (self.grace if self.grace is not None else 1e9)
-            except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
-                self.fatal = exc
-                self._stop()
-                self._abandon()
         return interrupted
 
     def _drive_lanes(self, roots: list[int]) -> BaseException | None:
@@ -345,7 +256,7 @@ class Run:
         with self.lock:
             st = self.cols.status
             for i in range(len(st)):
-                if st[i] is None or st[i] is Status.RUNNING:
+                if st[i] is None:
                     st[i] = CANCELLED
             self.done = len(st)
             self.finished_event.set()
@@ -360,7 +271,9 @@ class Run:
         task = plan.tasks[i]
         pre = self.preloaded.pop(i, None) if self.preloaded else None
         if pre is not None:
-            return self._finish(i, pre[0], pre[1], None, None, None, 0, resumed=True)
+            status, output = pre
+            resumed = TaskOutcome(task=task.name, status=status, output=output, attempt=0)
+            return self._finish(i, resumed, resumed=True)
         fl = self.flags[i]
         if fl:
             if fl & _F_FAILED:
@@ -391,7 +304,8 @@ class Run:
                     cause=exc,
                 )
                 now = time.time()
-                return self._failed(i, task, copy_err, _format(exc), now, now, 0)
+                failed = failure(task, copy_err, 0, now, now).replace(traceback=_format(exc))
+                return self._failed(i, task, failed)
         cond = task.condition
         if cond is not None:
             try:
@@ -404,7 +318,8 @@ class Run:
                 )
                 err.__cause__ = exc
                 now = time.time()
-                return self._failed(i, task, err, _format(exc), now, now, 0)
+                failed = failure(task, err, 0, now, now).replace(traceback=_format(exc))
+                return self._failed(i, task, failed)
             if not go:
                 return self._decided(i, task, SKIPPED)
         return self._run(i, task, args)
@@ -414,25 +329,23 @@ class Run:
         hooks = self.hooks
         ctx = self.ctx
         attempt = 1
-        first_start: float | None = None
         executor = self.default_executor
         isolation: Isolation | None = None
         if self.h_isolate:
             try:
-                isolation = hooks.call("isolate", task=task, run=ctx)
+                isolation = hooks.isolate(task=task, run=ctx)
             except PipelineError as exc:
                 now = time.time()
-                return self._failed(i, task, exc, _format(exc), now, now, 0)
+                return self._failed(i, task, failure(task, exc, 0, now, now))
             if isolation is not None and isolation.executor:
                 executor = self.executor_for(isolation.executor)
         local = self.default_local and executor is self.default_executor
         if self.is_async is not None and self.is_async[i] and local:
-            return self._start_async(i, task, args, 1, None)
+            return self._start_async(i, task, args, 1)
         direct = local and timeout is None
         while True:
             started = time.time()
-            if first_start is None:
-                first_start = started
+            if attempt == 1:
                 self.cols.started[i] = started
             for ob in self.observers:
                 ob.task_started(self, i, attempt)
@@ -440,11 +353,9 @@ class Run:
                 self._log("task.started", task=task.name, attempt=attempt)
             if self.h_before:
                 try:
-                    self._before_task(task, ctx, args)
+                    hooks.before_task(task=task, run=ctx, inputs=args)
                 except BaseException as exc:  # refused before the function ran
-                    return self._failed(
-                        i, task, exc, _format(exc), first_start, time.time(), attempt - 1
-                    )
+                    return self._failed(i, task, failure(task, exc, attempt - 1, started))
             try:
                 if direct:
                     out = task.fn(*args)
@@ -455,242 +366,110 @@ class Run:
                     raise  # Ctrl-C (or the inline task itself): the driver decides
                 # A task raised it on a lane: it fails, and the run stops as on Ctrl-C,
                 # keeping what running siblings finish within the grace period.
-                finished = time.time()
                 self.request_stop(f"task {task.name!r} raised KeyboardInterrupt")
-                return self._failed(i, task, exc, _format(exc), first_start, finished, attempt)
+                return self._failed(i, task, failure(task, exc, attempt, started))
             except BaseException as exc:
-                finished = time.time()
-                tb = _format(exc)
-                decision = self._retry_decision(task, exc, tb, attempt, started, finished)
-                if decision is not None:
-                    self._announce_retry(i, task, exc, tb, attempt, started, finished, decision)
-                    if decision.delay > 0:
-                        if ctx.sleep is time.sleep:
-                            self.stop_event.wait(decision.delay)  # cancellation cuts it short
-                        else:
-                            ctx.sleep(decision.delay)
-                    if self.stopping:  # cancelled while waiting: no further attempt
-                        return self._failed(i, task, exc, tb, first_start, finished, attempt)
-                    attempt += 1
-                    continue
-                return self._failed(i, task, exc, tb, first_start, finished, attempt)
+                outcome = failure(task, exc, attempt, started)
+                decision = self._retry_decision(task, outcome)
+                if decision is None:
+                    return self._failed(i, task, outcome)
+                outcome = self._announce_retry(i, task, outcome, decision)
+                if decision.delay > 0:
+                    if ctx.sleep is time.sleep:
+                        self.stop_event.wait(decision.delay)  # cancellation cuts it short
+                    else:
+                        ctx.sleep(decision.delay)
+                if self.stopping:  # cancelled while waiting: no further attempt
+                    return self._failed(i, task, outcome.replace(final=True))
+                attempt += 1
+                continue
             finished = time.time()
             if out.__class__ in LAZY_TYPES:  # a plain function handed back work never done
                 err = lazy_result_error(task.name, out)
-                return self._failed(i, task, err, None, first_start, finished, attempt)
-            return self._succeeded(i, task, out, attempt, started, first_start, finished)
+                lazy = failure(task, err, attempt, started, finished)
+                return self._failed(i, task, lazy.replace(traceback=None))
+            return self._succeeded(i, task, attempt, started, finished, out)
 
     def _succeeded(
-        self,
-        i: int,
-        task: Task,
-        out: Any,
-        attempt: int,
-        started: float,
-        first_start: float,
-        finished: float,
+        self, i: int, task: Task, attempt: int, started: float, finished: float, out: Any
     ) -> int | None:
+        # positional: the one record built for every task of every run (see TaskOutcome)
+        outcome = TaskOutcome(task.name, SUCCEEDED, out, None, None, attempt, started, finished)
         if self.h_after:
             try:
-                self._after(task, SUCCEEDED, out, None, None, attempt, started, finished, True)
+                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
             except BaseException as exc:  # observers already saw this attempt once
-                return self._failed(
-                    i, task, exc, _format(exc), first_start, finished, attempt, after=False
-                )
-        if attempt != 1:
-            self.cols.attempts[i] = attempt
-        return self._finish(i, SUCCEEDED, out, None, first_start, finished, attempt)
+                failed = failure(task, exc, attempt, started, finished)
+                return self._failed(i, task, failed, after=False)
+        return self._finish(i, outcome)
 
     def _announce_retry(
-        self,
-        i: int,
-        task: Task,
-        exc: BaseException,
-        tb: str,
-        attempt: int,
-        started: float,
-        finished: float,
-        decision: RetryDecision,
-    ) -> None:
+        self, i: int, task: Task, outcome: TaskOutcome, decision: RetryDecision
+    ) -> TaskOutcome:
+        """A retry follows the failed attempt ``outcome``: tell observers and hooks."""
+        outcome = outcome.replace(final=False)
+        assert outcome.error is not None
         for ob in self.observers:
-            ob.attempt_failed(self, i, attempt, exc)
+            ob.attempt_failed(self, i, outcome.attempt, outcome.error)
         if self.h_after:
-            self._after(task, FAILED, None, exc, tb, attempt, started, finished, False)
+            self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
         if self.events:
             self._log(
                 "task.retry_scheduled",
                 task=task.name,
-                attempt=attempt,
+                attempt=outcome.attempt,
                 delay=decision.delay,
-                error=type(exc).__name__,
+                error=type(outcome.error).__name__,
             )
+        return outcome
 
-    # -- coroutine tasks ------------------------------------------------------------------------
-
-    def _loop(self) -> LoopThread:
-        aloop = self.aloop
-        if aloop is None:
-            with self._aloop_lock:
-                aloop = self.aloop
-                if aloop is None:
-                    aloop = self.aloop = LoopThread(f"xlib-loop-{self.ctx.run_id[:8]}")
-        return aloop
-
-    def _start_async(
-        self, i: int, task: Task, args: tuple[Any, ...], attempt: int, first_start: float | None
-    ) -> int | None:
-        """Start one attempt of a coroutine task on the run's event loop; the lane moves on."""
-        if self.stopping and first_start is not None:
-            return self._decided(i, task, CANCELLED)
-        started = time.time()
-        if first_start is None:
-            first_start = started
-            self.cols.started[i] = started
-        for ob in self.observers:
-            ob.task_started(self, i, attempt)
-        if self.events:
-            self._log("task.started", task=task.name, attempt=attempt)
-        if self.h_before:
-            try:
-                self._before_task(task, self.ctx, args)
-            except BaseException as exc:  # refused before the coroutine was created
-                return self._failed(
-                    i, task, exc, _format(exc), first_start, time.time(), attempt - 1
-                )
-        push = self._push
-        fs = first_start
-
-        def done(ok: bool, value: Any) -> None:
-            push(_AsyncDone(i, task, args, attempt, started, fs, ok, value))
-
-        with self.lock:
-            self.async_running.add(i)
-        self._loop().submit(task.name, task.fn, args, self.timeouts[i], done)
-        return None
-
-    def _complete_async(self, d: _AsyncDone) -> int | None:
-        """A coroutine attempt ended (in a lane): finish, fail, or schedule a retry."""
-        i, task, attempt = d.i, d.task, d.attempt
-        finished = time.time()
-        with self.lock:
-            self.async_running.discard(i)
-        if d.ok:
-            return self._succeeded(i, task, d.value, attempt, d.started, d.first_start, finished)
-        exc: BaseException = d.value
-        tb = _format(exc)
-        decision = self._retry_decision(task, exc, tb, attempt, d.started, finished)
-        if decision is None:
-            return self._failed(i, task, exc, tb, d.first_start, finished, attempt)
-        self._announce_retry(i, task, exc, tb, attempt, d.started, finished, decision)
-        retry = _AsyncRetry(i, task, d.args, attempt, d.first_start, exc, tb, finished)
-        if decision.delay > 0 and not self.stopping:
-            if self.ctx.sleep is not time.sleep:
-                self.ctx.sleep(decision.delay)
-            else:
-                push = self._push
-                self._loop().later(decision.delay, lambda: push(retry))
-                return None
-        return retry.complete(self)
-
-    def _retry_decision(
-        self, task: Task, exc: BaseException, tb: str, attempt: int, started: float, finished: float
-    ) -> RetryDecision | None:
+    def _retry_decision(self, task: Task, outcome: TaskOutcome) -> RetryDecision | None:
         if not self.h_error or self.stopping:
             return None
-        outcome = TaskOutcome(
-            task=task.name,
-            status=FAILED,
-            error=exc,
-            traceback=tb,
-            attempt=attempt,
-            started=started,
-            finished=finished,
-        )
-        answers = self.hooks.call("on_task_error", task=task, run=self.ctx, outcome=outcome)
-        return reduce_decisions(answers)
-
-    def _after(
-        self,
-        task: Task,
-        status: Status,
-        out: Any,
-        err: BaseException | None,
-        tb: str | None,
-        attempt: int,
-        started: float | None,
-        finished: float | None,
-        final: bool,
-    ) -> None:
-        outcome = TaskOutcome(
-            task=task.name,
-            status=status,
-            output=out,
-            error=err,
-            traceback=tb,
-            attempt=attempt,
-            started=started,
-            finished=finished,
-            final=final,
-        )
-        self._after_task(task, self.ctx, outcome)
+        return self.hooks.on_task_error(task=task, run=self.ctx, outcome=outcome)
 
     def _decided(self, i: int, task: Task, status: Status) -> int | None:
         """Finish a task that never runs (skipped, upstream_failed, cancelled)."""
+        outcome = TaskOutcome(task=task.name, status=status, attempt=0)
         if self.h_after:
             try:
-                self._after(task, status, None, None, None, 0, None, None, True)
+                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
             except BaseException as exc:
                 now = time.time()
-                return self._failed(i, task, exc, _format(exc), now, now, 0, after=False)
-        return self._finish(i, status, None, None, None, None, 0)
+                return self._failed(i, task, failure(task, exc, 0, now, now), after=False)
+        return self._finish(i, outcome)
 
     def _failed(
-        self,
-        i: int,
-        task: Task,
-        exc: BaseException,
-        tb: str | None,
-        started: float | None,
-        finished: float | None,
-        attempt: int,
-        *,
-        after: bool = True,
+        self, i: int, task: Task, outcome: TaskOutcome, *, after: bool = True
     ) -> int | None:
+        """Finish a task whose last attempt (or whose refusal) is ``outcome``."""
         if self.h_after and after:
             try:
-                self._after(task, FAILED, None, exc, tb, attempt, started, finished, True)
+                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
             except BaseException:
                 pass  # the task already failed; its own error is the one to report
-        if attempt != 1:
-            self.cols.attempts[i] = attempt
-        return self._finish(i, FAILED, None, (exc, tb), started, finished, attempt)
+        return self._finish(i, outcome)
 
-    def _finish(
-        self,
-        i: int,
-        status: Status,
-        out: Any,
-        err: tuple[BaseException, str | None] | None,
-        started: float | None,
-        finished: float | None,
-        attempt: int,
-        *,
-        resumed: bool = False,
-    ) -> int | None:
+    def _finish(self, i: int, outcome: TaskOutcome, *, resumed: bool = False) -> int | None:
+        """Record a task's terminal ``outcome``; the one place successors are released."""
         cols = self.cols
+        _, status, output, error, tb, attempt, started, finished, _ = outcome  # one unpack
         succs = self.plan.succs[i]
         ready: list[int] | None = None
         with self.lock:
-            if cols.status[i] is not None and cols.status[i] is not Status.RUNNING:
+            if cols.status[i] is not None:
                 return None  # abandoned meanwhile
             cols.status[i] = status
             if status is SUCCEEDED:
-                cols.outputs[i] = out
-            if started is not None:
+                cols.outputs[i] = output
+            if cols.started[i] is None:
                 cols.started[i] = started
             cols.finished[i] = finished
-            if err is not None:
-                cols.errors[i] = err
+            if attempt != 1 and not resumed:
+                cols.attempts[i] = attempt
+            if status is FAILED:
+                assert error is not None
+                cols.errors[i] = (error, tb)
                 if self.first_failure is None:
                     self.first_failure = i
                     if self.stop_on_failure:
@@ -746,7 +525,7 @@ class Run:
                 # Successors start only once this outcome is committed; the lane goes on
                 # with other ready work meanwhile (the committing lane releases them).
                 if self.events:
-                    self._task_event(i, status, attempt, resumed)
+                    log_task_event(self, i, status, attempt, resumed)
                 if last:
                     self.finished_event.set()
                 self.commit(functools.partial(self._release, ready))
@@ -754,11 +533,9 @@ class Run:
         if last:
             self.finished_event.set()
         if self.events:
-            self._task_event(i, status, attempt, resumed)
+            log_task_event(self, i, status, attempt, resumed)
         if ready is None:
             return None
-        if len(ready) > 1 and self.intelligent:
-            ready.sort(key=self.plan.height.__getitem__, reverse=True)
         if not self.continuation:
             for s in ready:
                 self._push(s)
@@ -790,179 +567,3 @@ class Run:
         log = self.ctx.log
         if log is not None:
             log.info(event, **kw)
-
-    def _task_event(self, i: int, status: Status, attempt: int, resumed: bool) -> None:
-        cols = self.cols
-        name = self.plan.names[i]
-        if status is SUCCEEDED:
-            d = (cols.finished[i] or 0) - (cols.started[i] or 0)
-            self._log(
-                "task.resumed" if resumed else "task.succeeded",
-                task=name,
-                attempts=attempt,
-                duration=None if resumed else round(d, 6),
-            )
-        elif status is FAILED:
-            exc = cols.errors[i][0]
-            self._log("task.failed", task=name, attempts=attempt, error=type(exc).__name__)
-        else:
-            self._log(f"task.{status.value}", task=name)
-
-    def _result(
-        self, started: float, finished: float, interrupted: BaseException | None
-    ) -> PipelineResult:
-        cols = self.cols
-        plan = self.plan
-        st = cols.status
-        if self.fatal is not None or any(s is FAILED or s is UPSTREAM_FAILED for s in st):
-            status = "failed"
-        elif interrupted is not None or self.fatal is not None or any(s is CANCELLED for s in st):
-            status = "cancelled"
-        else:
-            status = "succeeded"
-        error: BaseException | None = None
-        if isinstance(self.fatal, StoreError):  # a storage fault stopped the run: say so
-            error = self.fatal
-        elif self.first_failure is not None:
-            i = self.first_failure
-            exc, tb = cols.errors[i]
-            error = failure_error(plan.names[i], exc, tb)
-        elif self.fatal is not None:
-            error = self.fatal
-        elif interrupted is not None:
-            error = RunCancelledError(
-                f"run {self.ctx.run_id} of pipeline {plan.pipeline_name!r} was cancelled"
-            )
-        sinks = plan.sinks
-        if len(sinks) == 1:
-            final = cols.outputs[sinks[0]] if st[sinks[0]] is SUCCEEDED else None
-        else:
-            final = {
-                plan.names[s]: (cols.outputs[s] if st[s] is SUCCEEDED else None) for s in sinks
-            }
-        result = PipelineResult(
-            pipeline=plan.pipeline_name,
-            run_id=self.ctx.run_id,
-            status=status,
-            success=status == "succeeded",
-            final_result=final,
-            error=error,
-            tasks=TaskResults(plan.names, plan.index, cols),
-            started=started,
-            finished=finished,
-            resumed_from=self.ctx.resumed_from,
-        )
-        for ob in self.observers:
-            try:
-                ob.run_finished(self, result)
-            except BaseException as exc:  # e.g. the store still cannot be written
-                if result.success or not isinstance(result.error, StoreError):
-                    result = attrs.evolve(result, status="failed", success=False, error=exc)
-        return result
-
-
-def _no_push(item: Any) -> None:  # pragma: no cover - replaced before any task runs
-    raise RuntimeError("the run has not started")
-
-
-class _AsyncDone:
-    """A coroutine attempt's outcome, handed from the event loop back to a lane."""
-
-    __slots__ = ("args", "attempt", "first_start", "i", "ok", "started", "task", "value")
-
-    def __init__(
-        self,
-        i: int,
-        task: Task,
-        args: tuple[Any, ...],
-        attempt: int,
-        started: float,
-        first_start: float,
-        ok: bool,
-        value: Any,
-    ) -> None:
-        self.i = i
-        self.task = task
-        self.args = args
-        self.attempt = attempt
-        self.started = started
-        self.first_start = first_start
-        self.ok = ok
-        self.value = value
-
-    def complete(self, run: Run) -> int | None:
-        return run._complete_async(self)
-
-
-class _AsyncRetry:
-    """The next attempt of a coroutine task, due once its back-off delay passed."""
-
-    __slots__ = ("args", "attempt", "error", "finished", "first_start", "i", "task", "tb")
-
-    def __init__(
-        self,
-        i: int,
-        task: Task,
-        args: tuple[Any, ...],
-        attempt: int,
-        first_start: float,
-        error: BaseException,
-        tb: str,
-        finished: float,
-    ) -> None:
-        self.i = i
-        self.task = task
-        self.args = args
-        self.attempt = attempt
-        self.first_start = first_start
-        self.error = error
-        self.tb = tb
-        self.finished = finished
-
-    def complete(self, run: Run) -> int | None:
-        if run.stopping:  # cancelled while waiting: no further attempt
-            i, task, start, end = self.i, self.task, self.first_start, self.finished
-            return run._failed(i, task, self.error, self.tb, start, end, self.attempt)
-        return run._start_async(self.i, self.task, self.args, self.attempt + 1, self.first_start)
-
-
-def failure_error(task: str, exc: BaseException, tb: str | None) -> TaskFailedError:
-    """Wrap a task's original exception into the run-level :class:`TaskFailedError`."""
-    if isinstance(exc, TaskError) and exc.task == task:
-        detail = str(exc)
-    else:
-        detail = f"task {task!r} failed: {type(exc).__name__}: {exc}"
-    err = TaskFailedError(detail, task=task, cause=exc, traceback=tb)
-    err.__cause__ = exc
-    return err
-
-
-def reduce_decisions(answers: list[RetryDecision | None] | None) -> RetryDecision | None:
-    """Any veto (``retry=False``) wins; else retry after the longest delay asked for."""
-    chosen: RetryDecision | None = None
-    for a in answers or ():
-        if a is None:
-            continue
-        if not a.retry:
-            return None
-        if chosen is None or a.delay > chosen.delay:
-            chosen = a
-    return chosen
-
-
-def _format(exc: BaseException) -> str:
-    remote: str | None = getattr(exc, "__xlib_remote_traceback__", None)
-    tb = exc.__traceback__
-    # Leave out the scheduler's own frame: it says nothing about the task, and locating the
-    # failing position in Run._run's large code object cost ~170 of ~230 µs per failure.
-    if tb is not None and tb.tb_frame.f_code is Run._run.__code__:
-        tb = tb.tb_next
-    local = "".join(traceback.format_exception(type(exc), exc, tb))
-    if remote:
-        return local + "\nRemote traceback (in the worker):\n" + remote
-    return local
-
-
-def lane_count(max_workers: int, n: int) -> int:
-    """How many lanes a threaded run uses."""
-    return max(1, min(max_workers, n, (os.cpu_count() or 1) * 64))

@@ -33,7 +33,7 @@ import attrs
 from . import _lease
 from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
 from ._lease import RunLeasedError as RunLeasedError
-from ._records import PayloadRef, Status
+from ._records import PayloadRef
 from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
@@ -640,6 +640,3 @@ def load_output(blob: bytes) -> Any:
 def payload_ref(run_id: str, pipeline: str, task: str, tenant: str | None) -> PayloadRef:
     """The reference that binds a stored output to its run, task and tenant."""
     return PayloadRef(run_id=run_id, pipeline=pipeline, task=task, tenant=tenant, kind="output")
-
-
-TERMINAL = {s.value for s in Status} - {"pending", "running"}

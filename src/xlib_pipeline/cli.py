@@ -8,141 +8,36 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (file, name, config, option).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._config import read_mapping_file
 from ._manager import PipelineManager
-from ._task import Pipeline
-from .exceptions import PipelineError
+from .exceptions import PipelineError, UsageError
+from .loading import (
+    CONFIG_ATTR,
+    default_store_path,
+    load_config,
+    load_module,
+    load_pipeline,
+    open_store,
+    with_store,
+)
 
-#: Module attribute a pipeline file may define to configure ``xlib-pipeline run``.
-CONFIG_ATTR = "PIPELINE_CONFIG"
-
-
-class UsageError(PipelineError):
-    """Bad command-line input (exit code 2)."""
-
-
-# --- loading pipelines from files ---------------------------------------------------------------
-
-
-def load_module(path: str | os.PathLike[str]) -> Any:
-    """Import a Python file as a module whose functions workers receive by value."""
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"pipeline file {str(file)!r} does not exist")
-    name = "xlib_pipeline_user_" + "".join(c if c.isalnum() else "_" for c in file.stem)
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"pipeline file {str(file)!r} is not a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    folder = str(file.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        sys.modules.pop(name, None)
-        where = f"line {exc.lineno}" if exc.lineno else "somewhere"
-        raise UsageError(
-            f"pipeline file {str(file)!r} has a syntax error at {where}: {exc.msg}"
-        ) from exc
-    except Exception as exc:  # ImportError, NameError ... raised while importing the file
-        sys.modules.pop(name, None)
-        line = _user_line(exc, file)
-        raise UsageError(
-            f"pipeline file {str(file)!r} failed to import"
-            + (f" (line {line})" if line else "")
-            + f": {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-    except Exception:  # pragma: no cover - older cloudpickle
-        pass
-    return module
-
-
-def _user_line(exc: BaseException, file: Path) -> int | None:
-    """The line of ``file`` where ``exc`` was raised (the innermost frame in that file)."""
-    import traceback
-
-    found = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        try:
-            if Path(frame.filename).resolve() == file.resolve():
-                found = frame.lineno
-        except OSError:
-            continue
-    return found
-
-
-def load_pipeline(target: str) -> tuple[Pipeline, Any]:
-    """Resolve ``FILE[:NAME]`` to a pipeline; NAME is a Pipeline or a zero-argument factory."""
-    file, _, name = target.partition(":")
-    if not name and ":" in target[2:]:  # Windows drive letters
-        file, _, name = target.rpartition(":")
-    module = load_module(file)
-    if name:
-        if not hasattr(module, name):
-            from ._graph import suggest
-
-            found = [k for k, v in vars(module).items() if _is_candidate(v)]
-            hint = suggest(name, found)
-            raise UsageError(
-                f"{file}: no attribute {name!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
-                + (f" (pipelines and factories: {', '.join(found)})" if found else "")
-            )
-        obj = getattr(module, name)
-        if isinstance(obj, Pipeline):
-            return obj, module
-        if callable(obj):
-            built = obj()
-            if isinstance(built, Pipeline):
-                return built, module
-            raise UsageError(f"{file}:{name} returned {type(built).__name__}, expected a Pipeline")
-        raise UsageError(f"{file}:{name} is a {type(obj).__name__}, expected a Pipeline")
-    pipelines = [v for v in vars(module).values() if isinstance(v, Pipeline)]
-    unique = list({id(p): p for p in pipelines}.values())
-    if len(unique) == 1:
-        return unique[0], module
-    names = [k for k, v in vars(module).items() if _is_candidate(v)]
-    if not unique:
-        raise UsageError(
-            f"{file}: no module-level Pipeline found; name a pipeline or factory with "
-            f"{file}:NAME" + (f" (candidates: {', '.join(names)})" if names else "")
-        )
-    raise UsageError(f"{file}: several pipelines ({', '.join(names)}); choose with {file}:NAME")
-
-
-def _is_candidate(value: Any) -> bool:
-    if isinstance(value, Pipeline):
-        return True
-    if isinstance(value, type):
-        return False
-    return callable(value) and "pipeline" in getattr(value, "__name__", "").lower()
-
-
-def load_config(path: str | None, module: Any = None) -> dict[str, Any]:
-    """Read ``--config`` (JSON, TOML or YAML) or the file's ``PIPELINE_CONFIG`` dict."""
-    if path is None:
-        found = getattr(module, CONFIG_ATTR, None) if module is not None else None
-        return dict(found or {})
-    try:
-        return read_mapping_file(path)
-    except ValueError as exc:
-        raise UsageError(f"config {exc}") from exc
-
+__all__ = [
+    "CONFIG_ATTR",
+    "UsageError",
+    "build_manager",
+    "build_parser",
+    "default_store_path",
+    "load_config",
+    "load_module",
+    "load_pipeline",
+    "main",
+]
 
 # --- commands -----------------------------------------------------------------------------------
 
@@ -173,29 +68,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def build_manager(args: argparse.Namespace, module: Any = None) -> PipelineManager:
     """The manager for a CLI invocation: ``--config`` or the file's PIPELINE_CONFIG."""
-    config = load_config(getattr(args, "config", None), module)
-    for hook in _MANAGER_ADJUSTERS:
-        config = hook(args, config)
-    return PipelineManager(config)
-
-
-#: Functions ``(args, config) -> config`` applied before the CLI builds a manager.
-_MANAGER_ADJUSTERS: list[Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]]] = []
-
-
-def default_store_path() -> Path:
-    """Where the CLI records runs unless ``--store`` says otherwise."""
-    from ._config import data_dir
-
-    return data_dir() / "runs.sqlite"
-
-
-def _with_store(config: dict[str, Any], store: str | None) -> dict[str, Any]:
-    section = config.get("store")
-    if store is not None or section is None or section is True:
-        base = section if isinstance(section, dict) else {}
-        config = {**config, "store": {**base, "path": str(store or default_store_path())}}
-    return config
+    return PipelineManager(load_config(getattr(args, "config", None), module))
 
 
 def _sigterm_as_interrupt() -> None:
@@ -217,9 +90,9 @@ def _source_of(target: str) -> str:
 
 def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
     pipeline, module = load_pipeline(target)
-    config = _with_store(load_config(getattr(args, "config", None), module), args.store)
+    config = with_store(load_config(getattr(args, "config", None), module), args.store)
     if extra.get("resume") and getattr(args, "config", None) is None and extra.get("config"):
-        config = _with_store(dict(extra["config"]), args.store)
+        config = with_store(dict(extra["config"]), args.store)
     extra.pop("config", None)
     _sigterm_as_interrupt()
     with PipelineManager(config) as pm:
@@ -248,10 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ._store import RunStore
-
     path = Path(args.store) if args.store else default_store_path()
-    store = RunStore(path, create=False)
+    store = open_store(path)
     try:
         rec = store.get_run(args.run_id)
     finally:
@@ -270,10 +141,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from ._store import RunStore
-
     path = Path(args.store) if args.store else default_store_path()
-    store = RunStore(path, create=False)
+    store = open_store(path)
     console = Console()
     guard = _AccessGuard(args)
     try:
@@ -443,8 +312,8 @@ def _revealed(pm: PipelineManager, rec: Any, tasks: dict[str, Any]) -> tuple[Any
     stored encrypted are decrypted through the ``decrypt`` hook (the encryption plugin)."""
     import attrs
 
-    from ._recording import reveal
     from ._records import PayloadRef
+    from ._store_recorder import reveal
 
     def clear(value: Any, task: str, kind: str, tenant: str | None) -> Any:
         ref = PayloadRef(

@@ -212,6 +212,10 @@ class WorkerLostError(TaskError):
     """The worker process running a task died before it answered."""
 
 
+class RemoteError(TaskError):
+    """A task failed in a worker and its exception could not be rebuilt in the driver."""
+
+
 class ResourceLimitExceeded(TaskError):
     """A task broke a resource limit (memory, CPU time, wall time) of its tenant."""
 
@@ -251,6 +255,17 @@ class StoreError(PipelineError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class ResumeError(StoreError):
+    """A run cannot be resumed as asked (unknown run, other pipeline, changed structure)."""
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+class UsageError(PipelineError):
+    """Bad command-line or file input: a pipeline file, a name, a config file (exit code 2)."""
 
 
 # --- warnings -----------------------------------------------------------------------------------

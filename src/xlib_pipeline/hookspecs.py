@@ -7,16 +7,21 @@ One instance is made per :class:`~xlib_pipeline.PipelineManager`.
 
 Roles: *observers* (``before_*``/``after_*``) return nothing; *collectors* (``register_*``)
 return iterables the core merges, rejecting duplicates; *providers* (``isolate``,
-``encrypt``, ``decrypt``) stop at the first non-None result; the *decision* hook
-``on_task_error`` is reduced by a documented rule; *validators* raise to refuse.
+``encrypt``, ``decrypt``, ``select_executor``, ``resolve_principal``) stop at the first
+non-None result; the *decision* hook ``on_task_error`` is reduced by a documented rule;
+*validators* raise to refuse; *lifecycle* hooks (``configure``, ``prepare_run``) register
+the runtime objects a plugin needs.
 
+A method whose name is not a hook here but is marked ``@hookimpl`` is refused when the
+plugin is registered, with the closest hook name suggested. The core calls every hook
+through its typed facade ``PipelineManager.hooks`` (one method per hook).
 Hooks are called in the driver process, possibly from several scheduler threads at once
-for different tasks: implementations must be thread-safe. Always call with keywords.
+for different tasks: implementations must be thread-safe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -85,12 +90,41 @@ class HookSpecs:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @hookspec
-    def configure(self, manager: Any, config: Config) -> bool | None:
+    def configure(self, manager: Any, config: Config) -> None:
         """Lifecycle: called once when a manager is built, after its config is validated.
 
-        Return ``False`` to stay inactive for this manager (nothing configured it): the
-        plugin is then unregistered from the manager after its collectors ran, so it costs
-        nothing per task. Any other answer keeps it active.
+        The pytest idiom: a plugin whose config turns it on registers the runtime objects
+        it needs, ``manager.register(Recorder(settings), name="audit.recorder")``. A plugin
+        nothing configured registers nothing and so costs nothing per task.
+        """
+
+    @hookspec
+    def prepare_run(
+        self, manager: Any, pipeline: Pipeline, tasks: tuple[Task, ...], options: Mapping[str, Any]
+    ) -> None:
+        """Lifecycle: called before each run, before the run's hooks are fixed.
+
+        Register (once, idempotently) what the pipeline's task options or the run's options
+        need when the config did not already (``classification=`` on a task, say). Runs
+        already under way keep the hooks they started with.
+        """
+
+    @hookspec(firstresult=True)
+    def resolve_principal(self, principal: str | None, config: Config) -> str | None:
+        """Provider: who runs (or reads) when ``principal`` was given or not.
+
+        The core calls it before building a run's context and for reads outside a run; the
+        answer becomes ``run.principal``. ``None`` keeps the given principal.
+        """
+
+    @hookspec(firstresult=True)
+    def select_executor(self, run: RunContext) -> str | None:
+        """Provider: the executor the run uses by default, instead of ``run.executor``.
+
+        ``run.executor`` holds what the caller and config chose; answer another registered
+        executor's name to take the run elsewhere (the dask plugin answers ``"dask"`` for
+        ``distributed=True``). The run's context is then rebuilt with the answer (its
+        stash carries over). ``None`` keeps it.
         """
 
     @hookspec
@@ -107,9 +141,11 @@ class HookSpecs:
     ) -> None:
         """Validator: raise ``SecurityError`` if ``principal`` may not ``action``.
 
-        Called for reads of the run store outside a run (``runs show``, ``runs list``,
-        ``PipelineManager.read_run``) with ``permission="read_data"`` and each tenant whose
-        rows would be shown. No implementation means no access control.
+        Called through :meth:`PipelineManager.check_access` for every read of the run store
+        outside a run (``runs show``, ``runs list``, ``PipelineManager.read_run``, ``keys
+        rotate``) with ``permission="read_data"`` and each tenant whose rows would be
+        touched; ``principal`` is already resolved. No implementation means no access
+        control.
         """
 
     @hookspec
@@ -160,3 +196,7 @@ class HookSpecs:
     @hookspec(firstresult=True)
     def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         """Provider: recover bytes stored by ``encrypt``. Stops at first non-None result."""
+
+
+#: Every hook a plugin may implement (the methods of :class:`HookSpecs`).
+HOOK_NAMES: tuple[str, ...] = tuple(sorted(n for n in vars(HookSpecs) if not n.startswith("_")))

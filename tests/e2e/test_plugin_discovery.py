@@ -107,9 +107,8 @@ class TestExamplePluginDiscovery:
         assert info["version"] == "0.1.0"
         assert info["builtin"] is False
         assert {
-            "after_task",
-            "before_pipeline",
-            "after_pipeline",
+            "configure",
+            "prepare_run",
             "register_task_options",
             "register_config_keys",
             "register_cli_commands",

@@ -51,7 +51,8 @@ class TestDiscovery:
         pm = PipelineManager()
         info = {i.name: i for i in pm.plugins}["example_sla"]
         assert info.dist == "xlib-pipeline-example-sla" and info.version == version
-        assert {"after_task", "register_task_options", "register_cli_commands"} <= set(info.hooks)
+        assert {"configure", "prepare_run", "register_task_options"} <= set(info.hooks)
+        assert "after_task" not in info.hooks  # on the recorder, registered only when needed
 
 
 class TestBreaches:
@@ -84,6 +85,15 @@ class TestBreaches:
         pm.execute_pipeline(p)
         assert pm.get_plugin("example_sla").breaches == []
         assert not home.exists()
+        # nothing registered: runs pay no per-task hook for this plugin
+        assert not pm.has_plugin("example_sla.recorder") and not pm.hooks.has["after_task"]
+
+    def test_recorder_registered_by_a_task_option(self):
+        """A task with sla_seconds registers the recorder before that run starts."""
+        pm = explicit()
+        assert not pm.has_plugin("example_sla.recorder")
+        pm.execute_pipeline(slow_pipeline())
+        assert pm.has_plugin("example_sla.recorder") and pm.hooks.has["after_task"]
 
     def test_decorator(self):
         """pm.sla(seconds=...) attaches the option under @pipeline.task."""

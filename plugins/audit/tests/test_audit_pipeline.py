@@ -497,3 +497,61 @@ class TestClassificationLevels:
         assert done["contacts"]["pii_detected"] == ["email"]
         assert "jane.doe" not in path.read_text()
         assert verify(path).ok
+
+
+def test_a_stale_lease_taken_over_by_resume_is_audited(tmp_path):
+    """A driver killed mid-run leaves its lease; the resume that takes it over says so in the
+    audit trail, naming the previous owner's pid and host."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    import textwrap
+
+    db, trail = tmp_path / "runs.sqlite", tmp_path / "audit.jsonl"
+    config = {"store": {"path": str(db)}, "audit": {"path": str(trail)}}
+    script = tmp_path / "slow.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time
+            from xlib_pipeline import Pipeline, PipelineManager
+            from xlib_pipeline_audit import AuditPlugin
+            p = Pipeline("slow")
+            p.add_task("a", lambda: 1)
+            p.add_task("b", lambda x: time.sleep(60) or x, depends_on=["a"])
+            pm = PipelineManager({config!r}, entry_points=False, plugins=[AuditPlugin()])
+            pm.execute_pipeline(p)
+            """
+        )
+    )
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    rid = None
+    try:
+        deadline = time.monotonic() + 60
+        while rid is None and time.monotonic() < deadline:
+            if db.exists():
+                with sqlite3.connect(db) as c:
+                    try:
+                        row = c.execute(
+                            "SELECT run_id FROM tasks WHERE task='a' AND status='succeeded'"
+                        ).fetchone()
+                    except sqlite3.OperationalError:
+                        row = None
+                rid = row[0] if row else None
+            time.sleep(0.05)
+        assert rid is not None
+    finally:
+        proc.kill()
+        proc.wait()
+    p = Pipeline("slow")
+    p.add_task("a", lambda: 1)
+    p.add_task("b", lambda x: x, depends_on=["a"])
+    with _pm(config) as pm:
+        result = pm.execute_pipeline(p, resume=rid)
+    assert result.success
+    taken = [r for r in read(trail) if r["action"] == "run.lease_taken_over"]
+    assert len(taken) == 1
+    assert taken[0]["leased_run"] == rid and taken[0]["previous_owner"]["pid"] == proc.pid
+    assert verify(trail).ok

@@ -21,9 +21,11 @@ from xlib_pipeline_classification import (
 )
 
 from xlib_pipeline import (
+    CLASSIFICATION,
     ComplianceError,
     ConfigError,
     DefinitionError,
+    OutputLevel,
     Pipeline,
     PipelineManager,
     hookimpl,
@@ -45,7 +47,7 @@ class Capture:
 
     @hookimpl(trylast=True)
     def after_pipeline(self, run, result):
-        self.stash = run.stash.get("classification")
+        self.stash = run.stash.get(CLASSIFICATION, None)
 
 
 class TestPolicy:
@@ -111,8 +113,8 @@ class TestPolicy:
         msg = str(t.error)
         assert "extract -> publish" in msg and "confidential" in msg and "email" in msg
         assert "ann.smith" not in msg  # never the value itself
-        assert cap.stash["outputs"]["extract"]["level"] == "confidential"
-        assert cap.stash["outputs"]["extract"]["detected"] == ["email"]
+        assert cap.stash.outputs["extract"].level == "confidential"
+        assert cap.stash.outputs["extract"].detected == ("email",)
 
     def test_without_scanning_the_email_is_not_detected(self):
         """detect_pii off: outputs keep their declared/default level."""
@@ -122,12 +124,7 @@ class TestPolicy:
         cap = Capture()
         r = make({"classification": {"detect_pii": False}}, cap).execute_pipeline(p)
         assert r.success
-        assert cap.stash["outputs"]["a"] == {
-            "level": "internal",
-            "declared": None,
-            "detected": [],
-            "inherited_from": None,
-        }
+        assert cap.stash.outputs["a"] == OutputLevel(level="internal")
 
     def test_default_level_is_configurable(self):
         """default_level=public lets undeclared data reach a public-cleared task."""
@@ -153,10 +150,10 @@ class TestPolicy:
         p.add_task("b", lambda x: x, depends_on=["a"])
         cap = Capture()
         make({"classification": {}}, cap).execute_pipeline(p)
-        assert cap.stash["version"] == 1
-        assert cap.stash["levels"] == LEVELS
-        assert cap.stash["outputs"]["b"]["level"] == "restricted"
-        assert cap.stash["outputs"]["b"]["inherited_from"] == "a"
+        assert cap.stash.levels == LEVELS
+        assert cap.stash.outputs["a"].declared == "restricted"
+        assert cap.stash.outputs["b"].level == "restricted"
+        assert cap.stash.outputs["b"].inherited_from == "a"
 
     def test_level_is_there_for_other_plugins_after_task(self):
         """Another plugin's after_task already sees the level (classification is tryfirst)."""
@@ -253,8 +250,8 @@ class TestDetectors:
             {"classification": {"detect_pii": True}}, entry_points=False, plugins=[plugin, cap]
         )
         pm.execute_pipeline(p)
-        assert cap.stash["outputs"]["a"]["level"] == "restricted"
-        assert cap.stash["outputs"]["a"]["detected"] == ["iban"]
+        assert cap.stash.outputs["a"].level == "restricted"
+        assert cap.stash.outputs["a"].detected == ("iban",)
 
     def test_detectors_by_import_path(self):
         """classification.detectors accepts 'module:attribute'."""
@@ -306,12 +303,12 @@ class TestPropagation:
     def test_static_levels_are_monotone_along_edges(self, pipeline, default):
         """A task's propagated level is at least every upstream's and its own declaration."""
         pl = plan(pipeline)
-        levels = static_levels(pl, default)
-        for i, t in enumerate(pl.tasks):
+        levels = static_levels([pl.tasks[i] for i in pl.order], default)
+        for t in pl.tasks:
             own = t.options.get("classification") or default
-            assert levels[i] >= RANK[own]
-            for p in pl.preds[i]:
-                assert levels[i] >= levels[p]
+            assert levels[t.name] >= RANK[own]
+            for up in t.depends_on:
+                assert levels[t.name] >= levels[up]
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(dags())
@@ -321,10 +318,10 @@ class TestPropagation:
         r = make({"classification": {}}, cap).execute_pipeline(pipeline, parallel=False)
         assert r.success
         pl = plan(pipeline)
-        out = cap.stash["outputs"]
+        out = cap.stash.outputs
         for i, name in enumerate(pl.names):
             for p in pl.preds[i]:
-                assert RANK[out[name]["level"]] >= RANK[out[pl.names[p]]["level"]]
+                assert RANK[out[name].level] >= RANK[out[pl.names[p]].level]
 
 
 GUIDE = Path("/work/shared/seed/pipeline-manager-user-guide.md")

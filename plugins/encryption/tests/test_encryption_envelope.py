@@ -41,11 +41,11 @@ def ref(task="t", tenant="acme", run_id="run-1", pipeline="p", kind="output") ->
 
 
 def enc(pm, data, r):
-    return pm.hooks.call("encrypt", data=data, ref=r)
+    return pm.hooks.encrypt(data=data, ref=r)
 
 
 def dec(pm, data, r):
-    return pm.hooks.call("decrypt", data=data, ref=r)
+    return pm.hooks.decrypt(data=data, ref=r)
 
 
 RING = Keyring([new_master_key()], source="test")

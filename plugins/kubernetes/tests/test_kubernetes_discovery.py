@@ -12,6 +12,6 @@ def test_listed_with_version_and_hooks(tmp_path, monkeypatch):
     info = next(i for i in pm.plugins if i.name == "kubernetes")
     assert info.dist == "xlib-pipeline-kubernetes" and info.version == "0.1.0"
     assert "kubernetes" in pm.render_targets
-    assert "worker" in pm.hooks.collect("register_cli_commands")
+    assert "worker" in pm.cli_commands
     run_hooks = {"before_task", "after_task", "isolate", "before_pipeline", "after_pipeline"}
     assert not run_hooks & set(info.hooks)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xlib_pipeline_lineage import (
+    LINEAGE_RUN,
     LineagePlugin,
     parse_dataset,
     read_events,
@@ -23,9 +24,12 @@ from xlib_pipeline_lineage import (
 from xlib_pipeline_lineage._events import fast_uuid5
 
 from xlib_pipeline import (
+    CLASSIFICATION,
+    Classification,
     ComplianceError,
     ConfigError,
     DefinitionError,
+    OutputLevel,
     Pipeline,
     PipelineManager,
     RetryDecision,
@@ -300,22 +304,20 @@ class TestEvents:
             validate_event(e)
 
     def test_classification_levels_become_a_dataset_facet(self, tmp_path):
-        """Levels in run.stash['classification'] appear as a facet on the task's outputs."""
+        """Levels in run.stash[CLASSIFICATION] appear as a facet on the task's outputs."""
 
         class FakeClassifier:
             name = "fake_classifier"
 
             @hookimpl
             def before_pipeline(self, run):
-                run.stash["classification"] = {"outputs": {}}
+                run.stash[CLASSIFICATION] = Classification(levels=("public", "confidential"))
 
             @hookimpl(tryfirst=True)
             def after_task(self, task, run, outcome):
-                run.stash["classification"]["outputs"][task.name] = {
-                    "level": "confidential",
-                    "declared": None,
-                    "detected": ["email"],
-                }
+                run.stash[CLASSIFICATION].outputs[task.name] = OutputLevel(
+                    level="confidential", detected=("email",)
+                )
 
         p = Pipeline("cls")
 
@@ -367,13 +369,14 @@ class TestConfig:
 
             @hookimpl(trylast=True)
             def after_pipeline(self, run, result):
-                seen.update(run.stash)
+                seen["lineage"] = LINEAGE_RUN in run.stash
 
         p = Pipeline("quiet")
         p.add_task("a", lambda: 1)
         pm = PipelineManager(entry_points=False, plugins=[LineagePlugin(), Peek()])
         assert pm.execute_pipeline(p).success
-        assert "lineage" not in seen
+        assert seen == {"lineage": False}
+        assert not pm.has_plugin("lineage.recorder")  # no run or task hooks registered
         assert not (tmp_path / "lineage.jsonl").exists()
 
     def test_data_lineage_flag_uses_the_default_file(self, tmp_path, monkeypatch):

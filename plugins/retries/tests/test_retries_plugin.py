@@ -25,7 +25,8 @@ from xlib_pipeline import (
 
 
 class SleepRecorder:
-    """Test plugin: replaces ``run.sleep`` so retries wait for nothing and delays are seen."""
+    """Test plugin: replaces the manager's ``sleep`` so retries wait for nothing and delays
+    are seen."""
 
     name = "sleep_recorder"
 
@@ -36,8 +37,8 @@ class SleepRecorder:
         self._current = threading.local()
 
     @hookimpl
-    def before_pipeline(self, run: Any) -> None:
-        run.sleep = self.sleep
+    def configure(self, manager: Any, config: Any) -> None:
+        manager.sleep = self.sleep
 
     @hookimpl
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:

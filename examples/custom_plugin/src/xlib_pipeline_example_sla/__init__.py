@@ -5,14 +5,26 @@ A complete, small example of an xlib-pipeline plugin (see docs/plugin-authoring.
 
 from __future__ import annotations
 
-from ._plugin import PLUGIN_NAME, Breach, SlaPlugin, default_report_file, read_report
+from ._plugin import (
+    PLUGIN_NAME,
+    SLA_RUN,
+    Breach,
+    SlaPlugin,
+    SlaRecorder,
+    SlaRun,
+    default_report_file,
+    read_report,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PLUGIN_NAME",
+    "SLA_RUN",
     "Breach",
     "SlaPlugin",
+    "SlaRecorder",
+    "SlaRun",
     "__version__",
     "default_report_file",
     "read_report",

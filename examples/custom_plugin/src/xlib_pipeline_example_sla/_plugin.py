@@ -10,7 +10,10 @@ What it adds to xlib-pipeline:
 * CLI command ``xlib-pipeline sla`` printing the recorded breaches.
 
 The plugin is inert unless a budget is set: without ``sla_seconds`` and without
-``sla.default_seconds`` it records nothing and writes nothing.
+``sla.default_seconds`` it registers no run or task hook, so runs pay nothing for it. Its
+per-run hooks live on :class:`SlaRecorder`, which ``configure`` (a default budget) or
+``prepare_run`` (a task with ``sla_seconds``) registers, and per-run state goes in the
+run's stash under the typed key :data:`SLA_RUN`.
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ from xlib_pipeline import (
     CliCommand,
     ConfigKey,
     ManagerDecorator,
+    PipelineManager,
+    RunContext,
+    StashKey,
     Status,
+    Task,
     TaskOption,
+    TaskOutcome,
     data_dir,
     hookimpl,
     with_options,
@@ -91,6 +99,18 @@ def read_report(path: str | Path) -> list[Breach]:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{file}:{n}: not an SLA breach record: {exc}") from exc
     return out
+
+
+@attrs.define
+class SlaRun:
+    """One run's budgets (task name -> seconds) and the breaches found so far."""
+
+    budgets: dict[str, float]
+    breaches: list[Breach] = attrs.Factory(list)
+
+
+#: Where this plugin keeps a run's :class:`SlaRun` (``run.stash[SLA_RUN]``).
+SLA_RUN: StashKey[SlaRun] = StashKey("example_sla")
 
 
 class SlaPlugin:
@@ -155,32 +175,55 @@ class SlaPlugin:
             ),
         )
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- lifecycle: register the recorder only when something asks for it -------------------
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> bool:
+    def configure(self, manager: PipelineManager, config: Any) -> None:
         self.default_seconds = config.get("sla.default_seconds")
         self.report_file = config.get("sla.report_file")
-        # No default budget: decline, so runs pay nothing for this plugin. The manager
-        # re-activates it when a pipeline uses sla_seconds= or pm.sla(...).
-        return self.default_seconds is not None
+        if self.default_seconds is not None:  # every task has a budget
+            manager.register(SlaRecorder(self), name=RECORDER_NAME)
 
     @hookimpl
-    def before_pipeline(self, run: Any) -> None:
+    def prepare_run(
+        self, manager: PipelineManager, pipeline: Any, tasks: tuple[Task, ...], options: Any
+    ) -> None:
+        # A task with sla_seconds= (or pm.sla) needs the recorder even without a default;
+        # register() ignores a name already registered.
+        if any("sla_seconds" in t.options for t in tasks):
+            manager.register(SlaRecorder(self), name=RECORDER_NAME)
+
+    def breaches_for(self, run_id: str) -> list[Breach]:
+        """The breaches one run of this manager recorded."""
+        with self._lock:
+            return [b for b in self.breaches if b.run_id == run_id]
+
+
+RECORDER_NAME = f"{PLUGIN_NAME}.recorder"
+
+
+class SlaRecorder:
+    """The per-run and per-task hooks (registered by :class:`SlaPlugin` when needed)."""
+
+    def __init__(self, plugin: SlaPlugin) -> None:
+        self.plugin = plugin
+
+    @hookimpl
+    def before_pipeline(self, run: RunContext) -> None:
         # Precompute the budgets once per run so after_task is a dict look-up.
         budgets = {}
-        for task in run.plan.tasks:
-            budget = task.option("sla_seconds", self.default_seconds)
+        for task in run.tasks:
+            budget = task.option("sla_seconds", self.plugin.default_seconds)
             if budget is not None:
                 budgets[task.name] = float(budget)
-        run.stash[PLUGIN_NAME] = {"budgets": budgets, "breaches": []}
+        run.stash[SLA_RUN] = SlaRun(budgets=budgets)
 
     @hookimpl
-    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
-        state = run.stash.get(PLUGIN_NAME)
-        if not state or not state["budgets"]:
-            return  # inert: no budgets in this run
-        budget = state["budgets"].get(task.name)
+    def after_task(self, task: Task, run: RunContext, outcome: TaskOutcome) -> None:
+        state = run.stash.get(SLA_RUN, None)
+        if state is None or not state.budgets:
+            return  # no budgets in this run
+        budget = state.budgets.get(task.name)
         took = outcome.duration
         if budget is None or took is None or took <= budget:
             return
@@ -193,25 +236,21 @@ class SlaPlugin:
             seconds=round(took, 6),
             budget=budget,
         )
-        with self._lock:  # after_task runs on several scheduler threads at once
-            state["breaches"].append(breach)
-            self.breaches.append(breach)
+        plugin = self.plugin
+        with plugin._lock:  # after_task runs on several scheduler threads at once
+            state.breaches.append(breach)
+            plugin.breaches.append(breach)
 
     @hookimpl
-    def after_pipeline(self, run: Any, result: Any) -> None:
-        state = run.stash.get(PLUGIN_NAME)
-        if not state or not state["breaches"]:
+    def after_pipeline(self, run: RunContext, result: Any) -> None:
+        state = run.stash.get(SLA_RUN, None)
+        if state is None or not state.breaches:
             return
-        file = self.report_file or default_report_file()
+        file = self.plugin.report_file or default_report_file()
         file.parent.mkdir(parents=True, exist_ok=True)
         with file.open("a") as f:
-            for breach in state["breaches"]:
+            for breach in state.breaches:
                 f.write(breach.to_json() + "\n")
-
-    def breaches_for(self, run_id: str) -> list[Breach]:
-        """The breaches one run of this manager recorded."""
-        with self._lock:
-            return [b for b in self.breaches if b.run_id == run_id]
 
 
 # -- the CLI command -------------------------------------------------------------------------

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 from ._canonical import GENESIS, canonical, digest, record_hash
 from ._head import head_path
-from ._plugin import AuditPlugin, AuditSettings
+from ._plugin import AuditPlugin
+from ._recorder import AUDIT_RUN, AuditRun, Recorder
 from ._registry import open_trail
+from ._settings import AuditSettings
 from ._trail import AuditTrail, AuditTrailError
 from ._verify import VerifyReport, read, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUDIT_RUN",
     "GENESIS",
     "AuditPlugin",
+    "AuditRun",
     "AuditSettings",
     "AuditTrail",
     "AuditTrailError",
+    "Recorder",
     "VerifyReport",
     "__version__",
     "canonical",

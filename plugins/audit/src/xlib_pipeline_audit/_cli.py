@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _key(args: argparse.Namespace) -> bytes | None:
     if args.key is not None:
-        return args.key.encode()
+        return str(args.key).encode()
     if args.key_env:
         value = os.environ.get(args.key_env)
         if not value:

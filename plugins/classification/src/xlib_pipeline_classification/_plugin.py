@@ -9,26 +9,40 @@
   clearance (nothing runs). ``before_task`` refuses, at run time, a task whose upstream
   output was raised above its clearance by detection: it fails with ComplianceError before
   its function is called.
-* The levels are published in ``run.stash["classification"]`` (see :mod:`.` docs) for the
-  audit and lineage plugins, written by a ``tryfirst`` ``after_task`` so they are there
-  before any other plugin's ``after_task`` for the same task.
+* The levels are published in ``run.stash[xlib_pipeline.CLASSIFICATION]`` (a core-defined
+  key with attrs types, as plugins never import each other) for the audit and lineage
+  plugins, written by a ``tryfirst`` ``after_task`` so they are there before any other
+  plugin's ``after_task`` for the same task.
+* The per-run hooks live on a runtime object registered by ``configure`` when the config
+  turns classification on, or by ``prepare_run`` when a pipeline declares
+  ``classification=``/``clearance=``: otherwise the plugin costs nothing per run or task.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from xlib_pipeline import ConfigKey, TaskOption, check_keys, hookimpl
+from xlib_pipeline import (
+    CLASSIFICATION,
+    Classification,
+    ConfigKey,
+    OutputLevel,
+    RunContext,
+    StashKey,
+    Task,
+    TaskOption,
+    check_keys,
+    hookimpl,
+)
 from xlib_pipeline.exceptions import ComplianceError, ConfigError
 
 from ._detectors import LEVELS, RANK, Detector, check_detector, check_level, resolve
 from ._scan import gather_text
 
-STASH_KEY = "classification"
-CONTRACT_VERSION = 1
+#: The core-defined key the levels are published under (``run.stash[STASH_KEY]``).
+STASH_KEY = CLASSIFICATION
 _SECTION_KEYS = (
     "enabled",
     "detect_pii",
@@ -66,55 +80,55 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def output_level(run: Any, task: str) -> str | None:
+def output_level(run: RunContext, task: str) -> str | None:
     """The classification level of ``task``'s output in ``run`` (``None`` when unknown)."""
-    entry = (run.stash.get(STASH_KEY) or {}).get("outputs", {}).get(task)
-    return entry["level"] if entry else None
+    published = run.stash.get(CLASSIFICATION, None)
+    return published.level_of(task) if published is not None else None
 
 
-def static_levels(plan: Any, default: str) -> list[int]:
-    """Declared levels propagated along the edges (ranks, indexed like ``plan.tasks``)."""
+def static_levels(tasks: Iterable[Task], default: str) -> dict[str, int]:
+    """Declared levels propagated along the edges: rank by task name.
+
+    ``tasks`` in topological order (``run.tasks``), upstreams first.
+    """
     d = RANK[default]
-    out = [0] * len(plan)
-    for i in plan.order:
-        own = plan.tasks[i].options.get("classification")
+    out: dict[str, int] = {}
+    for t in tasks:
+        own = t.options.get("classification")
         lvl = RANK[own] if own is not None else d
-        for p in plan.preds[i]:
-            if out[p] > lvl:
-                lvl = out[p]
-        out[i] = lvl
+        for up in t.depends_on:
+            if out[up] > lvl:
+                lvl = out[up]
+        out[t.name] = lvl
     return out
 
 
 class _RunState:
-    """Per-run levels. ``levels`` maps task index to the rank of its output."""
+    """Per-run levels (``levels``: task name -> rank of its output)."""
 
-    __slots__ = ("clearance", "declared", "levels", "outputs", "preds", "stash")
+    __slots__ = ("clearance", "declared", "levels", "published")
 
-    def __init__(self, plugin: ClassificationPlugin, run: Any) -> None:
-        plan = run.plan
+    def __init__(self, plugin: ClassificationPlugin, run: RunContext) -> None:
         own_default = RANK[plugin.default_level]
-        self.declared: dict[str, tuple[int, int, str | None, tuple[str, ...]]] = {}
-        for i, t in enumerate(plan.tasks):
+        self.declared: dict[str, tuple[int, str | None, tuple[str, ...]]] = {}
+        for t in run.tasks:
             own = t.options.get("classification")
             self.declared[t.name] = (
-                i,
                 RANK[own] if own is not None else own_default,
                 own,
-                tuple(plan.names[p] for p in plan.preds[i]),
+                t.depends_on,
             )
         self.clearance = {
             t.name: RANK[t.options["clearance"]]
-            for t in plan.tasks
+            for t in run.tasks
             if t.options.get("clearance") is not None
         }
         self.levels: dict[str, int] = {}
-        self.outputs: dict[str, dict[str, Any]] = {}
-        self.stash = {
-            "version": CONTRACT_VERSION,
-            "levels": LEVELS,
-            "outputs": self.outputs,
-        }
+        self.published = Classification(levels=LEVELS)
+
+
+#: This plugin's own per-run state.
+CLASSIFICATION_RUN: StashKey[_RunState] = StashKey("classification.run")
 
 
 class ClassificationPlugin:
@@ -134,7 +148,8 @@ class ClassificationPlugin:
         self.detectors: list[Detector] = []
         self._registered: dict[str, Detector] = {}
         self._selected: list[Any] | None = None
-        self._static: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._runtime: _Enforcer | None = None
+        self.manager: Any = None
         self._lock = threading.Lock()
         for d in detectors:
             self.register_detector(d)
@@ -200,13 +215,12 @@ class ClassificationPlugin:
         )
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> bool | None:
+    def configure(self, manager: Any, config: Any) -> None:
+        self.manager = manager
         section = config.get("classification")
         scanning = config.get("security_scanning")
         if section is None and scanning is None:
-            # Inactive for this manager; the core re-activates the plugin when a pipeline
-            # uses classification= or clearance=, so a declared clearance is never ignored.
-            return False
+            return  # prepare_run turns the runtime on if a pipeline declares levels
         section = dict(section or {})
         self.enabled = bool(section.get("enabled", True)) and not (
             scanning is False and not section
@@ -223,73 +237,80 @@ class ClassificationPlugin:
             raise ConfigError(
                 f"config key 'classification.detectors': {exc}", key="classification.detectors"
             ) from exc
-
-    def _active(self, run: Any) -> bool:
-        """Configured, or the pipeline declares classification/clearance options."""
         if self.enabled:
-            return True
-        plan = run.plan
-        hit = self._static.get(plan)
-        if hit is None:
-            hit = any("classification" in t.options or "clearance" in t.options for t in plan.tasks)
-            with self._lock:
-                self._static[plan] = hit
-        return bool(hit)
-
-    # -- run hooks -------------------------------------------------------------------------
+            self.activate()
 
     @hookimpl
-    def validate_pipeline(self, pipeline: Any, run: Any) -> None:
-        if not self._active(run):
-            return
-        plan = run.plan
+    def prepare_run(
+        self, manager: Any, pipeline: Any, tasks: tuple[Task, ...], options: Any
+    ) -> None:
+        """A declared clearance or level is never ignored, configured or not."""
+        if self._runtime is None and any(
+            "classification" in t.options or "clearance" in t.options for t in tasks
+        ):
+            self.activate()
+
+    def activate(self) -> None:
+        """Register the per-run and per-task hooks (idempotent, thread-safe)."""
+        with self._lock:
+            if self._runtime is None and self.manager is not None:
+                runtime = _Enforcer(self)
+                self.manager.register(runtime, name="classification.runtime")
+                self._runtime = runtime
+
+
+class _Enforcer:
+    """The per-run and per-task hooks; registered by :meth:`ClassificationPlugin.activate`."""
+
+    def __init__(self, plugin: ClassificationPlugin) -> None:
+        self.p = plugin
+
+    @hookimpl
+    def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
         cleared = [
-            (i, RANK[t.options["clearance"]])
-            for i, t in enumerate(plan.tasks)
+            (t, RANK[t.options["clearance"]])
+            for t in run.tasks
             if t.options.get("clearance") is not None
         ]
         if not cleared:
             return
-        levels = static_levels(plan, self.default_level)
+        levels = static_levels(run.tasks, self.p.default_level)
         violations = []
-        for i, c in cleared:
-            for p in plan.preds[i]:
-                if levels[p] > c:
+        for t, c in cleared:
+            for up in t.depends_on:
+                if levels[up] > c:
                     violations.append(
-                        f"{plan.names[p]} -> {plan.names[i]} "
-                        f"({LEVELS[levels[p]]} > clearance {LEVELS[c]})"
+                        f"{up} -> {t.name} ({LEVELS[levels[up]]} > clearance {LEVELS[c]})"
                     )
         if violations:
             more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
             raise ComplianceError(
-                f"pipeline {plan.pipeline_name!r} refused before running: data flows above a "
+                f"pipeline {run.pipeline_name!r} refused before running: data flows above a "
                 f"task's clearance: {'; '.join(violations[:5])}{more}"
             )
 
     @hookimpl
-    def before_pipeline(self, run: Any) -> None:
-        if not self._active(run):
-            return
-        state = _RunState(self, run)
-        run.stash["classification.state"] = state
-        run.stash[STASH_KEY] = state.stash
+    def before_pipeline(self, run: RunContext) -> None:
+        state = _RunState(self.p, run)
+        run.stash[CLASSIFICATION_RUN] = state
+        run.stash[CLASSIFICATION] = state.published
 
     @hookimpl(tryfirst=True)
-    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        state = run.stash.get("classification.state")
+    def before_task(self, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:
+        state = run.stash.get(CLASSIFICATION_RUN, None)
         if state is None:
             return
         c = state.clearance.get(task.name)
         if c is None:
             return
         levels = state.levels
-        for up in state.declared[task.name][3]:
+        for up in state.declared[task.name][2]:
             lvl = levels.get(up)
             if lvl is not None and lvl > c:
-                entry = state.outputs.get(up) or {}
+                entry = state.published.outputs.get(up)
                 why = ""
-                if entry.get("detected"):
-                    why = f", raised by detected {', '.join(entry['detected'])}"
+                if entry is not None and entry.detected:
+                    why = f", raised by detected {', '.join(entry.detected)}"
                 raise ComplianceError(
                     f"task {task.name!r} refused: its upstream {up!r} produced "
                     f"{LEVELS[lvl]} data{why}, above {task.name!r}'s clearance "
@@ -297,13 +318,13 @@ class ClassificationPlugin:
                 )
 
     @hookimpl(tryfirst=True)
-    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
+    def after_task(self, task: Task, run: RunContext, outcome: Any) -> None:
         if not outcome.final or outcome.status.value != "succeeded":
             return
-        state = run.stash.get("classification.state")
+        state = run.stash.get(CLASSIFICATION_RUN, None)
         if state is None:
             return
-        _, own, declared, ups = state.declared[task.name]
+        own, declared, ups = state.declared[task.name]
         lvl = own
         inherited = None
         levels = state.levels
@@ -313,15 +334,13 @@ class ClassificationPlugin:
                 lvl = u
                 inherited = up
         detected: tuple[str, ...] = ()
-        if self.detect_pii and self.detectors:
-            found, detected = self.classify(outcome.output)
+        p = self.p
+        if p.detect_pii and p.detectors:
+            found, detected = p.classify(outcome.output)
             if found is not None and RANK[found] > lvl:
                 lvl = RANK[found]
                 inherited = None
         levels[task.name] = lvl
-        state.outputs[task.name] = {
-            "level": LEVELS[lvl],
-            "declared": declared,
-            "detected": list(detected),
-            "inherited_from": inherited,
-        }
+        state.published.outputs[task.name] = OutputLevel(
+            level=LEVELS[lvl], declared=declared, detected=detected, inherited_from=inherited
+        )

@@ -9,17 +9,19 @@ on first use. See docs/plugins/dask.md.
 from __future__ import annotations
 
 from ._cluster import ClusterHandle, ClusterStartError, FreshWorker, build_security
-from ._executor import DaskExecutor, LocalMapExecutor, RemoteResult
+from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor, RemoteResult
 from ._plugin import DaskPlugin
 from ._remote import RemoteCall
 from ._settings import ADDRESS_ENV, DaskSettings, DistributeSpec
 
 __all__ = [
     "ADDRESS_ENV",
+    "STASH",
     "ClusterHandle",
     "ClusterStartError",
     "DaskExecutor",
     "DaskPlugin",
+    "DaskRun",
     "DaskSettings",
     "DistributeSpec",
     "FreshWorker",

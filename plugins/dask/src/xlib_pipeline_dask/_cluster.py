@@ -51,7 +51,7 @@ class ClusterStartError(PipelineError):
         self.address = address
 
 
-class FreshWorker(_Subprocess):  # type: ignore[misc,valid-type]
+class FreshWorker(_Subprocess):
     """A Dask worker (or nanny) in a fresh interpreter: ``python -m distributed.cli.dask_spec``.
 
     ``env`` extends the driver's environment (TLS credentials travel as dask config
@@ -73,7 +73,7 @@ class FreshWorker(_Subprocess):  # type: ignore[misc,valid-type]
         self.worker_class = worker_class
         self.worker_kwargs = dict(worker_kwargs or {})
         self.env = dict(env or {})
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
 
     async def _start(self) -> None:
         spec = {"cls": self.worker_class, "opts": {**self.worker_kwargs, "name": self.name}}
@@ -380,8 +380,8 @@ class ClusterHandle:
             n = sum(client.nthreads().values())
         except Exception:
             n = self._threads or 1
-        self._threads = n
-        return max(1, n)
+        self._threads = int(n)
+        return max(1, int(n))
 
     def close(self) -> None:
         """Disconnect, and stop the local cluster if this handle started one."""

@@ -18,6 +18,7 @@ from xlib_pipeline import (
     DefinitionError,
     Isolation,
     RunContext,
+    StashKey,
     Task,
     TaskError,
     TaskTimeoutError,
@@ -32,22 +33,24 @@ from ._settings import DistributeSpec
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle
 
-#: ``run.stash`` key of the per-run state.
-STASH = "dask"
-
 
 @attrs.define(kw_only=True)
-class RunState:
-    """Per-run decisions, made once in ``before_pipeline``."""
+class DaskRun:
+    """Per-run decisions, made once by ``select_executor``."""
 
     distributed: bool
     inner: str  # the executor the run would have used without this plugin
     marked_only: bool = False
-    specs: Mapping[int, tuple[DistributeSpec | None, int | None]] = attrs.field(factory=dict)
+    #: By task name: ``(distribute spec, map index)`` of the tasks that have either.
+    specs: Mapping[str, tuple[DistributeSpec | None, int | None]] = attrs.field(factory=dict)
 
     def spec(self, task: Task) -> tuple[DistributeSpec | None, int | None]:
         """``(distribute spec, map index)`` of ``task``."""
-        return self.specs.get(id(task), (None, None))
+        return self.specs.get(task.name, (None, None))
+
+
+#: ``run.stash`` key of the per-run state.
+STASH: StashKey[DaskRun] = StashKey("dask")
 
 
 class RemoteResult:
@@ -134,7 +137,7 @@ class DaskExecutor:
         isolation: Isolation | None,
         timeout: float | None,
     ) -> Any:
-        state: RunState | None = run.stash.get(STASH)
+        state: DaskRun | None = run.stash.get(STASH, None)
         spec, index = state.spec(task) if state is not None else (None, None)
         if state is not None and state.marked_only and spec is None and index is None:
             # distributed.scope = "marked": unmarked tasks stay in the driver's lane.
@@ -179,7 +182,7 @@ class DaskExecutor:
                     shared[j] = client.scatter([a], hash=False)[0]
         before, after = shared[:index], shared[index + 1 :]
         par = spec.parallelism if spec is not None else "auto"
-        if par == "auto" or par >= n:
+        if isinstance(par, str) or par >= n:  # "auto"
             futs = [
                 client.submit(fn, *before, item, *after, pure=False, key=f"{key}-{k}")
                 for k, item in enumerate(items)
@@ -362,7 +365,7 @@ class LocalMapExecutor:
         isolation: Isolation | None,
         timeout: float | None,
     ) -> Any:
-        state: RunState = run.stash[STASH]
+        state: DaskRun = run.stash[STASH]
         inner = self._manager.executor(state.inner)
         _, index = state.spec(task)
         if index is None:

@@ -1,9 +1,9 @@
 """The ``dask`` plugin: ``distributed=True`` runs task bodies on a Dask cluster.
 
 Inert unless asked: with no ``distributed=True`` run option, no ``distributed_mode`` config
-and no ``map_over`` task, ``before_pipeline`` leaves the run untouched (the plugin has no
-per-task hook at all). When a run is distributed, ``before_pipeline`` makes ``dask`` the
-run's executor (the manager looks the executor up after that hook) and connects to the
+and no ``map_over`` task, ``select_executor`` answers nothing (the plugin has no per-task
+hook at all). When a run is distributed, ``select_executor`` answers ``dask`` and keeps
+its per-run decisions in ``run.stash[STASH]``; ``before_pipeline`` then connects to the
 cluster, so a cluster that cannot be reached refuses the run before any task starts.
 """
 
@@ -17,7 +17,6 @@ from typing import Any
 from xlib_pipeline import (
     ConfigKey,
     ExecutorSpec,
-    Plan,
     RunContext,
     RunOption,
     TaskOption,
@@ -26,7 +25,7 @@ from xlib_pipeline import (
 )
 
 from ._cluster import ClusterHandle
-from ._executor import STASH, DaskExecutor, LocalMapExecutor, RunState
+from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor
 from ._settings import (
     DaskSettings,
     DistributeSpec,
@@ -56,7 +55,9 @@ class DaskPlugin:
         self.mode = False
         self.cluster_type = "local"
         self.handle = ClusterHandle(self.settings)
-        self._plans: weakref.WeakKeyDictionary[Plan, dict[int, Any]] = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._log: Any = None
 
@@ -155,53 +156,58 @@ class DaskPlugin:
     def close(self, manager: Any) -> None:
         self.handle.close()
 
-    def _specs(self, plan: Plan) -> dict[int, Any]:
-        """Per task id: ``(DistributeSpec | None, map index | None)``, for marked tasks only."""
-        found = self._plans.get(plan)
-        if found is not None:
-            return found
-        specs: dict[int, tuple[DistributeSpec | None, int | None]] = {}
-        for t in plan.tasks:
+    def _specs(self, run: RunContext) -> dict[str, Any]:
+        """By task name: ``(DistributeSpec | None, map index | None)``, marked tasks only."""
+        found = self._plans.get(run.pipeline)
+        if found is not None and found[0] is run.tasks:
+            return found[1]
+        specs: dict[str, tuple[DistributeSpec | None, int | None]] = {}
+        for t in run.tasks:
             raw = t.options.get("distribute")
             mo = t.options.get("map_over")
             if raw is None and mo is None:
                 continue
             spec = distribute_spec(raw) if raw is not None else None
             index = map_index(mo) if mo is not None else (spec.map_over if spec else None)
-            specs[id(t)] = (spec, index)
+            specs[t.name] = (spec, index)
         with self._lock:
-            self._plans[plan] = specs
+            self._plans[run.pipeline] = (run.tasks, specs)
         return specs
 
     @hookimpl
-    def before_pipeline(self, run: RunContext) -> None:
+    def select_executor(self, run: RunContext) -> str | None:
+        """``dask`` for a distributed run, ``local_map`` for ``map_over`` tasks run locally."""
         opt = run.options.get("distributed")
         on = opt if opt is not None else (self.mode or run.executor == "dask")
-        specs = self._specs(run.plan)
+        specs = self._specs(run)
         if on:
-            inner = run.executor
-            run.stash[STASH] = RunState(
+            run.stash[STASH] = DaskRun(
                 distributed=True,
-                inner=inner,
+                inner=run.executor,
                 marked_only=self.settings.scope == "marked",
                 specs=specs,
             )
-            run.executor = "dask"
-            self.handle.client()  # connect now: an unreachable cluster refuses the run
-            if run.log is not None:
-                run.log.info(
-                    "dask.run_distributed",
-                    address=self.handle.address,
-                    source=self.handle.source,
-                    replaced_executor=inner,
-                )
-        elif any(index is not None for _, index in specs.values()):
-            if run.executor == "dask":  # distributed=False wins over executor="dask"
-                run.executor = _local_default(run)
-            run.stash[STASH] = RunState(distributed=False, inner=run.executor, specs=specs)
-            run.executor = "local_map"
-        elif run.executor == "dask":
-            run.executor = _local_default(run)
+            return "dask"
+        inner = _local_default(run) if run.executor == "dask" else run.executor
+        if any(index is not None for _, index in specs.values()):
+            # distributed=False wins over executor="dask"
+            run.stash[STASH] = DaskRun(distributed=False, inner=inner, specs=specs)
+            return "local_map"
+        return inner if inner != run.executor else None
+
+    @hookimpl
+    def before_pipeline(self, run: RunContext) -> None:
+        state = run.stash.get(STASH, None)
+        if state is None or not state.distributed:
+            return
+        self.handle.client()  # connect now: an unreachable cluster refuses the run
+        if run.log is not None:
+            run.log.info(
+                "dask.run_distributed",
+                address=self.handle.address,
+                source=self.handle.source,
+                replaced_executor=state.inner,
+            )
 
 
 def _local_default(run: RunContext) -> str:

@@ -65,13 +65,15 @@ def check_address(value: Any, where: str = "distributed.address") -> str:
     """A scheduler address ``scheme://host:port`` (a bare ``host:port`` means ``tcp://``)."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} must be a scheduler address like 'tcp://host:8786'")
-    value = value.strip()
-    if "://" not in value:
-        value = "tcp://" + value
-    scheme = value.split("://", 1)[0]
+    address = value.strip()
+    if "://" not in address:
+        address = "tcp://" + address
+    scheme = address.split("://", 1)[0]
     if scheme not in SCHEMES:
-        raise ValueError(f"{where} {value!r}: unknown scheme {scheme!r}; expected one of {SCHEMES}")
-    return value
+        raise ValueError(
+            f"{where} {address!r}: unknown scheme {scheme!r}; expected one of {SCHEMES}"
+        )
+    return address
 
 
 def check_security(value: Any) -> dict[str, Any]:

@@ -214,7 +214,7 @@ def _b64(text: str, kid: str, source: str) -> bytes:
 def _parse_json(text: str, source: str) -> list[MasterKey]:
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"encryption keyring {source} is not valid JSON: {exc.msg}") from None
     if not isinstance(data, dict) or data.get("format") != KEY_FILE_FORMAT:
         raise ConfigError(

@@ -237,7 +237,6 @@ class EncryptionPlugin:
         self.allow_plaintext = bool(config.get("encryption.allow_plaintext_reads"))
         self._spec = config.get("encryption.keyring")
         self.envelope = Envelope(self.kms, per_run_keys=bool(config.get("encryption.per_run_keys")))
-        manager.state["encryption"] = self
         self._manager_ref = weakref.ref(manager)
         if self.at_rest:  # nothing is encrypted unless runs are stored
             manager.require_store("security.encryption_at_rest")
@@ -261,7 +260,8 @@ class EncryptionPlugin:
             return self._kms_override
         spec = self._spec
         if not isinstance(spec, Mapping) and spec is not None:
-            return spec  # a KMS object from config
+            given: KeyManagementService = spec  # a KMS object from config
+            return given
         stamp = _stamp(spec)
         kms = self._kms
         if kms is not None and stamp == self._kms_stamp:
@@ -283,13 +283,13 @@ class EncryptionPlugin:
 
     @hookimpl
     def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
-        marked = [t.name for t in run.plan.tasks if t.options.get("encrypt")]
+        marked = [t.name for t in run.tasks if t.options.get("encrypt")]
         if marked:  # encrypt=... (pm.encrypt_data) means: store this output, encrypted
             run.manager.require_store(f"the encrypt option of task {marked[0]!r}")
 
     @hookimpl
     def before_pipeline(self, run: RunContext) -> None:
-        marked = [t.name for t in run.plan.tasks if t.options.get("encrypt")]
+        marked = [t.name for t in run.tasks if t.options.get("encrypt")]
         if marked:
             name = run.pipeline_name
             with self._lock:

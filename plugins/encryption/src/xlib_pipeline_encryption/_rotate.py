@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -78,7 +77,7 @@ def rotate_store(manager: PipelineManager, *, dry_run: bool = False) -> Rotation
 
 def rotate_command(args: argparse.Namespace) -> int:
     """``xlib-pipeline keys rotate``."""
-    from xlib_pipeline.cli import _with_store, default_store_path, load_config
+    from xlib_pipeline.loading import default_store_path, load_config, with_store
 
     config = load_config(args.config)
     store = args.store
@@ -86,7 +85,7 @@ def rotate_command(args: argparse.Namespace) -> int:
         store = str(default_store_path())
     if store is not None and not Path(store).exists():
         raise StoreError(f"run store {store!r} does not exist", path=store)
-    config = _with_store(config, store)
+    config = with_store(config, store)
     with PipelineManager(config) as pm:
         _authorize(pm, args)
         report = rotate_store(pm, dry_run=args.dry_run)
@@ -99,9 +98,12 @@ def rotate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _authorize(pm: Any, args: argparse.Namespace) -> None:
-    """When an access-control plugin is active, rotating keys needs ``manage_keys``."""
-    tenancy = pm.get_plugin("tenancy")
-    check = getattr(tenancy, "authorize_action", None)
-    if check is not None:
-        check(getattr(args, "principal", None), "manage_keys", action="keys rotate")
+def _authorize(pm: PipelineManager, args: argparse.Namespace) -> None:
+    """Rotating keys needs ``manage_keys``, as the ``check_access`` hook decides (tenancy's
+    RBAC when it is on; allowed when no plugin controls access)."""
+    pm.check_access(
+        permission="manage_keys",
+        tenant=None,
+        action="keys rotate",
+        principal=getattr(args, "principal", None),
+    )

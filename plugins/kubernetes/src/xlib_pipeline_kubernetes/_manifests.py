@@ -328,7 +328,9 @@ def render_manifests(
     )
     objs.append(_worker_policy(names, ns, worker_name, s, dask))
     if dask:
-        objs.extend(_dask_scheduler(names, ns, sched_name, sa_name, s))
+        from ._dask_objects import dask_scheduler
+
+        objs.extend(dask_scheduler(names, ns, sched_name, sa_name, s))
     return objs
 
 
@@ -424,119 +426,12 @@ def _worker_policy(
     }
 
 
-def _dask_scheduler(
-    names: Names, ns: str, name: str, sa_name: str, s: KubernetesSettings
-) -> list[dict[str, Any]]:
-    labels = names.labels("dask-scheduler")
-    same_app = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": names.instance}}}
-    container = {
-        "name": "scheduler",
-        "image": s.image,
-        "imagePullPolicy": s.image_pull_policy,
-        "command": [
-            "dask",
-            "scheduler",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(DASK_COMM_PORT),
-            "--dashboard-address",
-            f":{DASK_DASHBOARD_PORT}",
-        ],
-        "env": [{"name": "DASK_TEMPORARY_DIRECTORY", "value": "/tmp"}],
-        "ports": [
-            {"name": "tcp-comm", "containerPort": DASK_COMM_PORT, "protocol": "TCP"},
-            {"name": "http-dashboard", "containerPort": DASK_DASHBOARD_PORT, "protocol": "TCP"},
-        ],
-        "resources": {
-            "requests": dict(s.scheduler_resources["requests"]),
-            "limits": dict(s.scheduler_resources["limits"]),
-        },
-        "readinessProbe": _probe("http-dashboard", HEALTH_PATH, 5, 5, 3),
-        "livenessProbe": _probe("http-dashboard", HEALTH_PATH, 30, 10, 3),
-        "securityContext": _container_security(s),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": _meta(name, ns, labels),
-            "spec": {
-                "replicas": 1,
-                "revisionHistoryLimit": 5,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": names.selector("dask-scheduler")},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": sa_name,
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": _pod_security(s),
-                        "containers": [container],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": _meta(name, ns, labels),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": names.selector("dask-scheduler"),
-                "ports": [
-                    {
-                        "name": "tcp-comm",
-                        "port": DASK_COMM_PORT,
-                        "targetPort": "tcp-comm",
-                        "protocol": "TCP",
-                    },
-                    {
-                        "name": "http-dashboard",
-                        "port": DASK_DASHBOARD_PORT,
-                        "targetPort": "http-dashboard",
-                        "protocol": "TCP",
-                    },
-                ],
-            },
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": _meta(name, ns, labels),
-            "spec": {
-                "podSelector": {"matchLabels": names.selector("dask-scheduler")},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [
-                    {
-                        "from": [same_app],
-                        "ports": [{"protocol": "TCP", "port": DASK_COMM_PORT}],
-                    },
-                    {
-                        "from": [{"podSelector": {}}],
-                        "ports": [{"protocol": "TCP", "port": DASK_DASHBOARD_PORT}],
-                    },
-                ],
-                "egress": [
-                    _dns_egress(),
-                    {
-                        "to": [same_app],
-                        "ports": [{"protocol": "TCP", "port": DASK_WORKER_PORT}],
-                    },
-                ],
-            },
-        },
-    ]
-
-
 def to_yaml(objs: Sequence[Mapping[str, Any]]) -> str:
     """A multi-document YAML stream (``---`` between objects)."""
     import yaml
 
-    return yaml.safe_dump_all([dict(o) for o in objs], sort_keys=False, explicit_start=True)
+    text: str = yaml.safe_dump_all([dict(o) for o in objs], sort_keys=False, explicit_start=True)
+    return text
 
 
 def file_name(obj: Mapping[str, Any]) -> str:

@@ -49,7 +49,10 @@ def _add_render_arguments(p: argparse.ArgumentParser) -> None:
 def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
     """``xlib-pipeline render kubernetes``: one YAML stream, or files + kustomization (-o)."""
     s = settings_from_config(manager.config)
-    get = (lambda k: getattr(args, k, None)) if args is not None else (lambda k: None)
+
+    def get(key: str) -> Any:
+        return getattr(args, key, None) if args is not None else None
+
     changes: dict[str, Any] = {
         "namespace": get("namespace"),
         "image": get("image"),

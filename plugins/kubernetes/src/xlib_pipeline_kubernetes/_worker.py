@@ -188,9 +188,11 @@ def _queue_dirs(root: Path) -> dict[str, Path]:
     return dirs
 
 
-def _run_job(job_file: Path, dirs: dict[str, Path], metrics: WorkerMetrics, config: str | None):
+def _run_job(
+    job_file: Path, dirs: dict[str, Path], metrics: WorkerMetrics, config: str | None
+) -> None:
     from xlib_pipeline import PipelineManager
-    from xlib_pipeline.cli import load_config, load_pipeline
+    from xlib_pipeline.loading import load_config, load_pipeline
 
     started = time.time()
     summary: dict[str, Any] = {"job": job_file.name, "started": started}
@@ -307,7 +309,7 @@ def run_dask(state: WorkerState, args: argparse.Namespace, scheduler: str) -> in
             port=args.dask_port or 0,
             contact_address=contact,
             name=args.name,
-            plugins={_dask_plugin(state.metrics)},
+            plugins=(_dask_plugin(state.metrics),),
             death_timeout=args.startup_timeout,
         )
         await worker
@@ -420,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
     thread = threading.Thread(target=server.serve_forever, name="xlib-worker-http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
-    print(f"xlib-pipeline worker: serving http://{host}:{port}{HEALTH_PATH}", file=sys.stderr)
+    shown = host.decode() if isinstance(host, bytes) else host
+    print(f"xlib-pipeline worker: serving http://{shown}:{port}{HEALTH_PATH}", file=sys.stderr)
     try:
         if args.scheduler:
             code = run_dask(state, args, args.scheduler)

@@ -18,11 +18,12 @@ from ._events import (
     task_run_id,
 )
 from ._graph import read_events, run_events, to_mermaid
-from ._plugin import LineagePlugin
+from ._plugin import LINEAGE_RUN, LineagePlugin
 
 __all__ = [
     "CLASSIFICATION_FACET",
     "CLASSIFICATION_FACET_SCHEMA",
+    "LINEAGE_RUN",
     "RUN_FACET",
     "RUN_FACET_SCHEMA",
     "LineagePlugin",

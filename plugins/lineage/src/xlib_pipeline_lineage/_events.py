@@ -24,6 +24,8 @@ from typing import Any
 from openlineage.client.event_v2 import RunEvent as _ClientRunEvent
 from openlineage.client.facet_v2 import error_message_run, parent_run
 
+from xlib_pipeline import OutputLevel
+
 #: The facet schema URLs come from the installed client so they always match it.
 PARENT_SCHEMA = parent_run.ParentRunFacet._get_schema()
 ERROR_SCHEMA = error_message_run.ErrorMessageRunFacet._get_schema()
@@ -104,19 +106,19 @@ def parse_dataset(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> dic
                 f"dataset {dict(value)!r}: unknown key(s) {sorted(unknown)}; "
                 "expected 'namespace', 'name', 'facets'"
             )
-        name = value.get("name")
-        ns = value.get("namespace", default_namespace)
-        if not isinstance(name, str) or not name:
+        dname: Any = value.get("name")
+        dns: Any = value.get("namespace", default_namespace)
+        if not isinstance(dname, str) or not dname:
             raise ValueError(f"dataset {dict(value)!r}: 'name' must be a non-empty string")
-        if not isinstance(ns, str) or not ns:
+        if not isinstance(dns, str) or not dns:
             raise ValueError(f"dataset {dict(value)!r}: 'namespace' must be a non-empty string")
-        out: dict[str, Any] = {"namespace": ns, "name": name}
+        out: dict[str, Any] = {"namespace": dns, "name": dname}
         facets = value.get("facets")
         if facets is not None:
             if not isinstance(facets, Mapping) or not all(
                 isinstance(f, Mapping) for f in facets.values()
             ):
-                raise ValueError(f"dataset {name!r}: 'facets' must map facet names to dicts")
+                raise ValueError(f"dataset {dname!r}: 'facets' must map facet names to dicts")
             out["facets"] = {k: dict(v) for k, v in facets.items()}
         return out
     raise ValueError(
@@ -191,18 +193,17 @@ def xlib_facet(producer: str, **fields: Any) -> dict[str, Any]:
     return out
 
 
-def classification_facet(producer: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The classification dataset facet built from a classification stash entry."""
+def classification_facet(producer: str, entry: OutputLevel) -> dict[str, Any]:
+    """The classification dataset facet of one output's :class:`OutputLevel`."""
     out: dict[str, Any] = {
         "_producer": producer,
         "_schemaURL": CLASSIFICATION_FACET_SCHEMA,
-        "level": str(entry["level"]),
+        "level": entry.level,
     }
-    if entry.get("declared") is not None:
-        out["declared"] = str(entry["declared"])
-    detected = entry.get("detected")
-    if detected:
-        out["detected"] = [str(d) for d in detected]
+    if entry.declared is not None:
+        out["declared"] = entry.declared
+    if entry.detected:
+        out["detected"] = list(entry.detected)
     return out
 
 

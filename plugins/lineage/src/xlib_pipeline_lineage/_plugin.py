@@ -25,7 +25,17 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from xlib_pipeline import CliCommand, ConfigKey, TaskOption, check_keys, data_dir, hookimpl
+from xlib_pipeline import (
+    CLASSIFICATION,
+    CliCommand,
+    ConfigKey,
+    RunContext,
+    StashKey,
+    TaskOption,
+    check_keys,
+    data_dir,
+    hookimpl,
+)
 from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
@@ -97,9 +107,9 @@ class _RunState:
         self.run_id: str = run.run_id
         self.tenant: str | None = run.tenant_id
         self.executor: str = run.executor
-        self.stash: dict[str, Any] = run.stash
-        self.tasks = {t.name: t for t in run.plan.tasks}
-        self.datasets = plugin.datasets_for(run.plan)
+        self.stash = run.stash  # read lazily: other plugins publish in their own hooks
+        self.tasks = {t.name: t for t in run.tasks}
+        self.datasets = plugin.datasets_for(run)
         self.started: set[str] = set()
         self.ended: set[str] = set()
         #: task name -> OpenLineage runId of its task run (the recorded mapping).
@@ -177,19 +187,17 @@ class _RunState:
         if etype == "FAIL":
             extra = ',"errorMessage":' + json.dumps(ev.error_facet(self.producer, error, tb))
         outs = ""
-        if status == "succeeded" and self.stash.get("classification") is not None:
+        if status == "succeeded" and CLASSIFICATION in self.stash:
             classified = self._classified_outputs(name)
             if classified is not None:
                 outs = json.dumps(classified)
         out.append(self._task_event(etype, name, ts, facet, extra, outs))
 
     def _classified_outputs(self, name: str) -> list[dict[str, Any]] | None:
-        """Outputs with the classification facet, read from ``run.stash["classification"]``."""
-        cls = self.stash.get("classification")
-        if not isinstance(cls, Mapping):
-            return None
-        entry = (cls.get("outputs") or {}).get(name)
-        if not isinstance(entry, Mapping) or "level" not in entry:
+        """Outputs with the classification facet, read from ``run.stash[CLASSIFICATION]``."""
+        cls = self.stash.get(CLASSIFICATION, None)
+        entry = cls.outputs.get(name) if cls is not None else None
+        if entry is None:
             return None
         facet = ev.classification_facet(self.producer, entry)
         declared = self.datasets.get(name, ((), ()))[1]
@@ -256,6 +264,10 @@ class _RunState:
             out.append(self._pipeline_event(etype, ts, status, error))
 
 
+#: This plugin's per-run state.
+LINEAGE_RUN: StashKey[_RunState] = StashKey("lineage")
+
+
 class LineagePlugin:
     """OpenLineage run events for pipelines and tasks (``xlib-pipeline-lineage``)."""
 
@@ -269,7 +281,9 @@ class LineagePlugin:
         self.transport: dict[str, Any] = {}
         self._sink: Sink | None = None
         self._lock = threading.Lock()
-        self._datasets: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._datasets: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- registration ----------------------------------------------------------------------
 
@@ -319,14 +333,14 @@ class LineagePlugin:
         )
 
     @hookimpl
-    def configure(self, manager: Any, config: Any) -> bool | None:
+    def configure(self, manager: Any, config: Any) -> None:
         section = config.get("lineage")
         flag = config.get("data_lineage")
         if flag is False or (section is None and not flag):
-            return False  # inactive for this manager: no per-task hook cost
+            return  # nothing registered: no per-run or per-task cost
         section = dict(section or {})
         if not section.get("enabled", True):
-            return False
+            return
         self.enabled = True
         self.namespace = section.get("namespace", ev.DEFAULT_NAMESPACE)
         self.producer = section.get("producer") or ev.default_producer()
@@ -345,6 +359,7 @@ class LineagePlugin:
                 f"transport: {type(exc).__name__}: {exc}",
                 key="lineage.transport",
             ) from exc
+        manager.register(_Recorder(self), name="lineage.recorder")
 
     @property
     def path(self) -> Any:
@@ -356,14 +371,14 @@ class LineagePlugin:
         assert self._sink is not None
         return self._sink
 
-    def datasets_for(self, plan: Any) -> dict[str, Any]:
-        """Parsed ``inputs``/``outputs`` per task of ``plan`` (cached per plan)."""
-        cached = self._datasets.get(plan)
-        if cached is not None:
-            return cached
+    def datasets_for(self, run: RunContext) -> dict[str, Any]:
+        """Parsed ``inputs``/``outputs`` per task of ``run`` (cached per pipeline version)."""
+        cached = self._datasets.get(run.pipeline)
+        if cached is not None and cached[0] is run.tasks:
+            return cached[1]
         out: dict[str, Any] = {}
         ns = self.namespace
-        for t in plan.tasks:
+        for t in run.tasks:
             opts = t.options
             if "inputs" in opts or "outputs" in opts:
                 out[t.name] = (
@@ -371,22 +386,30 @@ class LineagePlugin:
                     tuple(ev.parse_datasets(opts.get("outputs"), ns)),
                 )
         with self._lock:
-            self._datasets[plan] = out
+            self._datasets[run.pipeline] = (run.tasks, out)
         return out
 
-    # -- run hooks -------------------------------------------------------------------------
+    @hookimpl
+    def close(self, manager: Any) -> None:
+        if self._sink is not None:
+            self._sink.close()
+
+
+class _Recorder:
+    """The per-run and per-task hooks, registered by ``configure`` when lineage is on."""
+
+    def __init__(self, plugin: LineagePlugin) -> None:
+        self.p = plugin
 
     @hookimpl
     def before_pipeline(self, run: Any) -> None:
-        if not self.enabled:
-            return
-        state = _RunState(self, run)
-        run.stash["lineage"] = state
+        state = _RunState(self.p, run)
+        run.stash[LINEAGE_RUN] = state
         state.emitter.put(("PS", run.started))
 
     @hookimpl
     def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        state = run.stash.get("lineage")
+        state = run.stash.get(LINEAGE_RUN, None)
         if state is not None:
             state.emitter.put(("S", task.name, time.time()))
 
@@ -394,7 +417,7 @@ class LineagePlugin:
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
         if not outcome.final:
             return
-        state = run.stash.get("lineage")
+        state = run.stash.get(LINEAGE_RUN, None)
         if state is not None:
             state.emitter.put(
                 (
@@ -410,12 +433,10 @@ class LineagePlugin:
 
     @hookimpl
     def after_pipeline(self, run: Any, result: Any) -> None:
-        if not self.enabled:
-            return
-        state = run.stash.get("lineage")
+        state = run.stash.get(LINEAGE_RUN, None)
         if state is None:  # refused before before_pipeline ran
-            state = _RunState(self, run)
-            run.stash["lineage"] = state
+            state = _RunState(self.p, run)
+            run.stash[LINEAGE_RUN] = state
             state.emitter.put(("PS", result.started))
         state.emitter.put(("PE", result.status, result.error, result.finished or time.time()))
         state.emitter.finish()
@@ -426,8 +447,3 @@ class LineagePlugin:
                 errors=len(state.emitter.errors),
                 error=f"{type(err).__name__}: {err}",
             )
-
-    @hookimpl
-    def close(self, manager: Any) -> None:
-        if self._sink is not None:
-            self._sink.close()

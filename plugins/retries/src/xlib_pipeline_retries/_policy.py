@@ -164,7 +164,9 @@ class RetryPolicy:
         """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
         if attempt < 1:
             raise ValueError(f"attempt numbers start at 1, got {attempt}")
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state = tenacity.RetryCallState(
+            retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={}
+        )
         state.attempt_number = attempt
         return float(self._wait(state))
 

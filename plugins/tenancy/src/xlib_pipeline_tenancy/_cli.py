@@ -23,7 +23,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _manager(args: argparse.Namespace) -> PipelineManager:
-    from xlib_pipeline.cli import load_config
+    from xlib_pipeline.loading import load_config
 
     return PipelineManager(load_config(args.config))
 

@@ -1,8 +1,9 @@
 """The tenancy plugin: RBAC before a run, per-tenant quotas, tenant-isolated worker pools.
 
-The per-run and per-task hooks live on a separate runtime object that is registered only
-once tenancy is in use (configured, or ``isolation_mode=``/``pm.isolate_resources``/task
-options used), so a manager that never uses tenancy runs exactly as the bare core.
+The per-run and per-task hooks live on a separate runtime object, registered by
+``configure`` when the config turns tenancy on, or by ``prepare_run`` when a run or its
+tasks ask for isolation (``isolation_mode=``, ``pm.isolate_resources``, ``isolate=``), so a
+manager that never uses tenancy runs exactly as the bare core.
 """
 
 from __future__ import annotations
@@ -13,18 +14,14 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from xlib_pipeline import (
     CliCommand,
     ConfigError,
     ConfigKey,
-    Isolation,
     ManagerDecorator,
     ResourceLimits,
     RunContext,
     RunOption,
-    SecurityError,
     TaskOption,
     boolean,
     check_tenant_id,
@@ -34,16 +31,11 @@ from xlib_pipeline import (
 )
 
 from ._gate import TenantGate
-from ._policy import Policy, TenantSpec, denial, os_user, read_policy_file
+from ._policy import Policy, TenantSpec, os_user, read_policy_file
+from ._runtime import Runtime
 
 ISOLATION_MODES = ("tenant", "none")
 # --- converters ---------------------------------------------------------------------------------
-
-
-_bool = boolean
-
-
-_choice = one_of
 
 
 def _positive(value: Any) -> int:
@@ -103,18 +95,6 @@ def merge_limits(*layers: ResourceLimits | None) -> ResourceLimits:
 # --- per-run state ------------------------------------------------------------------------------
 
 
-@attrs.define
-class RunState:
-    """What tenancy decided for one run (kept in ``run.stash["tenancy"]``)."""
-
-    principal: str | None = None
-    tenants: frozenset[str] = frozenset()
-    isolation: dict[str, Isolation | None] = attrs.Factory(dict)
-    runs_taken: list[str] = attrs.Factory(list)
-    gated: dict[str, str] = attrs.Factory(dict)  # task name -> tenant holding a task slot
-    lock: threading.Lock = attrs.Factory(threading.Lock)
-
-
 class TenancyPlugin:
     """Tenants, RBAC, quotas and tenant isolation (see docs/plugins/tenancy.md)."""
 
@@ -130,9 +110,11 @@ class TenancyPlugin:
         self.task_permission = "process_data"
         self.default_limits: ResourceLimits | None = None
         self.gate: TenantGate | None = None
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
         self._lock = threading.Lock()
-        self._plans: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+        self._plans: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[Any, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- collectors --------------------------------------------------------------------------
 
@@ -146,16 +128,16 @@ class TenancyPlugin:
             Policy.parse({"roles": v})
 
         return (
-            ConfigKey(name="multi_tenant", convert=_bool, default=False, doc="Turn tenancy on."),
+            ConfigKey(name="multi_tenant", convert=boolean, default=False, doc="Turn tenancy on."),
             ConfigKey(
                 name="resource_isolation",
-                convert=_bool,
+                convert=boolean,
                 default=False,
                 doc="Run tasks that have a tenant in that tenant's worker processes by default.",
             ),
             ConfigKey(
                 name="security.access_control",
-                convert=_choice("rbac", "none"),
+                convert=one_of("rbac", "none"),
                 default="none",
                 doc="'rbac' checks the principal's permissions before a run; 'none' does not.",
             ),
@@ -203,13 +185,13 @@ class TenancyPlugin:
             ),
             ConfigKey(
                 name="tenancy.over_quota",
-                convert=_choice("wait", "refuse"),
+                convert=one_of("wait", "refuse"),
                 default="wait",
                 doc="A run over its tenant's max_concurrent_runs waits, or is refused.",
             ),
             ConfigKey(
                 name="tenancy.fair_share",
-                convert=_bool,
+                convert=boolean,
                 doc="Split max_workers evenly between tenants with runs in progress "
                 "(default: on when multi_tenant).",
             ),
@@ -225,12 +207,12 @@ class TenancyPlugin:
         return (
             TaskOption(
                 name="isolate",
-                convert=self._activating(_bool),
+                convert=boolean,
                 doc="Run this task in its tenant's worker processes.",
             ),
             TaskOption(
                 name="resource_limits",
-                convert=self._activating(_limits),
+                convert=_limits,
                 doc="Limits of this task's worker: {cpu_cores, memory_gb, wall_seconds}.",
             ),
         )
@@ -240,12 +222,12 @@ class TenancyPlugin:
         return (
             RunOption(
                 name="isolation_mode",
-                convert=self._activating(_choice(*ISOLATION_MODES)),
+                convert=one_of(*ISOLATION_MODES),
                 doc="'tenant': each tenant's tasks run in its own worker processes; 'none'.",
             ),
             RunOption(
                 name="resource_limits",
-                convert=self._activating(_limits),
+                convert=_limits,
                 doc="Limits of the run's tenant workers: {cpu_cores, memory_gb, wall_seconds}.",
             ),
         )
@@ -316,13 +298,13 @@ class TenancyPlugin:
                 spec = tenants.get(tenant)
                 if spec is not None and spec.max_concurrent_tasks is not None:
                     return spec.max_concurrent_tasks
-                return default_tasks
+                return None if default_tasks is None else int(default_tasks)
 
             def run_cap(tenant: str) -> int | None:
                 spec = tenants.get(tenant)
                 if spec is not None and spec.max_concurrent_runs is not None:
                     return spec.max_concurrent_runs
-                return default_runs
+                return None if default_runs is None else int(default_runs)
 
             self.gate = TenantGate(
                 task_cap=task_cap,
@@ -354,17 +336,31 @@ class TenancyPlugin:
         with self._lock:
             if self._runtime is not None:
                 return
-            runtime = _Runtime(self)
+            runtime = Runtime(self)
             self.manager.register(runtime, name="tenancy.runtime")
             self._runtime = runtime
 
-    def _activating(self, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def wrapped(value: Any) -> Any:
-            out = convert(value)
+    @hookimpl
+    def prepare_run(
+        self, manager: Any, pipeline: Any, tasks: tuple[Any, ...], options: Mapping[str, Any]
+    ) -> None:
+        """Isolation asked by a run option or a task option turns the runtime on."""
+        if self._runtime is not None:
+            return
+        if (
+            "isolation_mode" in options
+            or "resource_limits" in options
+            or any("isolate" in t.options or "resource_limits" in t.options for t in tasks)
+        ):
             self.activate()
-            return out
 
-        return wrapped
+    @hookimpl
+    def resolve_principal(self, principal: str | None, config: Any) -> str | None:
+        """Under RBAC the principal is the one given, else the configured default, else the
+        OS user; without access control nothing is resolved."""
+        if self.access_control != "rbac":
+            return None
+        return self.principal_of(principal)
 
     def _isolate_resources(
         self,
@@ -390,7 +386,6 @@ class TenancyPlugin:
             options["tenant_id"] = tenant_id
         if spec:
             options["resource_limits"] = spec
-        self.activate()
 
         def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
             return with_options(f, options)
@@ -418,20 +413,21 @@ class TenancyPlugin:
         self.policy.check(self.principal_of(principal), tenant, permission, action=action)
 
     def tenants_of(self, run: RunContext) -> dict[str | None, tuple[str, ...]]:
-        """The run's tasks grouped by tenant (cached per plan and run tenant)."""
-        per_plan = self._plans.get(run.plan)
-        if per_plan is not None:
-            found = per_plan.get(run.tenant_id)
+        """The run's tasks grouped by tenant (cached per pipeline version and run tenant)."""
+        cached = self._plans.get(run.pipeline)
+        if cached is not None and cached[0] is run.tasks:
+            found: dict[str | None, tuple[str, ...]] | None = cached[1].get(run.tenant_id)
             if found is not None:
                 return found
         groups: dict[str | None, list[str]] = {}
-        for task in run.plan.tasks:
+        for task in run.tasks:
             groups.setdefault(run.tenant_of(task), []).append(task.name)
         out = {k: tuple(v) for k, v in groups.items()}
-        try:
-            self._plans.setdefault(run.plan, {})[run.tenant_id] = out
-        except TypeError:  # pragma: no cover - plan not weak-referenceable
-            pass
+        with self._lock:
+            entry = self._plans.get(run.pipeline)
+            if entry is None or entry[0] is not run.tasks:
+                entry = self._plans[run.pipeline] = (run.tasks, {})
+            entry[1][run.tenant_id] = out
         return out
 
     def pool_for(self, tenant: str | None, limits: ResourceLimits) -> tuple[Any, ...]:
@@ -441,137 +437,3 @@ class TenancyPlugin:
         (The process executor adds the tenant and limits to its own key as well.)
         """
         return ("tenant", tenant, limits)
-
-
-class _Runtime:
-    """The hooks that run per run and per task; registered by :meth:`TenancyPlugin.activate`."""
-
-    def __init__(self, plugin: TenancyPlugin) -> None:
-        self.p = plugin
-
-    @hookimpl
-    def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
-        p = self.p
-        if run.options.get("resource_limits") is not None and (
-            run.options.get("isolation_mode") == "none"
-        ):
-            raise ConfigError(
-                f"run of pipeline {run.pipeline_name!r}: resource_limits are enforced in "
-                "worker processes, but isolation_mode='none' runs every task in the driver; "
-                "drop isolation_mode='none' (limits then apply to every task) or drop "
-                "resource_limits",
-                key="resource_limits",
-            )
-        groups = p.tenants_of(run)
-        tenants = {t for t in groups if t is not None}
-        declared = p.policy.tenants
-        if declared:
-            unknown = sorted(tenants - set(declared))
-            if unknown:
-                raise SecurityError(
-                    f"pipeline {run.pipeline_name!r} uses tenant(s) {unknown} not declared in "
-                    f"tenancy.tenants (declared: {sorted(declared)})"
-                )
-        if p.access_control != "rbac":
-            return
-        principal = p.principal_of(run.principal)
-        if run.principal is None:
-            run.principal = principal
-        needed = [(p.task_permission, "run")]
-        if run.resumed_from:
-            needed.append(("read_data", "resume the stored results of"))
-        for tenant, names in groups.items():
-            for permission, verb in needed:
-                if not p.policy.allows(principal, tenant, permission):
-                    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-                    raise denial(
-                        p.policy,
-                        principal,
-                        tenant,
-                        permission,
-                        f"{verb} task(s) {shown} of pipeline {run.pipeline_name!r}",
-                    )
-
-    @hookimpl
-    def before_pipeline(self, run: RunContext) -> None:
-        p = self.p
-        groups = p.tenants_of(run)
-        tenants = frozenset(t for t in groups if t is not None)
-        state = RunState(principal=run.principal, tenants=tenants)
-        given = run.options.get("isolation_mode")
-        mode = given or ("tenant" if p.resource_isolation else "none")
-        run_limits = run.options.get("resource_limits")
-        # An explicit isolation_mode="none" turns isolation off, task options included.
-        per_task = given != "none" and any(
-            t.options.get("isolate") or t.options.get("resource_limits") for t in run.plan.tasks
-        )
-        # Run-level limits hold for every task of the run, with or without isolation_mode:
-        # a task without a tenant runs in a limited pool of the run's (possibly no) tenant.
-        every = run_limits is not None
-        if mode == "tenant" or per_task or every:
-            for task in run.plan.tasks:
-                tenant = run.tenant_of(task)
-                wanted = every or (
-                    per_task
-                    and bool(task.options.get("isolate") or task.options.get("resource_limits"))
-                )
-                if not ((mode == "tenant" and tenant) or wanted):
-                    state.isolation[task.name] = None
-                    continue
-                spec = p.policy.tenants.get(tenant) if tenant else None
-                task_limits = task.options.get("resource_limits")
-                limits = merge_limits(
-                    p.default_limits,
-                    spec.limits if spec else None,
-                    run_limits,
-                    _limits(task_limits) if task_limits is not None else None,
-                )
-                state.isolation[task.name] = Isolation(
-                    executor="processes",
-                    pool=p.pool_for(tenant, limits),
-                    tenant=tenant,
-                    limits=limits,
-                )
-        gate = p.gate
-        if gate is not None and tenants:
-            state.runs_taken = gate.acquire_runs(
-                tenants, what=f"run {run.run_id} of pipeline {run.pipeline_name!r}"
-            )
-        run.stash["tenancy"] = state
-
-    @hookimpl
-    def after_pipeline(self, run: RunContext, result: Any) -> None:
-        state: RunState | None = run.stash.pop("tenancy", None)
-        if state is not None and state.runs_taken and self.p.gate is not None:
-            self.p.gate.release_runs(state.runs_taken)
-            state.runs_taken = []
-
-    @hookimpl
-    def isolate(self, task: Any, run: RunContext) -> Isolation | None:
-        state: RunState | None = run.stash.get("tenancy")
-        if state is None:
-            return None
-        return state.isolation.get(task.name)
-
-    @hookimpl
-    def before_task(self, task: Any, run: RunContext, inputs: Any) -> None:
-        gate = self.p.gate
-        if gate is None:
-            return
-        tenant = run.tenant_of(task)
-        state: RunState | None = run.stash.get("tenancy")
-        if tenant is None or state is None:
-            return
-        gate.acquire_task(tenant)
-        with state.lock:
-            state.gated[task.name] = tenant
-
-    @hookimpl
-    def after_task(self, task: Any, run: RunContext, outcome: Any) -> None:
-        state: RunState | None = run.stash.get("tenancy")
-        if state is None or not state.gated:
-            return
-        with state.lock:
-            tenant = state.gated.pop(task.name, None)
-        if tenant is not None and self.p.gate is not None:
-            self.p.gate.release_task(tenant)

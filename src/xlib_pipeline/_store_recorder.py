@@ -10,15 +10,12 @@ from typing import Any
 
 from ._graph import Plan
 from ._lease import HEARTBEAT_S
-from ._records import PayloadRef, RunContext, Status
+from ._outcomes import Observer
+from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
 from ._results import PipelineResult
-from ._scheduler import Observer, Run
+from ._scheduler import Run
 from ._store import RunStore, dump_output, load_output, payload_ref
-from .exceptions import PipelineError, StoreError
-
-
-class ResumeError(StoreError):
-    """A run cannot be resumed as asked (unknown run, other pipeline, changed structure)."""
+from .exceptions import PipelineError, ResumeError, StoreError
 
 
 def structure(plan: Plan) -> dict[str, Any]:
@@ -86,7 +83,7 @@ class StoreRecorder(Observer):
         ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
         taken = self.store.acquire_leases(ctx.run_id, ids)
         if taken:
-            ctx.stash["lease_takeover"] = [
+            ctx.stash[LEASE_TAKEOVERS] = [
                 {"run_id": t.run_id, "pid": t.pid, "host": t.host, "holder": t.holder}
                 for t in taken
             ]
@@ -183,7 +180,7 @@ class StoreRecorder(Observer):
                 if raw is not None:
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
-                        blob = self.hooks.call("encrypt", data=raw, ref=ref)
+                        blob = self.hooks.encrypt(data=raw, ref=ref)
                     except BaseException as error:  # never fall back to plaintext
                         failure = error
         err = cols.errors.get(i)
@@ -298,7 +295,7 @@ def load_resume(
             source_run = tr.output_run or rec.run_id
             ref = payload_ref(source_run, plan.pipeline_name, name, tr.tenant)
             try:
-                data = hooks.call("decrypt", data=tr.output, ref=ref)
+                data = hooks.decrypt(data=tr.output, ref=ref)
                 value = load_output(data)
             except PipelineError:
                 raise

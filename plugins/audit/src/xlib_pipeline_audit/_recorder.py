@@ -1,0 +1,171 @@
+"""The audit plugin's per-run and per-task hooks (registered only when auditing is on)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xlib_pipeline import CLASSIFICATION, LEASE_TAKEOVERS, RunContext, StashKey, Status, hookimpl
+
+from ._canonical import digest
+from ._settings import error_class, now_iso
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._plugin import AuditPlugin
+
+_TERMINAL = (
+    Status.SUCCEEDED,
+    Status.FAILED,
+    Status.SKIPPED,
+    Status.UPSTREAM_FAILED,
+    Status.CANCELLED,
+)
+
+
+class AuditRun:
+    """Per-run constants and per-task metadata, computed once in ``before_pipeline``."""
+
+    __slots__ = ("actor", "attempts", "digests", "meta", "pipeline", "run_id", "tenant")
+
+    def __init__(self, plugin: AuditPlugin, run: RunContext) -> None:
+        self.actor = run.principal or plugin.actor
+        self.pipeline = run.pipeline_name
+        self.run_id = run.run_id
+        self.tenant = run.tenant_id
+        self.attempts: dict[str, int] = {}
+        self.digests = plugin.settings.digests
+        self.meta: dict[str, tuple[str | None, str | None, bool]] = {}
+        for task in run.tasks:
+            self.meta[task.name] = self.task_meta(task, run)
+
+    def task_meta(self, task: Any, run: Any) -> tuple[str | None, str | None, bool]:
+        opt = task.options.get("audit") or {}
+        if opt is True:
+            opt = {}
+        tenant = opt.get("tenant_id") or run.tenant_of(task)
+        return tenant, opt.get("operation"), bool(opt.get("digests", self.digests))
+
+
+#: The audit plugin's per-run state.
+AUDIT_RUN: StashKey[AuditRun] = StashKey("audit")
+
+
+class Recorder:
+    """The per-run and per-task hooks, registered only when auditing is on (so an
+    unconfigured audit plugin adds no hook calls to a run)."""
+
+    def __init__(self, plugin: AuditPlugin) -> None:
+        self._plugin = plugin
+
+    def _base(self, st: AuditRun, action: str, outcome: str | None) -> dict[str, Any]:
+        return {
+            "ts": now_iso(),
+            "actor": st.actor,
+            "tenant": st.tenant,
+            "pipeline": st.pipeline,
+            "run_id": st.run_id,
+            "task": None,
+            "action": action,
+            "outcome": outcome,
+            "error_class": None,
+        }
+
+    @hookimpl(tryfirst=True)
+    def before_pipeline(self, run: Any) -> None:
+        st = AuditRun(self._plugin, run)
+        run.stash[AUDIT_RUN] = st
+        rec = self._base(st, "run.started", "started")
+        rec["tasks"] = len(run.tasks)
+        writer = self._plugin.writer()
+        writer.append(rec)
+        # A stale lease this run took over (its owner died): who held it is audited.
+        for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
+            lease = self._base(st, "run.lease_taken_over", "taken_over")
+            lease["previous_owner"] = {k: taken.get(k) for k in ("pid", "host", "holder")}
+            lease["leased_run"] = taken.get("run_id")
+            writer.append(lease)
+
+    @hookimpl(tryfirst=True)
+    def after_pipeline(self, run: Any, result: Any) -> None:
+        st = run.stash.get(AUDIT_RUN, None)
+        if st is None:  # refused by a validator before before_pipeline
+            st = AuditRun(self._plugin, run)
+        refused = result.status == "refused"
+        rec = self._base(st, "run.refused" if refused else "run.finished", result.status)
+        rec["error_class"] = error_class(result.error)
+        if not refused:
+            by_status = getattr(result.tasks, "by_status", None)
+            if by_status is not None:
+                counts = {s.value: len(by_status(s)) for s in _TERMINAL}
+                rec["counts"] = {k: v for k, v in counts.items() if v}
+            rec["duration_ms"] = round((result.finished - result.started) * 1000, 3)
+        trail = self._plugin.writer()
+        trail.append(rec)
+        trail.sync()
+
+    @hookimpl(tryfirst=True)
+    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
+        st = run.stash.get(AUDIT_RUN, None)
+        if st is None:
+            return
+        name = task.name
+        attempts = st.attempts
+        n = attempts.get(name, 0) + 1
+        attempts[name] = n
+        meta = st.meta.get(name) or st.task_meta(task, run)
+        rec = {
+            "ts": now_iso(),
+            "actor": st.actor,
+            "tenant": meta[0],
+            "pipeline": st.pipeline,
+            "run_id": st.run_id,
+            "task": name,
+            "action": "task.started",
+            "outcome": "started",
+            "error_class": None,
+            "attempt": n,
+        }
+        if meta[1] is not None:
+            rec["operation"] = meta[1]
+        if meta[2]:
+            rec["input_digest"] = digest(inputs, self._plugin.key)
+        # Guarantee (a): the body starts only once this record is in the file (write(2)
+        # returned); fsync stays governed by audit.fsync.
+        self._plugin.writer().append(rec, wait=True)
+
+    # trylast: the outcome is recorded after the other observers ran, so what they
+    # computed for it (the classification level of the output) is in the record.
+    @hookimpl(trylast=True)
+    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
+        st = run.stash.get(AUDIT_RUN, None)
+        if st is None:
+            return
+        meta = st.meta.get(task.name) or st.task_meta(task, run)
+        err = outcome.error
+        rec = {
+            "ts": now_iso(),
+            "actor": st.actor,
+            "tenant": meta[0],
+            "pipeline": st.pipeline,
+            "run_id": st.run_id,
+            "task": task.name,
+            "action": "task.finished",
+            "outcome": outcome.status.value,
+            "error_class": None if err is None else error_class(err),
+            "attempt": outcome.attempt,
+        }
+        if meta[1] is not None:
+            rec["operation"] = meta[1]
+        if not outcome.final:
+            rec["retrying"] = True
+        if err is None and outcome.status.value == "succeeded":
+            if meta[2]:
+                rec["output_digest"] = digest(outcome.output, self._plugin.key)
+            # The classification plugin (when present) publishes each output's level here,
+            # from its tryfirst after_task; record the level, never the data.
+            levels = run.stash.get(CLASSIFICATION, None)
+            entry = levels.outputs.get(task.name) if levels is not None else None
+            if entry is not None:
+                rec["classification"] = entry.level
+                if entry.detected:
+                    rec["pii_detected"] = sorted(entry.detected)
+        self._plugin.writer().append(rec)

@@ -1,0 +1,204 @@
+"""What a :class:`~xlib_pipeline.PipelineManager` holds for its runs: warm executors, the
+run store, and the access checks every read of stored data goes through."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._config import Config
+from ._graph import suggest
+from ._hooks import Hooks
+from ._plugins import package_for
+from ._records import Executor, ExecutorSpec
+from ._store import RunRecord, RunStore, TaskRecord, store_section
+from .exceptions import (
+    ConfigError,
+    MissingPluginError,
+    PipelineError,
+    PluginError,
+    SettingWithoutEffectWarning,
+)
+
+
+class ManagerResources:
+    """Executors, the run store and access checks (a part of ``PipelineManager``)."""
+
+    config: Config
+    hooks: Hooks
+    _executors: dict[str, Executor]
+    _exec_lock: threading.RLock
+    _executor_specs: Mapping[str, ExecutorSpec]
+    _store: RunStore | None
+    _store_lock: threading.Lock
+    _store_needed: str | None
+    _warned: set[str]
+
+    # -- executors ---------------------------------------------------------------------------
+
+    def executor(self, name: str) -> Executor:
+        """The executor registered as ``name`` (built once per manager, kept warm)."""
+        ex = self._executors.get(name)
+        if ex is not None:
+            return ex
+        with self._exec_lock:
+            ex = self._executors.get(name)
+            if ex is None:
+                spec = self._executor_specs.get(name)
+                if spec is None:
+                    if name == "dask":
+                        raise MissingPluginError("the 'dask' executor", package_for("dask"))
+                    hint = suggest(name, self._executor_specs)
+                    extra = f"; did you mean {hint!r}?" if hint else ""
+                    raise ConfigError(
+                        f"unknown executor {name!r}; registered: "
+                        f"{sorted(self._executor_specs)}{extra}",
+                        key="executor",
+                        suggestion=hint,
+                    )
+                try:
+                    ex = spec.factory(self)
+                except PipelineError:
+                    raise
+                except Exception as exc:
+                    owner = self.hooks.owner("register_executors", name)
+                    raise PluginError(
+                        f"plugin {owner!r} failed to build executor {name!r}: "
+                        f"{type(exc).__name__}: {exc}",
+                        plugin=owner,
+                        hook="register_executors",
+                    ) from exc
+                self._executors[name] = ex
+        return ex
+
+    def _record_outputs(self) -> bool:
+        section = self.config.get("store")
+        return True if section is None else bool(section["record_outputs"])
+
+    def require_store(self, reason: str) -> None:
+        """A plugin needs this manager's runs recorded (``reason`` names the setting, e.g.
+        ``security.encryption_at_rest``): with no ``store`` configured, runs go to the
+        embedded default store, ``data_dir()/runs.sqlite``. With ``store: false`` nothing
+        can be recorded: warn once (:class:`SettingWithoutEffectWarning`) naming ``reason``.
+        """
+        if self.config.given("store"):
+            if self.config.get("store") is None and reason not in self._warned:
+                self._warned.add(reason)
+                warnings.warn(
+                    f"{reason} has no effect: config says store: false, so no run output is "
+                    f"stored (nothing to protect). Remove store: false to record runs in "
+                    f"the embedded default store, or drop {reason}.",
+                    SettingWithoutEffectWarning,
+                    stacklevel=3,
+                )
+            return
+        if self._store_needed is None:
+            self._store_needed = reason
+
+    @property
+    def store(self) -> RunStore | None:
+        """The run store: config ``store`` (``true`` or no ``path`` means the default file),
+        else the embedded default when a plugin requires one (:meth:`require_store`), else
+        ``None``. Opened on first use."""
+        section = self.config.get("store")
+        if section is None:
+            if self._store_needed is None or self.config.given("store"):
+                return None
+            section = store_section(True)
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = RunStore(
+                        section["path"],
+                        synchronous=section["synchronous"],
+                        busy_timeout_ms=section["busy_timeout_ms"],
+                    )
+        return self._store
+
+    def read_run(
+        self, run_id: str, *, principal: str | None = None
+    ) -> tuple[RunRecord, dict[str, TaskRecord]]:
+        """A stored run and its tasks, once ``principal`` may read every tenant in it.
+
+        Access is decided by :meth:`check_access` (the tenancy plugin's RBAC); outputs stay
+        as stored (encrypted under their tenant's key when encryption is on).
+        """
+        store = self.store
+        if store is None:
+            raise ConfigError("reading runs needs a run store: configure {'store': {...}}")
+        rec = store.get_run(run_id)
+        tasks = store.get_tasks(rec.run_id)
+        self.check_read_access(rec, tasks.values(), principal=principal)
+        return rec, tasks
+
+    def check_access(
+        self,
+        *,
+        permission: str,
+        tenant: str | None,
+        action: str,
+        principal: str | None = None,
+    ) -> str | None:
+        """Raise ``SecurityError`` unless ``principal`` may ``action`` (``permission`` on
+        ``tenant``), as the ``check_access`` hook decides; return the resolved principal.
+
+        Every read of stored data outside a run goes through here (``read_run``, ``runs
+        show``/``list``, plugins' commands such as ``keys rotate``). ``principal`` is first
+        resolved by the ``resolve_principal`` hook. No implementation allows everything.
+        """
+        who = self.hooks.resolve_principal(principal=principal, config=self.config)
+        self.hooks.check_access(principal=who, permission=permission, tenant=tenant, action=action)
+        return who
+
+    def check_read_access(
+        self,
+        rec: RunRecord,
+        tasks: Iterable[TaskRecord] = (),
+        *,
+        principal: str | None = None,
+    ) -> None:
+        """Raise SecurityError unless ``principal`` may read the run's tenants' data."""
+        tenants = {rec.tenant, *(t.tenant for t in tasks)}
+        if len(tenants) > 1:
+            tenants.discard(None)
+        for tenant in sorted(tenants, key=lambda t: t or ""):
+            self.check_access(
+                principal=principal,
+                permission="read_data",
+                tenant=tenant,
+                action=f"read run {rec.run_id} of pipeline {rec.pipeline!r}",
+            )
+
+
+def _close_executors(executors: dict[str, Executor]) -> None:
+    items = list(executors.values())
+    executors.clear()
+    for ex in items:
+        try:
+            ex.close()
+        except Exception:  # pragma: no cover - best effort at shutdown
+            pass
+
+
+class _DetachedManager:
+    """What a :class:`PipelineManager` becomes inside a worker process: inert.
+
+    Task code may hold a manager (through ``self`` in a closure) but cannot run pipelines
+    or load plugins in a worker; any use says so.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config_raw = config
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise PipelineError(
+            f"PipelineManager.{name} is not available inside a worker process; "
+            "tasks run there by value, without the driver's plugins"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_DetachedManager, (self.config_raw,))
