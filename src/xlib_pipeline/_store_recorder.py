@@ -145,7 +145,7 @@ class StoreRecorder(Observer):
         )
         raw = text.encode("utf-8", "replace")
         try:
-            sealed = self.hooks.call("encrypt", data=raw, ref=ref)
+            sealed = self.hooks.encrypt(data=raw, ref=ref)
         except Exception as exc:  # never fall back to plaintext: say it is not kept
             return f"(not stored: the encrypt hook failed with {type(exc).__name__})"
         if sealed is None or sealed == raw:
@@ -254,7 +254,7 @@ def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:
     stored encrypted (bytes); text as it is."""
     if value is None or isinstance(value, str):
         return value
-    data = hooks.call("decrypt", data=bytes(value), ref=ref)
+    data = hooks.decrypt(data=bytes(value), ref=ref)
     return bytes(data if data is not None else value).decode("utf-8", "replace")
 
 

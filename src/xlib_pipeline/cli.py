@@ -113,7 +113,7 @@ def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
             **options,
             **extra,
         )
-    return _report(result)
+        return _report(result, pm)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -147,7 +147,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     guard = _AccessGuard(args)
     try:
         if args.runs_command == "prune":
-            return _prune(store, args)
+            return _prune(path, args)
         if args.runs_command == "list":
             runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
             runs = [r for r in runs if guard.may_list(r, store.get_tasks(r.run_id).values())]
@@ -279,17 +279,23 @@ def _secs(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{b - a:.3f}"
 
 
-def _prune(store: Any, args: argparse.Namespace) -> int:
+def _prune(path: Path, args: argparse.Namespace) -> int:
     from ._prune import parse_duration
 
     older = parse_duration(args.older_than) if args.older_than is not None else None
-    report = store.prune(
-        older_than=older,
-        keep=args.keep,
-        pipeline=args.pipeline,
-        dry_run=args.dry_run,
-        force=args.force,
-    )
+    # Through a manager built from --config (or the defaults): its plugins see the prune,
+    # so the audit trail records who pruned which runs when audit is on.
+    config = load_config(args.config) if getattr(args, "config", None) else {}
+    config["store"] = {**(config.get("store") or {}), "path": str(path)}
+    with PipelineManager(config) as pm:
+        report = pm.prune_runs(
+            older_than=older,
+            keep=args.keep,
+            pipeline=args.pipeline,
+            dry_run=args.dry_run,
+            force=args.force,
+            principal=getattr(args, "principal", None),
+        )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -362,7 +368,7 @@ def _interrupt_notice(run_id: str, grace: float | None) -> None:
     )
 
 
-def _report(result: Any) -> int:
+def _report(result: Any, manager: Any = None) -> int:
     print(f"run {result.run_id} {result.status} in {result.duration:.3f}s", file=sys.stderr)
     print(f"run_id: {result.run_id}")
     if result.success:
@@ -375,10 +381,14 @@ def _report(result: Any) -> int:
         )
         return 130
     err = result.error
-    print(f"error: {err}", file=sys.stderr)
+    # Error texts quote data: they leave through the manager's redaction (PII detectors).
+    if manager is not None:
+        print(f"error: {manager.describe_error(err)}", file=sys.stderr)
+    else:
+        print(f"error: {err}", file=sys.stderr)
     tb = getattr(err, "traceback", None)
     if tb:
-        print(tb, file=sys.stderr)
+        print(manager.redact(tb) if manager is not None else tb, file=sys.stderr)
     return 1
 
 

@@ -69,6 +69,24 @@ class Recorder:
             "error_class": None,
         }
 
+    @hookimpl
+    def record_admin_action(self, action: str, details: Any, principal: str | None) -> None:
+        rec = {
+            "ts": now_iso(),
+            "actor": principal or self._plugin.actor,
+            "tenant": None,
+            "pipeline": None,
+            "run_id": None,
+            "task": None,
+            "action": action,
+            "outcome": "succeeded",
+            "error_class": None,
+            "details": dict(details),
+        }
+        trail = self._plugin.writer()
+        trail.append(rec, wait=True)
+        trail.sync()
+
     @hookimpl(tryfirst=True)
     def before_pipeline(self, run: Any) -> None:
         st = AuditRun(self._plugin, run)
