@@ -55,9 +55,9 @@ def test_store_batch_size_zero_and_string_booleans_are_refused(tmp_path):
         PipelineManager({"store": {"path": path, "record_outputs": "false"}}, entry_points=False)
 
 
-def test_runstore_itself_refuses_non_finite_batches(tmp_path):
-    with pytest.raises(ValueError, match="batch_ms"):
-        RunStore(tmp_path / "s.sqlite", batch_ms=math.inf)
+def test_runstore_itself_refuses_non_finite_timeouts(tmp_path):
+    with pytest.raises(ValueError, match="busy_timeout_ms"):
+        RunStore(tmp_path / "s.sqlite", busy_timeout_ms=math.inf)  # type: ignore[arg-type]
 
 
 def test_cancel_grace_seconds_must_be_a_real_number():
@@ -77,9 +77,9 @@ def test_task_timeout_must_be_finite(timeout):
         PipelineManager(entry_points=False).validate_pipeline(p)
 
 
-def test_a_huge_store_batch_never_hangs_a_run(tmp_path):
-    """The largest accepted batch window still ends the run (the final flush cuts it short)."""
-    config = {"store": {"path": str(tmp_path / "s.sqlite"), "batch_ms": 60_000}}
+def test_the_largest_busy_timeout_never_hangs_a_run(tmp_path):
+    """The largest accepted busy timeout still ends an uncontended run at once."""
+    config = {"store": {"path": str(tmp_path / "s.sqlite"), "busy_timeout_ms": 86_400_000}}
     with PipelineManager(config, entry_points=False) as pm:
         p = Pipeline("quick")
         p.add_task("a", lambda: 1)
@@ -95,8 +95,7 @@ NUMERIC_OR_BOOLEAN = [
     ("dependency_optimization",),
     ("parallel_execution",),
     ("cancel_grace_seconds",),
-    ("store", "batch_ms"),
-    ("store", "batch_size"),
+    ("store", "busy_timeout_ms"),
     ("store", "record_outputs"),
     ("plugins", "entry_points"),
     ("multi_tenant",),

@@ -293,7 +293,7 @@ class TestBadFiles:
         without a path means the embedded default file."""
         with pytest.raises(xlib_pipeline.ConfigError, match=r"store.*'pth'"):
             PipelineManager({"store": {"pth": "runs.sqlite"}}, entry_points=False)
-        with PipelineManager({"store": {"batch_ms": 5}}, entry_points=False) as pm:
+        with PipelineManager({"store": {"synchronous": "full"}}, entry_points=False) as pm:
             assert pm.store is not None and pm.store.path.name == "runs.sqlite"
 
     def test_integrity_after_runs(self, tmp_path: Path) -> None:

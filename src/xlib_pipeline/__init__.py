@@ -29,6 +29,7 @@ from ._graph import Plan, plan
 from ._manager import PipelineManager
 from ._records import (
     CLASSIFICATION,
+    LEASE_TAKEOVERS,
     Classification,
     CliCommand,
     ConfigKey,
@@ -95,6 +96,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CLASSIFICATION",
     "ENCRYPTED_MAGIC",
+    "LEASE_TAKEOVERS",
     "ArityError",
     "CallObserver",
     "Classification",

@@ -236,8 +236,8 @@ CORE_KEYS = (
     ConfigKey(
         name="store",
         convert=lambda v: __import__("xlib_pipeline._store", fromlist=["x"]).store_section(v),
-        doc="Run store: {'path': FILE, 'batch_ms': 50, 'batch_size': 500, "
-        "'synchronous': 'normal'|'full', 'record_outputs': True}.",
+        doc="Run store: {'path': FILE, 'synchronous': 'normal'|'full', "
+        "'record_outputs': True, 'busy_timeout_ms': 30000}.",
     ),
     ConfigKey(
         name="compliance_mode",

@@ -53,6 +53,7 @@ class CoroutineLanes:
         def _stop(self) -> None: ...
         def _abandon(self) -> None: ...
         def _log(self, event: str, **kw: Any) -> None: ...
+        def _interrupt_notice(self) -> None: ...
         def _decided(self, i: int, task: Task, status: Status) -> int | None: ...
         def _failed(
             self, i: int, task: Task, outcome: TaskOutcome, *, after: bool = True
@@ -104,7 +105,7 @@ class CoroutineLanes:
                     break
                 interrupted = exc
                 self._stop()
-                self._log("pipeline.cancelling", grace=self.grace)
+                self._interrupt_notice()
                 deadline = time.monotonic() + (self.grace if self.grace is not None else 1e9)
             except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
                 self.fatal = exc

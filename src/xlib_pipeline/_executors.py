@@ -106,6 +106,7 @@ class WorkerProcess:
             "memory_bytes": limits.memory_bytes,
             "cpu_cores": limits.cpu_cores,
             "core_offset": core_offset,
+            "parent_pid": os.getpid(),  # the worker dies with its driver (see _worker)
         }
         env = dict(os.environ)
         paths = [p for p in sys.path if p and os.path.isdir(p)]

@@ -261,6 +261,23 @@ class Hooks:
         if self.has["stream_event"]:
             self._invoke("stream_event", {"stream": stream, "event": event, "info": info})
 
+    def record_admin_action(
+        self, *, action: str, details: Mapping[str, Any], principal: str | None
+    ) -> None:
+        """Tell observers (the audit trail) about an administrative action on stored data."""
+        if self.has["record_admin_action"]:
+            self._invoke(
+                "record_admin_action",
+                {"action": action, "details": details, "principal": principal},
+            )
+
+    def redact(self, *, text: str, tenant: str | None = None) -> str:
+        """``text`` with sensitive values removed (unchanged when no plugin redacts)."""
+        if not self.has["redact"] or not text:
+            return text
+        found = self._invoke("redact", {"text": text, "tenant": tenant})
+        return text if found is None else str(found)
+
     # -- runs and tasks --------------------------------------------------------------------------
 
     def before_pipeline(self, *, run: RunContext) -> None:

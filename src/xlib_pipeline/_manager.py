@@ -115,6 +115,9 @@ class PipelineManager(ManagerResources):
         )
         self._closed = False
         self._store: RunStore | None = None
+        #: Called as ``notice(run_id, grace_seconds)`` on the first interrupt of a run (the
+        #: CLI prints that the run is stopping and how long running tasks may go on).
+        self.interrupt_notice: Callable[[str, float | None], None] | None = None
         self._store_lock = threading.Lock()
         self._live: dict[str, Run] = {}  # runs under way, by run id (for cancel_run)
         self._store_needed: str | None = None  # why a plugin needs the default store
@@ -510,6 +513,8 @@ class PipelineManager(ManagerResources):
             observers=obs,
             preloaded=preloaded,
             grace=self.config.get("cancel_grace_seconds", 10.0),
+            commit=store.commit if store is not None else None,
+            flush=store.flush if store is not None else None,
         )
         if mon is not None:
             mon.start(run)

@@ -9,10 +9,12 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ._records import Status, TaskOutcome
 from ._results import PipelineResult, TaskResults
 from ._task import Task
-from .exceptions import RunCancelledError, TaskError, TaskFailedError
+from .exceptions import RunCancelledError, StoreError, TaskError, TaskFailedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._scheduler import Run
@@ -145,7 +147,9 @@ def build_result(
     else:
         status = "succeeded"
     error: BaseException | None = None
-    if run.first_failure is not None:
+    if isinstance(run.fatal, StoreError):  # a storage fault stopped the run: say so
+        error = run.fatal
+    elif run.first_failure is not None:
         i = run.first_failure
         exc, tb = cols.errors[i]
         error = failure_error(plan.names[i], exc, tb)
@@ -175,5 +179,9 @@ def build_result(
         resumed_from=run.ctx.resumed_from,
     )
     for ob in run.observers:
-        ob.run_finished(run, result)
+        try:
+            ob.run_finished(run, result)
+        except BaseException as exc:  # e.g. the store still cannot be written
+            if result.success or not isinstance(result.error, StoreError):
+                result = attrs.evolve(result, status="failed", success=False, error=exc)
     return result

@@ -210,6 +210,10 @@ class Classification:
 #: Where the classification plugin publishes levels for audit, lineage and others.
 CLASSIFICATION: StashKey[Classification] = StashKey("classification")
 
+#: Stale run leases this run took over (their owner's process was gone): one mapping per
+#: lease with ``run_id``, ``pid``, ``host`` and ``holder``. The audit plugin records them.
+LEASE_TAKEOVERS: StashKey[list[dict[str, Any]]] = StashKey("lease_takeovers")
+
 
 class TaskOutcome(NamedTuple):
     """How one attempt of a task ended; given to ``after_task`` and ``on_task_error``.

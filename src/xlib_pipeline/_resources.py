@@ -112,9 +112,8 @@ class ManagerResources:
                 if self._store is None:
                     self._store = RunStore(
                         section["path"],
-                        batch_ms=section["batch_ms"],
-                        batch_size=section["batch_size"],
                         synchronous=section["synchronous"],
+                        busy_timeout_ms=section["busy_timeout_ms"],
                     )
         return self._store
 
@@ -133,6 +132,67 @@ class ManagerResources:
         tasks = store.get_tasks(rec.run_id)
         self.check_read_access(rec, tasks.values(), principal=principal)
         return rec, tasks
+
+    def prune_runs(
+        self,
+        *,
+        older_than: float | None = None,
+        keep: int | None = None,
+        pipeline: str | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+        principal: str | None = None,
+    ) -> Any:
+        """Delete whole old runs from the store and reclaim the space (see
+        :func:`xlib_pipeline._prune.prune_runs`; ``runs prune`` on the command line).
+
+        Returns the :class:`PruneReport`. A prune that deleted something is recorded
+        through the ``record_admin_action`` hook (an audit record naming who, which runs
+        and how many rows, when audit is on).
+        """
+        store = self.store
+        if store is None:
+            raise ConfigError("pruning runs needs a run store: configure {'store': {...}}")
+        report = store.prune(
+            older_than=older_than, keep=keep, pipeline=pipeline, dry_run=dry_run, force=force
+        )
+        if not report.dry_run and report.runs:
+            who = self.hooks.resolve_principal(principal=principal, config=self.config)
+            self.hooks.record_admin_action(
+                action="runs.pruned",
+                details={
+                    "store": str(store.path),
+                    "runs": list(report.runs),
+                    "rows": report.rows,
+                    "reclaimed_bytes": report.reclaimed_bytes,
+                    "refused": list(report.refused),
+                },
+                principal=who,
+            )
+        return report
+
+    def redact(self, text: str, *, tenant: str | None = None) -> str:
+        """``text`` (an error message or a traceback) fit to leave the run: with PII
+        detection on (classification plugin), a text in which a detector finds PII comes
+        back as a placeholder naming the PII kinds and level, never the values. Lineage
+        facets, the CLI's output and alerts pass error texts through here. A text of
+        several lines (a traceback) is redacted line by line, so its frames stay readable."""
+        hooks = self.hooks
+        if not hooks.has["redact"] or not text:
+            return text
+        if "\n" not in text:
+            return hooks.redact(text=text, tenant=tenant)
+        return "\n".join(hooks.redact(text=line, tenant=tenant) for line in text.split("\n"))
+
+    def describe_error(self, error: BaseException, *, tenant: str | None = None) -> str:
+        """One line for ``error`` fit to leave the run: the task and exception class in
+        clear, the message through :meth:`redact`."""
+        task = getattr(error, "task", None)
+        cause = getattr(error, "cause", None)
+        if task is not None and isinstance(cause, BaseException):
+            text = self.redact(str(cause), tenant=tenant)
+            return f"task {task!r} failed: {type(cause).__name__}: {text}"
+        return f"{type(error).__name__}: {self.redact(str(error), tenant=tenant)}"
 
     def check_access(
         self,

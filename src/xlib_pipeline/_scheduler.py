@@ -24,6 +24,7 @@ is ever lost: outputs are kept as soon as a task ends, whatever happens to the r
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import queue
 import threading
@@ -74,6 +75,8 @@ class Run(CoroutineLanes):
         observers: list[Observer],
         preloaded: Mapping[int, tuple[Status, Any]] | None = None,
         grace: float | None = None,
+        commit: Callable[[Callable[[BaseException | None], None] | None], None] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -85,6 +88,10 @@ class Run(CoroutineLanes):
         self.stop_on_failure = on_failure == "stop"
         self.observers = observers
         self.grace = grace
+        # The run store's group commit: no successor starts before its upstream's outcome is
+        # committed (``commit(then)`` calls ``then`` once it is); ``flush`` blocks until then.
+        self.commit = commit
+        self.flush = flush
         n = len(plan)
         self.cols = Columns(n)
         self.remaining = list(plan.npreds)
@@ -159,6 +166,7 @@ class Run(CoroutineLanes):
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
+            self._interrupt_notice()
             # Drain: everything left ends cancelled, nothing re-runs.
             while dq:
                 j: int | None = dq.popleft()
@@ -189,12 +197,22 @@ class Run(CoroutineLanes):
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
-            self._log("pipeline.cancelling", grace=self.grace)
-            if not self.finished_event.wait(self.grace):
+            self._interrupt_notice()
+            try:
+                if not self.finished_event.wait(self.grace):
+                    self._abandon()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop at once
                 self._abandon()
         for _ in threads:
             q.put(None)
         return interrupted
+
+    def _interrupt_notice(self) -> None:
+        """Say at once that the run is stopping, and for how long running tasks may go on."""
+        self._log("pipeline.cancelling", grace=self.grace)
+        notice = getattr(self.ctx.manager, "interrupt_notice", None)
+        if notice is not None:
+            notice(self.ctx.run_id, self.grace)
 
     def _stop(self) -> None:
         """Start no new task or attempt from now on (cancellation, ``on_failure: stop``)."""
@@ -456,6 +474,19 @@ class Run(CoroutineLanes):
                     self.first_failure = i
                     if self.stop_on_failure:
                         self._stop()
+        # Record the outcome before any successor can become ready: whichever lane releases
+        # a successor then commits after every upstream's record was queued.
+        if self.observers:
+            for ob in self.observers:
+                try:
+                    ob.task_finished(self, i)
+                except BaseException as exc:
+                    # The run store (or its encrypt hook) could not record the task: stop
+                    # starting work; the run fails with this error, which names the plugin.
+                    if self.fatal is None:
+                        self.fatal = exc
+                    self._stop()
+        with self.lock:
             if status is not SUCCEEDED:
                 bit = (
                     _F_FAILED
@@ -476,24 +507,35 @@ class Run(CoroutineLanes):
                     else:
                         ready.append(s)
             self.done += 1
-            if self.done == len(cols.status):
-                self.finished_event.set()
-        if self.observers:
-            for ob in self.observers:
-                try:
-                    ob.task_finished(self, i)
-                except BaseException as exc:
-                    # The run store (or its encrypt hook) could not record the task: stop
-                    # starting work; the run fails with this error, which names the plugin.
-                    if self.fatal is None:
-                        self.fatal = exc
-                    self._stop()
+            last = self.done == len(cols.status)
+        if ready is not None and len(ready) > 1 and self.intelligent:
+            ready.sort(key=self.plan.height.__getitem__, reverse=True)
+        if self.commit is not None:
+            if self.lanes == 1 or ready is None:
+                # Inline (one lane): commit here, then go on. Without a successor, commit
+                # as soon as no commit is in flight (a failure stops the run).
+                if self.lanes == 1 and self.flush is not None:
+                    try:
+                        self.flush()
+                    except BaseException as exc:
+                        self._store_failed(exc)
+                else:
+                    self.commit(self._store_failed)
+            else:
+                # Successors start only once this outcome is committed; the lane goes on
+                # with other ready work meanwhile (the committing lane releases them).
+                if self.events:
+                    log_task_event(self, i, status, attempt, resumed)
+                if last:
+                    self.finished_event.set()
+                self.commit(functools.partial(self._release, ready))
+                return None
+        if last:
+            self.finished_event.set()
         if self.events:
             log_task_event(self, i, status, attempt, resumed)
         if ready is None:
             return None
-        if len(ready) > 1 and self.intelligent:
-            ready.sort(key=self.plan.height.__getitem__, reverse=True)
         if not self.continuation:
             for s in ready:
                 self._push(s)
@@ -502,6 +544,22 @@ class Run(CoroutineLanes):
         for s in ready[1:]:
             push(s)
         return ready[0]
+
+    def _store_failed(self, exc: BaseException | None) -> None:
+        """A commit failed: stop starting work; the run fails with the storage error."""
+        if exc is None:
+            return
+        if self.fatal is None:
+            self.fatal = exc
+        self._stop()
+
+    def _release(self, ready: list[int], exc: BaseException | None) -> None:
+        """Committed (or failed to commit, then stopping): let ``ready`` tasks be decided."""
+        if exc is not None:
+            self._store_failed(exc)
+        push = self._push
+        for s in ready:
+            push(s)
 
     # -- events and result ----------------------------------------------------------------------
 

@@ -4,12 +4,15 @@ It records each run (id, pipeline, structure fingerprint, parameters, status, ti
 task state transition and failed attempt, and each finished task's output (pickled, then
 passed through the ``encrypt`` hook; read back through ``decrypt``).
 
-Writes go through one writer thread that commits in small batches (``batch_ms``,
-``batch_size``) and always at the end of a run. Each batch is one transaction, written in
-the order tasks finished, so after a crash at any instant the file opens cleanly and every
-task recorded as finished has its output and all its upstreams recorded too. In WAL mode
-with ``synchronous=NORMAL`` a committed batch survives the process being killed; a power
-failure may lose the last batches (use ``synchronous: "full"`` to make every commit durable).
+Writes use group commit without a window (:mod:`._commit`): a record is committed as soon as
+no commit is in flight, and records arriving during a commit form the next batch. The
+scheduler starts no successor of a task before the task's outcome and output are committed,
+so after a crash at any instant the file opens cleanly, every task recorded as finished has
+its output and all its upstreams recorded too, and only the tasks in flight re-run. In WAL
+mode with ``synchronous=NORMAL`` a commit survives the process being killed; a power failure
+may lose the last commits (``synchronous: "full"`` makes every commit durable).
+
+Files are created 0600 and their folder 0700: the store holds outputs and error texts.
 """
 
 from __future__ import annotations
@@ -17,24 +20,27 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from . import _lease
+from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
+from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
 from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
 SCHEMA_VERSION = 1
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     pipeline TEXT NOT NULL,
@@ -80,6 +86,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, task);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
+    + _lease.SCHEMA
+)
+
+
+_REMOVED = {
+    "batch_ms": "commits no longer wait for a window: a record is committed as soon as no "
+    "commit is in flight",
+    "batch_size": "a batch is whatever arrives while a commit is in flight",
+}
 
 
 #: The embedded default store's file name, in ``data_dir()``.
@@ -101,7 +116,10 @@ def store_section(value: Any) -> dict[str, Any] | None:
         raise ValueError(
             f"expected true, false or a mapping like {{'path': 'runs.sqlite'}}, got {value!r}"
         )
-    allowed = {"path", "batch_ms", "batch_size", "synchronous", "record_outputs"}
+    for key, why in _REMOVED.items():
+        if key in value:
+            raise ValueError(f"'store.{key}' was removed ({why}); drop it from the config")
+    allowed = {"path", "synchronous", "record_outputs", "busy_timeout_ms"}
     unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}")
@@ -114,26 +132,35 @@ def store_section(value: Any) -> dict[str, Any] | None:
     sync = value.get("synchronous", "normal")
     if sync not in ("normal", "full"):
         raise ValueError(f"'synchronous' must be 'normal' or 'full', got {sync!r}")
-    from ._config import boolean, number
+    busy = value.get("busy_timeout_ms", 30000)
+    if isinstance(busy, bool) or not isinstance(busy, int) or not 0 <= busy <= 86_400_000:
+        raise ValueError(
+            f"'busy_timeout_ms' must be an integer from 0 to 86400000 (one day), got {busy!r}"
+        )
+    from ._config import boolean
 
-    batch_ms = number(minimum=0, maximum=60_000, what="'batch_ms'")(value.get("batch_ms", 50))
-    batch_size = number(minimum=1, maximum=1_000_000, integer=True, what="'batch_size'")(
-        value.get("batch_size", 500)
-    )
     try:
         record = boolean(value.get("record_outputs", True))
     except ValueError as exc:
         raise ValueError(f"'record_outputs': {exc}") from None
     return {
         "path": str(value["path"]),
-        "batch_ms": batch_ms,
-        "batch_size": batch_size,
         "synchronous": sync,
         "record_outputs": record,
+        "busy_timeout_ms": busy,
     }
 
 
-def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite3.Connection:
+def private_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) with mode 0700."""
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+
+
+def _connect(
+    path: Path, *, create: bool, synchronous: str = "normal", busy_ms: int = 30000
+) -> sqlite3.Connection:
     """Open ``path`` as an xlib-pipeline store; refuse foreign or corrupt files by name."""
     exists = path.exists()
     if not exists and not create:
@@ -142,15 +169,17 @@ def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite
         raise StoreError(f"run store {str(path)!r} is a directory, expected a file", path=str(path))
     if not exists:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
             raise StoreError(
-                f"run store {str(path)!r}: cannot create its folder: {exc.strerror or exc}",
+                f"run store {str(path)!r}: cannot create it or its folder: {exc.strerror or exc}",
                 path=str(path),
             ) from exc
     try:
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite3.connect(str(path), timeout=busy_ms / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
@@ -169,6 +198,7 @@ def _connect(path: Path, *, create: bool, synchronous: str = "normal") -> sqlite
         )
     try:
         if app_id == 0:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # prune gives pages back
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -256,140 +286,101 @@ class TaskRecord:
         return self.finished - self.started
 
 
-_FLUSH = object()
-_STOP = object()
+class RunStore(_lease.LeaseMixin):
+    """A handle on one store file. Thread-safe; writes go through a group committer.
 
-
-class RunStore:
-    """A handle on one store file. Thread-safe; writes are batched by a writer thread."""
+    Records are committed as soon as no commit is in flight (see :mod:`._commit`): no
+    window, no writer thread. ``commit(then)`` is the scheduler's barrier: ``then`` runs
+    once everything recorded so far is committed (or with the error when it could not be).
+    """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        batch_ms: float = 50,
-        batch_size: int = 500,
         synchronous: str = "normal",
+        busy_timeout_ms: int = 30000,
         create: bool = True,
     ) -> None:
         from ._config import number
 
-        batch_ms = number(minimum=0, maximum=60_000, what="batch_ms")(batch_ms)
-        batch_size = number(minimum=1, maximum=1_000_000, integer=True, what="batch_size")(
-            batch_size
-        )
+        busy_timeout_ms = number(
+            minimum=0, maximum=86_400_000, integer=True, what="busy_timeout_ms"
+        )(busy_timeout_ms)
         self.path = Path(path)
-        self.batch_s = batch_ms / 1000.0
-        self.batch_size = batch_size
         self._sync = synchronous
-        self._conn = _connect(self.path, create=create, synchronous=synchronous)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn = _connect(
+            self.path, create=create, synchronous=synchronous, busy_ms=busy_timeout_ms
+        )
         self._read_lock = threading.Lock()
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._writer_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._queued = 0
-        self._error: BaseException | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
+        self.add = self._committer.add
+        self.commit = self._committer.commit
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout_ms / 1000,
+            check_same_thread=False,
+            isolation_level=None,  # transactions are explicit (see _commit)
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+        # Checkpoints (copying the WAL back into the file, with an fsync) run on a
+        # background thread, off the commit path: see Checkpointer.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.executescript(LOG_SCHEMA)
+        if self._checkpointer is None:
+            self._checkpointer = Checkpointer(self)
+        return conn
 
     # -- writing --------------------------------------------------------------------------
 
-    def _ensure_writer(self) -> None:
-        if self._writer is None:
-            with self._writer_lock:
-                if self._writer is None:
-                    conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
-                    conn.execute("PRAGMA busy_timeout = 30000")
-                    conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
-                    t = threading.Thread(
-                        target=self._write_loop, args=(conn,), name="xlib-store", daemon=True
-                    )
-                    t.start()
-                    self._writer = t
+    @property
+    def write_hook(self) -> Callable[[list[Any]], None] | None:
+        """Tests only: a callable run before every write (raise OSError to inject a fault)."""
+        return self._committer.write_hook
+
+    @write_hook.setter
+    def write_hook(self, hook: Callable[[list[Any]], None] | None) -> None:
+        self._committer.write_hook = hook
 
     def submit(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue one statement for the next batch."""
-        if self._writer is None:
-            self._ensure_writer()
-        self._q.put((sql, params))
-        self._queued += 1  # approximate (no lock): only decides an early wake-up
-        if self._queued >= self.batch_size:
-            self._queued = 0
-            self._wake.set()
+        """Queue one statement and commit it as soon as no commit is in flight."""
+        self._committer.add(sql, params)
+        self._committer.commit()
 
     def flush(self) -> None:
-        """Block until everything queued so far is committed."""
-        if self._writer is None:
-            return
-        done = threading.Event()
-        self._q.put((_FLUSH, done))
-        self._wake.set()
-        done.wait()
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise StoreError(
-                f"run store {str(self.path)!r}: a write failed: {err}", path=str(self.path)
-            ) from err
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        q = self._q
-        wake = self._wake
-        while True:
-            first = q.get()
-            # Sleep through the batch window instead of waking for every record: each
-            # wake-up would take the GIL from the scheduler's lanes. flush() and close()
-            # set ``wake`` to cut the window short.
-            if first is not _STOP and first[0] is not _FLUSH:
-                wake.wait(self.batch_s)
-            wake.clear()
-            batch: list[tuple[str, tuple[Any, ...]]] = []
-            waiters: list[threading.Event] = []
-            stop = False
-            item = first
-            while True:
-                if item is _STOP:
-                    stop = True
-                elif item[0] is _FLUSH:
-                    waiters.append(item[1])
-                else:
-                    batch.append(item)
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                # One transaction per batch; rows grouped per statement (executemany is
-                # several times cheaper than execute per row). Within a statement the order
-                # is kept, and the batch commits atomically, so grouping changes nothing
-                # a reader can observe.
-                groups: dict[str, list[tuple[Any, ...]]] = {}
-                for sql, params in batch:
-                    rows = groups.get(sql)
-                    if rows is None:
-                        groups[sql] = [params]
-                    else:
-                        rows.append(params)
-                try:
-                    with conn:
-                        for sql, rows in groups.items():
-                            conn.executemany(sql, rows)
-                except Exception as exc:  # keep going; report at the next flush
-                    self._error = exc
-            for w in waiters:
-                w.set()
-            if stop:
-                conn.close()
-                return
+        """Block until everything queued so far is committed (StoreError when it cannot be)."""
+        self._committer.flush()
 
     def close(self) -> None:
-        """Commit what is queued and close the file."""
-        if self._writer is not None:
-            self.flush()
-            self._q.put(_STOP)
-            self._wake.set()
-            self._writer.join()
-            self._writer = None
-        with self._read_lock:
-            self._conn.close()
+        """Commit what is queued, checkpoint the WAL and close the file."""
+        try:
+            self._committer.close()
+        finally:
+            cp, self._checkpointer = self._checkpointer, None
+            if cp is not None:
+                cp.stop()
+            with self._read_lock:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass  # busy (another process): its next checkpoint does it
+                self._conn.close()
+
+    def prune(self, **options: Any) -> Any:
+        """Delete whole old runs and reclaim the space: see :func:`._prune.prune_runs`."""
+        from ._prune import prune_runs
+
+        return prune_runs(self, **options)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database file (PASSIVE: never blocks writers)."""
+        with self._reading() as c:
+            c.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- recording (called by the scheduler's store observer) -----------------------------
 
@@ -397,7 +388,7 @@ class RunStore:
         """Record a new run (``row`` has the runs table's columns)."""
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        self.submit(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+        self.add(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
 
     def event(
         self,
@@ -410,29 +401,43 @@ class RunStore:
         error: str | None = None,
         ts: float | None = None,
     ) -> None:
-        """Record one state transition."""
-        self.submit(
-            "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run_id, task, ts or time.time(), event, attempt, error_type, error),
+        """Queue one state transition (committed with the next commit)."""
+        self.add(
+            LOG,
+            (
+                2,
+                run_id,
+                task,
+                event,
+                attempt,
+                None,
+                None,
+                error_type,
+                error,
+                None,
+                None,
+                None,
+                None,
+                ts or time.time(),
+            ),
         )
 
     def task_finished(self, row: tuple[Any, ...]) -> None:
-        """Record a task's terminal state; ``row`` follows the tasks table's columns."""
-        self.submit(
-            "INSERT OR REPLACE INTO tasks (run_id, task, status, attempts, started, finished, "
-            "error_type, error, traceback, output, output_run, tenant) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        """Queue a task's terminal state (``row`` follows the tasks table); see :meth:`commit`."""
+        self.add(LOG, (1, *row, None))
 
     def run_finished(self, run_id: str, status: str, finished: float, error: str | None) -> None:
-        """Record how a run ended and commit everything."""
-        self.submit(
+        """Record how a run ended, release its leases and commit everything (or raise)."""
+        self.add(
             "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
             (status, finished, error, run_id),
         )
-        self.event(run_id, None, "run." + status, ts=finished)
+        self.add(
+            "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, None, finished, "run." + status, None, None, None),
+        )
+        self.release_leases(run_id)
         self.flush()
 
     # -- reading ----------------------------------------------------------------------------
@@ -471,12 +476,18 @@ class RunStore:
         if len(rows) > 1:
             raise StoreError(f"run id prefix {run_id!r} is ambiguous", path=str(self.path))
         r = rows[0]
+        status = r[4]
+        if status == "running":
+            # Its owner may be gone (kill -9, power loss): then it shows as interrupted.
+            lease = self.lease(r[0])
+            if lease is None or not lease.live():
+                status = "interrupted"
         return RunRecord(
             run_id=r[0],
             pipeline=r[1],
             fingerprint=r[2],
             structure=json.loads(r[3]),
-            status=r[4],
+            status=status,
             started=r[5],
             finished=r[6],
             tenant=r[7],
@@ -501,14 +512,15 @@ class RunStore:
             args.append(pipeline)
         if status:
             where.append("status = ?")
-            args.append(status)
+            args.append("running" if status == "interrupted" else status)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started DESC LIMIT ?"
         args.append(limit)
         with self._reading() as c:
             ids = [r[0] for r in c.execute(sql, args).fetchall()]
-        return [self.get_run(i) for i in ids]
+        runs = [self.get_run(i) for i in ids]
+        return [r for r in runs if status is None or r.status == status]
 
     def get_tasks(self, run_id: str) -> dict[str, TaskRecord]:
         """Every recorded task of a run by name."""
@@ -562,6 +574,37 @@ class RunStore:
                 "WHERE output IS NOT NULL AND (output_run IS NULL OR output_run = run_id)"
             ).fetchall()
         yield from rows
+
+    def iter_sealed_texts(self) -> Iterator[tuple[tuple[str, int, str], PayloadRef, bytes]]:
+        """Every error text stored encrypted (for key rotation): (where, ref, blob)."""
+        with self._reading() as c:
+            rows = c.execute(
+                "SELECT 'tasks', t.rowid, 'error', t.run_id, r.pipeline, t.task, t.tenant, "
+                "t.error, 'error' FROM tasks t JOIN runs r USING (run_id) "
+                "WHERE typeof(t.error) = 'blob' "
+                "UNION ALL SELECT 'tasks', t.rowid, 'traceback', t.run_id, r.pipeline, t.task, "
+                "t.tenant, t.traceback, 'traceback' FROM tasks t JOIN runs r USING (run_id) "
+                "WHERE typeof(t.traceback) = 'blob' "
+                "UNION ALL SELECT 'events', e.rowid, 'error', e.run_id, r.pipeline, e.task, "
+                "COALESCE((SELECT t.tenant FROM tasks t WHERE t.run_id = e.run_id AND "
+                "t.task = e.task), r.tenant), e.error, 'error' FROM events e "
+                "JOIN runs r USING (run_id) WHERE typeof(e.error) = 'blob' "
+                "UNION ALL SELECT 'runs', rowid, 'error', run_id, pipeline, '', tenant, error, "
+                "'run_error' FROM runs WHERE typeof(error) = 'blob'"
+            ).fetchall()
+        for table, rowid, column, run_id, pipeline, task, tenant, blob, kind in rows:
+            ref = PayloadRef(
+                run_id=run_id, pipeline=pipeline, task=task or "", tenant=tenant, kind=kind
+            )
+            yield (table, rowid, column), ref, bytes(blob)
+
+    def replace_sealed_text(self, where: tuple[str, int, str], blob: bytes) -> None:
+        """Overwrite one encrypted error text named by :meth:`iter_sealed_texts`."""
+        table, rowid, column = where
+        if table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
+            raise ValueError(f"not an error text: {where!r}")
+        with self._read_lock, self._conn:
+            self._conn.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (blob, rowid))
 
     def replace_output(self, run_id: str, task: str, blob: bytes) -> None:
         """Overwrite the stored output of ``run_id``/``task`` (and rows that reuse it)."""

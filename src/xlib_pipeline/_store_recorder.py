@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import getpass
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ._graph import Plan
+from ._lease import HEARTBEAT_S
 from ._outcomes import Observer
-from ._records import RunContext, Status
+from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Run
 from ._store import RunStore, dump_output, load_output, payload_ref
-from .exceptions import PipelineError, ResumeError
+from .exceptions import PipelineError, ResumeError, StoreError
 
 
 def structure(plan: Plan) -> dict[str, Any]:
@@ -76,7 +78,20 @@ class StoreRecorder(Observer):
         self.recorded: set[int] = set()
 
     def start(self, ctx: RunContext, plan: Plan) -> None:
-        """Record the run's row before its first task."""
+        """Lease the run (and the run it resumes), then record its row before its first task.
+
+        Raises :class:`RunLeasedError` while another live process executes either run.
+        """
+        ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
+        taken = self.store.acquire_leases(ctx.run_id, ids)
+        if taken:
+            ctx.stash[LEASE_TAKEOVERS] = [
+                {"run_id": t.run_id, "pid": t.pid, "host": t.host, "holder": t.holder}
+                for t in taken
+            ]
+            if ctx.log is not None:
+                for t in taken:
+                    ctx.log.warning("run.lease_taken_over", run=t.run_id, owner=t.describe())
         self.store.run_started(
             {
                 "run_id": ctx.run_id,
@@ -97,7 +112,12 @@ class StoreRecorder(Observer):
             }
         )
         if self.flush:
-            self.store.flush()
+            try:
+                self.store.flush()
+            except BaseException:
+                self.store.release_leases(ctx.run_id)
+                raise
+        self._beat = _Heartbeat(self.store, ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
@@ -109,8 +129,31 @@ class StoreRecorder(Observer):
             "attempt_failed",
             attempt=attempt,
             error_type=type(error).__name__,
-            error=str(error)[:2000],
+            error=self._protect(str(error)[:2000], run, i, "error"),  # type: ignore[arg-type]
         )
+
+    def _protect(self, text: str | None, run: Run, i: int | None, kind: str) -> str | bytes | None:
+        """An error text as stored: through the ``encrypt`` hook, like outputs (only the
+        exception class stays in clear). Without encryption it stays text."""
+        if text is None:
+            return None
+        ctx = run.ctx
+        task = run.plan.tasks[i] if i is not None else None
+        ref = PayloadRef(
+            run_id=ctx.run_id,
+            pipeline=run.plan.pipeline_name,
+            task=task.name if task is not None else "",
+            tenant=ctx.tenant_of(task) if task is not None else ctx.tenant_id,
+            kind=kind,
+        )
+        raw = text.encode("utf-8", "replace")
+        try:
+            sealed = self.hooks.encrypt(data=raw, ref=ref)
+        except Exception as exc:  # never fall back to plaintext: say it is not kept
+            return f"(not stored: the encrypt hook failed with {type(exc).__name__})"
+        if sealed is None or sealed == raw:
+            return text
+        return bytes(sealed)
 
     def task_finished(self, run: Run, i: int) -> None:
         cols = run.cols
@@ -128,6 +171,15 @@ class StoreRecorder(Observer):
                 blob, output_run = carried
             elif self.record_outputs:
                 raw = dump_output(cols.outputs[i])
+                if raw is not None and len(raw) > MAX_BLOB:
+                    failure = StoreError(
+                        f"run store {str(self.store.path)!r}: the output of task {task.name!r} "
+                        f"is {len(raw):,} bytes pickled, more than the store holds in one "
+                        f"value ({MAX_BLOB:,}); the task is recorded without it and re-runs "
+                        "on resume (return a path or a smaller value)",
+                        path=str(self.store.path),
+                    )
+                    raw = None
                 if raw is not None:
                     ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
@@ -146,8 +198,8 @@ class StoreRecorder(Observer):
                 cols.started[i],
                 cols.finished[i],
                 type(exc).__name__ if exc is not None else None,
-                str(exc)[:2000] if exc is not None else None,
-                err[1] if err else None,
+                self._protect(str(exc)[:2000], run, i, "error") if exc is not None else None,
+                self._protect(err[1], run, i, "traceback") if err else None,
                 blob,
                 output_run,
                 tenant,
@@ -161,15 +213,57 @@ class StoreRecorder(Observer):
         for i, st in enumerate(run.cols.status):
             if i not in self.recorded and st is not None:
                 self.task_finished(run, i)
+        beat = getattr(self, "_beat", None)
+        if beat is not None:
+            beat.stop()
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
+        error = self._protect(err, run, None, "run_error")  # type: ignore[arg-type]
         if self.flush:
-            self.store.run_finished(result.run_id, result.status, result.finished, err)
+            self.store.run_finished(result.run_id, result.status, result.finished, error)
             return
+        # A stream's batch: committed with the stream's checkpoint, not flushed on its own.
+        self.store.release_leases(result.run_id)
         self.store.submit(
             "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
-            (result.status, result.finished, err, result.run_id),
+            (result.status, result.finished, error, result.run_id),
         )
         self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
+
+
+#: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
+MAX_BLOB = 1_000_000_000 - 4096
+
+
+class _Heartbeat:
+    """Refreshes the run's lease every few seconds from a daemon thread."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(store, run_id), name="xlib-lease", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, store: RunStore, run_id: str) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                if store.lease(run_id) is None:
+                    return  # released (the run ended, or was refused after it started)
+                store.heartbeat(run_id)
+            except Exception:  # a store fault is reported by the run itself
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:
+    """A stored error text in clear: decrypted through the ``decrypt`` hook when it was
+    stored encrypted (bytes); text as it is."""
+    if value is None or isinstance(value, str):
+        return value
+    data = hooks.decrypt(data=bytes(value), ref=ref)
+    return bytes(data if data is not None else value).decode("utf-8", "replace")
 
 
 def _user() -> str:

@@ -81,11 +81,42 @@ def _current_vm_bytes() -> int:
         return 0
 
 
+def watch_parent(rfd: int, parent: int) -> None:
+    """Die with the driver, and take every process the task started along.
+
+    A thread waits for the driver's end of the task pipe to close (the driver exited, even
+    by ``kill -9``: the kernel closes its descriptors) and checks the parent pid every
+    second; then it kills this worker's process group (the worker leads its own session).
+    So a resumed task never runs beside an orphaned first attempt.
+    """
+    import select
+    import signal
+    import threading
+
+    def loop() -> None:
+        poller = select.poll()
+        poller.register(rfd, 0)  # only POLLHUP / POLLERR: the driver's end closed
+        while True:
+            try:
+                closed = bool(poller.poll(1000))
+            except InterruptedError:  # pragma: no cover - retried
+                continue
+            if closed or os.getppid() != parent:
+                try:
+                    os.killpg(os.getpgid(0), signal.SIGKILL)
+                finally:
+                    os._exit(1)
+
+    threading.Thread(target=loop, name="xlib-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     rfd, wfd = int(argv[1]), int(argv[2])
     limits = json.loads(argv[3]) if len(argv) > 3 else {}
     import cloudpickle  # imported before limits so its modules are mapped already
 
+    # Before the limits: the watcher's thread stack counts against an address-space limit.
+    watch_parent(rfd, int(str(limits.get("parent_pid") or os.getppid())))
     apply_limits(limits)
     functions: dict[str, object] = {}
     while True:

@@ -96,6 +96,7 @@ def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
     extra.pop("config", None)
     _sigterm_as_interrupt()
     with PipelineManager(config) as pm:
+        pm.interrupt_notice = _interrupt_notice
         options: dict[str, Any] = {}
         if getattr(args, "tenant", None):
             options["tenant_id"] = args.tenant
@@ -112,7 +113,7 @@ def _execute_cli(args: argparse.Namespace, target: str, **extra: Any) -> int:
             **options,
             **extra,
         )
-    return _report(result)
+        return _report(result, pm)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,6 +146,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     console = Console()
     guard = _AccessGuard(args)
     try:
+        if args.runs_command == "prune":
+            return _prune(path, args)
         if args.runs_command == "list":
             runs = store.list_runs(limit=args.limit, pipeline=args.pipeline, status=args.status)
             runs = [r for r in runs if guard.may_list(r, store.get_tasks(r.run_id).values())]
@@ -183,6 +186,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             raise
         tasks = store.get_tasks(rec.run_id)
         guard.check(rec, tasks.values())
+        rec, tasks = _revealed(guard._manager(rec), rec, tasks)
         if args.json:
             out = _run_json(rec)
             out["tasks"] = {
@@ -282,6 +286,69 @@ def _secs(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{b - a:.3f}"
 
 
+def _prune(path: Path, args: argparse.Namespace) -> int:
+    from ._prune import parse_duration
+
+    older = parse_duration(args.older_than) if args.older_than is not None else None
+    # Through a manager built from --config (or the defaults): its plugins see the prune,
+    # so the audit trail records who pruned which runs when audit is on.
+    config = load_config(args.config) if getattr(args, "config", None) else {}
+    config["store"] = {**(config.get("store") or {}), "path": str(path)}
+    with PipelineManager(config) as pm:
+        report = pm.prune_runs(
+            older_than=older,
+            keep=args.keep,
+            pipeline=args.pipeline,
+            dry_run=args.dry_run,
+            force=args.force,
+            principal=getattr(args, "principal", None),
+        )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        verb = "would delete" if report.dry_run else "deleted"
+        print(f"{verb} {len(report.runs)} run(s), {report.rows} row(s)", end="")
+        print(f", reclaimed {report.reclaimed_bytes:,} bytes" if not report.dry_run else "")
+        for rid in report.runs:
+            print(f"  {rid}")
+    if report.refused:
+        print(
+            f"xlib-pipeline: kept {len(report.refused)} run(s) that a kept run was resumed "
+            f"from ({', '.join(report.refused)}); pass --force to prune them too",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _revealed(pm: PipelineManager, rec: Any, tasks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The run's error texts in clear, for a reader who passed the access check: texts
+    stored encrypted are decrypted through the ``decrypt`` hook (the encryption plugin)."""
+    import attrs
+
+    from ._records import PayloadRef
+    from ._store_recorder import reveal
+
+    def clear(value: Any, task: str, kind: str, tenant: str | None) -> Any:
+        ref = PayloadRef(
+            run_id=rec.run_id, pipeline=rec.pipeline, task=task, tenant=tenant, kind=kind
+        )
+        try:
+            return reveal(pm.hooks, value, ref)
+        except PipelineError as exc:
+            return f"(encrypted; cannot be decrypted here: {type(exc).__name__})"
+
+    rec = attrs.evolve(rec, error=clear(rec.error, "", "run_error", rec.tenant))
+    tasks = {
+        n: attrs.evolve(
+            t,
+            error=clear(t.error, n, "error", t.tenant),
+            traceback=clear(t.traceback, n, "traceback", t.tenant),
+        )
+        for n, t in tasks.items()
+    }
+    return rec, tasks
+
+
 def _run_json(r: Any) -> dict[str, Any]:
     return {
         "run_id": r.run_id,
@@ -290,24 +357,45 @@ def _run_json(r: Any) -> dict[str, Any]:
         "started": r.started,
         "finished": r.finished,
         "resumed_from": r.resumed_from,
-        "error": r.error,
+        "error": "(encrypted)" if isinstance(r.error, bytes) else r.error,
         "source": r.source,
         "tenant": r.tenant,
         "principal": r.principal,
     }
 
 
-def _report(result: Any) -> int:
+def _interrupt_notice(run_id: str, grace: float | None) -> None:
+    """Printed at once on the first Ctrl-C / SIGTERM of a run."""
+    wait = "until they finish" if grace is None else f"up to {grace:g} s to finish"
+    print(
+        f"xlib-pipeline: stopping run {run_id}: no new task starts; running tasks get {wait}. "
+        "Press Ctrl-C again to stop at once.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _report(result: Any, manager: Any = None) -> int:
     print(f"run {result.run_id} {result.status} in {result.duration:.3f}s", file=sys.stderr)
     print(f"run_id: {result.run_id}")
     if result.success:
         _print_result(result.final_result)
         return 0
+    if result.status == "cancelled":
+        print(
+            f"xlib-pipeline: interrupted; `xlib-pipeline resume {result.run_id}` finishes it",
+            file=sys.stderr,
+        )
+        return 130
     err = result.error
-    print(f"error: {err}", file=sys.stderr)
+    # Error texts quote data: they leave through the manager's redaction (PII detectors).
+    if manager is not None:
+        print(f"error: {manager.describe_error(err)}", file=sys.stderr)
+    else:
+        print(f"error: {err}", file=sys.stderr)
     tb = getattr(err, "traceback", None)
     if tb:
-        print(tb, file=sys.stderr)
+        print(manager.redact(tb) if manager is not None else tb, file=sys.stderr)
     return 1
 
 
@@ -444,7 +532,15 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     rl.add_argument("--status")
     rs = rsub_runs.add_parser("show", help="one run with its tasks, or a stream by name")
     rs.add_argument("run_id")
-    for sp in (rl, rs):
+    rp = rsub_runs.add_parser("prune", help="delete old runs and reclaim the space")
+    rp.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 15m, 90s")
+    rp.add_argument("--keep", type=int, metavar="N", help="keep the newest N runs")
+    rp.add_argument("--pipeline", help="only runs of this pipeline")
+    rp.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    rp.add_argument(
+        "--force", action="store_true", help="also prune runs that a kept run resumed from"
+    )
+    for sp in (rl, rs, rp):
         sp.add_argument("--store", help="run store file")
         sp.add_argument("--json", action="store_true")
         sp.add_argument("--principal", help="who reads (access control; default: OS user)")

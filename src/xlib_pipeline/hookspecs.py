@@ -210,6 +210,22 @@ class HookSpecs:
     def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         """Provider: recover bytes stored by ``encrypt``. Stops at first non-None result."""
 
+    @hookspec
+    def record_admin_action(
+        self, action: str, details: Mapping[str, Any], principal: str | None
+    ) -> None:
+        """Observer: an administrative action on stored data happened outside any run
+        (``runs.pruned`` ...); ``details`` says what (run ids, row counts), never data.
+        The audit plugin writes it to the trail."""
+
+    @hookspec(firstresult=True)
+    def redact(self, text: str, tenant: str | None) -> str | None:
+        """Provider: ``text`` (an error message or traceback about to leave the run: lineage
+        facets, the CLI's output, alerts) with sensitive values removed, or ``None`` when
+        nothing needs removing. The classification plugin answers when PII detection is on.
+        Stops at first non-None result.
+        """
+
 
 #: Every hook a plugin may implement (the methods of :class:`HookSpecs`).
 HOOK_NAMES: tuple[str, ...] = tuple(sorted(n for n in vars(HookSpecs) if not n.startswith("_")))

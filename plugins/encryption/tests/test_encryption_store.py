@@ -108,7 +108,7 @@ class TestAtRest:
 
 
 class TestRotationWithStore:
-    def test_rotate_rewraps_and_old_runs_resume(self, tmp_path):
+    def test_rotate_rewraps_and_old_runs_resume(self, tmp_path, capsys):
         """After adding a key and rotating, every stored key is re-wrapped; resume works."""
         keyfile = tmp_path / "secrets" / "ring.json"
         first = generate_key_file(keyfile)
@@ -119,7 +119,8 @@ class TestRotationWithStore:
         second = add_key(keyfile)
         with PipelineManager(config(tmp_path, keyfile)) as pm:
             report = rotate_store(pm)
-        assert report.rewrapped == 2 and report.active_key_id == second.id
+        # 2 outputs, and the failed attempt's error, traceback and the run's error
+        assert report.rewrapped == 5 and report.active_key_id == second.id
         assert {key_id_of(bytes(r[3])) for r in outputs(tmp_path)} == {second.id}
         # Retire the old key: the rotated run still resumes.
         ring = json.loads(keyfile.read_text())
@@ -130,7 +131,13 @@ class TestRotationWithStore:
             resumed = pm.execute_pipeline(build(flaky), resume=failed.run_id)
             again = rotate_store(pm)
         assert resumed.success and resumed.final_result["n"] == 100
-        assert again.rewrapped == 0 and again.current == 3  # carried rows share a blob
+        assert again.rewrapped == 0 and again.current == 6  # carried rows share a blob
+        # the failed run's error text still reads with only the new key
+        capsys.readouterr()
+        store = str(tmp_path / "runs.sqlite")
+        assert cli(["runs", "show", failed.run_id, "--store", store, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert "transient" in shown["tasks"]["combine"]["error"]
 
     def test_old_runs_resume_without_rotation(self, tmp_path):
         """Old keys keep decrypting after a new key is added (no rotation needed to read)."""
@@ -230,3 +237,35 @@ class TestNoStoreConfigured:
         assert len(ours) == 1
         assert "security.encryption_at_rest" in str(ours[0].message)
         assert "store: false" in str(ours[0].message)
+
+
+class TestErrorTexts:
+    def test_error_message_and_traceback_are_encrypted_at_rest(self, tmp_path, capsys):
+        """A failed attempt's message quotes data: only its class stays in clear, and
+        `runs show` decrypts it for a reader who may see the run."""
+        leak = "cy@example.net-" + MARKER
+        p = Pipeline("leaky")
+
+        @p.task("load")
+        def load():
+            raise ValueError(f"bad record {{'ssn': '{leak}'}}")
+
+        with PipelineManager(config(tmp_path)) as pm:
+            result = pm.execute_pipeline(p)
+        assert not result.success
+        assert leak.encode() not in raw_bytes(tmp_path), "an error text is stored in clear"
+        with sqlite3.connect(tmp_path / "runs.sqlite") as c:
+            error_type, error, tb = c.execute(
+                "SELECT error_type, error, traceback FROM tasks WHERE task='load'"
+            ).fetchone()
+            (run_error,) = c.execute("SELECT error FROM runs").fetchone()
+        assert error_type == "ValueError"
+        assert isinstance(error, bytes) and error.startswith(ENCRYPTED_MAGIC)
+        assert isinstance(tb, bytes) and isinstance(run_error, bytes)
+        store = str(tmp_path / "runs.sqlite")
+        assert cli(["runs", "show", result.run_id, "--store", store, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert leak in shown["tasks"]["load"]["error"]
+        assert shown["error"] is not None and leak in shown["error"]
+        assert cli(["runs", "list", "--store", store, "--json"]) == 0
+        assert leak not in capsys.readouterr().out

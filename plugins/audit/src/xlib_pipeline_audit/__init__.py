@@ -7,10 +7,12 @@ check a trail with :func:`verify` or ``xlib-pipeline audit verify PATH``.
 from __future__ import annotations
 
 from ._canonical import GENESIS, canonical, digest, record_hash
+from ._head import head_path
 from ._plugin import AuditPlugin
 from ._recorder import AUDIT_RUN, AuditRun, Recorder
+from ._registry import open_trail
 from ._settings import AuditSettings
-from ._trail import AuditTrail, AuditTrailError, head_path, open_trail
+from ._trail import AuditTrail, AuditTrailError
 from ._verify import VerifyReport, read, verify
 
 __version__ = "0.1.0"

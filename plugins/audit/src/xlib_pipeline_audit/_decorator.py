@@ -106,8 +106,7 @@ def call_started(
     start = {**base, "ts": now_iso(), "action": "call.started", "outcome": "started"}
     if use_digests:
         start["input_digest"] = digest((args, kwargs), plugin.key)
-    trail.append(start)
-    trail.flush()  # a direct call is written before it runs, like a one-task run
+    trail.append(start, wait=True)  # in the file before the call runs, like a task
     return base, use_digests, time.perf_counter()
 
 

@@ -26,6 +26,7 @@ from xlib_pipeline import (
 from ._decorator import DirectCalls, audit_log
 from ._keys import refuse_unkeyed_trail
 from ._recorder import Recorder
+from ._registry import open_trail
 from ._settings import (
     DEFAULT_FILE,
     FLAG_KEYS,
@@ -37,7 +38,7 @@ from ._settings import (
     os_user,
     resolve_callable,
 )
-from ._trail import AuditTrail, open_trail
+from ._trail import AuditTrail
 
 
 class AuditPlugin:

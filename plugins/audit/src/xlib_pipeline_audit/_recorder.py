@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from xlib_pipeline import CLASSIFICATION, RunContext, StashKey, Status, hookimpl
+from xlib_pipeline import CLASSIFICATION, LEASE_TAKEOVERS, RunContext, StashKey, Status, hookimpl
 
 from ._canonical import digest
 from ._settings import error_class, now_iso
@@ -69,6 +69,24 @@ class Recorder:
             "error_class": None,
         }
 
+    @hookimpl
+    def record_admin_action(self, action: str, details: Any, principal: str | None) -> None:
+        rec = {
+            "ts": now_iso(),
+            "actor": principal or self._plugin.actor,
+            "tenant": None,
+            "pipeline": None,
+            "run_id": None,
+            "task": None,
+            "action": action,
+            "outcome": "succeeded",
+            "error_class": None,
+            "details": dict(details),
+        }
+        trail = self._plugin.writer()
+        trail.append(rec, wait=True)
+        trail.sync()
+
     @hookimpl(tryfirst=True)
     def before_pipeline(self, run: Any) -> None:
         st = AuditRun(self._plugin, run)
@@ -78,7 +96,14 @@ class Recorder:
         stream = run.params.get("stream")
         if stream is not None:  # one micro-batch of a stream: which one, which offsets
             rec["stream"] = stream
-        self._plugin.writer().append(rec)
+        writer = self._plugin.writer()
+        writer.append(rec)
+        # A stale lease this run took over (its owner died): who held it is audited.
+        for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
+            lease = self._base(st, "run.lease_taken_over", "taken_over")
+            lease["previous_owner"] = {k: taken.get(k) for k in ("pid", "host", "holder")}
+            lease["leased_run"] = taken.get("run_id")
+            writer.append(lease)
 
     @hookimpl(tryfirst=True)
     def after_pipeline(self, run: Any, result: Any) -> None:
@@ -149,7 +174,9 @@ class Recorder:
             rec["operation"] = meta[1]
         if meta[2]:
             rec["input_digest"] = digest(inputs, self._plugin.key)
-        self._plugin.writer().append(rec)
+        # Guarantee (a): the body starts only once this record is in the file (write(2)
+        # returned); fsync stays governed by audit.fsync.
+        self._plugin.writer().append(rec, wait=True)
 
     # trylast: the outcome is recorded after the other observers ran, so what they
     # computed for it (the classification level of the output) is in the record.

@@ -11,8 +11,9 @@ from typing import Any
 
 import attrs
 
-from ._canonical import ALG_HMAC, ALG_SHA256, GENESIS, canonical, record_hash, split_line
-from ._trail import head_path, read_head
+from ._canonical import ALG_HMAC, ALG_SHA256, GENESIS
+from ._head import check_head, check_signature, head_path, read_head
+from ._tail import Scan, scan
 
 
 @attrs.frozen(kw_only=True)
@@ -76,29 +77,23 @@ def verify(
     Detects any changed byte, deleted, inserted or reordered record and truncation (against
     the head anchor ``<path>.head``, or ``head``). ``key`` is the HMAC key of a keyed trail.
     Returns a :class:`VerifyReport` naming the first bad record; raises ``FileNotFoundError``
-    when the trail itself does not exist.
+    when the trail itself does not exist. The checks are the writer's own
+    (:func:`._tail.scan`, :func:`._head.check_head`).
     """
     p = Path(path)
     hp = Path(head) if head is not None else head_path(p)
     kb = _key_bytes(key)
     data = p.read_bytes()
     alg = ALG_HMAC if kb is not None else ALG_SHA256
-    records = 0
-    last_seq = 0
-    last_hash = GENESIS
 
-    def bad(line: int | None, seq: int | None, reason: str, head_seq: int | None = None):
+    def report(found: Scan | None = None, **kw: Any) -> VerifyReport:
         return VerifyReport(
             path=str(p),
-            ok=False,
-            records=records,
-            last_seq=last_seq,
-            last_hash=last_hash,
+            records=found.records if found else 0,
+            last_seq=found.last_seq if found else 0,
+            last_hash=found.last_hash if found else GENESIS,
             alg=alg,
-            head_seq=head_seq,
-            line=line,
-            seq=seq,
-            reason=reason,
+            **kw,
         )
 
     used_default = False  # the key came from the default key file, not the caller
@@ -113,148 +108,63 @@ def verify(
     if head_doc is None and head_problem is None and require_head:
         head_problem = f"head anchor {hp} is missing (it must be copied with the trail)"
     if head_doc is not None:
-        head_alg = head_doc.get("alg")
-        if head_alg == ALG_HMAC and kb is None:
+        if head_doc.get("alg") == ALG_HMAC and kb is None:
             from ._keys import default_key, default_key_path
 
             kb = default_key(create=False)  # a trail keyed by default: the local key file
-            alg = ALG_HMAC
             used_default = kb is not None
             if kb is None:
-                return bad(
-                    None,
-                    None,
-                    "the trail is HMAC-protected (head says hmac-sha256): give its key "
-                    f"(--key / --key-env / --key-file; the default key file "
+                return report(
+                    ok=False,
+                    reason="the trail is HMAC-protected (head says hmac-sha256): give its key "
+                    "(--key / --key-env / --key-file; the default key file "
                     f"{str(default_key_path())!r} does not exist here)",
                 )
-        if head_alg == ALG_SHA256 and kb is not None:
-            return bad(
-                None,
-                None,
-                "a key was given but the head says the trail is not HMAC-protected "
-                "(sha256): it was written without a key, or re-chained by someone without it",
-            )
-        check = dict(head_doc)
-        given = check.pop("check", None)
-        if record_hash(canonical(check), kb) != given:
+            alg = ALG_HMAC
+        sig = check_signature(head_doc, kb)
+        if sig is not None and sig.kind == "alg":
+            return report(ok=False, reason=sig.reason)
+        if sig is not None:
             head_problem = f"head anchor {hp} does not match its check hash (edited)"
+    want = head_doc.get("seq") if head_doc is not None else None
+    mark = frozenset([want]) if isinstance(want, int) else frozenset()
+    found = scan(data, kb, mark=mark)
+    if not found.ok and kb is None and head_doc is None and found.seq == 1:
+        # No head to say whether the trail is keyed: a first record that is not plain
+        # SHA-256 but verifies with the default HMAC key tells.
+        from ._keys import default_key
 
-    offsets: dict[int, int] = {}
-    hashes: dict[int, str] = {}
-    want_head = head_doc.get("seq") if head_doc is not None else None
-    expected = 1
-    prev = GENESIS
-    pos = 0
-    lines = data.split(b"\n")
-    complete = lines[:-1]
-    for lineno, raw in enumerate(complete, 1):
-        pos += len(raw) + 1
-        if not raw:
-            return bad(lineno, expected, "empty line (a record was cut or a newline inserted)")
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return bad(lineno, expected, "non-ASCII byte in the record (a byte was changed)")
-        try:
-            rec, given, body = split_line(text)
-        except ValueError as exc:
-            return bad(lineno, expected, str(exc))
-        seq = rec.get("seq")
-        if seq != expected:
-            return bad(
-                lineno,
-                expected,
-                f"expected seq {expected}, found {seq!r}: records were deleted, inserted or "
-                "reordered",
+        dk = default_key(create=False)
+        if dk is not None:
+            retry = scan(data, dk, mark=mark)
+            if retry.ok or (retry.seq or 0) > 1:
+                kb, alg, used_default, found = dk, ALG_HMAC, True, retry
+    if not found.ok:
+        reason = found.reason
+        if used_default and "hash mismatch" in (reason or ""):
+            reason = (reason or "") + (
+                " (checked with the default HMAC key file; if the trail was written "
+                "with another key, give it with --key / --key-env / --key-file)"
             )
-        if rec.get("prev") != prev:
-            return bad(
-                lineno,
-                expected,
-                "prev does not match the hash of the previous record (a record was replaced)",
-            )
-        if expected == 1 and kb is None and head_doc is None:
-            # No head to say whether the trail is keyed: a first record that is not plain
-            # SHA-256 but verifies with the default HMAC key tells.
-            from ._keys import default_key
-
-            dk = default_key(create=False) if record_hash(body, None) != given else None
-            if dk is not None and record_hash(body, dk) == given:
-                kb, alg, used_default = dk, ALG_HMAC, True
-        if record_hash(body, kb) != given:
-            hint = " or the key is wrong" if kb is not None else ""
-            if used_default:
-                hint += (
-                    " (checked with the default HMAC key file; if the trail was written "
-                    "with another key, give it with --key / --key-env / --key-file)"
-                )
-            return bad(lineno, expected, f"hash mismatch: the record was edited{hint}")
-        prev = given
-        records += 1
-        last_seq, last_hash = seq, given
-        if want_head is not None and seq == want_head:
-            offsets[seq] = pos
-            hashes[seq] = given
-        expected += 1
-    if lines[-1]:
-        return bad(
-            len(complete) + 1,
-            expected,
-            "incomplete last record (no newline): the trail was truncated or a write was torn",
-        )
+        return report(found, ok=False, line=found.line, seq=found.seq, reason=reason)
     if head_problem is not None:
-        return bad(None, None, head_problem)
+        return report(found, ok=False, reason=head_problem)
     if head_doc is None:  # not required
-        return VerifyReport(
-            path=str(p),
-            ok=True,
-            records=records,
-            last_seq=last_seq,
-            last_hash=last_hash,
-            alg=alg,
-        )
+        return report(found, ok=True)
+    problem = check_head(head_doc, kb, last_seq=found.last_seq, lookup=found.marks.get)
     hseq = head_doc.get("seq")
-    if not isinstance(hseq, int) or hseq < 0:
-        return bad(None, None, f"head anchor has an invalid seq {hseq!r}")
-    if hseq > last_seq:
-        return bad(
-            len(complete) + 1,
-            last_seq + 1,
-            f"truncated: the head anchor records seq {hseq} but the trail ends at seq "
-            f"{last_seq} ({hseq - last_seq} record(s) missing at the end)",
-            head_seq=hseq,
+    hseq_int = hseq if isinstance(hseq, int) else None
+    if problem is not None:
+        if problem.at_end:
+            line: int | None = found.records + 1
+        elif problem.seq:
+            line = problem.seq
+        else:
+            line = None
+        return report(
+            found, ok=False, line=line, seq=problem.seq, reason=problem.reason, head_seq=hseq_int
         )
-    if hseq == 0:
-        if head_doc.get("hash") != GENESIS or head_doc.get("size") != 0:
-            return bad(None, 0, "head anchor at seq 0 does not hold the genesis hash", hseq)
-    else:
-        if hashes.get(hseq) != head_doc.get("hash"):
-            return bad(
-                hseq,
-                hseq,
-                f"record seq {hseq} does not match the hash in the head anchor (the trail "
-                "was rewritten from here or earlier)",
-                hseq,
-            )
-        if offsets.get(hseq) != head_doc.get("size"):
-            return bad(
-                hseq,
-                hseq,
-                f"record seq {hseq} does not end at byte {head_doc.get('size')} as the head "
-                "anchor says (bytes were added or removed before it)",
-                hseq,
-            )
-    return VerifyReport(
-        path=str(p),
-        ok=True,
-        records=records,
-        last_seq=last_seq,
-        last_hash=last_hash,
-        alg=alg,
-        head_seq=hseq,
-        unanchored=last_seq - hseq,
-    )
+    return report(found, ok=True, head_seq=hseq_int, unanchored=found.last_seq - (hseq_int or 0))
 
 
 def _parse_time(value: str | datetime | None) -> datetime | None:

@@ -239,6 +239,22 @@ class ClassificationPlugin:
             ) from exc
         if self.enabled:
             self.activate()
+        if self.detect_pii:  # error texts leaving a run are scanned too
+            manager.register(_Redactor(self), name="classification.redactor")
+
+    def redact(self, text: str) -> str | None:
+        """``text`` as a placeholder naming the PII kinds and level when a detector finds PII
+        in it (never the values); ``None`` when it holds none."""
+        found: list[str] = []
+        top = -1
+        sample = text[: self.scan_limit]
+        for d in self.detectors:
+            if d.detect(sample):
+                found.append(d.name)
+                top = max(top, RANK[d.level])
+        if not found:
+            return None
+        return f"[redacted: {LEVELS[top]} text with PII ({', '.join(sorted(found))})]"
 
     @hookimpl
     def prepare_run(
@@ -257,6 +273,17 @@ class ClassificationPlugin:
                 runtime = _Enforcer(self)
                 self.manager.register(runtime, name="classification.runtime")
                 self._runtime = runtime
+
+
+class _Redactor:
+    """Answers the ``redact`` hook when PII detection is on (registered by ``configure``)."""
+
+    def __init__(self, plugin: ClassificationPlugin) -> None:
+        self.p = plugin
+
+    @hookimpl
+    def redact(self, text: str, tenant: str | None) -> str | None:
+        return self.p.redact(text)
 
 
 class _Enforcer:

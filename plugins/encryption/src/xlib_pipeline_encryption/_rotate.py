@@ -22,7 +22,7 @@ class RotationReport:
 
 
 def rotate_store(manager: PipelineManager, *, dry_run: bool = False) -> RotationReport:
-    """Re-wrap the data key of every encrypted output in ``manager``'s run store.
+    """Re-wrap the data key of every encrypted output (and error text) in the run store.
 
     Each ciphertext is authenticated before its header is rewritten, and the sealed payload
     is left as it was, so rotation never re-encrypts data and old runs still resume. After
@@ -54,6 +54,18 @@ def rotate_store(manager: PipelineManager, *, dry_run: bool = False) -> Rotation
         rewrapped += 1
         if not dry_run:
             store.replace_output(run_id, task, new)
+    # Error texts of failed attempts are stored encrypted too (same envelope, own AAD kind).
+    for where, text_ref, sealed in store.iter_sealed_texts():
+        if not sealed.startswith(ENCRYPTED_MAGIC):
+            continue
+        scanned += 1
+        new = plugin.rewrap(sealed, text_ref)
+        if new is None:
+            current += 1
+            continue
+        rewrapped += 1
+        if not dry_run:
+            store.replace_sealed_text(where, new)
     return RotationReport(
         scanned=scanned,
         rewrapped=rewrapped,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,9 +172,27 @@ def parent_facet(producer: str, run_id: str, namespace: str, job: str) -> dict[s
     return {"_producer": producer, "_schemaURL": PARENT_SCHEMA, **ref}
 
 
-def error_facet(producer: str, error: BaseException | None, stack: str | None) -> dict[str, Any]:
-    """The standard ``errorMessage`` run facet (message truncated to 1,000 characters)."""
-    message = "unknown error" if error is None else f"{type(error).__name__}: {error}"[:1000]
+def error_facet(
+    producer: str,
+    error: BaseException | None,
+    stack: str | None,
+    describe: Callable[[BaseException], str] | None = None,
+    redact: Callable[[str], str] = str,
+) -> dict[str, Any]:
+    """The standard ``errorMessage`` run facet (message truncated to 1,000 characters).
+
+    The message comes from ``describe`` and the stack trace passes ``redact`` (the manager's
+    ``describe_error``/``redact``, which remove PII when classification's detection is on):
+    error texts quote data.
+    """
+    if error is None:
+        message = "unknown error"
+    elif describe is not None:
+        message = describe(error)[:1000]
+    else:
+        message = f"{type(error).__name__}: {error}"[:1000]
+    if stack:
+        stack = redact(stack)
     out: dict[str, Any] = {
         "_producer": producer,
         "_schemaURL": ERROR_SCHEMA,

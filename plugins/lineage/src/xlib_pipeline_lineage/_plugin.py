@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from xlib_pipeline import (
@@ -107,6 +107,14 @@ class _RunState:
         self.run_id: str = run.run_id
         self.tenant: str | None = run.tenant_id
         self.executor: str = run.executor
+        tenant = run.tenant_id
+        manager = run.manager
+        # Error texts quote data: they leave through the manager's redaction (PII removed
+        # when classification's detection is on).
+        self.redact: Callable[[str], str] = lambda text: manager.redact(text, tenant=tenant)
+        self.describe: Callable[[BaseException], str] = lambda err: manager.describe_error(
+            err, tenant=tenant
+        )
         self.stash = run.stash  # read lazily: other plugins publish in their own hooks
         self.tasks = {t.name: t for t in run.tasks}
         self.datasets = plugin.datasets_for(run)
@@ -185,7 +193,8 @@ class _RunState:
         )
         extra = ""
         if etype == "FAIL":
-            extra = ',"errorMessage":' + json.dumps(ev.error_facet(self.producer, error, tb))
+            facet_ = ev.error_facet(self.producer, error, tb, self.describe, self.redact)
+            extra = ',"errorMessage":' + json.dumps(facet_)
         outs = ""
         if status == "succeeded" and CLASSIFICATION in self.stash:
             classified = self._classified_outputs(name)
@@ -221,7 +230,7 @@ class _RunState:
             )
         }
         if etype == "FAIL":
-            facets["errorMessage"] = ev.error_facet(p, error, None)
+            facets["errorMessage"] = ev.error_facet(p, error, None, self.describe)
         return json.dumps(
             ev.run_event(
                 etype,

@@ -1,0 +1,64 @@
+"""The background flusher: fsync (``fsync: batch``) and the head anchor, off the writers' path."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from ._sink import FlockSink, GroupCommitSink
+
+if TYPE_CHECKING:
+    from ._trail import AuditTrail
+
+
+def start_flusher(trail: AuditTrail) -> threading.Thread:
+    """Start the thread that syncs the trail (fsync: batch) and moves its head anchor."""
+    ref = weakref.ref(trail)
+    stop, wake = trail._stop, trail._wake
+    interval = trail.batch_interval if trail.batch_interval > 0 else None
+
+    def loop() -> None:
+        while True:
+            wake.wait(interval)
+            wake.clear()
+            if stop.is_set():
+                return
+            current = ref()
+            if current is None:
+                return
+            try:
+                background_sync(current)
+            except Exception as exc:  # reported on the next append
+                current._error = exc
+            del current
+
+    t = threading.Thread(target=loop, name=f"xlib-audit-sync:{trail.path.name}", daemon=True)
+    t.start()
+    return t
+
+
+def background_sync(self: AuditTrail) -> None:
+    """Flusher thread: fsync what is written so far and move the head anchor to it.
+
+    The trail's lock is held only to read the chain's position, so writers never wait
+    for the disk."""
+    with self._lock:
+        fd = self._fd
+        if fd is None or isinstance(self._sink, FlockSink):
+            if fd is not None and self._pending:
+                with self._flocked():
+                    self._sync_locked()
+            return
+        if isinstance(self._sink, GroupCommitSink):
+            self._sink.write_waiting()
+        if not self._pending:
+            return
+        (seq, last), size = self._written, self._size
+        self._pending = 0
+        self._last_sync = time.monotonic()
+    if self.fsync == "batch":
+        os.fdatasync(fd)
+    self._write_head(seq, last, size)

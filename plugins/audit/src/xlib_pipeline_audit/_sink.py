@@ -1,0 +1,205 @@
+"""How chained records reach the trail file: one sink, chosen when the trail opens.
+
+- :class:`GroupCommitSink` (default, one process): records join an inbox; whichever thread
+  gets the trail's lock chains every waiting record and writes them all with one
+  ``write(2)``, at once: no window. Only what arrives during a write forms the next one.
+- :class:`WriteThroughSink` (``write_through: true`` or ``fsync: always``): each record is
+  chained and written before ``append`` returns (``fsync: always`` syncs it too).
+- :class:`FlockSink` (``multiprocess: true``, or once another writer is noticed): each
+  append takes ``fcntl.flock``, re-reads the tail if another process appended, then writes.
+
+``append(fields, wait=True)`` returns only once the record is in the file (``write(2)``
+returned): the ``task.started`` record of a task is written before its body starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+from typing import TYPE_CHECKING, Any
+
+from ._canonical import GENESIS, record_hash, split_line
+from ._tail import drop_torn_tail, last_line
+
+if TYPE_CHECKING:
+    from ._trail import AuditTrail
+
+_log = logging.getLogger("xlib_pipeline.audit")
+
+
+class GroupCommitSink:
+    """Flat combining: never a window, one ``write(2)`` per group of waiting records."""
+
+    name = "group-commit"
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def append(self, fields: dict[str, Any], wait: bool) -> int | None:
+        self.inbox.put(fields)
+        lock = self.trail._lock
+        # Waiting for the lock means: whoever holds it is writing, and by the time we hold
+        # it our record is either in the file or still in the inbox, where we take it.
+        got = lock.acquire() if wait else lock.acquire(blocking=False)
+        while got:
+            try:
+                if self.trail._sink is not self:  # switched to flock meanwhile
+                    self.drain_to(self.trail._sink)
+                    return None
+                self.write_waiting()
+            finally:
+                lock.release()
+            if self.inbox.empty():
+                break
+            got = lock.acquire(blocking=False)
+        return None
+
+    def write_waiting(self) -> None:
+        """Chain and write every waiting record. Holds the trail's lock."""
+        trail = self.trail
+        inbox = self.inbox
+        batch = []
+        while True:
+            try:
+                fields = inbox.get_nowait()
+            except queue.Empty:
+                break
+            item = trail._chain(fields)
+            if item is not None:
+                batch.append(item)
+        if batch or trail._unwritten:
+            trail._write_records(batch)
+
+    def drain_to(self, other: Any) -> None:
+        """Hand records still waiting here to the sink that replaced this one."""
+        while True:
+            try:
+                fields = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            other.append_locked(fields)
+
+    def flush(self) -> None:
+        with self.trail._lock:
+            if self.trail._sink is self:
+                self.write_waiting()
+            else:
+                self.drain_to(self.trail._sink)
+
+    def pending(self) -> bool:
+        return not self.inbox.empty()
+
+
+class WriteThroughSink:
+    """One record, one ``write(2)`` (and one ``fdatasync`` under ``fsync: always``)."""
+
+    name = "write-through"
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+
+    def append(self, fields: dict[str, Any], wait: bool) -> int | None:
+        trail = self.trail
+        with trail._lock:
+            if trail._sink is not self:
+                return trail._sink.append_locked(fields)
+            return self.append_locked(fields)
+
+    def append_locked(self, fields: dict[str, Any]) -> int | None:
+        trail = self.trail
+        if os.fstat(trail._fd_or_fail()).st_size != trail._size:
+            switch_to_flock(trail)
+            return trail._sink.append_locked(fields)
+        item = trail._chain(fields)
+        if item is None:
+            return None
+        trail._write_records([item])
+        return item[2]
+
+    def flush(self) -> None:
+        with self.trail._lock:
+            if self.trail._unwritten:
+                self.trail._write_records([])
+
+    def pending(self) -> bool:
+        return False
+
+
+class FlockSink:
+    """Several processes appending to one file: ``flock`` around "read the tail, append"."""
+
+    name = "flock"
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+
+    def append(self, fields: dict[str, Any], wait: bool) -> int | None:
+        with self.trail._lock:
+            return self.append_locked(fields)
+
+    def append_locked(self, fields: dict[str, Any]) -> int | None:
+        trail = self.trail
+        fd = trail._fd_or_fail()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_size != trail._size or trail._size < 0:
+                reload_tail(trail)
+            item = trail._chain(fields)
+            if item is None:
+                return None
+            trail._write_records([item])
+            return item[2]
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def flush(self) -> None:
+        pass
+
+    def pending(self) -> bool:
+        return False
+
+
+def reload_tail(self: AuditTrail) -> None:
+    """Another process appended: learn the chain's new end from the last line (flock)."""
+    fd = self._fd_or_fail()
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        size = drop_torn_tail(fd, self.path, size)
+    if size == 0:
+        seq, last = 0, GENESIS
+    else:
+        raw = last_line(fd, size)
+        try:
+            rec, given, body = split_line(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise self._fail(f"its last record is not intact ({exc})") from exc
+        if not isinstance(rec.get("seq"), int) or record_hash(body, self._key) != given:
+            raise self._fail("its last record does not match its hash (edited?)")
+        seq, last = rec["seq"], given
+    self._seq, self._prev, self._size = seq, last, size
+    self._written = (seq, last)
+
+
+def switch_to_flock(self: AuditTrail) -> None:
+    """Someone else appended to the file: from now on take the cross-process path."""
+    _log.warning(
+        "audit.concurrent_writer_detected path=%s: switching to flock mode "
+        "(set audit.multiprocess: true when several processes share a trail)",
+        self.path,
+    )
+    fd = self._fd_or_fail()
+    unwritten, self._unwritten = self._unwritten, []
+    self._sink = FlockSink(self)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        reload_tail(self)
+        for item in unwritten:  # chained on top of the other writer's records
+            ev = item[4]
+            ev.pop("hash", None)
+            again = self._rechain(ev)
+            self._write_records([again])
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)

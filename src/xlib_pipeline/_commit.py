@@ -1,0 +1,347 @@
+"""Group commit onto one SQLite connection, with no waiting window.
+
+Callers add statements, then ask for a commit. A writer thread commits everything pending
+in one transaction as soon as it is idle, runs the callbacks registered with that batch, and
+goes on while more arrived meanwhile: only what arrives while a commit is in flight is
+batched into the next one. So at low load a record costs one commit, and under load batches
+form by themselves (PostgreSQL's group commit with ``commit_delay = 0``). No thread ever
+sleeps through a window while a record waits. (The writer is a thread of its own rather than
+whichever caller comes first: a caller waiting in SQLite would hold up the scheduler's lane.)
+
+A failed commit drops nothing: the batch goes back to the front of the queue, the batch's
+callbacks learn the error, and later commits fail fast with the same error until
+:meth:`Committer.flush` (called at the end of a run) retries.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .exceptions import StoreError
+
+Then = Callable[[BaseException | None], None]
+Statement = tuple[str, tuple[Any, ...]]
+
+
+def describe_fault(path: Path, exc: BaseException, busy_ms: int) -> StoreError:
+    """A StoreError naming the file and the errno (or SQLite result code) of ``exc``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        what = f"{exc.strerror or exc} (errno {code})"
+    else:
+        code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        what = f"{exc} ({code})"
+        if code.startswith(("SQLITE_IOERR", "SQLITE_FULL")):
+            what += _likely_errno(path)
+        if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
+            what += (
+                f"; another process held a write transaction on it for longer than "
+                f"store.busy_timeout_ms ({busy_ms} ms)"
+            )
+    err = StoreError(
+        f"run store {str(path)!r}: a write failed: {what}; nothing was dropped: the run "
+        "stopped scheduling, and `xlib-pipeline resume RUN_ID` finishes it once the fault "
+        "is removed",
+        path=str(path),
+    )
+    err.errno_name = code  # type: ignore[attr-defined]
+    return err
+
+
+def _likely_errno(path: Path) -> str:
+    """SQLite does not pass the OS errno on: name the likely one from what can be seen."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        soft = -1
+    sizes = []
+    for suffix in ("", "-wal", "-journal"):
+        try:
+            sizes.append(os.stat(str(path) + suffix).st_size)
+        except OSError:
+            pass
+    if soft != -1 and sizes and max(sizes) + 65536 >= soft:
+        return (
+            "; errno EFBIG: the file reached this process's file-size limit "
+            f"(RLIMIT_FSIZE {soft:,} bytes)"
+        )
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return "; errno ENOSPC: no space left on the device"
+    except OSError:
+        pass
+    return "; errno EIO or another I/O error from the operating system"
+
+
+class Committer:
+    """Group commit of statements onto the connection made by ``connect`` (opened lazily)."""
+
+    def __init__(self, path: Path, connect: Callable[[], sqlite3.Connection], busy_ms: int) -> None:
+        self.path = path
+        self._connect = connect
+        self._busy_ms = busy_ms
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._pending: list[Statement] = []
+        self._then: list[Then] = []
+        self._idle = True  # the writer waits for work (nothing taken, nothing in flight)
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        #: The last failure, until a commit succeeds; commits fail fast meanwhile.
+        self.error: StoreError | None = None
+        #: Tests only: called before every write with the statements about to be written.
+        self.write_hook: Callable[[list[Statement]], None] | None = None
+
+    def add(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Queue one statement for the next commit."""
+        with self._lock:
+            self._pending.append((sql, params))
+
+    def commit(self, then: Then | None = None) -> None:
+        """Have what is queued committed as soon as the writer is idle; ``then(error)`` after.
+
+        Never waits: ``then`` runs on the writer thread (or here, at once, while the store
+        is failing).
+        """
+        with self._lock:
+            err = self.error
+            if err is None:
+                if then is not None:
+                    self._then.append(then)
+                if self._idle:
+                    self._idle = False
+                    if self._writer is None:
+                        self._start()
+                    else:
+                        self._cond.notify()
+        if err is not None and then is not None:
+            then(err)
+
+    def flush(self) -> None:
+        """Block until everything queued so far is committed; raise StoreError if it fails."""
+        done = threading.Event()
+        box: list[BaseException | None] = []
+
+        def then(err: BaseException | None) -> None:
+            box.append(err)
+            done.set()
+
+        with self._lock:
+            self.error = None  # retry now
+        self.commit(then)
+        done.wait()
+        if box[0] is not None:
+            raise box[0]
+
+    def _start(self) -> None:
+        t = threading.Thread(target=self._loop, name="xlib-store-writer", daemon=True)
+        self._writer = t
+        t.start()
+
+    def _loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._pending and not self._then:
+                    self._idle = True
+                    if self._closing:
+                        self._writer = None
+                        return
+                    cond.wait()
+                batch, self._pending = self._pending, []
+                then, self._then = self._then, []
+                if self.error is not None and batch:
+                    # Failing: keep the statements for flush() to retry, answer at once.
+                    self._pending[:0] = batch
+                    batch = []
+            err: StoreError | None = self.error
+            if batch:
+                try:
+                    self._write(batch)
+                except (sqlite3.Error, OSError) as exc:
+                    err = describe_fault(self.path, exc, self._busy_ms)
+                    err.__cause__ = exc
+                    with self._lock:
+                        self._pending[:0] = batch  # never dropped: retried by flush()
+                        self.error = err
+            for fn in then:
+                try:
+                    fn(err)
+                except BaseException:  # pragma: no cover - a callback bug must not kill us
+                    pass
+
+    def _write(self, batch: list[Statement]) -> None:
+        if self.write_hook is not None:
+            self.write_hook(batch)
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+        # Log rows (a task's terminal row, a state transition) go in one multi-row INSERT
+        # into the LOG view, whose trigger files each row into its table: one SQLite call
+        # per commit. Every SQLite call releases the GIL, and taking it back while the
+        # scheduler's lanes run can cost a switch interval (5 ms), so the number of calls
+        # per commit is what bounds the cost. Runs of other statements keep their order.
+        k = 0
+        n = len(batch)
+        try:
+            while k < n:
+                j = k
+                if batch[k][0] is LOG:
+                    while j < n and batch[j][0] is LOG:
+                        j += 1
+                    _insert_log(conn, [params for _, params in batch[k:j]])
+                else:
+                    while j < n and batch[j][0] is not LOG:
+                        j += 1
+                    for sql, params in batch[k:j]:
+                        if sql is _CALL:
+                            params[0](conn)
+                    plain = [(q, a) for q, a in batch[k:j] if q is not _CALL]
+                    if plain:
+                        with conn:
+                            conn.execute("BEGIN IMMEDIATE")
+                            for sql, params in plain:
+                                conn.execute(sql, params)
+                k = j
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.rollback()
+                except sqlite3.Error:  # pragma: no cover - connection unusable
+                    self._conn = None
+            # What was written already stays (a prefix, in order): drop it from the retry.
+            del batch[:k]
+            raise
+
+    def exclusive(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` on the writer thread, after everything queued so far."""
+        box: list[Any] = []
+        done = threading.Event()
+
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                box.append((True, fn(conn)))
+            except BaseException as exc:
+                box.append((False, exc))
+            done.set()
+
+        self.flush()
+        with self._lock:
+            self._pending.append((_CALL, (run,)))
+        self.flush()
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the connection."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closing = True
+                self._cond.notify()
+                writer = self._writer
+            if writer is not None:
+                writer.join(timeout=30)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+
+_CALL = "CALL"  # a pending item that runs a function on the writer's connection
+
+
+#: The statement of a log row: ``add(LOG, row)`` with the LOG_COLUMNS values.
+LOG = "LOG"
+LOG_COLUMNS = (
+    "kind",  # 1: a task's terminal row (tasks table); 2: a state transition (events table)
+    "run_id",
+    "task",
+    "status",
+    "attempts",
+    "started",
+    "finished",
+    "error_type",
+    "error",
+    "traceback",
+    "output",
+    "output_run",
+    "tenant",
+    "ts",
+)
+_NULL_ROW = (None,) * len(LOG_COLUMNS)
+
+#: Created on the writer connection only (TEMP objects are private to it).
+LOG_SCHEMA = f"""
+CREATE TEMP VIEW IF NOT EXISTS xlib_log AS SELECT {", ".join(f"NULL AS {c}" for c in LOG_COLUMNS)};
+CREATE TEMP TRIGGER IF NOT EXISTS xlib_log_insert INSTEAD OF INSERT ON xlib_log BEGIN
+  INSERT OR REPLACE INTO tasks (run_id, task, status, attempts, started, finished,
+      error_type, error, traceback, output, output_run, tenant)
+    SELECT NEW.run_id, NEW.task, NEW.status, NEW.attempts, NEW.started, NEW.finished,
+      NEW.error_type, NEW.error, NEW.traceback, NEW.output, NEW.output_run, NEW.tenant
+    WHERE NEW.kind = 1;
+  INSERT INTO events (run_id, task, ts, event, attempt, error_type, error)
+    SELECT NEW.run_id, NEW.task, NEW.ts, NEW.status, NEW.attempts, NEW.error_type, NEW.error
+    WHERE NEW.kind = 2;
+END;
+"""
+
+_MAX_ROWS = 1024  # x 14 columns: under SQLite's default limit of 32766 parameters
+_ONE = "(" + ", ".join("?" * len(LOG_COLUMNS)) + ")"
+_SQL = {
+    size: f"INSERT INTO xlib_log VALUES {', '.join([_ONE] * size)}"
+    for size in (1 << b for b in range(11))
+}
+
+
+def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert log rows, each statement one transaction (autocommit), padded to a power of two
+    rows so that a handful of prepared statements serve every batch size."""
+    for k in range(0, len(rows), _MAX_ROWS):
+        chunk = rows[k : k + _MAX_ROWS]
+        size = 1
+        while size < len(chunk):
+            size <<= 1
+        flat = [v for row in chunk for v in row]
+        if size > len(chunk):
+            flat.extend(_NULL_ROW * (size - len(chunk)))
+        conn.execute(_SQL[size], flat)
+
+
+class Checkpointer:
+    """Checkpoints the WAL from a daemon thread once it passes ``WAL_CHECKPOINT_BYTES``."""
+
+    WAL_CHECKPOINT_BYTES = 8 << 20
+
+    def __init__(self, store: Any) -> None:
+        self._stop = threading.Event()
+        wal = str(store.path) + "-wal"
+        self._thread = threading.Thread(
+            target=self._loop, args=(store, wal), name="xlib-store-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, store: Any, wal: str) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                if os.stat(wal).st_size >= self.WAL_CHECKPOINT_BYTES:
+                    store.checkpoint()
+            except (OSError, StoreError):
+                pass  # retried at the next tick; close() truncates the WAL
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

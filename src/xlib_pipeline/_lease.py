@@ -1,0 +1,201 @@
+"""Run leases: one run, one executor at a time.
+
+A running run holds a lease row in the store: the owner's pid, host, the process's start
+time (so a reused pid is not mistaken for the owner) and a heartbeat. A lease is *live*
+while its owner process exists (same host: the pid with the same start time) or, seen from
+another host, while its heartbeat is recent. A second run or resume of a leased run id is
+refused while the lease is live; a stale lease is taken over, and the takeover is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from typing import Any
+
+import attrs
+
+from ._commit import Committer, describe_fault
+from .exceptions import StoreError
+
+#: Seconds between heartbeats, and after which a lease of another host counts as stale.
+HEARTBEAT_S = 10.0
+STALE_S = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    proc_start TEXT,
+    acquired REAL NOT NULL,
+    heartbeat REAL NOT NULL
+);
+"""
+
+
+def proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), ``None`` when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces, so split after its ')'.
+    rest = data[data.rfind(b")") + 2 :].split()
+    return rest[19].decode() if len(rest) > 19 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """A lease row."""
+
+    run_id: str
+    holder: str
+    pid: int
+    host: str
+    proc_start: str | None
+    acquired: float
+    heartbeat: float
+
+    def live(self, now: float | None = None) -> bool:
+        """Whether the owner still runs (pid and start time here, heartbeat elsewhere)."""
+        if self.host == socket.gethostname():
+            if not _pid_alive(self.pid):
+                return False
+            if self.proc_start is not None:
+                current = proc_start(self.pid)
+                if current is not None:
+                    return current == self.proc_start
+            return True
+        return (now or time.time()) - self.heartbeat < STALE_S
+
+    def describe(self) -> str:
+        """``pid 123 on host h (run R), heartbeat 3 s ago``."""
+        ago = max(0.0, time.time() - self.heartbeat)
+        return (
+            f"pid {self.pid} on host {self.host!r} (run {self.holder}), heartbeat {ago:.0f} s ago"
+        )
+
+
+def me(holder: str) -> Lease:
+    """A lease for this process, held by run ``holder``."""
+    now = time.time()
+    pid = os.getpid()
+    return Lease(
+        run_id="",
+        holder=holder,
+        pid=pid,
+        host=socket.gethostname(),
+        proc_start=proc_start(pid),
+        acquired=now,
+        heartbeat=now,
+    )
+
+
+def from_row(row: Any) -> Lease:
+    """A Lease from a ``SELECT *`` row of the leases table."""
+    return Lease(
+        run_id=row[0],
+        holder=row[1],
+        pid=row[2],
+        host=row[3],
+        proc_start=row[4],
+        acquired=row[5],
+        heartbeat=row[6],
+    )
+
+
+class RunLeasedError(StoreError):
+    """The run is being executed by another live process (it holds the run's lease)."""
+
+
+class LeaseMixin:
+    """The lease methods of :class:`~._store.RunStore`."""
+
+    path: Any
+    busy_timeout_ms: int
+    _committer: Committer
+
+    def submit(self, sql: str, params: tuple[Any, ...]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _reading(self) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def acquire_leases(self, holder: str, run_ids: list[str]) -> list[Lease]:
+        """Lease ``run_ids`` for run ``holder`` of this process, atomically.
+
+        Raises :class:`RunLeasedError` when one is held by a live owner; returns the stale
+        leases that were taken over (recorded as ``lease.taken_over`` events).
+        """
+        mine = me(holder)
+
+        def take(conn: sqlite3.Connection) -> list[Lease]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                marks = ", ".join("?" for _ in run_ids)
+                rows = conn.execute(
+                    f"SELECT * FROM leases WHERE run_id IN ({marks})", run_ids
+                ).fetchall()
+                stale: list[Lease] = []
+                for row in rows:
+                    other = from_row(row)
+                    if other.holder != holder and other.live():
+                        raise RunLeasedError(
+                            f"run {other.run_id} is being executed right now by "
+                            f"{other.describe()}; wait for it to end (or stop it) before "
+                            "running or resuming it again",
+                            path=str(self.path),
+                        )
+                    stale.append(other)
+                now = time.time()
+                for rid in run_ids:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (rid, holder, mine.pid, mine.host, mine.proc_start, now, now),
+                    )
+                for old in stale:
+                    conn.execute(
+                        "INSERT INTO events (run_id, task, ts, event, error) VALUES (?, NULL, ?, "
+                        "'lease.taken_over', ?)",
+                        (old.run_id, now, f"stale lease of {old.describe()} taken by {holder}"),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return stale
+
+        try:
+            taken: list[Lease] = self._committer.exclusive(take)
+        except sqlite3.Error as exc:
+            raise describe_fault(self.path, exc, self.busy_timeout_ms) from exc
+        return taken
+
+    def heartbeat(self, holder: str) -> None:
+        """Refresh the heartbeat of every lease held by run ``holder``."""
+        self.submit("UPDATE leases SET heartbeat=? WHERE holder=?", (time.time(), holder))
+
+    def release_leases(self, holder: str) -> None:
+        """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
+        self._committer.add("DELETE FROM leases WHERE holder=?", (holder,))
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The lease on ``run_id``, if any."""
+        with self._reading() as c:
+            row = c.execute("SELECT * FROM leases WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else from_row(row)
