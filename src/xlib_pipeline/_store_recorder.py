@@ -217,9 +217,14 @@ class StoreRecorder(Observer):
         if beat is not None:
             beat.stop()
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        error = self._protect(err, run, None, "run_error")  # type: ignore[arg-type]
+        error = self._protect(err, run, None, "run_error")
         if self.flush:
-            self.store.run_finished(result.run_id, result.status, result.finished, error)
+            self.store.run_finished(
+                result.run_id,
+                result.status,
+                result.finished,
+                error,  # type: ignore[arg-type]  # sealed bytes go in the same column
+            )
             return
         # A stream's batch: committed with the stream's checkpoint, not flushed on its own.
         self.store.release_leases(result.run_id)
