@@ -173,9 +173,15 @@ def _connect(
             # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
+            import errno
+
+            why = (
+                "its folder is not writable"
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                else "cannot create it or its folder"
+            )
             raise StoreError(
-                f"run store {str(path)!r}: cannot create it or its folder: {exc.strerror or exc}",
-                path=str(path),
+                f"run store {str(path)!r}: {why}: {exc.strerror or exc}", path=str(path)
             ) from exc
     try:
         conn = sqlite3.connect(str(path), timeout=busy_ms / 1000, check_same_thread=False)
