@@ -369,7 +369,7 @@ class TestStorageFaults:
         script.write_text(
             textwrap.dedent(
                 f"""
-                import os, sys
+                import os, sys, time
                 from xlib_pipeline import Pipeline, PipelineManager
                 from xlib_pipeline import _commit
                 _commit.Checkpointer.WAL_CHECKPOINT_BYTES = 0  # checkpoint at every tick
@@ -379,15 +379,28 @@ class TestStorageFaults:
                     p.add_task(f"t{{k}}", lambda *u: os.urandom(50_000), depends_on=prev)
                     prev = [f"t{{k}}"]
                 pm = PipelineManager({{"store": {{"path": {str(db)!r}}}}}, entry_points=False)
-                print("ready", flush=True)
-                while True:
+                for _ in range(3):  # finished runs, written while the WAL is checkpointed
                     pm.execute_pipeline(p, parallel=False)
+                # The last run never ends by itself: the kill lands while its tasks are being
+                # written and checkpointed, whatever the machine's speed.
+                p.add_task("hold", lambda *u: time.sleep(600), depends_on=prev)
+                print("slow", flush=True)
+                pm.execute_pipeline(p, parallel=False)
                 """
             )
         )
         proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(2.5)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "slow"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # kill once the last run has written some tasks
+            with sqlite3.connect(db) as c:
+                row = c.execute(
+                    "SELECT COUNT(*) FROM tasks WHERE run_id IN "
+                    "(SELECT run_id FROM runs WHERE status = 'running')"
+                ).fetchone()
+            if row and row[0] >= 20:
+                break
+            time.sleep(0.01)
         proc.kill()
         proc.wait(timeout=30)
         with sqlite3.connect(db) as c:
