@@ -104,7 +104,7 @@ def default_key(*, create: bool) -> bytes | None:
 def refuse_unkeyed_trail(path: Path) -> None:
     """Refuse to key an existing trail that was written without a key (by name, with the
     two ways out), instead of the writer's generic 'configured for hmac-sha256' error."""
-    from ._trail import head_path, read_head
+    from ._head import head_path, read_head
 
     try:
         head = read_head(head_path(path))

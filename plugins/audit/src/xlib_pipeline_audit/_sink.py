@@ -105,19 +105,23 @@ class WriteThroughSink:
         trail = self.trail
         with trail._lock:
             if trail._sink is not self:
-                return trail._sink.append_locked(fields)
-            return self.append_locked(fields)
+                seq: int | None = trail._sink.append_locked(fields)
+                return seq
+            mine: int | None = self.append_locked(fields)
+            return mine
 
     def append_locked(self, fields: dict[str, Any]) -> int | None:
         trail = self.trail
         if os.fstat(trail._fd_or_fail()).st_size != trail._size:
             switch_to_flock(trail)
-            return trail._sink.append_locked(fields)
+            seq: int | None = trail._sink.append_locked(fields)
+            return seq
         item = trail._chain(fields)
         if item is None:
             return None
         trail._write_records([item])
-        return item[2]
+        written: int | None = item[2]
+        return written
 
     def flush(self) -> None:
         with self.trail._lock:

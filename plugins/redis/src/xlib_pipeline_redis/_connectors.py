@@ -135,7 +135,7 @@ class RedisStreamSource(BaseSource):
         entries: list[tuple[str, dict[str, str]]] = []
         try:
             if self._own_pending:  # delivered to us before a restart, never acknowledged
-                got = self.client.xreadgroup(
+                got: Any = self.client.xreadgroup(
                     self.group, self.consumer, {self.stream: "0"}, count=max_records
                 )
                 entries = got[0][1] if got else []
@@ -263,7 +263,7 @@ class RedisStreamSink(BaseSink):
                     f"sink {self.url}: batch {checkpoint.seq}: an output record must be a "
                     f"non-empty dict (a Redis entry's field map), got {rec!r:.80}"
                 )
-            fields = {str(k): _field(v) for k, v in rec.items()}
+            fields: dict[Any, Any] = {str(k): _field(v) for k, v in rec.items()}
             if self.maxlen is not None:
                 pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
             else:
