@@ -335,3 +335,39 @@ def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
     assert [b["seq"] for b in shown["last_batches"]] == [3, 2, 1]
     assert main(["stream", str(tmp_path / "pipe.py"), "--source", "nope:x", "--store",
                  str(store)]) == 2  # fmt: skip
+
+
+def test_a_batch_is_committed_with_its_checkpoint_in_one_write(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    """A batch's run rows and its checkpoint reach the store in one writer commit: no
+    commit per task, no separate lease round trip, no second connection."""
+    src = tmp_path / "in.jsonl"
+    rows = write_jsonl(src, 60)
+    store = pm.store
+    assert store is not None
+    writes: list[list[Any]] = []
+    store.write_hook = lambda batch: writes.append(list(batch))
+    try:
+        stream = pm.stream(
+            screening(),
+            source=JsonLinesSource(str(src)),
+            sink=JsonLinesSink(str(tmp_path / "out.jsonl")),
+            batch_size=10,
+        )
+    finally:
+        store.write_hook = None
+    assert stream.batches == 6
+    assert read_jsonl(tmp_path / "out.jsonl") == expected(rows)
+    # Each writer commit holding a checkpoint also holds that batch's run rows.
+    per_batch = [w for w in writes if any("stream_batches" in str(sql) for sql, _ in w)]
+    assert len(per_batch) == 6
+    for w in per_batch:
+        sqls = [str(sql) for sql, _ in w]
+        assert any(s.startswith("UPDATE runs") for s in sqls)
+        assert any("INTO leases" in s for s in sqls) or any("DELETE FROM leases" in s for s in sqls)
+    # ... and nothing else is written per batch (the stream's own start and end aside).
+    assert len(writes) <= 6 + 2
+    runs = store.list_runs(pipeline="screening")
+    assert len(runs) == 6 and {r.status for r in runs} == {"succeeded"}
+    assert all(store.lease(r.run_id) is None for r in runs)  # every batch's lease released

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -186,12 +187,39 @@ class LeaseMixin:
             raise describe_fault(self.path, exc, self.busy_timeout_ms) from exc
         return taken
 
+    def claim_new(self, holder: str) -> None:
+        """Queue the lease of a run id that was just minted (no other process can know it,
+        so there is nothing to check): committed with the run's first rows, no round trip."""
+        mine = me(holder)
+        self._committer.add(
+            "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (holder, holder, mine.pid, mine.host, mine.proc_start, mine.acquired, mine.acquired),
+        )
+
     def heartbeat(self, holder: str) -> None:
         """Refresh the heartbeat of every lease held by run ``holder``."""
         self.submit("UPDATE leases SET heartbeat=? WHERE holder=?", (time.time(), holder))
 
+    def keep_alive(self, holder: str) -> None:
+        """Refresh ``holder``'s leases every HEARTBEAT_S seconds until :meth:`let_go`.
+
+        One daemon thread per store beats for every run it holds (a run costs a set
+        insertion, not a thread of its own).
+        """
+        beats = self.__dict__.get("_beats")
+        if beats is None:
+            beats = self.__dict__.setdefault("_beats", _Heartbeats(self))
+        beats.add(holder)
+
+    def let_go(self, holder: str) -> None:
+        """Stop refreshing ``holder``'s leases (their release is queued separately)."""
+        beats = self.__dict__.get("_beats")
+        if beats is not None:
+            beats.discard(holder)
+
     def release_leases(self, holder: str) -> None:
         """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
+        self.let_go(holder)
         self._committer.add("DELETE FROM leases WHERE holder=?", (holder,))
 
     def lease(self, run_id: str) -> Lease | None:
@@ -199,3 +227,41 @@ class LeaseMixin:
         with self._reading() as c:
             row = c.execute("SELECT * FROM leases WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else from_row(row)
+
+
+class _Heartbeats:
+    """The heartbeat thread of one store: refreshes the leases of every run it holds."""
+
+    def __init__(self, store: LeaseMixin) -> None:
+        self._store = store
+        self._holders: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, holder: str) -> None:
+        with self._lock:
+            self._holders.add(holder)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="xlib-lease", daemon=True)
+                self._thread.start()
+
+    def discard(self, holder: str) -> None:
+        with self._lock:
+            self._holders.discard(holder)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self._lock:
+                holders = sorted(self._holders)
+                if not holders:
+                    self._thread = None
+                    return
+            try:
+                marks = ", ".join("?" for _ in holders)
+                self._store.submit(
+                    f"UPDATE leases SET heartbeat=? WHERE holder IN ({marks})",
+                    (time.time(), *holders),
+                )
+            except Exception:  # pragma: no cover - a store fault is reported by the run
+                pass

@@ -450,6 +450,7 @@ class PipelineManager(ManagerResources):
     ) -> PipelineResult:
         store: RunStore | None = None
         obs: list[Observer] = []
+        batch = False
         preloaded: Mapping[int, tuple[Status, Any]] | None = None
         try:
             chosen = hooks.select_executor(run=ctx)
@@ -463,6 +464,9 @@ class PipelineManager(ManagerResources):
                 _, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
             if given:
                 preloaded = {**(preloaded or {}), **given}
+            # A stream's batch commits with its checkpoint (one wait per batch), not task by
+            # task: a crash re-runs the whole batch from the last checkpoint anyway.
+            batch = given is not None and BATCH_INPUT in ctx.params
             if store is not None:
                 recorder = StoreRecorder(
                     store,
@@ -470,9 +474,7 @@ class PipelineManager(ManagerResources):
                     record_outputs=self._record_outputs(),
                     carried=carried,
                     source=source,
-                    # A stream's batch commits with its checkpoint (the stream flushes the
-                    # store first), not on its own.
-                    flush=given is None or BATCH_INPUT not in ctx.params,
+                    flush=not batch,
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)
@@ -513,8 +515,8 @@ class PipelineManager(ManagerResources):
             observers=obs,
             preloaded=preloaded,
             grace=self.config.get("cancel_grace_seconds", 10.0),
-            commit=store.commit if store is not None else None,
-            flush=store.flush if store is not None else None,
+            commit=store.commit if store is not None and not batch else None,
+            flush=store.flush if store is not None and not batch else None,
         )
         if mon is not None:
             mon.start(run)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import getpass
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ._graph import Plan
-from ._lease import HEARTBEAT_S
 from ._outcomes import Observer
 from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
 from ._results import PipelineResult
@@ -83,7 +81,12 @@ class StoreRecorder(Observer):
         Raises :class:`RunLeasedError` while another live process executes either run.
         """
         ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
-        taken = self.store.acquire_leases(ctx.run_id, ids)
+        if not self.flush and not ctx.resumed_from:
+            # A stream's batch: a run id minted just now, committed with its checkpoint.
+            self.store.claim_new(ctx.run_id)
+            taken = []
+        else:
+            taken = self.store.acquire_leases(ctx.run_id, ids)
         if taken:
             ctx.stash[LEASE_TAKEOVERS] = [
                 {"run_id": t.run_id, "pid": t.pid, "host": t.host, "holder": t.holder}
@@ -117,7 +120,7 @@ class StoreRecorder(Observer):
             except BaseException:
                 self.store.release_leases(ctx.run_id)
                 raise
-        self._beat = _Heartbeat(self.store, ctx.run_id)
+        self.store.keep_alive(ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
@@ -213,9 +216,7 @@ class StoreRecorder(Observer):
         for i, st in enumerate(run.cols.status):
             if i not in self.recorded and st is not None:
                 self.task_finished(run, i)
-        beat = getattr(self, "_beat", None)
-        if beat is not None:
-            beat.stop()
+        self.store.let_go(result.run_id)
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
         error = self._protect(err, run, None, "run_error")
         if self.flush:
@@ -228,7 +229,7 @@ class StoreRecorder(Observer):
             return
         # A stream's batch: committed with the stream's checkpoint, not flushed on its own.
         self.store.release_leases(result.run_id)
-        self.store.submit(
+        self.store.add(
             "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
             (result.status, result.finished, error, result.run_id),
         )
@@ -237,29 +238,6 @@ class StoreRecorder(Observer):
 
 #: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
 MAX_BLOB = 1_000_000_000 - 4096
-
-
-class _Heartbeat:
-    """Refreshes the run's lease every few seconds from a daemon thread."""
-
-    def __init__(self, store: RunStore, run_id: str) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, args=(store, run_id), name="xlib-lease", daemon=True
-        )
-        self._thread.start()
-
-    def _loop(self, store: RunStore, run_id: str) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                if store.lease(run_id) is None:
-                    return  # released (the run ended, or was refused after it started)
-                store.heartbeat(run_id)
-            except Exception:  # a store fault is reported by the run itself
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:

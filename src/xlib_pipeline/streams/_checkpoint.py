@@ -127,8 +127,13 @@ _COLS = (
 class CheckpointStore:
     """Checkpoint tables of one run store file (its own connection; thread-safe)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "normal") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "normal", writer: Any = None
+    ) -> None:
         self.path = Path(path)
+        #: The run store whose group committer writes batch checkpoints (after the batch
+        #: run's own rows, in order, with one wait); ``None``: this connection does.
+        self._writer = writer
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 30000")
@@ -153,6 +158,13 @@ class CheckpointStore:
                     f"run store {str(self.path)!r}: a checkpoint write failed: {exc}",
                     path=str(self.path),
                 ) from exc
+
+    def _through_writer(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Queue ``statements`` behind everything the run store has queued (the batch run's
+        rows) and wait once for the commit: one transaction for them, no second writer."""
+        for sql, params in statements:
+            self._writer.add(sql, params)
+        self._writer.flush()
 
     def load(self, name: str) -> StreamRecord | None:
         """The stream ``name``, or ``None`` when it never ran on this store."""
@@ -237,7 +249,7 @@ class CheckpointStore:
         window state, in one transaction."""
         now = time.time()
         pos = _j(checkpoint.position)
-        self._tx(
+        (self._tx if self._writer is None else self._through_writer)(
             [
                 (
                     "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "

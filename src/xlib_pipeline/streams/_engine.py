@@ -150,7 +150,7 @@ class Stream(StreamPayloads):
                 "{'store': {'path': 'runs.sqlite'}} (or store: true for the default file)",
                 key="store",
             )
-        self._ckpt = CheckpointStore(store.path, synchronous=store._sync)
+        self._ckpt = CheckpointStore(store.path, synchronous=store._sync, writer=store)
         self.started = time.time()
         self.status = "running"
         try:
@@ -451,9 +451,8 @@ class Stream(StreamPayloads):
             )
         self.lag = self.source.lag()
         assert self._ckpt is not None
-        store = self.pm.store
-        if store is not None:  # the batch's run rows first: the checkpoint names the run
-            store.flush()
+        # The batch run's rows were queued on the store's writer; the checkpoint is queued
+        # behind them and committed with them (it names the run), with one wait.
         self._ckpt.commit(
             self.name,
             checkpoint=nxt,
