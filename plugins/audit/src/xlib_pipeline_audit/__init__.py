@@ -13,7 +13,8 @@ from ._recorder import AUDIT_RUN, AuditRun, Recorder
 from ._registry import open_trail
 from ._settings import AuditSettings
 from ._trail import AuditTrail, AuditTrailError
-from ._verify import VerifyReport, read, verify
+from ._segments import SeriesReport
+from ._verify import VerifyReport, read, verify, verify_series
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "AuditTrail",
     "AuditTrailError",
     "Recorder",
+    "SeriesReport",
     "VerifyReport",
     "__version__",
     "canonical",
@@ -35,4 +37,5 @@ __all__ = [
     "read",
     "record_hash",
     "verify",
+    "verify_series",
 ]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._verify import read, verify
+from ._verify import is_series, read, verify, verify_series
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify(args.path, _key(args), head=args.head)
+    report: Any
+    if args.head is None and is_series(args.path):  # a rotated trail: the whole series
+        report = verify_series(args.path, _key(args))
+    else:
+        report = verify(args.path, _key(args), head=args.head)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:

@@ -76,7 +76,7 @@ class AuditPlugin:
                 convert=convert_section,
                 doc="Audit trail settings: true, or {path, fsync: always|batch|never, "
                 "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, "
-                "actor, digests, multiprocess, processors, destinations}.",
+                "actor, digests, multiprocess, max_bytes, rotate, processors, destinations}.",
             ),
             *(
                 ConfigKey(name=k, convert=functools.partial(flag, k), doc=flag_doc)
@@ -196,6 +196,8 @@ class AuditPlugin:
                 write_through=s.write_through,
                 key=self.key,
                 multiprocess=s.multiprocess,
+                max_bytes=s.max_bytes,
+                rotate=s.rotate,
                 processors=self._processors,
                 destinations=self._destinations,
             )

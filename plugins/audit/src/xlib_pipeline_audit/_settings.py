@@ -32,6 +32,8 @@ SECTION_KEYS = (
     "actor",
     "digests",
     "multiprocess",
+    "max_bytes",
+    "rotate",
     "processors",
     "destinations",
 )
@@ -58,6 +60,10 @@ class AuditSettings:
     actor: str | None = None
     digests: bool = False
     multiprocess: bool = False
+    #: Rotation: a new segment once the active file holds this many bytes (None: never).
+    max_bytes: int | None = None
+    #: Rotation by time: ``never``, ``hourly`` or ``daily`` (UTC).
+    rotate: str = "never"
     write_through: bool = False
     processors: tuple[Any, ...] = ()
     destinations: tuple[Any, ...] = ()
@@ -132,10 +138,35 @@ def convert_section(value: Any) -> AuditSettings:
         digests=flag("audit.digests", value.get("digests", False)),
         multiprocess=flag("audit.multiprocess", value.get("multiprocess", False)),
         write_through=flag("audit.write_through", value.get("write_through", False)),
+        max_bytes=_max_bytes(value.get("max_bytes")),
+        rotate=_rotate(value.get("rotate", "never")),
         processors=_callables("processors", value.get("processors")),
         destinations=_callables("destinations", value.get("destinations")),
         keyed=_keyed(value),
     )
+
+
+def _max_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 4096 <= value <= 1 << 50:
+        raise ValueError(
+            f"audit.max_bytes must be an integer number of bytes of at least 4096 (a segment "
+            f"holds at least a few records), got {value!r}"
+        )
+    return value
+
+
+def _rotate(value: Any) -> str:
+    from ._segments import ROTATE_POLICIES
+
+    if value not in ROTATE_POLICIES:
+        close = difflib.get_close_matches(str(value), ROTATE_POLICIES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"audit.rotate must be one of {list(ROTATE_POLICIES)}, got {value!r}{hint}"
+        )
+    return str(value)
 
 
 def _keyed(value: Mapping[str, Any]) -> bool:

@@ -21,6 +21,7 @@ import queue
 from typing import TYPE_CHECKING, Any
 
 from ._canonical import GENESIS, record_hash, split_line
+from ._segments import lock_current
 from ._tail import drop_torn_tail, last_line
 
 if TYPE_CHECKING:
@@ -146,8 +147,7 @@ class FlockSink:
 
     def append_locked(self, fields: dict[str, Any]) -> int | None:
         trail = self.trail
-        fd = trail._fd_or_fail()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = lock_current(trail)  # another process may have rotated the trail meanwhile
         try:
             if os.fstat(fd).st_size != trail._size or trail._size < 0:
                 reload_tail(trail)
@@ -155,7 +155,8 @@ class FlockSink:
             if item is None:
                 return None
             trail._write_records([item])
-            return item[2]
+            seq: int | None = item[2]
+            return seq
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 

@@ -77,6 +77,19 @@ def scan(data: bytes, key: bytes | None, *, mark: frozenset[int] = frozenset()) 
     pos = 0
     lines = data.split(b"\n")
     complete = lines[:-1]
+    if complete and b'"audit.segment_started"' in complete[0]:
+        # A rotated trail's segment continues the chain of the one before it: its first
+        # record says where (the series check verifies that the link is true).
+        try:
+            first, _, _ = split_line(complete[0].decode("utf-8"))
+            if first.get("action") == "audit.segment_started" and isinstance(
+                first.get("seq"), int
+            ):
+                expected = first["seq"]
+                last_seq = expected - 1
+                last_hash = str(first.get("prev"))
+        except (UnicodeDecodeError, ValueError):
+            pass  # reported as a bad first line below
 
     def bad(lineno: int, reason: str) -> Scan:
         return Scan(

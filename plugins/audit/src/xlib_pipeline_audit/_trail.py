@@ -32,6 +32,7 @@ import structlog
 
 from xlib_pipeline.exceptions import StoreError
 
+from . import _segments
 from ._canonical import (
     ALG_HMAC,
     ALG_SHA256,
@@ -92,7 +93,11 @@ class AuditTrail:
         write_through: bool = False,
         processors: Iterable[Processor] = (),
         destinations: Iterable[Destination] = (),
+        max_bytes: int | None = None,
+        rotate: str = "never",
     ) -> None:
+        if rotate not in _segments.ROTATE_POLICIES:
+            raise ValueError(f"rotate must be one of {list(_segments.ROTATE_POLICIES)}, got {rotate!r}")
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {list(FSYNC_POLICIES)}, got {fsync!r}")
         self.path = Path(path)
@@ -101,6 +106,11 @@ class AuditTrail:
         self.batch_size = int(batch_size)
         self.batch_interval = batch_interval_ms / 1000.0
         self._key = key
+        #: Rotation: close the active segment at the first sync once it holds ``max_bytes``,
+        #: or once the UTC hour/day it started in is over (see :mod:`._segments`).
+        self.max_bytes = max_bytes
+        self.rotate = rotate
+        self._segment_period: int | None = None
         self.multiprocess = bool(multiprocess)
         self.write_through = bool(write_through) or fsync == "always"
         self._processors: list[Processor] = list(processors)
@@ -147,6 +157,8 @@ class AuditTrail:
             "batch_interval_ms": round(self.batch_interval * 1000),
             "write_through": self.write_through,
             "key": self._key,
+            "max_bytes": self.max_bytes,
+            "rotate": self.rotate,
         }
 
     def _check_same(self, settings: dict[str, Any]) -> None:
@@ -238,7 +250,21 @@ class AuditTrail:
         want = (
             frozenset([head["seq"]]) if head and isinstance(head.get("seq"), int) else frozenset()
         )
-        found = scan(read_all(fd, size), self._key, mark=want)
+        data = read_all(fd, size)
+        found = scan(data, self._key, mark=want)
+        started = _segments.first_record_time(data)
+        self._segment_period = _segments.period_of(
+            self.rotate, time.time() if started is None else started
+        )
+        if (
+            found.ok
+            and found.records == 0
+            and head is not None
+            and isinstance(head.get("seq"), int)
+            and head["seq"] > 0
+            and _segments.finish_interrupted(self, head)
+        ):
+            return  # a rotation cut short by a crash, finished now
         if not found.ok:
             raise self._fail(f"line {found.line} (seq {found.seq}): {found.reason}")
         self._seq, self._prev, self._size = found.last_seq, found.last_hash, size
@@ -388,6 +414,8 @@ class AuditTrail:
         seq, last = self._written
         if seq != self._head_seq:
             self._write_head(seq, last, self._size)
+        if (self.max_bytes is not None or self.rotate != "never") and _segments.due(self):
+            _segments.rotate(self)
 
     def _write_head(self, seq: int, last_hash: str, size: int) -> None:
         with self._head_lock:
@@ -418,14 +446,14 @@ class AuditTrail:
         if not isinstance(self._sink, FlockSink) or self._fd is None:
             yield
             return
-        fd = self._fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _segments.lock_current(self)
         try:
-            if os.fstat(fd).st_size != self._size:
+            if os.fstat(self._fd_or_fail()).st_size != self._size:
                 reload_tail(self)
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._fd is not None:  # the current file (a rotation may have replaced it)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _start_flusher(self) -> None:
         self._flusher = start_flusher(self)
@@ -471,6 +499,7 @@ class AuditTrail:
                 with self._flocked():
                     self._sync_locked()
             finally:
+                fd = self._fd if self._fd is not None else fd  # a rotation replaces it
                 self._fd = None
                 self.closed = True
                 os.close(fd)

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from . import _segments
 from ._canonical import ALG_HMAC, ALG_SHA256, GENESIS
 from ._head import check_head, check_signature, head_path, read_head
 from ._tail import Scan, scan
@@ -167,6 +168,28 @@ def verify(
     return report(found, ok=True, head_seq=hseq_int, unanchored=found.last_seq - (hseq_int or 0))
 
 
+def verify_series(
+    path: str | os.PathLike[str], key: bytes | str | None = None
+) -> _segments.SeriesReport:
+    """Verify a rotated trail: every closed segment (``audit.000001.jsonl``, ...), the
+    active file ``path``, and that each segment continues the chain where the one before
+    it ends. A missing segment (first, middle or last) is named."""
+    return _segments.verify_series(Path(path), key, verify)
+
+
+def is_series(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the active file of a rotated trail (closed segments beside it,
+    or its first record continues one)."""
+    p = Path(path)
+    if _segments.segments(p):
+        return True
+    try:
+        with open(p, "rb") as fh:
+            return _segments.SEGMENT_ACTION.encode() in fh.readline()
+    except FileNotFoundError:
+        return False
+
+
 def _parse_time(value: str | datetime | None) -> datetime | None:
     dt = value if value is None or isinstance(value, datetime) else datetime.fromisoformat(value)
     if dt is not None and dt.tzinfo is None:
@@ -187,38 +210,48 @@ def read(
 ) -> Iterator[dict[str, Any]]:
     """Yield the records of a trail matching every filter given (no verification).
 
+    A rotated trail is read whole: its closed segments oldest first, then ``path``.
+
     ``run`` matches a run-id prefix; ``task`` matches the task or the called function;
     ``action`` matches exactly or as a prefix ending in a dot (``"task."``); ``since`` and
     ``until`` are ISO-8601 times (naive means UTC), inclusive.
     """
     lo, hi = _parse_time(since), _parse_time(until)
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break  # torn last line
+    files = [p for _, p in _segments.segments(Path(path))] + [Path(path)]
+    for raw in _lines(files):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if run is not None and not str(rec.get("run_id") or "").startswith(run):
+            continue
+        if task is not None and task not in (rec.get("task"), rec.get("function")):
+            continue
+        if tenant is not None and rec.get("tenant") != tenant:
+            continue
+        if outcome is not None and rec.get("outcome") != outcome:
+            continue
+        if action is not None:
+            act = str(rec.get("action") or "")
+            if not (act == action or (action.endswith(".") and act.startswith(action))):
+                continue
+        if lo is not None or hi is not None:
             try:
-                rec = json.loads(raw)
-            except ValueError:
+                ts = _parse_time(rec.get("ts"))
+            except (TypeError, ValueError):
                 continue
-            if not isinstance(rec, dict):
+            if ts is None or (lo is not None and ts < lo) or (hi is not None and ts > hi):
                 continue
-            if run is not None and not str(rec.get("run_id") or "").startswith(run):
-                continue
-            if task is not None and task not in (rec.get("task"), rec.get("function")):
-                continue
-            if tenant is not None and rec.get("tenant") != tenant:
-                continue
-            if outcome is not None and rec.get("outcome") != outcome:
-                continue
-            if action is not None:
-                act = str(rec.get("action") or "")
-                if not (act == action or (action.endswith(".") and act.startswith(action))):
-                    continue
-            if lo is not None or hi is not None:
-                try:
-                    ts = _parse_time(rec.get("ts"))
-                except (TypeError, ValueError):
-                    continue
-                if ts is None or (lo is not None and ts < lo) or (hi is not None and ts > hi):
-                    continue
-            yield rec
+        yield rec
+
+
+def _lines(files: list[Path]) -> Iterator[bytes]:
+    """Every complete line of ``files``, in order (a torn last line of a file is skipped)."""
+    for p in files:
+        with open(p, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                yield raw
