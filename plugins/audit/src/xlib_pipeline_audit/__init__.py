@@ -11,9 +11,9 @@ from ._head import head_path
 from ._plugin import AuditPlugin
 from ._recorder import AUDIT_RUN, AuditRun, Recorder
 from ._registry import open_trail
+from ._segments import SeriesReport
 from ._settings import AuditSettings
 from ._trail import AuditTrail, AuditTrailError
-from ._segments import SeriesReport
 from ._verify import VerifyReport, read, verify, verify_series
 
 __version__ = "0.1.0"

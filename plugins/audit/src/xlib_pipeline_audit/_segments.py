@@ -117,7 +117,8 @@ def start(
 ) -> None:
     """Open a new active file (or use ``fd``, an empty one) and write its
     ``audit.segment_started`` record (lock held)."""
-    new_fd = fd if fd is not None else os.open(trail.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+    new_fd = fd if fd is not None else os.open(trail.path, flags, 0o600)
     if trail._sink.name == "flock" and fd is None:
         # Hold the new file before letting go of the old one: another process that sees the
         # rename waits for us to write the segment record first.

@@ -82,9 +82,7 @@ def scan(data: bytes, key: bytes | None, *, mark: frozenset[int] = frozenset()) 
         # record says where (the series check verifies that the link is true).
         try:
             first, _, _ = split_line(complete[0].decode("utf-8"))
-            if first.get("action") == "audit.segment_started" and isinstance(
-                first.get("seq"), int
-            ):
+            if first.get("action") == "audit.segment_started" and isinstance(first.get("seq"), int):
                 expected = first["seq"]
                 last_seq = expected - 1
                 last_hash = str(first.get("prev"))

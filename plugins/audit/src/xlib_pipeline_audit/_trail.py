@@ -97,7 +97,8 @@ class AuditTrail:
         rotate: str = "never",
     ) -> None:
         if rotate not in _segments.ROTATE_POLICIES:
-            raise ValueError(f"rotate must be one of {list(_segments.ROTATE_POLICIES)}, got {rotate!r}")
+            known = list(_segments.ROTATE_POLICIES)
+            raise ValueError(f"rotate must be one of {known}, got {rotate!r}")
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {list(FSYNC_POLICIES)}, got {fsync!r}")
         self.path = Path(path)
