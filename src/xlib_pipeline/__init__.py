@@ -25,6 +25,8 @@ from ._config import (
     seconds,
 )
 from ._executors import call_with_timeout, remote_traceback
+from ._fallback import FallbackValue
+from ._featured import FALLBACKS, FallbackUsed
 from ._graph import Plan, plan
 from ._manager import PipelineManager
 from ._records import (
@@ -61,18 +63,22 @@ from .exceptions import (
     ComplianceError,
     ConditionError,
     ConfigError,
+    ContractError,
     CycleError,
     DefinitionError,
     DuplicateTaskError,
     EmptyPipelineError,
+    FallbackError,
     GraphError,
     LazyResultError,
+    MissingExtraError,
     MissingPluginConfigError,
     MissingPluginError,
     PipelineError,
     PluginError,
     PluginLoadError,
     RemoteError,
+    ResourceError,
     ResourceLimitExceeded,
     ResumeError,
     RunCancelledError,
@@ -95,6 +101,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLASSIFICATION",
+    "FALLBACKS",
+    "ContractError",
+    "FallbackError",
+    "FallbackUsed",
+    "FallbackValue",
+    "MissingExtraError",
+    "ResourceError",
     "ENCRYPTED_MAGIC",
     "LEASE_TAKEOVERS",
     "ArityError",

@@ -64,6 +64,24 @@ class CorePlugin:
                 "allowed_lateness); see docs/streams.md.",
             ),
             TaskOption(
+                name="fallback",
+                doc="What stands in when the task fails for good: a value (FallbackValue(...) "
+                "for a string or None), a callable receiving the exception (and the inputs), "
+                "or the name of another task, which then runs only as the fallback. "
+                "See docs/fallbacks.md.",
+            ),
+            TaskOption(
+                name="contract",
+                doc="Validate the output before dependents, the store or classification see "
+                "it: a pydantic model (or list[Model], or {field: type}), a pandera schema, "
+                "or a callable returning bool. See docs/contracts.md.",
+            ),
+            TaskOption(
+                name="input_contract",
+                doc="Validate the inputs before the task runs: one contract (one upstream) or "
+                "{upstream name: contract}. See docs/contracts.md.",
+            ),
+            TaskOption(
                 name="tenant_id",
                 convert=_tenant,
                 doc="The tenant a task runs for (audit, encryption keys, isolation).",

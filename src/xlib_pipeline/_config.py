@@ -24,7 +24,7 @@ from ._records import ConfigKey
 from .exceptions import ConfigError, MissingPluginConfigError
 
 EXECUTION_STRATEGIES = ("intelligent", "fifo")
-FAILURE_POLICIES = ("continue", "stop")
+FAILURE_POLICIES = ("continue", "stop", "fallback_only")
 
 
 def data_dir() -> Path:
@@ -227,7 +227,10 @@ CORE_KEYS = (
         convert=one_of(*FAILURE_POLICIES),
         default="continue",
         doc="'continue' runs every task not downstream of a failure; 'stop' starts nothing "
-        "new after the first failure (those tasks end cancelled).",
+        "new after the first failure, even one a fallback= absorbed (those tasks end "
+        "cancelled); 'fallback_only' lets only fallbacks absorb failures: a task without a "
+        "fallback that fails stops the run as 'stop' does, a task whose fallback stood in "
+        "does not.",
     ),
     ConfigKey(
         name="actor", convert=str, doc="Who runs pipelines (audit records); default: OS user."

@@ -271,6 +271,17 @@ class Hooks:
                 {"action": action, "details": details, "principal": principal},
             )
 
+    def may_show_values(
+        self, *, task: Task, run: RunContext, value: Any, source: str | None = None
+    ) -> bool:
+        """Whether an error message may quote ``value`` (``True`` when no plugin answers)."""
+        if not self.has["may_show_values"]:
+            return True
+        found = self._invoke(
+            "may_show_values", {"task": task, "run": run, "value": value, "source": source}
+        )
+        return found is not False
+
     def redact(self, *, text: str, tenant: str | None = None) -> str:
         """``text`` with sensitive values removed (unchanged when no plugin redacts)."""
         if not self.has["redact"] or not text:

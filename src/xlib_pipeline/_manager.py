@@ -13,6 +13,7 @@ import attrs
 from ._builtin import CorePlugin
 from ._config import Config, validate
 from ._events import get_logger
+from ._featured import FeaturedRun, Features, compile_features
 from ._graph import Plan, plan, suggest
 from ._monitor import Monitor
 from ._outcomes import Columns, Observer, lane_count, new_run_id
@@ -111,6 +112,10 @@ class PipelineManager(ManagerResources):
         self._executors: dict[str, Executor] = {}
         self._exec_lock = threading.RLock()
         self._checked: weakref.WeakKeyDictionary[Plan, tuple[Task, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: Per plan: the features its tasks use (None: the plain scheduler runs it).
+        self._features: weakref.WeakKeyDictionary[Plan, Features | None] = (
             weakref.WeakKeyDictionary()
         )
         self._closed = False
@@ -255,6 +260,7 @@ class PipelineManager(ManagerResources):
         ordered = self._checked.get(p)
         if ordered is None:
             self._check_options(p)
+            self._features[p] = compile_features(p, self.config)
             ordered = tuple(p.tasks[i] for i in p.order)
             self._checked[p] = ordered
         return p, ordered
@@ -503,9 +509,10 @@ class PipelineManager(ManagerResources):
         if monitor:
             mon = Monitor()
             obs.append(mon)
-        run = Run(
+        features = self._features.get(p)
+        run = (FeaturedRun if features is not None else Run)(
+            **({"features": features} if features is not None else {"plan": p}),
             ctx=ctx,
-            plan=p,
             hooks=hooks,
             executor_for=self.executor,
             lanes=lanes,

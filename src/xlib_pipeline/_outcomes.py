@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._scheduler import Run
 
 
+_WITH_OUTPUT = (Status.SUCCEEDED, Status.CACHED, Status.FALLBACK)
+
+
 def new_run_id() -> str:
     """A time-ordered UUID (version 7 layout): sortable run ids, unique across machines."""
     ms = int(time.time() * 1000)
@@ -161,10 +164,10 @@ def build_result(
         )
     sinks = plan.sinks
     if len(sinks) == 1:
-        final = cols.outputs[sinks[0]] if st[sinks[0]] is Status.SUCCEEDED else None
+        final = cols.outputs[sinks[0]] if st[sinks[0]] in _WITH_OUTPUT else None
     else:
         final = {
-            plan.names[s]: (cols.outputs[s] if st[s] is Status.SUCCEEDED else None) for s in sinks
+            plan.names[s]: (cols.outputs[s] if st[s] in _WITH_OUTPUT else None) for s in sinks
         }
     result = PipelineResult(
         pipeline=plan.pipeline_name,

@@ -41,7 +41,12 @@ def check_tenant_id(value: Any, *, what: str = "tenant_id") -> str:
 
 
 class Status(enum.StrEnum):
-    """A task's state. ``pending`` and ``running`` are transient; the rest are terminal."""
+    """A task's state. ``pending`` and ``running`` are transient; the rest are terminal.
+
+    ``cached`` (the output came from the result cache, the function did not run) and
+    ``fallback`` (the task failed for good and its ``fallback=`` supplied the output) carry
+    an output like ``succeeded``: dependents run with it (see :attr:`has_output`).
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -50,6 +55,16 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"
     UPSTREAM_FAILED = "upstream_failed"
     CANCELLED = "cancelled"
+    CACHED = "cached"
+    FALLBACK = "fallback"
+
+    @property
+    def has_output(self) -> bool:
+        """Whether a task in this state has an output its dependents receive."""
+        return self in _WITH_OUTPUT
+
+
+_WITH_OUTPUT = frozenset({Status.SUCCEEDED, Status.CACHED, Status.FALLBACK})
 
 
 def utc(ts: float | None) -> datetime | None:

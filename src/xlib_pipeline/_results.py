@@ -9,6 +9,8 @@ from typing import Any
 import attrs
 
 from ._records import Status, utc
+
+_WITH_OUTPUT = (Status.SUCCEEDED, Status.CACHED, Status.FALLBACK)
 from .exceptions import TaskFailedError
 
 
@@ -16,9 +18,11 @@ from .exceptions import TaskFailedError
 class TaskResult:
     """How a task ended in a run.
 
-    ``status`` is one of succeeded, failed, skipped, upstream_failed, cancelled; ``output``
-    is the function's return value when it succeeded; ``error`` the exception when it failed;
-    ``attempts`` counts calls of the function (0 when it never ran).
+    ``status`` is one of succeeded, cached, fallback, failed, skipped, upstream_failed,
+    cancelled; ``output`` is the function's return value when it succeeded (the cached
+    output when ``cached``, the fallback's output when ``fallback``); ``error`` the exception
+    when it failed (for ``fallback``: the failure the fallback replaced); ``attempts``
+    counts calls of the function (0 when it never ran).
     """
 
     name: str
@@ -49,8 +53,8 @@ class TaskResult:
 
     @property
     def succeeded(self) -> bool:
-        """True when the task succeeded."""
-        return self.status is Status.SUCCEEDED
+        """True when the task succeeded, by running or from the result cache."""
+        return self.status is Status.SUCCEEDED or self.status is Status.CACHED
 
 
 class TaskResults(Mapping[str, TaskResult]):
@@ -72,7 +76,7 @@ class TaskResults(Mapping[str, TaskResult]):
             r = TaskResult(
                 name=self._names[i],
                 status=c.status[i] or Status.PENDING,
-                output=c.outputs[i] if c.status[i] is Status.SUCCEEDED else None,
+                output=c.outputs[i] if c.status[i] in _WITH_OUTPUT else None,
                 error=err[0] if err else None,
                 traceback=err[1] if err else None,
                 attempts=c.attempts.get(i, 1 if c.started[i] is not None else 0),
@@ -140,6 +144,17 @@ class PipelineResult(Mapping[str, Any]):
     def duration(self) -> float:
         """Wall-clock seconds of the run."""
         return self.finished - self.started
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """Names of the tasks whose output came from their ``fallback=`` (status
+        ``fallback``): the run succeeded, but these tasks did not."""
+        return [n for n, r in self.tasks.items() if r.status is Status.FALLBACK]
+
+    @property
+    def cached(self) -> list[str]:
+        """Names of the tasks served from the result cache (status ``cached``)."""
+        return [n for n, r in self.tasks.items() if r.status is Status.CACHED]
 
     @property
     def failed_task(self) -> str | None:

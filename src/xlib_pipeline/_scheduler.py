@@ -50,6 +50,8 @@ FAILED = Status.FAILED
 SKIPPED = Status.SKIPPED
 UPSTREAM_FAILED = Status.UPSTREAM_FAILED
 CANCELLED = Status.CANCELLED
+CACHED = Status.CACHED
+FALLBACK = Status.FALLBACK
 
 _F_FAILED = 1  # an upstream failed or was upstream_failed
 _F_SKIPPED = 2  # an upstream was skipped
@@ -85,7 +87,7 @@ class Run(CoroutineLanes):
         self.lanes = max(1, lanes)
         self.intelligent = strategy == "intelligent"
         self.continuation = continuation
-        self.stop_on_failure = on_failure == "stop"
+        self.stop_on_failure = on_failure != "continue"  # "stop", "fallback_only"
         self.observers = observers
         self.grace = grace
         # The run store's group commit: no successor starts before its upstream's outcome is
@@ -324,11 +326,10 @@ class Run(CoroutineLanes):
                 return self._decided(i, task, SKIPPED)
         return self._run(i, task, args)
 
-    def _run(self, i: int, task: Task, args: tuple[Any, ...]) -> int | None:
+    def _run(self, i: int, task: Task, args: tuple[Any, ...], attempt: int = 1) -> int | None:
         timeout = self.timeouts[i]
         hooks = self.hooks
         ctx = self.ctx
-        attempt = 1
         executor = self.default_executor
         isolation: Isolation | None = None
         if self.h_isolate:
@@ -341,7 +342,7 @@ class Run(CoroutineLanes):
                 executor = self.executor_for(isolation.executor)
         local = self.default_local and executor is self.default_executor
         if self.is_async is not None and self.is_async[i] and local:
-            return self._start_async(i, task, args, 1)
+            return self._start_async(i, task, args, attempt)
         direct = local and timeout is None
         while True:
             started = time.time()
@@ -460,7 +461,7 @@ class Run(CoroutineLanes):
             if cols.status[i] is not None:
                 return None  # abandoned meanwhile
             cols.status[i] = status
-            if status is SUCCEEDED:
+            if status is SUCCEEDED or status is CACHED or status is FALLBACK:
                 cols.outputs[i] = output
             if cols.started[i] is None:
                 cols.started[i] = started
@@ -487,7 +488,7 @@ class Run(CoroutineLanes):
                         self.fatal = exc
                     self._stop()
         with self.lock:
-            if status is not SUCCEEDED:
+            if status is not SUCCEEDED and status is not CACHED and status is not FALLBACK:
                 bit = (
                     _F_FAILED
                     if status is FAILED or status is UPSTREAM_FAILED

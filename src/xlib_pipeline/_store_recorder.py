@@ -168,7 +168,7 @@ class StoreRecorder(Observer):
         output_run: str | None = None
         failure: BaseException | None = None
         self.recorded.add(i)
-        if status is Status.SUCCEEDED:
+        if status is not None and status.has_output:
             carried = self.carried.pop(i, None)
             if carried is not None:
                 blob, output_run = carried
@@ -282,7 +282,7 @@ def load_resume(
         i = plan.index.get(name)
         if i is None or name in changed:
             continue
-        if tr.status == "succeeded" and tr.output is not None:
+        if tr.status in ("succeeded", "cached", "fallback") and tr.output is not None:
             source_run = tr.output_run or rec.run_id
             ref = payload_ref(source_run, plan.pipeline_name, name, tr.tenant)
             try:
@@ -296,7 +296,7 @@ def load_resume(
                     f"{type(exc).__name__}: {exc}",
                     path=str(store.path),
                 ) from exc
-            preloaded[i] = (Status.SUCCEEDED, value)
+            preloaded[i] = (Status(tr.status), value)
             carried[i] = (tr.output, source_run)
         elif tr.status == "skipped":
             preloaded[i] = (Status.SKIPPED, None)

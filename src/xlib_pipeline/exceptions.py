@@ -234,6 +234,65 @@ class ResourceLimitExceeded(TaskError):
         self.limit = limit
 
 
+class FallbackError(TaskError):
+    """A task's fallback itself failed (its callable raised, or its fallback task did not
+    produce an output). ``cause`` is the fallback's error; ``original`` the failure it was
+    meant to replace."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str,
+        cause: BaseException | None = None,
+        original: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, task=task, cause=cause)
+        self.original = original
+
+
+class ContractError(TaskError):
+    """A task's output (``contract=``) or inputs (``input_contract=``) broke its contract.
+
+    ``where`` is ``"output"`` or ``"input N"``; ``location`` the first failing field, row or
+    column; ``redacted`` says the failing value was left out because the data is
+    classified above ``internal``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str,
+        where: str = "output",
+        location: str | None = None,
+        redacted: bool = False,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, task=task, cause=cause)
+        self.where = where
+        self.location = location
+        self.redacted = redacted
+
+
+class MissingExtraError(PipelineError, ImportError):
+    """A feature needs an optional dependency of the core that is not installed; the message
+    names the extra to install (``pip install 'xlib-pipeline[contracts]'``)."""
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: "
+            f"pip install 'xlib-pipeline[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra
+
+
+class ResourceError(PipelineError, ValueError):
+    """A task's ``resources=`` cannot be met: it needs more than the whole budget, or
+    names a resource the budget does not have. Raised before the run starts."""
+
+
 class RunCancelledError(PipelineError):
     """The run was cancelled before it finished."""
 

@@ -219,6 +219,18 @@ class HookSpecs:
         The audit plugin writes it to the trail."""
 
     @hookspec(firstresult=True)
+    def may_show_values(
+        self, task: Task, run: RunContext, value: Any, source: str | None
+    ) -> bool | None:
+        """Provider: whether an error message about ``value`` may quote it. ``value`` is the
+        output of ``task`` (``source`` is ``None``) or its input from the upstream task
+        ``source``. The classification plugin answers ``False`` when the data is classified
+        above ``internal``; ``None`` (no plugin answers) means it may. Contract violations
+        (:class:`~xlib_pipeline.ContractError`) ask before naming a failing value.
+        Stops at first non-None result.
+        """
+
+    @hookspec(firstresult=True)
     def redact(self, text: str, tenant: str | None) -> str | None:
         """Provider: ``text`` (an error message or traceback about to leave the run: lineage
         facets, the CLI's output, alerts) with sensitive values removed, or ``None`` when

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from xlib_pipeline import CLASSIFICATION, LEASE_TAKEOVERS, RunContext, StashKey, Status, hookimpl
+from xlib_pipeline import (
+    CLASSIFICATION,
+    FALLBACKS,
+    LEASE_TAKEOVERS,
+    RunContext,
+    StashKey,
+    Status,
+    hookimpl,
+)
 
 from ._canonical import digest
 from ._settings import error_class, now_iso
@@ -18,6 +26,8 @@ _TERMINAL = (
     Status.SKIPPED,
     Status.UPSTREAM_FAILED,
     Status.CANCELLED,
+    Status.CACHED,
+    Status.FALLBACK,
 )
 
 
@@ -203,7 +213,11 @@ class Recorder:
             rec["operation"] = meta[1]
         if not outcome.final:
             rec["retrying"] = True
-        if err is None and outcome.status.value == "succeeded":
+        if outcome.status is Status.FALLBACK:
+            used = (run.stash.get(FALLBACKS, None) or {}).get(task.name)
+            if used is not None:
+                rec["fallback"] = used.source
+        if outcome.status.has_output:
             if meta[2]:
                 rec["output_digest"] = digest(outcome.output, self._plugin.key)
             # The classification plugin (when present) publishes each output's level here,

@@ -344,9 +344,32 @@ class _Enforcer:
                     f"{LEVELS[c]} (flow {up} -> {task.name})"
                 )
 
+    @hookimpl
+    def may_show_values(
+        self, task: Task, run: RunContext, value: Any, source: str | None
+    ) -> bool | None:
+        """Contract errors quote values only up to ``internal`` (declared, inherited along
+        edges, or raised by PII detection)."""
+        state = run.stash.get(CLASSIFICATION_RUN, None)
+        if state is None:
+            return None
+        internal = RANK["internal"]
+        if source is not None:
+            lvl = state.levels.get(source)
+            if lvl is None:
+                lvl = state.declared.get(source, (RANK[self.p.default_level],))[0]
+            return lvl <= internal
+        own, _, ups = state.declared[task.name]
+        lvl = max([own, *(state.levels.get(u, 0) for u in ups)])
+        if lvl <= internal and self.p.detect_pii and self.p.detectors:
+            found, _ = self.p.classify(value)
+            if found is not None:
+                lvl = max(lvl, RANK[found])
+        return lvl <= internal
+
     @hookimpl(tryfirst=True)
     def after_task(self, task: Task, run: RunContext, outcome: Any) -> None:
-        if not outcome.final or outcome.status.value != "succeeded":
+        if not outcome.final or not outcome.status.has_output:
             return
         state = run.stash.get(CLASSIFICATION_RUN, None)
         if state is None:

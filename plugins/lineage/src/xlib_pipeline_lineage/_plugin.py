@@ -27,6 +27,7 @@ from typing import Any
 
 from xlib_pipeline import (
     CLASSIFICATION,
+    FALLBACKS,
     CliCommand,
     ConfigKey,
     RunContext,
@@ -44,6 +45,8 @@ from ._emit import Emitter, Sink
 _SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
 _TERMINAL = {
     "succeeded": "COMPLETE",
+    "cached": "COMPLETE",
+    "fallback": "COMPLETE",
     "failed": "FAIL",
     "skipped": "ABORT",
     "upstream_failed": "ABORT",
@@ -53,6 +56,8 @@ _REASONS = {
     "skipped": "task skipped (condition false or an upstream was skipped)",
     "upstream_failed": "an upstream task failed",
     "cancelled": "run cancelled before the task started",
+    "cached": "output served from the result cache; the task did not run",
+    "fallback": "the task failed; its fallback supplied the output",
 }
 
 
@@ -187,6 +192,10 @@ class _RunState:
         self.ended.add(name)
         etype = _TERMINAL.get(status, "ABORT")
         why = reason or _REASONS.get(status)
+        if status == "fallback":
+            used = (self.stash.get(FALLBACKS, None) or {}).get(name)
+            if used is not None:
+                why = f"{why} ({used.source}, replacing {used.error_class})"
         facet = (
             f'{self._xhead}"task":{self._task_info(name)[2]},"status":"{status}",'
             f'"attempts":{int(attempts)}' + (f',"reason":{json.dumps(why)}}}' if why else "}")
@@ -196,7 +205,7 @@ class _RunState:
             facet_ = ev.error_facet(self.producer, error, tb, self.describe, self.redact)
             extra = ',"errorMessage":' + json.dumps(facet_)
         outs = ""
-        if status == "succeeded" and CLASSIFICATION in self.stash:
+        if status in ("succeeded", "cached", "fallback") and CLASSIFICATION in self.stash:
             classified = self._classified_outputs(name)
             if classified is not None:
                 outs = json.dumps(classified)

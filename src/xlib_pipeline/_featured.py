@@ -1,0 +1,305 @@
+"""The scheduler with per-task features: fallbacks, contracts, resource budgets, caching.
+
+:func:`compile_features` decides once per plan (and manager config) whether any task uses
+one of them. When none does, the manager runs the plain :class:`~._scheduler.Run` and these
+features cost nothing per task; otherwise it runs :class:`FeaturedRun`, which overrides the
+scheduler's few decision points (``_process``, ``_run``, ``_succeeded``, ``_failed``,
+``_finish``) and only for the tasks that need it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
+from ._fallback import Fallback, applies, compile_fallbacks
+from ._graph import Plan
+from ._outcomes import failure
+from ._records import StashKey, Status, TaskOutcome
+from ._scheduler import Run
+from ._task import Task
+from .exceptions import ContractError, FallbackError
+
+
+@attrs.frozen(kw_only=True)
+class FallbackUsed:
+    """A task whose fallback supplied its output (see :data:`FALLBACKS`)."""
+
+    #: ``value``, ``callable:<qualname>`` or ``task:<name>``.
+    source: str
+    #: The class name of the failure the fallback replaced.
+    error_class: str
+
+
+#: Tasks of this run that ended ``fallback``, by name; filled before ``after_task`` sees
+#: the outcome, so the audit trail and lineage can say what stood in.
+FALLBACKS: StashKey[dict[str, FallbackUsed]] = StashKey("fallbacks")
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Features:
+    """What a plan's tasks use, compiled once per plan and manager config."""
+
+    #: The plan the run schedules: fallback tasks are neither roots nor sinks.
+    plan: Plan
+    fallbacks: tuple[Fallback | None, ...] | None = None
+    #: Fallback task index -> the task it stands in for, and the reverse.
+    targets: dict[int, int] = attrs.field(factory=dict)
+    primaries: dict[int, int] = attrs.field(factory=dict)
+    contracts: tuple[TaskContracts | None, ...] | None = None
+
+
+def compile_features(p: Plan, config: Any) -> Features | None:
+    """The features ``p`` uses under ``config``, or ``None`` when it uses none (the plain
+    scheduler runs). Raises :class:`~.exceptions.DefinitionError` for a malformed one."""
+    fallbacks: tuple[Fallback | None, ...] | None = None
+    targets: dict[int, int] = {}
+    if any("fallback" in t.options for t in p.tasks):
+        fallbacks, targets = compile_fallbacks(p)
+        if not any(f is not None for f in fallbacks):
+            fallbacks = None
+    contracts: tuple[TaskContracts | None, ...] | None = None
+    if any("contract" in t.options or "input_contract" in t.options for t in p.tasks):
+        contracts = tuple(compile_task_contracts(t) for t in p.tasks)
+    if fallbacks is None and contracts is None:
+        return None
+    plan = p
+    if targets:
+        plan = attrs.evolve(
+            p,
+            roots=tuple(r for r in p.roots if r not in targets),
+            sinks=tuple(s for s in p.sinks if s not in targets),
+        )
+    return Features(
+        plan=plan,
+        fallbacks=fallbacks,
+        targets=targets,
+        primaries={i: j for j, i in targets.items()},
+        contracts=contracts,
+    )
+
+
+class FeaturedRun(Run):
+    """A :class:`~._scheduler.Run` for plans whose tasks use fallbacks, contracts, resource
+    budgets or the result cache."""
+
+    def __init__(self, *, features: Features, **kwargs: Any) -> None:
+        on_failure = kwargs.get("on_failure", "continue")
+        super().__init__(plan=features.plan, **kwargs)
+        self.features = features
+        self.fallbacks = features.fallbacks
+        self.targets = features.targets
+        self.primaries = features.primaries
+        self.contracts = features.contracts
+        #: "stop": any failure stops new work, even one a fallback absorbed.
+        self.stop_on_fallback = on_failure == "stop"
+        n = len(self.plan)
+        self.args: list[tuple[Any, ...] | None] = [None] * n
+        #: Tasks that failed for good and wait for their fallback task: the failed outcome.
+        self.pending: dict[int, TaskOutcome] = {}
+        self.token_released: set[int] = set()
+        for j in self.targets:
+            self.remaining[j] += 1  # a fallback task also waits for the task it stands in for
+
+    # -- decision points ------------------------------------------------------------------------
+
+    def _process(self, i: int) -> int | None:
+        primary = self.targets.get(i) if self.targets else None
+        if primary is not None and primary not in self.pending and i not in self.preloaded:
+            return self._decided(i, self.plan.tasks[i], Status.SKIPPED)
+        return super()._process(i)
+
+    def _run(self, i: int, task: Task, args: tuple[Any, ...], attempt: int = 1) -> int | None:
+        self.args[i] = args
+        c = self.contracts[i] if self.contracts is not None else None
+        if c is not None and c.inputs and attempt == 1:
+            for pos, source, checker in c.inputs:
+                v = checker.check(args[pos])
+                if v is not None:
+                    err = self._contract_error(task, f"input from {source!r}", source, checker, v)
+                    now = time.time()
+                    return self._failed(i, task, failure(task, err, 0, now, now))
+        return super()._run(i, task, args, attempt)
+
+    def _succeeded(
+        self, i: int, task: Task, attempt: int, started: float, finished: float, out: Any
+    ) -> int | None:
+        c = self.contracts[i] if self.contracts is not None else None
+        if c is None or c.output is None:
+            return super()._succeeded(i, task, attempt, started, finished, out)
+        v = c.output.check(out)
+        if v is None:
+            return super()._succeeded(i, task, attempt, started, finished, out)
+        # The attempt broke its output contract: it failed, and may be retried.
+        err = self._contract_error(task, "output", None, c.output, v, out)
+        outcome = failure(task, err, attempt, started, finished)
+        decision = self._retry_decision(task, outcome)
+        if decision is None:
+            return self._failed(i, task, outcome)
+        outcome = self._announce_retry(i, task, outcome, decision)
+        if decision.delay > 0:
+            if self.ctx.sleep is time.sleep:
+                self.stop_event.wait(decision.delay)
+            else:
+                self.ctx.sleep(decision.delay)
+        if self.stopping:
+            return self._failed(i, task, outcome.replace(final=True))
+        return self._run(i, task, self.args[i] or (), attempt + 1)
+
+    def _contract_error(
+        self,
+        task: Task,
+        where: str,
+        source: str | None,
+        checker: Checker,
+        v: Violation,
+        value: Any = None,
+    ) -> ContractError:
+        """The :class:`ContractError` for ``v``; it quotes the failing value (or, for a
+        callable contract, the message it raised) only when the data may be shown."""
+        show = self.hooks.may_show_values(task=task, run=self.ctx, value=value, source=source)
+        reason = v.reason
+        if not show and checker.kind == "callable" and ":" in reason:
+            reason = reason.split(":", 1)[0] + ": (message withheld)"
+        text = (
+            f"task {task.name!r}: its {where} broke its contract {checker.describe}"
+            + (f" at {v.location}" if v.location else "")
+            + f": {reason}"
+        )
+        if v.has_value:
+            if show:
+                text += f" (got {quote(v.value)})"
+            else:
+                text += " (value withheld: the data is classified above internal)"
+        return ContractError(
+            text,
+            task=task.name,
+            where="output" if source is None else f"input {source}",
+            location=v.location,
+            redacted=not show,
+        )
+
+    def _failed(
+        self, i: int, task: Task, outcome: TaskOutcome, *, after: bool = True
+    ) -> int | None:
+        fb = self.fallbacks[i] if self.fallbacks is not None else None
+        if (
+            fb is None
+            or outcome.status is not Status.FAILED
+            or self.stopping
+            or not applies(outcome.error)
+        ):
+            return super()._failed(i, task, outcome, after=after)
+        assert outcome.error is not None
+        if fb.kind == "task":
+            with self.lock:
+                self.pending[i] = outcome
+            self._log_fallback(task, outcome, fb)
+            return self._release_target(fb.target)
+        try:
+            value = fb.resolve(task, outcome.error, self.args[i] or ())
+        except FallbackError as err:
+            failed = failure(task, err, outcome.attempt, outcome.started, outcome.finished)
+            return super()._failed(i, task, failed, after=after)
+        self._log_fallback(task, outcome, fb)
+        return self._fell_back(i, task, outcome, value, fb)
+
+    def _finish(self, i: int, outcome: TaskOutcome, *, resumed: bool = False) -> int | None:
+        nxt = super()._finish(i, outcome, resumed=resumed)
+        if not self.targets:
+            return nxt
+        j = self.primaries.get(i)
+        if j is not None:  # the task finished: its fallback task may now be decided
+            ready = self._release_target(j)
+            if ready is not None:
+                if nxt is None:
+                    return ready
+                self._push(ready)
+            return nxt
+        primary = self.targets.get(i)
+        if primary is None:
+            return nxt
+        with self.lock:
+            failed = self.pending.pop(primary, None)
+        if failed is None:
+            return nxt
+        if nxt is not None:
+            self._push(nxt)
+        return self._after_fallback_task(primary, i, failed, outcome)
+
+    # -- fallbacks --------------------------------------------------------------------------------
+
+    def _release_target(self, j: int) -> int | None:
+        """Take away the token a fallback task waits on; return it when it is now ready."""
+        with self.lock:
+            if j in self.token_released:
+                return None
+            self.token_released.add(j)
+            self.remaining[j] -= 1
+            return j if self.remaining[j] == 0 else None
+
+    def _after_fallback_task(
+        self, p: int, j: int, failed: TaskOutcome, outcome: TaskOutcome
+    ) -> int | None:
+        """The fallback task ``j`` of task ``p`` ended with ``outcome``: finish ``p``."""
+        task = self.plan.tasks[p]
+        fb = self.fallbacks[p] if self.fallbacks is not None else None
+        assert fb is not None and failed.error is not None
+        if outcome.status.has_output:
+            return self._fell_back(p, task, failed, outcome.output, fb)
+        err = outcome.error
+        why = f"{type(err).__name__}: {err}" if err is not None else outcome.status.value
+        fb_err = FallbackError(
+            f"task {task.name!r} failed ({type(failed.error).__name__}: {failed.error}) and "
+            f"its fallback task {self.plan.names[j]!r} did not produce an output ({why})",
+            task=task.name,
+            cause=err,
+            original=failed.error,
+        )
+        return Run._failed(
+            self, p, task, failure(task, fb_err, failed.attempt, failed.started, failed.finished)
+        )
+
+    def _fell_back(
+        self, i: int, task: Task, failed: TaskOutcome, value: Any, fb: Fallback
+    ) -> int | None:
+        error = failed.error
+        assert error is not None
+        used = self.ctx.stash.setdefault(FALLBACKS, {})
+        used[task.name] = FallbackUsed(
+            source=fb.describe(self.plan), error_class=type(error).__name__
+        )
+        outcome = TaskOutcome(
+            task.name,
+            Status.FALLBACK,
+            value,
+            error,
+            failed.traceback,
+            failed.attempt,
+            failed.started,
+            failed.finished,
+        )
+        self.cols.errors[i] = (error, failed.traceback)
+        if failed.attempt > 1:
+            self.cols.attempts[i] = failed.attempt
+        if self.stop_on_fallback:
+            self._stop()
+        if self.h_after:
+            try:
+                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
+            except BaseException as exc:
+                now = time.time()
+                return Run._failed(self, i, task, failure(task, exc, 0, now, now), after=False)
+        return self._finish(i, outcome)
+
+    def _log_fallback(self, task: Task, outcome: TaskOutcome, fb: Fallback) -> None:
+        if self.events:
+            self._log(
+                "task.fallback_used",
+                task=task.name,
+                error=type(outcome.error).__name__,
+                fallback=fb.describe(self.plan),
+            )
