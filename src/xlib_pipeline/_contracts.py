@@ -209,8 +209,9 @@ def compile_task_contracts(task: Task) -> TaskContracts | None:
                     f"upstream name to contract, e.g. {{{deps[0]!r}: Model}}"
                 )
     except MissingExtraError as exc:
-        exc.args = (f"task {task.name!r}: {exc}",)
-        raise
+        raise MissingExtraError(
+            f"task {task.name!r}: {exc.feature}", exc.module, exc.extra
+        ) from None
     except DefinitionError as exc:
         raise DefinitionError(f"task {task.name!r}: {exc}", task=task.name) from None
     return TaskContracts(output=output, inputs=tuple(inputs))

@@ -166,9 +166,7 @@ def build_result(
     if len(sinks) == 1:
         final = cols.outputs[sinks[0]] if st[sinks[0]] in _WITH_OUTPUT else None
     else:
-        final = {
-            plan.names[s]: (cols.outputs[s] if st[s] in _WITH_OUTPUT else None) for s in sinks
-        }
+        final = {plan.names[s]: (cols.outputs[s] if st[s] in _WITH_OUTPUT else None) for s in sinks}
     result = PipelineResult(
         pipeline=plan.pipeline_name,
         run_id=run.ctx.run_id,

@@ -9,9 +9,9 @@ from typing import Any
 import attrs
 
 from ._records import Status, utc
+from .exceptions import TaskFailedError
 
 _WITH_OUTPUT = (Status.SUCCEEDED, Status.CACHED, Status.FALLBACK)
-from .exceptions import TaskFailedError
 
 
 @attrs.frozen(kw_only=True)

@@ -284,6 +284,7 @@ class MissingExtraError(PipelineError, ImportError):
             f"{feature} needs {module}, which is not installed: "
             f"pip install 'xlib-pipeline[{extra}]'"
         )
+        self.feature = feature
         self.module = module
         self.extra = extra
 
