@@ -19,7 +19,10 @@ of ``--repeat`` runs; with ``--rounds K`` the whole suite runs K times and the t
 the median over rounds (per-round medians are listed too).
 
 The 100,000-task DAG runs in child processes (clean memory): one for time and RSS, one
-under tracemalloc for allocated bytes. Makespan / critical-path ratios use sleeping tasks.
+under tracemalloc for allocated bytes. The cold start (build + first run of a 10,000-task
+DAG with every plugin installed, manager creation, ``--help``) runs in fresh processes
+against the reference in fresh processes (``_cold.py``). Makespan / critical-path ratios
+use sleeping tasks.
 Writes ``benchmarks/results/core.md`` unless ``--no-write``.
 """
 
@@ -296,6 +299,9 @@ def suite(repeat: int, quick: bool) -> dict[str, Any]:
     dags = [chain(1_000), fan(1_000), layered(10_000, width=100)]
     res: dict[str, Any] = {"overhead": [overhead(d, repeat) for d in dags]}
     res["big"] = big(repeat if not quick else 1)
+    import _cold
+
+    res["cold"] = _cold.measure(repeat)
     res["makespan"] = [
         makespan(sleeping_fan(20, 0.05), 20, repeat),
         makespan(guide_ml(0.05), 6, repeat),
@@ -400,6 +406,11 @@ def render(
     )
     add(f"| RSS growth: build + first run | {rss / n:,.0f} B/task | |")
     add("")
+    if "cold" in res:
+        import _cold
+
+        lines.extend(_cold.render(res["cold"]))
+        add("")
     add("### Makespan of sleeping tasks / critical path (median)")
     add("")
     add("| DAG | workers | critical path | ours | ours / CP | reference | ref / CP |")

@@ -25,10 +25,20 @@ LAZY_TYPES = frozenset(
 )
 
 
+_FunctionType = types.FunctionType
+_CO_COROUTINE = inspect.CO_COROUTINE
+#: Attributes by which ``inspect.markcoroutinefunction`` marks a plain function.
+_MARKED = frozenset({"_is_coroutine_marker", "_is_coroutine"})
+
+
 def is_async_callable(fn: Any) -> bool:
     """Whether calling ``fn`` gives a coroutine to await: ``async def`` functions, also
     behind ``functools.partial``/``functools.wraps`` wrappers, and objects whose
     ``__call__`` is ``async def``."""
+    if fn.__class__ is _FunctionType:
+        extra = fn.__dict__
+        if not extra or not ("__wrapped__" in extra or _MARKED & extra.keys()):
+            return bool(fn.__code__.co_flags & _CO_COROUTINE)  # a plain def: its code says
     seen = 0
     while isinstance(fn, functools.partial) and seen < 64:
         fn = fn.func

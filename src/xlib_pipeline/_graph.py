@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import inspect
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -159,13 +160,56 @@ def _find_cycle(
 def _check_arity(
     tasks: tuple[Task, ...], preds: list[tuple[int, ...]], names: tuple[str, ...]
 ) -> None:
-    checked: dict[tuple[int, int], None] = {}
+    accepts = _accepts
     for t, row in zip(tasks, preds):
-        key = (id(t.fn), len(row))
-        if key in checked:
-            continue
-        _check_callable(t, t.fn, len(row), [names[j] for j in row])
-        checked[key] = None
+        if not accepts(t.fn, len(row)):  # False, or None: not a plain function
+            _check_callable(t, t.fn, len(row), [names[j] for j in row])
+
+
+_FunctionType = types.FunctionType
+_MethodType = types.MethodType
+_CO_VARARGS = inspect.CO_VARARGS
+#: (code object, number of defaults, number of keyword-only defaults, bound, count) -> ok.
+_ARITY: dict[tuple[Any, int, int, int, int], bool] = {}
+
+
+def _accepts(fn: Any, count: int) -> bool | None:
+    """Whether plain function ``fn`` accepts ``count`` positional arguments, from its code
+    object (cached per code object, so 10,000 closures of one ``def`` cost one check);
+    ``None`` when ``fn`` is no plain function or carries a signature of its own
+    (``__wrapped__``, ``__signature__``): :func:`inspect.signature` decides those."""
+    bound = 0
+    if fn.__class__ is _MethodType:
+        fn = fn.__func__
+        bound = 1
+    if fn.__class__ is not _FunctionType:
+        return None
+    attrs_ = fn.__dict__
+    if attrs_ and ("__wrapped__" in attrs_ or "__signature__" in attrs_):
+        return None
+    code = fn.__code__
+    defaults = fn.__defaults__
+    kwdefaults = fn.__kwdefaults__
+    key = (
+        code,
+        len(defaults) if defaults else 0,
+        len(kwdefaults) if kwdefaults else 0,
+        bound,
+        count,
+    )
+    ok = _ARITY.get(key)
+    if ok is None:
+        given = count + bound
+        nargs = code.co_argcount
+        ok = (
+            code.co_kwonlyargcount == key[2]  # no keyword-only argument without a default
+            and nargs - key[1] <= given
+            and (given <= nargs or bool(code.co_flags & _CO_VARARGS))
+        )
+        if len(_ARITY) > 65_536:  # code objects of long-gone functions: start afresh
+            _ARITY.clear()
+        _ARITY[key] = ok
+    return ok
 
 
 def _check_callable(task: Task, fn: Callable[..., Any], count: int, upstreams: list[str]) -> None:

@@ -106,8 +106,10 @@ class PipelineManager(ManagerResources):
         self._run_options = self.hooks.register_run_options()
         self._executor_specs = self.hooks.register_executors()
         self._decorators = self.hooks.register_manager_decorators()
-        self._render_targets = self.hooks.register_render_targets()
-        self._cli_commands = self.hooks.register_cli_commands()
+        # Render targets and CLI commands are collected on first use: plugins build them
+        # from modules (argparse, CLI helpers) that a run never needs.
+        self._render_targets: dict[str, RenderTarget] | None = None
+        self._cli_commands: dict[str, CliCommand] | None = None
         self._stream_connectors = self.hooks.register_stream_connectors()
         self._executors: dict[str, Executor] = {}
         self._exec_lock = threading.RLock()
@@ -179,6 +181,8 @@ class PipelineManager(ManagerResources):
     @property
     def cli_commands(self) -> Mapping[str, CliCommand]:
         """CLI sub-commands registered by plugins."""
+        if self._cli_commands is None:
+            self._cli_commands = self.hooks.register_cli_commands()
         return dict(self._cli_commands)
 
     @property
@@ -199,6 +203,8 @@ class PipelineManager(ManagerResources):
     @property
     def render_targets(self) -> Mapping[str, RenderTarget]:
         """Deployment render targets registered by plugins."""
+        if self._render_targets is None:
+            self._render_targets = self.hooks.register_render_targets()
         return dict(self._render_targets)
 
     def __getattr__(self, name: str) -> Any:

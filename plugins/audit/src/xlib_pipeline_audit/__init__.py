@@ -6,15 +6,40 @@ check a trail with :func:`verify` or ``xlib-pipeline audit verify PATH``.
 
 from __future__ import annotations
 
-from ._canonical import GENESIS, canonical, digest, record_hash
-from ._head import head_path
-from ._plugin import AuditPlugin
-from ._recorder import AUDIT_RUN, AuditRun, Recorder
-from ._registry import open_trail
-from ._segments import SeriesReport
-from ._settings import AuditSettings
-from ._trail import AuditTrail, AuditTrailError
-from ._verify import VerifyReport, read, verify, verify_series
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._canonical import GENESIS, canonical, digest, record_hash
+    from ._head import head_path
+    from ._plugin import AuditPlugin
+    from ._recorder import AUDIT_RUN, AuditRun, Recorder
+    from ._registry import open_trail
+    from ._segments import SeriesReport
+    from ._settings import AuditSettings
+    from ._trail import AuditTrail, AuditTrailError
+    from ._verify import VerifyReport, read, verify, verify_series
+
+_LAZY = {
+    "GENESIS": "._canonical",
+    "canonical": "._canonical",
+    "digest": "._canonical",
+    "record_hash": "._canonical",
+    "head_path": "._head",
+    "AuditPlugin": "._plugin",
+    "AUDIT_RUN": "._recorder",
+    "AuditRun": "._recorder",
+    "Recorder": "._recorder",
+    "open_trail": "._registry",
+    "SeriesReport": "._segments",
+    "AuditSettings": "._settings",
+    "AuditTrail": "._trail",
+    "AuditTrailError": "._trail",
+    "VerifyReport": "._verify",
+    "read": "._verify",
+    "verify": "._verify",
+    "verify_series": "._verify",
+}
 
 __version__ = "0.1.0"
 
@@ -39,3 +64,14 @@ __all__ = [
     "verify",
     "verify_series",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

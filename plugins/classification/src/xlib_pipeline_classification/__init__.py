@@ -7,20 +7,40 @@ docs/plugins/classification.md for the config keys, task options, the
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from ._detectors import (
-    DETECTOR_ENTRY_POINT_GROUP,
-    LEVELS,
-    RANK,
-    Detector,
-    RegexDetector,
-    builtin_detectors,
-    check_level,
-    luhn_valid,
-)
-from ._plugin import STASH_KEY, ClassificationPlugin, output_level, static_levels
-from ._scan import gather_text
+if TYPE_CHECKING:  # pragma: no cover
+    from ._detectors import (
+        DETECTOR_ENTRY_POINT_GROUP,
+        LEVELS,
+        RANK,
+        Detector,
+        RegexDetector,
+        builtin_detectors,
+        check_level,
+        luhn_valid,
+    )
+    from ._plugin import STASH_KEY, ClassificationPlugin, output_level, static_levels
+    from ._scan import gather_text
+
+_LAZY = {
+    "DETECTOR_ENTRY_POINT_GROUP": "._detectors",
+    "LEVELS": "._detectors",
+    "RANK": "._detectors",
+    "Detector": "._detectors",
+    "RegexDetector": "._detectors",
+    "builtin_detectors": "._detectors",
+    "check_level": "._detectors",
+    "luhn_valid": "._detectors",
+    "STASH_KEY": "._plugin",
+    "ClassificationPlugin": "._plugin",
+    "output_level": "._plugin",
+    "static_levels": "._plugin",
+    "gather_text": "._scan",
+}
 
 __all__ = [
     "DETECTOR_ENTRY_POINT_GROUP",
@@ -38,3 +58,14 @@ __all__ = [
     "output_level",
     "static_levels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -8,11 +8,32 @@ on first use. See docs/plugins/dask.md.
 
 from __future__ import annotations
 
-from ._cluster import ClusterHandle, ClusterStartError, FreshWorker, build_security
-from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor, RemoteResult
-from ._plugin import DaskPlugin
-from ._remote import RemoteCall
-from ._settings import ADDRESS_ENV, DaskSettings, DistributeSpec
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._cluster import ClusterHandle, ClusterStartError, build_security
+    from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor, RemoteResult
+    from ._fresh import fresh_worker_class as FreshWorker
+    from ._plugin import DaskPlugin
+    from ._remote import RemoteCall
+    from ._settings import ADDRESS_ENV, DaskSettings, DistributeSpec
+
+_LAZY = {
+    "ClusterHandle": "._cluster",
+    "ClusterStartError": "._cluster",
+    "build_security": "._cluster",
+    "STASH": "._executor",
+    "DaskExecutor": "._executor",
+    "DaskRun": "._executor",
+    "LocalMapExecutor": "._executor",
+    "RemoteResult": "._executor",
+    "DaskPlugin": "._plugin",
+    "RemoteCall": "._remote",
+    "ADDRESS_ENV": "._settings",
+    "DaskSettings": "._settings",
+    "DistributeSpec": "._settings",
+}
 
 __all__ = [
     "ADDRESS_ENV",
@@ -30,3 +51,18 @@ __all__ = [
     "RemoteResult",
     "build_security",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    if name == "FreshWorker":  # subclasses distributed's Subprocess: built on first use
+        from ._fresh import fresh_worker_class
+
+        return fresh_worker_class()
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

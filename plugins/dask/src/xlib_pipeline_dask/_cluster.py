@@ -17,30 +17,21 @@ worker from that CLI process, which is equally safe.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import json
 import logging
 import os
 import ssl
-import subprocess
-import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 from xlib_pipeline import ConfigError, PipelineError, SettingWithoutEffectWarning
 
+from ._fresh import fresh_worker_class
 from ._settings import ADDRESS_ENV, SECURITY_FIELDS, DaskSettings, check_address
 
 _log = logging.getLogger("xlib_pipeline.dask")
-
-try:  # the base class is only needed when a local cluster starts
-    from distributed.deploy.subprocess import Subprocess as _Subprocess
-except Exception:  # pragma: no cover - Windows or very old distributed
-    _Subprocess = object  # type: ignore[assignment,misc]
 
 
 class ClusterStartError(PipelineError):
@@ -49,53 +40,6 @@ class ClusterStartError(PipelineError):
     def __init__(self, message: str, *, address: str | None = None) -> None:
         super().__init__(message)
         self.address = address
-
-
-class FreshWorker(_Subprocess):
-    """A Dask worker (or nanny) in a fresh interpreter: ``python -m distributed.cli.dask_spec``.
-
-    ``env`` extends the driver's environment (TLS credentials travel as dask config
-    variables); ``PYTHONPATH`` repeats the driver's ``sys.path`` so modules the driver can
-    import are importable on the worker too.
-    """
-
-    def __init__(
-        self,
-        scheduler: str,
-        *,
-        name: Any = None,
-        worker_class: str = "distributed.Nanny",
-        worker_kwargs: Mapping[str, Any] | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.scheduler = scheduler
-        self.name = name
-        self.worker_class = worker_class
-        self.worker_kwargs = dict(worker_kwargs or {})
-        self.env = dict(env or {})
-        super().__init__()  # type: ignore[no-untyped-call]
-
-    async def _start(self) -> None:
-        spec = {"cls": self.worker_class, "opts": {**self.worker_kwargs, "name": self.name}}
-        cmd = [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_spec",
-            self.scheduler,
-            "--spec",
-            json.dumps(spec),
-        ]
-        env = dict(os.environ)
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        env.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
-        env.update(self.env)
-        self.process = await asyncio.create_subprocess_exec(
-            *cmd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the driver, which decides
-        )
 
 
 def build_security(
@@ -337,7 +281,7 @@ class ClusterHandle:
             worker_kwargs["memory_limit"] = shape["memory_limit"]
         env = _tls_env(security) if security is not None else {}
         worker = {
-            "cls": FreshWorker,
+            "cls": fresh_worker_class(),
             "options": {
                 "worker_class": "distributed.Nanny"
                 if s.worker_class == "nanny"

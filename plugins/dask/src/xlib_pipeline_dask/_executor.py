@@ -18,6 +18,7 @@ from xlib_pipeline import (
     DefinitionError,
     Isolation,
     RunContext,
+    SerializationError,
     StashKey,
     Task,
     TaskError,
@@ -27,7 +28,7 @@ from xlib_pipeline import (
     call_with_timeout,
 )
 
-from ._remote import RemoteCall
+from ._remote import RemoteCall, WorkerLoadError, by_value, by_value_modules
 from ._settings import DistributeSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +148,11 @@ class DaskExecutor:
         client = self.handle.client()
         fn = self._remote(task)
         args = tuple([_unwrap(a) for a in args])
+        if args and by_value_modules():
+            # Files run by `xlib-pipeline run` are registered for pickling by value, which
+            # Dask's serializer ignores for values it can pickle by reference: send plain
+            # values as cloudpickle bytes, loaded in the task on the worker.
+            args = tuple([_box(a) for a in args])
         key = f"{task.name}-{uuid.uuid4().hex}"
         keep = spec is not None and spec.keep_remote
         if index is not None:
@@ -191,6 +197,16 @@ class DaskExecutor:
                 return RemoteResult(task.name, futures=futs)
             return _gather(client, task, futs, timeout)
         return _windowed(client, task, fn, before, after, items, par, key, timeout)
+
+
+def _box(value: Any) -> Any:
+    from distributed import Future
+
+    if _small(value) or isinstance(value, Future):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, Future) for v in value):
+        return value
+    return by_value(value)
 
 
 def _small(value: Any) -> bool:
@@ -303,6 +319,12 @@ def _translate(
         from distributed.scheduler import KilledWorker
     except Exception:  # pragma: no cover
         KilledWorker = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, WorkerLoadError):
+        err = SerializationError(str(exc), task=task.name, cause=exc)
+        tb = getattr(exc, "__xlib_remote_traceback__", None)
+        if tb:
+            err.__xlib_remote_traceback__ = tb  # type: ignore[attr-defined]
+        exc = err
     pending = [f for f in futs if not f.done()]
     failed = [k for k, f in enumerate(futs) if f.status == "error"]
     if index is not None:

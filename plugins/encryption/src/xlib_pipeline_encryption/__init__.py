@@ -8,17 +8,39 @@ ciphertext to its run, task and tenant. See docs/plugins/encryption.md.
 
 from __future__ import annotations
 
-from ._envelope import VERSION, Envelope, key_id_of, parse_header
-from ._keyring import (
-    KeyManagementService,
-    Keyring,
-    MasterKey,
-    add_key,
-    generate_key_file,
-    new_master_key,
-)
-from ._plugin import EncryptionPlugin, default_key_dir, encrypt_data
-from ._rotate import RotationReport, rotate_store
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._envelope import VERSION, Envelope, key_id_of, parse_header
+    from ._keyring import (
+        KeyManagementService,
+        Keyring,
+        MasterKey,
+        add_key,
+        generate_key_file,
+        new_master_key,
+    )
+    from ._plugin import EncryptionPlugin, default_key_dir, encrypt_data
+    from ._rotate import RotationReport, rotate_store
+
+_LAZY = {
+    "VERSION": "._envelope",
+    "Envelope": "._envelope",
+    "key_id_of": "._envelope",
+    "parse_header": "._envelope",
+    "KeyManagementService": "._keyring",
+    "Keyring": "._keyring",
+    "MasterKey": "._keyring",
+    "add_key": "._keyring",
+    "generate_key_file": "._keyring",
+    "new_master_key": "._keyring",
+    "EncryptionPlugin": "._plugin",
+    "default_key_dir": "._plugin",
+    "encrypt_data": "._plugin",
+    "RotationReport": "._rotate",
+    "rotate_store": "._rotate",
+}
 
 __version__ = "0.1.0"
 
@@ -40,3 +62,14 @@ __all__ = [
     "parse_header",
     "rotate_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

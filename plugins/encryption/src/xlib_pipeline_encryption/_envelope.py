@@ -25,9 +25,10 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:  # pragma: no cover
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xlib_pipeline import ENCRYPTED_MAGIC, PayloadRef, SecurityError
 
@@ -148,6 +149,8 @@ class Envelope:
         with self._lock:
             entry = self._seal.get(scope)
             if entry is None:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
                 kms = self._kms()
                 dek = AESGCM.generate_key(bit_length=256)
                 kid, wrapped = kms.wrap(dek, _context(ref.tenant))
@@ -216,6 +219,8 @@ class Envelope:
                     "tenant, altered, or the service failed"
                 )
             raise SecurityError(f"{_where(ref)} cannot be decrypted: {reason}") from None
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         aead = AESGCM(dek)
         with self._lock:
             self._remember(head.key_id, head.wrapped, tenant, aead)
@@ -223,6 +228,8 @@ class Envelope:
 
     def open(self, data: bytes, ref: PayloadRef) -> bytes:
         """Decrypt a payload sealed for ``ref``; :class:`SecurityError` if anything differs."""
+        from cryptography.exceptions import InvalidTag
+
         head = parse_header(data, ref)
         aead = self._opening_key(head, ref)
         b = head.body

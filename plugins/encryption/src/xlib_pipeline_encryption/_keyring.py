@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xlib_pipeline import ConfigError, SecurityError
 
@@ -108,6 +106,8 @@ class Keyring:
         if len(self._keys) != len(keys):
             raise ConfigError(f"keyring {source} lists a master key id twice")
         self._order = [k.id for k in keys]
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # on first keyring
+
         self._aead = {k.id: AESGCM(k.material) for k in keys}
 
     def __repr__(self) -> str:
@@ -131,6 +131,8 @@ class Keyring:
 
     def unwrap(self, key_id: str, wrapped: bytes, context: bytes) -> bytes:
         """Unwrap with master key ``key_id``; :class:`SecurityError` when it cannot."""
+        from cryptography.exceptions import InvalidTag
+
         aead = self._aead.get(key_id)
         if aead is None:
             raise SecurityError(

@@ -6,23 +6,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._manifests import (
-    HEALTH_PATH,
-    METRICS_PATH,
-    render_manifests,
-    slug,
-    to_files,
-    to_yaml,
-)
-from ._plugin import KubernetesPlugin, settings_from_config
-from ._settings import KubernetesSettings
-from ._worker import WorkerMetrics, WorkerState
+if TYPE_CHECKING:  # pragma: no cover
+    from ._manifests import (
+        HEALTH_PATH,
+        METRICS_PATH,
+        render_manifests,
+        slug,
+        to_files,
+        to_yaml,
+    )
+    from ._plugin import KubernetesPlugin, settings_from_config
+    from ._settings import KubernetesSettings
+    from ._worker import WorkerMetrics, WorkerState
+
+_LAZY = {
+    "HEALTH_PATH": "._manifests",
+    "METRICS_PATH": "._manifests",
+    "render_manifests": "._manifests",
+    "slug": "._manifests",
+    "to_files": "._manifests",
+    "to_yaml": "._manifests",
+    "KubernetesPlugin": "._plugin",
+    "settings_from_config": "._plugin",
+    "KubernetesSettings": "._settings",
+    "WorkerMetrics": "._worker",
+    "WorkerState": "._worker",
+}
 
 
 def manifests_yaml(pipeline: Any, **options: Any) -> str:
     """The manifests of :func:`render_manifests` as one multi-document YAML string."""
+    from ._manifests import render_manifests, to_yaml
+
     return to_yaml(render_manifests(pipeline, **options))
 
 
@@ -40,3 +58,14 @@ __all__ = [
     "to_files",
     "to_yaml",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

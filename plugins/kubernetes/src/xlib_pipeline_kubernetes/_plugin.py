@@ -5,15 +5,15 @@ No hooks run during pipeline execution: the plugin is inert for runs whatever th
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import CliCommand, ConfigKey, RenderTarget, boolean, hookimpl
 
-from . import _worker
-from ._manifests import render_manifests, to_files, to_yaml
 from ._settings import KubernetesSettings, resource_management, section
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
 
 def settings_from_config(config: Any) -> KubernetesSettings:
@@ -28,6 +28,8 @@ def settings_from_config(config: Any) -> KubernetesSettings:
 
 
 def _add_render_arguments(p: argparse.ArgumentParser) -> None:
+    import argparse
+
     p.add_argument("--namespace", help="namespace of every object (default: config or 'default')")
     p.add_argument("--image", help="container image of the workers (and Dask scheduler)")
     p.add_argument("--replicas", type=int, help="initial worker replicas")
@@ -77,11 +79,25 @@ def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
         from xlib_pipeline import ConfigError
 
         raise ConfigError(f"render kubernetes: {exc}", key="kubernetes") from exc
+    from ._manifests import render_manifests, to_files, to_yaml
+
     executor = s.executor or ("dask" if manager.config.get("distributed_mode") else None)
     objs = render_manifests(pipeline, settings=s, config=manager.config.raw, executor=executor)
     if get("output"):
         return to_files(objs)
     return {"manifests.yaml": to_yaml(objs)}
+
+
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    from ._worker import add_arguments  # the worker module (HTTP server ...) on use only
+
+    add_arguments(p)
+
+
+def _worker_run(args: argparse.Namespace) -> int:
+    from ._worker import run
+
+    return run(args)
 
 
 class KubernetesPlugin:
@@ -133,8 +149,8 @@ class KubernetesPlugin:
             CliCommand(
                 name="worker",
                 help="run a worker: /health, /metrics, Dask worker or job-queue loop",
-                add_arguments=_worker.add_arguments,
-                run=_worker.run,
+                add_arguments=_worker_arguments,
+                run=_worker_run,
             ),
         )
 
@@ -149,6 +165,8 @@ class KubernetesPlugin:
         The ConfigMap carries the manager's config; ``distributed_mode`` in it (or
         ``executor="dask"``) adds the Dask scheduler.
         """
+        from ._manifests import render_manifests
+
         return render_manifests(
             pipeline, settings=self.settings.evolve(**options), config=self._config
         )

@@ -26,13 +26,15 @@ import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import Status, hookimpl
 
 from ._manifests import HEALTH_PATH, METRICS_PATH
+
+if TYPE_CHECKING:  # pragma: no cover
+    from http.server import ThreadingHTTPServer
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -125,6 +127,7 @@ class WorkerState:
 
 def make_server(host: str, port: int, state: WorkerState) -> ThreadingHTTPServer:
     """The HTTP server answering /health and /metrics (not started)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # on use only
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "xlib-pipeline-worker"

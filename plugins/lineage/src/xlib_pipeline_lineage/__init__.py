@@ -6,19 +6,38 @@ docs/plugins/lineage.md.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from ._events import (
-    CLASSIFICATION_FACET,
-    CLASSIFICATION_FACET_SCHEMA,
-    RUN_FACET,
-    RUN_FACET_SCHEMA,
-    parse_dataset,
-    parse_datasets,
-    task_run_id,
-)
-from ._graph import read_events, run_events, to_mermaid
-from ._plugin import LINEAGE_RUN, LineagePlugin
+if TYPE_CHECKING:  # pragma: no cover
+    from ._events import (
+        CLASSIFICATION_FACET,
+        CLASSIFICATION_FACET_SCHEMA,
+        RUN_FACET,
+        RUN_FACET_SCHEMA,
+        parse_dataset,
+        parse_datasets,
+        task_run_id,
+    )
+    from ._graph import read_events, run_events, to_mermaid
+    from ._plugin import LINEAGE_RUN, LineagePlugin
+
+_LAZY = {
+    "CLASSIFICATION_FACET": "._events",
+    "CLASSIFICATION_FACET_SCHEMA": "._events",
+    "RUN_FACET": "._events",
+    "RUN_FACET_SCHEMA": "._events",
+    "parse_dataset": "._events",
+    "parse_datasets": "._events",
+    "task_run_id": "._events",
+    "read_events": "._graph",
+    "run_events": "._graph",
+    "to_mermaid": "._graph",
+    "LINEAGE_RUN": "._plugin",
+    "LineagePlugin": "._plugin",
+}
 
 __all__ = [
     "CLASSIFICATION_FACET",
@@ -35,3 +54,14 @@ __all__ = [
     "task_run_id",
     "to_mermaid",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -8,6 +8,7 @@ thread turns them into OpenLineage events and hands them to the sink in batches;
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -15,8 +16,6 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from openlineage.client.transport.file import FileConfig, FileTransport
 
 from ._events import to_client_event
 
@@ -28,25 +27,31 @@ BATCH = 2048
 WINDOW_S = 0.02
 
 
-class BatchedFileTransport(FileTransport):
-    """openlineage-python's file transport in append mode, writing a batch per open.
+@functools.cache
+def batched_file_transport() -> type[Any]:
+    """openlineage-python's file transport in append mode, writing a batch per open
+    (the class is built on first use: openlineage is imported only once lineage is on).
 
-    The base class opens the file once per event; the emitter calls :meth:`write_lines`
+    The base class opens the file once per event; the emitter calls ``write_lines``
     with many pre-serialised events at once instead. ``emit`` (one event object) still
     works as in the base class. The output is the base transport's format: one JSON event
     per line.
     """
+    from openlineage.client.transport.file import FileTransport
 
-    kind = "file"
+    class BatchedFileTransport(FileTransport):  # type: ignore[misc]
+        kind = "file"
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Append already-serialised events, one per line."""
-        path = self.config.log_file_path
-        try:
-            with self._file_handler.open_file(path, "a") as f:
-                f.write("\n".join(lines) + "\n")
-        except OSError as exc:
-            raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+        def write_lines(self, lines: list[str]) -> None:
+            """Append already-serialised events, one per line."""
+            path = self.config.log_file_path
+            try:
+                with self._file_handler.open_file(path, "a") as f:
+                    f.write("\n".join(lines) + "\n")
+            except OSError as exc:
+                raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+
+    return BatchedFileTransport
 
 
 class Sink:
@@ -57,7 +62,7 @@ class Sink:
         self.kind = str(cfg.get("type"))
         self._lock = threading.Lock()
         self.path: Path | None = None
-        self._file: BatchedFileTransport | None = None
+        self._file: Any = None
         self._client: Any = None
         if self.kind == "file":
             path = cfg.pop("path", None) or cfg.get("log_file_path")
@@ -72,7 +77,9 @@ class Sink:
             self.path = Path(cfg["log_file_path"]) if "://" not in cfg["log_file_path"] else None
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = BatchedFileTransport(FileConfig.from_dict(cfg))
+            from openlineage.client.transport.file import FileConfig
+
+            self._file = batched_file_transport()(FileConfig.from_dict(cfg))
         else:
             from openlineage.client import OpenLineageClient
             from openlineage.client.transport import get_default_factory

@@ -15,21 +15,41 @@ Naming conventions (documented in docs/plugins/lineage.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from openlineage.client.event_v2 import RunEvent as _ClientRunEvent
-from openlineage.client.facet_v2 import error_message_run, parent_run
-
 from xlib_pipeline import OutputLevel
 
-#: The facet schema URLs come from the installed client so they always match it.
-PARENT_SCHEMA = parent_run.ParentRunFacet._get_schema()
-ERROR_SCHEMA = error_message_run.ErrorMessageRunFacet._get_schema()
-EVENT_SCHEMA = _ClientRunEvent._get_schema()
+#: The schema URLs (``PARENT_SCHEMA``, ``ERROR_SCHEMA``, ``EVENT_SCHEMA``) come from the
+#: installed client so they always match it. They are looked up on first use: openlineage
+#: is imported only once lineage is on, never when the plugin is merely installed.
+_SCHEMA_NAMES = ("PARENT_SCHEMA", "ERROR_SCHEMA", "EVENT_SCHEMA")
+
+
+@functools.cache
+def schema(name: str) -> str:
+    """The client's schema URL ``name`` (one of ``PARENT_SCHEMA``, ``ERROR_SCHEMA``,
+    ``EVENT_SCHEMA``); imports openlineage on first call."""
+    from openlineage.client.event_v2 import RunEvent
+    from openlineage.client.facet_v2 import error_message_run, parent_run
+
+    found = {
+        "PARENT_SCHEMA": parent_run.ParentRunFacet,
+        "ERROR_SCHEMA": error_message_run.ErrorMessageRunFacet,
+        "EVENT_SCHEMA": RunEvent,
+    }[name]
+    return str(found._get_schema())
+
+
+def __getattr__(name: str) -> str:
+    if name in _SCHEMA_NAMES:
+        return schema(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Base of the identifiers of xlib-pipeline's own facet schemas, shipped in ``schemas/``.
 FACET_SCHEMA_BASE = "https://xlib-pipeline.dev/spec/facets/1-0-0/"
@@ -157,7 +177,7 @@ def run_event(
         "eventType": event_type,
         "eventTime": iso(ts),
         "producer": producer,
-        "schemaURL": EVENT_SCHEMA,
+        "schemaURL": schema("EVENT_SCHEMA"),
         "run": run,
         "job": {"namespace": namespace, "name": job},
         "inputs": inputs or [],
@@ -169,7 +189,7 @@ def parent_facet(producer: str, run_id: str, namespace: str, job: str) -> dict[s
     """The standard ``parent`` run facet (the pipeline run is parent and root, so the
     optional ``root`` field is left out)."""
     ref = {"run": {"runId": run_id}, "job": {"namespace": namespace, "name": job}}
-    return {"_producer": producer, "_schemaURL": PARENT_SCHEMA, **ref}
+    return {"_producer": producer, "_schemaURL": schema("PARENT_SCHEMA"), **ref}
 
 
 def error_facet(
@@ -195,7 +215,7 @@ def error_facet(
         stack = redact(stack)
     out: dict[str, Any] = {
         "_producer": producer,
-        "_schemaURL": ERROR_SCHEMA,
+        "_schemaURL": schema("ERROR_SCHEMA"),
         "message": message,
         "programmingLanguage": "python",
     }
@@ -274,6 +294,8 @@ def to_client_event(event: Mapping[str, Any]) -> Any:
 
 
 def _run_facets(facets: Mapping[str, Any]) -> dict[str, Any]:
+    from openlineage.client.facet_v2 import error_message_run, parent_run
+
     out: dict[str, Any] = {}
     for key, f in facets.items():
         if key == "parent":

@@ -9,16 +9,23 @@ own: the stream's run stands for them.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from openlineage.client.facet_v2 import job_type_job
-
 from . import _events as ev
 
-JOB_TYPE_SCHEMA = job_type_job.JobTypeJobFacet._get_schema()
+
+@functools.cache
+def job_type_schema() -> str:
+    """The client's ``jobType`` facet schema URL (openlineage imported on first use)."""
+    from openlineage.client.facet_v2 import job_type_job
+
+    return str(job_type_job.JobTypeJobFacet._get_schema())
+
+
 STREAM_FACET = "xlibPipeline_stream"
 STREAM_FACET_SCHEMA = RUN_SCHEMA = (
     "https://xlib-pipeline.dev/spec/facets/1-0-0/XlibPipelineStreamRunFacet.json"
@@ -37,7 +44,7 @@ def job_type_facet(producer: str) -> dict[str, Any]:
     """The standard ``jobType`` job facet of a stream."""
     return {
         "_producer": producer,
-        "_schemaURL": JOB_TYPE_SCHEMA,
+        "_schemaURL": job_type_schema(),
         "processingType": "STREAMING",
         "integration": "XLIB_PIPELINE",
         "jobType": "STREAM",

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import StreamConnector, hookimpl
 
-from ._connectors import RedisStreamSink, RedisStreamSource
+# redis-py is imported when a stream first opens a redis:// URL, never when the plugin is
+# merely installed: entry points load on every PipelineManager().
+if TYPE_CHECKING:  # pragma: no cover
+    from ._connectors import RedisStreamSink, RedisStreamSource
 
 __all__ = ["RedisPlugin", "RedisStreamSink", "RedisStreamSource"]
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("RedisStreamSink", "RedisStreamSource"):
+        from . import _connectors
+
+        return getattr(_connectors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _source(url: str, options: Any) -> RedisStreamSource:
+    from ._connectors import RedisStreamSource
+
     return RedisStreamSource.from_url(url, options)
 
 
 def _sink(url: str, options: Any) -> RedisStreamSink:
+    from ._connectors import RedisStreamSink
+
     return RedisStreamSink.from_url(url, options)
 
 

@@ -20,12 +20,19 @@ import importlib
 import math
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import tenacity
 
-from xlib_pipeline import ComplianceError, ResourceLimitExceeded, SecurityError
+if TYPE_CHECKING:  # pragma: no cover
+    import tenacity
+
+from xlib_pipeline import (
+    ComplianceError,
+    ResourceLimitExceeded,
+    SecurityError,
+    SerializationError,
+)
 
 
 class RandomSource(Protocol):
@@ -34,12 +41,14 @@ class RandomSource(Protocol):
     def uniform(self, a: float, b: float) -> float: ...
 
 
-#: Errors never retried unless a policy says otherwise: refusals and broken limits are
-#: deterministic, so retrying them only repeats the refusal.
+#: Errors never retried unless a policy says otherwise: refusals, broken limits and values
+#: that cannot travel to or from a worker are deterministic, so retrying them only repeats
+#: the failure (and, for a function a Dask worker cannot load, delays the run's end).
 DEFAULT_NEVER_RETRY_ON: tuple[type[BaseException], ...] = (
     SecurityError,
     ComplianceError,
     ResourceLimitExceeded,
+    SerializationError,
 )
 
 _POLICY_FIELDS = (
@@ -140,10 +149,13 @@ class RetryPolicy:
         default=DEFAULT_NEVER_RETRY_ON, converter=_exception_types
     )
     rng: RandomSource | None = attrs.field(default=None, validator=_check_rng, eq=False, repr=False)
+    # tenacity (which imports tornado when installed) is imported on first use.
     _wait: tenacity.wait_exponential = attrs.field(init=False, eq=False, repr=False)
 
     @_wait.default
     def _make_wait(self) -> tenacity.wait_exponential:
+        import tenacity
+
         return tenacity.wait_exponential(
             multiplier=self.initial_delay,
             exp_base=self.multiplier,
@@ -164,6 +176,8 @@ class RetryPolicy:
         """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
         if attempt < 1:
             raise ValueError(f"attempt numbers start at 1, got {attempt}")
+        import tenacity
+
         state = tenacity.RetryCallState(
             retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={}
         )

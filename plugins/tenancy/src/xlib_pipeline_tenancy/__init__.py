@@ -5,10 +5,31 @@ See docs/plugins/tenancy.md.
 
 from __future__ import annotations
 
-from ._gate import QuotaExceededError, TenantGate
-from ._plugin import ISOLATION_MODES, TenancyPlugin, available_cores, merge_limits
-from ._policy import BUILTIN_ROLES, PERMISSIONS, Policy, TenantSpec, os_user, read_policy_file
-from ._runtime import TENANCY_RUN, TenancyRun
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._gate import QuotaExceededError, TenantGate
+    from ._plugin import ISOLATION_MODES, TenancyPlugin, available_cores, merge_limits
+    from ._policy import BUILTIN_ROLES, PERMISSIONS, Policy, TenantSpec, os_user, read_policy_file
+    from ._runtime import TENANCY_RUN, TenancyRun
+
+_LAZY = {
+    "QuotaExceededError": "._gate",
+    "TenantGate": "._gate",
+    "ISOLATION_MODES": "._plugin",
+    "TenancyPlugin": "._plugin",
+    "available_cores": "._plugin",
+    "merge_limits": "._plugin",
+    "BUILTIN_ROLES": "._policy",
+    "PERMISSIONS": "._policy",
+    "Policy": "._policy",
+    "TenantSpec": "._policy",
+    "os_user": "._policy",
+    "read_policy_file": "._policy",
+    "TENANCY_RUN": "._runtime",
+    "TenancyRun": "._runtime",
+}
 
 __version__ = "0.1.0"
 
@@ -29,3 +50,14 @@ __all__ = [
     "os_user",
     "read_policy_file",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # their dependencies) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,173 @@
+"""Cold start: an installed plugin costs nothing heavy until it is configured or used.
+
+Every check runs in a fresh interpreter (``sys.modules`` of this test process is full of
+whatever other tests imported). These are import checks, not timings: the timings are in
+benchmarks/bench_core.py (``_cold.py``) and benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xlib_pipeline import Pipeline
+from xlib_pipeline._graph import _accepts, plan
+from xlib_pipeline.exceptions import ArityError
+
+#: Dependencies that cost tens to hundreds of milliseconds to import.
+HEAVY = ("distributed", "dask", "openlineage", "psycopg", "prometheus_client", "opentelemetry")
+
+
+def _fresh(code: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _entry_point_names() -> set[str]:
+    import importlib.metadata as md
+
+    return {ep.name for ep in md.entry_points(group="xlib_pipeline")}
+
+
+def test_manager_with_every_plugin_installed_imports_nothing_heavy() -> None:
+    answer = _fresh(
+        f"""
+        import json, sys
+        from xlib_pipeline import Pipeline, PipelineManager
+        pm = PipelineManager({{}})
+        p = Pipeline("cold")
+        p.add_task("a", lambda: 1)
+        p.add_task("b", lambda a: a + 1, depends_on="a")
+        ok = pm.execute_pipeline(p).success
+        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+        print(json.dumps({{"plugins": [i.name for i in pm.plugins], "heavy": heavy, "ok": ok}}))
+        """
+    )
+    assert answer["ok"] is True
+    # Not vacuous: every installed plugin was loaded and registered.
+    assert _entry_point_names() <= set(answer["plugins"])  # type: ignore[arg-type]
+    assert answer["heavy"] == [], f"PipelineManager({{}}) imported {answer['heavy']}"
+
+
+def test_cli_help_imports_nothing_heavy() -> None:
+    answer = _fresh(
+        f"""
+        import contextlib, io, json, sys
+        from xlib_pipeline import cli
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            try:
+                cli.main(["--help"])
+            except SystemExit:
+                pass
+        heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+        print(json.dumps({{"heavy": heavy, "help": buf.getvalue()}}))
+        """
+    )
+    assert "run" in str(answer["help"])
+    assert answer["heavy"] == [], f"xlib-pipeline --help imported {answer['heavy']}"
+
+
+def test_configured_plugin_imports_its_dependency_on_use(tmp_path: Path) -> None:
+    """Laziness is not absence: lineage on still writes OpenLineage events."""
+    events = tmp_path / "lineage.jsonl"
+    answer = _fresh(
+        f"""
+        import json, sys
+        from xlib_pipeline import Pipeline, PipelineManager
+        pm = PipelineManager({{"lineage": {{"transport": {{"type": "file",
+                                              "path": {str(events)!r}}}}}}})
+        p = Pipeline("cold")
+        p.add_task("a", lambda: 1)
+        ok = pm.execute_pipeline(p).success
+        pm.close()
+        print(json.dumps({{"ok": ok, "openlineage": "openlineage" in sys.modules}}))
+        """
+    )
+    assert answer["ok"] is True
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert {e["eventType"] for e in lines} >= {"START", "COMPLETE"}
+    assert all(e["schemaURL"].startswith("https://openlineage.io/spec/") for e in lines)
+
+
+# -- the arity check works from code objects ------------------------------------------------
+
+
+def _reference(fn: object, count: int) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(*([None] * count))  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def _a() -> None: ...
+def _b(x: int) -> None: ...
+def _c(x: int, y: int = 1) -> None: ...
+def _d(*args: int) -> None: ...
+def _e(x: int, *args: int) -> None: ...
+def _f(x: int, *, k: int) -> None: ...
+def _g(x: int, *, k: int = 2) -> None: ...
+def _h(x: int, /, y: int, z: int = 0, *rest: int, k: int = 1, **kw: int) -> None: ...
+def _i(**kw: int) -> None: ...
+
+
+class _M:
+    def method(self, x: int, y: int = 0) -> None: ...
+
+
+@pytest.mark.parametrize("fn", [_a, _b, _c, _d, _e, _f, _g, _h, _i, _M().method])
+@pytest.mark.parametrize("count", range(5))
+def test_code_object_arity_agrees_with_inspect(fn: object, count: int) -> None:
+    assert _accepts(fn, count) is _reference(fn, count)
+
+
+def test_closures_share_one_cached_check_and_errors_still_name_the_signature() -> None:
+    p = Pipeline("closures")
+    p.add_task("root", lambda: 0)
+    for k in range(50):
+
+        def body(x: int, k: int = k) -> int:
+            return x + k
+
+        p.add_task(f"t{k}", body, depends_on="root")
+
+    def two(x: int, y: int) -> int:
+        return x + y
+
+    p.add_task("bad", two, depends_on="root")
+    with pytest.raises(ArityError) as err:
+        plan(p)
+    assert "bad" in str(err.value) and "(x: 'int', y: 'int')" in str(err.value)
+
+
+def test_wrapped_functions_are_checked_through_their_signature() -> None:
+    import functools
+
+    def inner(x: int) -> int:
+        return x
+
+    @functools.wraps(inner)
+    def outer(*args: int) -> int:
+        return inner(*args)
+
+    assert _accepts(outer, 2) is None  # inspect decides: it follows __wrapped__
+    p = Pipeline("wrapped")
+    p.add_task("a", lambda: 1)
+    p.add_task("b", lambda: 2)
+    p.add_task("c", outer, depends_on=["a", "b"])
+    with pytest.raises(ArityError):
+        plan(p)
