@@ -59,7 +59,8 @@ etl.add_task("transform", _scale(2), depends_on="extract_orders")
 @etl.task(depends_on="transform")
 def load(orders):
     import os
-    return {"total": sum(o.amount for o in orders), "pid": os.getpid(), "kind": type(orders[0]).__name__}
+    total = sum(o.amount for o in orders)
+    return {"total": total, "pid": os.getpid(), "kind": type(orders[0]).__name__}
 '''
 
 BROKEN = '''

@@ -19,7 +19,7 @@ def fresh_worker_class() -> type[Any]:
     """:class:`FreshWorker`, a Dask worker (or nanny) in a fresh interpreter."""
     from distributed.deploy.subprocess import Subprocess
 
-    class FreshWorker(Subprocess):  # type: ignore[misc]
+    class FreshWorker(Subprocess):
         """A Dask worker (or nanny) in a fresh interpreter: ``python -m distributed.cli.dask_spec``.
 
         ``env`` extends the driver's environment (TLS credentials travel as dask config

@@ -39,7 +39,7 @@ def batched_file_transport() -> type[Any]:
     """
     from openlineage.client.transport.file import FileTransport
 
-    class BatchedFileTransport(FileTransport):  # type: ignore[misc]
+    class BatchedFileTransport(FileTransport):
         kind = "file"
 
         def write_lines(self, lines: list[str]) -> None:

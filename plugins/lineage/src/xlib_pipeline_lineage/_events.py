@@ -37,7 +37,7 @@ def schema(name: str) -> str:
     from openlineage.client.event_v2 import RunEvent
     from openlineage.client.facet_v2 import error_message_run, parent_run
 
-    found = {
+    found: Any = {
         "PARENT_SCHEMA": parent_run.ParentRunFacet,
         "ERROR_SCHEMA": error_message_run.ErrorMessageRunFacet,
         "EVENT_SCHEMA": RunEvent,
