@@ -56,7 +56,12 @@ def _scale(factor):
 etl.add_task("transform", _scale(2), depends_on="extract_orders")
 
 
-@etl.task(depends_on="transform")
+@etl.task(depends_on="transform", map_over=0)
+def tax(order):
+    return Order(order.id, order.amount + 1)
+
+
+@etl.task(depends_on="tax")
 def load(orders):
     import os
     total = sum(o.amount for o in orders)
@@ -143,6 +148,6 @@ def test_the_outputs_came_from_a_worker(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["ok"] is True
-    assert answer["out"]["total"] == sum(i * 1.5 * 2 for i in range(10))
+    assert answer["out"]["total"] == sum(i * 1.5 * 2 + 1 for i in range(10))
     assert answer["out"]["kind"] == "Order"
     assert answer["out"]["pid"] != answer["driver"]

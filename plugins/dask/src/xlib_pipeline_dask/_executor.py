@@ -148,15 +148,16 @@ class DaskExecutor:
         client = self.handle.client()
         fn = self._remote(task)
         args = tuple([_unwrap(a) for a in args])
-        if args and by_value_modules():
-            # Files run by `xlib-pipeline run` are registered for pickling by value, which
-            # Dask's serializer ignores for values it can pickle by reference: send plain
-            # values as cloudpickle bytes, loaded in the task on the worker.
-            args = tuple([_box(a) for a in args])
+        # Files run by `xlib-pipeline run` are registered for pickling by value, which
+        # Dask's serializer ignores for values it can pickle by reference: send plain
+        # values as cloudpickle bytes, loaded in the task on the worker.
+        boxing = bool(args) and by_value_modules()
         key = f"{task.name}-{uuid.uuid4().hex}"
         keep = spec is not None and spec.keep_remote
         if index is not None:
-            return self._map(client, task, fn, args, index, spec, key, keep, timeout)
+            return self._map(client, task, fn, args, index, spec, key, keep, timeout, boxing)
+        if boxing:
+            args = tuple([_box(a) for a in args])
         fut = client.submit(fn, *args, pure=False, key=key)
         if keep:
             return RemoteResult(task.name, future=fut)
@@ -173,6 +174,7 @@ class DaskExecutor:
         key: str,
         keep: bool,
         timeout: float | None,
+        boxing: bool = False,
     ) -> Any:
         from distributed import Future
 
@@ -182,6 +184,9 @@ class DaskExecutor:
             _check_items(task, items, index)
         n = len(items)
         shared = list(args)
+        if boxing:
+            shared = [a if j == index else _box(a) for j, a in enumerate(shared)]
+            items = [_box(i) for i in items]
         if n > 1:  # ship each shared argument once, not once per partition
             for j, a in enumerate(shared):
                 if j != index and not isinstance(a, Future) and not _small(a):
