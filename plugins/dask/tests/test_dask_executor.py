@@ -416,5 +416,5 @@ class TestWorkerResources:
 
         client = _plugin(pm).handle.client()
         task = Task(name="needs_gpu", fn=lambda: 1, options={"resources": {"gpu": 1}})
-        with pytest.raises(ResourceError, match="'needs_gpu'.*gpu=1"):
+        with pytest.raises(ResourceError, match=r"'needs_gpu'.*gpu=1"):
             worker_resources(client, task)
