@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._budget import budget_section, needs_option
 from ._config import CORE_KEYS, boolean, seconds
 from ._executors import LocalExecutor, ProcessExecutor
 from ._records import (
@@ -42,7 +43,17 @@ class CorePlugin:
 
     @hookimpl
     def register_config_keys(self) -> Iterable[ConfigKey]:
-        return CORE_KEYS
+        return (
+            *CORE_KEYS,
+            ConfigKey(
+                name="resources",
+                convert=budget_section,
+                doc="The scheduling budget tasks' resources= draw on, e.g. {'cpu': 8, "
+                "'memory_gb': 32, 'db_connections': 4} (cpu defaults to os.cpu_count(), "
+                "memory_gb to the available memory), plus max_bypass (4). Not an OS limit: "
+                "see the tenancy plugin's resource_limits for that.",
+            ),
+        )
 
     @hookimpl
     def register_task_options(self) -> Iterable[TaskOption]:
@@ -80,6 +91,13 @@ class CorePlugin:
                 name="input_contract",
                 doc="Validate the inputs before the task runs: one contract (one upstream) or "
                 "{upstream name: contract}. See docs/contracts.md.",
+            ),
+            TaskOption(
+                name="resources",
+                convert=needs_option,
+                doc="What the task needs while it runs, e.g. {'cpu': 2, 'memory_gb': 8, "
+                "'gpu': 1}: tasks never run together beyond config 'resources' (the budget). "
+                "See docs/resources.md.",
             ),
             TaskOption(
                 name="tenant_id",

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from ._budget import Budget, BudgetSpec, compile_budget
 from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
 from ._fallback import Fallback, applies, compile_fallbacks
 from ._graph import Plan
@@ -50,6 +51,7 @@ class Features:
     targets: dict[int, int] = attrs.field(factory=dict)
     primaries: dict[int, int] = attrs.field(factory=dict)
     contracts: tuple[TaskContracts | None, ...] | None = None
+    budget: BudgetSpec | None = None
 
 
 def compile_features(p: Plan, config: Any) -> Features | None:
@@ -64,7 +66,14 @@ def compile_features(p: Plan, config: Any) -> Features | None:
     contracts: tuple[TaskContracts | None, ...] | None = None
     if any("contract" in t.options or "input_contract" in t.options for t in p.tasks):
         contracts = tuple(compile_task_contracts(t) for t in p.tasks)
-    if fallbacks is None and contracts is None:
+    budget: BudgetSpec | None = None
+    if any(t.options.get("resources") for t in p.tasks):
+        budget = compile_budget(
+            p.names,
+            [t.options.get("resources") for t in p.tasks],
+            config.get("resources"),
+        )
+    if fallbacks is None and contracts is None and budget is None:
         return None
     plan = p
     if targets:
@@ -79,6 +88,7 @@ def compile_features(p: Plan, config: Any) -> Features | None:
         targets=targets,
         primaries={i: j for j, i in targets.items()},
         contracts=contracts,
+        budget=budget,
     )
 
 
@@ -101,6 +111,11 @@ class FeaturedRun(Run):
         #: Tasks that failed for good and wait for their fallback task: the failed outcome.
         self.pending: dict[int, TaskOutcome] = {}
         self.token_released: set[int] = set()
+        # One lane and no coroutines: tasks run one at a time, each fits the budget alone.
+        spec = features.budget
+        parallel = self.lanes > 1 or self.is_async is not None
+        self.budget = Budget(spec, self.plan.height) if spec and parallel else None
+        self.held = bytearray(n)
         for j in self.targets:
             self.remaining[j] += 1  # a fallback task also waits for the task it stands in for
 
@@ -114,6 +129,14 @@ class FeaturedRun(Run):
 
     def _run(self, i: int, task: Task, args: tuple[Any, ...], attempt: int = 1) -> int | None:
         self.args[i] = args
+        budget = self.budget
+        if (
+            budget is not None
+            and attempt == 1
+            and not self.held[i]
+            and budget.spec.needs[i] is not None
+        ):
+            return self._granted(budget.request(i), i)
         c = self.contracts[i] if self.contracts is not None else None
         if c is not None and c.inputs and attempt == 1:
             for pos, source, checker in c.inputs:
@@ -195,6 +218,8 @@ class FeaturedRun(Run):
             return super()._failed(i, task, outcome, after=after)
         assert outcome.error is not None
         if fb.kind == "task":
+            if self.budget is not None and self.held[i]:
+                self._free(i)  # its own attempts are over
             with self.lock:
                 self.pending[i] = outcome
             self._log_fallback(task, outcome, fb)
@@ -208,6 +233,8 @@ class FeaturedRun(Run):
         return self._fell_back(i, task, outcome, value, fb)
 
     def _finish(self, i: int, outcome: TaskOutcome, *, resumed: bool = False) -> int | None:
+        if self.budget is not None and self.held[i]:
+            self._free(i)
         nxt = super()._finish(i, outcome, resumed=resumed)
         if not self.targets:
             return nxt
@@ -229,6 +256,31 @@ class FeaturedRun(Run):
         if nxt is not None:
             self._push(nxt)
         return self._after_fallback_task(primary, i, failed, outcome)
+
+    def i_task(self, i: int) -> Task:
+        """Task ``i`` of the plan."""
+        return self.plan.tasks[i]
+
+    # -- resources --------------------------------------------------------------------------------
+
+    def _granted(self, started: list[int], me: int = -1) -> int | None:
+        """Tasks the budget let start: run ``me`` here, hand the others to the lanes."""
+        held = self.held
+        mine = False
+        for k in started:
+            held[k] = 1
+            if k == me:
+                mine = True
+            else:
+                self._push(_Granted(k))
+        if mine:
+            return self._run(me, self.plan.tasks[me], self.args[me] or ())
+        return None
+
+    def _free(self, i: int) -> None:
+        assert self.budget is not None
+        self.held[i] = 0
+        self._granted(self.budget.release(i))
 
     # -- fallbacks --------------------------------------------------------------------------------
 
@@ -303,3 +355,19 @@ class FeaturedRun(Run):
                 error=type(outcome.error).__name__,
                 fallback=fb.describe(self.plan),
             )
+
+
+class _Granted:
+    """A task that waited for resources and may start now (handed to a lane)."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def complete(self, run: FeaturedRun) -> int | None:
+        i = run.i_task(self.i)
+        if run.stopping:  # nothing new starts: give the resources back
+            run._free(self.i)
+            return run._decided(self.i, i, Status.CANCELLED)
+        return run._run(self.i, i, run.args[self.i] or ())

@@ -393,3 +393,28 @@ class TestClusterShape:
         handle = self._handle({"cluster_type": "kubernetes"})
         with pytest.warns(SettingWithoutEffectWarning, match="distributed.address"):
             assert handle.target() == (None, "local")
+
+
+class TestWorkerResources:
+    def test_resources_map_to_dask_worker_resources(self, pm):
+        p = Pipeline("dask-resources")
+
+        @p.task("heavy", resources={"cpu": 1, "memory_gb": 0.01})
+        def heavy():
+            return os.getpid()
+
+        result = pm.execute_pipeline(p, distributed=True)
+        assert result.success, result.error
+        workers = _plugin(pm).handle.client().scheduler_info()["workers"].values()
+        assert all(w["resources"]["cpu"] >= 1 for w in workers)
+        assert all(w["resources"]["memory_gb"] > 0 for w in workers)
+
+    def test_cluster_without_the_resource_is_refused_by_name(self, pm):
+        from xlib_pipeline_dask._executor import worker_resources
+
+        from xlib_pipeline import ResourceError, Task
+
+        client = _plugin(pm).handle.client()
+        task = Task(name="needs_gpu", fn=lambda: 1, options={"resources": {"gpu": 1}})
+        with pytest.raises(ResourceError, match=r"'needs_gpu'.*gpu=1"):
+            worker_resources(client, task)

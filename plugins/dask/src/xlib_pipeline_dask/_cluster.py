@@ -24,6 +24,7 @@ import ssl
 import threading
 import warnings
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from xlib_pipeline import ConfigError, PipelineError, SettingWithoutEffectWarning
@@ -130,8 +131,11 @@ class ClusterHandle:
         encryption_in_transit: bool = False,
         auto_scaling: bool = False,
         resource_management: str | None = None,
+        worker_resources: Mapping[str, float] | None = None,
     ) -> None:
         self.settings = settings
+        #: What each local worker advertises as Dask worker resources (the run budget).
+        self.worker_resources = dict(worker_resources or {})
         self.cluster_type = cluster_type
         self.auto_scaling = auto_scaling
         self.resource_management = resource_management
@@ -279,6 +283,8 @@ class ClusterHandle:
         }
         if shape["memory_limit"] is not None:
             worker_kwargs["memory_limit"] = shape["memory_limit"]
+        if self.worker_resources:
+            worker_kwargs["resources"] = dict(self.worker_resources)
         env = _tls_env(security) if security is not None else {}
         worker = {
             "cls": fresh_worker_class(),

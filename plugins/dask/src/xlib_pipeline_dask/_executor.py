@@ -17,6 +17,7 @@ import attrs
 from xlib_pipeline import (
     DefinitionError,
     Isolation,
+    ResourceError,
     RunContext,
     SerializationError,
     StashKey,
@@ -153,12 +154,13 @@ class DaskExecutor:
         # values as cloudpickle bytes, loaded in the task on the worker.
         boxing = bool(args) and by_value_modules()
         key = f"{task.name}-{uuid.uuid4().hex}"
+        needs = worker_resources(client, task)
         keep = spec is not None and spec.keep_remote
         if index is not None:
-            return self._map(client, task, fn, args, index, spec, key, keep, timeout, boxing)
+            return self._map(client, task, fn, args, index, spec, key, keep, timeout, needs, boxing)
         if boxing:
             args = tuple([_box(a) for a in args])
-        fut = client.submit(fn, *args, pure=False, key=key)
+        fut = client.submit(fn, *args, pure=False, key=key, **needs)
         if keep:
             return RemoteResult(task.name, future=fut)
         return _wait_one(client, task, fut, timeout)
@@ -174,10 +176,12 @@ class DaskExecutor:
         key: str,
         keep: bool,
         timeout: float | None,
+        needs: dict[str, Any] | None = None,
         boxing: bool = False,
     ) -> Any:
         from distributed import Future
 
+        needs = needs or {}
         items = _items(task, args, index)
         if isinstance(items, Future):
             items = items.result()
@@ -195,7 +199,7 @@ class DaskExecutor:
         par = spec.parallelism if spec is not None else "auto"
         if isinstance(par, str) or par >= n:  # "auto"
             futs = [
-                client.submit(fn, *before, item, *after, pure=False, key=f"{key}-{k}")
+                client.submit(fn, *before, item, *after, pure=False, key=f"{key}-{k}", **needs)
                 for k, item in enumerate(items)
             ]
             if keep:
@@ -212,6 +216,28 @@ def _box(value: Any) -> Any:
     if isinstance(value, list) and value and all(isinstance(v, Future) for v in value):
         return value
     return by_value(value)
+
+
+def worker_resources(client: Any, task: Task) -> dict[str, Any]:
+    """``{"resources": ...}`` for ``client.submit`` when the task declares ``resources=``
+    (Dask worker resources); :class:`ResourceError` naming the task when no worker of the
+    cluster advertises that much (Dask would wait for one forever)."""
+    needs = task.options.get("resources")
+    if not needs:
+        return {}
+    wanted = {k: float(v) for k, v in dict(needs).items() if v}
+    if not wanted:
+        return {}
+    workers = client.scheduler_info().get("workers", {})
+    for info in workers.values():
+        have = info.get("resources") or {}
+        if all(float(have.get(k, 0)) >= v for k, v in wanted.items()):
+            return {"resources": wanted}
+    raise ResourceError(
+        f"task {task.name!r} needs Dask worker resources {wanted}, which no worker of the "
+        f"cluster advertises (start workers with --resources, e.g. "
+        f'"{" ".join(f"{k}={v:g}" for k, v in wanted.items())}")'
+    )
 
 
 def _small(value: Any) -> bool:
