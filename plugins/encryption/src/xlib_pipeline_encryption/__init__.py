@@ -19,6 +19,7 @@ from ._keyring import (
 )
 from ._plugin import EncryptionPlugin, default_key_dir, encrypt_data
 from ._rotate import RotationReport, rotate_store
+from ._shred import ShredReport, shred_tenant
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "Keyring",
     "MasterKey",
     "RotationReport",
+    "ShredReport",
     "__version__",
     "add_key",
     "default_key_dir",
@@ -39,4 +41,5 @@ __all__ = [
     "new_master_key",
     "parse_header",
     "rotate_store",
+    "shred_tenant",
 ]
