@@ -16,6 +16,7 @@ from xlib_pipeline import (
     CliCommand,
     ConfigError,
     ConfigKey,
+    EvidenceSection,
     ManagerDecorator,
     TaskOption,
     data_dir,
@@ -23,9 +24,11 @@ from xlib_pipeline import (
     observe_direct_calls,
 )
 
+from ._canonical import ALG_HMAC, ALG_SHA256
 from ._checkpoint import Checkpointer, load_signing_key
 from ._checkpoint import default_dir as default_checkpoint_dir
 from ._decorator import DirectCalls, audit_log
+from ._evidence import section as evidence_section
 from ._head import head_path, read_head
 from ._keys import refuse_unkeyed_trail
 from ._recorder import Recorder
@@ -250,3 +253,15 @@ class AuditPlugin:
         head = read_head(head_path(trail.path))
         if head is not None:
             cp.write(int(head["seq"]), str(head["hash"]))
+
+    @hookimpl
+    def collect_evidence(self, manager: Any, run_id: str, run: Any) -> EvidenceSection | None:
+        """The run's seq range and head hash; with ``run=None`` also ``audit.jsonl``."""
+        if not self.enabled or self.path is None:
+            return None
+        self.sync()
+        alg = ALG_HMAC if self.key is not None else ALG_SHA256
+        got = evidence_section(self.path, alg, run_id, with_files=run is None)
+        if got is None:
+            return None
+        return EvidenceSection(name="audit", facts=got["facts"], files=got["files"])
