@@ -148,3 +148,22 @@ def test_checkpoints_signed_by_another_key_fail_with_public_key(
 def test_bad_checkpoint_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="checkpoint_every"):
         PipelineManager({"audit": {"path": str(tmp_path / "a.jsonl"), "checkpoint_every": 0}})
+
+
+def test_checkpoints_hold_across_a_rotated_trail(tmp_path: Path) -> None:
+    """Checkpointed records in closed segments are found there: no false rollback."""
+    trail = tmp_path / "audit.jsonl"
+    cps = tmp_path / "cps"
+    config = {
+        "audit": {
+            "path": str(trail),
+            "max_bytes": 4096,
+            "checkpoint_key_file": str(_key(tmp_path)),
+            "checkpoints_dir": str(cps),
+        }
+    }
+    with PipelineManager(config) as pm:
+        for _ in range(6):
+            pm.execute_pipeline(_pipeline(4))
+    assert list(tmp_path.glob("audit.0*.jsonl")), "the trail rotated"
+    assert main(["audit", "verify", str(trail), "--checkpoints", str(cps)]) == 0

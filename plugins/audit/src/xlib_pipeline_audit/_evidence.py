@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._segments import series_files
+
 #: How a verifier rebuilds a record's hash input (see docs/plugins/audit.md).
 CANONICAL_FORM = "rfc8785 (records with v=2); json-sorted-compact-ascii (records without v)"
 
@@ -65,13 +67,18 @@ def _tail(path: Path, run_id: str) -> bytes:
 def section(path: Path, alg: str, run_id: str, *, with_files: bool) -> dict[str, Any] | None:
     """``{"facts": ..., "files": ...}`` for run ``run_id`` in the trail at ``path``.
 
-    At the end of a run (``with_files=False``) only the trail's tail is read.
+    At the end of a run (``with_files=False``) only the active file's tail is read, unless
+    the run's first record is not there (the trail rotated during the run): then, as when a
+    pack is built, the whole series (closed segments oldest first, then the active file).
     """
     try:
-        data = path.read_bytes() if with_files else _tail(path, run_id)
+        data = _series(path) if with_files else _tail(path, run_id)
+        spans = _matches(data, run_id)
+        if not with_files and (not spans or b'"run.started"' not in data[slice(*spans[0])]):
+            data = _series(path)
+            spans = _matches(data, run_id)
     except FileNotFoundError:
         return None
-    spans = _matches(data, run_id)
     if not spans:
         return None
     first = json.loads(data[spans[0][0] : spans[0][1]])
@@ -122,3 +129,8 @@ def _stub(line: bytes) -> bytes:
         "redacted": True,
     }
     return json.dumps(stub, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _series(path: Path) -> bytes:
+    """Every line of the trail's series, oldest segment first (the chain continues across)."""
+    return b"".join(p.read_bytes() for p in series_files(path))
