@@ -357,3 +357,22 @@ def test_public_key_pem_roundtrip(key_file) -> None:
     from xlib_pipeline_evidence._dsse import public_pem
 
     assert key_id(load_public_pem(public_pem(pub), "x")) == key_id(pub)
+
+
+def test_packs_of_runs_in_a_rotated_audit_trail_verify(
+    tmp_path, key_file, make_pipeline, full_config
+) -> None:
+    """The audit excerpt is read from the whole series once the trail has rotated."""
+    config = full_config(tmp_path, key_file)
+    config["audit"] = {**config["audit"], "max_bytes": 4096}
+    with PipelineManager(config) as pm:
+        run_ids = [pm.execute_pipeline(make_pipeline()).run_id for _ in range(4)]
+    home = Path(config["audit"]["path"]).parent
+    assert list(home.glob("audit.0*.jsonl")), "the trail rotated"
+    pub = key_file.with_name("signing.pub.pem")
+    for n, run_id in enumerate((run_ids[0], run_ids[-1])):
+        out = _build(config, run_id, tmp_path / f"pack{n}", key_file)
+        res = verify(out, public_key=pub)
+        assert res, [c for c in res.failures]
+        excerpt = (out / "audit.jsonl").read_text()
+        assert run_id in excerpt and '"run.finished"' in excerpt
