@@ -83,6 +83,18 @@ def demo(session: nox.Session) -> None:
     if trail.exists():
         session.run("xlib-pipeline", "audit", "verify", str(trail))
     session.run("xlib-pipeline", "runs", "list", "--limit", "5", success_codes=[0, 2])
+    # The demo run's evidence pack, verified offline with the signer's public key only.
+    pack = home / "evidence-pack"
+    keys = Path(session.env["XLIB_PIPELINE_KEYS_DIR"])
+    session.run("xlib-pipeline", "evidence", "build", "latest", "-o", str(pack))
+    session.run(
+        "xlib-pipeline",
+        "evidence",
+        "verify",
+        str(pack),
+        "--public-key",
+        str(keys / "evidence-signing.pub.pem"),
+    )
 
 
 @nox.session

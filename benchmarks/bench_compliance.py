@@ -5,9 +5,9 @@
 The 10,000-task random layered DAG of no-op tasks, 2 worker threads, measured in the same
 process and run for: the plain graphlib + ThreadPoolExecutor(2) reference loop; the bare
 core; the core with its run store; and the core with the run store plus audit (fsync batch),
-lineage (file transport), classification (PII scanning) and encryption at rest. Medians of
-``--repeat`` runs, contenders interleaved; the goal is at most 4x the reference with
-everything on.
+lineage (file transport), classification (PII scanning) and encryption at rest, and all of
+that plus the evidence plugin's signed run attestation. Medians of ``--repeat`` runs,
+contenders interleaved; the goal is at most 4x the reference with everything on.
 """
 
 from __future__ import annotations
@@ -55,10 +55,16 @@ def main() -> None:
             "classification": {"detect_pii": True},
             "security": {"encryption_at_rest": True},
         }
+        from xlib_pipeline_evidence import generate
+
+        key, _, _ = generate(Path(tmp) / "keys" / "evidence.pem")
         managers = {
             "core": PipelineManager(base),
             "core + store": PipelineManager({**base, **store}),
             "all compliance plugins": PipelineManager(everything),
+            "all + signed evidence": PipelineManager(
+                {**everything, "evidence": {"signing_key_file": str(key)}}
+            ),
         }
         contenders = {"reference loop": lambda: reference_threads(dag, 2)}
         for label, pm in managers.items():

@@ -6,7 +6,8 @@ writes a report. ``PIPELINE_CONFIG`` turns the compliance plugins on with embedd
 defaults: an audit trail, OpenLineage events, data classification and encryption of every
 stored output, written under ``.xlib-pipeline/`` (or ``$XLIB_PIPELINE_HOME``) next to the run
 store the CLI keeps. The master key goes to ``$XLIB_PIPELINE_KEYS_DIR`` (the demo session
-sets it), else ``~/.config/xlib-pipeline/keys``: never beside the data it protects.
+sets it), else ``~/.config/xlib-pipeline/keys``: never beside the data it protects; the
+evidence signing key that signs each run's attestation goes there too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PIPELINE_CONFIG = {
     "lineage": {"namespace": "xlib-demo"},
     "classification": {"detect_pii": True},
     "security": {"encryption_at_rest": True},
+    "evidence": True,
 }
 
 REGIONS = ("north", "south", "east", "west")

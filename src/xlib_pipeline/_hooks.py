@@ -16,6 +16,7 @@ import pluggy
 from ._records import (
     CliCommand,
     ConfigKey,
+    EvidenceSection,
     ExecutorSpec,
     Isolation,
     ManagerDecorator,
@@ -179,6 +180,40 @@ class Hooks:
     def register_stream_connectors(self) -> dict[str, StreamConnector]:
         """Every stream source/sink connector, by URL scheme."""
         return self._collect("register_stream_connectors", key=lambda c: c.scheme)
+
+    def collect_evidence(
+        self, *, manager: Any, run_id: str, run: RunContext | None
+    ) -> list[EvidenceSection]:
+        """Every plugin's section of run ``run_id``'s evidence, sorted by section name.
+
+        Two plugins answering the same section name is a :class:`PluginError` naming both.
+        """
+        if not self.has["collect_evidence"]:
+            return []
+        kwargs = {"manager": manager, "run_id": run_id, "run": run}
+        found: dict[str, EvidenceSection] = {}
+        owners: dict[str, str] = {}
+        for impl in reversed(self._h.collect_evidence.get_hookimpls()):  # registration order
+            section = self._invoke("collect_evidence", kwargs, impl)
+            if section is None:
+                continue
+            if not isinstance(section, EvidenceSection):
+                raise PluginError(
+                    f"collect_evidence: plugin {impl.plugin_name!r} answered "
+                    f"{type(section).__name__}, expected an EvidenceSection or None",
+                    plugin=impl.plugin_name,
+                    hook="collect_evidence",
+                )
+            if section.name in found:
+                raise PluginError(
+                    f"collect_evidence: section {section.name!r} is answered by both plugin "
+                    f"{owners[section.name]!r} and plugin {impl.plugin_name!r}",
+                    plugin=impl.plugin_name,
+                    hook="collect_evidence",
+                )
+            found[section.name] = section
+            owners[section.name] = impl.plugin_name
+        return [found[k] for k in sorted(found)]
 
     # -- lifecycle and validators ----------------------------------------------------------------
 

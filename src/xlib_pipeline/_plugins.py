@@ -34,6 +34,7 @@ PLUGIN_PACKAGES = {
     "retries": "xlib-pipeline-retries",
     "kubernetes": "xlib-pipeline-kubernetes",
     "dask": "xlib-pipeline-dask",
+    "evidence": "xlib-pipeline-evidence",
     "redis": "xlib-pipeline-redis",
 }
 KNOWN_CONFIG_KEYS = {
@@ -58,6 +59,7 @@ KNOWN_CONFIG_KEYS = {
     "kubernetes": "kubernetes",
     "auto_scaling": "kubernetes",
     "resource_management": "kubernetes",
+    "evidence": "evidence",
 }
 KNOWN_TASK_OPTIONS = {
     "retries": "retries",
@@ -81,6 +83,7 @@ KNOWN_DECORATORS = {
     "audit_log": "audit",
     "isolate_resources": "tenancy",
     "encrypt_data": "encryption",
+    "compliance_report": "evidence",
 }
 
 

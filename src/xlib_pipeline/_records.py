@@ -486,6 +486,20 @@ class CliCommand:
 
 
 @attrs.frozen(kw_only=True)
+class EvidenceSection:
+    """A plugin's answer to ``collect_evidence``: its facts about one run, by plugin name.
+
+    ``facts`` is JSON data (signed into the run's attestation under ``name``); ``files``
+    maps file names to the bytes an evidence pack should carry (``audit.jsonl``), given
+    only when a pack is built.
+    """
+
+    name: str
+    facts: Mapping[str, Any] = attrs.field(factory=dict)
+    files: Mapping[str, bytes] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
 class PluginInfo:
     """An installed or registered plugin, as ``xlib-pipeline plugins`` lists it."""
 

@@ -612,6 +612,33 @@ class RunStore(_lease.LeaseMixin):
         with self._read_lock, self._conn:
             self._conn.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (blob, rowid))
 
+    def redact_tenant_texts(self, tenant: str, marker: str) -> int:
+        """Overwrite with ``marker`` every error text and traceback stored in clear (not
+        sealed by an ``encrypt`` hook) of ``tenant``'s tasks, their failed attempts and the
+        runs made for it; return how many were overwritten (crypto-shredding: sealed texts
+        are shredded by the encryption plugin, clear ones are erased here)."""
+        clear = "typeof({0}) = 'text'"
+        with self._read_lock, self._conn:
+            c = self._conn
+            n = c.execute(
+                f"UPDATE tasks SET error = CASE WHEN {clear.format('error')} THEN ? ELSE error "
+                f"END, traceback = CASE WHEN {clear.format('traceback')} THEN NULL ELSE "
+                f"traceback END WHERE tenant = ? AND ({clear.format('error')} OR "
+                f"{clear.format('traceback')})",
+                (marker, tenant),
+            ).rowcount
+            n += c.execute(
+                f"UPDATE events SET error = ? WHERE {clear.format('error')} AND EXISTS (SELECT 1 "
+                "FROM tasks t WHERE t.run_id = events.run_id AND t.task = events.task AND "
+                "t.tenant = ?)",
+                (marker, tenant),
+            ).rowcount
+            n += c.execute(
+                f"UPDATE runs SET error = ? WHERE tenant = ? AND {clear.format('error')}",
+                (marker, tenant),
+            ).rowcount
+        return int(n)
+
     def replace_output(self, run_id: str, task: str, blob: bytes) -> None:
         """Overwrite the stored output of ``run_id``/``task`` (and rows that reuse it)."""
         with self._read_lock, self._conn:

@@ -305,6 +305,11 @@ class SecurityError(PipelineError):
     """An action is not permitted (access control, key or tenant mismatch)."""
 
 
+class DataShreddedError(SecurityError):
+    """The data was crypto-shredded on purpose (GDPR Art. 17 erasure): the keys that could
+    decrypt it were destroyed, so it can never be read again. Digests of it may remain."""
+
+
 class ComplianceError(PipelineError):
     """A compliance policy refuses a pipeline, a flow of data or an action."""
 

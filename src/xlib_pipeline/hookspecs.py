@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._records import (
         CliCommand,
         ConfigKey,
+        EvidenceSection,
         ExecutorSpec,
         Isolation,
         ManagerDecorator,
@@ -91,6 +92,22 @@ class HookSpecs:
     @hookspec
     def register_stream_connectors(self) -> Iterable[StreamConnector]:
         """Collector: stream sources and sinks by URL scheme (``pm.stream``, CLI ``stream``)."""
+
+    @hookspec
+    def collect_evidence(
+        self, manager: Any, run_id: str, run: RunContext | None
+    ) -> EvidenceSection | None:
+        """Collector: this plugin's facts about run ``run_id`` for its signed evidence.
+
+        Called by an evidence plugin (``xlib-pipeline-evidence``) through
+        ``manager.hooks.collect_evidence`` at two moments. At the end of a run, from its
+        ``after_pipeline``, ``run`` is the run's context: answer from what the plugin holds
+        in memory or can read cheaply (the facts are signed into the run's attestation).
+        When an evidence pack is built later, ``run`` is ``None``: answer from the plugin's
+        own storage and add the files the pack should carry (``audit.jsonl`` ...). Each
+        plugin answers one section under its own name, JSON data only, never task data;
+        ``None`` means nothing to say about this run.
+        """
 
     # -- lifecycle ---------------------------------------------------------------------------
 

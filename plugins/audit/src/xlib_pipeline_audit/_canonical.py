@@ -1,11 +1,20 @@
 """Canonical JSON, record hashing and value digests: the parts a verifier must agree on.
 
 A record's ``hash`` is SHA-256 (or HMAC-SHA256 with a key) over the canonical JSON of the
-record *without* its ``hash`` field: ``json.dumps(record, sort_keys=True,
-separators=(",", ":"), ensure_ascii=True)`` encoded as ASCII (the *body*). A trail line is
-that body with ``,"hash":"<hex>"`` added as its last member, then ``\\n``: the record is
-serialized once. A verifier re-serializes each parsed line this way and requires byte
-equality, so no byte of a line can change unnoticed.
+record *without* its ``hash`` field, UTF-8 encoded (the *body*). A trail line is that body
+with ``,"hash":"<hex>"`` added as its last member, then ``\\n``: the record is serialized
+once. A verifier re-serializes each parsed line and requires byte equality, so no byte of
+a line can change unnoticed.
+
+The canonical form is versioned by the record's ``v`` field (inside the hashed body, so it
+cannot be flipped unnoticed):
+
+* ``"v": 2`` (every record written now): RFC 8785, the JSON Canonicalization Scheme, which a
+  verifier in any language can reproduce (the ``rfc8785`` package; records that are plain
+  strings, integers, booleans and nulls under ASCII keys take a fast path that produces the
+  same bytes, checked by the tests against ``rfc8785``).
+* no ``v`` (trails written before): ``json.dumps(record, sort_keys=True, separators=(",",
+  ":"), ensure_ascii=True)``. Such trails stay verifiable.
 """
 
 from __future__ import annotations
@@ -16,17 +25,45 @@ import json
 import pickle
 from typing import Any
 
+import rfc8785
+
 #: ``prev`` of the first record of a trail.
 GENESIS = "0" * 64
 ALG_SHA256 = "sha256"
 ALG_HMAC = "hmac-sha256"
 
+#: The canonical form of records written now (RFC 8785); stored as the record's ``v``.
+CHAIN_VERSION = 2
 _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _encode = _encoder.encode
+_jcs_plain = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_MAX_INT = 2**53
+
+
+def _plain(value: Any) -> bool:
+    """JSON data whose RFC 8785 form is Python's sorted, compact, non-ASCII-escaping form:
+    strings, bools, nulls, integers within ±2**53, and lists and objects of them under
+    ASCII keys (floats and exotic keys go through ``rfc8785``)."""
+    t = type(value)
+    if t is str or value is None or t is bool:
+        return True
+    if t is int:
+        return bool(-_MAX_INT <= value <= _MAX_INT)
+    if t is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
+    if t is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def canonical(record: dict[str, Any]) -> str:
-    """The canonical JSON text of ``record`` (sorted keys, compact, ASCII only)."""
+    """The canonical JSON text of ``record``: RFC 8785 when ``record["v"] == 2``, else the
+    legacy form (sorted keys, compact, ASCII only). Raises ValueError/TypeError when the
+    record is not JSON data."""
+    if record.get("v") == CHAIN_VERSION:
+        if _plain(record):
+            return _jcs_plain(record)
+        return rfc8785.dumps(record).decode("utf-8")
     return _encode(record)
 
 
@@ -52,7 +89,7 @@ def split_line(text: str) -> tuple[dict[str, Any], str, str]:
     given = rec.pop("hash", None)
     if not isinstance(given, str):
         raise ValueError("the record has no hash")
-    body = _encode(rec)
+    body = canonical(rec)
     if render_line(body, given) != text:
         raise ValueError("not in canonical JSON form (a byte was changed)")
     return rec, given, body
@@ -60,7 +97,7 @@ def split_line(text: str) -> tuple[dict[str, Any], str, str]:
 
 def record_hash(body: str, key: bytes | None) -> str:
     """Hex SHA-256 of ``body`` (canonical JSON without ``hash``), or HMAC-SHA256 with ``key``."""
-    data = body.encode("ascii")
+    data = body.encode("utf-8")
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()

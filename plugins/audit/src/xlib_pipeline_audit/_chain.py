@@ -8,7 +8,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._canonical import canonical, record_hash, render_line
+from ._canonical import CHAIN_VERSION, canonical, record_hash, render_line
 
 if TYPE_CHECKING:
     from ._trail import AuditTrail
@@ -27,6 +27,7 @@ class _ChainHasher:
         ev.pop("hash", None)
         ev["seq"] = seq
         ev["prev"] = t._prev
+        ev["v"] = CHAIN_VERSION
         try:
             body = canonical(ev)
         except (TypeError, ValueError) as exc:

@@ -27,6 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keys.add_argument("--key-file", help="file holding the HMAC key")
     v.add_argument("--head", help="head anchor file (default: PATH.head)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="also check the signed checkpoints in DIR: detects a rollback of the trail and "
+        "its head to an older consistent copy",
+    )
+    v.add_argument(
+        "--public-key",
+        help="the checkpoint signer's public key (PEM; default DIR/public-key.pem)",
+    )
 
     s = sub.add_parser("show", help="list the records of a trail (rich table or JSON)")
     s.add_argument("path")
@@ -94,11 +104,26 @@ def _verify(args: argparse.Namespace) -> int:
         report = verify_series(args.path, _key(args))
     else:
         report = verify(args.path, _key(args), head=args.head)
+    problems: list[str] = []
+    checked = 0
+    if args.checkpoints:
+        from ._checkpoint import verify_checkpoints
+
+        problems, checked = verify_checkpoints(args.path, args.checkpoints, args.public_key)
+    ok = report.ok and not problems
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+        out = report.as_dict()
+        if args.checkpoints:
+            out["checkpoints"] = {"checked": checked, "problems": problems}
+        out["ok"] = ok
+        print(json.dumps(out, indent=2, sort_keys=True))
     else:
         print(str(report), file=sys.stdout if report.ok else sys.stderr)
-    return 0 if report.ok else 1
+        if args.checkpoints and not problems:
+            print(f"OK {checked} signed checkpoint(s) in {args.checkpoints} hold")
+        for p in problems:
+            print(f"CHECKPOINT {p}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from xlib_pipeline import (
     CliCommand,
     ConfigError,
     ConfigKey,
+    EvidenceSection,
     ManagerDecorator,
     TaskOption,
     data_dir,
@@ -23,7 +24,12 @@ from xlib_pipeline import (
     observe_direct_calls,
 )
 
+from ._canonical import ALG_HMAC, ALG_SHA256
+from ._checkpoint import Checkpointer, load_signing_key
+from ._checkpoint import default_dir as default_checkpoint_dir
 from ._decorator import DirectCalls, audit_log
+from ._evidence import section as evidence_section
+from ._head import head_path, read_head
 from ._keys import refuse_unkeyed_trail
 from ._recorder import Recorder
 from ._registry import open_trail
@@ -62,6 +68,8 @@ class AuditPlugin:
         self.explicitly_off = False
         self._manager: Any = None
         self._stop_observing: Callable[[], None] | None = None
+        #: Signs checkpoints of the trail's head (``audit.checkpoint_key_file``), or None.
+        self.checkpointer: Checkpointer | None = None
 
     # -- collectors -------------------------------------------------------------------------
 
@@ -76,7 +84,8 @@ class AuditPlugin:
                 convert=convert_section,
                 doc="Audit trail settings: true, or {path, fsync: always|batch|never, "
                 "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, "
-                "actor, digests, multiprocess, max_bytes, rotate, processors, destinations}.",
+                "actor, digests, multiprocess, max_bytes, rotate, processors, destinations, "
+                "checkpoint_key_file, checkpoints_dir, checkpoint_every}.",
             ),
             *(
                 ConfigKey(name=k, convert=functools.partial(flag, k), doc=flag_doc)
@@ -151,6 +160,15 @@ class AuditPlugin:
             refuse_unkeyed_trail(self.path)
         self.key = load_key(settings)
         self.actor = settings.actor or config.core.actor or os_user()
+        if settings.checkpoint_key_file:
+            self.checkpointer = Checkpointer(
+                self.path,
+                Path(settings.checkpoints_dir).expanduser().absolute()
+                if settings.checkpoints_dir
+                else default_checkpoint_dir(self.path),
+                load_signing_key(settings.checkpoint_key_file),
+                settings.checkpoint_every,
+            )
         self._processors = tuple(resolve_callable(p) for p in settings.processors)
         self._destinations = tuple(resolve_callable(d) for d in settings.destinations)
         self.enabled = True
@@ -166,7 +184,10 @@ class AuditPlugin:
         stop, self._stop_observing = self._stop_observing, None
         if stop is not None:
             stop()
-        trail, self._trail = self._trail, None
+        trail = self._trail
+        if trail is not None and self.checkpointer is not None and not trail.closed:
+            self.checkpoint(force=True)  # the last records get a checkpoint too
+        self._trail = None
         if trail is not None:
             trail.release()
 
@@ -216,3 +237,31 @@ class AuditPlugin:
         """Make the trail durable now and move its head anchor to the last record."""
         if self._trail is not None:
             self._trail.sync()
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Sign a checkpoint of the trail's synced head: at run ends (``force``) and once
+        ``audit.checkpoint_every`` records were written since the last one."""
+        cp = self.checkpointer
+        trail = self._trail
+        if cp is None or trail is None:
+            return
+        if not force and not cp.due(trail.last_seq):
+            return
+        if trail.last_seq <= cp.last_seq:
+            return
+        trail.sync()
+        head = read_head(head_path(trail.path))
+        if head is not None:
+            cp.write(int(head["seq"]), str(head["hash"]))
+
+    @hookimpl
+    def collect_evidence(self, manager: Any, run_id: str, run: Any) -> EvidenceSection | None:
+        """The run's seq range and head hash; with ``run=None`` also ``audit.jsonl``."""
+        if not self.enabled or self.path is None:
+            return None
+        self.sync()
+        alg = ALG_HMAC if self.key is not None else ALG_SHA256
+        got = evidence_section(self.path, alg, run_id, with_files=run is None)
+        if got is None:
+            return None
+        return EvidenceSection(name="audit", facts=got["facts"], files=got["files"])

@@ -96,6 +96,7 @@ class Recorder:
         trail = self._plugin.writer()
         trail.append(rec, wait=True)
         trail.sync()
+        self._plugin.checkpoint(force=True)
 
     @hookimpl(tryfirst=True)
     def before_pipeline(self, run: Any) -> None:
@@ -133,6 +134,9 @@ class Recorder:
         trail.append(rec)
         if "stream" not in run.params:  # a stream's batches sync as configured (fsync)
             trail.sync()
+            self._plugin.checkpoint(force=True)
+        elif self._plugin.checkpointer is not None:
+            self._plugin.checkpoint()
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
@@ -228,4 +232,8 @@ class Recorder:
                 rec["classification"] = entry.level
                 if entry.detected:
                     rec["pii_detected"] = sorted(entry.detected)
-        self._plugin.writer().append(rec)
+        trail = self._plugin.writer()
+        trail.append(rec)
+        cp = self._plugin.checkpointer
+        if cp is not None and cp.due(trail.last_seq):
+            self._plugin.checkpoint()

@@ -36,6 +36,9 @@ SECTION_KEYS = (
     "rotate",
     "processors",
     "destinations",
+    "checkpoint_key_file",
+    "checkpoints_dir",
+    "checkpoint_every",
 )
 #: Flags that turn the trail on (``compliance_mode``, owned by the core, implies
 #: ``audit_logging``).
@@ -67,6 +70,11 @@ class AuditSettings:
     write_through: bool = False
     processors: tuple[Any, ...] = ()
     destinations: tuple[Any, ...] = ()
+    #: An Ed25519 private key (PEM): sign a checkpoint at every run end and every
+    #: ``checkpoint_every`` records into ``checkpoints_dir`` (default ``<trail>.checkpoints``).
+    checkpoint_key_file: str | None = None
+    checkpoints_dir: str | None = None
+    checkpoint_every: int = 1000
 
 
 def _positive_int(name: str, value: Any, *, zero: bool = False) -> int:
@@ -143,6 +151,9 @@ def convert_section(value: Any) -> AuditSettings:
         processors=_callables("processors", value.get("processors")),
         destinations=_callables("destinations", value.get("destinations")),
         keyed=_keyed(value),
+        checkpoint_key_file=_opt_str("checkpoint_key_file", value.get("checkpoint_key_file")),
+        checkpoints_dir=_opt_str("checkpoints_dir", value.get("checkpoints_dir")),
+        checkpoint_every=_positive_int("checkpoint_every", value.get("checkpoint_every", 1000)),
     )
 
 

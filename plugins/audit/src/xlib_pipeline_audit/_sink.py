@@ -178,7 +178,7 @@ def reload_tail(self: AuditTrail) -> None:
     else:
         raw = last_line(fd, size)
         try:
-            rec, given, body = split_line(raw.decode("ascii"))
+            rec, given, body = split_line(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise self._fail(f"its last record is not intact ({exc})") from exc
         if not isinstance(rec.get("seq"), int) or record_hash(body, self._key) != given:

@@ -105,9 +105,9 @@ def scan(data: bytes, key: bytes | None, *, mark: frozenset[int] = frozenset()) 
         if not raw:
             return bad(lineno, "empty line (a record was cut or a newline inserted)")
         try:
-            text = raw.decode("ascii")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return bad(lineno, "non-ASCII byte in the record (a byte was changed)")
+            return bad(lineno, "a byte of the record is not UTF-8 (a byte was changed)")
         try:
             rec, given, body = split_line(text)
         except ValueError as exc:

@@ -335,7 +335,7 @@ class AuditTrail:
         assert staged is not None
         self._staged = None
         self._seq, self._prev = staged[0], staged[1]
-        return ((line + "\n").encode("ascii"), line, staged[0], staged[1], staged[3])
+        return ((line + "\n").encode("utf-8"), line, staged[0], staged[1], staged[3])
 
     def _write_records(self, batch: list[Chained]) -> None:
         """Write records (after any kept from a failed write) with one write(2). Holds lock."""

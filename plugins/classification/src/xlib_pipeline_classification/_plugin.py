@@ -28,6 +28,7 @@ from xlib_pipeline import (
     CLASSIFICATION,
     Classification,
     ConfigKey,
+    EvidenceSection,
     OutputLevel,
     RunContext,
     StashKey,
@@ -315,6 +316,35 @@ class _Enforcer:
                 f"pipeline {run.pipeline_name!r} refused before running: data flows above a "
                 f"task's clearance: {'; '.join(violations[:5])}{more}"
             )
+
+    @hookimpl
+    def collect_evidence(
+        self, manager: Any, run_id: str, run: RunContext | None
+    ) -> EvidenceSection | None:
+        """Levels, PII kinds and flows with their clearance decisions (at the end of a run)."""
+        state = run.stash.get(CLASSIFICATION_RUN, None) if run is not None else None
+        if state is None:
+            return None
+        flows = []
+        for name, (_own, _declared, ups) in state.declared.items():
+            c = state.clearance.get(name)
+            for up in ups:
+                lvl = state.levels.get(up)
+                if lvl is None:
+                    continue
+                flow: dict[str, Any] = {"from": up, "to": name, "level": LEVELS[lvl]}
+                if c is not None:
+                    flow["clearance"] = LEVELS[c]
+                    flow["decision"] = "refused" if lvl > c else "allowed"
+                flows.append(flow)
+        outputs = state.published.outputs
+        facts = {
+            "levels": {k: v.level for k, v in sorted(outputs.items())},
+            "pii": {k: list(v.detected) for k, v in sorted(outputs.items()) if v.detected},
+            "clearances": {k: LEVELS[v] for k, v in sorted(state.clearance.items())},
+            "flows": flows,
+        }
+        return EvidenceSection(name="classification", facts=facts)
 
     @hookimpl
     def before_pipeline(self, run: RunContext) -> None:

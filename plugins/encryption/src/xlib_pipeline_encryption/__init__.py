@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from ._plugin import EncryptionPlugin, default_key_dir, encrypt_data
     from ._rotate import RotationReport, rotate_store
+    from ._shred import ShredReport, shred_tenant
 
 _LAZY = {
     "VERSION": "._envelope",
@@ -40,6 +41,8 @@ _LAZY = {
     "encrypt_data": "._plugin",
     "RotationReport": "._rotate",
     "rotate_store": "._rotate",
+    "ShredReport": "._shred",
+    "shred_tenant": "._shred",
 }
 
 __version__ = "0.1.0"
@@ -52,6 +55,7 @@ __all__ = [
     "Keyring",
     "MasterKey",
     "RotationReport",
+    "ShredReport",
     "__version__",
     "add_key",
     "default_key_dir",
@@ -61,6 +65,7 @@ __all__ = [
     "new_master_key",
     "parse_header",
     "rotate_store",
+    "shred_tenant",
 ]
 
 

@@ -31,6 +31,15 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     rot.add_argument("--store", help="run store file (default: the config's / data folder's)")
     rot.add_argument("--dry-run", action="store_true", help="count, change nothing")
     rot.add_argument("--principal", help="who rotates (checked when access control is on)")
+    sh = sub.add_parser(
+        "shred",
+        help="crypto-shred a tenant (right to erasure): destroy its data keys in the run store; "
+        "its outputs and error texts can never be read again",
+    )
+    sh.add_argument("--tenant", required=True, help="the tenant whose data keys are destroyed")
+    sh.add_argument("--config", help="config file (.json, .toml, .yaml)")
+    sh.add_argument("--store", help="run store file (default: the config's / data folder's)")
+    sh.add_argument("--principal", help="who shreds (checked when access control is on)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,6 +62,10 @@ def _run(args: argparse.Namespace) -> int:
             for kid in ids:
                 print(kid + ("  (active)" if kid == ring.active_key_id else ""))
         return 0
+    if action == "shred":
+        from ._shred import shred_command
+
+        return shred_command(args)
     from ._rotate import rotate_command
 
     return rotate_command(args)
@@ -62,7 +75,7 @@ def keys_command() -> CliCommand:
     """The ``keys`` sub-command record."""
     return CliCommand(
         name="keys",
-        help="manage encryption master keys (generate, add, list, rotate)",
+        help="manage encryption master keys (generate, add, list, rotate, shred)",
         add_arguments=_add_arguments,
         run=_run,
     )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from xlib_pipeline import ENCRYPTED_MAGIC, PayloadRef, SecurityError
+from xlib_pipeline import ENCRYPTED_MAGIC, DataShreddedError, PayloadRef, SecurityError
 
 from ._keyring import KeyManagementService
 
@@ -173,6 +173,16 @@ class Envelope:
                 for scope in [s for s in self._seal if s[1] == run_id]:
                     del self._seal[scope]
 
+    def forget_tenant(self, tenant: str | None) -> None:
+        """Drop every cached data key of ``tenant`` (after shredding it): new data of the
+        tenant gets a new data key, old ciphertexts can no longer be opened from cache."""
+        t = tenant or ""
+        with self._lock:
+            for scope in [s for s in self._seal if s[0] == t]:
+                del self._seal[scope]
+            for ck in [k for k in self._open if k[2] == t]:
+                del self._open[ck]
+
     def reset(self) -> None:
         """Forget every cached sealing key (after the active master key changed)."""
         with self._lock:
@@ -227,10 +237,16 @@ class Envelope:
         return aead
 
     def open(self, data: bytes, ref: PayloadRef) -> bytes:
-        """Decrypt a payload sealed for ``ref``; :class:`SecurityError` if anything differs."""
+        """Decrypt a payload sealed for ``ref``; :class:`SecurityError` if anything differs
+        (:class:`DataShreddedError` when its data key was shredded)."""
         from cryptography.exceptions import InvalidTag
 
         head = parse_header(data, ref)
+        if head.key_id == SHREDDED_KEY_ID:
+            raise DataShreddedError(
+                f"{_where(ref)} was crypto-shredded (right to erasure): its data key was "
+                "destroyed, so it can never be decrypted; its digest in signed evidence remains"
+            )
         aead = self._opening_key(head, ref)
         b = head.body
         try:
@@ -252,7 +268,7 @@ class Envelope:
         """
         head = parse_header(data, ref)
         kms = self._kms()
-        if head.key_id == kms.active_key_id:
+        if head.key_id in (kms.active_key_id, SHREDDED_KEY_ID):
             return None
         self.open(data, ref)  # authenticate before re-wrapping
         try:
@@ -272,6 +288,23 @@ def key_id_of(data: bytes) -> str | None:
         return data[8 : 8 + n].decode()
     except UnicodeDecodeError:
         return None
+
+
+#: The key id written in place of a master key id when a data key is shredded.
+SHREDDED_KEY_ID = "shredded"
+
+
+def shredded(data: bytes) -> bytes:
+    """``data`` with its wrapped data key destroyed: the header names no master key and
+    holds no wrapped key; the sealed payload stays, undecryptable."""
+    ref = PayloadRef(run_id="?", pipeline="?", task="?", tenant=None)
+    head = parse_header(data, ref)
+    return _header(SHREDDED_KEY_ID, b"") + data[head.body :]
+
+
+def is_shredded(data: bytes) -> bool:
+    """Whether ``data`` is a ciphertext whose data key was shredded."""
+    return key_id_of(data) == SHREDDED_KEY_ID
 
 
 def _header(kid: str, wrapped: bytes) -> bytes:

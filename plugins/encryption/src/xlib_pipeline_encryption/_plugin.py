@@ -15,10 +15,12 @@ from xlib_pipeline import (
     CliCommand,
     ConfigError,
     ConfigKey,
+    EvidenceSection,
     ManagerDecorator,
     PayloadRef,
     RunContext,
     SecurityError,
+    StashKey,
     TaskOption,
     boolean,
     check_tenant_id,
@@ -27,7 +29,7 @@ from xlib_pipeline import (
     with_options,
 )
 
-from ._envelope import Envelope
+from ._envelope import Envelope, is_shredded, key_id_of
 from ._keyring import KeyManagementService, Keyring, generate_key_file
 
 #: Environment variable naming the folder of the embedded default key file.
@@ -35,6 +37,9 @@ KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
 DEFAULT_KEY_FILE = "master-keys.json"
 
 _log = logging.getLogger("xlib_pipeline.encryption")
+
+#: Task -> master key id of the outputs this run sealed (for the run's evidence section).
+SEALED_KEYS: StashKey[dict[str, str]] = StashKey("encryption.sealed_keys")
 
 
 _bool = boolean
@@ -162,6 +167,8 @@ class EncryptionPlugin:
         self.allow_plaintext = False
         self._spec: Any = None
         self._marked: set[tuple[str, str]] = set()
+        #: run id -> task -> master key id of the outputs sealed in that run (evidence)
+        self._seen: dict[str, dict[str, str]] = {}
         self._seen_plans: Any = None
         self.envelope = Envelope(self.kms, per_run_keys=False)
 
@@ -296,10 +303,55 @@ class EncryptionPlugin:
                 self._marked.update((name, t) for t in marked)
         if (self.at_rest or marked) and run.manager.store is not None:
             self.kms()  # fail before anything runs when the keyring is unusable
+            self._seen[run.run_id] = {}
 
     @hookimpl
     def after_pipeline(self, run: RunContext, result: Any) -> None:
         self.envelope.forget_run(run.run_id)
+        seen = self._seen.pop(run.run_id, None)
+        if seen is not None:
+            run.stash[SEALED_KEYS] = seen
+
+    @hookimpl
+    def collect_evidence(
+        self, manager: Any, run_id: str, run: RunContext | None
+    ) -> EvidenceSection | None:
+        """The master key id protecting each stored output of the run (never a key).
+
+        At the end of a run: the key ids noted as outputs were sealed (a resumed run's
+        carried outputs are read from the store); when a pack is built: read from the store,
+        naming the outputs crypto-shredded since (their attested digests remain).
+        """
+        store = manager.store
+        if store is None:
+            return None
+        keys: dict[str, str] = {}
+        gone: list[str] = []
+        seen = run.stash.get(SEALED_KEYS, None) if run is not None else None
+        resumed = run is not None and run.resumed_from is not None
+        if seen is not None and not resumed:
+            keys = dict(sorted(seen.items()))
+        stored = store.get_tasks(run_id).items() if seen is None or resumed else ()
+        for name, tr in sorted(stored):
+            blob = tr.output
+            if blob is not None and is_shredded(bytes(blob)):
+                gone.append(name)
+                continue
+            kid = key_id_of(bytes(blob)) if blob is not None else None
+            if kid is not None:
+                keys[name] = kid
+        if not keys and not gone and not (self.at_rest or self._marked):
+            return None
+        return EvidenceSection(
+            name="encryption",
+            facts={
+                "algorithm": "AES-256-GCM envelope",
+                "keys": keys,
+                "keyIds": sorted(set(keys.values())),
+                "perRunKeys": bool(self.envelope.per_run_keys),
+                **({"shredded": gone} if gone else {}),
+            },
+        )
 
     def requires(self, ref: PayloadRef) -> bool:
         """Whether the payload ``ref`` names must be stored encrypted."""
@@ -311,7 +363,12 @@ class EncryptionPlugin:
     def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
             return None
-        return self.envelope.seal(data, ref)
+        blob = self.envelope.seal(data, ref)
+        if ref.kind == "output":
+            seen = self._seen.get(ref.run_id)
+            if seen is not None:
+                seen[ref.task] = key_id_of(blob) or "?"
+        return blob
 
     @hookimpl
     def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:

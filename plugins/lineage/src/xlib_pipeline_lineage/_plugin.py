@@ -30,6 +30,7 @@ from xlib_pipeline import (
     FALLBACKS,
     CliCommand,
     ConfigKey,
+    EvidenceSection,
     RunContext,
     StashKey,
     TaskOption,
@@ -40,6 +41,7 @@ from xlib_pipeline import (
 from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
+from . import _evidence as evidence
 from ._emit import Emitter, Sink
 
 _SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
@@ -406,6 +408,28 @@ class LineagePlugin:
         with self._lock:
             self._datasets[run.pipeline] = (run.tasks, out)
         return out
+
+    @hookimpl
+    def collect_evidence(
+        self, manager: Any, run_id: str, run: RunContext | None
+    ) -> EvidenceSection | None:
+        """Event counts and datasets; with ``run=None`` also ``lineage.jsonl``."""
+        if not self.enabled:
+            return None
+        if run is not None:
+            state = run.stash.get(LINEAGE_RUN, None)
+            if state is None:
+                return None
+            facts = evidence.from_state(state)
+            if self.path is not None:
+                facts["file"] = str(self.path)
+            return EvidenceSection(name="lineage", facts=facts)
+        if self.path is None:
+            return None
+        got = evidence.from_file(self.path, run_id, self.namespace)
+        if got is None:
+            return None
+        return EvidenceSection(name="lineage", facts=got["facts"], files=got["files"])
 
     @hookimpl
     def close(self, manager: Any) -> None:

@@ -1,0 +1,70 @@
+"""xlib-pipeline-evidence: compliance evidence an auditor can verify offline.
+
+At the end of every stored run (config ``evidence``) an in-toto Statement v1 about the run
+is signed (DSSE envelope, Ed25519) and kept beside the run store. ``xlib-pipeline evidence
+build RUN_ID -o DIR`` turns it into a self-contained pack (an offline ``index.html``, the
+facts, the audit and lineage excerpts, a manifest bound by the signature) and
+``xlib-pipeline evidence verify DIR --public-key FILE`` checks one with nothing but the
+public key. Other plugins contribute their facts through the ``collect_evidence`` hook.
+See docs/plugins/evidence.md.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from ._dsse import PAYLOAD_TYPE, STATEMENT_TYPE, EnvelopeError, key_id, open_envelope, pae, sign
+from ._keys import default_key_file, generate, load_private
+from ._pack import build
+from ._plugin import EvidencePlugin, EvidenceSettings, statement_for
+from ._predicate import PREDICATE_TYPE, SCHEMA_FILE
+from ._report import (
+    Attempt,
+    AuditFacts,
+    ComplianceReport,
+    Flow,
+    LineageFacts,
+    Subject,
+    TaskFacts,
+    compliance_report,
+)
+from ._verify import Check, VerifyResult, verify
+
+__version__ = "0.1.0"
+
+
+def predicate_schema() -> str:
+    """The JSON Schema (draft 2020-12) of the run predicate, as shipped in the package."""
+    return resources.files(__name__).joinpath("schemas", SCHEMA_FILE).read_text()
+
+
+__all__ = [
+    "PAYLOAD_TYPE",
+    "PREDICATE_TYPE",
+    "STATEMENT_TYPE",
+    "Attempt",
+    "AuditFacts",
+    "Check",
+    "ComplianceReport",
+    "EnvelopeError",
+    "EvidencePlugin",
+    "EvidenceSettings",
+    "Flow",
+    "LineageFacts",
+    "Subject",
+    "TaskFacts",
+    "VerifyResult",
+    "__version__",
+    "build",
+    "compliance_report",
+    "default_key_file",
+    "generate",
+    "key_id",
+    "load_private",
+    "open_envelope",
+    "pae",
+    "predicate_schema",
+    "sign",
+    "statement_for",
+    "verify",
+]
