@@ -157,24 +157,6 @@ class DaskPlugin:
     def close(self, manager: Any) -> None:
         self.handle.close()
 
-
-def _worker_budget(section: Any) -> dict[str, float]:
-    """What local workers advertise: the core's ``resources`` budget (``cpu`` and
-    ``memory_gb`` default to the machine's, as in the core), so a task's ``resources=``
-    map to Dask worker resources."""
-    import os
-
-    import psutil
-
-    out = {
-        "cpu": float(os.cpu_count() or 1),
-        "memory_gb": psutil.virtual_memory().available / 1024**3,
-    }
-    for k, v in dict(section or {}).items():
-        if k != "max_bypass":
-            out[k] = float(v)
-    return out
-
     def _specs(self, run: RunContext) -> dict[str, Any]:
         """By task name: ``(DistributeSpec | None, map index | None)``, marked tasks only."""
         found = self._plans.get(run.pipeline)
@@ -234,3 +216,21 @@ def _local_default(run: RunContext) -> str:
     core = run.config.core
     name = core.executor if core.executor != "dask" else "threads"
     return name if core.parallel_execution else "inline"
+
+
+def _worker_budget(section: Any) -> dict[str, float]:
+    """What local workers advertise: the core's ``resources`` budget (``cpu`` and
+    ``memory_gb`` default to the machine's, as in the core), so a task's ``resources=``
+    map to Dask worker resources."""
+    import os
+
+    import psutil
+
+    out = {
+        "cpu": float(os.cpu_count() or 1),
+        "memory_gb": psutil.virtual_memory().available / 1024**3,
+    }
+    for k, v in dict(section or {}).items():
+        if k != "max_bypass":
+            out[k] = float(v)
+    return out
