@@ -26,7 +26,7 @@ from ._config import (
 )
 from ._executors import call_with_timeout, remote_traceback
 from ._fallback import FallbackValue
-from ._featured import FALLBACKS, FallbackUsed
+from ._featured import CACHE_HITS, FALLBACKS, FallbackUsed
 from ._graph import Plan, plan
 from ._manager import PipelineManager
 from ._records import (
@@ -102,6 +102,7 @@ from .hookspecs import hookimpl
 __version__ = "0.1.0"
 
 __all__ = [
+    "CACHE_HITS",
     "CLASSIFICATION",
     "ENCRYPTED_MAGIC",
     "FALLBACKS",

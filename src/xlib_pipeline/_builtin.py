@@ -9,6 +9,7 @@ from ._budget import budget_section, needs_option
 from ._config import CORE_KEYS, boolean, seconds
 from ._executors import LocalExecutor, ProcessExecutor
 from ._records import (
+    CliCommand,
     ConfigKey,
     ExecutorSpec,
     PayloadRef,
@@ -30,6 +31,24 @@ def _tenant(value: Any) -> str:
     return check_tenant_id(value)
 
 
+def _callable(value: Any) -> Any:
+    if not callable(value):
+        raise ValueError(f"expected a function of the task's inputs, got {value!r}")
+    return value
+
+
+def cache_section(value: Any) -> dict[str, Any]:
+    """Config ``cache``: ``{"enabled": bool, "default_ttl": seconds | None}``."""
+    from ._config import check_keys
+
+    out = check_keys(value, ("enabled", "default_ttl"), example="{'enabled': True}")
+    if "enabled" in out:
+        out["enabled"] = boolean(out["enabled"])
+    if out.get("default_ttl") is not None:
+        out["default_ttl"] = seconds(positive=True, what="default_ttl")(out["default_ttl"])
+    return out
+
+
 def _window(value: Any) -> Any:
     from .streams import WindowSpec
 
@@ -45,6 +64,12 @@ class CorePlugin:
     def register_config_keys(self) -> Iterable[ConfigKey]:
         return (
             *CORE_KEYS,
+            ConfigKey(
+                name="cache",
+                convert=cache_section,
+                doc="The result cache: {'enabled': False, 'default_ttl': None}. enabled: true "
+                "caches every task (cache=False opts one out); default_ttl in seconds.",
+            ),
             ConfigKey(
                 name="resources",
                 convert=budget_section,
@@ -100,9 +125,45 @@ class CorePlugin:
                 "See docs/resources.md.",
             ),
             TaskOption(
+                name="cache",
+                convert=boolean,
+                doc="Serve the output from the result cache when code, inputs, cache_version, "
+                "params and tenant match a stored entry (status 'cached'). See docs/caching.md.",
+            ),
+            TaskOption(
+                name="cache_ttl",
+                convert=seconds(positive=True, what="cache_ttl"),
+                doc="Seconds a cache entry of this task serves (default: cache.default_ttl, "
+                "else forever).",
+            ),
+            TaskOption(
+                name="cache_key",
+                convert=_callable,
+                doc="A function of the task's inputs whose (hashable) return value replaces the "
+                "code and input fingerprints in the key; tenant and version stay in it.",
+            ),
+            TaskOption(
+                name="cache_version",
+                convert=str,
+                doc="A string in the cache key: change it to invalidate the task's entries.",
+            ),
+            TaskOption(
                 name="tenant_id",
                 convert=_tenant,
                 doc="The tenant a task runs for (audit, encryption keys, isolation).",
+            ),
+        )
+
+    @hookimpl
+    def register_cli_commands(self) -> Iterable[CliCommand]:
+        from ._cache_cli import add_arguments, run
+
+        return (
+            CliCommand(
+                name="cache",
+                help="list or clear result-cache entries (cache list | clear)",
+                add_arguments=add_arguments,
+                run=run,
             ),
         )
 

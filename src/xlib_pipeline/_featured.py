@@ -9,12 +9,14 @@ scheduler's few decision points (``_process``, ``_run``, ``_succeeded``, ``_fail
 
 from __future__ import annotations
 
+import pickle
 import time
 from typing import Any
 
 import attrs
 
 from ._budget import Budget, BudgetSpec, compile_budget
+from ._cache import CachePolicy, CacheStore, cache_key, cache_ref, params_fingerprint
 from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
 from ._fallback import Fallback, applies, compile_fallbacks
 from ._graph import Plan
@@ -35,6 +37,10 @@ class FallbackUsed:
     error_class: str
 
 
+#: Tasks of this run served from the result cache: task name -> the entry's key (a SHA-256
+#: hex digest); filled before ``after_task`` sees the ``cached`` outcome.
+CACHE_HITS: StashKey[dict[str, str]] = StashKey("cache_hits")
+
 #: Tasks of this run that ended ``fallback``, by name; filled before ``after_task`` sees
 #: the outcome, so the audit trail and lineage can say what stood in.
 FALLBACKS: StashKey[dict[str, FallbackUsed]] = StashKey("fallbacks")
@@ -52,6 +58,7 @@ class Features:
     primaries: dict[int, int] = attrs.field(factory=dict)
     contracts: tuple[TaskContracts | None, ...] | None = None
     budget: BudgetSpec | None = None
+    cache: tuple[CachePolicy | None, ...] | None = None
 
 
 def compile_features(p: Plan, config: Any) -> Features | None:
@@ -73,7 +80,8 @@ def compile_features(p: Plan, config: Any) -> Features | None:
             [t.options.get("resources") for t in p.tasks],
             config.get("resources"),
         )
-    if fallbacks is None and contracts is None and budget is None:
+    cache = compile_cache(p, config)
+    if fallbacks is None and contracts is None and budget is None and cache is None:
         return None
     plan = p
     if targets:
@@ -89,14 +97,45 @@ def compile_features(p: Plan, config: Any) -> Features | None:
         primaries={i: j for j, i in targets.items()},
         contracts=contracts,
         budget=budget,
+        cache=cache,
     )
+
+
+def compile_cache(p: Plan, config: Any) -> tuple[CachePolicy | None, ...] | None:
+    """Each task's :class:`CachePolicy` (``None``: not cached), or ``None`` for none."""
+    from ._cache import function_fingerprint
+
+    section = config.get("cache") or {}
+    on_by_default = bool(section.get("enabled", False))
+    default_ttl = section.get("default_ttl")
+    out: list[CachePolicy | None] = []
+    for t in p.tasks:
+        if not t.options.get("cache", on_by_default):
+            out.append(None)
+            continue
+        out.append(
+            CachePolicy(
+                ttl=t.options.get("cache_ttl", default_ttl),
+                version=str(t.options.get("cache_version", "")),
+                key_fn=t.options.get("cache_key"),
+                code=function_fingerprint(t.fn),
+            )
+        )
+    return tuple(out) if any(c is not None for c in out) else None
 
 
 class FeaturedRun(Run):
     """A :class:`~._scheduler.Run` for plans whose tasks use fallbacks, contracts, resource
     budgets or the result cache."""
 
-    def __init__(self, *, features: Features, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        features: Features,
+        cache_store: CacheStore | None = None,
+        refresh: bool | frozenset[int] = False,
+        **kwargs: Any,
+    ) -> None:
         on_failure = kwargs.get("on_failure", "continue")
         super().__init__(plan=features.plan, **kwargs)
         self.features = features
@@ -116,6 +155,11 @@ class FeaturedRun(Run):
         parallel = self.lanes > 1 or self.is_async is not None
         self.budget = Budget(spec, self.plan.height) if spec and parallel else None
         self.held = bytearray(n)
+        self.cache = features.cache if cache_store is not None else None
+        self.cache_store = cache_store
+        self.refresh = refresh
+        self.keys: list[str | None] = [None] * n
+        self.params_fp = params_fingerprint(self.ctx.params) if self.cache else ""
         for j in self.targets:
             self.remaining[j] += 1  # a fallback task also waits for the task it stands in for
 
@@ -129,6 +173,12 @@ class FeaturedRun(Run):
 
     def _run(self, i: int, task: Task, args: tuple[Any, ...], attempt: int = 1) -> int | None:
         self.args[i] = args
+        if self.cache is not None and attempt == 1 and self.keys[i] is None:
+            policy = self.cache[i]
+            if policy is not None:
+                hit = self._lookup(i, task, policy, args)
+                if hit is not None:
+                    return hit.next
         budget = self.budget
         if (
             budget is not None
@@ -235,6 +285,10 @@ class FeaturedRun(Run):
     def _finish(self, i: int, outcome: TaskOutcome, *, resumed: bool = False) -> int | None:
         if self.budget is not None and self.held[i]:
             self._free(i)
+        if self.cache is not None and outcome.status is Status.SUCCEEDED and not resumed:
+            key = self.keys[i]
+            if key is not None:
+                self._store_entry(i, key, outcome.output)
         nxt = super()._finish(i, outcome, resumed=resumed)
         if not self.targets:
             return nxt
@@ -260,6 +314,80 @@ class FeaturedRun(Run):
     def i_task(self, i: int) -> Task:
         """Task ``i`` of the plan."""
         return self.plan.tasks[i]
+
+    # -- result cache ---------------------------------------------------------------------
+
+    def _lookup(
+        self, i: int, task: Task, policy: CachePolicy, args: tuple[Any, ...]
+    ) -> _Decided | None:
+        """Compute the task's key; on a hit finish it ``cached``. ``None``: run the task."""
+        ctx = self.ctx
+        tenant = ctx.tenant_of(task)
+        try:
+            key = cache_key(
+                policy,
+                tenant=tenant,
+                pipeline=self.plan.pipeline_name,
+                task=task.name,
+                args=args,
+                params=self.params_fp,
+            )
+        except Exception as exc:
+            now = time.time()
+            return _Decided(self._failed(i, task, failure(task, exc, 0, now, now)))
+        self.keys[i] = key
+        if self.refresh is True or (self.refresh and i in self.refresh):
+            return None
+        assert self.cache_store is not None
+        found = self.cache_store.get(key, tenant, time.time())
+        if found is None:
+            return None
+        blob, _ = found
+        try:
+            data = self.hooks.decrypt(
+                data=blob, ref=cache_ref(key, ctx.pipeline_name, task.name, tenant)
+            )
+            value = pickle.loads(data)
+        except Exception as exc:  # unreadable entry: run the task, say why
+            self._log("task.cache_unreadable", task=task.name, error=type(exc).__name__)
+            return None
+        now = time.time()
+        hits = ctx.stash.setdefault(CACHE_HITS, {})
+        hits[task.name] = key
+        self.cols.started[i] = now
+        outcome = TaskOutcome(task.name, Status.CACHED, value, None, None, 0, now, now)
+        if self.h_after:
+            try:
+                self.hooks.after_task(task=task, run=ctx, outcome=outcome)
+            except BaseException as exc:
+                return _Decided(
+                    Run._failed(self, i, task, failure(task, exc, 0, now, now), after=False)
+                )
+        return _Decided(self._finish(i, outcome))
+
+    def _store_entry(self, i: int, key: str, output: Any) -> None:
+        """Keep a succeeded output (encrypted like any output); a failure is logged, the
+        task's result stands."""
+        task = self.plan.tasks[i]
+        policy = self.cache[i] if self.cache is not None else None
+        assert policy is not None and self.cache_store is not None
+        tenant = self.ctx.tenant_of(task)
+        try:
+            raw = pickle.dumps(output, protocol=5)
+            sealed = self.hooks.encrypt(
+                data=raw, ref=cache_ref(key, self.plan.pipeline_name, task.name, tenant)
+            )
+            self.cache_store.put(
+                key,
+                tenant=tenant,
+                pipeline=self.plan.pipeline_name,
+                task=task.name,
+                ttl=policy.ttl,
+                run_id=self.ctx.run_id,
+                output=bytes(sealed),
+            )
+        except Exception as exc:  # never fall back to plaintext: the entry is not kept
+            self._log("task.cache_not_stored", task=task.name, error=type(exc).__name__)
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -355,6 +483,15 @@ class FeaturedRun(Run):
                 error=type(outcome.error).__name__,
                 fallback=fb.describe(self.plan),
             )
+
+
+class _Decided:
+    """A task finished from the cache (or refused while computing its key)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self, nxt: int | None) -> None:
+        self.next = nxt
 
 
 class _Granted:

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from ._builtin import CorePlugin
+from ._cache import cache_store_of, refresh_indices
 from ._config import Config, validate
 from ._events import get_logger
 from ._featured import FeaturedRun, Features, compile_features
@@ -62,6 +63,7 @@ _CORE_RUN_OPTIONS = (
     "run_id",
     "resume",
     "force",
+    "refresh",
 )
 
 #: The run param a stream sets on each batch run (see xlib_pipeline.streams).
@@ -266,7 +268,9 @@ class PipelineManager(ManagerResources):
         ordered = self._checked.get(p)
         if ordered is None:
             self._check_options(p)
-            self._features[p] = compile_features(p, self.config)
+            self._features[p] = features = compile_features(p, self.config)
+            if features is not None and features.cache is not None:
+                self.require_store("cache")  # entries live in the run store
             ordered = tuple(p.tasks[i] for i in p.order)
             self._checked[p] = ordered
         return p, ordered
@@ -334,6 +338,7 @@ class PipelineManager(ManagerResources):
         force: bool = False,
         source: str | None = None,
         inputs: Mapping[str, Any] | None = None,
+        refresh: bool | Iterable[str] = False,
         **options: Any,
     ) -> PipelineResult:
         """Run ``pipeline`` and return its :class:`PipelineResult` (failures do not raise).
@@ -345,9 +350,12 @@ class PipelineManager(ManagerResources):
         ``store``; ``force=True`` accepts a changed structure).
         ``inputs`` gives the outputs of tasks that then do not run (a stream feeds each
         micro-batch this way); they are recorded like finished tasks.
+        ``refresh=True`` (or a list of task names) runs cached tasks again instead of
+        serving their cache entries, and stores the new outputs (docs/caching.md).
         Raises before anything runs when the pipeline, an option or a plugin refuses it.
         """
         p, tasks = self._validated(pipeline)
+        fresh = refresh_indices(p, refresh)
         given: dict[int, tuple[Status, Any]] = {}
         for key, value in (inputs or {}).items():
             if key not in p.index:
@@ -407,6 +415,7 @@ class PipelineManager(ManagerResources):
             force=force,
             source=source,
             given=given,
+            refresh=fresh,
         )
 
     async def execute_pipeline_async(self, pipeline: Pipeline, **kwargs: Any) -> PipelineResult:
@@ -459,6 +468,7 @@ class PipelineManager(ManagerResources):
         force: bool = False,
         source: str | None = None,
         given: Mapping[int, tuple[Status, Any]] | None = None,
+        refresh: bool | frozenset[int] = False,
     ) -> PipelineResult:
         store: RunStore | None = None
         obs: list[Observer] = []
@@ -516,8 +526,13 @@ class PipelineManager(ManagerResources):
             mon = Monitor()
             obs.append(mon)
         features = self._features.get(p)
+        extra: dict[str, Any] = {"plan": p}
+        if features is not None:
+            extra = {"features": features, "refresh": refresh}
+            if features.cache is not None and store is not None:
+                extra["cache_store"] = cache_store_of(self, store.path)
         run = (FeaturedRun if features is not None else Run)(
-            **({"features": features} if features is not None else {"plan": p}),
+            **extra,
             ctx=ctx,
             hooks=hooks,
             executor_for=self.executor,

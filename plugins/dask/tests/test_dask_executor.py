@@ -405,6 +405,7 @@ class TestWorkerResources:
 
         result = pm.execute_pipeline(p, distributed=True)
         assert result.success, result.error
+        assert result.final_result != os.getpid()  # ran on a worker that has the resources
         workers = _plugin(pm).handle.client().scheduler_info()["workers"].values()
         assert all(w["resources"]["cpu"] >= 1 for w in workers)
         assert all(w["resources"]["memory_gb"] > 0 for w in workers)

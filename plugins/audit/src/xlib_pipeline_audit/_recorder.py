@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
+    CACHE_HITS,
     CLASSIFICATION,
     FALLBACKS,
     LEASE_TAKEOVERS,
@@ -217,6 +218,10 @@ class Recorder:
             rec["operation"] = meta[1]
         if not outcome.final:
             rec["retrying"] = True
+        if outcome.status is Status.CACHED:
+            key = (run.stash.get(CACHE_HITS, None) or {}).get(task.name)
+            if key is not None:
+                rec["cache_key"] = key
         if outcome.status is Status.FALLBACK:
             used = (run.stash.get(FALLBACKS, None) or {}).get(task.name)
             if used is not None:

@@ -1,0 +1,368 @@
+"""Result caching across runs: cache keys (code, inputs, version, tenant) and the entries.
+
+The key of a task's result is a SHA-256 over
+
+* the tenant the task runs for (a tenant's entries never serve another: the tenant is in
+  the key, in the row, and in the encryption AAD);
+* the pipeline and task names, and the ``cache_version=`` string;
+* the code fingerprint of the task function: bytecode, constants, names, default argument
+  values and closure cell values, recursively for closures and for the module-level
+  functions it calls that are defined in the same module;
+* the input fingerprint: the upstream outputs, canonically hashed (pickle as the fallback),
+  or the value ``cache_key=`` returns for them;
+* the run params (``execute_pipeline(params=...)``; see :func:`params_fingerprint`).
+
+Entries live in the run store's file, in their own table ``cache_entries``, with the output
+passed through the ``encrypt`` hook like any stored output (AAD: kind ``cache``, the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import sqlite3
+import struct
+import threading
+import time
+import types
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._records import PayloadRef
+from .exceptions import DefinitionError, StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY,
+    tenant TEXT,
+    pipeline TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    run_id TEXT,
+    output BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (pipeline, task);
+"""
+
+
+class Unhashable(Exception):
+    """A value could be neither canonically hashed nor pickled."""
+
+
+def _feed(h: Any, value: Any, seen: set[int], depth: int = 0) -> None:
+    if depth > 200:
+        raise Unhashable("nested too deeply")
+    t = type(value)
+    if value is None or t is bool:
+        h.update(b"N" if value is None else (b"T" if value else b"F"))
+    elif t is int:
+        h.update(b"i" + str(value).encode() + b";")
+    elif t is float:
+        h.update(b"f" + struct.pack("<d", value))
+    elif t is str:
+        b = value.encode("utf-8", "surrogatepass")
+        h.update(b"s" + str(len(b)).encode() + b":" + b)
+    elif t is bytes:
+        h.update(b"b" + str(len(value)).encode() + b":" + value)
+    elif t is tuple or t is list:
+        h.update(b"(" if t is tuple else b"[")
+        for v in value:
+            _feed(h, v, seen, depth + 1)
+        h.update(b")")
+    elif t is dict:
+        items = sorted(
+            (_digest(k, seen, depth + 1), _digest(v, seen, depth + 1)) for k, v in value.items()
+        )
+        h.update(b"{")
+        for k, v in items:
+            h.update(k + v)
+        h.update(b"}")
+    elif t is set or t is frozenset:
+        h.update(b"<" + b"".join(sorted(_digest(v, seen, depth + 1) for v in value)) + b">")
+    elif isinstance(value, types.FunctionType):
+        h.update(b"F" + function_fingerprint(value, seen).encode())
+    else:
+        try:
+            data = pickle.dumps(value, protocol=5)
+        except Exception:
+            try:
+                import cloudpickle
+
+                data = cloudpickle.dumps(value, protocol=5)
+            except Exception as exc:
+                raise Unhashable(f"{t.__name__} cannot be pickled: {exc}") from None
+        h.update(b"P" + t.__qualname__.encode() + b":" + hashlib.sha256(data).digest())
+
+
+def _digest(value: Any, seen: set[int] | None = None, depth: int = 0) -> bytes:
+    h = hashlib.sha256()
+    _feed(h, value, seen if seen is not None else set(), depth)
+    return h.digest()
+
+
+def value_fingerprint(value: Any) -> str:
+    """A canonical digest of ``value``: equal containers of plain values give equal digests
+    whatever their order of construction; other objects are pickled."""
+    return _digest(value).hex()
+
+
+def _code(h: Any, code: types.CodeType) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code(h, const)
+        else:
+            h.update(repr(const).encode())
+
+
+def function_fingerprint(fn: Callable[..., Any], seen: set[int] | None = None) -> str:
+    """Bytecode, constants, defaults and closure values of ``fn``, and recursively of the
+    closures it holds and the same-module functions it calls."""
+    seen = seen if seen is not None else set()
+    h = hashlib.sha256()
+    target = getattr(fn, "__wrapped__", fn) if not hasattr(fn, "__code__") else fn
+    code = getattr(target, "__code__", None)
+    if code is None:  # a callable object: its class and state
+        h.update(b"O" + _digest(target, seen))
+        return h.hexdigest()
+    if id(target) in seen:
+        return hashlib.sha256(b"cycle" + code.co_name.encode()).hexdigest()
+    seen.add(id(target))
+    _code(h, code)
+    _feed(h, getattr(target, "__defaults__", None), seen)
+    _feed(h, dict(getattr(target, "__kwdefaults__", None) or {}), seen)
+    for cell in getattr(target, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            h.update(b"empty")
+            continue
+        _feed(h, content, seen)
+    module = getattr(target, "__module__", None)
+    glb = getattr(target, "__globals__", {})
+    for name in _global_names(code):
+        ref = glb.get(name)
+        if isinstance(ref, types.FunctionType) and ref.__module__ == module:
+            h.update(b"G" + name.encode() + function_fingerprint(ref, seen).encode())
+    return h.hexdigest()
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return names
+
+
+def params_fingerprint(params: Mapping[str, Any]) -> str:
+    """The run params' share of every key (the stream batch descriptor left out). Issue 17a's
+    task context passes params to tasks; a task that reads them must not be served an entry
+    made under other params, so they are part of the key."""
+    rest = {k: v for k, v in params.items() if k != "stream"}
+    return value_fingerprint(rest) if rest else ""
+
+
+@attrs.frozen(kw_only=True)
+class CachePolicy:
+    """A task's cache settings, compiled once per plan."""
+
+    ttl: float | None
+    version: str
+    key_fn: Callable[..., Any] | None
+    code: str
+
+
+def cache_key(
+    policy: CachePolicy,
+    *,
+    tenant: str | None,
+    pipeline: str,
+    task: str,
+    args: tuple[Any, ...],
+    params: str,
+) -> str:
+    """The entry key for one execution of a task."""
+    h = hashlib.sha256()
+    for part in ("xlib-cache-1", tenant or "", pipeline, task, policy.version, params):
+        h.update(part.encode() + b"\x1f")
+    if policy.key_fn is not None:
+        try:
+            user = policy.key_fn(*args)
+        except Exception as exc:
+            raise DefinitionError(
+                f"task {task!r}: cache_key raised {type(exc).__name__}: {exc}", task=task
+            ) from exc
+        h.update(b"U" + _digest(user))
+    else:
+        h.update(policy.code.encode())
+        try:
+            h.update(b"I" + _digest(args))
+        except Unhashable as exc:
+            raise DefinitionError(
+                f"task {task!r}: its inputs cannot be fingerprinted for the cache ({exc}); "
+                "give cache_key= a function of the inputs returning a hashable value",
+                task=task,
+            ) from None
+    return h.hexdigest()
+
+
+def cache_ref(key: str, pipeline: str, task: str, tenant: str | None) -> PayloadRef:
+    """The payload reference (encryption AAD) of a cache entry: bound to its key and tenant."""
+    return PayloadRef(run_id=key, pipeline=pipeline, task=task, tenant=tenant, kind="cache")
+
+
+@attrs.frozen(kw_only=True)
+class CacheEntry:
+    """One stored result, as listed by ``xlib-pipeline cache list``."""
+
+    key: str
+    tenant: str | None
+    pipeline: str
+    task: str
+    created: float
+    expires: float | None
+    run_id: str | None
+    size: int
+
+
+class CacheStore:
+    """The ``cache_entries`` table in the run store's SQLite file (own connection)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cache in {self.path!r}: {exc}", path=self.path) from exc
+
+    def get(self, key: str, tenant: str | None, now: float) -> tuple[bytes, str | None] | None:
+        """The stored (encrypted) output under ``key`` for ``tenant``, unless expired."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT output, run_id, expires FROM cache_entries WHERE key = ? AND tenant IS ?",
+                (key, tenant),
+            ).fetchone()
+        if row is None or (row[2] is not None and row[2] <= now):
+            return None
+        return bytes(row[0]), row[1]
+
+    def put(
+        self,
+        key: str,
+        *,
+        tenant: str | None,
+        pipeline: str,
+        task: str,
+        ttl: float | None,
+        run_id: str,
+        output: bytes,
+    ) -> None:
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, tenant, pipeline, task, now, now + ttl if ttl else None, run_id, output),
+            )
+
+    def _where(
+        self, pipeline: str | None, task: str | None, older_than: float | None
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = ["1=1"]
+        args: list[Any] = []
+        if pipeline is not None:
+            clauses.append("pipeline = ?")
+            args.append(pipeline)
+        if task is not None:
+            clauses.append("task = ?")
+            args.append(task)
+        if older_than is not None:
+            clauses.append("created < ?")
+            args.append(time.time() - older_than)
+        return " AND ".join(clauses), args
+
+    def list(
+        self,
+        pipeline: str | None = None,
+        task: str | None = None,
+        older_than: float | None = None,
+    ) -> list[CacheEntry]:
+        where, args = self._where(pipeline, task, older_than)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, tenant, pipeline, task, created, expires, run_id, length(output) "
+                f"FROM cache_entries WHERE {where} ORDER BY created",
+                args,
+            ).fetchall()
+        return [
+            CacheEntry(
+                key=r[0],
+                tenant=r[1],
+                pipeline=r[2],
+                task=r[3],
+                created=r[4],
+                expires=r[5],
+                run_id=r[6],
+                size=r[7],
+            )
+            for r in rows
+        ]
+
+    def clear(
+        self,
+        pipeline: str | None = None,
+        task: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        where, args = self._where(pipeline, task, older_than)
+        with self._lock, self._db:
+            cur = self._db.execute(f"DELETE FROM cache_entries WHERE {where}", args)
+        return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_stores: weakref.WeakKeyDictionary[Any, CacheStore] = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+def cache_store_of(manager: Any, path: str | Path) -> CacheStore:
+    """The manager's cache table in the run store file ``path`` (opened once)."""
+    with _stores_lock:
+        found = _stores.get(manager)
+        if found is None or found.path != str(path):
+            found = _stores[manager] = CacheStore(path)
+            weakref.finalize(manager, found.close)
+        return found
+
+
+def refresh_indices(plan: Any, refresh: Any) -> bool | frozenset[int]:
+    """``execute_pipeline(refresh=...)``: ``True``/``False``, or task names (checked)."""
+    if isinstance(refresh, bool):
+        return refresh
+    if isinstance(refresh, str):
+        refresh = [refresh]
+    out = set()
+    for name in refresh:
+        i = plan.index.get(name)
+        if i is None:
+            from ._graph import suggest
+
+            hint = suggest(str(name), plan.index)
+            raise DefinitionError(
+                f"refresh: pipeline {plan.pipeline_name!r} has no task {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                task=str(name),
+            )
+        out.add(i)
+    return frozenset(out)
