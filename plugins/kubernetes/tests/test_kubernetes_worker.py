@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -99,93 +97,32 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class TestQueueWorker:
-    def test_health_metrics_work_and_graceful_sigterm(self, tmp_path):
-        """Serves /health and /metrics, runs a queued job, drains on SIGTERM and exits 0."""
-        queue = tmp_path / "queue"
-        proc, base = _start(tmp_path, "--queue", str(queue), "--poll", "0.1")
-        try:
-            status, body = _get(base + "/health")
-            assert status == 200 and json.loads(body)["status"] == "ready"
-            status, metrics = _get(base + "/metrics")
-            assert status == 200
-            assert "# TYPE xlib_pipeline_worker_tasks_started_total counter" in metrics
-            assert "# TYPE xlib_pipeline_worker_task_duration_seconds histogram" in metrics
-            assert "# TYPE xlib_pipeline_worker_queue_depth gauge" in metrics
-            assert _get(base + "/nope")[0] == 404
-
-            flow = tmp_path / "flow.py"
-            marker = tmp_path / "started.txt"
-            flow.write_text(
-                textwrap.dedent(
-                    f"""
-                    import pathlib, time
-                    from xlib_pipeline import Pipeline
-                    flow = Pipeline("queued_flow")
-
-                    @flow.task("a")
-                    def a():
-                        return 2
-
-                    @flow.task("slow", depends_on=["a"])
-                    def slow(x):
-                        pathlib.Path({str(marker)!r}).write_text("go")
-                        time.sleep(3)
-                        return x * 21
-
-                    @flow.task("bad")
-                    def bad():
-                        raise RuntimeError("expected failure")
-                    """
-                )
-            )
-            incoming = queue / "incoming"
-            incoming.mkdir(parents=True, exist_ok=True)
-            job = {"target": f"{flow}:flow"}
-            (incoming / "job1.json.tmp").write_text(json.dumps(job))
-            (incoming / "job1.json.tmp").rename(incoming / "job1.json")
-
-            _wait_for(marker.exists)
-            proc.send_signal(signal.SIGTERM)  # while the slow task runs
-            draining = _wait_for(lambda: _get(base + "/health")[0] == 503 or None, timeout=10)
-            assert draining
-            assert json.loads(_get(base + "/health")[1])["status"] == "draining"
-            code = proc.wait(timeout=60)
-            out = proc.stdout.read()
-            assert code == 0, out
-            failed = queue / "failed" / "job1.result.json"
-            summary = json.loads(failed.read_text())  # the run finished (one task failed)
-            assert summary["status"] == "failed" and summary["failed_task"] == "bad"
-            allowed = {"job", "started", "finished", "run_id", "pipeline", "status"}
-            assert set(summary) <= allowed | {"failed_task", "error"}  # never payloads
-        finally:
-            _stop(proc)
-
-    def test_metrics_count_tasks(self, tmp_path):
-        """Task counters and the duration histogram move when jobs run."""
-        queue = tmp_path / "queue"
-        flow = tmp_path / "ok.py"
-        flow.write_text(
-            "from xlib_pipeline import Pipeline\n"
-            "ok = Pipeline('ok_flow')\n"
-            "ok.add_task('a', lambda: 1)\n"
-            "ok.add_task('b', lambda x: x + 1, depends_on=['a'])\n"
+class TestNoQueueMode:
+    def test_without_a_scheduler_it_refuses_and_says_why(self, tmp_path):
+        """The file-queue mode is retired: with no scheduler the worker exits 2 at once."""
+        env = dict(os.environ, XLIB_PIPELINE_HOME=str(tmp_path / "home"))
+        env.pop("XLIB_PIPELINE_DASK_ADDRESS", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "xlib_pipeline.cli", "worker", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        (queue / "incoming").mkdir(parents=True)
-        (queue / "incoming" / "j.json").write_text(json.dumps({"target": str(flow)}))
-        proc, base = _start(tmp_path, "--queue", str(queue), "--poll", "0.1")
-        try:
-            text = _wait_for(
-                lambda: _metrics_when(base, "xlib_pipeline_worker_tasks_succeeded_total", 2)
-            )
-            assert _metric(text, "xlib_pipeline_worker_tasks_started_total") == 2
-            assert _metric(text, "xlib_pipeline_worker_tasks_failed_total") == 0
-            assert _metric(text, "xlib_pipeline_worker_task_duration_seconds_count") == 2
-            assert (queue / "done" / "j.json").exists()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-        finally:
-            _stop(proc)
+        assert proc.returncode == 2
+        assert "no Dask scheduler to join" in proc.stderr
+        assert "--scheduler" in proc.stderr and "XLIB_PIPELINE_DASK_ADDRESS" in proc.stderr
+
+    def test_queue_flags_are_gone(self, tmp_path):
+        env = dict(os.environ, XLIB_PIPELINE_HOME=str(tmp_path / "home"))
+        proc = subprocess.run(
+            [sys.executable, "-m", "xlib_pipeline.cli", "worker", "--queue", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and "--queue" in proc.stderr
 
 
 class TestDaskWorker:

@@ -21,8 +21,15 @@ from ._settings import KubernetesSettings
 
 
 def dask_scheduler(
-    names: Names, ns: str, name: str, sa_name: str, s: KubernetesSettings
+    names: Names,
+    ns: str,
+    name: str,
+    sa_name: str,
+    s: KubernetesSettings,
+    tls_secret: str | None = None,
 ) -> list[dict[str, Any]]:
+    from ._driver import TLS_VOLUME_MOUNT, tls_env, tls_volume
+
     labels = names.labels("dask-scheduler")
     same_app = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": names.instance}}}
     container = {
@@ -38,8 +45,12 @@ def dask_scheduler(
             str(DASK_COMM_PORT),
             "--dashboard-address",
             f":{DASK_DASHBOARD_PORT}",
+            *(["--protocol", "tls"] if tls_secret else []),
         ],
-        "env": [{"name": "DASK_TEMPORARY_DIRECTORY", "value": "/tmp"}],
+        "env": [
+            {"name": "DASK_TEMPORARY_DIRECTORY", "value": "/tmp"},
+            *(tls_env() if tls_secret else []),
+        ],
         "ports": [
             {"name": "tcp-comm", "containerPort": DASK_COMM_PORT, "protocol": "TCP"},
             {"name": "http-dashboard", "containerPort": DASK_DASHBOARD_PORT, "protocol": "TCP"},
@@ -51,7 +62,10 @@ def dask_scheduler(
         "readinessProbe": _probe("http-dashboard", HEALTH_PATH, 5, 5, 3),
         "livenessProbe": _probe("http-dashboard", HEALTH_PATH, 30, 10, 3),
         "securityContext": _container_security(s),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            *([TLS_VOLUME_MOUNT] if tls_secret else []),
+        ],
     }
     return [
         {
@@ -71,7 +85,11 @@ def dask_scheduler(
                         "enableServiceLinks": False,
                         "securityContext": _pod_security(s),
                         "containers": [container],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                        "volumes": [
+                            # scratch only: the scheduler keeps no state across restarts
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                            *([tls_volume(tls_secret)] if tls_secret else []),
+                        ],
                     },
                 },
             },

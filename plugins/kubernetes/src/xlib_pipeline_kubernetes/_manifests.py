@@ -1,4 +1,4 @@
-"""Kubernetes manifests for a pipeline's workers (and a Dask scheduler when Dask runs it).
+"""Kubernetes manifests for a pipeline: Dask scheduler and workers, and the driver that runs it.
 
 :func:`render_manifests` returns plain dicts; :func:`to_yaml` joins them as a multi-document
 YAML stream; :func:`to_files` gives one file per object plus a ``kustomization.yaml``.
@@ -163,37 +163,58 @@ def render_manifests(
     settings: KubernetesSettings | None = None,
     config: Mapping[str, Any] | None = None,
     executor: str | None = None,
+    target: str | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Kubernetes objects running ``pipeline``'s workers, as plain dicts.
+    """Kubernetes objects running ``pipeline`` on Dask, as plain dicts.
 
     ``settings`` (or keyword ``options`` overriding its fields: ``namespace``, ``image``,
-    ``replicas``, ``auto_scaling`` ...) shape the objects; ``config`` is the manager config
-    shipped in the ConfigMap; ``executor="dask"`` (or ``distributed_mode`` in ``config``)
-    adds a Dask scheduler Deployment and Service and points the workers at it.
+    ``replicas``, ``schedule``, ``tls`` ...) shape the objects; ``config`` is the manager
+    config shipped in the ConfigMap. The objects: a Dask scheduler, worker Deployment
+    (``xlib-pipeline worker``), the driver Job (a CronJob with ``schedule``) running
+    ``xlib-pipeline run TARGET`` (``target``: the ``FILE[:NAME]`` rendered, found under /app
+    in the image) with its state on a PersistentVolumeClaim, and with
+    ``tls`` (forced by ``security.encryption_in_transit``) cert-manager objects.
     """
+    from . import _driver
+
     s = settings or KubernetesSettings()
     if options:
         s = s.evolve(**options)
+    if (executor or s.executor or "dask") != "dask":
+        raise ConfigError(
+            f"kubernetes: the rendered workers are Dask workers; executor "
+            f"{executor or s.executor!r} cannot run there (use 'dask' or leave it out)",
+            key="kubernetes.executor",
+        )
     config = dict(config or {})
+    security = config.get("security")
+    eit = isinstance(security, Mapping) and security.get("encryption_in_transit") is True
+    if s.tls is None and eit:  # security.encryption_in_transit forces TLS on the cluster
+        s = s.evolve(tls=True)
     name = getattr(pipeline, "name", pipeline)
     if not isinstance(name, str):
         raise TypeError(f"render_manifests expects a Pipeline or a name, got {pipeline!r}")
     app = _object_name(s.name, "name") if s.name else pipeline_slug(name)
     instance = _object_name(s.instance, "instance") if s.instance else app
     names = Names(app=app, instance=instance, version=s.version)
-    dask = executor == "dask" or bool(config.get("distributed_mode")) or s.executor == "dask"
+    dask = True  # workers are Dask workers; the driver runs the pipeline against them
     ns = s.namespace
     worker_name = f"{app}-worker"
     sched_name = f"{app}-dask-scheduler"
     sa_name = app
     cm_name = f"{app}-config"
-    dask_address = f"tcp://{sched_name}.{ns}.svc:{DASK_COMM_PORT}"
+    tls_secret = _driver.tls_secret_name(app, s)
+    scheme = "tls" if tls_secret else "tcp"
+    dask_address = f"{scheme}://{sched_name}.{ns}.svc:{DASK_COMM_PORT}"
     shipped = _plain_config(config)
-    if dask:
-        shipped.setdefault("distributed", {})
-        if isinstance(shipped["distributed"], dict):
-            shipped["distributed"].setdefault("address", dask_address)
+    shipped.setdefault("distributed", {})
+    if isinstance(shipped["distributed"], dict):
+        shipped["distributed"].setdefault("address", dask_address)
+        if tls_secret:
+            sec = shipped["distributed"].setdefault("security", {})
+            for key, value in _driver.client_security().items():
+                sec.setdefault(key, value)
 
     import yaml
 
@@ -221,7 +242,9 @@ def render_manifests(
     env: list[dict[str, Any]] = [
         {"name": "PIPELINE_NAME", "value": name},
         {"name": "XLIB_PIPELINE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
-        {"name": "XLIB_PIPELINE_HOME", "value": HOME_MOUNT},
+        # workers keep no state (runs are recorded by the driver): scratch only
+        {"name": "XLIB_PIPELINE_HOME", "value": "/tmp/xlib-pipeline"},
+        {"name": "DASK_TEMPORARY_DIRECTORY", "value": "/tmp"},
         {"name": "XLIB_PIPELINE_WORKER_PORT", "value": str(s.port)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -232,6 +255,8 @@ def render_manifests(
         ports.append({"name": "dask-worker", "containerPort": DASK_WORKER_PORT, "protocol": "TCP"})
     for key, value in sorted(s.env.items()):
         env.append({"name": key, "value": str(value)})
+    if tls_secret:
+        env.extend(_driver.tls_env())
     command = ["xlib-pipeline", "worker", "--host", "0.0.0.0", "--port", str(s.port)]
     if dask:
         command += ["--dask-port", str(DASK_WORKER_PORT), "--nthreads", str(s.nthreads)]
@@ -250,8 +275,8 @@ def render_manifests(
         "securityContext": _container_security(s),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-            {"name": "home", "mountPath": HOME_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},
+            *([_driver.TLS_VOLUME_MOUNT] if tls_secret else []),
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -263,8 +288,9 @@ def render_manifests(
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": cm_name}},
-            {"name": "home", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            # scratch (Dask spill files): no state lives on a worker
+            {"name": "tmp", "emptyDir": {"sizeLimit": s.scratch_size}},
+            *([_driver.tls_volume(tls_secret)] if tls_secret else []),
         ],
     }
     objs.append(
@@ -327,10 +353,26 @@ def render_manifests(
         }
     )
     objs.append(_worker_policy(names, ns, worker_name, s, dask))
-    if dask:
-        from ._dask_objects import dask_scheduler
+    from ._dask_objects import dask_scheduler
 
-        objs.extend(dask_scheduler(names, ns, sched_name, sa_name, s))
+    objs.extend(dask_scheduler(names, ns, sched_name, sa_name, s, tls_secret))
+    claim = f"{app}-state"
+    objs.append(_driver.state_claim(names, ns, claim, s))
+    objs.extend(
+        _driver.driver(
+            names,
+            ns,
+            app,
+            s,
+            target=_driver.driver_target(target, s, name),
+            config_map=cm_name,
+            service_account=sa_name,
+            dask_address=dask_address,
+            claim=claim,
+            tls_secret=tls_secret,
+        )
+    )
+    objs.extend(_driver.certificates(names, ns, app, s))
     return objs
 
 

@@ -35,7 +35,9 @@ def _add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, help="initial worker replicas")
     p.add_argument("--min-replicas", type=int, help="HPA minimum")
     p.add_argument("--max-replicas", type=int, help="HPA maximum")
-    p.add_argument("--executor", help="'dask' adds a Dask scheduler and points workers at it")
+    p.add_argument(
+        "--executor", help="'dask' (the default and only choice: workers are Dask workers)"
+    )
     p.add_argument("--name", dest="app_name", help="application name (default: the pipeline's)")
     p.add_argument("--instance", help="app.kubernetes.io/instance (default: the name)")
     p.add_argument("--app-version", help="app.kubernetes.io/version")
@@ -46,6 +48,25 @@ def _add_render_arguments(p: argparse.ArgumentParser) -> None:
         help="render a HorizontalPodAutoscaler (default: config auto_scaling, else yes)",
     )
     p.add_argument("--egress-cidr", action="append", help="allow egress to a CIDR (repeatable)")
+    p.add_argument(
+        "--schedule",
+        help="render the driver as a CronJob on this cron schedule ('0 2 * * *'); "
+        "default: a Job that runs once",
+    )
+    p.add_argument(
+        "--store-secret",
+        metavar="SECRET[:KEY]",
+        help="Secret holding the PostgreSQL run store URL (key default 'url')",
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--tls-issuer",
+        metavar="[ClusterIssuer/]NAME",
+        help="cert-manager issuer of the Dask TLS certificate",
+    )
+    tls.add_argument(
+        "--tls-secret", help="kubernetes.io/tls Secret (with ca.crt) for Dask TLS instead"
+    )
 
 
 def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
@@ -65,7 +86,17 @@ def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
         "version": get("app_version"),
         "auto_scaling": get("auto_scaling"),
         "egress_cidrs": get("egress_cidr"),
+        "schedule": get("schedule"),
     }
+    store = get("store_secret")
+    if store:
+        secret, _, key = store.partition(":")
+        changes["store_secret"] = {"secret": secret, "key": key or "url"}
+    if get("tls_secret"):
+        changes["tls"] = {"secret": get("tls_secret")}
+    elif get("tls_issuer"):
+        kind, _, issuer = get("tls_issuer").rpartition("/")
+        changes["tls"] = {"issuer": issuer, "issuer_kind": kind or "Issuer"}
     lo, hi = get("min_replicas"), get("max_replicas")
     if lo is not None or hi is not None:
         changes["autoscaling"] = {
@@ -81,8 +112,14 @@ def render_target(pipeline: Any, manager: Any, args: Any) -> dict[str, str]:
         raise ConfigError(f"render kubernetes: {exc}", key="kubernetes") from exc
     from ._manifests import render_manifests, to_files, to_yaml
 
-    executor = s.executor or ("dask" if manager.config.get("distributed_mode") else None)
-    objs = render_manifests(pipeline, settings=s, config=manager.config.raw, executor=executor)
+    executor = s.executor
+    objs = render_manifests(
+        pipeline,
+        settings=s,
+        config=manager.config.raw,
+        executor=executor,
+        target=get("target"),
+    )
     if get("output"):
         return to_files(objs)
     return {"manifests.yaml": to_yaml(objs)}
@@ -138,8 +175,8 @@ class KubernetesPlugin:
                 name="kubernetes",
                 render=render_target,
                 add_arguments=_add_render_arguments,
-                doc="Deployment, Service, HPA, ConfigMap, ServiceAccount, PDB, NetworkPolicy "
-                "(+ Dask scheduler with --executor dask)",
+                doc="Dask scheduler and workers, driver Job/CronJob, state PVC, TLS "
+                "certificates, HPA, PDB, NetworkPolicies",
             ),
         )
 
@@ -148,7 +185,7 @@ class KubernetesPlugin:
         return (
             CliCommand(
                 name="worker",
-                help="run a worker: /health, /metrics, Dask worker or job-queue loop",
+                help="run a Dask worker serving /health and /metrics",
                 add_arguments=_worker_arguments,
                 run=_worker_run,
             ),

@@ -17,6 +17,7 @@ RESOURCE_MANAGEMENT = ("kubernetes", "local")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -103,6 +104,23 @@ class KubernetesSettings:
     egress_cidrs: tuple[str, ...] = ()
     env: Mapping[str, str] = attrs.field(factory=dict)
     termination_grace_seconds: int = 60
+    #: The driver: ``xlib-pipeline run TARGET`` in a Job, or a CronJob on this schedule.
+    target: str | None = None
+    schedule: str | None = None
+    time_zone: str | None = None
+    driver_backoff_limit: int = 2
+    driver_deadline_seconds: int | None = None
+    #: ``{"secret": NAME, "key": KEY}``: the run store URL (``postgresql://...``).
+    store_secret: Mapping[str, str] | None = None
+    #: The driver's state volume (audit trail, SQLite store, local blob store).
+    state_size: str = "10Gi"
+    #: Scratch space of a worker (Dask spill files), an emptyDir: never state.
+    scratch_size: str = "1Gi"
+    storage_class: str | None = None
+    #: TLS between Dask scheduler, workers and driver: ``{"issuer": NAME, "issuer_kind":
+    #: "Issuer" | "ClusterIssuer"}`` (cert-manager; no issuer: a self-signed CA is
+    #: rendered) or ``{"secret": NAME}`` (a kubernetes.io/tls Secret with ca.crt).
+    tls: Mapping[str, str] | None = None
 
     def evolve(self, **changes: Any) -> KubernetesSettings:
         """A copy with ``changes`` validated like the config section (``None`` is ignored)."""
@@ -180,6 +198,27 @@ def section(value: Any) -> KubernetesSettings:
                 except ValueError as exc:
                     raise ValueError(f"kubernetes.egress_cidrs: {c!r} is not a CIDR") from exc
             kw[key] = tuple(cidrs)
+        elif key in ("target", "schedule", "time_zone", "storage_class"):
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError(f"kubernetes.{key} must be a non-empty string, got {v!r}")
+            if key == "schedule" and len(v.split()) != 5 and not v.startswith("@"):
+                raise ValueError(
+                    f"kubernetes.schedule must be a cron expression of 5 fields "
+                    f"('0 2 * * *') or a macro ('@daily'), got {v!r}"
+                )
+            kw[key] = v
+        elif key == "driver_backoff_limit":
+            kw[key] = _positive(key, v, zero=True)
+        elif key == "driver_deadline_seconds":
+            kw[key] = _positive(key, v)
+        elif key in ("state_size", "scratch_size"):
+            if not isinstance(v, str) or not _QUANTITY.match(v):
+                raise ValueError(f"kubernetes.{key} must be a quantity ('10Gi'), got {v!r}")
+            kw[key] = v
+        elif key == "store_secret":
+            kw[key] = _secret_ref(v)
+        elif key == "tls":
+            kw[key] = _tls(v)
         elif key == "env":
             if not isinstance(v, Mapping) or not all(
                 isinstance(k, str) and _ENV_NAME.match(k) for k in v
@@ -187,6 +226,54 @@ def section(value: Any) -> KubernetesSettings:
                 raise ValueError(f"kubernetes.env must map variable names to values, got {v!r}")
             kw[key] = {k: str(x) for k, x in v.items()}
     return KubernetesSettings(**kw)
+
+
+def _secret_ref(value: Any) -> dict[str, str]:
+    if isinstance(value, str):
+        value = {"secret": value}
+    value = check_keys(value, ["key", "secret"], example="{'secret': 'pipeline-db', 'key': 'url'}")
+    name = value.get("secret")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        raise ValueError(f"kubernetes.store_secret.secret must name a Secret, got {name!r}")
+    key = value.get("key", "url")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"kubernetes.store_secret.key must be a key of the Secret, got {key!r}")
+    return {"secret": name, "key": key}
+
+
+def _tls(value: Any) -> dict[str, str]:
+    if value is True:
+        return {"mode": "cert-manager"}
+    value = check_keys(
+        value, ["issuer", "issuer_kind", "mode", "secret"], example="{'issuer': 'ca-issuer'}"
+    )
+    if value.get("mode", "secret" if "secret" in value else "cert-manager") != (
+        "secret" if "secret" in value else "cert-manager"
+    ):
+        raise ValueError(
+            "kubernetes.tls.mode is 'secret' with secret, else 'cert-manager', "
+            f"got {value.get('mode')!r}"
+        )
+    if "secret" in value:
+        if "issuer" in value:
+            raise ValueError("kubernetes.tls: give either secret or issuer, not both")
+        name = value["secret"]
+        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"kubernetes.tls.secret must name a Secret, got {name!r}")
+        return {"mode": "secret", "secret": name}
+    out = {"mode": "cert-manager"}
+    issuer = value.get("issuer")
+    if issuer is not None:
+        if not isinstance(issuer, str) or not _DNS_SUBDOMAIN.match(issuer):
+            raise ValueError(f"kubernetes.tls.issuer must name an Issuer, got {issuer!r}")
+        out["issuer"] = issuer
+    kind = value.get("issuer_kind", "Issuer")
+    if kind not in ("Issuer", "ClusterIssuer"):
+        raise ValueError(
+            f"kubernetes.tls.issuer_kind must be Issuer or ClusterIssuer, got {kind!r}"
+        )
+    out["issuer_kind"] = kind
+    return out
 
 
 #: Convert ``resource_management``.

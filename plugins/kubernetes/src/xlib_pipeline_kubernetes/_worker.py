@@ -1,19 +1,18 @@
 """``xlib-pipeline worker``: what the rendered Deployment runs.
 
 It serves ``/health`` (200 when it can take work, 503 while starting or draining) and
-``/metrics`` (Prometheus text format, its own registry), and does real work in one of two
-modes:
+``/metrics`` (Prometheus text format, its own registry), and runs a ``distributed.Worker``
+joined to the scheduler (``--scheduler`` or ``$XLIB_PIPELINE_DASK_ADDRESS``); a worker
+plugin counts the tasks it runs. TLS settings come from dask's own config
+(``DASK_DISTRIBUTED__COMM__TLS__*`` variables, which the rendered manifests set from the
+mounted certificate).
 
-- **dask** (``--scheduler`` or ``$XLIB_PIPELINE_DASK_ADDRESS``): a ``distributed.Worker``
-  joins the scheduler; a worker plugin counts the tasks it runs. TLS settings come from
-  dask's own config (``DASK_DISTRIBUTED__COMM__TLS__*`` variables).
-- **queue** (otherwise): a local loop that claims job files ``*.json`` from
-  ``<queue>/incoming`` (an atomic rename into ``processing/``), runs the named pipeline
-  (``{"target": "file.py:NAME", "params": {...}}``) and writes a summary (run id, status,
-  durations; never payloads) to ``done/`` or ``failed/``.
+Runs are started by the rendered driver ``Job``/``CronJob`` (``xlib-pipeline run``), whose
+tasks run on these workers. The former "queue mode" (a loop over job files in a volume) is
+gone: nothing could submit to it and its runs never reached the run store.
 
-SIGTERM (or SIGINT) drains: readiness turns 503, no new work is taken, the current job (or
-the Dask worker's graceful retirement) finishes, and the process exits 0.
+SIGTERM (or SIGINT) drains: readiness turns 503, the Dask worker retires gracefully (its
+tasks and data move to other workers), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -26,10 +25,7 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from xlib_pipeline import Status, hookimpl
 
 from ._manifests import HEALTH_PATH, METRICS_PATH
 
@@ -69,7 +65,7 @@ class WorkerMetrics:
         )
         self.queue_depth = Gauge(
             "xlib_pipeline_worker_queue_depth",
-            "Work waiting on this worker (ready Dask tasks, or queued job files).",
+            "Dask tasks ready or waiting for resources on this worker.",
             registry=self.registry,
         )
         self.ready = Gauge(
@@ -127,7 +123,7 @@ class WorkerState:
 
 def make_server(host: str, port: int, state: WorkerState) -> ThreadingHTTPServer:
     """The HTTP server answering /health and /metrics (not started)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # on use only
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "xlib-pipeline-worker"
@@ -161,92 +157,6 @@ def make_server(host: str, port: int, state: WorkerState) -> ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
-
-
-# --- queue mode ---------------------------------------------------------------------------------
-
-
-class MetricsPlugin:
-    """Counts the task attempts of pipelines the queue worker runs."""
-
-    name = "worker-metrics"
-
-    def __init__(self, metrics: WorkerMetrics) -> None:
-        self.metrics = metrics
-
-    @hookimpl
-    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        self.metrics.started.inc()
-
-    @hookimpl
-    def after_task(self, task: Any, run: Any, outcome: Any) -> None:
-        if outcome.status in (Status.SUCCEEDED, Status.FAILED) and outcome.attempt >= 1:
-            self.metrics.task_finished(outcome.status is Status.SUCCEEDED, outcome.duration)
-
-
-def _queue_dirs(root: Path) -> dict[str, Path]:
-    dirs = {n: root / n for n in ("incoming", "processing", "done", "failed")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    return dirs
-
-
-def _run_job(
-    job_file: Path, dirs: dict[str, Path], metrics: WorkerMetrics, config: str | None
-) -> None:
-    from xlib_pipeline import PipelineManager
-    from xlib_pipeline.loading import load_config, load_pipeline
-
-    started = time.time()
-    summary: dict[str, Any] = {"job": job_file.name, "started": started}
-    ok = False
-    try:
-        job = json.loads(job_file.read_text())
-        if not isinstance(job, dict) or not isinstance(job.get("target"), str):
-            raise ValueError('a job file must be {"target": "file.py[:PIPELINE]", "params": {}}')
-        pipeline, module = load_pipeline(job["target"])
-        cfg = load_config(job.get("config") or config, module)
-        with PipelineManager(cfg, plugins=[MetricsPlugin(metrics)]) as pm:
-            result = pm.execute_pipeline(pipeline, params=job.get("params") or {})
-        ok = result.success
-        summary.update(
-            run_id=result.run_id,
-            pipeline=result.pipeline,
-            status=result.status,
-            failed_task=result.failed_task,
-            error=None if result.error is None else type(result.error).__name__,
-        )
-    except Exception as exc:
-        summary.update(status="error", error=f"{type(exc).__name__}: {exc}")
-    summary["finished"] = time.time()
-    dest = dirs["done" if ok else "failed"] / job_file.name
-    dest.with_suffix(".result.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    job_file.replace(dest)
-
-
-def run_queue(state: WorkerState, queue: Path, poll: float, config: str | None) -> int:
-    """Claim and run job files until asked to stop; 0 on a clean drain."""
-    dirs = _queue_dirs(queue)
-    state.set("ready")
-    metrics = state.metrics
-    while not state.stop.is_set():
-        pending = sorted(dirs["incoming"].glob("*.json"))
-        metrics.queue_depth.set(len(pending))
-        claimed = None
-        for job in pending:
-            target = dirs["processing"] / job.name
-            try:
-                job.rename(target)  # atomic: one replica wins a job
-            except OSError:
-                continue
-            claimed = target
-            break
-        if claimed is None:
-            state.stop.wait(poll)
-            continue
-        _run_job(claimed, dirs, metrics, config)
-    metrics.queue_depth.set(len(list(dirs["incoming"].glob("*.json"))))
-    return 0
 
 
 # --- dask mode ----------------------------------------------------------------------------------
@@ -378,40 +288,54 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _poll(text: str) -> float:
-    value = _seconds(text)
-    if value < 0.01:
-        raise argparse.ArgumentTypeError(f"expected at least 0.01 seconds, got {text!r}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``xlib-pipeline worker``."""
     env = os.environ.get
-    p.add_argument("--host", default=env("XLIB_PIPELINE_WORKER_HOST", "0.0.0.0"))
+    p.add_argument(
+        "--host",
+        default=env("XLIB_PIPELINE_WORKER_HOST", "0.0.0.0"),
+        help="address /health and /metrics listen on (default $XLIB_PIPELINE_WORKER_HOST)",
+    )
     # A string default goes through ``type`` when used, so a bad $XLIB_PIPELINE_WORKER_PORT
     # is an argparse error of this command, not a crash of every command at start-up.
-    p.add_argument("--port", type=_port, default=env("XLIB_PIPELINE_WORKER_PORT", "8080"))
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=env("XLIB_PIPELINE_WORKER_PORT", "8080"),
+        help="port of /health and /metrics (default $XLIB_PIPELINE_WORKER_PORT or 8080)",
+    )
     p.add_argument(
         "--scheduler",
         default=env("XLIB_PIPELINE_DASK_ADDRESS"),
-        help="Dask scheduler address (default $XLIB_PIPELINE_DASK_ADDRESS); without it the "
-        "worker runs job files from --queue",
+        help="Dask scheduler address to join (default $XLIB_PIPELINE_DASK_ADDRESS; required)",
     )
     p.add_argument("--nthreads", type=_positive_int, default=1, help="Dask worker threads")
     p.add_argument("--dask-port", type=_port, default=0, help="Dask worker listening port")
     p.add_argument("--name", default=env("POD_NAME"), help="worker name (default $POD_NAME)")
-    p.add_argument("--queue", help="job folder (default <XLIB_PIPELINE_HOME>/queue)")
-    p.add_argument("--poll", type=_poll, default=1.0, help="seconds between queue scans")
-    p.add_argument("--drain-timeout", type=_seconds, default=30.0)
-    p.add_argument("--startup-timeout", type=_seconds, default=60.0)
-    p.add_argument("--config", default=env("XLIB_PIPELINE_CONFIG"), help="pipeline config file")
+    p.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds a draining worker may take to hand its tasks and data over",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds to reach the scheduler before giving up",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve /health and /metrics and do work until SIGTERM; exit 0 after a clean drain."""
-    from xlib_pipeline import data_dir
-
+    if not args.scheduler:
+        print(
+            "xlib-pipeline worker: no Dask scheduler to join: give --scheduler ADDRESS or set "
+            "$XLIB_PIPELINE_DASK_ADDRESS (runs are started by the driver Job that "
+            "`xlib-pipeline render kubernetes` renders; the worker only runs their tasks)",
+            file=sys.stderr,
+        )
+        return 2
     metrics = WorkerMetrics()
     state = WorkerState(metrics)
     try:
@@ -428,13 +352,7 @@ def run(args: argparse.Namespace) -> int:
     shown = host.decode() if isinstance(host, bytes) else host
     print(f"xlib-pipeline worker: serving http://{shown}:{port}{HEALTH_PATH}", file=sys.stderr)
     try:
-        if args.scheduler:
-            code = run_dask(state, args, args.scheduler)
-        else:
-            signal.signal(signal.SIGTERM, state.drain)
-            signal.signal(signal.SIGINT, state.drain)
-            queue = Path(args.queue) if args.queue else data_dir() / "queue"
-            code = run_queue(state, queue, args.poll, args.config)
+        code = run_dask(state, args, args.scheduler)
     finally:
         state.set("stopped")
         server.shutdown()
