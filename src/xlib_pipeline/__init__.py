@@ -32,6 +32,7 @@ from ._manager import PipelineManager
 from ._records import (
     CLASSIFICATION,
     LEASE_TAKEOVERS,
+    OUTPUTS_IN_DRIVER,
     Classification,
     CliCommand,
     ConfigKey,
@@ -107,6 +108,7 @@ __all__ = [
     "ENCRYPTED_MAGIC",
     "FALLBACKS",
     "LEASE_TAKEOVERS",
+    "OUTPUTS_IN_DRIVER",
     "ArityError",
     "CallObserver",
     "Classification",
