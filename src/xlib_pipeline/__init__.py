@@ -32,7 +32,6 @@ from ._manager import PipelineManager
 from ._records import (
     CLASSIFICATION,
     LEASE_TAKEOVERS,
-    OUTPUTS_IN_DRIVER,
     Classification,
     CliCommand,
     ConfigKey,
@@ -108,7 +107,6 @@ __all__ = [
     "ENCRYPTED_MAGIC",
     "FALLBACKS",
     "LEASE_TAKEOVERS",
-    "OUTPUTS_IN_DRIVER",
     "ArityError",
     "CallObserver",
     "Classification",

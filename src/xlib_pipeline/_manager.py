@@ -28,7 +28,6 @@ from ._plugins import (
     register_checked,
 )
 from ._records import (
-    OUTPUTS_IN_DRIVER,
     CliCommand,
     Executor,
     PluginInfo,
@@ -501,7 +500,6 @@ class PipelineManager(ManagerResources):
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)
-            ctx.stash[OUTPUTS_IN_DRIVER] = store is not None and self._record_outputs()
             hooks.before_pipeline(run=ctx)
         except BaseException as exc:
             refused = _refused_result(ctx, p, exc)
