@@ -365,20 +365,29 @@ class MetricsPlugin:
     def _fold(self, st: _PipelineStats, tasks: Any) -> None:
         """Add a run's task results (final or a live snapshot) to ``st``. Holds the lock."""
         bounds = self._bounds
-        for name, r in tasks.items():
-            status = r.status
-            if status is _PENDING:
+        width = len(bounds)
+        stats = st.tasks
+        pending, succeeded = _PENDING, _SUCCEEDED
+        bisect_left = bisect.bisect_left
+        for name, status, n, started, finished in tasks.rows():
+            if status is pending:
                 continue
-            ts = st.tasks.get(name)
+            ts = stats.get(name)
             if ts is None:
-                ts = st.tasks[name] = _TaskStats(len(bounds))
-            ts.statuses[status] = ts.statuses.get(status, 0) + 1
-            n = r.attempts
-            if n >= 1 and r.started is not None:
-                ts.attempts[0 if status is _SUCCEEDED else 1] += 1
-                ts.attempts[2] += n - 1
-                if r.finished is not None:
-                    ts.hist.observe(bounds, r.finished - r.started)
+                ts = stats[name] = _TaskStats(width)
+            statuses = ts.statuses
+            statuses[status] = statuses.get(status, 0) + 1
+            if n >= 1 and started is not None:
+                att = ts.attempts
+                att[0 if status is succeeded else 1] += 1
+                if n > 1:
+                    att[2] += n - 1
+                if finished is not None:
+                    d = finished - started
+                    h = ts.hist
+                    h.counts[bisect_left(bounds, d)] += 1
+                    h.sum += d
+                    h.count += 1
 
     def _live(self) -> tuple[dict[str, _PipelineStats], dict[str, int]]:
         """Partial stats of the runs under way (not yet folded in) and their attempts in
@@ -401,7 +410,7 @@ class MetricsPlugin:
                 st = partial[name] = _PipelineStats(len(self._bounds))
             self._fold(st, snap)
             flying[name] = flying.get(name, 0) + sum(
-                1 for r in snap.values() if r.status is _PENDING and r.started is not None
+                1 for row in snap.rows() if row[1] is _PENDING and row[3] is not None
             )
         return partial, flying
 
