@@ -13,6 +13,9 @@ A page marks its blocks with HTML comments, and they run in order in one empty f
 Output is compared after replacing what changes from run to run: run ids become
 ``<run-id>``, times ``<time>``, durations ``<seconds>``, ports ``<port>``, temporary paths
 ``<tmp>``. A doc that no longer matches what the code prints fails here.
+
+After a deliberate change of output (a CLI message, a table), regenerate a page's examples
+from real runs and review the diff: ``python tests/test_docs_examples.py docs/PAGE.md``.
 """
 
 from __future__ import annotations
@@ -142,3 +145,56 @@ def test_normalize_replaces_what_changes() -> None:
     assert normalize(text, tmp) == (
         "run <run-id> at <time> in <seconds>s; port 127.0.0.1:<port> <tmp>/home <time>"
     )
+
+
+def regenerate(page: str) -> None:
+    """Rewrite every output of ``docs/<page>`` with what the code prints now (temporary
+    paths become ``<tmp>``; run ids and times stay raw, the test normalizes them)."""
+    import tempfile
+
+    path = REPO / "docs" / page
+    text = path.read_text()
+    tmp = Path(tempfile.mkdtemp())
+    env = _env(tmp)
+    produced: dict[str, str] = {}
+    out: list[str] = []
+    pos = 0
+    for m in _BLOCK.finditer(text):
+        kind, name, body = m.group(1), m.group(2), m.group(3)
+        new = body
+        if kind in ("file", "run"):
+            assert name
+            (tmp / name).write_text(body)
+            if kind == "run":
+                proc = subprocess.run(
+                    [sys.executable, name], cwd=tmp, env=env, capture_output=True, text=True
+                )
+                produced[name] = proc.stdout + proc.stderr
+        elif kind == "output":
+            assert name
+            new = produced[name].replace(str(tmp), "<tmp>").rstrip("\n") + "\n"
+        else:
+            lines: list[str] = []
+            for line in body.splitlines():
+                if not line.startswith("$ "):
+                    continue
+                proc = subprocess.run(
+                    ["bash", "-c", line[2:]], cwd=tmp, env=env, capture_output=True, text=True
+                )
+                found = re.search(r"^run_id: (\S+)$", proc.stdout, re.M)
+                if found:
+                    env["RUN_ID"] = found.group(1)
+                printed = (proc.stdout + proc.stderr).replace(str(tmp), "<tmp>").strip("\n")
+                lines += [line, *(x.rstrip() for x in printed.splitlines())]
+                if proc.returncode:
+                    lines.append(f"# exit {proc.returncode}")
+            new = "\n".join(lines) + "\n"
+        start, end = m.span(3)
+        out += [text[pos:start], new]
+        pos = end
+    path.write_text("".join(out) + text[pos:])
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        regenerate(Path(arg).name)
