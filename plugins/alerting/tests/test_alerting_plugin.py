@@ -351,7 +351,7 @@ class TestWebhook:
                 tmp_path,
                 queue_size=2,
                 max_attempts=1,
-                timeout_seconds=1,
+                timeout_seconds=20,  # stuck on the first alert for the whole run
                 flush_timeout_seconds=0.5,
                 rules=[{"on": "task_failed"}],
             )

@@ -68,6 +68,8 @@ class ChannelSender:
             try:
                 deliver(self.channel, alert, timeout=s.timeout_seconds, hold_seconds=s.hold_seconds)
             except DeliveryError as exc:
+                if self._stop.is_set() and not raise_last:
+                    return False  # closed meanwhile: close() counted and logged it
                 if attempt == s.max_attempts:
                     with self._lock:
                         self.failed += 1
@@ -104,6 +106,8 @@ class ChannelSender:
             try:
                 if alert is None:
                     return
+                if self._stop.is_set():
+                    continue  # left when the manager closed: counted and logged there
                 self._attempts(alert)
             except Exception:  # never let the sender thread die
                 _log.exception("alerting: channel %r failed unexpectedly", self.channel.name)
