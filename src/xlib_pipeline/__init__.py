@@ -29,6 +29,7 @@ from ._fallback import FallbackValue
 from ._featured import CACHE_HITS, FALLBACKS, FallbackUsed
 from ._graph import Plan, plan
 from ._manager import PipelineManager
+from ._progress import EVENT_KINDS, LiveRun, ProgressEvent
 from ._records import (
     CLASSIFICATION,
     LEASE_TAKEOVERS,
@@ -58,6 +59,8 @@ from ._records import (
     tenant_id_pattern,
 )
 from ._results import PipelineResult, TaskResult
+from ._scopes import TaskScope, current_task_scopes, run_in_scopes
+from ._signals import COMPLIANCE_KINDS, ComplianceEvent, MetricSample
 from ._task import CallObserver, Pipeline, Task, observe_direct_calls, task_options, with_options
 from .exceptions import (
     ArityError,
@@ -104,7 +107,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CACHE_HITS",
     "CLASSIFICATION",
+    "COMPLIANCE_KINDS",
     "ENCRYPTED_MAGIC",
+    "EVENT_KINDS",
     "FALLBACKS",
     "LEASE_TAKEOVERS",
     "ArityError",
@@ -112,6 +117,7 @@ __all__ = [
     "Classification",
     "CliCommand",
     "ComplianceError",
+    "ComplianceEvent",
     "ConditionError",
     "Config",
     "ConfigError",
@@ -132,7 +138,9 @@ __all__ = [
     "GraphError",
     "Isolation",
     "LazyResultError",
+    "LiveRun",
     "ManagerDecorator",
+    "MetricSample",
     "MissingExtraError",
     "MissingPluginConfigError",
     "MissingPluginError",
@@ -146,6 +154,7 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "PluginLoadError",
+    "ProgressEvent",
     "RemoteError",
     "RenderTarget",
     "ResourceError",
@@ -170,6 +179,7 @@ __all__ = [
     "TaskOption",
     "TaskOutcome",
     "TaskResult",
+    "TaskScope",
     "TaskTimeoutError",
     "UnknownDependencyError",
     "UnknownTaskOptionError",
@@ -182,6 +192,7 @@ __all__ = [
     "call_with_timeout",
     "check_keys",
     "check_tenant_id",
+    "current_task_scopes",
     "data_dir",
     "hookimpl",
     "is_async_callable",
@@ -191,6 +202,7 @@ __all__ = [
     "plan",
     "read_mapping_file",
     "remote_traceback",
+    "run_in_scopes",
     "seconds",
     "task_options",
     "tenant_id_pattern",

@@ -6,6 +6,7 @@ An executor decides *where* a task's function body runs; the scheduler decides *
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ from . import _worker
 from ._async import call_body
 from ._limits import TreeWatchdog, Watch
 from ._records import Isolation, ResourceLimits, RunContext
+from ._scopes import current_task_scopes
 from ._task import Task
 from .exceptions import (
     LazyResultError,
@@ -53,7 +55,9 @@ def call_with_timeout(
         except BaseException as exc:
             box.append((False, exc))
 
-    t = threading.Thread(target=target, name=f"xlib-task-{task.name}", daemon=True)
+    # The helper thread sees the lane's context (task scopes, a tracing span).
+    ctx = contextvars.copy_context()
+    t = threading.Thread(target=ctx.run, args=(target,), name=f"xlib-task-{task.name}", daemon=True)
     t.start()
     # A coroutine body cancels itself at ``timeout`` (CancelledError inside it): give it
     # the moment it needs to unwind and report the timeout itself.
@@ -126,9 +130,15 @@ class WorkerProcess:
         self.pid = self.proc.pid
 
     def send(
-        self, key: str, fn_bytes: bytes, args: tuple[Any, ...], task: str, is_async: bool = False
+        self,
+        key: str,
+        fn_bytes: bytes,
+        args: tuple[Any, ...],
+        task: str,
+        is_async: bool = False,
+        scopes: tuple[Any, ...] = (),
     ) -> None:
-        payload = (key, None if key in self.known else fn_bytes, args, task, is_async)
+        payload = (key, None if key in self.known else fn_bytes, args, task, is_async, scopes)
         try:
             data = cloudpickle.dumps(payload, protocol=5)
         except Exception as exc:
@@ -343,7 +353,7 @@ class ProcessExecutor:
         if limits.memory_bytes is not None and self._watchdog is not None:
             watch = self._watchdog.watch(worker.pid, limits.memory_bytes)
         try:
-            worker.send(key, fn_bytes, args, task.name, task.is_async)
+            worker.send(key, fn_bytes, args, task.name, task.is_async, current_task_scopes())
             try:
                 frame = worker.receive(timeout)
             except (EOFError, OSError):

@@ -36,6 +36,8 @@ from .hookspecs import HOOK_NAMES
 if TYPE_CHECKING:  # pragma: no cover
     from ._config import Config
     from ._results import PipelineResult
+    from ._scopes import TaskScope
+    from ._signals import ComplianceEvent, MetricSample
     from ._task import Pipeline, Task
 
 
@@ -332,9 +334,40 @@ class Hooks:
             self._invoke("before_pipeline", {"run": run})
 
     def after_pipeline(self, *, run: RunContext, result: PipelineResult) -> None:
-        """A run ended."""
-        if self.has["after_pipeline"]:
-            self._invoke("after_pipeline", {"run": run, "result": result})
+        """A run ended: every implementation is called, even after one raised (a broken
+        audit trail must not keep metrics or alerting from seeing the run end); the first
+        error is raised afterwards, attributed to its plugin."""
+        if not self.has["after_pipeline"]:
+            return
+        kwargs = {"run": run, "result": result}
+        impls = self._h.after_pipeline.get_hookimpls()
+        if any(i.hookwrapper or i.wrapper for i in impls):
+            self._invoke("after_pipeline", kwargs)
+            return
+        first: PipelineError | None = None
+        for impl in reversed(impls):  # pluggy's order: tryfirst, then last registered first
+            try:
+                self._invoke("after_pipeline", kwargs, impl)
+            except PipelineError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def on_compliance_event(self, *, event: ComplianceEvent) -> None:
+        """Tell observers (metrics, alerting) about a compliance finding or refusal."""
+        if self.has["on_compliance_event"]:
+            self._invoke("on_compliance_event", {"event": event})
+
+    def collect_metrics(self) -> list[MetricSample]:
+        """Every plugin's own metric samples right now (read by a metrics exporter)."""
+        if not self.has["collect_metrics"]:
+            return []
+        return flatten(self._invoke("collect_metrics", {}))
+
+    def task_scope(self, *, task: Task, run: RunContext) -> tuple[TaskScope, ...]:
+        """The scopes to enter around an attempt's body (every non-None answer)."""
+        answers = self._invoke("task_scope", {"task": task, "run": run})
+        return tuple(a for a in answers if a is not None)
 
     def before_task(self, *, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:
         """A task is about to run with ``inputs`` (raising refuses it)."""

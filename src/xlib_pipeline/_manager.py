@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -16,6 +16,7 @@ from ._config import Config, validate
 from ._events import get_logger
 from ._featured import FeaturedRun, Features, compile_features
 from ._graph import Plan, plan, suggest
+from ._manager_events import ManagerEvents
 from ._monitor import Monitor
 from ._outcomes import Columns, Observer, lane_count, new_run_id
 from ._plugins import (
@@ -27,6 +28,7 @@ from ._plugins import (
     package_for,
     register_checked,
 )
+from ._progress import Callback, EventObserver, ProgressEvent, iterate
 from ._records import (
     CliCommand,
     Executor,
@@ -64,13 +66,14 @@ _CORE_RUN_OPTIONS = (
     "resume",
     "force",
     "refresh",
+    "on_event",
 )
 
 #: The run param a stream sets on each batch run (see xlib_pipeline.streams).
 BATCH_INPUT = "stream"
 
 
-class PipelineManager(ManagerResources):
+class PipelineManager(ManagerResources, ManagerEvents):
     """Runs pipelines under a validated config with the installed (and given) plugins.
 
     ``config`` is a plain dict (see docs/configuration.md); ``plugins`` adds plugin objects
@@ -339,6 +342,7 @@ class PipelineManager(ManagerResources):
         source: str | None = None,
         inputs: Mapping[str, Any] | None = None,
         refresh: bool | Iterable[str] = False,
+        on_event: Callback | None = None,
         **options: Any,
     ) -> PipelineResult:
         """Run ``pipeline`` and return its :class:`PipelineResult` (failures do not raise).
@@ -352,8 +356,15 @@ class PipelineManager(ManagerResources):
         micro-batch this way); they are recorded like finished tasks.
         ``refresh=True`` (or a list of task names) runs cached tasks again instead of
         serving their cache entries, and stores the new outputs (docs/caching.md).
+        ``on_event`` is called with each :class:`ProgressEvent` of the run (see
+        :meth:`iter_events` for the iterator form; ``monitor=True`` is one more consumer).
         Raises before anything runs when the pipeline, an option or a plugin refuses it.
         """
+        if on_event is not None and not callable(on_event):
+            raise TypeError(
+                "execute_pipeline(on_event=...) must be callable with one ProgressEvent, "
+                f"got {type(on_event).__name__}"
+            )
         p, tasks = self._validated(pipeline)
         fresh = refresh_indices(p, refresh)
         given: dict[int, tuple[Status, Any]] = {}
@@ -416,7 +427,35 @@ class PipelineManager(ManagerResources):
             source=source,
             given=given,
             refresh=fresh,
+            on_event=on_event,
         )
+
+    def iter_events(self, pipeline: Pipeline, **kwargs: Any) -> Iterator[ProgressEvent]:
+        """Run ``pipeline`` in a worker thread and yield its :class:`ProgressEvent` as they
+        happen; the last is ``run_finished``, whose ``result`` is the :class:`PipelineResult`.
+
+        Takes the arguments of :meth:`execute_pipeline` (but not ``on_event``). A refusal
+        before any task started is raised from the iterator. Leaving the loop early (``break``,
+        an exception, closing the generator) cancels the run as :meth:`cancel_run` does and
+        waits until it ended.
+        """
+        if "on_event" in kwargs:
+            raise TypeError("iter_events() yields the events; it takes no on_event= callback")
+        rid = kwargs.pop("run_id", None) or new_run_id()
+        ended = threading.Event()
+
+        def start(callback: Callback) -> PipelineResult:
+            try:
+                return self.execute_pipeline(pipeline, run_id=rid, on_event=callback, **kwargs)
+            finally:
+                ended.set()
+
+        def cancel() -> None:
+            reason = "the event iterator was closed"
+            while not ended.is_set() and not self.cancel_run(rid, reason=reason):
+                ended.wait(0.01)
+
+        return iterate(start, cancel)
 
     async def execute_pipeline_async(self, pipeline: Pipeline, **kwargs: Any) -> PipelineResult:
         """Awaitable :meth:`execute_pipeline`, for code that runs an event loop (Jupyter, an
@@ -469,6 +508,7 @@ class PipelineManager(ManagerResources):
         source: str | None = None,
         given: Mapping[int, tuple[Status, Any]] | None = None,
         refresh: bool | frozenset[int] = False,
+        on_event: Callback | None = None,
     ) -> PipelineResult:
         store: RunStore | None = None
         obs: list[Observer] = []
@@ -504,6 +544,7 @@ class PipelineManager(ManagerResources):
         except BaseException as exc:
             refused = _refused_result(ctx, p, exc)
             ctx.log.warning("pipeline.refused", error=type(exc).__name__)
+            self._report_error_events(hooks, ctx, exc, refused=True)
             if obs and store is not None:  # the run row exists: close it as refused
                 store.run_finished(
                     ctx.run_id, "refused", refused.finished, f"{type(exc).__name__}: {exc}"
@@ -521,10 +562,12 @@ class PipelineManager(ManagerResources):
             lanes = suggested
         else:
             lanes = lane_count(max_workers or self.config.core.max_workers, len(p))
-        mon: Monitor | None = None
-        if monitor:
-            mon = Monitor()
-            obs.append(mon)
+        events: EventObserver | None = None
+        if monitor or on_event is not None:
+            events = EventObserver([Monitor(p)] if monitor else [])
+            if on_event is not None:
+                events.callbacks.append(on_event)
+            obs.append(events)
         features = self._features.get(p)
         extra: dict[str, Any] = {"plan": p}
         if features is not None:
@@ -546,23 +589,26 @@ class PipelineManager(ManagerResources):
             commit=store.commit if store is not None and not batch else None,
             flush=store.flush if store is not None and not batch else None,
         )
-        if mon is not None:
-            mon.start(run)
+        if events is not None:
+            events.start(run)
         ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
+        # Listed (live_runs, cancel_run) until every after_pipeline saw the run end.
         self._live[ctx.run_id] = run
         try:
             result = run.execute()
+            ctx.log.info(
+                "pipeline." + result.status,
+                duration=round(result.duration, 6),
+                failed_task=result.failed_task,
+            )
+            if result.error is not None:
+                self._report_error_events(hooks, ctx, result.error, refused=False)
+            try:
+                hooks.after_pipeline(run=ctx, result=result)
+            except PipelineError as exc:
+                result = attrs.evolve(result, status="failed", success=False, error=exc)
         finally:
             self._live.pop(ctx.run_id, None)
-        ctx.log.info(
-            "pipeline." + result.status,
-            duration=round(result.duration, 6),
-            failed_task=result.failed_task,
-        )
-        try:
-            hooks.after_pipeline(run=ctx, result=result)
-        except PipelineError as exc:
-            result = attrs.evolve(result, status="failed", success=False, error=exc)
         return result
 
 

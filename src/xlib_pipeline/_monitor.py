@@ -1,5 +1,8 @@
 """``monitor=True``: live progress on a terminal (rich), plain lines otherwise, and a
-closing summary with per-task durations, the critical path and the achieved parallelism."""
+closing summary with per-task durations, the critical path and the achieved parallelism.
+
+The monitor is one consumer of the progress API (:class:`~xlib_pipeline.ProgressEvent`):
+it is called with each event like any ``on_event`` callback."""
 
 from __future__ import annotations
 
@@ -8,28 +11,28 @@ import threading
 import time
 from typing import IO, Any
 
-from ._graph import critical_path
-from ._outcomes import Observer
+from ._graph import Plan, critical_path
+from ._progress import ProgressEvent
 from ._records import Status
 from ._results import PipelineResult
-from ._scheduler import Run
 
 
-def summarize(run: Run, result: PipelineResult) -> dict[str, Any]:
+def summarize(plan: Plan, result: PipelineResult) -> dict[str, Any]:
     """Durations, critical path (by measured durations) and achieved parallelism of a run."""
-    cols = run.cols
-    plan = run.plan
+    tasks = result.tasks
 
     def dur(i: int) -> float:
-        s, f = cols.started[i], cols.finished[i]
+        r = tasks[plan.names[i]]
+        s, f = r.started, r.finished
         return (f - s) if (s is not None and f is not None) else 0.0
 
-    busy = sum(dur(i) for i in range(len(plan)))
-    length, path = critical_path(plan, dur)
+    durations = [dur(i) for i in range(len(plan))]
+    busy = sum(durations)
+    length, path = critical_path(plan, durations.__getitem__)
     makespan = result.duration
     counts: dict[str, int] = {}
-    for s in cols.status:
-        key = str(s.value if s else "pending")
+    for name in plan.names:
+        key = str(tasks[name].status.value)
         counts[key] = counts.get(key, 0) + 1
     return {
         "makespan": makespan,
@@ -38,26 +41,44 @@ def summarize(run: Run, result: PipelineResult) -> dict[str, Any]:
         "critical_path": path,
         "critical_path_seconds": length,
         "counts": counts,
-        "durations": {plan.names[i]: dur(i) for i in range(len(plan))},
+        "durations": {plan.names[i]: durations[i] for i in range(len(plan))},
     }
 
 
-class Monitor(Observer):
-    """Observer printing progress; rich live display when ``stream`` is a terminal."""
+class Monitor:
+    """Progress display fed with :class:`ProgressEvent`; rich live display on a terminal.
 
-    def __init__(self, stream: IO[str] | None = None, *, max_rows: int = 25) -> None:
+    ``plan`` (the run's compiled plan) is used for the closing summary's critical path.
+    """
+
+    def __init__(self, plan: Plan, stream: IO[str] | None = None, *, max_rows: int = 25) -> None:
+        self.plan = plan
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._running: dict[int, float] = {}
+        self._running: dict[str, float] = {}
         self._done = 0
         self._progress: Any = None
         self._bar: Any = None
 
-    def start(self, run: Run) -> None:
-        """Called before the first task."""
-        n = len(run.plan)
+    def __call__(self, event: ProgressEvent) -> None:
+        kind = event.kind
+        if kind == "task_started":
+            self.task_started(event)
+        elif kind == "task_finished":
+            self.task_finished(event)
+        elif kind == "task_retrying":
+            if self._progress is None:
+                self._print(f"  retrying  {event.task} (attempt {event.attempt}: {event.error})")
+        elif kind == "run_started":
+            self.start(event)
+        elif kind == "run_finished" and event.result is not None:
+            self.run_finished(event.result)
+
+    def start(self, event: ProgressEvent) -> None:
+        """The run started: open the display."""
+        n = event.total
         if self.tty:
             from rich.console import Console
             from rich.progress import (
@@ -79,45 +100,45 @@ class Monitor(Observer):
                 console=console,
                 transient=False,
             )
-            self._bar = self._progress.add_task(run.plan.pipeline_name, total=n, running="")
+            self._bar = self._progress.add_task(event.pipeline, total=n, running="")
             self._progress.start()
         else:
-            self._print(f"[{run.plan.pipeline_name}] run {run.ctx.run_id}: {n} tasks")
+            self._print(f"[{event.pipeline}] run {event.run_id}: {n} tasks")
 
     def _print(self, line: str) -> None:
         with self._lock:
             print(line, file=self.stream, flush=True)
 
-    def task_started(self, run: Run, i: int, attempt: int) -> None:
+    def task_started(self, event: ProgressEvent) -> None:
+        name = event.task or "?"
         with self._lock:
-            self._running[i] = time.time()
-            names = ", ".join(run.plan.names[j] for j in list(self._running)[:3])
+            self._running[name] = time.time()
+            names = ", ".join(list(self._running)[:3])
         if self._progress is not None:
             self._progress.update(self._bar, running=names)
         else:
-            self._print(f"  started   {run.plan.names[i]}")
+            self._print(f"  started   {name}")
 
-    def task_finished(self, run: Run, i: int) -> None:
-        cols = run.cols
+    def task_finished(self, event: ProgressEvent) -> None:
+        name = event.task or "?"
         with self._lock:
-            self._running.pop(i, None)
+            self._running.pop(name, None)
             self._done += 1
-            names = ", ".join(run.plan.names[j] for j in list(self._running)[:3])
-        status = cols.status[i]
+            names = ", ".join(list(self._running)[:3])
         if self._progress is not None:
             self._progress.update(self._bar, completed=self._done, running=names)
             return
-        s, f = cols.started[i], cols.finished[i]
-        took = f" in {f - s:.2f}s" if (s is not None and f is not None) else ""
-        label = status.value if status else "?"
-        self._print(f"  {label:<9} {run.plan.names[i]}{took}")
+        d = event.duration
+        took = f" in {d:.2f}s" if d is not None else ""
+        label = event.status or "?"
+        self._print(f"  {label:<9} {name}{took}")
 
-    def run_finished(self, run: Run, result: PipelineResult) -> None:
+    def run_finished(self, result: PipelineResult) -> None:
         if self._progress is not None:
             self._progress.stop()
-        info = summarize(run, result)
+        info = summarize(self.plan, result)
         if self.tty:
-            self._rich_summary(run, result, info)
+            self._rich_summary(result, info)
             return
         self._print(
             f"[{result.pipeline}] {result.status} in {info['makespan']:.2f}s; "
@@ -128,7 +149,7 @@ class Monitor(Observer):
         for name, d in rows:
             self._print(f"    {d:8.3f}s  {name}")
 
-    def _rich_summary(self, run: Run, result: PipelineResult, info: dict[str, Any]) -> None:
+    def _rich_summary(self, result: PipelineResult, info: dict[str, Any]) -> None:
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -141,13 +162,8 @@ class Monitor(Observer):
         crit = set(info["critical_path"])
         rows = sorted(info["durations"].items(), key=lambda kv: -kv[1])[: self.max_rows]
         for name, d in rows:
-            status = run.cols.status[run.plan.index[name]]
-            table.add_row(
-                Text(name),
-                status.value if status else "?",
-                f"{d:.3f}",
-                "●" if name in crit else "",
-            )
+            status = result.tasks[name].status
+            table.add_row(Text(name), status.value, f"{d:.3f}", "●" if name in crit else "")
         console = Console(file=self.stream)
         console.print(table)
         console.print(

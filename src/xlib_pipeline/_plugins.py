@@ -36,6 +36,9 @@ PLUGIN_PACKAGES = {
     "dask": "xlib-pipeline-dask",
     "evidence": "xlib-pipeline-evidence",
     "redis": "xlib-pipeline-redis",
+    "metrics": "xlib-pipeline-metrics",
+    "alerting": "xlib-pipeline-alerting",
+    "tracing": "xlib-pipeline-tracing",
 }
 KNOWN_CONFIG_KEYS = {
     "audit": "audit",
@@ -60,6 +63,9 @@ KNOWN_CONFIG_KEYS = {
     "auto_scaling": "kubernetes",
     "resource_management": "kubernetes",
     "evidence": "evidence",
+    "metrics": "metrics",
+    "alerting": "alerting",
+    "tracing": "tracing",
 }
 KNOWN_TASK_OPTIONS = {
     "retries": "retries",

@@ -101,6 +101,19 @@ class TaskResults(Mapping[str, TaskResult]):
             counts[str(s)] = counts.get(str(s), 0) + 1
         return f"TaskResults({len(self)} tasks: {counts})"
 
+    def rows(self) -> Iterator[tuple[str, Status, int, float | None, float | None]]:
+        """``(name, status, attempts, started, finished)`` of every task, straight from the
+        scheduler's arrays (no :class:`TaskResult` built): for exporters that read every
+        task of every run. ``status`` is ``pending`` for a task not yet terminal."""
+        c = self._cols
+        attempts = c.attempts
+        pending = Status.PENDING
+        for i, (name, status, started, finished) in enumerate(
+            zip(self._names, c.status, c.started, c.finished)
+        ):
+            n = attempts.get(i, 1 if started is not None else 0)
+            yield name, status or pending, n, started, finished
+
     def by_status(self, status: Status | str) -> list[str]:
         """Names of the tasks that ended in ``status``."""
         st = Status(status)

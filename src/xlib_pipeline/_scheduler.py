@@ -39,6 +39,7 @@ from ._graph import Plan
 from ._outcomes import Columns, Observer, _format, _no_push, build_result, failure, log_task_event
 from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
 from ._results import PipelineResult
+from ._scopes import scoped_call
 from ._task import Task
 from .exceptions import ConditionError, PipelineError, RunCancelledError, SerializationError
 
@@ -118,6 +119,7 @@ class Run(CoroutineLanes):
         self.h_after = has["after_task"]
         self.h_error = has["on_task_error"]
         self.h_isolate = has["isolate"]
+        self.h_scope = has["task_scope"]
         self.events = _log.isEnabledFor(logging.INFO)
         # Coroutine tasks on a local executor await on one event loop per run (started on
         # first use); their completions come back to the lanes as _AsyncDone items.
@@ -358,7 +360,12 @@ class Run(CoroutineLanes):
                 except BaseException as exc:  # refused before the function ran
                     return self._failed(i, task, failure(task, exc, attempt - 1, started))
             try:
-                if direct:
+                if self.h_scope:
+                    scopes = hooks.task_scope(task=task, run=ctx)
+                    out = scoped_call(
+                        scopes, task, args, executor, ctx, isolation, timeout, direct, local
+                    )
+                elif direct:
                     out = task.fn(*args)
                 else:
                     out = executor.call(task, args, run=ctx, isolation=isolation, timeout=timeout)

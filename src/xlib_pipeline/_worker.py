@@ -124,13 +124,16 @@ def main(argv: list[str]) -> int:
         if not frame:
             return 0
         try:
-            key, fn_bytes, args, _task, is_async = pickle.loads(frame)
+            key, fn_bytes, args, _task, is_async, scopes = pickle.loads(frame)
             fn = functions.get(key)
             if fn is None:
                 fn = cloudpickle.loads(fn_bytes)
                 functions[key] = fn
             # A coroutine function runs to completion on a fresh event loop.
-            result = _run_coroutine(fn, args) if is_async else fn(*args)  # type: ignore[operator]
+            if is_async:
+                result = run_in_scopes(scopes, _run_coroutine, fn, args)
+            else:
+                result = run_in_scopes(scopes, fn, *args)
             lazy = _lazy_kind(result) if not is_async else None
             if lazy is not None:
                 payload = pickle.dumps(("err", "lazy", lazy, "", "", None), protocol=5)
@@ -149,6 +152,19 @@ def main(argv: list[str]) -> int:
         except BaseException as exc:  # report everything, including SystemExit
             payload = _error_payload(exc, stage="call")
         write_frame(wfd, payload)
+
+
+def run_in_scopes(scopes: tuple[object, ...], fn: object, *args: object) -> object:
+    """Call ``fn(*args)`` inside the task scopes sent with the task (see ``_scopes``); a
+    copy of ``xlib_pipeline.run_in_scopes`` so the worker imports nothing at start."""
+    if not scopes:
+        return fn(*args)  # type: ignore[operator]
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        for scope in scopes:
+            stack.enter_context(scope())  # type: ignore[operator]
+        return fn(*args)  # type: ignore[operator]
 
 
 def _raised_explicitly(exc: BaseException) -> bool:

@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
         TaskOutcome,
     )
     from ._results import PipelineResult
+    from ._scopes import TaskScope
+    from ._signals import ComplianceEvent, MetricSample
     from ._task import Pipeline, Task
 
 PROJECT = "xlib_pipeline"
@@ -176,7 +178,8 @@ class HookSpecs:
 
     @hookspec
     def after_pipeline(self, run: RunContext, result: PipelineResult) -> None:
-        """Observer: a run ended, successfully or not; always called."""
+        """Observer: a run ended, successfully or not; always called, on every implementation
+        even after one raised (the first error fails the run, attributed to its plugin)."""
 
     @hookspec
     def stream_event(self, stream: Any, event: str, info: Mapping[str, Any]) -> None:
@@ -196,6 +199,27 @@ class HookSpecs:
     @hookspec
     def after_task(self, task: Task, run: RunContext, outcome: TaskOutcome) -> None:
         """Observer: a task reached an outcome (every attempt, skips included); always called."""
+
+    @hookspec
+    def task_scope(self, task: Task, run: RunContext) -> TaskScope | None:
+        """Provider (every answer used): context to enter around the task's function body,
+        once per attempt, wherever the body runs: a *picklable* callable returning a context
+        manager. Local executors enter it in the lane; ``processes`` and Dask ship it to the
+        worker (:func:`~xlib_pipeline.current_task_scopes`, :func:`~xlib_pipeline.run_in_scopes`).
+        Not applied to coroutine tasks on the run's event loop.
+        """
+
+    @hookspec
+    def on_compliance_event(self, event: ComplianceEvent) -> None:
+        """Observer: a compliance control refused or found something (a refused run, a
+        clearance violation, PII detected, a tampered audit trail). Reported by plugins with
+        :meth:`PipelineManager.report_compliance_event`; the core reports refused runs and
+        errors carrying a ``compliance_kind`` attribute."""
+
+    @hookspec
+    def collect_metrics(self) -> Iterable[MetricSample]:
+        """Collector: the plugin's own counters and gauges right now (alerts delivered or
+        undeliverable, ...), read by a metrics exporter at each scrape or push."""
 
     @hookspec
     def on_task_error(

@@ -209,11 +209,14 @@ class AuditTrail:
         return ALG_HMAC if self._key is not None else ALG_SHA256
 
     def _fail(self, message: str) -> AuditTrailError:
-        return AuditTrailError(
+        err = AuditTrailError(
             f"audit trail {self.path}: {message}; refusing to append. "
             f"Run `xlib-pipeline audit verify {self.path}` to see what changed.",
             path=str(self.path),
         )
+        # The core reports a run ended by this error as a compliance event of this kind.
+        err.compliance_kind = "tamper_detected"  # type: ignore[attr-defined]
+        return err
 
     def _open(self) -> None:
         """Open the file and check it whole against its head anchor. Holds the lock."""

@@ -311,6 +311,15 @@ class _Enforcer:
                         f"{up} -> {t.name} ({LEVELS[levels[up]]} > clearance {LEVELS[c]})"
                     )
         if violations:
+            for v in violations:
+                run.manager.report_compliance_event(
+                    "clearance_violation",
+                    pipeline=run.pipeline_name,
+                    run_id=run.run_id,
+                    tenant=run.tenant_id,
+                    plugin="classification",
+                    detail=v,
+                )
             more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
             raise ComplianceError(
                 f"pipeline {run.pipeline_name!r} refused before running: data flows above a "
@@ -368,6 +377,15 @@ class _Enforcer:
                 why = ""
                 if entry is not None and entry.detected:
                     why = f", raised by detected {', '.join(entry.detected)}"
+                run.manager.report_compliance_event(
+                    "clearance_violation",
+                    pipeline=run.pipeline_name,
+                    run_id=run.run_id,
+                    task=task.name,
+                    tenant=run.tenant_of(task),
+                    plugin="classification",
+                    detail=f"{up} -> {task.name} ({LEVELS[lvl]} > clearance {LEVELS[c]}{why})",
+                )
                 raise ComplianceError(
                     f"task {task.name!r} refused: its upstream {up!r} produced "
                     f"{LEVELS[lvl]} data{why}, above {task.name!r}'s clearance "
@@ -417,6 +435,16 @@ class _Enforcer:
         p = self.p
         if p.detect_pii and p.detectors:
             found, detected = p.classify(outcome.output)
+            if detected:
+                run.manager.report_compliance_event(
+                    "pii_detected",
+                    pipeline=run.pipeline_name,
+                    run_id=run.run_id,
+                    task=task.name,
+                    tenant=run.tenant_of(task),
+                    plugin="classification",
+                    detail=", ".join(detected),
+                )
             if found is not None and RANK[found] > lvl:
                 lvl = RANK[found]
                 inherited = None

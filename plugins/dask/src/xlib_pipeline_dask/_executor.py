@@ -7,6 +7,7 @@ lane until the answer (or the remote exception, with its traceback) is back.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ from xlib_pipeline import (
     WorkerLostError,
     call_body,
     call_with_timeout,
+    current_task_scopes,
+    run_in_scopes,
 )
 
 from ._remote import RemoteCall, WorkerLoadError, by_value, by_value_modules
@@ -143,11 +146,16 @@ class DaskExecutor:
         spec, index = state.spec(task) if state is not None else (None, None)
         if state is not None and state.marked_only and spec is None and index is None:
             # distributed.scope = "marked": unmarked tasks stay in the driver's lane.
+            scopes = current_task_scopes()
             if timeout is not None:
-                return call_with_timeout(task, task.fn, args, timeout)
-            return call_body(task.name, task.fn, args, is_async=task.is_async)
+                return run_in_scopes(scopes, call_with_timeout, task, task.fn, args, timeout)
+            body = functools.partial(call_body, is_async=task.is_async)
+            return run_in_scopes(scopes, body, task.name, task.fn, args)
         client = self.handle.client()
         fn = self._remote(task)
+        scopes = current_task_scopes()
+        if scopes:  # entered on the Dask worker around the body (tracing context, ...)
+            fn = functools.partial(run_in_scopes, scopes, fn)  # type: ignore[assignment]
         args = tuple([_unwrap(a) for a in args])
         # Files run by `xlib-pipeline run` are registered for pickling by value, which
         # Dask's serializer ignores for values it can pickle by reference: send plain
