@@ -125,7 +125,14 @@ class ManagerResources:
         if opened is None:
             scheme = str(section["url"]).split("://", 1)[0]
             if scheme in ("postgresql", "postgres"):
-                raise MissingPluginError(f"store url {scheme}://...", package_for("postgres"))
+                # A ConfigError, not MissingPluginError (an AttributeError: raised from the
+                # ``store`` property it would fall through to __getattr__).
+                package = package_for("postgres")
+                raise ConfigError(
+                    f"store.url {scheme}://... needs the plugin {package!r}, which is not "
+                    f"installed or is disabled: pip install {package}",
+                    key="store.url",
+                )
             raise ConfigError(
                 f"store.url: no installed plugin serves {scheme}:// run stores "
                 "(built in: sqlite://PATH; postgresql:// with xlib-pipeline-postgres)",

@@ -87,9 +87,18 @@ def test_a_run_is_recorded_whole(store_section: dict[str, Any]) -> None:
         listed = store.list_runs(pipeline="flaky")
     assert rec.status == "succeeded" and rec.params == {"day": "mon"}
     assert rec.structure["transform"]["deps"] == ["load"]
-    assert {t: r.status for t, r in tasks.items()} == {"load": "succeeded", "transform": "succeeded"}
+    assert {t: r.status for t, r in tasks.items()} == {
+        "load": "succeeded",
+        "transform": "succeeded",
+    }
     assert tasks["load"].output is not None and tasks["load"].attempts == 1
-    assert [e[2] for e in events] == ["running", "succeeded", "running", "succeeded", "run.succeeded"]
+    assert [e[2] for e in events] == [
+        "running",
+        "succeeded",
+        "running",
+        "succeeded",
+        "run.succeeded",
+    ]
     assert [r.run_id for r in listed] == [result.run_id]
 
 
@@ -184,7 +193,9 @@ def test_a_failed_write_fails_the_run_and_resume_finishes_it(
         armed = [True]
 
         def fault(batch: list[Any]) -> None:
-            if armed[0] and any(len(params) > 3 and params[2] == "transform" for _, params in batch):
+            if armed[0] and any(
+                len(params) > 3 and params[2] == "transform" for _, params in batch
+            ):
                 armed[0] = False  # one fault: the end-of-run flush retries and commits
                 raise OSError(5, "Input/output error")
 
@@ -216,7 +227,9 @@ def test_prune_deletes_runs_and_their_blobs(
         assert len(list(store.blobs.names())) == 1
 
 
-def test_two_processes_record_both_runs_whole(store_section: dict[str, Any], tmp_path: Path) -> None:
+def test_two_processes_record_both_runs_whole(
+    store_section: dict[str, Any], tmp_path: Path
+) -> None:
     script = tmp_path / "worker.py"
     script.write_text(
         textwrap.dedent(

@@ -106,7 +106,7 @@ def _pool_options(value: Mapping[str, Any]) -> tuple[int, int, float]:
         raise ConfigError(
             f"store.pool.max_size ({hi}) is less than min_size ({lo})", key="store.pool"
         )
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ConfigError(
             f"store.pool.connect_timeout_s must be a positive number, got {timeout!r}",
             key="store.pool.connect_timeout_s",
@@ -150,14 +150,53 @@ class _Committer(GroupCommitter):
                 j = k
                 while j < n and batch[j][0] is not self.CALL:
                     j += 1
-                with conn.transaction(), conn.cursor() as cur:
-                    _write_statements(cur, batch[k:j])
+                segment = batch[k:j]
+                if all(sql is LOG for sql, _ in segment):
+                    with conn.cursor() as cur:
+                        _log_only(cur, segment)
+                else:
+                    with conn.transaction(), conn.cursor() as cur:
+                        _write_statements(cur, segment)
                 k = j
         except BaseException:
             del batch[:k]  # committed segments stay; the rest is retried by flush()
             if conn.broken:
                 self._conn = None
             raise
+
+
+_LOG_SQL = (
+    "WITH ti AS (INSERT INTO tasks (run_id, task, status, attempts, started, finished, "
+    "error_type, error, traceback, output, output_run, tenant) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[], "
+    "%s::text[], %s::text[], %s::bytea[], %s::text[], %s::text[]) ON CONFLICT (run_id, task) "
+    "DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts, started = "
+    "EXCLUDED.started, finished = EXCLUDED.finished, error_type = EXCLUDED.error_type, error = "
+    "EXCLUDED.error, traceback = EXCLUDED.traceback, output = EXCLUDED.output, output_run = "
+    "EXCLUDED.output_run, tenant = EXCLUDED.tenant RETURNING 1), "
+    "ei AS (INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
+    "SELECT r, t, ts, ev, at, et, er FROM unnest(%s::text[], %s::text[], %s::float8[], "
+    "%s::text[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY AS u(r, t, ts, ev, at, et, "
+    "er, o) ORDER BY o RETURNING 1) SELECT (SELECT count(*) FROM ti), (SELECT count(*) FROM ei)"
+)
+
+
+def _log_only(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """A batch of log rows only (the common case): one statement, one round trip, atomic
+    on its own (autocommit), so the commit costs one wait on the server."""
+    tasks: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # a task's last row wins
+    events: list[tuple[Any, ...]] = []
+    for _, row in items:
+        if row[0] == 1:
+            tasks[(row[1], row[2])] = (
+                row[1], row[2], row[3], row[4], row[5], row[6], row[7], seal_text(row[8]),
+                seal_text(row[9]), row[10], row[11], row[12],
+            )  # fmt: skip
+        else:
+            events.append((row[1], row[2], row[13], row[3], row[4], row[7], seal_text(row[8])))
+    tcols = [list(c) for c in zip(*tasks.values())] if tasks else [[] for _ in range(12)]
+    ecols = [list(c) for c in zip(*events)] if events else [[] for _ in range(7)]
+    cur.execute(_LOG_SQL, (*tcols, *ecols))
 
 
 def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -182,9 +221,7 @@ def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any
                      seal_text(error), seal_text(traceback), output, output_run, tenant)
                 )  # fmt: skip
             else:
-                events.append(
-                    (run_id, task, ts, status, attempts, error_type, seal_text(error))
-                )
+                events.append((run_id, task, ts, status, attempts, error_type, seal_text(error)))
             continue
         drain()
         # Statements from the core are written for SQLite's "?" placeholders.
@@ -452,8 +489,7 @@ class PostgresStore:
             raise self.fault(exc, "cannot be read") from exc
         except psycopg_pool.PoolTimeout as exc:
             raise StoreError(
-                f"run store {self.path!r} cannot be read: no connection within the pool's "
-                "timeout",
+                f"run store {self.path!r} cannot be read: no connection within the pool's timeout",
                 path=self.path,
             ) from exc
 
@@ -468,7 +504,9 @@ class PostgresStore:
                     sql + "left(run_id, %s) = %s LIMIT 2", (len(run_id), run_id)
                 ).fetchall()
         if not rows:
-            raise StoreError(f"run {run_id!r} is not in the run store {self.path!r}", path=self.path)
+            raise StoreError(
+                f"run {run_id!r} is not in the run store {self.path!r}", path=self.path
+            )
         if len(rows) > 1:
             raise StoreError(f"run id prefix {run_id!r} is ambiguous", path=self.path)
         r = rows[0]
@@ -592,12 +630,11 @@ class PostgresStore:
         table, key, column = where
         if table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
             raise ValueError(f"not an error text: {where!r}")
+        args: tuple[Any, ...]
         if table == "tasks":
             run_id, task = json.loads(key)
-            sql, args = (
-                f"UPDATE tasks SET {column} = %s WHERE run_id = %s AND task = %s",
-                (seal_text(blob), run_id, task),
-            )
+            sql = f"UPDATE tasks SET {column} = %s WHERE run_id = %s AND task = %s"
+            args = (seal_text(blob), run_id, task)
         elif table == "events":
             sql, args = "UPDATE events SET error = %s WHERE id = %s", (seal_text(blob), int(key))
         else:
@@ -615,9 +652,7 @@ class PostgresStore:
 
     def blob_names(self) -> list[str]:
         with self._reading() as conn:
-            return [
-                r[0] for r in conn.execute("SELECT DISTINCT name FROM blob_refs ORDER BY name")
-            ]
+            return [r[0] for r in conn.execute("SELECT DISTINCT name FROM blob_refs ORDER BY name")]
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -722,4 +757,3 @@ def _lease(row: Any) -> Lease:
         acquired=row[5],
         heartbeat=row[6],
     )
-

@@ -64,10 +64,20 @@ def local_server(*, fsync: bool = False) -> Iterator[str]:
         )
 
     try:
-        run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "xlib", "-E", "UTF8", "--no-sync")
-        options = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-            + ("" if fsync else " -c fsync=off -c full_page_writes=off")
+        run(
+            str(binaries / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "xlib",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200" + (
+            "" if fsync else " -c fsync=off -c full_page_writes=off"
         )
         run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l",
             str(root / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
