@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ import psycopg_pool
 
 from xlib_pipeline import ConfigError, PayloadRef, StoreError, data_dir
 from xlib_pipeline.store import (
+    HEARTBEAT_S,
     LOG,
     BlobStore,
     GroupCommitter,
@@ -273,6 +275,10 @@ class PostgresStore:
             chunk_size=blobs.get("chunk_size", 1 << 20),
         )
         self._committer = _Committer(self)
+        self._beat_lock = threading.Lock()
+        self._holders: set[str] = set()
+        self._beat_thread: threading.Thread | None = None
+        self._closed = threading.Event()
         self.add = self._committer.add
         self.commit = self._committer.commit
 
@@ -358,6 +364,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Commit what is queued, then close the connections."""
+        self._closed.set()
         try:
             self._committer.close()
         finally:
@@ -463,10 +470,54 @@ class PostgresStore:
             raise self.fault(exc, "cannot take the run's lease") from exc
         return taken
 
+    def claim_new(self, holder: str) -> None:
+        """Queue the lease of a run id that was just minted (no other driver can know it):
+        committed with the run's first rows, no round trip."""
+        mine = me(holder)
+        self.add(
+            "INSERT INTO leases VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO "
+            "UPDATE SET holder = EXCLUDED.holder, pid = EXCLUDED.pid, host = EXCLUDED.host, "
+            "proc_start = EXCLUDED.proc_start, acquired = EXCLUDED.acquired, heartbeat = "
+            "EXCLUDED.heartbeat",
+            (holder, holder, mine.pid, mine.host, mine.proc_start, mine.acquired, mine.acquired),
+        )
+
     def heartbeat(self, holder: str) -> None:
         self.submit("UPDATE leases SET heartbeat = %s WHERE holder = %s", (time.time(), holder))
 
+    def keep_alive(self, holder: str) -> None:
+        """Refresh ``holder``'s leases every HEARTBEAT_S seconds until :meth:`let_go` (one
+        daemon thread per store beats for every run it holds)."""
+        with self._beat_lock:
+            self._holders.add(holder)
+            if self._beat_thread is None:
+                self._beat_thread = threading.Thread(
+                    target=self._beat, name="xlib-lease", daemon=True
+                )
+                self._beat_thread.start()
+
+    def let_go(self, holder: str) -> None:
+        """Stop refreshing ``holder``'s leases (their release is queued separately)."""
+        with self._beat_lock:
+            self._holders.discard(holder)
+
+    def _beat(self) -> None:
+        while not self._closed.wait(HEARTBEAT_S):
+            with self._beat_lock:
+                holders = sorted(self._holders)
+                if not holders:
+                    self._beat_thread = None
+                    return
+            try:
+                self.submit(
+                    "UPDATE leases SET heartbeat = %s WHERE holder = ANY(%s)",
+                    (time.time(), holders),
+                )
+            except Exception:  # a store fault is reported by the run itself
+                pass
+
     def release_leases(self, holder: str) -> None:
+        self.let_go(holder)
         self._committer.add("DELETE FROM leases WHERE holder = %s", (holder,))
 
     def lease(self, run_id: str) -> Lease | None:
