@@ -82,14 +82,22 @@ def _likely_errno(path: Path) -> str:
     return "; errno EIO or another I/O error from the operating system"
 
 
-class Committer:
-    """Group commit of statements onto the connection made by ``connect`` (opened lazily)."""
+class GroupCommitter:
+    """Windowless group commit: the writer thread, the queue and the failure rules.
 
-    def __init__(self, path: Path, connect: Callable[[], sqlite3.Connection], busy_ms: int) -> None:
-        self.path = path
-        self._connect = connect
-        self._busy_ms = busy_ms
-        self._conn: sqlite3.Connection | None = None
+    A backend subclasses it and implements :meth:`write` (one batch, in order, raising one
+    of :attr:`faults` when it could not be written: what was written stays, the rest is
+    retried), :meth:`fault` (the :class:`StoreError` to report) and :meth:`disconnect`.
+    Items whose statement is :data:`CALL` carry ``(fn,)``: ``write`` runs ``fn(connection)``
+    in order (see :meth:`exclusive`).
+    """
+
+    #: The statement of an item that runs a function on the writer's connection.
+    CALL = "CALL"
+    #: What :meth:`write` raises when storage fails (anything else is a bug and propagates).
+    faults: tuple[type[BaseException], ...] = (OSError,)
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pending: list[Statement] = []
@@ -167,9 +175,9 @@ class Committer:
             err: StoreError | None = self.error
             if batch:
                 try:
-                    self._write(batch)
-                except (sqlite3.Error, OSError) as exc:
-                    err = describe_fault(self.path, exc, self._busy_ms)
+                    self.write(batch)
+                except self.faults as exc:
+                    err = self.fault(exc)
                     err.__cause__ = exc
                     with self._lock:
                         self._pending[:0] = batch  # never dropped: retried by flush()
@@ -180,7 +188,74 @@ class Committer:
                 except BaseException:  # pragma: no cover - a callback bug must not kill us
                     pass
 
-    def _write(self, batch: list[Statement]) -> None:
+    def write(self, batch: list[Statement]) -> None:
+        """Write ``batch`` (in order); on failure drop its written prefix and raise."""
+        raise NotImplementedError
+
+    def fault(self, exc: BaseException) -> StoreError:
+        """The StoreError reported for a failed write."""
+        return StoreError(f"run store: a write failed: {exc}")
+
+    def disconnect(self) -> None:
+        """Close the writer's connection (the writer thread has stopped)."""
+
+    def exclusive(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(connection)`` on the writer thread, after everything queued so far."""
+        box: list[Any] = []
+        done = threading.Event()
+
+        def run(conn: Any) -> None:
+            try:
+                box.append((True, fn(conn)))
+            except BaseException as exc:
+                box.append((False, exc))
+            done.set()
+
+        self.flush()
+        with self._lock:
+            self._pending.append((_CALL, (run,)))
+        self.flush()
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the connection."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closing = True
+                self._cond.notify()
+                writer = self._writer
+            if writer is not None:
+                writer.join(timeout=30)
+            self.disconnect()
+
+
+class Committer(GroupCommitter):
+    """Group commit of statements onto the SQLite connection made by ``connect``."""
+
+    faults = (sqlite3.Error, OSError)
+
+    def __init__(self, path: Path, connect: Callable[[], sqlite3.Connection], busy_ms: int) -> None:
+        super().__init__()
+        self.path = path
+        self._connect = connect
+        self._busy_ms = busy_ms
+        self._conn: sqlite3.Connection | None = None
+
+    def fault(self, exc: BaseException) -> StoreError:
+        return describe_fault(self.path, exc, self._busy_ms)
+
+    def disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def write(self, batch: list[Statement]) -> None:
         if self.write_hook is not None:
             self.write_hook(batch)
         conn = self._conn
@@ -223,45 +298,8 @@ class Committer:
             del batch[:k]
             raise
 
-    def exclusive(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``fn(conn)`` on the writer thread, after everything queued so far."""
-        box: list[Any] = []
-        done = threading.Event()
 
-        def run(conn: sqlite3.Connection) -> None:
-            try:
-                box.append((True, fn(conn)))
-            except BaseException as exc:
-                box.append((False, exc))
-            done.set()
-
-        self.flush()
-        with self._lock:
-            self._pending.append((_CALL, (run,)))
-        self.flush()
-        done.wait()
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        """Commit what is queued, stop the writer and close the connection."""
-        try:
-            self.flush()
-        finally:
-            with self._lock:
-                self._closing = True
-                self._cond.notify()
-                writer = self._writer
-            if writer is not None:
-                writer.join(timeout=30)
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-
-
-_CALL = "CALL"  # a pending item that runs a function on the writer's connection
+_CALL = GroupCommitter.CALL  # a pending item that runs a function on the writer's connection
 
 
 #: The statement of a log row: ``add(LOG, row)`` with the LOG_COLUMNS values.

@@ -34,6 +34,7 @@ from .exceptions import PipelineError, PluginError
 from .hookspecs import HOOK_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._blobs import StreamOpener, StreamSealer
     from ._config import Config
     from ._results import PipelineResult
     from ._scopes import TaskScope
@@ -292,6 +293,26 @@ class Hooks:
         """Payload bytes as given to ``encrypt`` (the core's pass-through answers last)."""
         out: bytes = self._invoke("decrypt", {"data": data, "ref": ref})
         return out
+
+    def open_run_store(self, *, section: Mapping[str, Any]) -> Any | None:
+        """The store a plugin opens for ``section`` (``store: {url: ...}``), or ``None``."""
+        if not self.has["open_run_store"]:
+            return None
+        return self._invoke("open_run_store", {"section": section})
+
+    def encrypt_stream(self, *, ref: PayloadRef) -> StreamSealer | None:
+        """A sealer for one blob, or ``None`` (stored in plaintext)."""
+        if not self.has["encrypt_stream"]:
+            return None
+        found: StreamSealer | None = self._invoke("encrypt_stream", {"ref": ref})
+        return found
+
+    def decrypt_stream(self, *, header: bytes, ref: PayloadRef) -> StreamOpener | None:
+        """An opener for a blob written with ``header`` (``None``: plaintext)."""
+        if not self.has["decrypt_stream"]:
+            return None
+        found: StreamOpener | None = self._invoke("decrypt_stream", {"header": header, "ref": ref})
+        return found
 
     def stream_event(self, *, stream: Any, event: str, info: Mapping[str, Any]) -> None:
         """Tell observers about a stream's start, each committed batch and its end."""

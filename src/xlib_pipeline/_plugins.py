@@ -39,6 +39,7 @@ PLUGIN_PACKAGES = {
     "metrics": "xlib-pipeline-metrics",
     "alerting": "xlib-pipeline-alerting",
     "tracing": "xlib-pipeline-tracing",
+    "postgres": "xlib-pipeline-postgres",
 }
 KNOWN_CONFIG_KEYS = {
     "audit": "audit",

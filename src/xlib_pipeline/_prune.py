@@ -43,6 +43,8 @@ class PruneReport:
     refused: tuple[str, ...] = ()
     reclaimed_bytes: int = 0
     dry_run: bool = False
+    #: Blob files removed: no kept run references them any more.
+    blobs: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON data."""
@@ -100,6 +102,9 @@ def prune_runs(
     if dry_run or not chosen:
         return PruneReport(runs=tuple(chosen), rows=count, refused=refused, dry_run=dry_run)
 
+    candidates: set[str] = set()
+    referenced: set[str] = set()
+
     def delete(conn: sqlite3.Connection) -> int:
         before = _file_bytes(conn)
         conn.execute("BEGIN IMMEDIATE")
@@ -107,8 +112,15 @@ def prune_runs(
             for k in range(0, len(chosen), 500):
                 part = chosen[k : k + 500]
                 marks = ", ".join("?" for _ in part)
-                for table in ("tasks", "events", "leases", "runs"):
+                candidates.update(
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT name FROM blob_refs WHERE run_id IN ({marks})", part
+                    )
+                )
+                for table in TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", part)
+            referenced.update(r[0] for r in conn.execute("SELECT DISTINCT name FROM blob_refs"))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -125,7 +137,35 @@ def prune_runs(
         reclaimed = store._committer.exclusive(delete)
     except sqlite3.Error as exc:
         raise describe_fault(store.path, exc, store.busy_timeout_ms) from exc
-    return PruneReport(runs=tuple(chosen), rows=count, refused=refused, reclaimed_bytes=reclaimed)
+    # Every unreferenced blob past the grace period goes, not only the pruned runs' (one
+    # left by an earlier prune within its grace period, or by a run that died mid-write).
+    candidates.update(store.blobs.names())
+    removed, freed = remove_blobs(store.blobs, candidates, referenced)
+    return PruneReport(
+        runs=tuple(chosen),
+        rows=count,
+        refused=refused,
+        reclaimed_bytes=reclaimed + freed,
+        blobs=tuple(removed),
+    )
+
+
+#: Tables whose rows belong to one run (``run_id``), deleted together by a prune.
+TABLES = ("tasks", "events", "leases", "blob_refs", "runs")
+
+
+def remove_blobs(blobs: Any, candidates: set[str], referenced: set[str]) -> tuple[list[str], int]:
+    """Remove the blob files of pruned runs that no kept run references; (names, bytes)."""
+    sizes: dict[str, int] = {}
+    for name in candidates - referenced:
+        try:
+            fh, size = blobs.fs.open(name)
+            fh.close()
+            sizes[name] = size
+        except (OSError, FileNotFoundError):
+            sizes[name] = 0
+    removed = blobs.remove_unreferenced(candidates, referenced)
+    return removed, sum(sizes.get(n, 0) for n in removed)
 
 
 def _count(store: Any, runs: list[str]) -> int:
@@ -134,7 +174,7 @@ def _count(store: Any, runs: list[str]) -> int:
         for k in range(0, len(runs), 500):
             part = runs[k : k + 500]
             marks = ", ".join("?" for _ in part)
-            for table in ("tasks", "events", "leases", "runs"):
+            for table in TABLES:
                 total += c.execute(
                     f"SELECT COUNT(*) FROM {table} WHERE run_id IN ({marks})", part
                 ).fetchone()[0]

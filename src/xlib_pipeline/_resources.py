@@ -110,12 +110,35 @@ class ManagerResources:
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
-                    self._store = RunStore(
-                        section["path"],
-                        synchronous=section["synchronous"],
-                        busy_timeout_ms=section["busy_timeout_ms"],
-                    )
+                    self._store = self._open_store(section)
         return self._store
+
+    def _open_store(self, section: Mapping[str, Any]) -> RunStore:
+        if "url" not in section:
+            return RunStore(
+                section["path"],
+                synchronous=section["synchronous"],
+                busy_timeout_ms=section["busy_timeout_ms"],
+                blobs=section["blobs"],
+            )
+        opened: RunStore | None = self.hooks.open_run_store(section=section)
+        if opened is None:
+            scheme = str(section["url"]).split("://", 1)[0]
+            if scheme in ("postgresql", "postgres"):
+                # A ConfigError, not MissingPluginError (an AttributeError: raised from the
+                # ``store`` property it would fall through to __getattr__).
+                package = package_for("postgres")
+                raise ConfigError(
+                    f"store.url {scheme}://... needs the plugin {package!r}, which is not "
+                    f"installed or is disabled: pip install {package}",
+                    key="store.url",
+                )
+            raise ConfigError(
+                f"store.url: no installed plugin serves {scheme}:// run stores "
+                "(built in: sqlite://PATH; postgresql:// with xlib-pipeline-postgres)",
+                key="store.url",
+            )
+        return opened
 
     def read_run(
         self, run_id: str, *, principal: str | None = None

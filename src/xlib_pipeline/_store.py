@@ -31,13 +31,19 @@ from typing import Any
 import attrs
 
 from . import _lease
+from ._blobs import BlobStore, blobs_section
 from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
 from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
 from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
-SCHEMA_VERSION = 1
+#: Versions of the schema; ``_SCHEMA`` creates the newest, MIGRATIONS step older files up.
+#: 1: runs, tasks, events, leases. 2: blob_refs (outputs in the blob store).
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, str] = {
+    2: "",  # blob_refs is created by _SCHEMA (CREATE ... IF NOT EXISTS)
+}
 
 _SCHEMA = (
     """
@@ -85,6 +91,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, task);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+CREATE TABLE IF NOT EXISTS blob_refs (
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (run_id, task)
+);
+CREATE INDEX IF NOT EXISTS blob_refs_name ON blob_refs(name);
 """
     + _lease.SCHEMA
 )
@@ -119,10 +132,16 @@ def store_section(value: Any) -> dict[str, Any] | None:
     for key, why in _REMOVED.items():
         if key in value:
             raise ValueError(f"'store.{key}' was removed ({why}); drop it from the config")
-    allowed = {"path", "synchronous", "record_outputs", "busy_timeout_ms"}
+    allowed = {"path", "url", "synchronous", "record_outputs", "busy_timeout_ms", "blobs", "pool"}
     unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}")
+    blobs = blobs_section(value.get("blobs"))
+    url = value.get("url")
+    if url is not None:
+        return _url_section(value, blobs)
+    if "pool" in value:
+        raise ValueError("'pool' applies to a server store ('url': 'postgresql://...')")
     if "path" not in value:
         from ._config import data_dir
 
@@ -148,7 +167,55 @@ def store_section(value: Any) -> dict[str, Any] | None:
         "synchronous": sync,
         "record_outputs": record,
         "busy_timeout_ms": busy,
+        "blobs": blobs,
     }
+
+
+def _url_section(value: Mapping[str, Any], blobs: dict[str, Any]) -> dict[str, Any]:
+    """A store named by URL: ``sqlite:///path`` is the embedded file; other schemes are
+    served by a plugin's ``open_run_store`` hook (``postgresql://``: xlib-pipeline-postgres)."""
+    url = value["url"]
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"'url' must be a URL like 'postgresql://host/db', got {url!r}")
+    if "path" in value:
+        raise ValueError("give 'path' (an SQLite file) or 'url' (a server), not both")
+    if url.startswith("sqlite://"):
+        rest = {k: v for k, v in value.items() if k not in ("url", "pool")}
+        section = store_section({**rest, "path": url[len("sqlite://") :] or DEFAULT_STORE_FILE})
+        assert section is not None
+        return section
+    from ._config import boolean
+
+    try:
+        record = boolean(value.get("record_outputs", True))
+    except ValueError as exc:
+        raise ValueError(f"'record_outputs': {exc}") from None
+    sync = value.get("synchronous", "normal")
+    if sync not in ("normal", "full"):
+        raise ValueError(f"'synchronous' must be 'normal' or 'full', got {sync!r}")
+    busy = value.get("busy_timeout_ms", 30000)
+    if isinstance(busy, bool) or not isinstance(busy, int) or not 0 <= busy <= 86_400_000:
+        raise ValueError(
+            f"'busy_timeout_ms' must be an integer from 0 to 86400000 (one day), got {busy!r}"
+        )
+    pool = value.get("pool", {})
+    if not isinstance(pool, Mapping):
+        raise ValueError("'pool' must be a mapping like {'min_size': 1, 'max_size': 4}")
+    return {
+        "url": url,
+        "synchronous": sync,
+        "record_outputs": record,
+        "busy_timeout_ms": busy,
+        "blobs": blobs,
+        "pool": dict(pool),
+    }
+
+
+def default_blob_url(path: str | Path) -> str:
+    """The default blob folder of the store file ``path``: ``runs.blobs`` beside
+    ``runs.sqlite``."""
+    p = Path(path)
+    return str(p.with_name(p.stem + ".blobs"))
 
 
 def private_dir(folder: Path) -> None:
@@ -217,6 +284,10 @@ def _connect(
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.executescript(_SCHEMA)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            if MIGRATIONS.get(step):
+                conn.executescript(MIGRATIONS[step])
+            conn.execute(f"PRAGMA user_version = {step}")
         conn.commit()
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -307,6 +378,7 @@ class RunStore(_lease.LeaseMixin):
         synchronous: str = "normal",
         busy_timeout_ms: int = 30000,
         create: bool = True,
+        blobs: Mapping[str, Any] | None = None,
     ) -> None:
         from ._config import number
 
@@ -320,6 +392,13 @@ class RunStore(_lease.LeaseMixin):
             self.path, create=create, synchronous=synchronous, busy_ms=busy_timeout_ms
         )
         self._read_lock = threading.Lock()
+        section = blobs_section(dict(blobs) if blobs is not None else None)
+        #: Where outputs past ``store.blobs.threshold`` go (a folder beside the file by default).
+        self.blobs = BlobStore(
+            section["url"] or default_blob_url(self.path),
+            threshold=section["threshold"],
+            chunk_size=section["chunk_size"],
+        )
         self._checkpointer: Checkpointer | None = None
         self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
         self.add = self._committer.add
@@ -427,6 +506,18 @@ class RunStore(_lease.LeaseMixin):
                 ts or time.time(),
             ),
         )
+
+    def blob_referenced(self, run_id: str, task: str, name: str) -> None:
+        """Queue the row saying task ``task`` of ``run_id`` references blob ``name``."""
+        self.add(
+            "INSERT OR REPLACE INTO blob_refs (run_id, task, name) VALUES (?, ?, ?)",
+            (run_id, task, name),
+        )
+
+    def blob_names(self) -> list[str]:
+        """Every blob name a stored output references (for key rotation)."""
+        with self._reading() as c:
+            return [r[0] for r in c.execute("SELECT DISTINCT name FROM blob_refs ORDER BY name")]
 
     def task_finished(self, row: tuple[Any, ...]) -> None:
         """Queue a task's terminal state (``row`` follows the tasks table); see :meth:`commit`."""

@@ -7,12 +7,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ._blobs import BlobRef
 from ._graph import Plan
 from ._outcomes import Observer
 from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Run
-from ._store import RunStore, dump_output, load_output, payload_ref
+from ._store import RunStore, load_output, payload_ref
 from .exceptions import PipelineError, ResumeError, StoreError
 
 
@@ -63,7 +64,7 @@ class StoreRecorder(Observer):
         hooks: Any,
         *,
         record_outputs: bool = True,
-        carried: Mapping[int, tuple[bytes, str]] | None = None,
+        carried: Mapping[int, tuple[bytes, str, str | None]] | None = None,
         source: str | None = None,
         flush: bool = True,
     ) -> None:
@@ -171,9 +172,23 @@ class StoreRecorder(Observer):
         if status is not None and status.has_output:
             carried = self.carried.pop(i, None)
             if carried is not None:
-                blob, output_run = carried
+                blob, output_run, blob_name = carried
+                if blob_name is not None:  # this run references the blob too (prune keeps it)
+                    self.store.blob_referenced(ctx.run_id, task.name, blob_name)
             elif self.record_outputs:
-                raw = dump_output(cols.outputs[i])
+                ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
+                raw: bytes | None
+                try:
+                    dumped = self.store.blobs.dump(
+                        cols.outputs[i], lambda: self.hooks.encrypt_stream(ref=ref)
+                    )
+                except BaseException as error:  # a blob write fault, or the sealer's
+                    dumped, failure = None, error
+                if isinstance(dumped, BlobRef):
+                    self.store.blob_referenced(ctx.run_id, task.name, dumped.name)
+                    raw = dumped.encode()
+                else:
+                    raw = dumped
                 if raw is not None and len(raw) > MAX_BLOB:
                     failure = StoreError(
                         f"run store {str(self.store.path)!r}: the output of task {task.name!r} "
@@ -184,7 +199,6 @@ class StoreRecorder(Observer):
                     )
                     raw = None
                 if raw is not None:
-                    ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
                     try:
                         blob = self.hooks.encrypt(data=raw, ref=ref)
                     except BaseException as error:  # never fall back to plaintext
@@ -258,7 +272,7 @@ def _user() -> str:
 
 def load_resume(
     store: RunStore, run_id: str, plan: Plan, hooks: Any, *, force: bool
-) -> tuple[str, dict[int, tuple[Status, Any]], dict[int, tuple[bytes, str]]]:
+) -> tuple[str, dict[int, tuple[Status, Any]], dict[int, tuple[bytes, str, str | None]]]:
     """What a resumed run starts from: the old run id, preloaded results, carried blobs."""
     rec = store.get_run(run_id)
     if rec.pipeline != plan.pipeline_name:
@@ -275,7 +289,7 @@ def load_resume(
             path=str(store.path),
         )
     preloaded: dict[int, tuple[Status, Any]] = {}
-    carried: dict[int, tuple[bytes, str]] = {}
+    carried: dict[int, tuple[bytes, str, str | None]] = {}
     tasks = store.get_tasks(rec.run_id)
     changed = {c.split("'")[1] for c in changes if c.startswith("task '")}
     for name, tr in tasks.items():
@@ -285,9 +299,15 @@ def load_resume(
         if tr.status in ("succeeded", "cached", "fallback") and tr.output is not None:
             source_run = tr.output_run or rec.run_id
             ref = payload_ref(source_run, plan.pipeline_name, name, tr.tenant)
+            blob_name: str | None = None
             try:
                 data = hooks.decrypt(data=tr.output, ref=ref)
-                value = load_output(data)
+                blob = BlobRef.decode(data)
+                if blob is None:
+                    value = load_output(data)
+                else:
+                    blob_name = blob.name
+                    value = load_blob(store, blob, hooks, ref)
             except PipelineError:
                 raise
             except Exception as exc:
@@ -297,7 +317,22 @@ def load_resume(
                     path=str(store.path),
                 ) from exc
             preloaded[i] = (Status(tr.status), value)
-            carried[i] = (tr.output, source_run)
+            carried[i] = (tr.output, source_run, blob_name)
         elif tr.status == "skipped":
             preloaded[i] = (Status.SKIPPED, None)
     return rec.run_id, preloaded, carried
+
+
+def load_blob(store: RunStore, blob: BlobRef, hooks: Any, ref: PayloadRef) -> Any:
+    """The output stored in blob ``blob`` (opened through the ``decrypt_stream`` hook)."""
+    return store.blobs.load(blob, lambda header: hooks.decrypt_stream(header=header, ref=ref))
+
+
+def load_stored_output(store: RunStore, data: bytes, hooks: Any, ref: PayloadRef) -> Any:
+    """A stored output as the task returned it: ``data`` is the tasks row's ``output``
+    (through the ``decrypt`` hook, then inline pickle or a blob reference)."""
+    plain = hooks.decrypt(data=data, ref=ref)
+    blob = BlobRef.decode(plain)
+    if blob is None:
+        return load_output(plain)
+    return load_blob(store, blob, hooks, ref)

@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    path = Path(args.store) if args.store else default_store_path()
+    path = args.store or default_store_path()
     store = open_store(path)
     try:
         rec = store.get_run(args.run_id)
@@ -141,7 +141,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    path = Path(args.store) if args.store else default_store_path()
+    path = args.store or default_store_path()
     store = open_store(path)
     console = Console()
     guard = _AccessGuard(args)
@@ -286,14 +286,14 @@ def _secs(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{b - a:.3f}"
 
 
-def _prune(path: Path, args: argparse.Namespace) -> int:
+def _prune(path: str | Path, args: argparse.Namespace) -> int:
     from ._prune import parse_duration
 
     older = parse_duration(args.older_than) if args.older_than is not None else None
     # Through a manager built from --config (or the defaults): its plugins see the prune,
     # so the audit trail records who pruned which runs when audit is on.
     config = load_config(args.config) if getattr(args, "config", None) else {}
-    config["store"] = {**(config.get("store") or {}), "path": str(path)}
+    config = with_store(config, str(path))
     with PipelineManager(config) as pm:
         report = pm.prune_runs(
             older_than=older,
@@ -308,7 +308,8 @@ def _prune(path: Path, args: argparse.Namespace) -> int:
     else:
         verb = "would delete" if report.dry_run else "deleted"
         print(f"{verb} {len(report.runs)} run(s), {report.rows} row(s)", end="")
-        print(f", reclaimed {report.reclaimed_bytes:,} bytes" if not report.dry_run else "")
+        blobs = f", {len(report.blobs)} blob file(s)" if report.blobs else ""
+        print(f"{blobs}, reclaimed {report.reclaimed_bytes:,} bytes" if not report.dry_run else "")
         for rid in report.runs:
             print(f"  {rid}")
     if report.refused:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._blobs import StreamOpener, StreamSealer
     from ._config import Config
     from ._records import (
         CliCommand,
@@ -250,6 +251,30 @@ class HookSpecs:
     @hookspec(firstresult=True)
     def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         """Provider: recover bytes stored by ``encrypt``. Stops at first non-None result."""
+
+    @hookspec(firstresult=True)
+    def open_run_store(self, section: Mapping[str, Any]) -> Any | None:
+        """Provider: open the run store a ``store: {url: ...}`` section names, when this
+        plugin serves the URL's scheme (``postgresql://``: xlib-pipeline-postgres); else
+        ``None``. The store has the methods of the embedded SQLite store (see
+        :mod:`xlib_pipeline.store`). Import heavy drivers here, not at plugin import.
+        Stops at first non-None result.
+        """
+
+    @hookspec(firstresult=True)
+    def encrypt_stream(self, ref: PayloadRef) -> StreamSealer | None:
+        """Provider: a sealer for one large output written to the blob store chunk by chunk
+        (``header``, ``scope``, ``overhead`` and ``seal(chunk, index, final)``: see
+        :class:`xlib_pipeline.store.StreamSealer`), or ``None`` to store it in plaintext.
+        Stops at first non-None result.
+        """
+
+    @hookspec(firstresult=True)
+    def decrypt_stream(self, header: bytes, ref: PayloadRef) -> StreamOpener | None:
+        """Provider: an opener for a blob whose sealer wrote ``header`` (``b""`` for a
+        plaintext blob: answer ``None``, or raise when plaintext is not acceptable for
+        ``ref``). Stops at first non-None result.
+        """
 
     @hookspec
     def record_admin_action(

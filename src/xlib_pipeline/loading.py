@@ -27,6 +27,7 @@ from .exceptions import UsageError
 __all__ = [
     "CONFIG_ATTR",
     "default_store_path",
+    "is_store_url",
     "load_config",
     "load_module",
     "load_pipeline",
@@ -158,8 +159,18 @@ def with_store(config: dict[str, Any], store: str | os.PathLike[str] | None) -> 
     section = config.get("store")
     if store is not None or section is None or section is True:
         base = section if isinstance(section, dict) else {}
+        if store is not None and is_store_url(store):
+            base = {k: v for k, v in base.items() if k != "path"}
+            return {**config, "store": {**base, "url": str(store)}}
+        if store is not None:
+            base = {k: v for k, v in base.items() if k not in ("url", "pool")}
         config = {**config, "store": {**base, "path": str(store or default_store_path())}}
     return config
+
+
+def is_store_url(store: str | os.PathLike[str]) -> bool:
+    """Whether ``store`` names a server store by URL (``postgresql://...``), not a file."""
+    return isinstance(store, str) and "://" in store and not store.startswith("file:")
 
 
 def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = False) -> RunStore:
@@ -169,4 +180,11 @@ def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = Fal
     ``create``. Close the store when done; reads of its data go through
     :meth:`~xlib_pipeline.PipelineManager.check_access`.
     """
+    if path is not None and is_store_url(path):
+        from ._manager import PipelineManager
+
+        # The manager finds the plugin serving the URL's scheme; the store outlives it.
+        store: RunStore | None = PipelineManager({"store": {"url": str(path)}}).store
+        assert store is not None
+        return store
     return RunStore(Path(path) if path is not None else default_store_path(), create=create)

@@ -150,6 +150,15 @@ class Stream(StreamPayloads):
                 "{'store': {'path': 'runs.sqlite'}} (or store: true for the default file)",
                 key="store",
             )
+        from .._store import RunStore
+
+        if not isinstance(store, RunStore):
+            raise ConfigError(
+                f"stream {self.name!r} keeps its checkpoints in the embedded SQLite run store; "
+                f"the server store {str(store.path)!r} cannot hold them: configure "
+                "{'store': {'path': 'runs.sqlite'}} for streams",
+                key="store",
+            )
         self._ckpt = CheckpointStore(store.path, synchronous=store._sync, writer=store)
         self.started = time.time()
         self.status = "running"

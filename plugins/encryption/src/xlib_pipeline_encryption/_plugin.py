@@ -31,6 +31,7 @@ from xlib_pipeline import (
 
 from ._envelope import Envelope, is_shredded, key_id_of
 from ._keyring import KeyManagementService, Keyring, generate_key_file
+from ._stream import Opener, Sealer, key_id_of_header, scope_for
 
 #: Environment variable naming the folder of the embedded default key file.
 KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
@@ -102,6 +103,15 @@ def stored_key_ids(store: Any) -> list[str]:
                 found.add(bytes(blob[8 : 8 + n]).decode())
             except UnicodeDecodeError:
                 continue
+    blobs = getattr(store, "blobs", None)
+    for name in store.blob_names() if blobs is not None else ():
+        assert blobs is not None
+        try:
+            kid = key_id_of_header(blobs.header(name))
+        except Exception:  # a missing or damaged blob names no key
+            continue
+        if kid is not None:
+            found.add(kid)
     return sorted(found)
 
 
@@ -379,6 +389,26 @@ class EncryptionPlugin:
                 f"the stored {ref.kind} of task {ref.task!r} (run {ref.run_id}) is not "
                 "encrypted although encryption is required for it; refusing to read it "
                 "(set encryption.allow_plaintext_reads to accept runs stored before "
+                "encryption was turned on)"
+            )
+        return None
+
+    @hookimpl
+    def encrypt_stream(self, ref: PayloadRef) -> Sealer | None:
+        """A STREAM sealer for a large output going to the blob store (see ``_stream``)."""
+        if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
+            return None
+        return Sealer(self.kms(), ref, scope_for(ref, self.envelope.per_run_keys))
+
+    @hookimpl
+    def decrypt_stream(self, header: bytes, ref: PayloadRef) -> Opener | None:
+        if header.startswith(ENCRYPTED_MAGIC):
+            return Opener(self.kms, header, ref)
+        if not self.allow_plaintext and self.requires(ref):
+            raise SecurityError(
+                f"the stored {ref.kind} of task {ref.task!r} (run {ref.run_id}) is a blob "
+                "that is not encrypted although encryption is required for it; refusing to "
+                "read it (set encryption.allow_plaintext_reads to accept runs stored before "
                 "encryption was turned on)"
             )
         return None

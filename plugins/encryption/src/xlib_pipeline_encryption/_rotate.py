@@ -9,6 +9,8 @@ import attrs
 
 from xlib_pipeline import ENCRYPTED_MAGIC, PayloadRef, PipelineManager, SecurityError, StoreError
 
+from ._stream import rewrap_header
+
 
 @attrs.frozen(kw_only=True)
 class RotationReport:
@@ -66,6 +68,24 @@ def rotate_store(manager: PipelineManager, *, dry_run: bool = False) -> Rotation
         rewrapped += 1
         if not dry_run:
             store.replace_sealed_text(where, new)
+    # Blobs (large outputs): only their header is rewritten; the sealed chunks are copied.
+    blobs = store.blobs
+    for name in store.blob_names():
+        try:
+            header = blobs.header(name)
+        except StoreError:
+            continue  # removed meanwhile (a prune), or never written
+        scanned += 1
+        if not header.startswith(ENCRYPTED_MAGIC):
+            plaintext += 1
+            continue
+        new = rewrap_header(kms, header, f"blob {name!r}")
+        if new is None:
+            current += 1
+            continue
+        rewrapped += 1
+        if not dry_run:
+            blobs.replace_header(name, new)
     return RotationReport(
         scanned=scanned,
         rewrapped=rewrapped,

@@ -1,0 +1,62 @@
+"""Cost of the PostgreSQL run store per task, against the bare core and the SQLite store.
+
+``python benchmarks/bench_postgres.py [--quick]``. Starts a private PostgreSQL server from
+the Debian binaries (``xlib_pipeline_postgres.testing.local_server``, fsync on, as a real
+server), then times the 10,000-task layered DAG of ``bench_store.py`` (threads, 2 workers)
+with no store, with the SQLite store and with the PostgreSQL store, interleaved in one
+process, and reports medians and the µs per task each store adds. Target: PostgreSQL adds
+<= 60 µs per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from xlib_pipeline import PipelineManager
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_store import layered, timed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n = 2_000 if args.quick else 10_000
+    repeats = 3 if args.quick else 5
+    from xlib_pipeline_postgres.testing import fresh_database, local_server
+
+    p = layered(n)
+    with tempfile.TemporaryDirectory() as tmp, local_server(fsync=True) as server:
+        url = fresh_database(server)
+        managers = {
+            "bare": PipelineManager({"max_workers": 2}, entry_points=False),
+            "sqlite": PipelineManager(
+                {"max_workers": 2, "store": {"path": str(Path(tmp) / "runs.sqlite")}},
+                entry_points=False,
+            ),
+            "postgres": PipelineManager({"max_workers": 2, "store": {"url": url}}),
+        }
+        times: dict[str, list[float]] = {k: [] for k in managers}
+        for pm in managers.values():
+            timed(pm, p)  # warm up (and open the stores)
+        for _ in range(repeats):
+            for name, pm in managers.items():
+                times[name].append(timed(pm, p))
+        for pm in managers.values():
+            pm.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    bare = med["bare"]
+    print(f"{n} tasks, {repeats} repeats, medians")
+    print("| store | µs/task | added µs/task | ratio to bare |")
+    print("|---|---|---|---|")
+    for name, t in med.items():
+        print(f"| {name} | {t / n * 1e6:.1f} | {(t - bare) / n * 1e6:.1f} | {t / bare:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()

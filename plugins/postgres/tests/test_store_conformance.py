@@ -1,0 +1,270 @@
+"""One conformance suite for every run store backend: the embedded SQLite file and a real
+PostgreSQL server started for the session. Same records, same writer guarantees (commit
+before successors, everything committed when execute_pipeline returns), same leases, resume
+across restarts, faults, pruning with blobs, error texts through the encrypt hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xlib_pipeline import (
+    PayloadRef,
+    Pipeline,
+    PipelineManager,
+    StoreError,
+    hookimpl,
+)
+from xlib_pipeline.loading import open_store
+from xlib_pipeline.store import RunLeasedError
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_section(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The ``store`` config section of one backend (an empty store each test)."""
+    blobs = {"url": str(tmp_path / "blobs"), "threshold": 4096}
+    if request.param == "sqlite":
+        return {"path": str(tmp_path / "runs.sqlite"), "blobs": blobs}
+    url = request.getfixturevalue("postgres_url")
+    return {"url": url, "blobs": blobs}
+
+
+def manager(section: dict[str, Any], *plugins: object, **config: Any) -> PipelineManager:
+    return PipelineManager({"store": section, **config}, plugins=list(plugins))
+
+
+class Sealing:
+    """A toy cipher: stored payloads and error texts must be what ``encrypt`` returned."""
+
+    name = "sealing"
+
+    @hookimpl
+    def encrypt(self, data: bytes, ref: PayloadRef) -> bytes:
+        return b"XLPENC" + bytes(b ^ 0x5A for b in data)
+
+    @hookimpl
+    def decrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
+        if not data.startswith(b"XLPENC"):
+            return None
+        return bytes(b ^ 0x5A for b in data[6:])
+
+
+def flaky(calls: list[str], fail: list[bool], big: bytes = b"") -> Pipeline:
+    p = Pipeline("flaky")
+
+    @p.task("load")
+    def load() -> dict[str, Any]:
+        calls.append("load")
+        return {"rows": [1, 2, 3], "big": big}
+
+    @p.task("transform", depends_on=["load"])
+    def transform(data: dict[str, Any]) -> int:
+        calls.append("transform")
+        if fail[0]:
+            raise ValueError("bad record <secret@example.net>")
+        return sum(data["rows"])
+
+    return p
+
+
+def test_a_run_is_recorded_whole(store_section: dict[str, Any]) -> None:
+    calls: list[str] = []
+    with manager(store_section) as pm:
+        result = pm.execute_pipeline(flaky(calls, [False]), params={"day": "mon"})
+        store = pm.store
+        assert store is not None
+        rec = store.get_run(result.run_id[:12])  # a prefix is enough
+        tasks = store.get_tasks(result.run_id)
+        events = store.get_events(result.run_id)
+        listed = store.list_runs(pipeline="flaky")
+    assert rec.status == "succeeded" and rec.params == {"day": "mon"}
+    assert rec.structure["transform"]["deps"] == ["load"]
+    assert {t: r.status for t, r in tasks.items()} == {
+        "load": "succeeded",
+        "transform": "succeeded",
+    }
+    assert tasks["load"].output is not None and tasks["load"].attempts == 1
+    assert [e[2] for e in events] == [
+        "running",
+        "succeeded",
+        "running",
+        "succeeded",
+        "run.succeeded",
+    ]
+    assert [r.run_id for r in listed] == [result.run_id]
+
+
+def test_resume_across_a_restart_reruns_only_what_did_not_finish(
+    store_section: dict[str, Any],
+) -> None:
+    calls: list[str] = []
+    fail = [True]
+    big = os.urandom(10_000)  # past the threshold: load's output is a blob
+    with manager(store_section, Sealing()) as pm:
+        first = pm.execute_pipeline(flaky(calls, fail, big))
+    assert first.status == "failed"
+    fail[0] = False
+    with manager(store_section, Sealing()) as pm:  # a new process's manager: a restart
+        second = pm.execute_pipeline(flaky(calls, fail, big), resume=first.run_id)
+        store = pm.store
+        assert store is not None
+        failed = store.get_tasks(first.run_id)["transform"]
+        names = store.blob_names()
+    assert second.success and second.final_result == 6
+    assert calls == ["load", "transform", "transform"]
+    assert len(names) == 1
+    # The failed attempt's message went through encrypt: only the class is in clear.
+    assert isinstance(failed.error, bytes) and b"secret" not in failed.error
+    assert failed.error_type == "ValueError"
+
+
+def test_every_upstream_is_committed_before_a_successor_starts(
+    store_section: dict[str, Any],
+) -> None:
+    seen: list[str] = []
+    p = Pipeline("barrier")
+    p.add_task("a", lambda: 1)
+    holder: dict[str, Any] = {}
+
+    def b(a: int) -> int:
+        reader = open_store(store_section.get("url") or store_section["path"])
+        try:
+            run_id = reader.list_runs(limit=1)[0].run_id
+            seen.append(reader.get_tasks(run_id)["a"].status)
+        finally:
+            reader.close()
+        return a + 1
+
+    p.add_task("b", b, depends_on=["a"])
+    with manager(store_section) as pm:
+        result = pm.execute_pipeline(p)
+        holder["tasks"] = pm.store.get_tasks(result.run_id)  # type: ignore[union-attr]
+    assert seen == ["succeeded"]
+    assert holder["tasks"]["b"].status == "succeeded"  # committed when execute_pipeline returned
+
+
+def test_a_running_run_is_leased(store_section: dict[str, Any]) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    fail = [True]
+    p = Pipeline("lease")
+    p.add_task("a", lambda: 1)
+
+    def slow(a: int) -> int:
+        started.set()
+        gate.wait(30)
+        if fail[0]:
+            raise RuntimeError("stop")
+        return a
+
+    p.add_task("b", slow, depends_on=["a"])
+    with manager(store_section) as pm:
+        first = pm.execute_pipeline(p)
+        assert first.status == "failed"
+        started.clear()
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(pm.execute_pipeline(p, resume=first.run_id)))
+        t.start()
+        assert started.wait(30)
+        with manager(store_section) as other, pytest.raises(RunLeasedError, match="right now"):
+            other.execute_pipeline(p, resume=first.run_id)
+        fail[0] = False
+        gate.set()
+        t.join(60)
+        assert box[0].success
+        assert pm.store is not None and pm.store.lease(first.run_id) is None
+
+
+def test_a_failed_write_fails_the_run_and_resume_finishes_it(
+    store_section: dict[str, Any],
+) -> None:
+    calls: list[str] = []
+    with manager(store_section) as pm:
+        store = pm.store
+        assert store is not None
+        armed = [True]
+
+        def fault(batch: list[Any]) -> None:
+            if armed[0] and any(
+                len(params) > 3 and params[2] == "transform" for _, params in batch
+            ):
+                armed[0] = False  # one fault: the end-of-run flush retries and commits
+                raise OSError(5, "Input/output error")
+
+        store.write_hook = fault
+        result = pm.execute_pipeline(flaky(calls, [False]))
+        assert result.status == "failed" and isinstance(result.error, StoreError)
+        assert "Input/output error" in str(result.error)
+        again = pm.execute_pipeline(flaky(calls, [False]), resume=result.run_id)
+    assert again.success and calls.count("load") == 1
+
+
+def test_prune_deletes_runs_and_their_blobs(
+    store_section: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xlib_pipeline import _blobs
+
+    monkeypatch.setattr(_blobs, "GRACE_S", -1.0)
+    p = Pipeline("big")
+    p.add_task("a", lambda: os.urandom(8000))
+    with manager(store_section) as pm:
+        runs = [pm.execute_pipeline(p).run_id for _ in range(3)]
+        store = pm.store
+        assert store is not None
+        dry = pm.prune_runs(keep=1, dry_run=True)
+        assert set(dry.runs) == set(runs[:2]) and dry.dry_run
+        report = pm.prune_runs(keep=1)
+        assert set(report.runs) == set(runs[:2]) and len(report.blobs) == 2
+        assert [r.run_id for r in store.list_runs()] == [runs[2]]
+        assert len(list(store.blobs.names())) == 1
+
+
+def test_two_processes_record_both_runs_whole(
+    store_section: dict[str, Any], tmp_path: Path
+) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, sys
+            from xlib_pipeline import Pipeline, PipelineManager
+            section = json.loads(sys.argv[1])
+            p = Pipeline("proc" + sys.argv[2])
+            for k in range(60):
+                deps = [f"t{k - 1}"] if k else []
+                p.add_task(f"t{k}", lambda *a, k=k: k, depends_on=deps)
+            with PipelineManager({"store": section, "max_workers": 2}) as pm:
+                r = pm.execute_pipeline(p)
+            print(r.run_id, r.status)
+            """
+        )
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), json.dumps(store_section), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ids = [o[0].split()[0] for o in outs]
+    with manager(store_section) as pm:
+        store = pm.store
+        assert store is not None
+        for rid in ids:
+            assert store.get_run(rid).status == "succeeded"
+            tasks = store.get_tasks(rid)
+            assert len(tasks) == 60 and all(t.status == "succeeded" for t in tasks.values())
+            assert all(t.output is not None for t in tasks.values())
+        assert {r.run_id for r in store.list_runs()} == set(ids)

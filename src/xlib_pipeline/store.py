@@ -1,0 +1,62 @@
+"""The run store's public API, for tools and for plugins that provide a store backend.
+
+A backend plugin implements the ``open_run_store`` hook and returns an object with the
+methods of :class:`RunStore` (the embedded SQLite store): recording (``run_started``,
+``event``, ``task_finished``, ``blob_referenced``, ``run_finished``, ``add``/``commit``/
+``flush``/``submit`` for the scheduler's commit barrier), leases (``acquire_leases``,
+``heartbeat``, ``release_leases``, ``lease``), reading (``get_run``, ``list_runs``,
+``get_tasks``, ``get_events``, ``iter_outputs``, ``iter_sealed_texts``, ``blob_names``),
+maintenance (``replace_output``, ``replace_sealed_text``, ``prune``, ``close``) and a
+``blobs`` attribute (a :class:`BlobStore`). ``GroupCommitter`` gives it the windowless group
+commit of the embedded store with its own ``write(batch)``.
+"""
+
+from __future__ import annotations
+
+from ._blobs import (
+    DEFAULT_CHUNK,
+    DEFAULT_THRESHOLD,
+    BlobRef,
+    BlobStore,
+    StreamOpener,
+    StreamSealer,
+    blobs_section,
+)
+from ._commit import LOG, LOG_COLUMNS, GroupCommitter
+from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
+from ._prune import PruneReport, parse_duration, remove_blobs
+from ._store import (
+    DEFAULT_STORE_FILE,
+    RunRecord,
+    RunStore,
+    TaskRecord,
+    default_blob_url,
+    store_section,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_STORE_FILE",
+    "DEFAULT_THRESHOLD",
+    "HEARTBEAT_S",
+    "LOG",
+    "LOG_COLUMNS",
+    "STALE_S",
+    "BlobRef",
+    "BlobStore",
+    "GroupCommitter",
+    "Lease",
+    "PruneReport",
+    "RunLeasedError",
+    "RunRecord",
+    "RunStore",
+    "StreamOpener",
+    "StreamSealer",
+    "TaskRecord",
+    "blobs_section",
+    "default_blob_url",
+    "me",
+    "parse_duration",
+    "remove_blobs",
+    "store_section",
+]
