@@ -179,11 +179,31 @@ class TestArity:
         assert "a, b" in str(err)
         assert calls.n == 0
 
-    def test_too_many_required_parameters(self):
-        """A root task whose function requires an argument is refused."""
+    def test_required_parameter_beyond_upstreams_is_a_run_param(self, manager):
+        """A root task whose function requires an argument needs that run param: the run
+        is refused before anything runs, naming the parameter and both ways to fill it."""
         p = Pipeline("needs_arg")
+        calls = Calls()
+        p.add_task("first", calls.fn)
 
         def root(x):
+            return x
+
+        p.add_task("root", root)
+        p.validate()  # the graph itself is fine: x may come from the run's params
+        with pytest.raises(DefinitionError) as info:
+            manager.execute_pipeline(p)
+        assert info.value.task == "root"
+        assert "'x'" in str(info.value) and "depends_on" in str(info.value)
+        assert "--param x=" in str(info.value)
+        assert calls.n == 0
+        assert manager.execute_pipeline(p, params={"x": 7}).tasks["root"].output == 7
+
+    def test_required_positional_only_parameter_is_refused(self):
+        """A positional-only parameter no upstream fills can never be filled: arity error."""
+        p = Pipeline("posonly")
+
+        def root(x, /):
             return x
 
         p.add_task("root", root)
@@ -212,18 +232,19 @@ class TestArity:
         p.add_task("f", f, depends_on=["a"])
         assert manager.execute_pipeline(p).final_result == 111
 
-    def test_required_keyword_only_parameter_is_refused(self):
-        """A required keyword-only parameter can never be filled positionally."""
+    def test_required_keyword_only_parameter_is_a_run_param(self, manager):
+        """A required keyword-only parameter is filled by the run param of its name."""
         p = Pipeline("kwonly")
-        p.add_task("a", noop)
+        p.add_task("a", lambda: 1)
 
         def f(x, *, must):
-            return x
+            return x + must
 
         p.add_task("f", f, depends_on=["a"])
-        with pytest.raises(ArityError) as info:
-            p.validate()
-        assert info.value.task == "f"
+        with pytest.raises(DefinitionError) as info:
+            manager.execute_pipeline(p)
+        assert info.value.task == "f" and "'must'" in str(info.value)
+        assert manager.execute_pipeline(p, params={"must": 2}).final_result == 3
 
     def test_bound_method_arity_excludes_self(self, manager):
         """Bound methods are checked without their ``self``."""

@@ -24,6 +24,8 @@ from ._config import (
     read_mapping_file,
     seconds,
 )
+from ._context import Params, TaskContext
+from ._events import ConsoleFormatter, JsonFormatter, configure_logging
 from ._executors import call_with_timeout, remote_traceback
 from ._fallback import FallbackValue
 from ._featured import CACHE_HITS, FALLBACKS, FallbackUsed
@@ -122,6 +124,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigKey",
+    "ConsoleFormatter",
     "ContractError",
     "CoreConfig",
     "CycleError",
@@ -137,6 +140,7 @@ __all__ = [
     "FallbackValue",
     "GraphError",
     "Isolation",
+    "JsonFormatter",
     "LazyResultError",
     "LiveRun",
     "ManagerDecorator",
@@ -145,6 +149,7 @@ __all__ = [
     "MissingPluginConfigError",
     "MissingPluginError",
     "OutputLevel",
+    "Params",
     "PayloadRef",
     "Pipeline",
     "PipelineError",
@@ -174,6 +179,7 @@ __all__ = [
     "StoreError",
     "StreamConnector",
     "Task",
+    "TaskContext",
     "TaskError",
     "TaskFailedError",
     "TaskOption",
@@ -192,6 +198,7 @@ __all__ = [
     "call_with_timeout",
     "check_keys",
     "check_tenant_id",
+    "configure_logging",
     "current_task_scopes",
     "data_dir",
     "hookimpl",

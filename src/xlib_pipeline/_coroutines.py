@@ -65,6 +65,7 @@ class CoroutineLanes:
         def _announce_retry(
             self, i: int, task: Task, outcome: TaskOutcome, decision: RetryDecision
         ) -> TaskOutcome: ...
+        def bound(self, i: int, task: Task, attempt: int) -> Task: ...
 
     def _loop(self) -> LoopThread:
         aloop = self.aloop
@@ -136,7 +137,8 @@ class CoroutineLanes:
 
         with self.lock:
             self.async_running.add(i)
-        self._loop().submit(task.name, task.fn, args, self.timeouts[i], done)
+        fn = self.bound(i, task, attempt).fn
+        self._loop().submit(task.name, fn, args, self.timeouts[i], done)
         return None
 
     def _complete_async(self, d: _AsyncDone) -> int | None:

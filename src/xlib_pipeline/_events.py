@@ -1,31 +1,179 @@
-"""structlog events of the core, routed through the standard ``logging`` logger
-``"xlib_pipeline"`` so the host application decides where they go (the library never calls
-``structlog.configure``). Event names are dotted and past tense: ``task.succeeded``.
-Payloads (task inputs and outputs) are never logged.
+"""structlog events of the core and plugins, routed through the standard ``logging`` logger
+``"xlib_pipeline"`` so the host application decides where they go. Event names are dotted
+and past tense: ``task.succeeded``. Payloads (task inputs and outputs) are never logged.
+
+Each event reaches ``logging`` as one record whose message is the event rendered as
+``key=value`` pairs and whose *fields travel as* ``extra``: ``record.event``,
+``record.pipeline``, ``record.run_id``, ``record.task``, ``record.attempt`` ... (a field
+whose name a ``LogRecord`` already uses gets an ``xlib_`` prefix), and all of them together
+in ``record.xlib_fields``. A JSON handler, structlog's ``ProcessorFormatter`` with
+``ExtraAdder``, or any log shipper then reads fields, never parses strings.
+
+When the application configured structlog itself (``structlog.configure(...)``), events go
+through *its* processors and logger factory instead: the library never calls
+``structlog.configure``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import sys
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import structlog
 
 LOGGER_NAME = "xlib_pipeline"
 
+#: Attribute names a ``LogRecord`` has already: event fields with these names are passed
+#: with an ``xlib_`` prefix (``logging`` refuses to overwrite them).
+_RESERVED = frozenset(
+    {
+        "name",
+        "msg",
+        "args",
+        "levelname",
+        "levelno",
+        "pathname",
+        "filename",
+        "module",
+        "exc_info",
+        "exc_text",
+        "stack_info",
+        "lineno",
+        "funcName",
+        "created",
+        "msecs",
+        "relativeCreated",
+        "thread",
+        "threadName",
+        "processName",
+        "process",
+        "message",
+        "asctime",
+        "taskName",
+    }
+)
 
-def get_logger(**bind: Any) -> Any:
-    """A structlog logger writing to ``logging.getLogger("xlib_pipeline")``, bound to ``bind``."""
+_render = structlog.processors.KeyValueRenderer(
+    key_order=["event", "pipeline", "run_id", "task"], drop_missing=True
+)
+
+
+def _to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Last processor: the ``key=value`` message, and every field as ``extra``."""
+    exc_info = event_dict.pop("exc_info", None)
+    event_dict.pop("level", None)
+    fields = dict(event_dict)
+    extra: dict[str, Any] = {"xlib_fields": fields}
+    for key, value in fields.items():
+        extra["xlib_" + key if key in _RESERVED else key] = value
+    kwargs: dict[str, Any] = {"extra": extra}
+    if exc_info:
+        kwargs["exc_info"] = exc_info
+    return (_render(logger, method, dict(fields)),), kwargs
+
+
+_PROCESSORS = [structlog.stdlib.filter_by_level, _to_stdlib]
+
+
+def get_logger(name: str = LOGGER_NAME, /, **bind: Any) -> Any:
+    """A structlog logger for the events of the library, bound to ``bind``.
+
+    Without an application structlog config it writes to ``logging.getLogger(name)`` with
+    the fields as ``extra``; with one (``structlog.is_configured()``) it is the
+    application's ``structlog.get_logger(name)``.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger(name).bind(**bind)
     return structlog.wrap_logger(
-        logging.getLogger(LOGGER_NAME),
+        logging.getLogger(name),
         wrapper_class=structlog.stdlib.BoundLogger,
-        processors=[
-            structlog.stdlib.filter_by_level,
-            structlog.stdlib.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.KeyValueRenderer(
-                key_order=["event", "pipeline", "run_id", "task"], drop_missing=True
-            ),
-        ],
+        processors=_PROCESSORS,
     ).bind(**bind)
+
+
+def events_enabled() -> bool:
+    """Whether per-task events are worth building: the ``xlib_pipeline`` logger takes INFO,
+    or the application configured structlog (its processors then decide)."""
+    return structlog.is_configured() or logging.getLogger(LOGGER_NAME).isEnabledFor(logging.INFO)
+
+
+# --- handlers for the CLI and for applications --------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The event fields of a record (``{"event": record.getMessage()}`` for a record not
+    made by the library)."""
+    fields = getattr(record, "xlib_fields", None)
+    if isinstance(fields, dict):
+        return dict(fields)
+    return {"event": record.getMessage()}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``timestamp`` (ISO-8601 UTC), ``level``, ``logger``, then
+    the event's fields (``event``, ``pipeline``, ``run_id``, ``task`` ...) and, with an
+    exception, ``exception`` (its formatted traceback). Values JSON cannot hold are
+    written with ``str``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        out.update(record_fields(record))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Human lines: ``time level event key=value ...`` (the event first, then its fields)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record_fields(record)
+        event = fields.pop("event", "")
+        pairs = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v is not None)
+        line = f"{_iso(record.created)} {record.levelname:<7} {event}" + (
+            f" {pairs}" if pairs else ""
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+LOG_FORMATS = ("console", "json")
+
+
+def configure_logging(
+    level: int = logging.INFO, *, format: str = "console", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send the library's events to ``stream`` (stderr) as ``console`` lines or ``json``
+    objects; returns the handler (installed on the ``xlib_pipeline`` logger, replacing one
+    installed before by this function). The CLI's ``--log-format`` calls it."""
+    if format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {format!r}")
+    logger = logging.getLogger(LOGGER_NAME)
+    for old in list(logger.handlers):
+        if getattr(old, "_xlib_installed", False):
+            logger.removeHandler(old)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if format == "json" else ConsoleFormatter())
+    handler._xlib_installed = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler

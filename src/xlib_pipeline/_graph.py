@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ._async import is_async_callable
+from ._context import CallSpec, call_spec
 from ._task import Pipeline, Task
 from .exceptions import ArityError, CycleError, EmptyPipelineError, UnknownDependencyError
 
@@ -48,6 +49,10 @@ class Plan:
     #: Which tasks are coroutine functions (``async def``), and whether any is.
     is_async: tuple[bool, ...] = ()
     has_async: bool = False
+    #: How each task takes run params and its :class:`~._context.TaskContext` (``None``:
+    #: neither; the task is called with its upstream results only), and whether any does.
+    calls: tuple[CallSpec | None, ...] = ()
+    has_calls: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
@@ -87,7 +92,7 @@ def _compile(pipeline: Pipeline) -> Plan:
     order: list[int] = _toposort(npreds, succ_lists)
     if len(order) != n:
         raise CycleError(pipeline.name, _find_cycle(names, preds, set(order)))
-    _check_arity(tasks, preds, names)
+    calls = _check_arity(tasks, preds, names)
     seen: dict[int, bool] = {}
     is_async: list[bool] = []
     for t in tasks:
@@ -118,6 +123,8 @@ def _compile(pipeline: Pipeline) -> Plan:
         fingerprint=_fingerprint(pipeline.name, tasks),
         is_async=tuple(is_async),
         has_async=any(is_async),
+        calls=calls,
+        has_calls=any(c is not None for c in calls),
     )
 
 
@@ -159,11 +166,36 @@ def _find_cycle(
 
 def _check_arity(
     tasks: tuple[Task, ...], preds: list[tuple[int, ...]], names: tuple[str, ...]
-) -> None:
+) -> tuple[CallSpec | None, ...]:
+    """Check each function takes its upstream results; return how it takes run params
+    and its context (``None``: neither). A plain function with no parameter beyond its
+    upstream results is decided from its code object alone (cached per code object)."""
     accepts = _accepts
+    checked: dict[tuple[int, int], CallSpec | None] = {}
+    out: list[CallSpec | None] = []
     for t, row in zip(tasks, preds):
-        if not accepts(t.fn, len(row)):  # False, or None: not a plain function
-            _check_callable(t, t.fn, len(row), [names[j] for j in row])
+        n = len(row)
+        if accepts(t.fn, n) and not _has_extra(t.fn, n):
+            out.append(None)
+            continue
+        key = (id(t.fn), n)
+        if key in checked:
+            out.append(checked[key])
+            continue
+        spec = checked[key] = _check_callable(t, t.fn, n, [names[j] for j in row])
+        out.append(spec)
+    return tuple(out)
+
+
+def _has_extra(fn: Any, count: int) -> bool:
+    """Whether plain function ``fn`` has parameters beyond ``count`` upstream results
+    (param slots or a context): those need :func:`~._context.call_spec`."""
+    bound = 0
+    if fn.__class__ is _MethodType:
+        fn = fn.__func__
+        bound = 1
+    code = fn.__code__
+    return bool(code.co_argcount + code.co_kwonlyargcount > count + bound)
 
 
 _FunctionType = types.FunctionType
@@ -212,15 +244,13 @@ def _accepts(fn: Any, count: int) -> bool | None:
     return ok
 
 
-def _check_callable(task: Task, fn: Callable[..., Any], count: int, upstreams: list[str]) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins without a signature: trust them
-        return
-    try:
-        sig.bind(*([None] * count))
-    except TypeError:
-        raise ArityError(task.name, count, str(sig), upstreams) from None
+def _check_callable(
+    task: Task, fn: Callable[..., Any], count: int, upstreams: list[str]
+) -> CallSpec | None:
+    spec, ok = call_spec(fn, count)
+    if not ok:
+        raise ArityError(task.name, count, str(inspect.signature(fn)), upstreams)
+    return spec
 
 
 def _fingerprint(name: str, tasks: tuple[Task, ...]) -> str:

@@ -13,6 +13,7 @@ import attrs
 from ._builtin import CorePlugin
 from ._cache import cache_store_of, refresh_indices
 from ._config import Config, validate
+from ._context import check_params, logical_date, params_json
 from ._events import get_logger
 from ._featured import FeaturedRun, Features, compile_features
 from ._graph import Plan, plan, suggest
@@ -44,7 +45,7 @@ from ._results import PipelineResult, TaskResults
 from ._scheduler import Run
 from ._store import RunStore
 from ._store_recorder import StoreRecorder, load_resume
-from ._task import Pipeline, Task
+from ._task import Pipeline, Task, param_defaults
 from .exceptions import (
     ConfigError,
     DefinitionError,
@@ -390,13 +391,21 @@ class PipelineManager(ManagerResources, ManagerEvents):
                 raise ConfigError(str(exc), key="tenant_id") from exc
         store = self.store
         resumed_from: str | None = None
+        first_start = time.time()
         if resume is not None:
             if store is None:
                 raise ConfigError(
                     "resume needs a run store: configure {'store': {'path': 'runs.sqlite'}}",
                     key="store",
                 )
-            resumed_from = store.get_run(resume).run_id
+            rec = store.get_run(resume)
+            resumed_from = rec.run_id
+            params = _resumed_params(rec.run_id, rec.params, params)
+            if rec.started is not None:
+                first_start = rec.started
+        run_params = {**param_defaults(pipeline), **(params or {})}
+        check_params(pipeline.name, p.names, p.calls, run_params, set(given), pipeline.params)
+        day = logical_date(run_params, first_start)
         self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=run_options)
         hooks = self.hooks  # this run's hooks, whatever registers later
         rid = run_id or new_run_id()
@@ -410,9 +419,10 @@ class PipelineManager(ManagerResources, ManagerEvents):
             principal=hooks.resolve_principal(principal=principal, config=self.config),
             executor=name,
             options=run_options,
-            params=dict(params or {}),
+            params=run_params,
             resumed_from=resumed_from,
             log=get_logger(pipeline=pipeline.name, run_id=rid),
+            logical_date=day,
             sleep=self.sleep,
         )
         return self._execute(
@@ -610,6 +620,22 @@ class PipelineManager(ManagerResources, ManagerEvents):
         finally:
             self._live.pop(ctx.run_id, None)
         return result
+
+
+def _resumed_params(
+    run_id: str, stored: Mapping[str, Any], given: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """A resumed run keeps the params of the run it resumes (its finished tasks ran with
+    them); different params are refused rather than mixed."""
+    if given is None or dict(given) == dict(stored):
+        return stored
+    if params_json(given) == dict(stored):
+        return stored
+    raise ConfigError(
+        f"cannot resume run {run_id} with other params: it ran with {dict(stored)!r}, "
+        f"got {dict(given)!r}; resume without params (they are kept), or start a new run",
+        key="params",
+    )
 
 
 def _refused_result(ctx: RunContext, p: Plan, exc: BaseException) -> PipelineResult:

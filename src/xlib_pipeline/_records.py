@@ -169,6 +169,9 @@ class RunContext:
     resumed_from: str | None = None
     stash: Stash = attrs.field(factory=Stash)
     log: Any = None
+    #: The date or time the run is *for* (aware UTC): param ``logical_date`` when given,
+    #: else the start of the run (of the first run, for a resumed one).
+    logical_date: datetime | None = None
     #: How the scheduler waits between retries (``PipelineManager.sleep`` at the start).
     sleep: Callable[[float], None] = time.sleep
 
@@ -185,6 +188,30 @@ class RunContext:
     def tenant_of(self, task: Task) -> str | None:
         """The tenant a task runs for: its ``tenant_id`` option, else the run's tenant."""
         return task.options.get("tenant_id") or self.tenant_id
+
+    def recorded_params(self) -> dict[str, Any]:
+        """The run's params as records leaving the run hold them (audit trail, lineage):
+        JSON values (dates as ISO-8601), each string passed through the manager's
+        ``redact`` (PII detection of the classification plugin, when on). The reserved
+        ``stream`` param of a stream's batch runs is left out (recorded on its own)."""
+        from ._context import params_json
+
+        out = params_json({k: v for k, v in self.params.items() if k != "stream"})
+        redact = getattr(self.manager, "redact", None)
+        if redact is None or not out:
+            return out
+        tenant = self.tenant_id
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, str):
+                return redact(value, tenant=tenant)
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return {k: clean(v) for k, v in out.items()}
 
 
 # --- keys shared by several plugins ---------------------------------------------------------

@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ._async import LAZY_TYPES, LoopThread, lazy_result_error
+from ._context import Params, TaskContext, param_value
 from ._coroutines import CoroutineLanes
+from ._events import events_enabled
 from ._graph import Plan
 from ._outcomes import Columns, Observer, _format, _no_push, build_result, failure, log_task_event
 from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
@@ -57,8 +61,6 @@ FALLBACK = Status.FALLBACK
 _F_FAILED = 1  # an upstream failed or was upstream_failed
 _F_SKIPPED = 2  # an upstream was skipped
 _F_CANCELLED = 4  # an upstream was cancelled
-
-_log = logging.getLogger("xlib_pipeline")
 
 
 class Run(CoroutineLanes):
@@ -120,7 +122,22 @@ class Run(CoroutineLanes):
         self.h_error = has["on_task_error"]
         self.h_isolate = has["isolate"]
         self.h_scope = has["task_scope"]
-        self.events = _log.isEnabledFor(logging.INFO)
+        self.events = events_enabled()
+        # Params by name and the TaskContext: decided once per run from the plan's call
+        # specs; ``None`` (the usual case) costs a task nothing.
+        self.task_kwargs: list[dict[str, Any] | None] | None = None
+        self.params_view = Params(ctx.params)
+        if plan.has_calls:
+            params = ctx.params
+            kws: list[dict[str, Any] | None] = []
+            for spec in plan.calls:
+                if spec is None:
+                    kws.append(None)
+                    continue
+                kw = {n: params[n] for n in spec.params if n in params}
+                kws.append(kw if (kw or spec.context is not None) else None)
+            if any(k is not None for k in kws):
+                self.task_kwargs = kws
         # Coroutine tasks on a local executor await on one event loop per run (started on
         # first use); their completions come back to the lanes as _AsyncDone items.
         self.is_async = plan.is_async if plan.has_async else None
@@ -346,7 +363,11 @@ class Run(CoroutineLanes):
         if self.is_async is not None and self.is_async[i] and local:
             return self._start_async(i, task, args, attempt)
         direct = local and timeout is None
+        kwargs = self.task_kwargs
+        call = task
         while True:
+            if kwargs is not None and kwargs[i] is not None:
+                call = self.bound(i, task, attempt)
             started = time.time()
             if attempt == 1:
                 self.cols.started[i] = started
@@ -363,12 +384,12 @@ class Run(CoroutineLanes):
                 if self.h_scope:
                     scopes = hooks.task_scope(task=task, run=ctx)
                     out = scoped_call(
-                        scopes, task, args, executor, ctx, isolation, timeout, direct, local
+                        scopes, call, args, executor, ctx, isolation, timeout, direct, local
                     )
                 elif direct:
-                    out = task.fn(*args)
+                    out = call.fn(*args)
                 else:
-                    out = executor.call(task, args, run=ctx, isolation=isolation, timeout=timeout)
+                    out = executor.call(call, args, run=ctx, isolation=isolation, timeout=timeout)
             except KeyboardInterrupt as exc:
                 if threading.current_thread() is threading.main_thread():
                     raise  # Ctrl-C (or the inline task itself): the driver decides
@@ -397,6 +418,29 @@ class Run(CoroutineLanes):
                 lazy = failure(task, err, attempt, started, finished)
                 return self._failed(i, task, lazy.replace(traceback=None))
             return self._succeeded(i, task, attempt, started, finished, out)
+
+    def bound(self, i: int, task: Task, attempt: int) -> Task:
+        """``task`` with its run params (by name) and its :class:`TaskContext` bound into
+        its function, as its body is called for ``attempt``; ``task`` itself when it takes
+        neither."""
+        kwargs = self.task_kwargs
+        static = kwargs[i] if kwargs is not None else None
+        if static is None:
+            return task
+        kw = {k: param_value(v) for k, v in static.items()}
+        spec = self.plan.calls[i]
+        if spec is not None and spec.context is not None:
+            ctx = self.ctx
+            kw[spec.context] = TaskContext(
+                params=self.params_view,
+                run_id=ctx.run_id,
+                pipeline=self.plan.pipeline_name,
+                task=task.name,
+                attempt=attempt,
+                tenant=ctx.tenant_of(task),
+                logical_date=ctx.logical_date or _utc(ctx.started),
+            )
+        return attrs.evolve(task, fn=functools.partial(task.fn, **kw))
 
     def _succeeded(
         self, i: int, task: Task, attempt: int, started: float, finished: float, out: Any
@@ -575,3 +619,7 @@ class Run(CoroutineLanes):
         log = self.ctx.log
         if log is not None:
             log.info(event, **kw)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._blobs import BlobRef
+from ._context import params_json
 from ._graph import Plan
 from ._outcomes import Observer
 from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
@@ -104,7 +105,7 @@ class StoreRecorder(Observer):
                 "structure": _jsonable(structure(plan)),
                 "tenant": ctx.tenant_id,
                 "principal": ctx.principal or _user(),
-                "params": _jsonable(dict(ctx.params)),
+                "params": _jsonable(params_json(ctx.params)),
                 "config": _jsonable(dict(ctx.config.raw)),
                 "source": self.source,
                 "executor": ctx.executor,

@@ -263,12 +263,45 @@ def _identity_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+_NO_DEFAULT: Any = object()
+
+
+def _declared_params(value: Any) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping):
+        out = dict(value)
+    elif isinstance(value, Iterable):
+        out = dict.fromkeys(value, _NO_DEFAULT)
+    else:
+        raise DefinitionError(
+            f"pipeline params must be a list of names or a dict of names to defaults, "
+            f"got {type(value).__name__}"
+        )
+    for key in out:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise DefinitionError(f"pipeline params: names are identifiers, got {key!r}")
+    return out
+
+
+def param_defaults(pipeline: Pipeline) -> dict[str, Any]:
+    """The defaults a pipeline declares for its params (``Pipeline(params={...})``)."""
+    return {k: v for k, v in (pipeline.params or {}).items() if v is not _NO_DEFAULT}
+
+
 @attrs.define(eq=False)
 class Pipeline:
     """A named DAG of tasks, built with the :meth:`task` decorator or :meth:`add_task`."""
 
     name: str
     description: str | None = None
+    #: The run params the pipeline declares beyond those its tasks take by name: names, or
+    #: a mapping of names to defaults (a run without the param gets the default). With a
+    #: declaration, a param neither declared nor taken by a task is refused even when a task
+    #: reads params through its :class:`~xlib_pipeline.TaskContext`.
+    params: Mapping[str, Any] | None = attrs.field(default=None, converter=_declared_params)
     _tasks: dict[str, Task] = attrs.field(factory=dict, init=False, repr=False)
     _version: int = attrs.field(default=0, init=False, repr=False)
     _plan: Any = attrs.field(default=None, init=False, repr=False)

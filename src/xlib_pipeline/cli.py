@@ -208,6 +208,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
             + (f", resumed from {rec.resumed_from}" if rec.resumed_from else "")
         )
         console.print(head, highlight=False)
+        shown = {k: v for k, v in rec.params.items() if k != "stream"}
+        if shown:
+            pairs = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(shown.items()))
+            console.print(Text(f"params: {pairs}"), highlight=False)
         table = Table()
         for col in ("task", "status", "attempts", "seconds", "error"):
             table.add_column(col)
@@ -362,6 +366,7 @@ def _run_json(r: Any) -> dict[str, Any]:
         "source": r.source,
         "tenant": r.tenant,
         "principal": r.principal,
+        "params": dict(r.params),
     }
 
 

@@ -105,6 +105,11 @@ class Recorder:
         run.stash[AUDIT_RUN] = st
         rec = self._base(st, "run.started", "started")
         rec["tasks"] = len(run.tasks)
+        params = run.recorded_params()
+        if params:  # what the run was asked to do (--param), redacted like error texts
+            rec["params"] = params
+        if run.logical_date is not None and "logical_date" in run.params:
+            rec["logical_date"] = run.logical_date.isoformat()
         stream = run.params.get("stream")
         if stream is not None:  # one micro-batch of a stream: which one, which offsets
             rec["stream"] = stream

@@ -27,7 +27,7 @@ from xlib_pipeline import OutputLevel
 #: The schema URLs (``PARENT_SCHEMA``, ``ERROR_SCHEMA``, ``EVENT_SCHEMA``) come from the
 #: installed client so they always match it. They are looked up on first use: openlineage
 #: is imported only once lineage is on, never when the plugin is merely installed.
-_SCHEMA_NAMES = ("PARENT_SCHEMA", "ERROR_SCHEMA", "EVENT_SCHEMA")
+_SCHEMA_NAMES = ("PARENT_SCHEMA", "ERROR_SCHEMA", "EVENT_SCHEMA", "NOMINAL_TIME_SCHEMA")
 
 
 @functools.cache
@@ -35,9 +35,10 @@ def schema(name: str) -> str:
     """The client's schema URL ``name`` (one of ``PARENT_SCHEMA``, ``ERROR_SCHEMA``,
     ``EVENT_SCHEMA``); imports openlineage on first call."""
     from openlineage.client.event_v2 import RunEvent
-    from openlineage.client.facet_v2 import error_message_run, parent_run
+    from openlineage.client.facet_v2 import error_message_run, nominal_time_run, parent_run
 
     found: Any = {
+        "NOMINAL_TIME_SCHEMA": nominal_time_run.NominalTimeRunFacet,
         "PARENT_SCHEMA": parent_run.ParentRunFacet,
         "ERROR_SCHEMA": error_message_run.ErrorMessageRunFacet,
         "EVENT_SCHEMA": RunEvent,
@@ -231,6 +232,16 @@ def xlib_facet(producer: str, **fields: Any) -> dict[str, Any]:
     return out
 
 
+def nominal_time_facet(producer: str, start: str) -> dict[str, Any]:
+    """The standard ``nominalTime`` run facet: the time the run is *for* (its logical date,
+    param ``logical_date``), not when it ran."""
+    return {
+        "_producer": producer,
+        "_schemaURL": schema("NOMINAL_TIME_SCHEMA"),
+        "nominalStartTime": start,
+    }
+
+
 def classification_facet(producer: str, entry: OutputLevel) -> dict[str, Any]:
     """The classification dataset facet of one output's :class:`OutputLevel`."""
     out: dict[str, Any] = {
@@ -294,7 +305,7 @@ def to_client_event(event: Mapping[str, Any]) -> Any:
 
 
 def _run_facets(facets: Mapping[str, Any]) -> dict[str, Any]:
-    from openlineage.client.facet_v2 import error_message_run, parent_run
+    from openlineage.client.facet_v2 import error_message_run, nominal_time_run, parent_run
 
     out: dict[str, Any] = {}
     for key, f in facets.items():
@@ -312,6 +323,10 @@ def _run_facets(facets: Mapping[str, Any]) -> dict[str, Any]:
                 if root
                 else None,
                 producer=f["_producer"],
+            )
+        elif key == "nominalTime":
+            out[key] = nominal_time_run.NominalTimeRunFacet(
+                nominalStartTime=f["nominalStartTime"], producer=f["_producer"]
             )
         elif key == "errorMessage":
             out[key] = error_message_run.ErrorMessageRunFacet(

@@ -114,6 +114,10 @@ class _RunState:
         self.run_id: str = run.run_id
         self.tenant: str | None = run.tenant_id
         self.executor: str = run.executor
+        #: The run's params (redacted like error texts) and its logical date when given.
+        self.params: dict[str, Any] | None = run.recorded_params() or None
+        day = run.logical_date if "logical_date" in run.params else None
+        self.nominal: str | None = ev.iso(day.timestamp()) if day is not None else None
         tenant = run.tenant_id
         manager = run.manager
         # Error texts quote data: they leave through the manager's redaction (PII removed
@@ -237,9 +241,16 @@ class _RunState:
         p = self.producer
         facets: dict[str, Any] = {
             ev.RUN_FACET: ev.xlib_facet(
-                p, kind="pipeline", status=status, tenant=self.tenant, executor=self.executor
+                p,
+                kind="pipeline",
+                status=status,
+                tenant=self.tenant,
+                executor=self.executor,
+                params=self.params,
             )
         }
+        if self.nominal is not None:
+            facets["nominalTime"] = ev.nominal_time_facet(p, self.nominal)
         if etype == "FAIL":
             facets["errorMessage"] = ev.error_facet(p, error, None, self.describe)
         return json.dumps(
