@@ -423,6 +423,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
             resumed_from=resumed_from,
             log=get_logger(pipeline=pipeline.name, run_id=rid),
             logical_date=day,
+            max_workers=(max_workers or core.max_workers) if parallel else 1,
             sleep=self.sleep,
         )
         return self._execute(

@@ -172,6 +172,9 @@ class RunContext:
     #: The date or time the run is *for* (aware UTC): param ``logical_date`` when given,
     #: else the start of the run (of the first run, for a resumed one).
     logical_date: datetime | None = None
+    #: Tasks (or mapped items) at once for this run: ``execute_pipeline(max_workers=)``,
+    #: else config ``max_workers``; 1 for an inline run (``parallel=False``).
+    max_workers: int | None = None
     #: How the scheduler waits between retries (``PipelineManager.sleep`` at the start).
     sleep: Callable[[float], None] = time.sleep
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._events import LOG_FORMATS, configure_logging
 from ._manager import PipelineManager
 from .exceptions import PipelineError, UsageError
 from .loading import (
@@ -502,7 +503,16 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlib-pipeline", description="Run, inspect and deploy xlib-pipeline pipelines."
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log events")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log events (-vv: debug)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="how events are logged to stderr: console lines or one JSON object per line "
+        "(implies -v)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a pipeline: FILE[:PIPELINE_OR_FACTORY]")
@@ -588,13 +598,11 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, log_format: str | None = None) -> None:
+    if log_format is not None and verbose == 0:
+        verbose = 1  # asking for a log format is asking for the events
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("xlib_pipeline")
-    root.addHandler(handler)
-    root.setLevel(level)
+    configure_logging(level, format=log_format or "console", stream=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -607,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser(pm)
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, getattr(args, "log_format", None))
     try:
         code = args.func(args)
         return int(code or 0)

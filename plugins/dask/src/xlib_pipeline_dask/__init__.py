@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle, ClusterStartError, build_security
-    from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor, RemoteResult
+    from ._executor import STASH, DaskExecutor, DaskRun, RemoteResult
+    from ._local_map import LocalMapExecutor
     from ._fresh import fresh_worker_class as FreshWorker
     from ._plugin import DaskPlugin
     from ._remote import RemoteCall
@@ -26,7 +27,7 @@ _LAZY = {
     "STASH": "._executor",
     "DaskExecutor": "._executor",
     "DaskRun": "._executor",
-    "LocalMapExecutor": "._executor",
+    "LocalMapExecutor": "._local_map",
     "RemoteResult": "._executor",
     "DaskPlugin": "._plugin",
     "RemoteCall": "._remote",

@@ -25,7 +25,8 @@ from xlib_pipeline import (
 )
 
 from ._cluster import ClusterHandle
-from ._executor import STASH, DaskExecutor, DaskRun, LocalMapExecutor
+from ._executor import STASH, DaskExecutor, DaskRun
+from ._local_map import LocalMapExecutor
 from ._settings import (
     DaskSettings,
     DistributeSpec,
@@ -129,8 +130,8 @@ class DaskPlugin:
             ExecutorSpec(
                 name="local_map",
                 factory=LocalMapExecutor,
-                doc="Non-distributed runs with map_over tasks: items one by one on the run's "
-                "executor.",
+                doc="Non-distributed runs with map_over tasks: items in parallel on the run's "
+                "executor (up to max_workers at once), results in order.",
             ),
         )
 
