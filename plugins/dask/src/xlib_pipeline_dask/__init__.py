@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle, ClusterStartError, build_security
     from ._executor import STASH, DaskExecutor, DaskRun, RemoteResult
-    from ._local_map import LocalMapExecutor
     from ._fresh import fresh_worker_class as FreshWorker
+    from ._local_map import LocalMapExecutor
     from ._plugin import DaskPlugin
     from ._remote import RemoteCall
     from ._settings import ADDRESS_ENV, DaskSettings, DistributeSpec
