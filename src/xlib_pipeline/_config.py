@@ -133,6 +133,19 @@ def check_keys(value: Any, allowed: Iterable[str], *, example: str) -> dict[str,
     return dict(value)
 
 
+def _yaml(file: Path) -> Any:
+    """The ``yaml`` module (PyYAML, the ``[yaml]`` extra), or an error naming ``file``."""
+    try:
+        import yaml  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise ValueError(
+            f"file {str(file)!r}: reading YAML needs PyYAML, which is not installed: install "
+            "the extra xlib-pipeline[yaml] (or pip install PyYAML), or use a .json or .toml "
+            "file"
+        ) from None
+    return yaml
+
+
 def read_mapping_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON, TOML or YAML file holding a mapping (config files, policy files).
 
@@ -145,15 +158,14 @@ def read_mapping_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix not in (".json", ".toml", ".yaml", ".yml"):
         raise ValueError(f"file {str(file)!r}: expected .json, .toml, .yaml or .yml")
     text = file.read_text()
+    loader = _yaml(file) if suffix in (".yaml", ".yml") else None
     try:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            import yaml  # type: ignore[import-untyped,unused-ignore]
-
-            data = yaml.safe_load(text)
+            data = loader.safe_load(text)
     except ValueError as exc:  # JSON, TOML and YAML errors all derive from ValueError
         raise ValueError(f"file {str(file)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError

@@ -25,6 +25,7 @@ from ._plugins import (
     KNOWN_RUN_OPTIONS,
     KNOWN_TASK_OPTIONS,
     Hooks,
+    check_disabled,
     create_plugin_manager,
     package_for,
     register_checked,
@@ -99,6 +100,8 @@ class PipelineManager(ManagerResources, ManagerEvents):
             disabled = tuple(section.get("disable", ()) or ())
             if entry_points is None:
                 use_eps = bool(section.get("entry_points", True))
+            if isinstance(section.get("disable"), list | tuple):
+                check_disabled((str(n) for n in disabled), plugins)
         self._pm, self._infos = create_plugin_manager(
             explicit=plugins,
             disabled=disabled,
@@ -111,6 +114,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
         self._task_options = self.hooks.register_task_options()
         self._run_options = self.hooks.register_run_options()
         self._executor_specs = self.hooks.register_executors()
+        self._check_executor_name()
         self._decorators = self.hooks.register_manager_decorators()
         # Render targets and CLI commands are collected on first use: plugins build them
         # from modules (argparse, CLI helpers) that a run never needs.

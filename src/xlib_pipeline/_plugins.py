@@ -17,7 +17,7 @@ from . import hookspecs
 from ._graph import suggest
 from ._hooks import Hooks
 from ._records import PluginInfo
-from .exceptions import PipelineError, PluginError, PluginLoadError
+from .exceptions import ConfigError, PipelineError, PluginError, PluginLoadError
 from .hookspecs import HOOK_NAMES
 
 __all__ = ["HOOK_NAMES", "Hooks", "create_plugin_manager", "package_for", "register_checked"]
@@ -86,6 +86,16 @@ KNOWN_RUN_OPTIONS = {
     "resource_limits": "tenancy",
     "distributed": "dask",
 }
+#: CLI sub-commands and render targets of first-party plugins, so that a command of a plugin
+#: that is not installed gets an install hint instead of "invalid choice".
+KNOWN_CLI_COMMANDS = {
+    "audit": "audit",
+    "lineage": "lineage",
+    "keys": "encryption",
+    "tenants": "tenancy",
+    "worker": "kubernetes",
+}
+KNOWN_RENDER_TARGETS = {"kubernetes": "kubernetes"}
 KNOWN_DECORATORS = {
     "audit_log": "audit",
     "isolate_resources": "tenancy",
@@ -194,6 +204,28 @@ def register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> Non
             plugin=name,
             hook=bad,
         )
+
+
+def check_disabled(disabled: Iterable[str], explicit: Iterable[object] = ()) -> None:
+    """Refuse a ``plugins.disable`` name that is no plugin: not installed (entry point), not
+    given explicitly, not a first-party plugin. A first-party plugin that is not installed
+    may be named (a shared config disables it everywhere)."""
+    names = list(disabled)
+    if not names:
+        return
+    known = {"core", *PLUGIN_PACKAGES}
+    known.update(ep.name for ep in md.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+    known.update(str(getattr(p, "name", None) or type(p).__name__) for p in explicit)
+    for name in names:
+        if name not in known:
+            hint = suggest(name, sorted(known))
+            raise ConfigError(
+                f"config key 'plugins.disable': no plugin named {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (plugins: {', '.join(sorted(known))})",
+                key="plugins.disable",
+                suggestion=hint,
+            )
 
 
 def create_plugin_manager(

@@ -16,6 +16,7 @@ from ._records import Executor, ExecutorSpec
 from ._store import RunRecord, RunStore, TaskRecord, store_section
 from .exceptions import (
     ConfigError,
+    MissingPluginConfigError,
     MissingPluginError,
     PipelineError,
     PluginError,
@@ -37,6 +38,22 @@ class ManagerResources:
     _warned: set[str]
 
     # -- executors ---------------------------------------------------------------------------
+
+    def _check_executor_name(self) -> None:
+        """An unknown ``executor`` is refused when the manager is built, not at a run."""
+        name = self.config.core.executor
+        if name in self._executor_specs:
+            return
+        if name == "dask":
+            raise MissingPluginConfigError("executor", package_for("dask"))
+        hint = suggest(name, self._executor_specs)
+        raise ConfigError(
+            f"config key 'executor': unknown executor {name!r}"
+            + (f"; did you mean {hint!r}?" if hint else "")
+            + f" (registered: {', '.join(sorted(self._executor_specs))})",
+            key="executor",
+            suggestion=hint,
+        )
 
     def executor(self, name: str) -> Executor:
         """The executor registered as ``name`` (built once per manager, kept warm)."""

@@ -619,6 +619,11 @@ class RunStore(_lease.LeaseMixin):
         runs = [self.get_run(i) for i in ids]
         return [r for r in runs if status is None or r.status == status]
 
+    def pipelines(self) -> list[str]:
+        """The names of the pipelines with at least one run in the store."""
+        with self._reading() as c:
+            return [r[0] for r in c.execute("SELECT DISTINCT pipeline FROM runs ORDER BY 1")]
+
     def get_tasks(self, run_id: str) -> dict[str, TaskRecord]:
         """Every recorded task of a run by name."""
         with self._reading() as c:

@@ -24,7 +24,7 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
     sp.add_argument("--store", help="run store file (checkpoints live there)")
     sp.add_argument("--name", help="stream name (default: the pipeline's name)")
-    sp.add_argument("--batch-size", type=int, default=1000)
+    sp.add_argument("--batch-size", type=int, default=1000, help="records per batch at most")
     sp.add_argument("--batch-timeout", type=float, default=0.5, help="seconds per batch at most")
     sp.add_argument("--max-in-flight", type=int, default=1, help="batches running at once")
     sp.add_argument("--from-start", action="store_true", help="start over (sink back to origin)")
@@ -42,13 +42,14 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run ``xlib-pipeline stream``; exit 0 when it completed or stopped, 1 when it failed."""
-    from .. import cli
-    from ..loading import load_config, load_pipeline, with_store
+    from ..cli._config import cli_config
+    from ..cli._run import sigterm_as_interrupt
+    from ..loading import load_pipeline, with_store
     from ._run import print_progress
 
     pipeline, module = load_pipeline(args.target)
-    config = with_store(load_config(getattr(args, "config", None), module), args.store)
-    cli._sigterm_as_interrupt()
+    config = with_store(cli_config(args, module), args.store)
+    sigterm_as_interrupt()
     options: dict[str, Any] = {}
     for key, attr in (("tenant_id", "tenant"), ("principal", "principal")):
         if getattr(args, attr, None):

@@ -1,0 +1,279 @@
+"""The argument parser: built-in commands, plugin commands and render targets, global flags
+accepted in any position, and an install hint for a plugin command that is not installed."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from .._events import LOG_FORMATS
+from .._graph import suggest
+from .._manager import PipelineManager
+from .._plugins import KNOWN_CLI_COMMANDS, KNOWN_RENDER_TARGETS, package_for
+from .._records import Status
+from ._commands import cmd_graph, cmd_plugins, cmd_render
+from ._run import cmd_resume, cmd_run
+from ._runs import cmd_runs
+
+#: What ``runs list --status`` accepts: every task/run status, and ``interrupted`` (a run
+#: whose process is gone without finishing).
+RUN_STATUSES = (*(s.value for s in Status), "interrupted")
+
+_INVALID_CHOICE = re.compile(r"invalid choice: (['\"])(?P<value>.*?)\1")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose "invalid choice" names the plugin that provides a
+    command or render target which is not installed, with how to install it."""
+
+    #: ``{choice: plugin}`` for commands (or render targets) first-party plugins provide.
+    plugin_choices: dict[str, str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plugin_choices = {}
+
+    def error(self, message: str) -> NoReturn:
+        found = _INVALID_CHOICE.search(message)
+        plugin = self.plugin_choices.get(found.group("value")) if found else None
+        if found and plugin is not None:
+            value = found.group("value")
+            package = package_for(plugin)
+            self.print_usage(sys.stderr)
+            self.exit(
+                2,
+                f"{self.prog}: error: {value!r} is provided by the plugin {package!r}, which "
+                f"is not installed (or is disabled). Install it (pip install {package}, or "
+                f"pip install 'xlib-pipeline[all]'; see docs/installation.md).\n",
+            )
+        super().error(message)
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """Options accepted before or after any sub-command (``xlib-pipeline run f.py -v``).
+
+    On a sub-command's parser they default to "not given", so they never reset what was
+    given before the sub-command."""
+    default: Any = argparse.SUPPRESS if sub else 0
+    if sub and "-v" in parser._option_string_actions:
+        return  # a plugin command with its own -v keeps it
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="log the run's events to standard error (-vv: debug, and tracebacks of "
+        "unexpected errors)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default if sub else None,
+        help="how events are logged to stderr: console lines or one JSON object per line "
+        "(implies -v)",
+    )
+
+
+def _every_subparser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out.append(child)
+                out.extend(_every_subparser(child))
+    return out
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (.json, .toml, .yaml); default: $XLIB_PIPELINE_CONFIG, else the "
+        "pipeline file's PIPELINE_CONFIG. XLIB_PIPELINE_* variables override its keys",
+    )
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (at most 10**6)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= 10**6:
+            raise argparse.ArgumentTypeError(f"expected {low} to 1000000, got {value}")
+        return value
+
+    return convert
+
+
+def run_status(text: str) -> str:
+    """argparse type: a run status (``--status faild`` names the valid ones)."""
+    if text in RUN_STATUSES:
+        return text
+    hint = suggest(text, RUN_STATUSES)
+    raise argparse.ArgumentTypeError(
+        f"unknown status {text!r}"
+        + (f"; did you mean {hint!r}?" if hint else "")
+        + f" (valid: {', '.join(RUN_STATUSES)})"
+    )
+
+
+def _version() -> str:
+    import importlib.metadata as md
+    import platform
+
+    try:
+        version = md.version("xlib-pipeline")
+    except md.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        from .. import __version__ as version
+    return f"xlib-pipeline {version} (Python {platform.python_version()})"
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options ``run`` and ``resume`` share."""
+    add_config_arg(p)
+    p.add_argument(
+        "--store", metavar="FILE", help="run store file (default: $XLIB_PIPELINE_HOME/runs.sqlite)"
+    )
+    p.add_argument("--inline", action="store_true", help="run tasks one at a time, in one thread")
+    p.add_argument(
+        "--executor", metavar="NAME", help="executor: threads, processes, or a plugin's (dask)"
+    )
+    p.add_argument(
+        "--max-workers", type=int_at_least(1), metavar="N", help="tasks at once (default: config)"
+    )
+    p.add_argument(
+        "--monitor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="live progress and a closing summary on standard error",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (run id, status, times, tasks, result or error) on "
+        "standard output; no progress",
+    )
+
+
+def _add_runs(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="run history from the run store")
+    rsub = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    rl = rsub.add_parser("list", help="recent runs, newest first")
+    rl.add_argument(
+        "--limit", type=int_at_least(0), default=20, metavar="N", help="at most N runs (20)"
+    )
+    rl.add_argument("--pipeline", metavar="NAME", help="only runs of this pipeline")
+    rl.add_argument(
+        "--status",
+        type=run_status,
+        metavar="STATUS",
+        help=f"only runs with this status ({', '.join(RUN_STATUSES)})",
+    )
+    rs = rsub.add_parser(
+        "show", help="one run: params, tasks, attempts, errors and tracebacks (or a stream)"
+    )
+    rs.add_argument("run_id", metavar="RUN_ID", help="a run id, a unique prefix, or a stream name")
+    rp = rsub.add_parser("prune", help="delete old runs and reclaim the space")
+    rp.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 15m, 90s")
+    rp.add_argument("--keep", type=int_at_least(0), metavar="N", help="keep the newest N runs")
+    rp.add_argument("--pipeline", metavar="NAME", help="only runs of this pipeline")
+    rp.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    rp.add_argument(
+        "--force", action="store_true", help="also prune runs that a kept run resumed from"
+    )
+    for sp in (rl, rs, rp):
+        sp.add_argument("--store", metavar="FILE", help="run store file")
+        sp.add_argument("--json", action="store_true", help="print JSON (times in ISO-8601)")
+        sp.add_argument("--principal", help="who reads (access control; default: the OS user)")
+        add_config_arg(sp)
+    runs.set_defaults(func=cmd_runs)
+
+
+def _missing(known: dict[str, str], present: Any, pm: PipelineManager | None) -> dict[str, str]:
+    """The known plugin choices absent here because their plugin is not loaded."""
+    return {
+        k: v for k, v in known.items() if k not in present and (pm is None or not pm.has_plugin(v))
+    }
+
+
+def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with plugin sub-commands and render targets from ``pm``."""
+    parser = Parser(
+        prog="xlib-pipeline",
+        description="Run, inspect and deploy xlib-pipeline pipelines. Config layers: the "
+        "config file < XLIB_PIPELINE_* environment variables < flags.",
+    )
+    add_global_options(parser)
+    parser.add_argument(
+        "--version", action="version", version=_version(), help="print the version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline: FILE[:PIPELINE_OR_FACTORY]")
+    run.add_argument("target", help="FILE[:NAME]: a Python file, and a pipeline or factory in it")
+    _add_run_options(run)
+    run.add_argument("--tenant", help="tenant id for the run")
+    run.add_argument("--principal", help="who runs it (access control)")
+    run.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="run parameter, repeatable; VALUE is JSON when it parses, else a string",
+    )
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="re-run what did not finish in a stored run")
+    resume.add_argument("run_id", metavar="RUN_ID", help="the run to finish (or a unique prefix)")
+    resume.add_argument("--target", help="FILE[:NAME] when the run did not start from the CLI")
+    resume.add_argument("--force", action="store_true", help="resume a changed pipeline")
+    _add_run_options(resume)
+    resume.set_defaults(func=cmd_resume)
+
+    _add_runs(sub)
+
+    from ..streams._cli import add_parser as add_stream_parser
+    from ..streams._cli import cmd_stream
+
+    add_stream_parser(sub, add_config_arg)
+    sub.choices["stream"].set_defaults(func=cmd_stream)
+
+    graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")
+    graph.add_argument("target", help="FILE[:NAME]: a Python file, and a pipeline or factory in it")
+    graph.add_argument(
+        "--format", choices=("mermaid", "dot"), default="mermaid", help="output format (mermaid)"
+    )
+    graph.set_defaults(func=cmd_graph)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and their hooks")
+    plugins.add_argument("--json", action="store_true", help="print a JSON list")
+    plugins.set_defaults(func=cmd_plugins)
+
+    targets = pm.render_targets if pm is not None else {}
+    render = sub.add_parser("render", help="render deployment manifests for a pipeline")
+    rsub = render.add_subparsers(dest="render_target", required=True, metavar="TARGET")
+    assert isinstance(render, Parser)
+    render.plugin_choices = _missing(KNOWN_RENDER_TARGETS, targets, pm)
+    for name, target in sorted(targets.items()):
+        tp = rsub.add_parser(name, help=target.doc or name)
+        tp.add_argument("target", help="FILE[:PIPELINE_OR_FACTORY]")
+        add_config_arg(tp)
+        tp.add_argument("-o", "--output", help="write one file per manifest into this folder")
+        if target.add_arguments is not None:
+            target.add_arguments(tp)
+        tp.set_defaults(func=cmd_render)
+
+    commands = pm.cli_commands if pm is not None else {}
+    for name, command in sorted(commands.items()):
+        cp = sub.add_parser(name, help=command.help)
+        command.add_arguments(cp)
+        cp.set_defaults(func=command.run)
+    parser.plugin_choices = _missing(KNOWN_CLI_COMMANDS, sub.choices, pm)
+    for child in _every_subparser(parser):
+        add_global_options(child, sub=True)
+    return parser
