@@ -53,20 +53,27 @@ def _list(store: Any, path: Any, guard: AccessGuard, args: argparse.Namespace) -
     # "[link=...]" is data, never rich markup.
     table = Table(title=Text(f"runs in {path}"))
     id_column(table, "run id")
-    for col in ("pipeline", "status", "started (UTC)", "seconds"):
-        table.add_column(col, overflow="fold")
-    id_column(table, "resumed from")
+    table.add_column("pipeline", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True, min_width=20)
+    table.add_column("seconds", no_wrap=True)
+    resumed = any(r.resumed_from for r in runs)
+    if resumed:  # the column only when a listed run was resumed
+        id_column(table, "resumed from")
     for r in runs:
-        cells = (
+        cells = [
             r.run_id,
             r.pipeline,
             r.status,
             iso_short(r.started),
             secs(r.started, r.finished),
-            r.resumed_from or "",
-        )
+        ]
+        if resumed:
+            cells.append(r.resumed_from or "")
         table.add_row(*map(Text, cells))
-    make_console(2 * 36 + 60).print(table)
+    # ids and times whole: at least as wide as those columns need (a narrow terminal
+    # soft-wraps the line instead of the table folding an id)
+    make_console((2 if resumed else 1) * 39 + 70).print(table)
     return 0
 
 
@@ -112,8 +119,12 @@ def _show_text(rec: Any, order: list[tuple[str, Any]], attempts: dict[str, list[
         pairs = ", ".join(f"{k}={json.dumps(v, default=repr)}" for k, v in sorted(shown.items()))
         con.print(Text(f"params: {pairs}"), highlight=False)
     table = Table()
-    for col in ("task", "status", "attempts", "started (UTC)", "seconds", "error"):
-        table.add_column(col)
+    table.add_column("task", overflow="fold")
+    table.add_column("status", overflow="fold")
+    table.add_column("attempts", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True, min_width=20)
+    table.add_column("seconds", no_wrap=True)
+    table.add_column("error", overflow="fold")
     for n, t in order:
         err = f"{t.error_type}: {t.error}" if t.error_type else ""
         table.add_row(

@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     s = sub.add_parser("show", help="list the records of a trail (rich table or JSON)")
-    s.add_argument("path")
+    s.add_argument("path", help="the trail file")
     s.add_argument("--run", help="run id (or a prefix of it)")
     s.add_argument("--task", help="task (or audited function) name")
-    s.add_argument("--tenant")
+    s.add_argument("--tenant", help="only records of this tenant")
     s.add_argument("--action", help="action, e.g. task.finished, or a prefix like 'run.'")
     s.add_argument("--outcome", help="succeeded, failed, skipped ...")
     s.add_argument("--since", help="ISO-8601 time (inclusive; naive means UTC)")

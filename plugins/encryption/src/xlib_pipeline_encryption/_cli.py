@@ -16,12 +16,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     gen = sub.add_parser("generate", help="create a key file with one new master key (0600)")
     gen.add_argument("path", help="key file to create (refuses to overwrite)")
     add = sub.add_parser("add", help="add a new master key to a key file; it becomes active")
-    add.add_argument("path")
+    add.add_argument("path", help="the key file to add a key to")
     lst = sub.add_parser("list", help="list master key ids (never the keys)")
     src = lst.add_mutually_exclusive_group(required=True)
     src.add_argument("path", nargs="?", help="key file")
     src.add_argument("--env", help="environment variable holding the keyring")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="print JSON")
     rot = sub.add_parser(
         "rotate",
         help="re-wrap stored data keys under the active master key (old keys keep decrypting "

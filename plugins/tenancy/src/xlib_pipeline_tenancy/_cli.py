@@ -12,14 +12,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
     lst = sub.add_parser("list", help="tenants, roles and bindings of the policy")
     lst.add_argument("--config", help="config file (.json, .toml, .yaml)")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="print JSON")
     chk = sub.add_parser(
         "check", help="exit 0 when PRINCIPAL holds PERMISSION on TENANT, else refuse"
     )
     chk.add_argument("--config", help="config file (.json, .toml, .yaml)")
     chk.add_argument("--principal", help="default: tenancy.default_principal or the OS user")
     chk.add_argument("--tenant", help="tenant (omit for tenant-less work)")
-    chk.add_argument("--permission", default="process_data")
+    chk.add_argument(
+        "--permission", default="process_data", help="the permission to check (process_data)"
+    )
 
 
 def _manager(args: argparse.Namespace) -> PipelineManager:
