@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``plugins``.
+"""Developer tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``plugins``, ``build``.
 
 Plugins are found by globbing ``plugins/*/pyproject.toml``; there is no hand-kept list.
 """
@@ -6,6 +6,7 @@ Plugins are found by globbing ``plugins/*/pyproject.toml``; there is no hand-kep
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -104,3 +105,25 @@ def bench(session: nox.Session) -> None:
     quick = ["--quick"] if "quick" in session.posargs else []
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *quick, env={"PYTHONHASHSEED": "0", **os.environ})
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Every wheel: the core and each ``plugins/*`` distribution, into ``dist/``.
+
+    ``pip install --find-links dist "xlib-pipeline[all]"`` installs from them (see
+    docs/installation.md). ``dist/`` is emptied first, so it holds exactly this build.
+    """
+    session.install("hatchling>=1.24")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    projects = [".", *[f"plugins/{n}" for n in PLUGINS]]
+    session.run(
+        "python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        "--wheel-dir", str(dist), *projects,
+    )  # fmt: skip
+    wheels = sorted(p.name for p in dist.glob("*.whl"))
+    if len(wheels) != len(projects):
+        session.error(f"expected {len(projects)} wheels in dist/, got {wheels}")
+    session.log(f"{len(wheels)} wheels in dist/: " + ", ".join(wheels))
