@@ -158,7 +158,7 @@ def read_mapping_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix not in (".json", ".toml", ".yaml", ".yml"):
         raise ValueError(f"file {str(file)!r}: expected .json, .toml, .yaml or .yml")
     text = file.read_text()
-    loader = _yaml(file) if suffix in (".yaml", ".yml") else None
+    loader: Any = _yaml(file) if suffix in (".yaml", ".yml") else None
     try:
         if suffix == ".json":
             data = json.loads(text)
