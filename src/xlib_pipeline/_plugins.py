@@ -94,6 +94,7 @@ KNOWN_CLI_COMMANDS = {
     "keys": "encryption",
     "tenants": "tenancy",
     "worker": "kubernetes",
+    "evidence": "evidence",
 }
 KNOWN_RENDER_TARGETS = {"kubernetes": "kubernetes"}
 KNOWN_DECORATORS = {

@@ -206,7 +206,10 @@ class TestCoreWheel:
     @pytest.mark.parametrize(
         ("extra", "expected"),
         [
-            ("compliance", {"audit", "classification", "encryption", "lineage", "tenancy"}),
+            (
+                "compliance",
+                {"audit", "classification", "encryption", "evidence", "lineage", "tenancy"},
+            ),
             ("distributed", {"dask", "kubernetes"}),
         ],
     )

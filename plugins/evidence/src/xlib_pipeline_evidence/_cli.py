@@ -32,7 +32,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--config", help="config file (.json, .toml, .yaml)")
     b.add_argument("--key", help="signing key file (default: evidence.signing_key_file)")
     v = sub.add_parser("verify", help="verify an evidence pack offline (exit 0 only if valid)")
-    v.add_argument("folder")
+    v.add_argument("folder", help="the evidence pack folder")
     v.add_argument(
         "--public-key",
         help="the signer's public key (PEM); what an auditor should use instead of the "
