@@ -333,6 +333,11 @@ def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
     assert shown["checkpoint"]["offset"] == src.stat().st_size
     assert shown["checkpoint"]["position"] == out.stat().st_size
     assert [b["seq"] for b in shown["last_batches"]] == [3, 2, 1]
+    from datetime import datetime
+
+    # times are ISO-8601 in the CLI's JSON, like runs show of a run (issue 17)
+    for ts in (shown["started"], shown["updated"], shown["last_batches"][0]["committed"]):
+        assert datetime.fromisoformat(ts).tzinfo is not None
     assert main(["stream", str(tmp_path / "pipe.py"), "--source", "nope:x", "--store",
                  str(store)]) == 2  # fmt: skip
 

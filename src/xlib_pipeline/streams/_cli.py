@@ -94,6 +94,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
     """Print stream ``name`` of the store at ``path``; ``False`` when there is none."""
     from .._store import RunStore
+    from ..cli._format import id_column, iso
     from ._checkpoint import CheckpointStore
 
     ckpt = CheckpointStore(path)
@@ -131,8 +132,8 @@ def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
         "lag": rec.lag,
         "checkpoint": {"seq": rec.seq, "offset": rec.offset, "position": rec.position},
         "tenant": rec.tenant,
-        "started": rec.started,
-        "updated": rec.updated,
+        "started": iso(rec.started),
+        "updated": iso(rec.updated),
         "error": rec.error,
         "last_batches": [
             {
@@ -142,7 +143,7 @@ def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
                 "records": b.records,
                 "outputs": b.outputs,
                 "late": b.late,
-                "committed": b.committed,
+                "committed": iso(b.committed),
             }
             for b in batches
         ],
@@ -168,7 +169,10 @@ def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
         console.print(f"average {rec.records / span:,.0f} records/s since the stream started")
     table = Table(title="latest batches")
     for col in ("batch", "run id", "offsets", "records", "outputs", "late"):
-        table.add_column(col, overflow="fold")
+        if col == "run id":
+            id_column(table, col)  # never folded: ids are copied from here
+        else:
+            table.add_column(col, overflow="fold")
     for b in batches:
         table.add_row(
             str(b.seq),
