@@ -17,26 +17,25 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-from prometheus_client import (
-    CollectorRegistry,
-    generate_latest,
-    push_to_gateway,
-    start_http_server,
-    write_to_textfile,
-)
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import ComplianceEvent, ConfigError, ConfigKey, MetricSample, Status, hookimpl
 
 from ._settings import EXAMPLE, MetricsSettings, settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prometheus_client.core import Metric
+
+
+def _prom() -> Any:
+    """prometheus_client, imported on first use (an installed, unconfigured plugin must not
+    pay for it on every PipelineManager())."""
+    import prometheus_client
+    import prometheus_client.core
+    import prometheus_client.utils
+
+    return prometheus_client
+
 
 _log = logging.getLogger("xlib_pipeline.metrics")
 _SUCCEEDED = Status.SUCCEEDED
@@ -84,14 +83,15 @@ class _PluginSamples:
                 "a plugin's collect_metrics failed; its samples are left out", exc_info=True
             )
             return
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        families: dict[str, Any] = {}
         for s in answers:
             if not isinstance(s, MetricSample):
                 continue
             fam = families.get(s.name)
             labels = sorted(s.labels)
             if fam is None:
-                cls = CounterMetricFamily if s.kind == "counter" else GaugeMetricFamily
+                core = _prom().core
+                cls = core.CounterMetricFamily if s.kind == "counter" else core.GaugeMetricFamily
                 fam = families[s.name] = cls(s.name, s.doc or s.name, labels=labels)
             fam.add_metric([str(s.labels[k]) for k in labels], float(s.value))
         yield from families.values()
@@ -115,7 +115,7 @@ class _Hist:
     def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         total = 0
-        les = [floatToGoString(x) for x in bounds]  # type: ignore[no-untyped-call]
+        les = [_prom().utils.floatToGoString(x) for x in bounds]  # type: ignore[no-untyped-call]
         for b, c in zip((*les, "+Inf"), self.counts):
             total += c
             out.append((b, total))
@@ -210,7 +210,7 @@ class MetricsPlugin:
 
     def __init__(self) -> None:
         self.settings: MetricsSettings | None = None
-        self.registry = CollectorRegistry(auto_describe=True)
+        self._registry: Any = None
         self._manager: Any = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -221,6 +221,13 @@ class MetricsPlugin:
         self._lock = threading.Lock()
         self._export_lock = threading.Lock()
         self.port: int | None = None
+
+    @property
+    def registry(self) -> Any:
+        """This manager's :class:`prometheus_client.CollectorRegistry` (made on first use)."""
+        if self._registry is None:
+            self._registry = _prom().CollectorRegistry(auto_describe=True)
+        return self._registry
 
     @property
     def manager(self) -> Any:
@@ -251,7 +258,7 @@ class MetricsPlugin:
         self.registry.register(_PluginSamples(self))
         if s.port is not None:
             try:
-                self._server, self._thread = start_http_server(
+                self._server, self._thread = _prom().start_http_server(
                     s.port, addr=s.addr, registry=self.registry
                 )
             except OSError as exc:
@@ -272,49 +279,50 @@ class MetricsPlugin:
 
     def text(self) -> str:
         """The metrics in the Prometheus text exposition format."""
-        return generate_latest(self.registry).decode("utf-8")
+        return _prom().generate_latest(self.registry).decode("utf-8")
 
     def _families(self) -> list[Metric]:
         bounds = self._bounds
-        runs = CounterMetricFamily(
+        core = _prom().core
+        runs = core.CounterMetricFamily(
             "xlib_pipeline_runs", "Runs that ended, by status.", labels=["pipeline", "status"]
         )
-        tasks = CounterMetricFamily(
+        tasks = core.CounterMetricFamily(
             "xlib_pipeline_tasks",
             "Tasks that reached a terminal status.",
             labels=["pipeline", "task", "status"],
         )
-        attempts = CounterMetricFamily(
+        attempts = core.CounterMetricFamily(
             "xlib_pipeline_task_attempts",
             "Task attempts by outcome: succeeded, failed (last attempt), retried.",
             labels=["pipeline", "task", "outcome"],
         )
-        task_seconds = HistogramMetricFamily(
+        task_seconds = core.HistogramMetricFamily(
             "xlib_pipeline_task_duration_seconds",
             "Wall time of a task's last attempt.",
             labels=["pipeline", "task"],
         )
-        run_seconds = HistogramMetricFamily(
+        run_seconds = core.HistogramMetricFamily(
             "xlib_pipeline_run_duration_seconds", "Wall time of a run.", labels=["pipeline"]
         )
-        in_flight = GaugeMetricFamily(
+        in_flight = core.GaugeMetricFamily(
             "xlib_pipeline_tasks_in_flight", "Task attempts running now.", labels=["pipeline"]
         )
-        last = GaugeMetricFamily(
+        last = core.GaugeMetricFamily(
             "xlib_pipeline_last_success_timestamp_seconds",
             "When the pipeline last ended successfully (Unix time); alert on its age.",
             labels=["pipeline"],
         )
         compliance = {
-            kind: CounterMetricFamily(name.removesuffix("_total"), doc, labels=["pipeline"])
+            kind: core.CounterMetricFamily(name.removesuffix("_total"), doc, labels=["pipeline"])
             for kind, (name, doc) in COMPLIANCE_COUNTERS.items()
         }
-        other = CounterMetricFamily(
+        other = core.CounterMetricFamily(
             "xlib_pipeline_compliance_events",
             "Other compliance events reported by plugins, by kind.",
             labels=["pipeline", "kind"],
         )
-        errors = CounterMetricFamily(
+        errors = core.CounterMetricFamily(
             "xlib_pipeline_metrics_export_errors",
             "Pushes to the Pushgateway or textfile writes that failed.",
             labels=["exporter"],
@@ -449,7 +457,7 @@ class MetricsPlugin:
         with self._export_lock:
             if s.textfile is not None:
                 try:
-                    write_to_textfile(s.textfile, self.registry)
+                    _prom().write_to_textfile(s.textfile, self.registry)
                 except OSError as exc:
                     self._export_failed("textfile")
                     _log.warning(
@@ -457,7 +465,7 @@ class MetricsPlugin:
                     )
             if s.pushgateway is not None:
                 try:
-                    push_to_gateway(
+                    _prom().push_to_gateway(
                         s.pushgateway,
                         job=s.job,
                         registry=self.registry,

@@ -16,11 +16,18 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-
 from xlib_pipeline import ConfigKey, check_keys, hookimpl
+
+
+def _otel() -> Any:
+    """The OpenTelemetry API, imported on first use (an installed, unconfigured plugin must
+    not pay for it on every PipelineManager())."""
+    import opentelemetry.context
+    import opentelemetry.propagate
+    import opentelemetry.trace
+
+    return opentelemetry
+
 
 SECTION_KEYS = ("record_errors", "propagate", "tracer")
 EXAMPLE = "true or {'record_errors': True, 'propagate': True}"
@@ -56,16 +63,18 @@ class _Current:
         self.ctx = ctx
 
     def __enter__(self) -> None:
-        self.token = otel_context.attach(self.ctx)
+        self.token = _otel().context.attach(self.ctx)
 
     def __exit__(self, *exc: object) -> None:
-        otel_context.detach(self.token)
+        _otel().context.detach(self.token)
 
 
 def _recording() -> bool:
     """Whether the global tracer provider records spans (an SDK is configured)."""
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    provider = _otel().trace.get_tracer_provider()
+    return not isinstance(
+        provider, _otel().trace.ProxyTracerProvider | _otel().trace.NoOpTracerProvider
+    )
 
 
 class SpanScope:
@@ -82,14 +91,14 @@ class SpanScope:
         if self.span is not None:
             # Only makes the span current: the plugin records errors itself (class and
             # redacted message, no stack trace).
-            return _Current(trace.set_span_in_context(self.span))
-        return _Current(propagate.extract(self.carrier or {}))
+            return _Current(_otel().trace.set_span_in_context(self.span))
+        return _Current(_otel().propagate.extract(self.carrier or {}))
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.span is None:  # already a carrier (pickled again on its way)
             return (_from_carrier, (dict(self.carrier or {}),))
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+        _otel().propagate.inject(carrier, context=_otel().trace.set_span_in_context(self.span))
         return (_from_carrier, (carrier,))
 
 
@@ -134,7 +143,7 @@ class TracingPlugin:
         self._manager = manager
         from . import __version__
 
-        self.tracer = trace.get_tracer(s["tracer"], __version__)
+        self.tracer = _otel().trace.get_tracer(s["tracer"], __version__)
         self._registered = False
         manager.register(_RunSpans(self), name="tracing.runs")
         if _recording():
@@ -157,7 +166,7 @@ class TracingPlugin:
 
     def _error(self, span: Any, err: BaseException | None, tenant: str | None = None) -> None:
         if err is None:
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_status(_otel().trace.Status(_otel().trace.StatusCode.ERROR))
             return
         cause = getattr(err, "cause", None)
         if isinstance(cause, BaseException):
@@ -165,13 +174,13 @@ class TracingPlugin:
         cls = type(err).__name__
         span.set_attribute("error.type", cls)
         if not (self.settings and self.settings["record_errors"]):
-            span.set_status(Status(StatusCode.ERROR, cls))
+            span.set_status(_otel().trace.Status(_otel().trace.StatusCode.ERROR, cls))
             return
         message = str(err)
         if len(message) > MAX_MESSAGE:
             message = message[:MAX_MESSAGE] + "…"
         message = str(self._manager.redact(message, tenant=tenant))  # no PII in spans
-        span.set_status(Status(StatusCode.ERROR, f"{cls}: {message}"))
+        span.set_status(_otel().trace.Status(_otel().trace.StatusCode.ERROR, f"{cls}: {message}"))
         # The exception event of the semantic conventions, without the stack trace (it may
         # quote data): only the class and the (redacted) message are kept.
         span.add_event("exception", {"exception.type": cls, "exception.message": message})
@@ -183,10 +192,10 @@ class TracingPlugin:
         if run.tenant_id:
             attrs["xlib.tenant"] = run.tenant_id
         span = self.tracer.start_span(
-            f"pipeline {run.pipeline.name}", kind=SpanKind.INTERNAL, attributes=attrs
+            f"pipeline {run.pipeline.name}", kind=_otel().trace.SpanKind.INTERNAL, attributes=attrs
         )
         self._runs[run.run_id] = span
-        self._parents[run.run_id] = trace.set_span_in_context(span)
+        self._parents[run.run_id] = _otel().trace.set_span_in_context(span)
 
     def after_pipeline(self, run: Any, result: Any) -> None:
         span = self._runs.pop(run.run_id, None)
