@@ -115,7 +115,7 @@ class _Hist:
     def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         total = 0
-        les = [_prom().utils.floatToGoString(x) for x in bounds]  # type: ignore[no-untyped-call]
+        les = [_prom().utils.floatToGoString(x) for x in bounds]
         for b, c in zip((*les, "+Inf"), self.counts):
             total += c
             out.append((b, total))
@@ -279,7 +279,8 @@ class MetricsPlugin:
 
     def text(self) -> str:
         """The metrics in the Prometheus text exposition format."""
-        return _prom().generate_latest(self.registry).decode("utf-8")
+        text: str = _prom().generate_latest(self.registry).decode("utf-8")
+        return text
 
     def _families(self) -> list[Metric]:
         bounds = self._bounds
