@@ -145,13 +145,13 @@ def test_closures_share_one_cached_check_and_errors_still_name_the_signature() -
 
         p.add_task(f"t{k}", body, depends_on="root")
 
-    def two(x: int, y: int) -> int:
-        return x + y
+    def one(x: int) -> int:  # two upstreams, one parameter: refused, naming the signature
+        return x
 
-    p.add_task("bad", two, depends_on="root")
+    p.add_task("bad", one, depends_on=["root", "t0"])
     with pytest.raises(ArityError) as err:
         plan(p)
-    assert "bad" in str(err.value) and "(x: 'int', y: 'int')" in str(err.value)
+    assert "bad" in str(err.value) and "(x: 'int')" in str(err.value)
 
 
 def test_wrapped_functions_are_checked_through_their_signature() -> None:
