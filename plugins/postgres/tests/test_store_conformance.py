@@ -58,7 +58,7 @@ class Sealing:
 
 
 def flaky(calls: list[str], fail: list[bool], big: bytes = b"") -> Pipeline:
-    p = Pipeline("flaky")
+    p = Pipeline("flaky", params=["day"])
 
     @p.task("load")
     def load() -> dict[str, Any]:

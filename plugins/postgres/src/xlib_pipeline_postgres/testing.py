@@ -49,10 +49,13 @@ def local_server(*, fsync: bool = False) -> Iterator[str]:
     binaries = server_binaries()
     if binaries is None:
         raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    root = Path(tempfile.mkdtemp(prefix="xlib-pg-"))
+    root_user = os.geteuid() == 0
+    # As root the server runs as the postgres user, which must reach its folder: under
+    # $TMPDIR (often a 0700 folder of root's, as in nox sessions and fresh clones) it cannot.
+    root = Path(tempfile.mkdtemp(prefix="xlib-pg-", dir="/tmp" if root_user else None))
     data = root / "data"
     prefix: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
+    if root_user:  # the server refuses to run as root
         shutil.chown(root, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
