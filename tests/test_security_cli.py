@@ -365,10 +365,9 @@ def test_random_argv_exits_0_1_or_2_without_a_traceback(
 ):
     monkeypatch.chdir(fixtures)
     if command == ("worker",):
-        # The worker serves until SIGTERM; stop its loops at once (argument handling and
-        # the HTTP server's bind stay real).
+        # The worker serves until SIGTERM; stop its Dask loop at once (argument handling and
+        # the HTTP server's bind stay real). Its queue mode is gone (issue 16).
         worker = pytest.importorskip("xlib_pipeline_kubernetes._worker")
-        monkeypatch.setattr(worker, "run_queue", lambda *a, **k: 0)
         monkeypatch.setattr(worker, "run_dask", lambda *a, **k: 0)
     options = COMMANDS[command]
     tokens = _tokens(fixtures)
