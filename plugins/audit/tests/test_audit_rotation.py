@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,93 @@ def test_a_rotation_cut_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
     rep = verify_series(path, KEY)
     assert rep.ok, str(rep)
     assert len(closed(path)) == before + 1
+
+
+def test_a_rotation_cut_between_link_and_rename_is_finished_on_open(tmp_path: Path) -> None:
+    """Killed after the active file got its closed-segment name, before its successor
+    was renamed into place (a half-written ``.next`` file is left behind)."""
+    path = tmp_path / "audit.jsonl"
+    write(path, 30, max_bytes=4096)
+    before = len(closed(path))
+    trail = AuditTrail(path, key=KEY)
+    trail.append({"action": "test.last"})
+    trail.sync()
+    trail.close()
+    nxt = segments_mod.segment_path(path, before + 1)
+    head = json.loads((path.parent / (path.name + ".head")).read_text())
+    from xlib_pipeline_audit._head import head_path, write_head
+
+    write_head(
+        head_path(nxt),
+        trail=nxt.name,
+        seq=head["seq"],
+        last_hash=head["hash"],
+        size=head["size"],
+        key=KEY,
+        sync=False,
+    )
+    os.link(path, nxt)
+    path.with_name(path.name + ".next").write_bytes(b'{"half":')
+    rep = verify_series(path, KEY)
+    assert not rep.ok and "rotation was cut short" in (rep.reason or "")
+    write(path, 3)
+    rep = verify_series(path, KEY)
+    assert rep.ok, str(rep)
+    assert len(closed(path)) == before + 1
+    assert not path.with_name(path.name + ".next").exists()
+    recs = [r for r in read(path) if r["action"] == "test.last"]
+    assert len(recs) == 1
+
+
+def test_a_writer_opening_during_another_writers_rotation_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI once hit: a second writer opened the trail while the first was between
+    closing its segment and starting the next, and both wrote a segment record."""
+    import threading
+
+    path = tmp_path / "audit.jsonl"
+    a = AuditTrail(path, key=KEY, multiprocess=True, max_bytes=4096)
+    b = AuditTrail(path, key=KEY, multiprocess=True, max_bytes=4096)
+    in_rotation = threading.Event()
+    real_sync_dir = segments_mod._sync_dir
+    paused: list[bool] = []
+
+    def slow_sync_dir(folder: Path) -> None:
+        real_sync_dir(folder)
+        if not paused and threading.current_thread() is threading.main_thread():
+            paused.append(True)
+            in_rotation.set()
+            time.sleep(0.5)  # b opens and appends meanwhile
+
+    monkeypatch.setattr(segments_mod, "_sync_dir", slow_sync_dir)
+    done: list[BaseException | None] = []
+
+    def second_writer() -> None:
+        in_rotation.wait(30)
+        try:
+            b.append({"action": "test.b"})
+            b.close()
+            done.append(None)
+        except BaseException as exc:  # reported below
+            done.append(exc)
+
+    t = threading.Thread(target=second_writer)
+    t.start()
+    i = 0
+    while not paused:
+        a.append({"action": "test.a", "i": i})
+        i += 1
+        a.sync()
+    t.join(60)
+    a.append({"action": "test.a", "i": i})
+    a.close()
+    assert done == [None]
+    rep = verify_series(path, KEY)
+    assert rep.ok, str(rep)
+    recs = list(read(path))
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert [r["action"] for r in recs].count("test.b") == 1
 
 
 def test_time_rotation_closes_the_segment_when_its_hour_is_over(

@@ -9,9 +9,13 @@ chain (``seq`` and ``prev`` follow the closed segment's last record) and names t
 follows, so every segment verifies on its own and the series verifies as one chain:
 a missing, reordered or replaced segment is reported by name.
 
-Crash safety: the closed segment's anchor is written before the rename, and a trail whose
-active file is missing or empty while its head anchor is ahead finishes the rotation on open
-(the last closed segment must end exactly where the anchor says).
+Crash safety and other processes: the active name never goes missing. The active file is
+first hard-linked under the closed segment's name (its anchor already written beside it); the
+next active file is written whole under a temporary name (``audit.jsonl.next``: its segment
+record, synced, and the active head anchor) and then renamed over the active name. A process
+that opened the old file waits on its ``flock`` until the rotating one lets go of it, then moves
+to the new file. A trail whose active file is still the last closed segment (the same inode: a
+crash between the link and the rename) finishes the rotation on open.
 """
 
 from __future__ import annotations
@@ -104,27 +108,31 @@ def rotate(trail: AuditTrail) -> Path:
         key=trail._key,
         sync=True,
     )
-    # 2. The rename: from here a reader sees the closed segment under its number.
-    os.rename(trail.path, closed)
+    # 2. The closed segment gets its name; the active name still points at it.
+    try:
+        os.link(trail.path, closed)
+    except OSError as exc:
+        if trail.multiprocess:
+            raise trail._fail(
+                f"cannot hard-link it to {closed.name} to rotate it ({exc.strerror}); "
+                "several processes can rotate a trail only on a file system with hard links"
+            ) from exc
+        os.rename(trail.path, closed)  # one process: nobody can open the name meanwhile
     _sync_dir(trail.path.parent)
-    # 3. A new active file, starting with the record that continues the chain.
-    start(trail, previous=closed, fd_to_close=fd)
+    # 3. The next active file, written whole, then renamed over the active name.
+    start(trail, previous=closed, old_fd=fd, lock=trail._sink.name == "flock")
     return closed
 
 
-def start(
-    trail: AuditTrail, *, previous: Path, fd_to_close: int | None, fd: int | None = None
-) -> None:
-    """Open a new active file (or use ``fd``, an empty one) and write its
-    ``audit.segment_started`` record (lock held)."""
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
-    new_fd = fd if fd is not None else os.open(trail.path, flags, 0o600)
-    if trail._sink.name == "flock" and fd is None:
-        # Hold the new file before letting go of the old one: another process that sees the
-        # rename waits for us to write the segment record first.
+def start(trail: AuditTrail, *, previous: Path, old_fd: int | None, lock: bool) -> None:
+    """Write the next active file under a temporary name (its ``audit.segment_started``
+    record, synced, and the active head anchor), rename it over the active name, then close
+    ``old_fd``. With ``lock`` the new file is ``flock``-ed before anyone can see it (the
+    caller unlocks ``trail._fd``). Holds the trail's lock."""
+    tmp = trail.path.with_name(trail.path.name + ".next")
+    new_fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+    if lock:
         fcntl.flock(new_fd, fcntl.LOCK_EX)
-    if fd_to_close is not None:
-        os.close(fd_to_close)
     trail._fd = new_fd
     trail._size = 0
     trail._head_seq = -1
@@ -141,15 +149,48 @@ def start(
     assert item is not None
     trail._write_records([item])
     os.fdatasync(new_fd)
-    _sync_dir(trail.path.parent)
-    trail._segment_period = period_of(trail.rotate, time.time())
     trail._write_head(item[2], item[3], trail._size)
+    os.rename(tmp, trail.path)
+    _sync_dir(trail.path.parent)
+    if old_fd is not None:
+        os.close(old_fd)  # processes waiting on the old file's flock now move to the new one
+    trail._segment_period = period_of(trail.rotate, time.time())
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file named ``path`` now."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+def finish_cut(trail: AuditTrail, data: bytes) -> bool:
+    """The active file is still the last closed segment (a crash between the link and the
+    rename): check that segment as it is (``data``, its bytes) and start the next active
+    file. ``False`` when the active file is not a closed segment. Lock and flock held."""
+    segs = segments(trail.path)
+    fd = trail._fd_or_fail()
+    if not segs or not same_file(fd, segs[-1][1]):
+        return False
+    last_path = segs[-1][1]
+    found = scan(data, trail._key)
+    if not found.ok:
+        raise trail._fail(f"{last_path.name} line {found.line} (seq {found.seq}): {found.reason}")
+    trail._seq, trail._prev = found.last_seq, found.last_hash
+    trail._written = (found.last_seq, found.last_hash)
+    trail._size = len(data)
+    start(trail, previous=last_path, old_fd=fd, lock=True)
+    return True
 
 
 def finish_interrupted(trail: AuditTrail, head: dict[str, Any]) -> bool:
-    """An empty active file while the head anchor is ahead: a rotation was cut between the
-    rename and the new file's first record. Finish it when the last closed segment ends
-    exactly where the anchor says (lock and flock held); ``False`` otherwise."""
+    """An empty active file while the head anchor is ahead: the active file was renamed away
+    and its successor never written (a rotation cut short in a writer that renamed first,
+    or a file moved by hand). Finish it when the last closed segment ends exactly
+    where the anchor says (lock and flock held); ``False`` otherwise."""
     segs = segments(trail.path)
     if not segs:
         return False
@@ -159,7 +200,7 @@ def finish_interrupted(trail: AuditTrail, head: dict[str, Any]) -> bool:
         return False
     trail._seq, trail._prev = found.last_seq, found.last_hash
     trail._written = (found.last_seq, found.last_hash)
-    start(trail, previous=last_path, fd_to_close=None, fd=trail._fd_or_fail())
+    start(trail, previous=last_path, old_fd=trail._fd_or_fail(), lock=True)
     return True
 
 
@@ -260,6 +301,16 @@ def verify_series(path: Path, key: bytes | str | None, verify_one: Any) -> Serie
     def fail(reason: str) -> SeriesReport:
         return SeriesReport(path=str(path), ok=False, segments=reports, reason=reason)
 
+    if segs and path.exists() and os.path.samefile(path, segs[-1][1]):
+        return SeriesReport(
+            path=str(path),
+            ok=False,
+            segments=reports,
+            reason=(
+                f"a rotation was cut short: the active file is still {segs[-1][1].name}; "
+                "the next writer to open the trail finishes it"
+            ),
+        )
     bad = next((r for r in reports if not r.ok), None)
     if bad is not None:
         return fail(f"segment {Path(bad.path).name} is damaged (see its line above)")
@@ -312,9 +363,11 @@ __all__ = [
     "SEGMENT_ACTION",
     "SeriesReport",
     "due",
+    "finish_cut",
     "finish_interrupted",
     "lock_current",
     "rotate",
+    "same_file",
     "segment_path",
     "segments",
     "series_files",

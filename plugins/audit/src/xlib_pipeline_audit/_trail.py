@@ -229,13 +229,22 @@ class AuditTrail:
                 f"cannot open audit trail {self.path}: {exc.strerror}", path=str(self.path)
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _segments.same_file(fd, self.path) or not self.path.exists():
+                    break
+                # Another process rotated the trail between our open and our lock: the
+                # file we hold is a closed segment now; use the new active file.
+                os.close(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = fd
             try:
-                self._fd = fd
                 self._check_file()
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if self._fd is not None:  # finishing a cut rotation replaces the file
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
         except BaseException:
+            fd = self._fd if self._fd is not None else fd
             self._fd = None
             os.close(fd)
             raise
@@ -255,6 +264,8 @@ class AuditTrail:
             frozenset([head["seq"]]) if head and isinstance(head.get("seq"), int) else frozenset()
         )
         data = read_all(fd, size)
+        if _segments.finish_cut(self, data):
+            return  # a rotation cut short between its link and its rename, finished now
         found = scan(data, self._key, mark=want)
         started = _segments.first_record_time(data)
         self._segment_period = _segments.period_of(
