@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xlib_pipeline_audit import verify
-from xlib_pipeline_audit._canonical import CHAIN_VERSION, GENESIS, canonical
+from xlib_pipeline_audit._canonical import CHAIN_VERSION, GENESIS, canonical, record_hash
 from xlib_pipeline_audit._head import head_document
 
 from xlib_pipeline import Pipeline, PipelineManager
@@ -38,6 +39,16 @@ def test_v2_canonical_form_is_rfc8785(record: dict[str, object]) -> None:
     except rfc8785.CanonicalizationError:
         return  # not representable (lone surrogates ...): the writer refuses those too
     assert canonical(rec) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(max_size=200), body=st.text())
+def test_keyed_record_hash_is_hmac_sha256(key: bytes, body: str) -> None:
+    """The precomputed-pad HMAC equals the standard library's for any key length
+    (shorter than, equal to and longer than SHA-256's 64-byte block)."""
+    want = hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+    assert record_hash(body, key) == want
+    assert record_hash(body, None) == hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 def _legacy_line(rec: dict[str, object]) -> str:
