@@ -20,7 +20,17 @@ from xlib_pipeline._graph import _accepts, plan
 from xlib_pipeline.exceptions import ArityError
 
 #: Dependencies that cost tens to hundreds of milliseconds to import.
-HEAVY = ("distributed", "dask", "openlineage", "psycopg", "prometheus_client", "opentelemetry")
+HEAVY = (
+    "distributed",
+    "dask",
+    "openlineage",
+    "psycopg",
+    "prometheus_client",
+    "opentelemetry",
+    "cryptography",  # audit checkpoints, encryption streams, evidence signing
+    "rfc8785",  # the audit chain
+    "smtplib",  # alert e-mail
+)
 
 
 def _fresh(code: str) -> dict[str, object]:

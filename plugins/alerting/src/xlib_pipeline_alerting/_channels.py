@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import json
-import smtplib
-import ssl
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._settings import Channel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from email.message import EmailMessage
+
+# urllib.request, smtplib, ssl and email are imported when an alert is delivered: the plugin
+# is loaded by every PipelineManager() through its entry point.
 
 
 def rfc3339(ts: float) -> str:
@@ -78,6 +79,9 @@ class DeliveryError(Exception):
 
 
 def _post(url: str, body: Any, ch: Channel, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **ch.headers}
     if ch.secret:
@@ -137,6 +141,8 @@ def alertmanager_payload(alert: Alert, ch: Channel, hold_seconds: float) -> list
 
 
 def email_message(alert: Alert, ch: Channel) -> EmailMessage:
+    from email.message import EmailMessage
+
     msg = EmailMessage()
     msg["Subject"] = f"{ch.subject_prefix} {alert.summary}"[:200]
     msg["From"] = ch.sender or ""
@@ -162,6 +168,9 @@ def deliver(ch: Channel, alert: Alert, *, timeout: float, hold_seconds: float) -
 
 
 def _send_mail(ch: Channel, msg: EmailMessage, timeout: float) -> None:
+    import smtplib
+    import ssl
+
     assert ch.smtp_host is not None
     # Certificates are always verified: the system's CAs, or ca_file for a private CA.
     context = ssl.create_default_context(cafile=ch.ca_file)

@@ -53,7 +53,7 @@ def _plain(value: Any) -> bool:
     if t in _SCALARS:
         return True
     if t is int:
-        return -_MAX_INT <= value <= _MAX_INT
+        return bool(-_MAX_INT <= value <= _MAX_INT)
     if t is dict:
         for k in value:
             if type(k) is not str or not k.isascii():
@@ -133,10 +133,10 @@ def record_hash(body: str, key: bytes | None) -> str:
 #: Per key, SHA-256 states that have absorbed the HMAC inner and outer pads (RFC 2104):
 #: copying them is a third of the cost of ``hmac.new`` per record, whose OpenSSL setup
 #: dominates for records of a few hundred bytes.
-_pads: dict[bytes, tuple[Any, Any]] = {}
+_pads: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
 
 
-def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     if len(key) > 64:  # SHA-256's block size
         key = hashlib.sha256(key).digest()
     key = key.ljust(64, b"\0")

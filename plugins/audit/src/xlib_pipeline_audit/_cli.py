@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._verify import is_series, read, verify, verify_series
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``verify`` and ``show`` sub-commands to the ``audit`` parser."""
@@ -99,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from ._verify import is_series, verify, verify_series  # not at --help: rfc8785
+
     report: Any
     if args.head is None and is_series(args.path):  # a rotated trail: the whole series
         report = verify_series(args.path, _key(args))
@@ -127,6 +127,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ._verify import read
+
     records = list(
         read(
             args.path,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import task_options, with_options
 
-from ._canonical import digest
 from ._settings import AuditSettings, convert_task_option, error_class, now_iso
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,6 +104,8 @@ def call_started(
         base["operation"] = operation
     start = {**base, "ts": now_iso(), "action": "call.started", "outcome": "started"}
     if use_digests:
+        from ._canonical import digest
+
         start["input_digest"] = digest((args, kwargs), plugin.key)
     trail.append(start, wait=True)  # in the file before the call runs, like a task
     return base, use_digests, time.perf_counter()
@@ -128,6 +129,8 @@ def call_finished(
     if exc is not None:
         end["error_class"] = error_class(exc)
     elif use_digests:
+        from ._canonical import digest
+
         end["output_digest"] = digest(out, plugin.key)
     trail = plugin.writer()
     trail.append(end)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     CliCommand,
@@ -24,15 +24,7 @@ from xlib_pipeline import (
     observe_direct_calls,
 )
 
-from ._canonical import ALG_HMAC, ALG_SHA256
-from ._checkpoint import Checkpointer, load_signing_key
-from ._checkpoint import default_dir as default_checkpoint_dir
-from ._decorator import DirectCalls, audit_log
-from ._evidence import section as evidence_section
-from ._head import head_path, read_head
 from ._keys import refuse_unkeyed_trail
-from ._recorder import Recorder
-from ._registry import open_trail
 from ._settings import (
     DEFAULT_FILE,
     FLAG_KEYS,
@@ -44,7 +36,14 @@ from ._settings import (
     os_user,
     resolve_callable,
 )
-from ._trail import AuditTrail
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._checkpoint import Checkpointer
+    from ._recorder import Recorder
+    from ._trail import AuditTrail
+
+# Loaded on every PipelineManager() by its entry point: the trail writer, the recorder and
+# checkpoint signing (cryptography, rfc8785) are imported when auditing is turned on.
 
 
 class AuditPlugin:
@@ -109,7 +108,7 @@ class AuditPlugin:
         return (
             ManagerDecorator(
                 name="audit_log",
-                factory=functools.partial(audit_log, self),
+                factory=functools.partial(_audit_log, self),
                 doc="pm.audit_log(tenant_id=None, operation=None, digests=None): label a task "
                 "(or audit direct calls of a function) in the audit trail.",
             ),
@@ -160,7 +159,12 @@ class AuditPlugin:
             refuse_unkeyed_trail(self.path)
         self.key = load_key(settings)
         self.actor = settings.actor or config.core.actor or os_user()
+        from ._recorder import Recorder
+
         if settings.checkpoint_key_file:
+            from ._checkpoint import Checkpointer, load_signing_key
+            from ._checkpoint import default_dir as default_checkpoint_dir
+
             self.checkpointer = Checkpointer(
                 self.path,
                 Path(settings.checkpoints_dir).expanduser().absolute()
@@ -177,6 +181,8 @@ class AuditPlugin:
         manager.register(recorder, name="audit.recorder")
         if config.get("audit_everything") and self._stop_observing is None:
             # audit_everything: direct calls of every task function are audited too.
+            from ._decorator import DirectCalls
+
             self._stop_observing = observe_direct_calls(DirectCalls(self))
 
     @hookimpl
@@ -208,6 +214,8 @@ class AuditPlugin:
                     "PipelineManager config",
                     key="audit",
                 )
+            from ._registry import open_trail
+
             s = self.settings
             trail = open_trail(
                 self.path,
@@ -249,6 +257,8 @@ class AuditPlugin:
             return
         if trail.last_seq <= cp.last_seq:
             return
+        from ._head import head_path, read_head
+
         trail.sync()
         head = read_head(head_path(trail.path))
         if head is not None:
@@ -259,9 +269,19 @@ class AuditPlugin:
         """The run's seq range and head hash; with ``run=None`` also ``audit.jsonl``."""
         if not self.enabled or self.path is None:
             return None
+        from ._canonical import ALG_HMAC, ALG_SHA256
+        from ._evidence import section as evidence_section
+
         self.sync()
         alg = ALG_HMAC if self.key is not None else ALG_SHA256
         got = evidence_section(self.path, alg, run_id, with_files=run is None)
         if got is None:
             return None
         return EvidenceSection(name="audit", facts=got["facts"], files=got["files"])
+
+
+def _audit_log(plugin: AuditPlugin, *args: Any, **kwargs: Any) -> Any:
+    """``pm.audit_log``: the decorator module is imported on first use."""
+    from ._decorator import audit_log
+
+    return audit_log(plugin, *args, **kwargs)

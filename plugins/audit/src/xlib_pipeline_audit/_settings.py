@@ -18,7 +18,9 @@ import attrs
 from xlib_pipeline import ConfigError
 
 from ._keys import default_key
-from ._trail import FSYNC_POLICIES
+
+#: ``audit.fsync`` values (the trail writer checks the same tuple).
+FSYNC_POLICIES = ("always", "batch", "never")
 
 SECTION_KEYS = (
     "path",

@@ -41,12 +41,12 @@ from ._canonical import (
 from ._chain import _ChainHasher, _LineRenderer
 from ._flusher import background_sync, start_flusher
 from ._head import check_head, head_path, read_head, write_head
+from ._settings import FSYNC_POLICIES
 from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, reload_tail, switch_to_flock
 from ._tail import drop_torn_tail, read_all, scan
 
 _log = logging.getLogger("xlib_pipeline.audit")
 
-FSYNC_POLICIES = ("always", "batch", "never")
 
 Processor = Callable[[Any, str, Any], Any]
 Destination = Callable[[str], None]

@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     ENCRYPTED_MAGIC,
@@ -31,7 +31,12 @@ from xlib_pipeline import (
 
 from ._envelope import Envelope, is_shredded, key_id_of
 from ._keyring import KeyManagementService, Keyring, generate_key_file
-from ._stream import Opener, Sealer, key_id_of_header, scope_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._stream import Opener, Sealer
+
+# ._stream (cryptography's AEAD) is imported when a blob is sealed or opened: the plugin is
+# loaded by every PipelineManager() through its entry point.
 
 #: Environment variable naming the folder of the embedded default key file.
 KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
@@ -104,6 +109,8 @@ def stored_key_ids(store: Any) -> list[str]:
             except UnicodeDecodeError:
                 continue
     blobs = getattr(store, "blobs", None)
+    from ._stream import key_id_of_header
+
     for name in store.blob_names() if blobs is not None else ():
         assert blobs is not None
         try:
@@ -398,11 +405,15 @@ class EncryptionPlugin:
         """A STREAM sealer for a large output going to the blob store (see ``_stream``)."""
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
             return None
+        from ._stream import Sealer, scope_for
+
         return Sealer(self.kms(), ref, scope_for(ref, self.envelope.per_run_keys))
 
     @hookimpl
     def decrypt_stream(self, header: bytes, ref: PayloadRef) -> Opener | None:
         if header.startswith(ENCRYPTED_MAGIC):
+            from ._stream import Opener
+
             return Opener(self.kms, header, ref)
         if not self.allow_plaintext and self.requires(ref):
             raise SecurityError(

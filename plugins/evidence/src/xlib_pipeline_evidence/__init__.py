@@ -11,30 +11,65 @@ See docs/plugins/evidence.md.
 
 from __future__ import annotations
 
+import importlib
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
-from ._dsse import PAYLOAD_TYPE, STATEMENT_TYPE, EnvelopeError, key_id, open_envelope, pae, sign
-from ._keys import default_key_file, generate, load_private
-from ._pack import build
-from ._plugin import EvidencePlugin, EvidenceSettings, statement_for
-from ._predicate import PREDICATE_TYPE, SCHEMA_FILE
-from ._report import (
-    Attempt,
-    AuditFacts,
-    ComplianceReport,
-    Flow,
-    LineageFacts,
-    Subject,
-    TaskFacts,
-    compliance_report,
-)
-from ._verify import Check, VerifyResult, verify
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dsse import PAYLOAD_TYPE, STATEMENT_TYPE, EnvelopeError, key_id, open_envelope, pae, sign
+    from ._keys import default_key_file, generate, load_private
+    from ._pack import build
+    from ._plugin import EvidencePlugin, EvidenceSettings, statement_for
+    from ._predicate import PREDICATE_TYPE
+    from ._report import (
+        Attempt,
+        AuditFacts,
+        ComplianceReport,
+        Flow,
+        LineageFacts,
+        Subject,
+        TaskFacts,
+        compliance_report,
+    )
+    from ._verify import Check, VerifyResult, verify
+
+_LAZY = {
+    "PAYLOAD_TYPE": "._dsse",
+    "STATEMENT_TYPE": "._dsse",
+    "EnvelopeError": "._dsse",
+    "key_id": "._dsse",
+    "open_envelope": "._dsse",
+    "pae": "._dsse",
+    "sign": "._dsse",
+    "default_key_file": "._keys",
+    "generate": "._keys",
+    "load_private": "._keys",
+    "build": "._pack",
+    "EvidencePlugin": "._plugin",
+    "EvidenceSettings": "._plugin",
+    "statement_for": "._plugin",
+    "PREDICATE_TYPE": "._predicate",
+    "SCHEMA_FILE": "._predicate",
+    "Attempt": "._report",
+    "AuditFacts": "._report",
+    "ComplianceReport": "._report",
+    "Flow": "._report",
+    "LineageFacts": "._report",
+    "Subject": "._report",
+    "TaskFacts": "._report",
+    "compliance_report": "._report",
+    "Check": "._verify",
+    "VerifyResult": "._verify",
+    "verify": "._verify",
+}
 
 __version__ = "0.1.0"
 
 
 def predicate_schema() -> str:
     """The JSON Schema (draft 2020-12) of the run predicate, as shipped in the package."""
+    from ._predicate import SCHEMA_FILE
+
     return resources.files(__name__).joinpath("schemas", SCHEMA_FILE).read_text()
 
 
@@ -68,3 +103,14 @@ __all__ = [
     "statement_for",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (and
+    # cryptography) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -11,7 +11,7 @@ from typing import Any
 from xlib_pipeline import CliCommand, PipelineManager, StoreError
 from xlib_pipeline.loading import default_store_path, load_config, open_store
 
-from . import _dsse, _keys
+from . import _keys
 from ._plugin import evidence_dir
 
 
@@ -72,6 +72,8 @@ def _with_sources(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     matches = sorted(folder.glob(f"{run_id}*.dsse.json")) if folder.is_dir() else []
     if len(matches) != 1:
         return config
+    from . import _dsse
+
     try:
         pred = _dsse.unverified_statement(json.loads(matches[0].read_text()))["predicate"]
     except (ValueError, KeyError, _dsse.EnvelopeError):
@@ -111,6 +113,8 @@ def _build(args: argparse.Namespace) -> int:
         config["evidence"] = {**ev, "enabled": False}
     with PipelineManager(config) as pm:
         folder = build(pm, args.run_id, args.output, key)
+    from . import _dsse
+
     print(f"wrote evidence pack {folder} (signed by key {_dsse.key_id(key.public_key())})")
     pub = _keys.public_file_of(key_path)
     print(f"verify: xlib-pipeline evidence verify {folder} --public-key {pub}")

@@ -12,13 +12,16 @@ import logging
 import os
 import stat
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from xlib_pipeline import ConfigError, SecurityError, data_dir
 
-from ._dsse import key_id, public_pem
+if TYPE_CHECKING:  # pragma: no cover
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography is imported when a key is made or read: the CLI's --help shows the default
+# key file without it.
+
 
 _log = logging.getLogger("xlib_pipeline.evidence")
 KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
@@ -72,6 +75,11 @@ def generate(path: str | os.PathLike[str], *, force: bool = False) -> tuple[Path
     The private key is PKCS#8 PEM with mode 0600 from its first byte; an existing file is
     never overwritten unless ``force``.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ._dsse import key_id, public_pem
+
     file = Path(path).expanduser().absolute()
     check_location(file)
     key = Ed25519PrivateKey.generate()
@@ -116,6 +124,9 @@ def create_default(path: Path) -> None:
 
 def load_private(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Read a signing key; SecurityError when it is readable by others or not Ed25519."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     file = Path(path).expanduser()
     try:
         st = file.stat()

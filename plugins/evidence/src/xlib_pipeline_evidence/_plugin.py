@@ -15,10 +15,12 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xlib_pipeline import (
     CliCommand,
@@ -28,8 +30,6 @@ from xlib_pipeline import (
     check_keys,
     hookimpl,
 )
-
-from . import _dsse, _keys, _predicate
 
 _SECTION_KEYS = ("enabled", "signing_key_file", "dir")
 
@@ -99,6 +99,8 @@ def statement_for(
     ``sections`` are the ``collect_evidence`` answers when already gathered (at the end of
     a run, while the run's state is there); ``order`` the task names upstreams first.
     """
+    from . import _dsse, _predicate
+
     store = manager.store
     if store is None:
         raise StoreError("signed evidence needs a run store: configure {'store': true}")
@@ -174,6 +176,8 @@ class _Signer:
             self._pending.append(self._pool.submit(self._sign, job))
 
     def _sign(self, job: _Job) -> None:
+        from . import _dsse
+
         statement = statement_for(
             job.manager, job.run_id, job, sections=job.sections, order=job.order
         )
@@ -276,6 +280,8 @@ class EvidencePlugin:
     def configure(self, manager: Any, config: Any) -> None:
         if not config.given("evidence"):
             return
+        from . import _keys
+
         settings: EvidenceSettings = config.get("evidence")
         self.settings = settings
         self.key_file = (
@@ -308,6 +314,8 @@ def settings_of(manager: Any) -> EvidenceSettings:
 
 def public_key_of(manager: Any) -> Any:
     """The public half of the manager's signing key (``None`` when none is configured)."""
+    from . import _dsse, _keys
+
     plugin = manager.get_plugin("evidence")
     if plugin is None:
         return None
