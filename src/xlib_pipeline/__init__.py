@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from ._async import call_body, is_async_callable
+from ._budget import RESOURCE_SLOTS, ResourceSlots
 from ._builtin import ENCRYPTED_MAGIC
 from ._config import (
     Config,
@@ -114,6 +115,7 @@ __all__ = [
     "EVENT_KINDS",
     "FALLBACKS",
     "LEASE_TAKEOVERS",
+    "RESOURCE_SLOTS",
     "ArityError",
     "CallObserver",
     "Classification",
@@ -165,6 +167,7 @@ __all__ = [
     "ResourceError",
     "ResourceLimitExceeded",
     "ResourceLimits",
+    "ResourceSlots",
     "ResumeError",
     "RetryDecision",
     "RunCancelledError",

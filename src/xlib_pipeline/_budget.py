@@ -26,11 +26,12 @@ import bisect
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from ._records import StashKey
 from .exceptions import ResourceError
 
 #: Budget keys with a machine default: ``cpu`` (os.cpu_count()) and ``memory_gb``
@@ -193,6 +194,15 @@ class Budget:
             bisect.insort(self.waiting, (-self.height[i], -self.share[i], self.seq, i))
             return self._walk()
 
+    def claim(self, i: int) -> bool:
+        """One more share of task ``i``'s needs (a ``map_over`` item beyond the first), taken
+        only when it fits now and no task waits: extra shares never delay a waiting task."""
+        with self.lock:
+            if self.waiting or not self._fits(i):
+                return False
+            self._take(i)
+            return True
+
     def release(self, i: int) -> list[int]:
         """Task ``i`` ended: free its resources; the tasks that start now."""
         with self.lock:
@@ -241,3 +251,43 @@ class Budget:
         """What running tasks hold, by resource."""
         with self.lock:
             return {n: c - f for n, c, f in zip(self.spec.names, self.spec.capacity, self.free)}
+
+
+class ResourceSlots:
+    """Extra shares of a running task's ``resources=`` from the run's budget.
+
+    ``run.stash[RESOURCE_SLOTS]`` during a run with a budget: a task that runs several
+    items at once (``map_over``) holds one share of its needs while it runs, and takes one
+    more per item beyond the first with :meth:`take`, so the items in flight never need
+    more than the budget. Give them back with :meth:`give_back` when the items ended.
+    """
+
+    def __init__(
+        self, budget: Budget, index: Mapping[str, int], granted: Callable[[list[int]], Any]
+    ) -> None:
+        self._budget = budget
+        self._index = index
+        self._granted = granted
+
+    def take(self, task: str, most: int) -> int:
+        """Up to ``most`` extra shares of ``task``'s needs that fit now (all ``most`` for a
+        task that declares no ``resources=``: the budget does not bound it)."""
+        i = self._index[task]
+        if self._budget.spec.needs[i] is None:
+            return most
+        got = 0
+        while got < most and self._budget.claim(i):
+            got += 1
+        return got
+
+    def give_back(self, task: str, count: int) -> None:
+        """Return ``count`` shares taken with :meth:`take`; waiting tasks that fit start."""
+        i = self._index[task]
+        if self._budget.spec.needs[i] is None:
+            return
+        for _ in range(count):
+            self._granted(self._budget.release(i))
+
+
+#: The run's :class:`ResourceSlots` (present when the run schedules against a budget).
+RESOURCE_SLOTS: StashKey[ResourceSlots] = StashKey("resource_slots")

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ._budget import Budget, BudgetSpec, compile_budget
+from ._budget import RESOURCE_SLOTS, Budget, BudgetSpec, ResourceSlots, compile_budget
 from ._cache import CachePolicy, CacheStore, cache_key, cache_ref, params_fingerprint
 from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
 from ._fallback import Fallback, applies, compile_fallbacks
@@ -154,6 +154,10 @@ class FeaturedRun(Run):
         spec = features.budget
         parallel = self.lanes > 1 or self.is_async is not None
         self.budget = Budget(spec, self.plan.height) if spec and parallel else None
+        if self.budget is not None:
+            self.ctx.stash[RESOURCE_SLOTS] = ResourceSlots(
+                self.budget, self.plan.index, self._granted
+            )
         self.held = bytearray(n)
         self.cache = features.cache if cache_store is not None else None
         self.cache_store = cache_store

@@ -183,3 +183,63 @@ def _dict_items() -> Pipeline:
     p.add_task("items", lambda: {"a": 1})
     p.add_task("each", lambda x: x, depends_on=["items"], map_over=0)
     return p
+
+
+def _gauged(gauge: Gauge):
+    def each(x):
+        with gauge:
+            time.sleep(0.05)
+        return x
+
+    return each
+
+
+def test_items_in_flight_stay_under_the_resource_budget():
+    """Each item holds the task's resources=: with a budget of 2 GPUs and 1 GPU per item,
+    at most 2 items run at once though max_workers is 4; a task without resources= is not
+    bounded by the budget (issue 17: map_over under max_workers and the resource budget)."""
+    gauge = Gauge()
+    with PipelineManager({"store": False, "resources": {"gpu": 2}}) as m:
+        r = m.execute_pipeline(
+            mapped(_gauged(gauge), range(12), resources={"gpu": 1}), max_workers=4
+        )
+        assert r.success, r.error
+        assert r.final_result == list(range(12))
+        assert 1 <= gauge.most <= 2
+        free = Gauge()
+        r = m.execute_pipeline(mapped(_gauged(free), range(12)), max_workers=4)
+        assert r.success, r.error
+        assert free.most > 2
+
+
+def test_a_mapped_task_takes_only_what_other_tasks_leave_free():
+    """A task holding 2 of 3 GPUs while the mapped task starts leaves room for one item at
+    a time; the budget is never exceeded (counted across both tasks)."""
+    gpus = Gauge()
+    started = threading.Event()
+
+    def hog():
+        with gpus:
+            started.set()
+            time.sleep(0.5)
+        return "done"
+
+    def each(x):
+        with gpus:
+            time.sleep(0.02)
+        return x
+
+    def items():
+        started.wait(30)
+        return list(range(10))
+
+    p = Pipeline("shared")
+    p.add_task("hog", hog, resources={"gpu": 2})
+    p.add_task("items", items)
+    p.add_task("each", each, depends_on=["items"], map_over=0, resources={"gpu": 1})
+    with PipelineManager({"store": False, "resources": {"gpu": 3}}) as m:
+        r = m.execute_pipeline(p, max_workers=4)
+    assert r.success, r.error
+    assert r.final_result["each"] == list(range(10))
+    # hog counts once in the gauge but holds 2 GPUs: 2 + (items in flight) <= 3
+    assert gpus.most <= 2

@@ -4,7 +4,10 @@ The items of a mapped task run in parallel on the run's own executor: in helper 
 the calling lane (``threads``), in the worker processes of the process executor
 (``processes``, whose pool size bounds them too), or one after the other in the lane itself
 (``inline``, which runs nothing at once). At most ``max_workers`` items (of the run; fewer
-with ``distribute_across_nodes(parallelism=N)``) are in flight at a time, and the results
+with ``distribute_across_nodes(parallelism=N)``) are in flight at a time, and under a
+resource budget (config ``resources``) no more than the budget has room for, each item
+holding the task's ``resources=`` (extra shares are taken when the task starts, from what is
+free and no waiting task needs; see :class:`xlib_pipeline.ResourceSlots`). The results
 come back in the order of the items. The first item to fail stops further items from
 starting; the items already running finish, then the task fails with that item's own
 exception, noted with its position. Other tasks go straight to the run's executor, so a run
@@ -17,7 +20,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xlib_pipeline import DefinitionError, Isolation, RunContext, Task
+from xlib_pipeline import RESOURCE_SLOTS, DefinitionError, Isolation, RunContext, Task
 
 from ._executor import STASH, DaskRun
 
@@ -57,7 +60,18 @@ class LocalMapExecutor:
             part = (*args[:index], item, *args[index + 1 :])
             return inner.call(task, part, run=run, isolation=isolation, timeout=timeout)
 
-        return map_ordered(task.name, one, items, width)
+        # Under a resource budget each item in flight holds the task's resources=: the task
+        # holds one share while it runs, and one more per item beyond the first is taken
+        # from what the budget has free now (never from a task that waits for it).
+        slots = run.stash.get(RESOURCE_SLOTS, None) if width > 1 and len(items) > 1 else None
+        extra = slots.take(task.name, min(width, len(items)) - 1) if slots is not None else None
+        if extra is not None:
+            width = 1 + extra
+        try:
+            return map_ordered(task.name, one, items, width)
+        finally:
+            if slots is not None and extra:
+                slots.give_back(task.name, extra)
 
 
 def map_width(run: RunContext, inner: str, parallelism: int | str) -> int:
