@@ -153,3 +153,71 @@ def test_shredding_needs_manage_keys_when_access_control_is_on(tmp_path: Path) -
             shred_tenant(pm, "acme", principal="mallory")
     with PipelineManager(_config(tmp_path)) as pm:
         assert _read(pm, run_id, "acme_rows") == ["acme secret"]  # nothing was shredded
+
+
+def test_large_outputs_in_the_blob_store_are_shredded_too(tmp_path: Path) -> None:
+    """A tenant's output past store.blobs.threshold lives in a blob whose header holds its
+    own wrapped data key: shredding destroys that key too, so the blob cannot be opened even
+    with every master key and the blob file; another tenant's blob stays readable."""
+    from xlib_pipeline_encryption import generate_key_file
+
+    from xlib_pipeline.store import BlobRef
+
+    keyfile = tmp_path / "secrets" / "ring.json"
+    generate_key_file(keyfile)
+    config = {
+        "store": {"path": str(tmp_path / "runs.sqlite"), "blobs": {"threshold": 10_000}},
+        "security": {"encryption_at_rest": True},
+        "encryption": {"keyring": {"file": str(keyfile)}},
+    }
+    p = Pipeline("lake")
+
+    @p.task(tenant_id="acme")
+    def acme_big() -> bytes:
+        return b"ACME-ROW " * 5_000
+
+    @p.task(tenant_id="globex")
+    def globex_big() -> bytes:
+        return b"GLOBEX-ROW " * 5_000
+
+    def output(pm: PipelineManager, run_id: str, task: str) -> object:
+        rec, tasks = pm.read_run(run_id)
+        tr = tasks[task]
+        ref = PayloadRef(run_id=run_id, pipeline=rec.pipeline, task=task, tenant=tr.tenant)
+        assert pm.store is not None
+        blob = BlobRef.decode(pm.hooks.decrypt(data=bytes(tr.output), ref=ref))
+        assert blob is not None, "a large output is stored as a blob reference"
+        return pm.store.blobs.load(
+            blob, lambda header: pm.hooks.decrypt_stream(header=header, ref=ref)
+        )
+
+    with PipelineManager(config) as pm:
+        run_id = pm.execute_pipeline(p).run_id
+        assert pm.store is not None
+        assert len(pm.store.blob_names()) == 2
+        before = {n: (tmp_path / "runs.blobs" / n).read_bytes() for n in pm.store.blob_names()}
+        report = shred_tenant(pm, "acme")
+        assert report.blobs_shredded == 1
+        assert output(pm, run_id, "globex_big") == b"GLOBEX-ROW " * 5_000
+    # A fresh manager with the same keyring: the acme blob reference row is shredded, and
+    # so is the blob itself (read straight from the blob store, bypassing the row).
+    with PipelineManager(config) as pm:
+        with pytest.raises(DataShreddedError):
+            output(pm, run_id, "acme_big")
+        assert pm.store is not None
+        changed = [
+            n
+            for n in pm.store.blob_names()
+            if (tmp_path / "runs.blobs" / n).read_bytes() != before[n]
+        ]
+        assert len(changed) == 1
+        name = changed[0]
+        ref = PayloadRef(run_id=run_id, pipeline="lake", task="acme_big", tenant="acme")
+        size = len(before[name])
+        blob = BlobRef(name=name, size=size)  # the reference the shredded row held
+        with pytest.raises(DataShreddedError, match="crypto-shredded"):
+            pm.store.blobs.load(
+                blob, lambda header: pm.hooks.decrypt_stream(header=header, ref=ref)
+            )
+        again = shred_tenant(pm, "acme")
+        assert again.blobs_shredded == 0 and again.already >= 2

@@ -1,10 +1,11 @@
 """Crypto-shredding (GDPR Art. 17, right to erasure): destroy one tenant's data keys.
 
 Every stored output and error text of the tenant sealed by this plugin carries its data key
-wrapped under a master key in its header; shredding rewrites each header without the wrapped
-key (and without a master key id), so the sealed payload stays but can never be decrypted,
-whatever master keys survive. Outputs of the tenant stored unencrypted are overwritten the
-same way, and its error texts stored in clear are erased. Reading shredded data raises
+wrapped under a master key in its header, and so does every blob (a large output in the blob
+store); shredding rewrites each header without the wrapped key (and without a master key id),
+so the sealed payload stays but can never be decrypted, whatever master keys survive.
+Outputs of the tenant stored unencrypted are overwritten the same way, and its error texts
+stored in clear are erased. Reading shredded data raises
 :class:`~xlib_pipeline.DataShreddedError`. Other tenants are untouched.
 
 Shredding is an administrative action: it needs ``manage_keys`` on the tenant (the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -45,6 +47,8 @@ class ShredReport:
     already: int
     #: Error texts and tracebacks: encrypted ones shredded plus clear ones erased.
     texts_erased: int
+    #: Encrypted blobs (outputs past ``store.blobs.threshold``) whose data key was destroyed.
+    blobs_shredded: int = 0
     #: Whether a plugin recorded the shred (``record_admin_action``: the audit trail).
     audited: bool
 
@@ -92,6 +96,8 @@ def shred_tenant(
         store.replace_sealed_text(where, shredded(bytes(sealed)))
         texts += 1
     texts += store.redact_tenant_texts(tenant, ERASED)  # texts stored in clear
+    blobs_done, blobs_already = _shred_blobs(store, tenant)
+    already += blobs_already
     plugin = manager.get_plugin("encryption")
     envelope = getattr(plugin, "envelope", None)
     if envelope is not None:
@@ -102,6 +108,7 @@ def shred_tenant(
         plaintext_erased=plain,
         already=already,
         texts_erased=texts,
+        blobs_shredded=blobs_done,
         audited=manager.hooks.has["record_admin_action"],
     )
     manager.hooks.record_admin_action(
@@ -112,11 +119,41 @@ def shred_tenant(
             "outputs_shredded": done,
             "plaintext_outputs_erased": plain,
             "texts_erased": texts,
+            "blobs_shredded": blobs_done,
             "already_shredded": already,
         },
         principal=who,
     )
     return report
+
+
+def _shred_blobs(store: Any, tenant: str) -> tuple[int, int]:
+    """Destroy the data key in the header of every encrypted blob sealed for ``tenant``
+    (its chunks stay, undecryptable). Blobs are scoped per tenant, so no other tenant's
+    output shares one. Returns (shredded now, shredded before)."""
+    from ._stream import shredded_header, tenant_of_header
+
+    blobs = getattr(store, "blobs", None)
+    if blobs is None:
+        return 0, 0
+    done = already = 0
+    for name in store.blob_names():
+        try:
+            header = blobs.header(name)
+        except StoreError:
+            continue  # removed meanwhile (a prune), or never written
+        if not header.startswith(ENCRYPTED_MAGIC):
+            continue  # a plaintext blob: its output row was erased above
+        where = f"blob {name!r}"
+        if tenant_of_header(header, where) != tenant:
+            continue
+        new = shredded_header(header, where)
+        if new is None:
+            already += 1
+            continue
+        blobs.replace_header(name, new)
+        done += 1
+    return done, already
 
 
 def shred_command(args: argparse.Namespace) -> int:
@@ -134,6 +171,7 @@ def shred_command(args: argparse.Namespace) -> int:
         report = shred_tenant(pm, args.tenant, principal=args.principal)
     print(
         f"shredded tenant {report.tenant!r}: {report.shredded} data key(s) destroyed, "
+        f"{report.blobs_shredded} large output(s) (blobs) shredded, "
         f"{report.plaintext_erased} unencrypted output(s) erased, {report.texts_erased} "
         f"error text(s) erased, {report.already} already shredded"
         + (

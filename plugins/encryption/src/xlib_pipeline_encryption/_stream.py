@@ -31,9 +31,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from xlib_pipeline import ENCRYPTED_MAGIC, PayloadRef, SecurityError
+from xlib_pipeline import ENCRYPTED_MAGIC, DataShreddedError, PayloadRef, SecurityError
 
 from ._keyring import KeyManagementService
+
+#: The key id a shredded header names (the same as the envelope's).
+SHREDDED_KEY_ID = "shredded"
 
 STREAM_VERSION = 2
 _PREFIX = ENCRYPTED_MAGIC + bytes([STREAM_VERSION])
@@ -141,6 +144,11 @@ class Opener:
             raise SecurityError(
                 f"{self._where} cannot be decrypted: it was encrypted for another tenant"
             )
+        if head.key_id == SHREDDED_KEY_ID:
+            raise DataShreddedError(
+                f"{self._where} was crypto-shredded (right to erasure): its data key was "
+                "destroyed, so it can never be decrypted; its digest in signed evidence remains"
+            )
         try:
             service = kms()
         except Exception as exc:
@@ -203,6 +211,20 @@ def rewrap_header(kms: KeyManagementService, header: bytes, where: str) -> bytes
         raise SecurityError(f"{where}: its data key cannot be unwrapped") from None
     kid, wrapped = kms.wrap(dek, head.tenant.encode())
     return Header(kid, wrapped, head.tenant, head.salt, head.prefix).encode()
+
+
+def shredded_header(header: bytes, where: str) -> bytes | None:
+    """``header`` with its wrapped data key destroyed (``None`` when it already is): the
+    sealed chunks stay and can never be opened, whatever master keys survive."""
+    head = Header.parse(header, where)
+    if head.key_id == SHREDDED_KEY_ID:
+        return None
+    return Header(SHREDDED_KEY_ID, b"", head.tenant, head.salt, head.prefix).encode()
+
+
+def tenant_of_header(header: bytes, where: str) -> str:
+    """The tenant a blob was sealed for ("" for none)."""
+    return Header.parse(header, where).tenant
 
 
 def key_id_of_header(header: bytes) -> str | None:
