@@ -229,7 +229,7 @@ class TestMonitorIsAConsumer:
             result = pm.execute_pipeline(p, on_event=mon, parallel=False)
         lines = buf.getvalue().splitlines()
         assert lines[0] == f"[progress] run {result.run_id}: 4 tasks"
-        assert "  retrying  b (attempt 1: ValueError: flaky)" in lines
+        assert "  retrying  b (attempt 1 failed: ValueError: flaky; retrying now)" in lines
         assert any(line.startswith("  failed    c in ") for line in lines)
         assert "  upstream_failed d" in lines
         assert any(line.startswith("[progress] failed in ") for line in lines)

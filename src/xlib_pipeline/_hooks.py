@@ -11,6 +11,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pluggy
 
 from ._records import (
@@ -401,14 +402,20 @@ class Hooks:
     def on_task_error(
         self, *, task: Task, run: RunContext, outcome: TaskOutcome
     ) -> RetryDecision | None:
-        """The reduced retry decision: any veto wins, else the longest delay asked for."""
+        """The reduced retry decision: any veto wins, else the longest delay asked for; its
+        ``max_attempts`` is the smallest bound any retrying answer gave."""
         answers = self._invoke("on_task_error", {"task": task, "run": run, "outcome": outcome})
         chosen: RetryDecision | None = None
+        bound: int | None = None
         for a in answers or ():
             if a is None:
                 continue
             if not a.retry:
                 return None
+            if a.max_attempts is not None and (bound is None or a.max_attempts < bound):
+                bound = a.max_attempts
             if chosen is None or a.delay > chosen.delay:
                 chosen = a
+        if chosen is not None and chosen.max_attempts != bound:
+            chosen = attrs.evolve(chosen, max_attempts=bound)
         return chosen

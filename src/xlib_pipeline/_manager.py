@@ -529,6 +529,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
         obs: list[Observer] = []
         batch = False
         preloaded: Mapping[int, tuple[Status, Any]] | None = None
+        reused: dict[int, str] | None = None  # task -> the run whose outcome is reused
         try:
             chosen = hooks.select_executor(run=ctx)
             if chosen is not None and chosen != ctx.executor:
@@ -538,7 +539,8 @@ class PipelineManager(ManagerResources, ManagerEvents):
             # Stored outputs are decrypted only once validators (access control) agreed.
             carried = None
             if resume is not None and store is not None:
-                _, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
+                old, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
+                reused = {i: carried[i][1] if i in carried else old for i in preloaded}
             if given:
                 preloaded = {**(preloaded or {}), **given}
             # A stream's batch commits with its checkpoint (one wait per batch), not task by
@@ -605,7 +607,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
             flush=store.flush if store is not None and not batch else None,
         )
         if events is not None:
-            events.start(run)
+            events.start(run, reused)
         ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
         # Listed (live_runs, cancel_run) until every after_pipeline saw the run end.
         self._live[ctx.run_id] = run

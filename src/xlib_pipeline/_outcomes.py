@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._records import Status, TaskOutcome
+from ._records import RetryDecision, Status, TaskOutcome
 from ._results import PipelineResult, TaskResults
 from ._task import Task
 from .exceptions import RunCancelledError, StoreError, TaskError, TaskFailedError
@@ -54,8 +54,11 @@ class Observer:
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         """Attempt ``attempt`` of a task is about to start."""
 
-    def attempt_failed(self, run: Run, i: int, attempt: int, error: BaseException) -> None:
-        """An attempt failed and will be retried."""
+    def attempt_failed(
+        self, run: Run, i: int, attempt: int, error: BaseException, decision: RetryDecision
+    ) -> None:
+        """An attempt failed and will be retried as ``decision`` says (its delay, the
+        attempts the policy allows)."""
 
     def task_finished(self, run: Run, i: int) -> None:
         """A task reached a terminal state (its columns are filled)."""

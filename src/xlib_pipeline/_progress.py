@@ -5,8 +5,9 @@
 terminal monitor (``monitor=True``) is one consumer of the same events.
 
 Events, in order for one task: ``task_started`` (each attempt), ``task_retrying`` (an
-attempt failed and another follows), ``task_finished`` (terminal: succeeded, failed,
-skipped, upstream_failed, cancelled; also for tasks that never ran). A run opens with
+attempt failed and another follows, after ``delay`` seconds), ``task_finished`` (terminal:
+succeeded, cached, fallback, failed, skipped, upstream_failed, cancelled; also for tasks that
+never ran, and for tasks a resumed run reused: ``reused_from`` names the run). A run opens with
 ``run_started`` and closes with ``run_finished``, which carries the :class:`PipelineResult`.
 Callbacks run in the scheduler's lanes (several threads at once): keep them short and
 thread-safe. A callback that raises is logged once and then left out for the rest of the run;
@@ -19,13 +20,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from ._outcomes import Columns, Observer
-from ._records import RunContext
+from ._records import RetryDecision, RunContext
 from ._results import TaskResults
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,6 +54,13 @@ class ProgressEvent:
     ``"ErrorClass: message"`` for failed attempts and failed tasks; ``started``/``finished``
     are the task's (or run's) epoch times when known; ``total`` is the number of tasks of
     the run; ``result`` is the :class:`PipelineResult` on ``run_finished``.
+
+    Retries: ``delay`` is the wait in seconds before the next attempt (``task_retrying``);
+    ``max_attempts`` is how many attempts the retry policy allows the task in all, once a
+    retry was decided (``task_retrying`` and the task's later events; ``None`` when no
+    policy gave a bound or the task was not retried). ``reused_from`` is set on the
+    ``task_finished`` of a task a resumed run did not run: the id of the run whose outcome
+    it reused (a result-cache hit is ``status="cached"`` instead).
     """
 
     kind: EventKind
@@ -67,6 +75,14 @@ class ProgressEvent:
     finished: float | None = None
     total: int = 0
     result: PipelineResult | None = attrs.field(default=None, repr=False)
+    delay: float | None = None
+    max_attempts: int | None = None
+    reused_from: str | None = None
+
+    @property
+    def reused(self) -> bool:
+        """The task did not run: a resumed run reused its outcome from ``reused_from``."""
+        return self.reused_from is not None
 
     @property
     def duration(self) -> float | None:
@@ -89,6 +105,10 @@ class EventObserver(Observer):
     def __init__(self, callbacks: list[Callback]) -> None:
         self.callbacks = list(callbacks)
         self._lock = threading.Lock()
+        # task index -> the attempts its retry policy allows (set by the first retry)
+        self._bounds: dict[int, int] = {}
+        # task index -> the run whose outcome a resumed run reused for it
+        self._reused: Mapping[int, str] = {}
 
     def _emit(self, event: ProgressEvent) -> None:
         for cb in list(self.callbacks):
@@ -107,8 +127,11 @@ class EventObserver(Observer):
                     exc_info=True,
                 )
 
-    def start(self, run: Run) -> None:
-        """Emit ``run_started`` (called by the manager before the first task)."""
+    def start(self, run: Run, reused: Mapping[int, str] | None = None) -> None:
+        """Emit ``run_started`` (called by the manager before the first task); ``reused``
+        maps the tasks a resumed run takes over to the run whose outcome it reuses."""
+        self._bounds = {}
+        self._reused = dict(reused) if reused else {}
         self._emit(
             ProgressEvent(
                 kind="run_started",
@@ -132,10 +155,16 @@ class EventObserver(Observer):
                 attempt=attempt,
                 started=now,
                 total=len(run.plan),
+                max_attempts=self._bounds.get(i) if attempt > 1 else None,
             )
         )
 
-    def attempt_failed(self, run: Run, i: int, attempt: int, error: BaseException) -> None:
+    def attempt_failed(
+        self, run: Run, i: int, attempt: int, error: BaseException, decision: RetryDecision
+    ) -> None:
+        bound = decision.max_attempts
+        if bound is not None:
+            self._bounds[i] = bound
         self._emit(
             ProgressEvent(
                 kind="task_retrying",
@@ -147,6 +176,8 @@ class EventObserver(Observer):
                 status="failed",
                 error=_describe(error),
                 total=len(run.plan),
+                delay=decision.delay,
+                max_attempts=bound,
             )
         )
 
@@ -155,6 +186,7 @@ class EventObserver(Observer):
         status = cols.status[i]
         err = cols.errors.get(i)
         started = cols.started[i]
+        attempt = cols.attempts.get(i, 1 if started is not None else 0)
         self._emit(
             ProgressEvent(
                 kind="task_finished",
@@ -162,12 +194,14 @@ class EventObserver(Observer):
                 run_id=run.ctx.run_id,
                 time=time.time(),
                 task=run.plan.names[i],
-                attempt=cols.attempts.get(i, 1 if started is not None else 0),
+                attempt=attempt,
                 status=status.value if status is not None else None,
                 error=_describe(err[0]) if err else None,
                 started=started,
                 finished=cols.finished[i],
                 total=len(run.plan),
+                max_attempts=self._bounds.get(i) if attempt > 1 else None,
+                reused_from=self._reused.get(i) if self._reused else None,
             )
         )
 

@@ -293,11 +293,16 @@ class TaskOutcome(NamedTuple):
 
 @attrs.frozen(kw_only=True)
 class RetryDecision:
-    """An ``on_task_error`` answer: retry after ``delay`` seconds, or veto (``retry=False``)."""
+    """An ``on_task_error`` answer: retry after ``delay`` seconds, or veto (``retry=False``).
+
+    ``max_attempts`` is how many attempts the deciding policy allows the task in all (the
+    first included), when it has a bound: progress displays show ``attempt 2/3`` with it.
+    """
 
     retry: bool = True
     delay: float = 0.0
     reason: str | None = None
+    max_attempts: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -462,7 +462,7 @@ class Run(CoroutineLanes):
         outcome = outcome.replace(final=False)
         assert outcome.error is not None
         for ob in self.observers:
-            ob.attempt_failed(self, i, outcome.attempt, outcome.error)
+            ob.attempt_failed(self, i, outcome.attempt, outcome.error, decision)
         if self.h_after:
             self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
         if self.events:

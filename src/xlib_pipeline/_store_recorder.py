@@ -11,7 +11,7 @@ from ._blobs import BlobRef
 from ._context import params_json
 from ._graph import Plan
 from ._outcomes import Observer
-from ._records import LEASE_TAKEOVERS, PayloadRef, RunContext, Status
+from ._records import LEASE_TAKEOVERS, PayloadRef, RetryDecision, RunContext, Status
 from ._results import PipelineResult
 from ._scheduler import Run
 from ._store import RunStore, load_output, payload_ref
@@ -127,7 +127,9 @@ class StoreRecorder(Observer):
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
 
-    def attempt_failed(self, run: Run, i: int, attempt: int, error: BaseException) -> None:
+    def attempt_failed(
+        self, run: Run, i: int, attempt: int, error: BaseException, decision: RetryDecision
+    ) -> None:
         self.store.event(
             run.ctx.run_id,
             run.plan.names[i],

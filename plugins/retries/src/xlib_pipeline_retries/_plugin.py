@@ -164,4 +164,5 @@ class RetriesPlugin:
             retry=True,
             delay=delay,
             reason=f"attempt {attempt + 1} of {policy.max_attempts} after {type(error).__name__}",
+            max_attempts=policy.max_attempts,
         )
