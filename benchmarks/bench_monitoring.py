@@ -11,22 +11,53 @@ and the core with alerting configured with run-level rules only (``run_failed``,
 ``compliance_violation``: no ``task_*`` rule). Medians of ``--repeat`` rounds; reports µs per
 task and the overhead over the bare core measured in the same round. Targets: metrics +
 tracing add at most 15 µs per task; alerting with no task rule adds nothing per task.
+
+The live monitor's rows (``--monitor-only`` runs just those): the core with a no-op
+``on_event`` callback (the progress events alone), with ``monitor=True`` writing its plain
+lines to ``/dev/null``, and with the rich live view drawn to a terminal-like ``/dev/null``.
+Its per-task cost must not grow: ``--monitor-against OTHER/src`` also loads another
+checkout's ``_progress.py`` and ``_monitor.py`` beside this one's and feeds both monitors the
+same 10,000 tasks' events (started, finished) in one process, interleaved: the cost of making
+the events and of rendering them, this checkout's over the other's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dags import layered, reference_threads, to_pipeline
 
 from xlib_pipeline import PipelineManager
+from xlib_pipeline._monitor import Monitor
+
+
+class _TerminalSink:
+    """``/dev/null`` that says it is a terminal, so the monitor draws its rich live view."""
+
+    def __init__(self) -> None:
+        self._f = open(os.devnull, "w")  # noqa: SIM115 - closed by the process end
+
+    def write(self, text: str) -> int:
+        return self._f.write(text)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -39,7 +70,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--monitor-only", action="store_true", help="only the monitor's rows")
+    ap.add_argument("--monitor-against", metavar="SRC", help="another checkout's src folder")
     args = ap.parse_args()
+    if args.monitor_against:
+        monitor_against(Path(args.monitor_against), 2_000 if args.quick else 10_000, args.repeat)
+        return
     n = 2_000 if args.quick else 10_000
     repeat = 3 if args.quick else args.repeat
     dag = layered(n)
@@ -78,44 +114,171 @@ def main() -> None:
 
         for label, pm in managers.items():
             contenders[label] = runner(pm)
+        devnull = open(os.devnull, "w")  # noqa: SIM115
+        plan = plain.validate_pipeline(pipeline)
+        terminal = _TerminalSink()
+
+        def on_event_noop() -> None:
+            assert plain.execute_pipeline(pipeline, on_event=lambda e: None).success
+
+        def monitor_plain() -> None:
+            with contextlib.redirect_stderr(devnull):  # monitor=True writes to stderr
+                assert plain.execute_pipeline(pipeline, monitor=True).success
+
+        def monitor_rich() -> None:
+            mon = Monitor(plan, terminal)  # type: ignore[arg-type]
+            assert plain.execute_pipeline(pipeline, on_event=mon).success
+
+        contenders["core + on_event (no-op callback)"] = on_event_noop
+        contenders["core + monitor (plain lines)"] = monitor_plain
+        contenders["core + monitor (rich live view)"] = monitor_rich
+        if args.monitor_only:
+            keep = ("reference loop", "core")
+            for label in list(contenders):
+                if label not in keep and "monitor" not in label and "on_event" not in label:
+                    del contenders[label]
         for fn in contenders.values():
             fn()
         samples: dict[str, list[float]] = {k: [] for k in contenders}
         for _ in range(repeat):
             for label, fn in contenders.items():
                 samples[label].append(timed(fn))
-        # The SDK provider is global and set once: these contenders come second.
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=65536))
-        trace.set_tracer_provider(provider)
-        sdk = PipelineManager(watched)
-        alerts = PipelineManager(alerting)
-        second = {
-            "core (2nd round)": runner(plain),
-            "core + metrics + tracing (SDK)": runner(sdk),
-            "core + alerting (no task rule)": runner(alerts),
-        }
-        for fn in second.values():
-            fn()
-        for k in second:
-            samples[k] = []
-        for _ in range(repeat):
-            for label, fn in second.items():
-                samples[label].append(timed(fn))
-        provider.shutdown()
-        for pm in (plain, noop_tracer, sdk, alerts):
+        second: dict[str, Any] = {}
+        if not args.monitor_only:
+            # The SDK provider is global and set once: these contenders come second.
+            provider = TracerProvider()
+            provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=65536))
+            trace.set_tracer_provider(provider)
+            sdk = PipelineManager(watched)
+            alerts = PipelineManager(alerting)
+            second = {
+                "core (2nd round)": runner(plain),
+                "core + metrics + tracing (SDK)": runner(sdk),
+                "core + alerting (no task rule)": runner(alerts),
+            }
+            for fn in second.values():
+                fn()
+            for k in second:
+                samples[k] = []
+            for _ in range(repeat):
+                for label, fn in second.items():
+                    samples[label].append(timed(fn))
+            provider.shutdown()
+            sdk.close()
+            alerts.close()
+        for pm in (plain, noop_tracer):
             pm.close()
+        devnull.close()
     ref = statistics.median(samples["reference loop"])
     print(f"layered DAG of {n} no-op tasks, 2 threads, median of {repeat}\n")
-    print("| contender | µs/task | × reference | overhead vs core, same round |")
-    print("|---|---:|---:|---:|")
+    print("| contender | µs/task | × reference | × core | overhead vs core, same round |")
+    print("|---|---:|---:|---:|---:|")
     for label, xs in samples.items():
         m = statistics.median(xs)
-        base_label = "core (2nd round)" if label in second else "core"
+        base = statistics.median(samples["core (2nd round)" if label in second else "core"])
         extra = ""
         if label not in ("reference loop", "core", "core (2nd round)"):
-            extra = f"{(m - statistics.median(samples[base_label])) / n * 1e6:+.1f} µs/task"
-        print(f"| {label} | {m / n * 1e6:.1f} | {m / ref:.2f}× | {extra} |")
+            extra = f"{(m - base) / n * 1e6:+.1f} µs/task"
+        print(f"| {label} | {m / n * 1e6:.1f} | {m / ref:.2f}× | {m / base:.2f}× | {extra} |")
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"xlib_pipeline.{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def monitor_against(src: Path, n: int, repeat: int) -> None:
+    """Per-task cost of the progress events and of the monitor rendering them: this
+    checkout's against ``src``'s, in one process, interleaved rounds, medians."""
+    import xlib_pipeline._monitor as this_monitor
+    import xlib_pipeline._progress as this_progress
+    from xlib_pipeline import Pipeline
+
+    other_progress = _load("_progress_other", src / "xlib_pipeline" / "_progress.py")
+    other_monitor = _load("_monitor_other", src / "xlib_pipeline" / "_monitor.py")
+    p = Pipeline("bench")
+    for i in range(n):
+        p.add_task(f"t{i}", lambda: 1)
+    with PipelineManager(entry_points=False) as pm:
+        plan = pm.validate_pipeline(p)
+    names = [f"t{i}" for i in range(n)]
+
+    def make(event: Any) -> float:
+        """Seconds to build the two events of each task, as the observer does."""
+        now = time.time()
+        t0 = time.perf_counter()
+        for name in names:
+            event(
+                kind="task_started", pipeline="bench", run_id="r", time=now, task=name,
+                attempt=1, started=now, total=n,
+            )  # fmt: skip
+            event(
+                kind="task_finished", pipeline="bench", run_id="r", time=now, task=name,
+                attempt=1, status="succeeded", started=now, finished=now, total=n,
+            )  # fmt: skip
+        return time.perf_counter() - t0
+
+    def render(module: Any, event: Any, tty: bool) -> float:
+        """Seconds for a monitor to take each task's two events."""
+        now = time.time()
+        events = []
+        for name in names:
+            events.append(
+                event(
+                    kind="task_started", pipeline="bench", run_id="r", time=now, task=name,
+                    attempt=1, started=now, total=n,
+                )
+            )  # fmt: skip
+            events.append(
+                event(
+                    kind="task_finished", pipeline="bench", run_id="r", time=now, task=name,
+                    attempt=1, status="succeeded", started=now, finished=now, total=n,
+                )
+            )  # fmt: skip
+        sink: Any = _TerminalSink() if tty else open(os.devnull, "w")  # noqa: SIM115
+        mon = module.Monitor(plan, sink)
+        mon(event(kind="run_started", pipeline="bench", run_id="r", time=now, total=n))
+        t0 = time.perf_counter()
+        for e in events:
+            mon(e)
+        took = time.perf_counter() - t0
+        if mon._progress is not None:
+            mon._progress.stop()
+        return took
+
+    this_event, other_event = this_progress.ProgressEvent, other_progress.ProgressEvent
+    rows: dict[str, Any] = {
+        "making the events": (lambda: make(this_event), lambda: make(other_event)),
+        "plain monitor": (
+            lambda: render(this_monitor, this_event, False),
+            lambda: render(other_monitor, other_event, False),
+        ),
+        "rich monitor": (
+            lambda: render(this_monitor, this_event, True),
+            lambda: render(other_monitor, other_event, True),
+        ),
+    }
+    got: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in rows}
+    for _ in range(repeat):
+        for label, (mine, theirs) in rows.items():
+            got[label][0].append(mine())
+            got[label][1].append(theirs())
+    print(f"progress events and monitor, {n} tasks, median of {repeat}, against {src}\n")
+    print("| part | this checkout µs/task | other µs/task | this / other |")
+    print("|---|---:|---:|---:|")
+    for label, (mine_s, theirs_s) in got.items():
+        a, b = statistics.median(mine_s) / n * 1e6, statistics.median(theirs_s) / n * 1e6
+        print(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f}× |")
+    for which in ("plain monitor", "rich monitor"):
+        a = statistics.median(got[which][0]) + statistics.median(got["making the events"][0])
+        b = statistics.median(got[which][1]) + statistics.median(got["making the events"][1])
+        print(f"| events + {which} | {a / n * 1e6:.2f} | {b / n * 1e6:.2f} | {a / b:.2f}× |")
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping
+from itertools import islice
 from typing import IO, Any
 
 from ._graph import Plan, critical_path
@@ -200,7 +201,7 @@ class Monitor:
             label = f"{name} ({attempt_text(attempt, event.max_attempts)})"
         with self._lock:
             self._running[name] = label
-            names = ", ".join(list(self._running.values())[:3])
+            names = ", ".join(islice(self._running.values(), 3))
         self._progress.update(self._bar, running=names)
 
     def task_retrying(self, event: ProgressEvent) -> None:
@@ -222,6 +223,7 @@ class Monitor:
         name = event.task or "?"
         status = event.status or "?"
         source = event.reused_from
+        stats: str | None = None  # the live counters, when they changed
         if source is not None or status == "cached" or status == "failed":
             with self._lock:
                 if source is not None:
@@ -231,13 +233,16 @@ class Monitor:
                     self._stats["cached"] += 1
                 else:
                     self._stats["failed"] += 1
+                stats = self._stats_text()
         if self._progress is not None:
             with self._lock:
                 self._running.pop(name, None)
                 self._done += 1
-                names = ", ".join(list(self._running.values())[:3])
-                stats = self._stats_text()
-            self._progress.update(self._bar, completed=self._done, running=names, stats=stats)
+                names = ", ".join(islice(self._running.values(), 3))
+            if stats is None:
+                self._progress.update(self._bar, completed=self._done, running=names)
+            else:
+                self._progress.update(self._bar, completed=self._done, running=names, stats=stats)
             return
         if source is not None:
             self._print(f"  reused    {name} ({status} in run {source})")
