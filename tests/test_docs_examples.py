@@ -11,8 +11,9 @@ A page marks its blocks with HTML comments, and they run in order in one empty f
   after it.
 
 Output is compared after replacing what changes from run to run: run ids become
-``<run-id>``, times ``<time>``, durations ``<seconds>``, ports ``<port>``, temporary paths
-``<tmp>``. A doc that no longer matches what the code prints fails here.
+``<run-id>``, times ``<time>``, durations ``<seconds>``, the monitor's achieved
+parallelism ``<ratio>``, ports ``<port>``, temporary paths ``<tmp>``. A doc that no longer
+matches what the code prints fails here.
 
 After a deliberate change of output (a CLI message, a table), regenerate a page's examples
 from real runs and review the diff: ``python tests/test_docs_examples.py docs/PAGE.md``.
@@ -43,6 +44,7 @@ _SUBS = [
     (re.compile(r"(?<=│ )\d+\.\d{3}(?= +│)"), "<seconds>"),
     (re.compile(r"\b1[7-9]\d{8}(?:\.\d+)?\b|\b1\.[7-9]\d*e\+09\b"), "<time>"),
     (re.compile(r"\b\d+\.\d+(?:e-\d+)?(?= ?s\b|s;|s,|s\))"), "<seconds>"),
+    (re.compile(r"(?<=parallelism )\d+\.\d+(?=x)"), "<ratio>"),
     (re.compile(r"(127\.0\.0\.1|localhost):\d+"), r"\1:<port>"),
 ]
 
@@ -140,10 +142,11 @@ def test_normalize_replaces_what_changes() -> None:
     tmp = Path("/tmp/x")
     text = (
         "run 01a2349d-17df-76ae-a99a-0a47bebd51b1 at 2026-12-02T02:41:03.123Z in 0.25s; "
-        "port 127.0.0.1:40123 /tmp/x/home 1796179040.2231927"
+        "port 127.0.0.1:40123 /tmp/x/home 1796179040.2231927; parallelism 0.82x"
     )
     assert normalize(text, tmp) == (
-        "run <run-id> at <time> in <seconds>s; port 127.0.0.1:<port> <tmp>/home <time>"
+        "run <run-id> at <time> in <seconds>s; port 127.0.0.1:<port> <tmp>/home <time>; "
+        "parallelism <ratio>x"
     )
 
 

@@ -225,6 +225,20 @@ class TestEventFields:
         load = [e for e in events if e.task == "load"]
         assert all(e.max_attempts is None and not e.reused for e in load)
 
+    def test_event_is_immutable_and_its_repr_leaves_out_the_result(self) -> None:
+        events: list[ProgressEvent] = []
+        p = Pipeline("small")
+        p.add_task("a", lambda: "x" * 10_000)
+        with PipelineManager(entry_points=False) as pm:
+            pm.execute_pipeline(p, on_event=events.append)
+        last = events[-1]
+        assert last.kind == "run_finished" and last.result is not None
+        assert "xxxx" not in repr(last) and "status='succeeded'" in repr(last)
+        with pytest.raises(AttributeError):
+            last.status = "failed"  # type: ignore[misc]
+        changed = last.replace(status="failed")
+        assert changed.status == "failed" and last.status == "succeeded"
+
     def test_bounds_reduce_to_the_smallest_and_may_be_absent(self, tmp_path: Path) -> None:
         """Several retrying plugins: the longest delay, the smallest bound; a plugin that
         gives no bound shows ``attempt 2`` without a total."""
