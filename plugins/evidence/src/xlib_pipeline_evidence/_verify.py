@@ -57,6 +57,9 @@ def canonical_body(rec: dict[str, Any]) -> bytes:
     return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+_DECODER = json.JSONDecoder()
+
+
 def check_audit(data: bytes, facts: dict[str, Any], key: bytes | None = None) -> list[str]:
     """Problems with an audit excerpt (empty when its hashes chain)."""
     import hmac
@@ -69,9 +72,14 @@ def check_audit(data: bytes, facts: dict[str, Any], key: bytes | None = None) ->
     lines = [ln for ln in data.split(b"\n") if ln]
     if not lines:
         return ["the excerpt is empty"]
+    try:  # one UTF-8 decode for the whole excerpt, then a str parse per line
+        texts: list[str] | None = [t for t in data.decode("utf-8").split("\n") if t]
+    except UnicodeDecodeError:
+        texts = None  # json.loads reports the line that is not UTF-8
+    decode = _DECODER.decode
     for n, line in enumerate(lines, 1):
         try:
-            rec = json.loads(line)
+            rec = decode(texts[n - 1]) if texts is not None else json.loads(line)
         except ValueError:
             problems.append(f"line {n}: not JSON")
             break
