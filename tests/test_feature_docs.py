@@ -1,5 +1,5 @@
-"""The first example of each feature page (fallbacks, contracts, resources, caching) runs as
-written and prints what its comments say."""
+"""The first example of each feature page (fallbacks, contracts, resources, caching, the
+lineage plugin) runs as written and prints what its comments say."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = [p for p in ("fallbacks.md", "contracts.md", "resources.md", "caching.md")]
+PAGES = ["fallbacks.md", "contracts.md", "resources.md", "caching.md", "plugins/lineage.md"]
 
 
 def _blocks(page: str) -> list[str]:

@@ -60,7 +60,8 @@ def _validators() -> tuple[Any, dict[str, Any]]:
     for version in ("1-0-1", "1-0-2", "2-0-2"):
         uri = f"https://openlineage.io/spec/{version}/OpenLineage.json"
         registry = registry.with_resource(
-            uri, referencing.Resource.from_contents(alias, default_specification=DRAFT202012)
+            uri,
+            referencing.Resource.from_contents(alias, default_specification=DRAFT202012),
         )
     cls = jsonschema.Draft202012Validator
     fc = cls.FORMAT_CHECKER
@@ -93,11 +94,35 @@ EVENT_VALIDATOR, FACET_VALIDATORS = _validators()
 
 
 def validate_event(e: dict[str, Any]) -> None:
-    """Validate an event and every facet we know a schema for."""
+    """Validate an event and every facet we know a schema for; the standard facets that
+    openlineage-python models (``jobType``, ``processing_engine``, ``jobDependencies``) are
+    checked against the client's model (see test_lineage_conventions.py)."""
+    import importlib.util
+    import sys
+
+    name = "xlib_pipeline_lineage_facet_checks"
+    if name not in sys.modules:  # facet_checks.py beside this file (importlib import mode)
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).with_name("facet_checks.py")
+        )
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    checks = sys.modules[name]
+    check_engine, check_job_type = checks.check_engine, checks.check_job_type
+    check_dependencies = checks.check_dependencies
+
     EVENT_VALIDATOR.validate(e)
+    client = {"processing_engine": check_engine, "jobDependencies": check_dependencies}
     for key, facet in (e["run"].get("facets") or {}).items():
+        if key in client:
+            client[key](facet)
+            continue
         assert key in FACET_VALIDATORS, f"unexpected run facet {key}"
         FACET_VALIDATORS[key].validate(facet)
+    for key, facet in (e["job"].get("facets") or {}).items():
+        assert key == "jobType", f"unexpected job facet {key}"
+        check_job_type(facet)
     for d in e.get("outputs", []) + e.get("inputs", []):
         for key, facet in (d.get("facets") or {}).items():
             if key in FACET_VALIDATORS:
@@ -209,18 +234,20 @@ class TestEvents:
         result = pm.execute_pipeline(mixed_pipeline())
         tasks = by_task(run_events(read_events(path), result.run_id), "orders")
         for e in tasks["extract"]:
-            assert e["outputs"] == [{"namespace": "postgres://db:5432", "name": "/shop.orders"}]
+            assert e["outputs"] == [{"namespace": "postgres://db:5432", "name": "shop.orders"}]
             assert e["inputs"] == []
         for e in tasks["clean"]:
-            assert e["inputs"] == [{"namespace": "postgres://db:5432", "name": "/shop.orders"}]
+            assert e["inputs"] == [{"namespace": "postgres://db:5432", "name": "shop.orders"}]
             assert e["outputs"] == [{"namespace": "s3://lake", "name": "clean/orders"}]
 
     def test_upstream_names_are_recorded_for_the_graph(self, tmp_path):
-        """The START event's xlibPipeline_run facet lists the task's upstream tasks."""
+        """The START event's standard jobDependencies facet names the upstream task runs."""
         pm, path = manager(tmp_path)
         result = pm.execute_pipeline(mixed_pipeline())
         tasks = by_task(run_events(read_events(path), result.run_id), "orders")
-        assert tasks["clean"][0]["run"]["facets"]["xlibPipeline_run"]["upstream"] == ["extract"]
+        deps = tasks["clean"][0]["run"]["facets"]["jobDependencies"]["upstream"]
+        assert [d["job"]["name"] for d in deps] == ["orders.extract"]
+        assert "upstream" not in tasks["clean"][0]["run"]["facets"]["xlibPipeline_run"]
 
     def test_retries_emit_one_start_and_only_the_final_outcome(self, tmp_path):
         """A task retried twice has one START and one COMPLETE carrying attempts=3."""
@@ -349,7 +376,9 @@ class TestEvents:
         p = Pipeline("wide")
         for i in range(60):
             p.add_task(
-                f"t{i}", lambda *a: None, depends_on=[f"t{j}" for j in range(i % 5) if j < i]
+                f"t{i}",
+                lambda *a: None,
+                depends_on=[f"t{j}" for j in range(i % 5) if j < i],
             )
         pm, path = manager(tmp_path)
         result = pm.execute_pipeline(p, max_workers=4)
@@ -403,7 +432,9 @@ class TestConfig:
         """A typo in the lineage section is a ConfigError with a suggestion."""
         with pytest.raises(ConfigError, match="namespace"):
             PipelineManager(
-                {"lineage": {"namespce": "x"}}, entry_points=False, plugins=[LineagePlugin()]
+                {"lineage": {"namespce": "x"}},
+                entry_points=False,
+                plugins=[LineagePlugin()],
             )
 
     def test_bad_transport_is_a_config_error(self):
@@ -458,7 +489,7 @@ class TestHelpers:
         [
             ("db:table", {"namespace": "db", "name": "table"}),
             ("plain", {"namespace": "xlib-pipeline", "name": "plain"}),
-            ("s3://bucket/a/b", {"namespace": "s3://bucket", "name": "/a/b"}),
+            ("s3://bucket/a/b", {"namespace": "s3://bucket", "name": "a/b"}),
             ({"name": "n"}, {"namespace": "xlib-pipeline", "name": "n"}),
         ],
     )

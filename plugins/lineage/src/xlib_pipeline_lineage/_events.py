@@ -24,24 +24,46 @@ from typing import Any
 
 from xlib_pipeline import OutputLevel
 
-#: The schema URLs (``PARENT_SCHEMA``, ``ERROR_SCHEMA``, ``EVENT_SCHEMA``) come from the
-#: installed client so they always match it. They are looked up on first use: openlineage
-#: is imported only once lineage is on, never when the plugin is merely installed.
-_SCHEMA_NAMES = ("PARENT_SCHEMA", "ERROR_SCHEMA", "EVENT_SCHEMA", "NOMINAL_TIME_SCHEMA")
+from ._naming import check_uri, from_uri
+
+#: The schema URLs (``PARENT_SCHEMA``, ``ERROR_SCHEMA``, ``EVENT_SCHEMA``,
+#: ``NOMINAL_TIME_SCHEMA``, ``JOB_TYPE_SCHEMA``, ``PROCESSING_ENGINE_SCHEMA``,
+#: ``JOB_DEPENDENCIES_SCHEMA``) come from the installed client so they always match it.
+#: They are looked up on first use: openlineage is imported only once lineage is on,
+#: never when the plugin is merely installed.
+_SCHEMA_NAMES = (
+    "PARENT_SCHEMA",
+    "ERROR_SCHEMA",
+    "EVENT_SCHEMA",
+    "NOMINAL_TIME_SCHEMA",
+    "JOB_TYPE_SCHEMA",
+    "PROCESSING_ENGINE_SCHEMA",
+    "JOB_DEPENDENCIES_SCHEMA",
+)
 
 
 @functools.cache
 def schema(name: str) -> str:
-    """The client's schema URL ``name`` (one of ``PARENT_SCHEMA``, ``ERROR_SCHEMA``,
-    ``EVENT_SCHEMA``); imports openlineage on first call."""
+    """The client's schema URL ``name`` (one of :data:`_SCHEMA_NAMES`); imports openlineage
+    on first call."""
     from openlineage.client.event_v2 import RunEvent
-    from openlineage.client.facet_v2 import error_message_run, nominal_time_run, parent_run
+    from openlineage.client.facet_v2 import (
+        error_message_run,
+        job_dependencies_run,
+        job_type_job,
+        nominal_time_run,
+        parent_run,
+        processing_engine_run,
+    )
 
     found: Any = {
         "NOMINAL_TIME_SCHEMA": nominal_time_run.NominalTimeRunFacet,
         "PARENT_SCHEMA": parent_run.ParentRunFacet,
         "ERROR_SCHEMA": error_message_run.ErrorMessageRunFacet,
         "EVENT_SCHEMA": RunEvent,
+        "JOB_TYPE_SCHEMA": job_type_job.JobTypeJobFacet,
+        "PROCESSING_ENGINE_SCHEMA": processing_engine_run.ProcessingEngineRunFacet,
+        "JOB_DEPENDENCIES_SCHEMA": job_dependencies_run.JobDependenciesRunFacet,
     }[name]
     return str(found._get_schema())
 
@@ -51,6 +73,9 @@ def __getattr__(name: str) -> str:
         return schema(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+#: The ``integration`` of the ``jobType`` job facet.
+INTEGRATION = "XLIB_PIPELINE"
 
 #: Base of the identifiers of xlib-pipeline's own facet schemas, shipped in ``schemas/``.
 FACET_SCHEMA_BASE = "https://xlib-pipeline.dev/spec/facets/1-0-0/"
@@ -97,23 +122,33 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def parse_dataset(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+def parse_dataset(
+    value: Any, default_namespace: str = DEFAULT_NAMESPACE, *, check_only: bool = False
+) -> dict[str, Any]:
     """Normalise one ``inputs=``/``outputs=`` entry into ``{"namespace", "name"[, "facets"]}``.
 
-    Strings: ``"scheme://authority/path"`` becomes namespace ``scheme://authority`` and name
-    ``/path`` (the OpenLineage naming convention); otherwise ``"namespace:name"`` splits at
-    the first colon; a bare ``"name"`` uses ``default_namespace``. Dicts need ``name`` and
-    may give ``namespace`` and ``facets`` (a mapping of OpenLineage dataset facets).
+    Strings: a URI ``"scheme://authority/path"`` is named by openlineage-python's naming
+    helpers, following the OpenLineage naming conventions (see :mod:`._naming`:
+    ``postgres://db:5432/shop.orders`` is ``shop.orders`` in ``postgres://db:5432``,
+    ``s3://lake/clean/orders`` is ``clean/orders`` in ``s3://lake``); otherwise
+    ``"namespace:name"`` splits at the first colon; a bare ``"name"`` uses
+    ``default_namespace``. Dicts need ``name`` and may give ``namespace`` and ``facets`` (a
+    mapping of OpenLineage dataset facets); they are taken as given.
+
+    ``check_only=True`` validates a URI as the naming helpers would without importing
+    openlineage (a task's declaration), and returns the URI unnamed.
     """
     if isinstance(value, str):
         if not value:
             raise ValueError("a dataset name must be a non-empty string")
         if "://" in value:
             scheme, _, rest = value.partition("://")
-            authority, slash, path = rest.partition("/")
-            if not scheme or not authority:
+            if not scheme or not rest or (rest.startswith("/") and scheme != "file"):
                 raise ValueError(f"dataset {value!r}: expected 'scheme://authority/path'")
-            return {"namespace": f"{scheme}://{authority}", "name": slash + path or "/"}
+            if check_only:
+                check_uri(value)
+                return {"namespace": default_namespace, "name": value}
+            return from_uri(value)
         ns, sep, name = value.partition(":")
         if sep:
             if not ns or not name:
@@ -147,15 +182,18 @@ def parse_dataset(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> dic
     )
 
 
-def parse_datasets(value: Any, default_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
-    """Normalise an ``inputs=``/``outputs=`` option (one entry or a list of entries)."""
+def parse_datasets(
+    value: Any, default_namespace: str = DEFAULT_NAMESPACE, *, check_only: bool = False
+) -> list[dict[str, Any]]:
+    """Normalise an ``inputs=``/``outputs=`` option (one entry or a list of entries);
+    ``check_only`` as in :func:`parse_dataset`."""
     if value is None:
         return []
     if isinstance(value, str | Mapping):
         value = [value]
     if not isinstance(value, Sequence):
         raise ValueError(f"expected a list of datasets, got {type(value).__name__}")
-    return [parse_dataset(v, default_namespace) for v in value]
+    return [parse_dataset(v, default_namespace, check_only=check_only) for v in value]
 
 
 def run_event(
@@ -167,6 +205,7 @@ def run_event(
     job: str,
     producer: str,
     run_facets: dict[str, Any] | None = None,
+    job_facets: dict[str, Any] | None = None,
     inputs: list[dict[str, Any]] | None = None,
     outputs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -174,13 +213,16 @@ def run_event(
     run: dict[str, Any] = {"runId": run_id}
     if run_facets:
         run["facets"] = run_facets
+    job_: dict[str, Any] = {"namespace": namespace, "name": job}
+    if job_facets:
+        job_["facets"] = job_facets
     return {
         "eventType": event_type,
         "eventTime": iso(ts),
         "producer": producer,
         "schemaURL": schema("EVENT_SCHEMA"),
         "run": run,
-        "job": {"namespace": namespace, "name": job},
+        "job": job_,
         "inputs": inputs or [],
         "outputs": outputs or [],
     }
@@ -223,6 +265,70 @@ def error_facet(
     if stack:
         out["stackTrace"] = stack
     return out
+
+
+def job_type_facet(producer: str, job_type: str, processing: str = "BATCH") -> dict[str, Any]:
+    """The standard ``jobType`` job facet: ``DAG`` for a pipeline, ``TASK`` for a task."""
+    return {
+        "_producer": producer,
+        "_schemaURL": schema("JOB_TYPE_SCHEMA"),
+        "processingType": processing,
+        "integration": INTEGRATION,
+        "jobType": job_type,
+    }
+
+
+def processing_engine_facet(producer: str) -> dict[str, Any]:
+    """The standard ``processing_engine`` run facet: xlib-pipeline and this plugin's
+    versions (as installed)."""
+    import importlib.metadata as md
+
+    from . import __version__ as adapter
+
+    try:
+        version = md.version("xlib-pipeline")
+    except md.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+        import xlib_pipeline
+
+        version = xlib_pipeline.__version__
+    return {
+        "_producer": producer,
+        "_schemaURL": schema("PROCESSING_ENGINE_SCHEMA"),
+        "version": version,
+        "name": "xlib-pipeline",
+        "openlineageAdapterVersion": adapter,
+    }
+
+
+def job_dependencies_facet(
+    producer: str,
+    namespace: str,
+    pipeline: str,
+    run_id: str,
+    upstream: Sequence[str],
+    downstream: Sequence[str],
+    run_of: Callable[[str], str],
+) -> dict[str, Any]:
+    """The standard ``jobDependencies`` run facet of a task run: the task runs it waits
+    for (``upstream``) and those that wait for it (``downstream``), each named by job and
+    runId (``run_of(task)``). A task starts when all its upstreams finished successfully."""
+
+    def dep(task: str) -> dict[str, Any]:
+        return {
+            "job": {"namespace": namespace, "name": f"{pipeline}.{task}"},
+            "run": {"runId": run_of(task)},
+            "dependency_type": "DIRECT_INVOCATION",
+            "sequence_trigger_rule": "FINISH_TO_START",
+            "status_trigger_rule": "EXECUTE_ON_SUCCESS",
+        }
+
+    return {
+        "_producer": producer,
+        "_schemaURL": schema("JOB_DEPENDENCIES_SCHEMA"),
+        "upstream": [dep(t) for t in upstream],
+        "downstream": [dep(t) for t in downstream],
+        "trigger_rule": "ALL_SUCCESS",
+    }
 
 
 def xlib_facet(producer: str, **fields: Any) -> dict[str, Any]:
@@ -271,6 +377,7 @@ def _job_facets(facets: Mapping[str, Any] | None) -> dict[str, Any] | None:
             processingType=jt["processingType"],
             integration=jt["integration"],
             jobType=jt.get("jobType"),
+            producer=jt["_producer"],
         )
     return out or None
 

@@ -75,7 +75,13 @@ def to_mermaid(events: list[dict[str, Any]], run_id: str) -> str:
             continue
         task = xf.get("task") or job
         info = tasks.setdefault(task, {"status": "running", "upstream": [], "in": [], "out": []})
-        if xf.get("upstream"):
+        deps = facets.get("jobDependencies") or {}
+        if deps.get("upstream"):  # the standard facet: jobs named <pipeline>.<task>
+            prefix = job[: len(job) - len(task)] if job.endswith(task) else ""
+            info["upstream"] = [
+                str(u["job"]["name"]).removeprefix(prefix) for u in deps["upstream"]
+            ]
+        elif xf.get("upstream"):  # files written before jobDependencies
             info["upstream"] = list(xf["upstream"])
         if e.get("eventType") != "START":
             info["status"] = xf.get("status") or e.get("eventType", "").lower()

@@ -93,7 +93,8 @@ def _flag(value: Any) -> bool:
 
 
 def _datasets_option(value: Any) -> Any:
-    ev.parse_datasets(value)  # validates; the run parses again with the configured namespace
+    # validates without importing openlineage; the run names them with the configured namespace
+    ev.parse_datasets(value, check_only=True)
     return value
 
 
@@ -128,6 +129,11 @@ class _RunState:
         )
         self.stash = run.stash  # read lazily: other plugins publish in their own hooks
         self.tasks = {t.name: t for t in run.tasks}
+        downstream: dict[str, list[str]] = {}
+        for t in run.tasks:
+            for up in t.depends_on:
+                downstream.setdefault(up, []).append(t.name)
+        self.downstream = downstream
         self.datasets = plugin.datasets_for(run)
         self.started: set[str] = set()
         self.ended: set[str] = set()
@@ -141,6 +147,9 @@ class _RunState:
         self._xhead = f'{{"_producer":{d(p)},"_schemaURL":{d(ev.RUN_FACET_SCHEMA)},"kind":"task",'
         self._ns = d(self.namespace)
         self._job_prefix = self.pipeline + "."
+        # standard facets: jobType on every event's job, processing_engine on run STARTs
+        self._task_job_facets = '{"jobType":' + d(ev.job_type_facet(p, "TASK")) + "}"
+        self._engine = plugin.engine_facet
         self.emitter = Emitter(plugin.sink(), self.build)
 
     # -- event building (emitter thread) -------------------------------------------------
@@ -168,7 +177,7 @@ class _RunState:
             f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}",{self._head},'
             f'"run":{{"runId":"{rid}","facets":{{"parent":{self._parent},'
             f'"{ev.RUN_FACET}":{facet}{extra}}}}},'
-            f'"job":{{"namespace":{self._ns},"name":{job}}},'
+            f'"job":{{"namespace":{self._ns},"name":{job},"facets":{self._task_job_facets}}},'
             f'"inputs":{ins},"outputs":{outs or declared}}}'
         )
 
@@ -176,9 +185,18 @@ class _RunState:
         self.started.add(name)
         task = self.tasks.get(name)
         info = self._task_info(name)
-        up = json.dumps(list(task.depends_on)) if task is not None and task.depends_on else "[]"
-        facet = f'{self._xhead}"task":{info[2]},"status":"running","upstream":{up}}}'
-        out.append(self._task_event("START", name, ts, facet))
+        facet = f'{self._xhead}"task":{info[2]},"status":"running"}}'
+        deps = ev.job_dependencies_facet(
+            self.producer,
+            self.namespace,
+            self.pipeline,
+            self.run_id,
+            list(task.depends_on) if task is not None else [],
+            self.downstream.get(name, []),
+            lambda t: self._task_info(t)[0],
+        )
+        extra = f',"jobDependencies":{json.dumps(deps)},"processing_engine":{self._engine}'
+        out.append(self._task_event("START", name, ts, facet, extra))
 
     def _end(
         self,
@@ -247,7 +265,8 @@ class _RunState:
                 tenant=self.tenant,
                 executor=self.executor,
                 params=self.params,
-            )
+            ),
+            "processing_engine": json.loads(self._engine),
         }
         if self.nominal is not None:
             facets["nominalTime"] = ev.nominal_time_facet(p, self.nominal)
@@ -262,6 +281,7 @@ class _RunState:
                 job=self.pipeline,
                 producer=p,
                 run_facets=facets,
+                job_facets={"jobType": ev.job_type_facet(p, "DAG")},
             ),
             separators=(",", ":"),
         )
@@ -309,6 +329,8 @@ class LineagePlugin:
         self.namespace = ev.DEFAULT_NAMESPACE
         self.producer = ev.default_producer()
         self.include_stack = False
+        #: The ``processing_engine`` run facet as JSON (versions read once, at configure).
+        self.engine_facet = "{}"
         self.transport: dict[str, Any] = {}
         self._sink: Sink | None = None
         self._lock = threading.Lock()
@@ -376,6 +398,7 @@ class LineagePlugin:
         self.namespace = section.get("namespace", ev.DEFAULT_NAMESPACE)
         self.producer = section.get("producer") or ev.default_producer()
         self.include_stack = bool(section.get("include_stack_trace", False))
+        self.engine_facet = json.dumps(ev.processing_engine_facet(self.producer))
         transport = dict(section.get("transport") or {"type": "file"})
         if transport.get("type") == "file" and not (
             transport.get("path") or transport.get("log_file_path")

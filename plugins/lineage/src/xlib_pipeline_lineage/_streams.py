@@ -9,22 +9,12 @@ own: the stream's run stands for them.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from . import _events as ev
-
-
-@functools.cache
-def job_type_schema() -> str:
-    """The client's ``jobType`` facet schema URL (openlineage imported on first use)."""
-    from openlineage.client.facet_v2 import job_type_job
-
-    return str(job_type_job.JobTypeJobFacet._get_schema())
-
 
 STREAM_FACET = "xlibPipeline_stream"
 STREAM_FACET_SCHEMA = RUN_SCHEMA = (
@@ -42,13 +32,7 @@ _TYPES = {
 
 def job_type_facet(producer: str) -> dict[str, Any]:
     """The standard ``jobType`` job facet of a stream."""
-    return {
-        "_producer": producer,
-        "_schemaURL": job_type_schema(),
-        "processingType": "STREAMING",
-        "integration": "XLIB_PIPELINE",
-        "jobType": "STREAM",
-    }
+    return ev.job_type_facet(producer, "STREAM", "STREAMING")
 
 
 def stream_event(
@@ -90,6 +74,6 @@ def stream_event(
         job=stream.pipeline.name,
         producer=producer,
         run_facets=facets,
+        job_facets={"jobType": job_type_facet(producer)},
     )
-    out["job"]["facets"] = {"jobType": job_type_facet(producer)}
     return json.dumps(out, default=str)
