@@ -315,6 +315,30 @@ class TestStandardFacets:
         for task in ("clean", "count"):
             assert task_events(evs, task)[0]["run"]["runId"] == task_run_id(run_id, task)
 
+    def test_job_dependencies_fragments_equal_the_reference_facet(self, events):
+        """The emitter assembles jobDependencies from per-task JSON fragments; it equals the
+        facet built as a dict by job_dependencies_facet, field for field."""
+        from xlib_pipeline_lineage._events import job_dependencies_facet
+
+        run_id, evs = events
+        p = pipeline()
+        downstream: dict[str, list[str]] = {}
+        for t in p.tasks.values():
+            for up in t.depends_on:
+                downstream.setdefault(up, []).append(t.name)
+        for t in p.tasks.values():
+            start = task_events(evs, t.name)[0]
+            assert start["eventType"] == "START"
+            assert start["run"]["facets"]["jobDependencies"] == job_dependencies_facet(
+                start["producer"],
+                "xlib-pipeline",
+                "orders",
+                run_id,
+                list(t.depends_on),
+                downstream.get(t.name, []),
+                lambda name: task_run_id(run_id, name),
+            )
+
     def test_the_graph_is_drawn_from_job_dependencies(self, events):
         """lineage show draws the task edges from jobDependencies."""
         import re

@@ -129,11 +129,7 @@ class _RunState:
         )
         self.stash = run.stash  # read lazily: other plugins publish in their own hooks
         self.tasks = {t.name: t for t in run.tasks}
-        downstream: dict[str, list[str]] = {}
-        for t in run.tasks:
-            for up in t.depends_on:
-                downstream.setdefault(up, []).append(t.name)
-        self.downstream = downstream
+        self._downstream: dict[str, list[str]] | None = None  # built on the emitter thread
         self.datasets = plugin.datasets_for(run)
         self.started: set[str] = set()
         self.ended: set[str] = set()
@@ -150,6 +146,17 @@ class _RunState:
         # standard facets: jobType on every event's job, processing_engine on run STARTs
         self._task_job_facets = '{"jobType":' + d(ev.job_type_facet(p, "TASK")) + "}"
         self._engine = plugin.engine_facet
+        # jobDependencies: its head, and one fragment per task run it names (built once)
+        self._deps_head = (
+            f'{{"_producer":{d(p)},"_schemaURL":{d(ev.schema("JOB_DEPENDENCIES_SCHEMA"))},'
+            '"upstream":['
+        )
+        self._dep_ns = f'{{"job":{{"namespace":{self._ns},"name":'
+        self._dep_tail = (
+            '"dependency_type":"DIRECT_INVOCATION","sequence_trigger_rule":"FINISH_TO_START",'
+            '"status_trigger_rule":"EXECUTE_ON_SUCCESS"}'
+        )
+        self._deps: dict[str, str] = {}
         self.emitter = Emitter(plugin.sink(), self.build)
 
     # -- event building (emitter thread) -------------------------------------------------
@@ -181,21 +188,38 @@ class _RunState:
             f'"inputs":{ins},"outputs":{outs or declared}}}'
         )
 
+    def _dep(self, name: str) -> str:
+        """One entry of a jobDependencies facet naming ``name``'s task run (as JSON)."""
+        dep = self._deps.get(name)
+        if dep is None:
+            rid, job = self._task_info(name)[:2]
+            dep = self._deps[name] = (
+                f'{self._dep_ns}{job}}},"run":{{"runId":"{rid}"}},{self._dep_tail}'
+            )
+        return dep
+
+    def job_dependencies(self, name: str) -> str:
+        """The ``jobDependencies`` run facet of ``name``'s task run, as JSON: the same facet
+        as :func:`._events.job_dependencies_facet`, from fragments built once per task."""
+        down = self._downstream
+        if down is None:
+            down = self._downstream = {}
+            for t in self.tasks.values():
+                for up in t.depends_on:
+                    down.setdefault(up, []).append(t.name)
+        task = self.tasks.get(name)
+        dep = self._dep
+        ups = ",".join([dep(t) for t in task.depends_on]) if task is not None else ""
+        downs = ",".join([dep(t) for t in down.get(name, ())])
+        return f'{self._deps_head}{ups}],"downstream":[{downs}],"trigger_rule":"ALL_SUCCESS"}}'
+
     def _start(self, name: str, ts: float, out: list[str]) -> None:
         self.started.add(name)
-        task = self.tasks.get(name)
         info = self._task_info(name)
         facet = f'{self._xhead}"task":{info[2]},"status":"running"}}'
-        deps = ev.job_dependencies_facet(
-            self.producer,
-            self.namespace,
-            self.pipeline,
-            self.run_id,
-            list(task.depends_on) if task is not None else [],
-            self.downstream.get(name, []),
-            lambda t: self._task_info(t)[0],
+        extra = (
+            f',"jobDependencies":{self.job_dependencies(name)},"processing_engine":{self._engine}'
         )
-        extra = f',"jobDependencies":{json.dumps(deps)},"processing_engine":{self._engine}'
         out.append(self._task_event("START", name, ts, facet, extra))
 
     def _end(
