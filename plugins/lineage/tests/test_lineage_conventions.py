@@ -339,6 +339,36 @@ class TestStandardFacets:
                 lambda name: task_run_id(run_id, name),
             )
 
+    def test_trigger_rule_follows_the_merge_strategy(self, tmp_path: Path):
+        """ALL_SUCCESS for the default merge strategy, NONE_FAILED for collect_available
+        (the task also runs when an upstream was skipped)."""
+        p = Pipeline("merge")
+        p.add_task("a", lambda: 1)
+        p.add_task("b", lambda: 2, condition=lambda: False)
+        p.add_task("all", lambda a, b: a, depends_on=["a", "b"])
+        p.add_task("any", lambda a, b: a, depends_on=["a", "b"], merge_strategy="collect_available")
+        path = tmp_path / "lineage.jsonl"
+        cfg = {"lineage": {"transport": {"type": "file", "path": str(path)}}}
+        with PipelineManager(cfg, entry_points=False, plugins=[LineagePlugin()]) as pm:
+            result = pm.execute_pipeline(p)
+        assert result.tasks["all"].status == "skipped"
+        assert result.tasks["any"].status == "succeeded"
+        evs = run_events(read_events(path), result.run_id)
+        rules = {
+            e["job"]["name"]: e["run"]["facets"]["jobDependencies"]["trigger_rule"]
+            for e in evs
+            if e["eventType"] == "START" and e["job"]["name"] != "merge"
+        }
+        assert rules == {
+            "merge.a": "ALL_SUCCESS",
+            "merge.b": "ALL_SUCCESS",
+            "merge.all": "ALL_SUCCESS",
+            "merge.any": "NONE_FAILED",
+        }
+        for e in evs:
+            if "jobDependencies" in e["run"].get("facets", {}):
+                check_dependencies(e["run"]["facets"]["jobDependencies"])
+
     def test_the_graph_is_drawn_from_job_dependencies(self, events):
         """lineage show draws the task edges from jobDependencies."""
         import re

@@ -308,6 +308,7 @@ def job_dependencies_facet(
     upstream: Sequence[str],
     downstream: Sequence[str],
     run_of: Callable[[str], str],
+    trigger_rule: str = "ALL_SUCCESS",
 ) -> dict[str, Any]:
     """The standard ``jobDependencies`` run facet of a task run: the task runs it waits
     for (``upstream``) and those that wait for it (``downstream``), each named by job and
@@ -327,7 +328,7 @@ def job_dependencies_facet(
         "_schemaURL": schema("JOB_DEPENDENCIES_SCHEMA"),
         "upstream": [dep(t) for t in upstream],
         "downstream": [dep(t) for t in downstream],
-        "trigger_rule": "ALL_SUCCESS",
+        "trigger_rule": trigger_rule,
     }
 
 

@@ -98,6 +98,15 @@ def _datasets_option(value: Any) -> Any:
     return value
 
 
+def trigger_rule(task: Any) -> str:
+    """The ``trigger_rule`` of a task's ``jobDependencies`` facet: ``ALL_SUCCESS`` (runs
+    when every upstream succeeded; a skipped upstream skips it), ``NONE_FAILED`` for
+    ``merge_strategy="collect_available"`` (runs when no upstream failed)."""
+    if task is not None and task.merge_strategy == "collect_available":
+        return "NONE_FAILED"
+    return "ALL_SUCCESS"
+
+
 class _RunState:
     """Per-run lineage state; all mutable parts are touched by the emitter thread only.
 
@@ -211,7 +220,8 @@ class _RunState:
         dep = self._dep
         ups = ",".join([dep(t) for t in task.depends_on]) if task is not None else ""
         downs = ",".join([dep(t) for t in down.get(name, ())])
-        return f'{self._deps_head}{ups}],"downstream":[{downs}],"trigger_rule":"ALL_SUCCESS"}}'
+        rule = trigger_rule(task)
+        return f'{self._deps_head}{ups}],"downstream":[{downs}],"trigger_rule":"{rule}"}}'
 
     def _start(self, name: str, ts: float, out: list[str]) -> None:
         self.started.add(name)
