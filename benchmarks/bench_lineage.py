@@ -6,7 +6,12 @@ Builds a random layered DAG of no-op tasks (each task depends on 1-3 tasks of th
 previous layer), runs it with the bare core (no plugins) and with only the lineage plugin
 (file transport into a temporary folder), interleaved, and prints a markdown table of
 medians. "added" is (lineage - bare) / tasks: everything lineage costs, including
-writing every event to the file before execute_pipeline returns.
+writing every event to the file before execute_pipeline returns. It is given in wall time
+and in process CPU time (user + system, all threads), which a loaded machine disturbs less.
+
+Before/after a change of the plugin: run it alternately with the other build's source
+first on the path, e.g. ``PYTHONPATH=/tmp/old/plugins/lineage/src python
+benchmarks/bench_lineage.py``, and compare the "added" figures of neighbouring runs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -44,10 +50,17 @@ def layered_dag(n: int, width: int = 100, seed: int = 7):
     return p
 
 
-def timed(pm, pipeline, threads: int) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(pm, pipeline, threads: int, cpu: list[float] | None = None) -> float:
+    c0, t0 = _cpu(), time.perf_counter()
     r = pm.execute_pipeline(pipeline, max_workers=threads)
     dt = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(_cpu() - c0)
     assert r.success, r.error
     return dt
 
@@ -74,10 +87,10 @@ def main(argv=None) -> int:
     )
     timed(bare, pipeline, args.threads)  # warm-up (plan compile, threads)
     timed(lin, pipeline, args.threads)
-    b, l_ = [], []
+    b, l_, cb, cl = [], [], [], []
     for _ in range(args.repeat):
-        b.append(timed(bare, pipeline, args.threads))
-        l_.append(timed(lin, pipeline, args.threads))
+        b.append(timed(bare, pipeline, args.threads, cb))
+        l_.append(timed(lin, pipeline, args.threads, cl))
     with open(path) as f:
         events = sum(1 for _ in f)
     n = args.tasks
@@ -96,6 +109,12 @@ def main(argv=None) -> int:
         f"\nadded by lineage: **{(ml - mb) / n * 1e6:.1f} µs/task** "
         f"({events} events written, {events / ((args.repeat + 1) * n):.2f} per task per run, "
         f"file {path.stat().st_size / 1e6:.1f} MB)"
+    )
+    cpu_b, cpu_l = statistics.median(cb), statistics.median(cl)
+    print(
+        f"CPU time: bare {cpu_b / n * 1e6:.1f}, lineage {cpu_l / n * 1e6:.1f}, "
+        f"added **{(cpu_l - cpu_b) / n * 1e6:.1f} µs/task** "
+        f"(load average {os.getloadavg()[0]:.1f})"
     )
     return 0
 
