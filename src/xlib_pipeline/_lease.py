@@ -96,15 +96,28 @@ def me(holder: str) -> Lease:
     """A lease for this process, held by run ``holder``."""
     now = time.time()
     pid = os.getpid()
+    host, start = _identity(pid)
     return Lease(
         run_id="",
         holder=holder,
         pid=pid,
-        host=socket.gethostname(),
-        proc_start=proc_start(pid),
+        host=host,
+        proc_start=start,
         acquired=now,
         heartbeat=now,
     )
+
+
+_IDENTITY: dict[int, tuple[str, str | None]] = {}
+
+
+def _identity(pid: int) -> tuple[str, str | None]:
+    """Host name and start time of this process, read once per process (a stream claims a
+    lease per batch; a forked child has another pid, so it reads its own)."""
+    got = _IDENTITY.get(pid)
+    if got is None:
+        got = _IDENTITY[pid] = (socket.gethostname(), proc_start(pid))
+    return got
 
 
 def from_row(row: Any) -> Lease:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -266,11 +267,20 @@ def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:
     return bytes(data if data is not None else value).decode("utf-8", "replace")
 
 
+_USERS: dict[int, str] = {}
+
+
 def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # pragma: no cover - no user database
-        return "unknown"
+    """The OS user running this process (read once per process: one per run otherwise)."""
+    pid = os.getpid()
+    got = _USERS.get(pid)
+    if got is None:
+        try:
+            got = getpass.getuser()
+        except Exception:  # pragma: no cover - no user database
+            got = "unknown"
+        _USERS[pid] = got
+    return got
 
 
 def load_resume(
