@@ -45,17 +45,17 @@ def _child(kind: str) -> dict[str, Any]:
     import xlib_pipeline  # noqa: F401  (untimed: the targets start after this import)
 
     if kind.startswith("manager-"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         from xlib_pipeline import PipelineManager
 
         pm = PipelineManager({}, entry_points=kind == "manager-all")
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
         pm.close()
-        return {"seconds": took}
+        return {"seconds": took, "cpu": cpu}
     dag = layered(COLD_TASKS, width=100)  # the random spec itself is not timed
     names, deps = dag.names, dag.deps
     if kind == "reference":
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         graph: dict[str, tuple[str, ...]] = {}
         fns: dict[str, Any] = {}
         for name, d in zip(names, deps):
@@ -66,8 +66,8 @@ def _child(kind: str) -> dict[str, Any]:
             graph[name] = d
             fns[name] = body
         reference_threads(dag, 2, (graph, fns))
-        return {"seconds": time.perf_counter() - t0}
-    t0 = time.perf_counter()
+        return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    t0, c0 = time.perf_counter(), time.process_time()
     from xlib_pipeline import Pipeline, PipelineManager
 
     p = Pipeline("cold")
@@ -79,12 +79,12 @@ def _child(kind: str) -> dict[str, Any]:
 
     pm = PipelineManager({"max_workers": 2}, entry_points=kind == "ours-all")
     result = pm.execute_pipeline(p)
-    took = time.perf_counter() - t0
+    took, cpu = time.perf_counter() - t0, time.process_time() - c0
     if not result.success:
         raise SystemExit(f"cold run failed: {result.error}")
     loaded = sorted(m for m in ("distributed", "openlineage", "psycopg") if m in sys.modules)
     pm.close()
-    return {"seconds": took, "heavy_modules": loaded}
+    return {"seconds": took, "cpu": cpu, "heavy_modules": loaded}
 
 
 #: Children write and use bytecode caches, as an installed wheel has them (pip compiles
@@ -107,6 +107,7 @@ def _wall(cmd: list[str]) -> float:
 def measure(repeat: int) -> dict[str, Any]:
     """Median seconds per contender over ``repeat`` fresh processes (interleaved)."""
     times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    cpu: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     times["help"], times["python"] = [], []
     heavy: list[str] = []
     cli = shutil.which("xlib-pipeline", path=str(Path(sys.executable).parent))
@@ -116,12 +117,20 @@ def measure(repeat: int) -> dict[str, Any]:
         for kind in CONTENDERS:
             answer = _run_child(kind)
             times[kind].append(answer["seconds"])
+            cpu[kind].append(answer["cpu"])
             heavy = answer.get("heavy_modules", heavy)
         if cli:
             times["help"].append(_wall([cli, "--help"]))
             times["python"].append(_wall([sys.executable, "-c", "pass"]))
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    return {"median": med, "repeat": repeat, "tasks": COLD_TASKS, "heavy_modules": heavy}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items() if v}
+    return {
+        "median": med,
+        "cpu": med_cpu,
+        "repeat": repeat,
+        "tasks": COLD_TASKS,
+        "heavy_modules": heavy,
+    }
 
 
 def render(res: dict[str, Any]) -> list[str]:
@@ -161,6 +170,19 @@ def render(res: dict[str, Any]) -> list[str]:
             f"{m['python'] * 1e3:.0f} ms) | {m['help'] * 1e3:.0f} ms | | | "
             f"≤ {TARGET_HELP_MS:g} ms {ok_h} |"
         )
+    c = res.get("cpu")
+    if c:
+        extra_cpu = (c["manager-all"] - c["manager-core"]) * 1e3
+        lines += [
+            "",
+            "CPU time (process_time, all threads; steadier than wall time on a shared "
+            f"machine): reference {c['reference'] * 1e3:.0f} ms, bare core "
+            f"{c['ours-core'] * 1e3:.0f} ms ({c['ours-core'] / c['reference']:.2f}×), every "
+            f"plugin installed {c['ours-all'] * 1e3:.0f} ms "
+            f"({c['ours-all'] / c['reference']:.2f}×); `PipelineManager({{}})` "
+            f"{c['manager-all'] * 1e3:.1f} ms with every plugin against "
+            f"{c['manager-core'] * 1e3:.1f} ms bare ({extra_cpu:+.1f} ms).",
+        ]
     heavy = ", ".join(res.get("heavy_modules") or []) or "none"
     lines += [
         "",

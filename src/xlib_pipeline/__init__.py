@@ -36,6 +36,7 @@ from ._progress import EVENT_KINDS, LiveRun, ProgressEvent
 from ._records import (
     CLASSIFICATION,
     LEASE_TAKEOVERS,
+    OUTPUTS_IN_DRIVER,
     Classification,
     CliCommand,
     ConfigKey,
@@ -115,6 +116,7 @@ __all__ = [
     "EVENT_KINDS",
     "FALLBACKS",
     "LEASE_TAKEOVERS",
+    "OUTPUTS_IN_DRIVER",
     "RESOURCE_SLOTS",
     "ArityError",
     "CallObserver",

@@ -27,8 +27,8 @@ LAZY_TYPES = frozenset(
 
 _FunctionType = types.FunctionType
 _CO_COROUTINE = inspect.CO_COROUTINE
-#: Attributes by which ``inspect.markcoroutinefunction`` marks a plain function.
-_MARKED = frozenset({"_is_coroutine_marker", "_is_coroutine"})
+# ``inspect.markcoroutinefunction`` marks a plain function with ``_is_coroutine_marker``
+# (``asyncio.coroutine`` used ``_is_coroutine``): such functions take the slow path.
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -37,7 +37,11 @@ def is_async_callable(fn: Any) -> bool:
     ``__call__`` is ``async def``."""
     if fn.__class__ is _FunctionType:
         extra = fn.__dict__
-        if not extra or not ("__wrapped__" in extra or _MARKED & extra.keys()):
+        if not extra or (
+            "__wrapped__" not in extra
+            and "_is_coroutine_marker" not in extra
+            and "_is_coroutine" not in extra
+        ):
             return bool(fn.__code__.co_flags & _CO_COROUTINE)  # a plain def: its code says
     seen = 0
     while isinstance(fn, functools.partial) and seen < 64:

@@ -32,6 +32,7 @@ from ._plugins import (
 )
 from ._progress import Callback, EventObserver, ProgressEvent, iterate
 from ._records import (
+    OUTPUTS_IN_DRIVER,
     CliCommand,
     Executor,
     PluginInfo,
@@ -557,6 +558,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)
+            ctx.stash[OUTPUTS_IN_DRIVER] = store is not None and self._record_outputs()
             hooks.before_pipeline(run=ctx)
         except BaseException as exc:
             refused = _refused_result(ctx, p, exc)

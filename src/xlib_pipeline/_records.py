@@ -255,6 +255,14 @@ class Classification:
 #: Where the classification plugin publishes levels for audit, lineage and others.
 CLASSIFICATION: StashKey[Classification] = StashKey("classification")
 
+#: Whether something in the driver reads task outputs as soon as tasks end in this run: the
+#: core sets it before ``before_pipeline`` (true when the run store records outputs), and a
+#: plugin whose ``after_task`` reads ``outcome.output`` (audit digests, PII scanning) sets it
+#: true in its ``before_pipeline``. An executor that can keep outputs where they were
+#: computed (Dask) fetches every output when it is true; otherwise only what the driver
+#: needs (final results, inputs of conditions) and successors receive the rest as futures.
+OUTPUTS_IN_DRIVER: StashKey[bool] = StashKey("outputs_in_driver")
+
 #: Stale run leases this run took over (their owner's process was gone): one mapping per
 #: lease with ``run_id``, ``pid``, ``host`` and ``holder``. The audit plugin records them.
 LEASE_TAKEOVERS: StashKey[list[dict[str, Any]]] = StashKey("lease_takeovers")

@@ -244,7 +244,7 @@ def _direct_calls(fn: F, pipeline: str, task: Task) -> F:
             return out
 
         wrapper = direct
-    functools.update_wrapper(wrapper, fn)
+    _copy_identity(wrapper, fn)
     if not hasattr(wrapper, TASK_FN_ATTR):
         setattr(wrapper, TASK_FN_ATTR, task.fn)
     # Pickling by reference (worker processes, Dask) looks the task's function up by its
@@ -254,6 +254,22 @@ def _direct_calls(fn: F, pipeline: str, task: Task) -> F:
     if isinstance(original, types.FunctionType) and "<locals>" not in qual and original is fn:
         original.__qualname__ = qual + ".__wrapped__"
     return wrapper  # type: ignore[no-any-return]
+
+
+def _copy_identity(wrapper: Any, fn: Any) -> None:
+    """What :func:`functools.update_wrapper` does for a plain function, without its
+    attribute-by-attribute ``getattr``/``try`` loop (the decorator runs once per task)."""
+    if fn.__class__ is not types.FunctionType:
+        functools.update_wrapper(wrapper, fn)
+        return
+    wrapper.__module__ = fn.__module__
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__annotations__ = fn.__annotations__
+    if fn.__dict__:
+        wrapper.__dict__.update(fn.__dict__)
+    wrapper.__wrapped__ = fn
 
 
 def _identity_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ from xlib_pipeline import (
     CLASSIFICATION,
     FALLBACKS,
     LEASE_TAKEOVERS,
+    OUTPUTS_IN_DRIVER,
     RunContext,
     StashKey,
     Status,
@@ -47,6 +48,8 @@ class AuditRun:
         self.meta: dict[str, tuple[str | None, str | None, bool]] = {}
         for task in run.tasks:
             self.meta[task.name] = self.task_meta(task, run)
+        if any(m[2] for m in self.meta.values()):
+            run.stash[OUTPUTS_IN_DRIVER] = True  # output digests read each output
 
     def task_meta(self, task: Any, run: Any) -> tuple[str | None, str | None, bool]:
         opt = task.options.get("audit") or {}

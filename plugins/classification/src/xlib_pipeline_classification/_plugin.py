@@ -26,6 +26,7 @@ from typing import Any
 
 from xlib_pipeline import (
     CLASSIFICATION,
+    OUTPUTS_IN_DRIVER,
     Classification,
     ConfigKey,
     EvidenceSection,
@@ -358,6 +359,8 @@ class _Enforcer:
     @hookimpl
     def before_pipeline(self, run: RunContext) -> None:
         state = _RunState(self.p, run)
+        if self.p.detect_pii and self.p.detectors:
+            run.stash[OUTPUTS_IN_DRIVER] = True  # after_task scans each output's content
         run.stash[CLASSIFICATION_RUN] = state
         run.stash[CLASSIFICATION] = state.published
 

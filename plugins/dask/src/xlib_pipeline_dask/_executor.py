@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from xlib_pipeline import (
+    OUTPUTS_IN_DRIVER,
     DefinitionError,
     Isolation,
     ResourceError,
@@ -48,6 +49,9 @@ class DaskRun:
     marked_only: bool = False
     #: By task name: ``(distribute spec, map index)`` of the tasks that have either.
     specs: Mapping[str, tuple[DistributeSpec | None, int | None]] = attrs.field(factory=dict)
+    #: Tasks whose output the driver needs even when no hook reads outputs: final results
+    #: (sinks), inputs of conditions, of freeze_inputs copies and of tasks run in the driver.
+    fetch: frozenset[str] = frozenset()
 
     def spec(self, task: Task) -> tuple[DistributeSpec | None, int | None]:
         """``(distribute spec, map index)`` of ``task``."""
@@ -164,13 +168,23 @@ class DaskExecutor:
         key = f"{task.name}-{uuid.uuid4().hex}"
         needs = worker_resources(client, task)
         keep = spec is not None and spec.keep_remote
+        # The value comes to the driver only when something there needs it; otherwise the
+        # task's successors receive its future and the cluster moves the data.
+        needed = (
+            state is None
+            or task.name in state.fetch
+            or run.stash.get(OUTPUTS_IN_DRIVER, True) is not False
+        )
         if index is not None:
-            return self._map(client, task, fn, args, index, spec, key, keep, timeout, needs, boxing)
+            stay = keep or not needed
+            return self._map(client, task, fn, args, index, spec, key, stay, timeout, needs, boxing)
         if boxing:
             args = tuple([_box(a) for a in args])
         fut = client.submit(fn, *args, pure=False, key=key, **needs)
         if keep:
             return RemoteResult(task.name, future=fut)
+        if not needed:
+            return _wait_remote(client, task, fut, timeout)
         return _wait_one(client, task, fut, timeout)
 
     def _map(
@@ -211,6 +225,8 @@ class DaskExecutor:
                 for k, item in enumerate(items)
             ]
             if keep:
+                if not (spec is not None and spec.keep_remote):  # kept because not needed
+                    _wait_all(client, task, futs, timeout)
                 return RemoteResult(task.name, futures=futs)
             return _gather(client, task, futs, timeout)
         return _windowed(client, task, fn, before, after, items, par, key, timeout)
@@ -289,12 +305,32 @@ def _wait_one(client: Any, task: Task, fut: Any, timeout: float | None) -> Any:
         raise _translate(client, task, [fut], exc, timeout) from None
 
 
+def _wait_remote(client: Any, task: Task, fut: Any, timeout: float | None) -> RemoteResult:
+    """Wait until ``fut`` ends without fetching its value; raise what it raised."""
+    _wait_all(client, task, [fut], timeout)
+    return RemoteResult(task.name, future=fut)
+
+
+def _wait_all(client: Any, task: Task, futs: list[Any], timeout: float | None) -> None:
+    from distributed import wait
+
+    try:
+        with client.as_current():  # wait() looks its client up; ours is not the default
+            wait(futs, timeout=timeout)
+        for f in futs:
+            if f.status != "finished":
+                f.result()  # raises the task's exception (with its remote traceback)
+    except BaseException as exc:
+        raise _translate(client, task, futs, exc, timeout) from None
+
+
 def _gather(client: Any, task: Task, futs: list[Any], timeout: float | None) -> list[Any]:
     from distributed import wait
 
     try:
         if timeout is not None:
-            wait(futs, timeout=timeout)
+            with client.as_current():
+                wait(futs, timeout=timeout)
         return list(client.gather(futs))
     except BaseException as exc:
         raise _translate(client, task, futs, exc, timeout) from None

@@ -183,11 +183,13 @@ class DaskPlugin:
         on = opt if opt is not None else (self.mode or run.executor == "dask")
         specs = self._specs(run)
         if on:
+            marked_only = self.settings.scope == "marked"
             run.stash[STASH] = DaskRun(
                 distributed=True,
                 inner=run.executor,
-                marked_only=self.settings.scope == "marked",
+                marked_only=marked_only,
                 specs=specs,
+                fetch=_driver_needs(run, specs, marked_only),
             )
             return "dask"
         inner = _local_default(run) if run.executor == "dask" else run.executor
@@ -210,6 +212,26 @@ class DaskPlugin:
                 source=self.handle.source,
                 replaced_executor=state.inner,
             )
+
+
+def _driver_needs(run: RunContext, specs: Mapping[str, Any], marked_only: bool) -> frozenset[str]:
+    """Tasks whose values the driver needs whatever the hooks: the final results (sinks),
+    and the inputs of a condition, of a freeze_inputs copy or of a task the driver runs."""
+    has_successor: set[str] = set()
+    need: set[str] = set()
+    frozen = bool(run.config.get("freeze_inputs", False))
+    for t in run.tasks:
+        has_successor.update(t.depends_on)
+        local = marked_only and t.name not in specs
+        if (
+            t.condition is not None
+            or local
+            or t.options.get("freeze_inputs", frozen)
+            or t.merge_strategy != "all_success"
+        ):
+            need.update(t.depends_on)
+    need.update(t.name for t in run.tasks if t.name not in has_successor)
+    return frozenset(need)
 
 
 def _local_default(run: RunContext) -> str:
