@@ -26,6 +26,7 @@ from ._config import (
     seconds,
 )
 from ._context import Params, TaskContext
+from ._deferred import DeferredOutput, outputs_read_in_driver
 from ._events import ConsoleFormatter, JsonFormatter, configure_logging
 from ._executors import call_with_timeout, remote_traceback
 from ._fallback import FallbackValue
@@ -85,6 +86,8 @@ from .exceptions import (
     MissingPluginError,
     PipelineError,
     PluginError,
+    OutputUnavailableError,
+    PluginError,
     PluginLoadError,
     RemoteError,
     ResourceError,
@@ -134,6 +137,7 @@ __all__ = [
     "CycleError",
     "DataShreddedError",
     "DefinitionError",
+    "DeferredOutput",
     "DuplicateTaskError",
     "EmptyPipelineError",
     "EvidenceSection",
@@ -153,6 +157,7 @@ __all__ = [
     "MissingPluginConfigError",
     "MissingPluginError",
     "OutputLevel",
+    "OutputUnavailableError",
     "Params",
     "PayloadRef",
     "Pipeline",
@@ -211,6 +216,7 @@ __all__ = [
     "number",
     "observe_direct_calls",
     "one_of",
+    "outputs_read_in_driver",
     "plan",
     "read_mapping_file",
     "remote_traceback",

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from ._deferred import DeferredOutput
 from ._records import Status, utc
 from .exceptions import TaskFailedError
 
 _WITH_OUTPUT = (Status.SUCCEEDED, Status.CACHED, Status.FALLBACK)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class TaskResult:
     """How a task ended in a run.
 
@@ -23,16 +24,42 @@ class TaskResult:
     output when ``cached``, the fallback's output when ``fallback``); ``error`` the exception
     when it failed (for ``fallback``: the failure the fallback replaced); ``attempts``
     counts calls of the function (0 when it never ran).
+
+    An output an executor left where it was computed (a :class:`DeferredOutput`, e.g. an
+    intermediate result on a Dask cluster) is fetched the first time ``output`` is read and
+    cached; :class:`~.exceptions.OutputUnavailableError` names the task when it is gone.
     """
 
     name: str
     status: Status
-    output: Any = None
+    _output: Any = None
     error: BaseException | None = None
     traceback: str | None = None
     attempts: int = 0
     started: float | None = None
     finished: float | None = None
+
+    @property
+    def output(self) -> Any:
+        """The task's output (``None`` unless it succeeded, was cached or fell back)."""
+        out = self._output
+        if isinstance(out, DeferredOutput):
+            out = out.fetch()
+            object.__setattr__(self, "_output", out)
+        return out
+
+    @property
+    def output_fetched(self) -> bool:
+        """False while the output is still where it was computed (reading ``output``
+        fetches it)."""
+        return not isinstance(self._output, DeferredOutput)
+
+    def __repr__(self) -> str:  # never fetches: shows a deferred output as itself
+        return (
+            f"TaskResult(name={self.name!r}, status={self.status!r}, output={self._output!r}, "
+            f"error={self.error!r}, traceback={self.traceback!r}, attempts={self.attempts!r}, "
+            f"started={self.started!r}, finished={self.finished!r})"
+        )
 
     @property
     def started_at(self) -> datetime | None:
@@ -113,6 +140,23 @@ class TaskResults(Mapping[str, TaskResult]):
         ):
             n = attempts.get(i, 1 if started is not None else 0)
             yield name, status or pending, n, started, finished
+
+    def outputs(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Task name -> output of the tasks in ``names`` (default: every task) that have one
+        (succeeded, cached or fell back). Outputs still where they were computed are fetched
+        in one batched call per kind (one ``client.gather`` for Dask) and cached, instead of
+        one round trip per task as reading each ``output`` would do."""
+        wanted = list(self._names if names is None else names)
+        results = [self[n] for n in wanted]  # KeyError names an unknown task
+        pending: dict[type[DeferredOutput], list[TaskResult]] = {}
+        for r in results:
+            if r.status in _WITH_OUTPUT and isinstance(r._output, DeferredOutput):
+                pending.setdefault(type(r._output), []).append(r)
+        for kind, rs in pending.items():
+            values = kind.fetch_many([r._output for r in rs])
+            for r, v in zip(rs, values, strict=True):
+                object.__setattr__(r, "_output", v)
+        return {r.name: r.output for r in results if r.status in _WITH_OUTPUT}
 
     def by_status(self, status: Status | str) -> list[str]:
         """Names of the tasks that ended in ``status``."""

@@ -216,6 +216,12 @@ class RemoteError(TaskError):
     """A task failed in a worker and its exception could not be rebuilt in the driver."""
 
 
+class OutputUnavailableError(TaskError):
+    """A task succeeded but its output, left where it was computed (a Dask cluster) because
+    nothing in the driver needed it during the run, can no longer be fetched: the cluster
+    was closed with the manager, or lost the data. ``task`` names the task."""
+
+
 class ResourceLimitExceeded(TaskError):
     """A task broke a resource limit (memory, CPU time, wall time) of its tenant."""
 

@@ -18,7 +18,9 @@ import attrs
 from xlib_pipeline import (
     OUTPUTS_IN_DRIVER,
     DefinitionError,
+    DeferredOutput,
     Isolation,
+    OutputUnavailableError,
     ResourceError,
     RunContext,
     SerializationError,
@@ -94,11 +96,84 @@ class RemoteResult:
 
     def __repr__(self) -> str:
         n = "" if self._futures is None else f", partitions={len(self._futures)}"
-        return f"RemoteResult(task={self.task!r}{n})"
+        return f"{type(self).__name__}(task={self.task!r}{n})"
+
+
+class ClusterOutput(RemoteResult, DeferredOutput):
+    """An output left on the cluster because nothing in the driver needed it during the
+    run (no ``keep_remote``): successors on Dask received its future, hooks see this
+    object, and the run result fetches the value when ``result.tasks[name].output`` is
+    read (:meth:`fetch`; ``result.tasks.outputs()`` batches several into one gather).
+    """
+
+    __slots__ = ()
+
+    def fetch(self) -> Any:
+        return self.fetch_many([self])[0]
+
+    @classmethod
+    def fetch_many(cls, items: Sequence[DeferredOutput]) -> list[Any]:
+        """One ``client.gather`` per client for every future of ``items``."""
+        outs = [i for i in items if isinstance(i, ClusterOutput)]
+        if len(outs) != len(items):  # pragma: no cover - the core groups by class
+            raise TypeError("ClusterOutput.fetch_many takes ClusterOutput items only")
+        by_client: dict[int, tuple[Any, list[int]]] = {}
+        for k, o in enumerate(outs):
+            futs = o.futures
+            client = futs[0].client if futs else None
+            if client is not None:
+                by_client.setdefault(id(client), (client, []))[1].append(k)
+        values: list[Any] = [[] if o._futures is not None else None for o in outs]
+        for client, ks in by_client.values():
+            flat = [f for k in ks for f in outs[k].futures]
+            for k in ks:
+                outs[k]._check_alive(client)
+            try:
+                got = client.gather(flat)
+            except Exception as exc:
+                for k in ks:  # name the task whose value is gone
+                    outs[k]._fetch_one(client)
+                raise outs[ks[0]]._gone(exc) from exc  # pragma: no cover - all fetched
+            pos = 0
+            for k in ks:
+                n = len(outs[k].futures)
+                part = got[pos : pos + n]
+                pos += n
+                values[k] = list(part) if outs[k]._futures is not None else part[0]
+        return values
+
+    def _check_alive(self, client: Any) -> None:
+        status = getattr(client, "status", "running")
+        if status in ("closing", "closed"):
+            raise self._gone(None, "its Dask client was closed with the PipelineManager")
+        lost = [f for f in self.futures if f.status in ("cancelled", "lost", "error")]
+        if lost:
+            raise self._gone(None, f"its Dask future is {lost[0].status} (cluster closed?)")
+
+    def _fetch_one(self, client: Any) -> None:
+        try:
+            client.gather(self.futures)
+        except Exception as exc:
+            raise self._gone(exc) from exc
+
+    def _gone(self, exc: BaseException | None, why: str | None = None) -> OutputUnavailableError:
+        reason = why or f"{type(exc).__name__}: {exc}"
+        return OutputUnavailableError(
+            f"task {self.task!r}: its output stayed on the Dask cluster (nothing in the "
+            f"driver needed it during the run) and cannot be fetched now: {reason}. Read "
+            "result.tasks[...].output (or result.tasks.outputs()) before closing the "
+            "PipelineManager, or configure a run store so that outputs are recorded",
+            task=self.task,
+            cause=exc,
+        )
+
+
+#: What ``_unwrap`` passes to ``client.submit`` as futures.
+_REMOTE = (RemoteResult, ClusterOutput)
 
 
 def _unwrap(value: Any) -> Any:
-    return value.remote() if type(value) is RemoteResult else value
+    return value.remote() if type(value) in _REMOTE else value
 
 
 class DaskExecutor:
@@ -184,7 +259,8 @@ class DaskExecutor:
         if keep:
             return RemoteResult(task.name, future=fut)
         if not needed:
-            return _wait_remote(client, task, fut, timeout)
+            _wait_all(client, task, [fut], timeout)
+            return ClusterOutput(task.name, future=fut)
         return _wait_one(client, task, fut, timeout)
 
     def _map(
@@ -224,10 +300,11 @@ class DaskExecutor:
                 client.submit(fn, *before, item, *after, pure=False, key=f"{key}-{k}", **needs)
                 for k, item in enumerate(items)
             ]
-            if keep:
-                if not (spec is not None and spec.keep_remote):  # kept because not needed
-                    _wait_all(client, task, futs, timeout)
+            if spec is not None and spec.keep_remote:
                 return RemoteResult(task.name, futures=futs)
+            if keep:  # kept because nothing in the driver needs it
+                _wait_all(client, task, futs, timeout)
+                return ClusterOutput(task.name, futures=futs)
             return _gather(client, task, futs, timeout)
         return _windowed(client, task, fn, before, after, items, par, key, timeout)
 
@@ -303,12 +380,6 @@ def _wait_one(client: Any, task: Task, fut: Any, timeout: float | None) -> Any:
         return fut.result(timeout=timeout)
     except BaseException as exc:
         raise _translate(client, task, [fut], exc, timeout) from None
-
-
-def _wait_remote(client: Any, task: Task, fut: Any, timeout: float | None) -> RemoteResult:
-    """Wait until ``fut`` ends without fetching its value; raise what it raised."""
-    _wait_all(client, task, [fut], timeout)
-    return RemoteResult(task.name, future=fut)
 
 
 def _wait_all(client: Any, task: Task, futs: list[Any], timeout: float | None) -> None:

@@ -22,6 +22,7 @@ from xlib_pipeline import (
     TaskOption,
     boolean,
     hookimpl,
+    outputs_read_in_driver,
 )
 
 from ._cluster import ClusterHandle
@@ -215,23 +216,14 @@ class DaskPlugin:
 
 
 def _driver_needs(run: RunContext, specs: Mapping[str, Any], marked_only: bool) -> frozenset[str]:
-    """Tasks whose values the driver needs whatever the hooks: the final results (sinks),
-    and the inputs of a condition, of a freeze_inputs copy or of a task the driver runs."""
-    has_successor: set[str] = set()
-    need: set[str] = set()
-    frozen = bool(run.config.get("freeze_inputs", False))
-    for t in run.tasks:
-        has_successor.update(t.depends_on)
-        local = marked_only and t.name not in specs
-        if (
-            t.condition is not None
-            or local
-            or t.options.get("freeze_inputs", frozen)
-            or t.merge_strategy != "all_success"
-        ):
-            need.update(t.depends_on)
-    need.update(t.name for t in run.tasks if t.name not in has_successor)
-    return frozenset(need)
+    """Tasks whose values the driver needs whatever the hooks: what the core reads (final
+    results, inputs of conditions, contracts, caches, ...) and, with ``scope: marked``, the
+    inputs of the tasks that run in the driver."""
+    need = outputs_read_in_driver(run)
+    if not marked_only:
+        return need
+    local = {d for t in run.tasks if t.name not in specs for d in t.depends_on}
+    return need | local
 
 
 def _local_default(run: RunContext) -> str:
