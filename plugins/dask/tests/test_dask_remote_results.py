@@ -118,7 +118,7 @@ def test_an_unread_output_after_close_names_the_task(address):
     m1 = result.tasks["m1"]
     assert m1.succeeded and m1.error is None  # the rest of the result stays readable
     with pytest.raises(OutputUnavailableError) as info:
-        m1.output
+        _ = m1.output
     assert info.value.task == "m1"
     text = str(info.value)
     assert "'m1'" in text and "stayed on the Dask cluster" in text

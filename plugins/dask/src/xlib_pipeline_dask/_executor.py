@@ -17,8 +17,8 @@ import attrs
 
 from xlib_pipeline import (
     OUTPUTS_IN_DRIVER,
-    DefinitionError,
     DeferredOutput,
+    DefinitionError,
     Isolation,
     OutputUnavailableError,
     ResourceError,
