@@ -82,7 +82,8 @@ def _child(kind: str) -> dict[str, Any]:
     took, cpu = time.perf_counter() - t0, time.process_time() - c0
     if not result.success:
         raise SystemExit(f"cold run failed: {result.error}")
-    loaded = sorted(m for m in ("distributed", "openlineage", "psycopg") if m in sys.modules)
+    heavy = ("distributed", "openlineage", "psycopg", "prometheus_client", "opentelemetry")
+    loaded = sorted(m for m in heavy if m in sys.modules)
     pm.close()
     return {"seconds": took, "cpu": cpu, "heavy_modules": loaded}
 
