@@ -30,6 +30,7 @@ HEAVY = (
     "cryptography",  # audit checkpoints, encryption streams, evidence signing
     "rfc8785",  # the audit chain
     "smtplib",  # alert e-mail
+    "psutil",  # the dask plugin reads the machine only when it starts a local cluster
 )
 
 

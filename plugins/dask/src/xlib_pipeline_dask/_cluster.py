@@ -24,7 +24,7 @@ import ssl
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xlib_pipeline import ConfigError, PipelineError, SettingWithoutEffectWarning
@@ -123,6 +123,14 @@ class ClusterHandle:
     plugin's ``close`` hook, by the executor's ``close`` and at interpreter exit.
     """
 
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What each local worker advertises as Dask worker resources (the run budget)."""
+        if self._budget_value is None:
+            b = self._budget
+            self._budget_value = dict((b() if callable(b) else b) or {})
+        return self._budget_value
+
     def __init__(
         self,
         settings: DaskSettings,
@@ -131,11 +139,13 @@ class ClusterHandle:
         encryption_in_transit: bool = False,
         auto_scaling: bool = False,
         resource_management: str | None = None,
-        worker_resources: Mapping[str, float] | None = None,
+        worker_resources: Mapping[str, float] | Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.settings = settings
-        #: What each local worker advertises as Dask worker resources (the run budget).
-        self.worker_resources = dict(worker_resources or {})
+        # A callable is asked when a local cluster starts (the budget reads the machine
+        # through psutil, which a manager that never starts a cluster should not import).
+        self._budget = worker_resources
+        self._budget_value: dict[str, float] | None = None
         self.cluster_type = cluster_type
         self.auto_scaling = auto_scaling
         self.resource_management = resource_management

@@ -9,6 +9,7 @@ cluster, so a cluster that cannot be reached refuses the run before any task sta
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -152,7 +153,7 @@ class DaskPlugin:
             encryption_in_transit=eit is True,
             auto_scaling=_raw_get(config.raw, "auto_scaling") is True,
             resource_management=config.get("resource_management"),
-            worker_resources=_worker_budget(config.get("resources")),
+            worker_resources=functools.partial(_worker_budget, config.get("resources")),
         )
 
     @hookimpl
