@@ -123,14 +123,6 @@ class ClusterHandle:
     plugin's ``close`` hook, by the executor's ``close`` and at interpreter exit.
     """
 
-    @property
-    def worker_resources(self) -> dict[str, float]:
-        """What each local worker advertises as Dask worker resources (the run budget)."""
-        if self._budget_value is None:
-            b = self._budget
-            self._budget_value = dict((b() if callable(b) else b) or {})
-        return self._budget_value
-
     def __init__(
         self,
         settings: DaskSettings,
@@ -157,6 +149,14 @@ class ClusterHandle:
         self.address: str | None = None
         self.source: str | None = None  # "config", "env" or "local"
         self._threads: int | None = None
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What each local worker advertises as Dask worker resources (the run budget)."""
+        if self._budget_value is None:
+            b = self._budget
+            self._budget_value = dict((b() if callable(b) else b) or {})
+        return self._budget_value
 
     # -- address --------------------------------------------------------------------------------
 
