@@ -5,9 +5,11 @@ same process, interleaved, and report medians of several repeats::
 
     python benchmarks/bench_dask.py [--n 100] [--repeats 7] [--work-ms 10]
 
-Rows: ``noop`` bodies (pure overhead), bodies sleeping ``--work-ms``, the same DAG with
-``keep_remote`` (intermediate values stay on the cluster, like plain Dask futures), and a
-``map_over`` task against ``client.map``.
+Rows: ``noop`` bodies (pure overhead), the same with every output fetched to the driver
+(what a hook reading outputs, or a store recording them, asks for; every run did this
+before issue 16), bodies sleeping ``--work-ms``, the same DAG with ``keep_remote``
+(intermediate values stay on the cluster, like plain Dask futures), and a ``map_over`` task
+against ``client.map``. The store is off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ os.environ.setdefault("XLIB_PIPELINE_HOME", "/tmp/xlib-pipeline-bench-dask")
 
 from xlib_pipeline_dask import DaskPlugin
 
-from xlib_pipeline import Pipeline, PipelineManager
+from xlib_pipeline import OUTPUTS_IN_DRIVER, Pipeline, PipelineManager, hookimpl
+
+
+class FetchAll:
+    """When ``on``: says in ``before_pipeline`` that the driver reads every output."""
+
+    name = "bench-fetch-all"
+    on = False
+
+    @hookimpl
+    def before_pipeline(self, run):
+        if self.on:
+            run.stash[OUTPUTS_IN_DRIVER] = True
 
 
 def root():
@@ -117,23 +131,26 @@ def main() -> None:
     ap.add_argument("--only-noop", action="store_true")
     a = ap.parse_args()
     n = a.n
+    fetch_all = FetchAll()
     pm = PipelineManager(
         {"distributed": {"n_workers": 2, "threads_per_worker": 1, "lanes": a.lanes}},
         entry_points=False,
-        plugins=[DaskPlugin()],
+        plugins=[DaskPlugin(), fetch_all],
     )
     client = pm.get_plugin("dask").handle.client()
     work = a.work_ms / 1000
     cases = [
-        ("noop bodies", mid_noop, False),
-        ("noop bodies, keep_remote", mid_noop, True),
-        (f"{a.work_ms:g} ms bodies", make_mid(work), False),
-        (f"{a.work_ms:g} ms bodies, keep_remote", make_mid(work), True),
+        ("noop bodies", mid_noop, False, False),
+        ("noop bodies, every output fetched", mid_noop, False, True),
+        ("noop bodies, keep_remote", mid_noop, True, False),
+        (f"{a.work_ms:g} ms bodies", make_mid(work), False, False),
+        (f"{a.work_ms:g} ms bodies, keep_remote", make_mid(work), True, False),
     ]
     if a.only_noop:
-        cases = cases[:2]
+        cases = cases[:3]
     rows = []
-    for label, mid, keep in cases:
+    for label, mid, keep, fetch in cases:
+        fetch_all.on = fetch
         p = pipeline(mid, n, keep_remote=keep)
         ours(pm, p, n)  # warm-up: functions cached on workers
         plain(client, mid, n)
@@ -144,6 +161,7 @@ def main() -> None:
         rows.append(
             (f"1 -> {n} -> 1, {label}", statistics.median(b_times), statistics.median(a_times))
         )
+    fetch_all.on = False
     mid = make_mid(work)
     if a.only_noop:
         return _report(pm, a, rows, n)
