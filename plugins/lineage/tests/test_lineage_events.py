@@ -21,7 +21,7 @@ from xlib_pipeline_lineage import (
     task_run_id,
     to_mermaid,
 )
-from xlib_pipeline_lineage._events import fast_uuid5
+from xlib_pipeline_lineage._events import RUN_FACET, fast_uuid5
 
 from xlib_pipeline import (
     CLASSIFICATION,
@@ -194,6 +194,46 @@ class TestEvents:
         assert {e["run"]["runId"] for e in events if e["job"]["name"] == "orders"} == {
             result.run_id
         }
+
+    def test_cached_and_fallback_tasks_validate_too(self, tmp_path):
+        """A task served from the cache and one whose fallback supplied the output end
+        COMPLETE with their own status in xlibPipeline_run, which the shipped schema
+        accepts (and a parametrized run's params too)."""
+        p = Pipeline("served")
+
+        @p.task("load", cache=True)
+        def load(day: str):
+            return [day]
+
+        @p.task("fx", fallback=lambda exc: 1.0)
+        def fx():
+            raise ValueError("rate service down")
+
+        path = tmp_path / "lineage.jsonl"
+        cfg = {
+            "store": {"path": str(tmp_path / "runs.sqlite")},
+            "lineage": {"transport": {"type": "file", "path": str(path)}},
+        }
+        with PipelineManager(cfg, entry_points=False, plugins=[LineagePlugin()]) as pm:
+            pm.execute_pipeline(p, params={"day": "2024-05-01"})
+            second = pm.execute_pipeline(p, params={"day": "2024-05-01"})
+        assert second.tasks["load"].status == "cached"
+        assert second.tasks["fx"].status == "fallback"
+        events = run_events(read_events(path), second.run_id)
+        for e in events:
+            validate_event(e)
+        ends = {
+            e["job"]["name"]: (e["eventType"], e["run"]["facets"][RUN_FACET]["status"])
+            for e in events
+            if e["eventType"] != "START"
+        }
+        assert ends == {
+            "served": ("COMPLETE", "succeeded"),
+            "served.load": ("COMPLETE", "cached"),
+            "served.fx": ("COMPLETE", "fallback"),
+        }
+        pipeline_facet = next(e for e in events if e["job"]["name"] == "served")
+        assert pipeline_facet["run"]["facets"][RUN_FACET]["params"] == {"day": "2024-05-01"}
 
     def test_one_start_and_one_terminal_per_task_with_parent(self, tmp_path):
         """Every task run has exactly one START and one terminal event under the pipeline run."""
