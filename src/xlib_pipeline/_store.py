@@ -32,7 +32,7 @@ import attrs
 
 from . import _lease
 from ._blobs import BlobStore, blobs_section
-from ._commit import LOG, LOG_SCHEMA, Checkpointer, Committer
+from ._commit import LOG, Checkpointer, Committer
 from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
 from .exceptions import StoreError
@@ -416,7 +416,6 @@ class RunStore(_lease.LeaseMixin):
         # Checkpoints (copying the WAL back into the file, with an fsync) run on a
         # background thread, off the commit path: see Checkpointer.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
-        conn.executescript(LOG_SCHEMA)
         if self._checkpointer is None:
             self._checkpointer = Checkpointer(self)
         return conn
