@@ -1,0 +1,171 @@
+"""How a run's lanes are driven, stopped and released: the driver thread alone (inline) or
+``max_workers`` lane threads pulling ready tasks from a queue; Ctrl-C and cancellation (start
+nothing new, a grace period, then cancel what still runs); successors released after their
+upstream's commit. A mixin of :class:`~._scheduler.Run`: the names below are the run's own."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._records import RunContext, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._async import LoopThread
+    from ._graph import Plan
+    from ._outcomes import Columns
+
+CANCELLED = Status.CANCELLED
+
+
+class LaneDriver:
+    """Driving, stopping and releasing lanes for :class:`~._scheduler.Run`."""
+
+    ctx: RunContext
+    plan: Plan
+    cols: Columns
+    lock: threading.Lock
+    lanes: int
+    grace: float | None
+    stopping: bool
+    fatal: BaseException | None
+    done: int
+    finished_event: threading.Event
+    stop_event: threading.Event
+    cancel_reason: str | None
+    aloop: LoopThread | None
+    _push: Callable[[Any], None]
+    _queue: Any
+
+    if TYPE_CHECKING:  # provided by Run
+
+        def _process(self, i: int) -> int | None: ...
+        def _log(self, event: str, **kw: Any) -> None: ...
+
+    def _drive_inline(self, roots: list[int]) -> BaseException | None:
+        interrupted: BaseException | None = None
+        dq: deque[int] = deque(roots)
+        self._push = dq.append
+        try:
+            while dq:
+                i: int | None = dq.popleft()
+                while i is not None:
+                    i = self._process(i)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            self._stop()
+            self._interrupt_notice()
+            # Drain: everything left ends cancelled, nothing re-runs.
+            while dq:
+                j: int | None = dq.popleft()
+                while j is not None:
+                    j = self._process(j)
+            self._abandon()
+        except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
+            self.fatal = exc
+            self._stop()
+            self._abandon()
+        return interrupted
+
+    def _drive_lanes(self, roots: list[int]) -> BaseException | None:
+        interrupted: BaseException | None = None
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._push = q.put
+        self._queue = q
+        for i in roots:
+            q.put(i)
+        threads = [
+            threading.Thread(target=self._lane, name=f"xlib-lane-{k}", daemon=True)
+            for k in range(min(self.lanes, len(self.plan)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self.finished_event.wait()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            self._stop()
+            self._interrupt_notice()
+            try:
+                if not self.finished_event.wait(self.grace):
+                    self._abandon()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+                self._abandon()
+        for _ in threads:
+            q.put(None)
+        return interrupted
+
+    def _interrupt_notice(self) -> None:
+        """Say at once that the run is stopping, and for how long running tasks may go on."""
+        self._log("pipeline.cancelling", grace=self.grace)
+        notice = getattr(self.ctx.manager, "interrupt_notice", None)
+        if notice is not None:
+            notice(self.ctx.run_id, self.grace)
+
+    def _stop(self) -> None:
+        """Start no new task or attempt from now on (cancellation, ``on_failure: stop``)."""
+        self.stopping = True
+        self.stop_event.set()
+        if self.aloop is not None:
+            self.aloop.hurry()  # retry back-offs of coroutine tasks end now
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the run from another thread, as Ctrl-C would: start nothing new, give
+        running tasks ``grace`` seconds to finish, then cancel the rest."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._stop()
+        self._log("pipeline.cancelling", grace=self.grace)
+
+        def after_grace() -> None:
+            if not self.finished_event.wait(self.grace):
+                self._abandon()
+
+        threading.Thread(target=after_grace, name="xlib-cancel-grace", daemon=True).start()
+
+    def _lane(self) -> None:
+        q = self._queue
+        process = self._process
+        while True:
+            i = q.get()
+            if i is None:
+                return
+            try:
+                while i is not None:
+                    i = process(i) if i.__class__ is int else i.complete(self)
+            except BaseException as exc:  # a bug in the core or a hook: never hang the run
+                self.fatal = exc
+                self._stop()
+                self._abandon()
+                return
+
+    def _abandon(self) -> None:
+        """Mark everything not terminal as cancelled and release the driver."""
+        with self.lock:
+            st = self.cols.status
+            for i in range(len(st)):
+                if st[i] is None:
+                    st[i] = CANCELLED
+            self.done = len(st)
+            self.finished_event.set()
+        if self.aloop is not None:
+            self.aloop.cancel_all()  # coroutines are cancelled, not abandoned
+
+    def _store_failed(self, exc: BaseException | None) -> None:
+        """A commit failed: stop starting work; the run fails with the storage error."""
+        if exc is None:
+            return
+        if self.fatal is None:
+            self.fatal = exc
+        self._stop()
+
+    def _release(self, ready: list[int], exc: BaseException | None) -> None:
+        """Committed (or failed to commit, then stopping): let ``ready`` tasks be decided."""
+        if exc is not None:
+            self._store_failed(exc)
+        push = self._push
+        for s in ready:
+            push(s)
