@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import cloudpickle
@@ -83,3 +84,59 @@ def process_manager() -> Iterator[PipelineManager]:
         yield pm
     finally:
         pm.close()
+
+
+class StoreBackend:
+    """One run store backend for tests that run against every backend (``store_backend``):
+    the embedded SQLite file, or a fresh database on a real PostgreSQL server."""
+
+    def __init__(self, name: str, section: dict[str, Any], plugins: list[Any]) -> None:
+        self.name = name
+        #: The ``store`` config section.
+        self.section = section
+        #: Plugins a core-only manager (``entry_points=False``) needs for this backend.
+        self.plugins = plugins
+
+    @property
+    def target(self) -> str:
+        """What ``--store`` takes: the file path or the URL."""
+        return str(self.section.get("url") or self.section["path"])
+
+    def manager(self, config: dict[str, Any] | None = None, **kwargs: Any) -> PipelineManager:
+        """A core-only manager recording into this backend."""
+        plugins = [*self.plugins, *kwargs.pop("plugins", [])]
+        return PipelineManager(
+            {**(config or {}), "store": self.section},
+            entry_points=False,
+            plugins=plugins,
+            **kwargs,
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (Debian's binaries), or a skip saying why."""
+    testing = pytest.importorskip(
+        "xlib_pipeline_postgres.testing",
+        reason="the xlib-pipeline-postgres plugin is not installed (nox -s tests installs it)",
+    )
+    if testing.server_binaries() is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) are not installed: "
+            "apt-get install postgresql (.ci/run installs it)"
+        )
+    with testing.local_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Each run store backend in turn, empty (see :class:`StoreBackend`)."""
+    if request.param == "sqlite":
+        return StoreBackend("sqlite", {"path": str(tmp_path / "runs.sqlite")}, [])
+    server: str = request.getfixturevalue("postgres_server_url")
+    from xlib_pipeline_postgres import PostgresPlugin
+    from xlib_pipeline_postgres.testing import fresh_database
+
+    section = {"url": fresh_database(server), "blobs": {"url": str(tmp_path / "blobs")}}
+    return StoreBackend("postgres", section, [PostgresPlugin()])

@@ -1,4 +1,7 @@
-"""Streams: micro-batches as runs, embedded connectors, checkpoints, restart, backpressure."""
+"""Streams: micro-batches as runs, embedded connectors, checkpoints, restart, backpressure.
+
+Every test taking ``pm`` (or ``store_backend``) runs against each run store backend: the
+embedded SQLite file and a real PostgreSQL server (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -56,10 +59,8 @@ def read_jsonl(path: Path) -> list[Any]:
 
 
 @pytest.fixture
-def pm(tmp_path: Path) -> Any:
-    with PipelineManager(
-        {"store": {"path": str(tmp_path / "runs.sqlite")}}, entry_points=False
-    ) as m:
+def pm(store_backend: Any) -> Any:
+    with store_backend.manager() as m:
         yield m
 
 
@@ -125,7 +126,7 @@ def test_checkpoint_is_one_row_per_batch_with_offsets_and_position(
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(src, 300)
     pm.stream(screening(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=100)
-    ck = CheckpointStore(tmp_path / "runs.sqlite")
+    ck = pm.store.open_checkpoints()  # type: ignore[union-attr]
     try:
         rec = ck.load("screening")
         assert rec is not None and rec.seq == 3 and rec.status == "completed"
@@ -136,8 +137,10 @@ def test_checkpoint_is_one_row_per_batch_with_offsets_and_position(
         assert all(b.output is not None and b.run_id for b in batches)
     finally:
         ck.close()
-    with sqlite3.connect(tmp_path / "runs.sqlite") as c:
-        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if isinstance(pm.store.path, Path):  # type: ignore[union-attr]
+        assert isinstance(ck, CheckpointStore)
+        with sqlite3.connect(pm.store.path) as c:  # type: ignore[union-attr]
+            assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_iterable_async_iterable_and_callback_sink(pm: PipelineManager) -> None:
@@ -303,7 +306,7 @@ def test_window_option_outside_a_stream_is_refused(manager: PipelineManager) -> 
         manager.execute_pipeline(p)
 
 
-def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
+def test_cli_stream_and_runs_show(tmp_path: Path, store_backend: Any) -> None:
     from xlib_pipeline.cli import main
 
     (tmp_path / "pipe.py").write_text(
@@ -313,7 +316,7 @@ def test_cli_stream_and_runs_show(tmp_path: Path) -> None:
         "def keep(batch):\n"
         "    return [r for r in batch if r['amount'] > 0]\n"
     )
-    src, out, store = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "s.sqlite"
+    src, out, store = tmp_path / "in.jsonl", tmp_path / "out.jsonl", store_backend.target
     rows = write_jsonl(src, 120)
     args = [
         *("stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}"),
@@ -365,7 +368,7 @@ def test_a_batch_is_committed_with_its_checkpoint_in_one_write(
     assert stream.batches == 6
     assert read_jsonl(tmp_path / "out.jsonl") == expected(rows)
     # Each writer commit holding a checkpoint also holds that batch's run rows.
-    per_batch = [w for w in writes if any("stream_batches" in str(sql) for sql, _ in w)]
+    per_batch = [w for w in writes if any("INTO stream_batches" in str(sql) for sql, _ in w)]
     assert len(per_batch) == 6
     for w in per_batch:
         sqls = [str(sql) for sql, _ in w]

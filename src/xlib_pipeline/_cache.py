@@ -12,8 +12,11 @@ The key of a task's result is a SHA-256 over
   or the value ``cache_key=`` returns for them;
 * the run params (``execute_pipeline(params=...)``; see :func:`params_fingerprint`).
 
-Entries live in the run store's file, in their own table ``cache_entries``, with the output
-passed through the ``encrypt`` hook like any stored output (AAD: kind ``cache``, the key).
+Entries live in the run store, in its own table ``cache_entries``, with the output passed
+through the ``encrypt`` hook like any stored output (AAD: kind ``cache``, the key). The store
+provides the table (:class:`~._tables.CacheTable`, through ``store.open_cache()``): the SQLite
+store the :class:`CacheStore` below, in its file; a server store its own table, so drivers on
+every host share the hits.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import attrs
 
 from ._records import PayloadRef
+from ._tables import CacheEntry, CacheTable, open_cache
 from .exceptions import DefinitionError, StoreError
 
 _SCHEMA = """
@@ -218,22 +222,9 @@ def cache_ref(key: str, pipeline: str, task: str, tenant: str | None) -> Payload
     return PayloadRef(run_id=key, pipeline=pipeline, task=task, tenant=tenant, kind="cache")
 
 
-@attrs.frozen(kw_only=True)
-class CacheEntry:
-    """One stored result, as listed by ``xlib-pipeline cache list``."""
-
-    key: str
-    tenant: str | None
-    pipeline: str
-    task: str
-    created: float
-    expires: float | None
-    run_id: str | None
-    size: int
-
-
 class CacheStore:
-    """The ``cache_entries`` table in the run store's SQLite file (own connection)."""
+    """The ``cache_entries`` table in the run store's SQLite file (own connection): the
+    SQLite store's :class:`~._tables.CacheTable`."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -332,18 +323,20 @@ class CacheStore:
             self._db.close()
 
 
-_stores: weakref.WeakKeyDictionary[Any, CacheStore] = weakref.WeakKeyDictionary()
+_stores: weakref.WeakKeyDictionary[Any, tuple[Any, CacheTable]] = weakref.WeakKeyDictionary()
 _stores_lock = threading.Lock()
 
 
-def cache_store_of(manager: Any, path: str | Path) -> CacheStore:
-    """The manager's cache table in the run store file ``path`` (opened once)."""
+def cache_store_of(manager: Any, store: Any) -> CacheTable:
+    """The manager's cache table in its run store ``store`` (opened once per store)."""
     with _stores_lock:
         found = _stores.get(manager)
-        if found is None or found.path != str(path):
-            found = _stores[manager] = CacheStore(path)
-            weakref.finalize(manager, found.close)
-        return found
+        if found is None or found[0] is not store:
+            table = open_cache(store)
+            _stores[manager] = (store, table)
+            weakref.finalize(manager, table.close)
+            return table
+        return found[1]
 
 
 def refresh_indices(plan: Any, refresh: Any) -> bool | frozenset[int]:

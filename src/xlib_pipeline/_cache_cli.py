@@ -6,7 +6,6 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ._cache import CacheStore
 from ._config import data_dir
 
 
@@ -14,7 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", required=True)
     for name, text in (("list", "list cache entries"), ("clear", "delete cache entries")):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--store", help="run store file (default: .xlib-pipeline/runs.sqlite)")
+        sp.add_argument(
+            "--store",
+            help="run store file or server URL (postgresql://...; default: "
+            "$XLIB_PIPELINE_HOME/runs.sqlite)",
+        )
         sp.add_argument("--pipeline", help="only entries of this pipeline")
         sp.add_argument("--task", help="only entries of this task")
         sp.add_argument("--older-than", metavar="DURATION", help="e.g. 30d, 12h, 15m, 90s")
@@ -23,12 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._prune import parse_duration
 
-    path = Path(args.store) if args.store else data_dir() / "runs.sqlite"
-    if not path.is_file():
-        print(f"no run store at {str(path)!r}")
+    from ._tables import open_cache
+    from .loading import is_store_url, open_store
+
+    target = args.store if args.store else str(data_dir() / "runs.sqlite")
+    if not is_store_url(target) and not Path(target).is_file():
+        print(f"no run store at {target!r}")
         return 1
     older = parse_duration(args.older_than) if args.older_than is not None else None
-    store = CacheStore(path)
+    run_store = open_store(target)
+    try:
+        store = open_cache(run_store)
+    except BaseException:
+        run_store.close()
+        raise
     try:
         if args.cache_command == "clear":
             n = store.clear(args.pipeline, args.task, older)
@@ -48,3 +59,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+        run_store.close()

@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 
 from ._budget import RESOURCE_SLOTS, Budget, BudgetSpec, ResourceSlots, compile_budget
-from ._cache import CachePolicy, CacheStore, cache_key, cache_ref, params_fingerprint
+from ._cache import CachePolicy, cache_key, cache_ref, params_fingerprint
+from ._tables import CacheTable
 from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
 from ._fallback import Fallback, applies, compile_fallbacks
 from ._graph import Plan
@@ -24,7 +25,7 @@ from ._outcomes import failure
 from ._records import StashKey, Status, TaskOutcome
 from ._scheduler import Run
 from ._task import Task
-from .exceptions import ContractError, FallbackError
+from .exceptions import ContractError, FallbackError, StoreError
 
 
 @attrs.frozen(kw_only=True)
@@ -132,7 +133,7 @@ class FeaturedRun(Run):
         self,
         *,
         features: Features,
-        cache_store: CacheStore | None = None,
+        cache_store: CacheTable | None = None,
         refresh: bool | frozenset[int] = False,
         **kwargs: Any,
     ) -> None:
@@ -343,7 +344,11 @@ class FeaturedRun(Run):
         if self.refresh is True or (self.refresh and i in self.refresh):
             return None
         assert self.cache_store is not None
-        found = self.cache_store.get(key, tenant, time.time())
+        try:
+            found = self.cache_store.get(key, tenant, time.time())
+        except StoreError as exc:  # the store is unreachable: a miss (its writes will say why)
+            self._log("task.cache_unavailable", task=task.name, error=str(exc))
+            return None
         if found is None:
             return None
         blob, _ = found

@@ -592,7 +592,7 @@ class PipelineManager(ManagerResources, ManagerEvents):
         if features is not None:
             extra = {"features": features, "refresh": refresh}
             if features.cache is not None and store is not None:
-                extra["cache_store"] = cache_store_of(self, store.path)
+                extra["cache_store"] = cache_store_of(self, store)
         run = (FeaturedRun if features is not None else Run)(
             **extra,
             ctx=ctx,

@@ -35,6 +35,7 @@ from ._blobs import BlobStore, blobs_section
 from ._commit import LOG, Checkpointer, Committer
 from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
+from ._tables import CacheTable, CheckpointTable
 from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
@@ -454,6 +455,19 @@ class RunStore(_lease.LeaseMixin):
                 except sqlite3.Error:
                     pass  # busy (another process): its next checkpoint does it
                 self._conn.close()
+
+    def open_cache(self) -> CacheTable:
+        """The result cache's table in this file (see :mod:`._tables`)."""
+        from ._cache import CacheStore
+
+        return CacheStore(self.path)
+
+    def open_checkpoints(self) -> CheckpointTable:
+        """Stream checkpoints in this file, committed by this store's writer with the batch
+        run's rows in one transaction (see :mod:`._tables`)."""
+        from .streams._checkpoint import CheckpointStore
+
+        return CheckpointStore(self.path, synchronous=self._sync, writer=self)
 
     def prune(self, **options: Any) -> Any:
         """Delete whole old runs and reclaim the space: see :func:`._prune.prune_runs`."""

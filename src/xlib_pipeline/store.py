@@ -9,6 +9,12 @@ methods of :class:`RunStore` (the embedded SQLite store): recording (``run_start
 maintenance (``replace_output``, ``replace_sealed_text``, ``prune``, ``close``) and a
 ``blobs`` attribute (a :class:`BlobStore`). ``GroupCommitter`` gives it the windowless group
 commit of the embedded store with its own ``write(batch)``.
+
+A store also holds the result cache and stream checkpoints: ``open_cache()`` returns a
+:class:`CacheTable`, ``open_checkpoints()`` a :class:`CheckpointTable` (records
+:class:`CacheEntry`, :class:`StreamRecord`, :class:`BatchRecord`), whose ``commit`` goes
+through the store's writer with the batch run's rows, in one transaction. See
+docs/run-store.md ("Where the cache and checkpoints live").
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ._blobs import (
 from ._commit import LOG, LOG_COLUMNS, GroupCommitter
 from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
 from ._prune import PruneReport, parse_duration, remove_blobs
+from ._tables import BatchRecord, CacheEntry, CacheTable, CheckpointTable, StreamRecord
 from ._store import (
     DEFAULT_STORE_FILE,
     RunRecord,
@@ -42,8 +49,12 @@ __all__ = [
     "LOG",
     "LOG_COLUMNS",
     "STALE_S",
+    "BatchRecord",
     "BlobRef",
     "BlobStore",
+    "CacheEntry",
+    "CacheTable",
+    "CheckpointTable",
     "GroupCommitter",
     "Lease",
     "PruneReport",
@@ -51,6 +62,7 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "StreamOpener",
+    "StreamRecord",
     "StreamSealer",
     "TaskRecord",
     "blobs_section",

@@ -83,7 +83,7 @@ def _show(store: Any, path: Any, guard: AccessGuard, args: argparse.Namespace) -
     except PipelineError:
         from ..streams._cli import show_stream
 
-        if show_stream(path, args.run_id, as_json=args.json, guard=guard):
+        if show_stream(store, args.run_id, as_json=args.json, guard=guard):
             return 0
         raise
     tasks = store.get_tasks(rec.run_id)

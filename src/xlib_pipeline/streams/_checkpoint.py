@@ -5,6 +5,9 @@ counters, its window state) and ``stream_batches`` (one row per committed batch:
 source offsets, output and sink position). A batch's row and the stream row's update are
 written in **one** SQLite transaction on a connection of this module's own, so after a
 crash at any instant the store holds either the whole checkpoint of a batch or none of it.
+
+This is the SQLite store's :class:`~xlib_pipeline._tables.CheckpointTable`
+(``RunStore.open_checkpoints()``); a server store provides its own.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-
+from .._tables import BatchRecord, StreamRecord
 from ..exceptions import StoreError
 from ._protocol import Checkpoint
+
+__all__ = ["BatchRecord", "CheckpointStore", "StreamRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -62,54 +66,6 @@ CREATE TABLE IF NOT EXISTS stream_batches (
 """
 
 
-@attrs.frozen(kw_only=True)
-class StreamRecord:
-    """A stream as the store holds it."""
-
-    name: str
-    pipeline: str
-    source: str | None
-    sink: str | None
-    status: str
-    seq: int
-    offset: Any
-    position: Any
-    origin: Any
-    records: int
-    outputs: int
-    late: int
-    dead: int
-    lag: int | None
-    window_state: bytes | None
-    tenant: str | None
-    lineage_run: str | None
-    started: float | None
-    updated: float | None
-    error: str | None
-
-    @property
-    def checkpoint(self) -> Checkpoint:
-        """The last committed checkpoint (seq 0: the stream's origin)."""
-        return Checkpoint(seq=self.seq, offset=self.offset, position=self.position)
-
-
-@attrs.frozen(kw_only=True)
-class BatchRecord:
-    """One committed batch."""
-
-    seq: int
-    run_id: str | None
-    start_offset: Any
-    end_offset: Any
-    records: int
-    outputs: int
-    late: int
-    dead: int
-    position: Any
-    output: bytes | None
-    committed: float
-
-
 def _j(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
@@ -126,6 +82,8 @@ _COLS = (
 
 class CheckpointStore:
     """Checkpoint tables of one run store file (its own connection; thread-safe)."""
+
+    path: Path
 
     def __init__(
         self, path: str | Path, *, synchronous: str = "normal", writer: Any = None

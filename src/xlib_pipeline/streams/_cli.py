@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..exceptions import PipelineError
@@ -22,7 +21,9 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     sp.add_argument("--follow", action="store_true", help="tail a growing JSON-lines file")
     sp.add_argument("--sink", help="sink URL: jsonl:PATH, redis://... (default: none)")
     sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
-    sp.add_argument("--store", help="run store file (checkpoints live there)")
+    sp.add_argument(
+        "--store", help="run store file or postgresql:// URL (checkpoints live there)"
+    )
     sp.add_argument("--name", help="stream name (default: the pipeline's name)")
     sp.add_argument("--batch-size", type=int, default=1000, help="records per batch at most")
     sp.add_argument("--batch-timeout", type=float, default=0.5, help="seconds per batch at most")
@@ -91,13 +92,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
-    """Print stream ``name`` of the store at ``path``; ``False`` when there is none."""
-    from .._store import RunStore
+def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
+    """Print stream ``name`` of the open run ``store``; ``False`` when there is none."""
+    from .._tables import open_checkpoints
     from ..cli._format import id_column, iso
-    from ._checkpoint import CheckpointStore
 
-    ckpt = CheckpointStore(path)
+    ckpt = open_checkpoints(store, "runs show")
     try:
         rec = ckpt.load(name)
         if rec is None:
@@ -107,16 +107,12 @@ def show_stream(path: Path, name: str, *, as_json: bool, guard: Any) -> bool:
         ckpt.close()
     last = next((b for b in batches if b.run_id), None)
     if last is not None and guard is not None:  # the stream's data is read under its policy
-        store = RunStore(path, create=False)
         try:
-            try:
-                run = store.get_run(last.run_id or "")
-            except PipelineError:
-                run = None
-            if run is not None:
-                guard.check(run, store.get_tasks(run.run_id).values())
-        finally:
-            store.close()
+            run = store.get_run(last.run_id or "")
+        except PipelineError:
+            run = None
+        if run is not None:
+            guard.check(run, store.get_tasks(run.run_id).values())
     span = (rec.updated or 0) - (rec.started or 0)
     info = {
         "stream": rec.name,

@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConfigError, PipelineError
+from .._tables import CheckpointTable, StreamRecord
+from ..exceptions import ConfigError, PipelineError, StoreError
 from ._batch import BatchOutcome, brief_offset
 from ._batch import records_of as _records_of
-from ._checkpoint import CheckpointStore, StreamRecord
 from ._errors import StreamError
 from ._payloads import StreamPayloads
 from ._pipeline import BATCH_TASK, derive
@@ -103,7 +103,7 @@ class Stream(StreamPayloads):
         self._read_batches = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ckpt: CheckpointStore | None = None
+        self._ckpt: CheckpointTable | None = None
         self._tenant = self.run_kwargs.get("tenant_id")
 
     # -- control ----------------------------------------------------------------------------
@@ -150,16 +150,9 @@ class Stream(StreamPayloads):
                 "{'store': {'path': 'runs.sqlite'}} (or store: true for the default file)",
                 key="store",
             )
-        from .._store import RunStore
+        from .._tables import open_checkpoints
 
-        if not isinstance(store, RunStore):
-            raise ConfigError(
-                f"stream {self.name!r} keeps its checkpoints in the embedded SQLite run store; "
-                f"the server store {str(store.path)!r} cannot hold them: configure "
-                "{'store': {'path': 'runs.sqlite'}} for streams",
-                key="store",
-            )
-        self._ckpt = CheckpointStore(store.path, synchronous=store._sync, writer=store)
+        self._ckpt = open_checkpoints(store, f"stream {self.name!r}")
         self.started = time.time()
         self.status = "running"
         try:
@@ -199,8 +192,13 @@ class Stream(StreamPayloads):
                 err = f"{type(exc).__name__}: {exc}"
         try:
             if self._ckpt is not None:
-                self._ckpt.finish(self.name, self.status, err)
-                self._ckpt.close()
+                try:
+                    self._ckpt.finish(self.name, self.status, err)
+                except StoreError as exc:  # the store is down: the first error is the story
+                    if self.error is None:
+                        self.status, self.error = "failed", exc
+                finally:
+                    self._ckpt.close()
         finally:
             try:
                 self.source.close()
@@ -462,19 +460,28 @@ class Stream(StreamPayloads):
         assert self._ckpt is not None
         # The batch run's rows were queued on the store's writer; the checkpoint is queued
         # behind them and committed with them (it names the run), with one wait.
-        self._ckpt.commit(
-            self.name,
-            checkpoint=nxt,
-            run_id=result.run_id,
-            start=batch.start,
-            records=len(batch.records),
-            outputs=len(out),
-            output=self._protect(out, "stream_output", seq),
-            window_state=self._window_blob(seq),
-            late=len(late),
-            dead=len(dead),
-            lag=self.lag,
-        )
+        try:
+            self._ckpt.commit(
+                self.name,
+                checkpoint=nxt,
+                run_id=result.run_id,
+                start=batch.start,
+                records=len(batch.records),
+                outputs=len(out),
+                output=self._protect(out, "stream_output", seq),
+                window_state=self._window_blob(seq),
+                late=len(late),
+                dead=len(dead),
+                lag=self.lag,
+            )
+        except StoreError as exc:
+            raise StreamError(
+                f"stream {self.name!r}: batch {seq} (offsets {brief_offset(batch.start)}.."
+                f"{brief_offset(batch.end)}, run {result.run_id}) could not be committed with "
+                f"its checkpoint: {exc}. Batches up to {seq - 1} are committed; a restart "
+                f"retries batch {seq} (the sink's writes past the checkpoint are undone or "
+                "adopted)"
+            ) from exc
         self.source.committed(batch.end)
         self.checkpoint = nxt
         self.batches = seq

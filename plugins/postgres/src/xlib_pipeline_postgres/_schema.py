@@ -89,7 +89,63 @@ CREATE TABLE IF NOT EXISTS blob_refs (
 CREATE INDEX IF NOT EXISTS blob_refs_name ON blob_refs(name);
 """,
     ),
+    (
+        "cache_entries, streams, stream_batches (result cache, stream checkpoints)",
+        """
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY,
+    tenant TEXT,
+    pipeline TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION,
+    run_id TEXT,
+    output BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (pipeline, task);
+CREATE TABLE IF NOT EXISTS streams (
+    name TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    source TEXT,
+    sink TEXT,
+    status TEXT NOT NULL,
+    seq BIGINT NOT NULL DEFAULT 0,
+    "offset" TEXT,
+    position TEXT,
+    origin TEXT,
+    records BIGINT NOT NULL DEFAULT 0,
+    outputs BIGINT NOT NULL DEFAULT 0,
+    late BIGINT NOT NULL DEFAULT 0,
+    dead BIGINT NOT NULL DEFAULT 0,
+    lag BIGINT,
+    window_state BYTEA,
+    tenant TEXT,
+    lineage_run TEXT,
+    started DOUBLE PRECISION,
+    updated DOUBLE PRECISION,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS stream_batches (
+    stream TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    run_id TEXT,
+    start_offset TEXT,
+    end_offset TEXT,
+    records BIGINT NOT NULL,
+    outputs BIGINT NOT NULL,
+    late BIGINT NOT NULL DEFAULT 0,
+    dead BIGINT NOT NULL DEFAULT 0,
+    position TEXT,
+    output BYTEA,
+    committed DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+""",
+    ),
 )
+
+#: The migration that made each table of the cache and of stream checkpoints (1-based).
+TABLE_MIGRATION = {"cache_entries": 3, "streams": 3, "stream_batches": 3}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

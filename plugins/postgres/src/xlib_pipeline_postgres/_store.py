@@ -69,6 +69,13 @@ _RUN_COLUMNS = (
 )
 
 
+class Native(str):
+    """A statement in PostgreSQL's own dialect, queued on the writer: executed as it is
+    (no rewriting of SQLite's ``?`` placeholders, bytes stay BYTEA parameters)."""
+
+    __slots__ = ()
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (for messages, ``store.path`` and the audit trail)."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
@@ -226,6 +233,9 @@ def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any
                 events.append((run_id, task, ts, status, attempts, error_type, seal_text(error)))
             continue
         drain()
+        if isinstance(sql, Native):
+            cur.execute(sql, params)
+            continue
         # Statements from the core are written for SQLite's "?" placeholders.
         cur.execute(sql.replace("?", "%s"), tuple(seal_text(p) for p in params))
     drain()
@@ -372,6 +382,41 @@ class PostgresStore:
 
     def checkpoint(self) -> None:
         """Nothing to do: the server checkpoints its WAL itself."""
+
+    def open_cache(self) -> Any:
+        """The result cache's table in this database (shared by every driver on it)."""
+        from ._tables import PostgresCache
+
+        return PostgresCache(self)
+
+    def open_checkpoints(self) -> Any:
+        """Stream checkpoints in this database, committed by this store's writer with the
+        batch run's rows in one PostgreSQL transaction."""
+        from ._tables import PostgresCheckpoints
+
+        return PostgresCheckpoints(self)
+
+    def missing_table(self, exc: BaseException, table: str, what: str) -> StoreError:
+        """The StoreError for ``exc``: a clear one when ``table`` does not exist (its
+        migration was not applied, or the table was dropped), else :meth:`fault`."""
+        if getattr(exc, "sqlstate", None) != "42P01":  # undefined_table
+            return self.fault(exc, what)
+        from ._schema import MIGRATIONS, TABLE_MIGRATION
+
+        step = TABLE_MIGRATION[table]
+        try:
+            at: Any = self.schema_version()
+        except StoreError:
+            at = "unknown"
+        return StoreError(
+            f"run store {self.path!r} has no table {table!r} ({what}): schema migration "
+            f"{step} ({MIGRATIONS[step - 1][0]}) is not applied there (the database records "
+            f"schema version {at}). Opening the store with this xlib-pipeline-postgres "
+            "migrates it; if the version says it was applied, the table was dropped: "
+            "delete the rows of xlib_schema_migrations from version "
+            f"{step} on and open the store again. Nothing else was changed",
+            path=self.path,
+        )
 
     def run_started(self, row: Mapping[str, Any]) -> None:
         if self.url != self.path and isinstance(row.get("config"), str):
