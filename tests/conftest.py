@@ -15,8 +15,8 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest

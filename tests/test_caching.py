@@ -1,10 +1,12 @@
 """Result caching: keys (code, inputs, version, params, tenant), status ``cached``, refresh,
-encryption through the hooks, tenant isolation, the CLI and the composition of features."""
+encryption through the hooks, tenant isolation, the CLI and the composition of features.
+
+Tests taking ``store_backend`` run against each run store backend (the SQLite file and a real
+PostgreSQL server, tests/conftest.py): the cache lives in the run store."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -50,16 +52,32 @@ def counted(calls: list[Any], **options: Any) -> Pipeline:
     return p
 
 
-def test_hit_costs_no_execution_and_is_its_own_status(tmp_path: Path) -> None:
+def cache_rows(pm: PipelineManager, **where: Any) -> list[tuple[Any, str, bytes]]:
+    """(tenant, key, stored output) of every entry in ``pm``'s store, through its table."""
+    table = pm.store.open_cache()  # type: ignore[union-attr]
+    try:
+        out = []
+        for e in table.list(**where):
+            found = table.get(e.key, e.tenant, 0.0)
+            assert found is not None
+            out.append((e.tenant, e.key, found[0]))
+        return out
+    finally:
+        table.close()
+
+
+def test_hit_costs_no_execution_and_is_its_own_status(store_backend: Any) -> None:
     calls = CALLS
     calls.clear()
-    with PipelineManager(store_cfg(tmp_path), entry_points=False) as pm:
+    with store_backend.manager() as pm:
         first = pm.execute_pipeline(counted(calls))
         second = pm.execute_pipeline(counted(calls))
         refreshed = pm.execute_pipeline(counted(calls), refresh=["slow"])
         again = pm.execute_pipeline(counted(calls), refresh=False)
         with pytest.raises(DefinitionError, match="did you mean 'slow'"):
             pm.execute_pipeline(counted(calls), refresh=["slwo"])
+        store: Any = pm.store
+        statuses = [store.get_tasks(r.run_id)["slow"].status for r in store.list_runs()]
     assert first.tasks["slow"].status is Status.SUCCEEDED
     assert second.tasks["slow"].status is Status.CACHED and second.final_result == 30
     assert second.cached == ["slow"] and second.tasks["slow"].attempts == 0
@@ -67,15 +85,13 @@ def test_hit_costs_no_execution_and_is_its_own_status(tmp_path: Path) -> None:
     assert refreshed.tasks["slow"].status is Status.SUCCEEDED
     assert again.tasks["slow"].status is Status.CACHED
     assert calls == [3, 3]  # first run and the refresh
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        statuses = [r[0] for r in db.execute("SELECT status FROM tasks WHERE task = 'slow'")]
     assert sorted(statuses) == ["cached", "cached", "succeeded", "succeeded"]
 
 
-def test_ttl_and_version(tmp_path: Path) -> None:
+def test_ttl_and_version(store_backend: Any) -> None:
     calls = CALLS
     calls.clear()
-    with PipelineManager(store_cfg(tmp_path), entry_points=False) as pm:
+    with store_backend.manager() as pm:
         pm.execute_pipeline(counted(calls, cache_version="1"))
         pm.execute_pipeline(counted(calls, cache_version="1"))
         pm.execute_pipeline(counted(calls, cache_version="2"))
@@ -200,28 +216,36 @@ def test_tenants_never_share(tenants: list[str]) -> None:
             seen.add(t)
 
 
-def test_tenant_isolation_with_identical_inputs_and_code(tmp_path: Path) -> None:
+def test_tenant_isolation_with_identical_inputs_and_code(store_backend: Any) -> None:
     calls = CALLS
     calls.clear()
     p = Pipeline("shared-code")
     p.add_task("a", lambda: 1, tenant_id="acme", cache=True)
     p.add_task("b", lambda: 1, tenant_id="globex", cache=True)
-    with PipelineManager(store_cfg(tmp_path), entry_points=False) as pm:
+    with store_backend.manager() as pm:
         pm.execute_pipeline(counted(calls), tenant_id="acme")
         r = pm.execute_pipeline(counted(calls), tenant_id="globex")
         assert r.tasks["slow"].status is Status.SUCCEEDED and calls == [3, 3]
         pm.execute_pipeline(p)
         r2 = pm.execute_pipeline(p)
+        rows = cache_rows(pm, task="slow")
+        table = pm.store.open_cache()  # type: ignore[union-attr]
+        try:  # the table itself never serves an entry under another tenant
+            for tenant, key, _ in rows:
+                other = "globex" if tenant == "acme" else "acme"
+                assert table.get(key, other, 0.0) is None and table.get(key, None, 0.0) is None
+        finally:
+            table.close()
     assert r2.cached == ["a", "b"]
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        rows = db.execute("SELECT tenant, key FROM cache_entries WHERE task = 'slow'").fetchall()
-    assert {t for t, _ in rows} == {"acme", "globex"} and len({k for _, k in rows}) == 2
+    assert {t for t, _, _ in rows} == {"acme", "globex"} and len({k for _, k, _ in rows}) == 2
 
 
 # --- encryption, audit, CLI --------------------------------------------------------------------
 
 
-def test_entries_are_encrypted_and_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_entries_are_encrypted_and_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_backend: Any
+) -> None:
     audit = pytest.importorskip("xlib_pipeline_audit", reason="needs xlib-pipeline-audit")
     pytest.importorskip("xlib_pipeline_encryption", reason="needs xlib-pipeline-encryption")
     monkeypatch.setenv("XLIB_PIPELINE_KEYS_DIR", str(tmp_path / "keys"))
@@ -232,12 +256,11 @@ def test_entries_are_encrypted_and_audited(tmp_path: Path, monkeypatch: pytest.M
     )
     p = Pipeline("secret")
     p.add_task("s", lambda: "very-secret-value-123", cache=True)
-    with PipelineManager(cfg) as pm:
+    with PipelineManager({**cfg, "store": store_backend.section}) as pm:
         pm.execute_pipeline(p, tenant_id="acme")
         r = pm.execute_pipeline(p, tenant_id="acme")
+        [(_, _, blob)] = cache_rows(pm)
     assert r.tasks["s"].status is Status.CACHED and r.final_result == "very-secret-value-123"
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        blob = db.execute("SELECT output FROM cache_entries").fetchone()[0]
     assert b"very-secret-value-123" not in blob and blob.startswith(b"XLPENC")
     records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     hit = [x for x in records if x["task"] == "s" and x["outcome"] == "cached"]
@@ -245,11 +268,11 @@ def test_entries_are_encrypted_and_audited(tmp_path: Path, monkeypatch: pytest.M
     assert audit.verify(tmp_path / "audit.jsonl").ok
 
 
-def test_cli_list_and_clear(tmp_path: Path) -> None:
+def test_cli_list_and_clear(store_backend: Any) -> None:
     calls = CALLS
-    with PipelineManager(store_cfg(tmp_path), entry_points=False) as pm:
+    with store_backend.manager() as pm:
         pm.execute_pipeline(counted(calls), tenant_id="acme")
-    store = str(tmp_path / "runs.sqlite")
+    store = store_backend.target
 
     def cli(*args: str) -> str:
         proc = subprocess.run(
@@ -272,7 +295,9 @@ def test_cli_list_and_clear(tmp_path: Path) -> None:
 # --- the four features together ---------------------------------------------------------------
 
 
-def test_features_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_features_compose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_backend: Any
+) -> None:
     """A cached task with a contract and a fallback, under a resource budget, in a
     tenant-isolated, encrypted, audited run."""
     audit = pytest.importorskip("xlib_pipeline_audit", reason="needs xlib-pipeline-audit")
@@ -318,11 +343,12 @@ def test_features_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
         return p
 
-    with PipelineManager(cfg) as pm:
+    with PipelineManager({**cfg, "store": store_backend.section}) as pm:
         r1 = pm.execute_pipeline(build(False), tenant_id="acme")
         r2 = pm.execute_pipeline(build(False), tenant_id="acme")
         r3 = pm.execute_pipeline(build(False), tenant_id="globex")
         r4 = pm.execute_pipeline(build(True), tenant_id="acme", refresh=True)
+        blobs = [b for _, _, b in cache_rows(pm)]
     assert (r1.final_result, r2.final_result, r3.final_result) == ("6.0/3",) * 3
     assert r2.tasks["model"].status is Status.CACHED  # same tenant: a hit
     assert r3.tasks["model"].status is Status.SUCCEEDED  # other tenant: never shared
@@ -332,8 +358,6 @@ def test_features_compose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         m, s = r.tasks["model"], r.tasks["side"]
         if m.status is not Status.CACHED:
             assert m.started >= s.finished or s.started >= m.finished
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        blobs = [b for (b,) in db.execute("SELECT output FROM cache_entries")]
     assert blobs and all(b.startswith(b"XLPENC") for b in blobs)
     assert audit.verify(tmp_path / "audit.jsonl").ok
     outcomes = {

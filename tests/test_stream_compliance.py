@@ -1,10 +1,10 @@
 """Compliance on streams: audit per batch, OpenLineage STREAMING run, PII to a dead-letter
-sink, encrypted checkpoints, a tenant and principal on every batch run."""
+sink, encrypted checkpoints, a tenant and principal on every batch run: on each run store
+backend (SQLite and PostgreSQL, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,12 @@ def contacts() -> Pipeline:
     return p
 
 
-def test_every_compliance_plugin_applies_per_batch(tmp_path: Path) -> None:
+def test_every_compliance_plugin_applies_per_batch(tmp_path: Path, store_backend: Any) -> None:
     rows = [{"id": i, "note": "hello"} for i in range(30)]
     rows[7]["note"] = "write to jane.doe@example.com"
     rows[22]["note"] = "mail bob@example.org"
     config = {
-        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "store": store_backend.section,
         "audit": {"path": str(tmp_path / "audit.jsonl")},
         "lineage": {"transport": {"type": "file", "path": str(tmp_path / "lineage.jsonl")}},
         "classification": {"detect_pii": True},
@@ -88,17 +88,24 @@ def test_every_compliance_plugin_applies_per_batch(tmp_path: Path) -> None:
     # Encryption: checkpointed outputs are ciphertext, under the stream's tenant.
     from xlib_pipeline import ENCRYPTED_MAGIC
 
-    with sqlite3.connect(tmp_path / "runs.sqlite") as c:
-        blobs = [r[0] for r in c.execute("SELECT output FROM stream_batches")]
-        tenants = {r[0] for r in c.execute("SELECT tenant FROM runs")}
+    with PipelineManager(config) as pm:
+        store: Any = pm.store
+        ckpt = store.open_checkpoints()
+        try:
+            blobs = [b.output for b in ckpt.batches("contacts")]
+        finally:
+            ckpt.close()
+        tenants = {r.tenant for r in store.list_runs()}
     assert blobs and all(b.startswith(ENCRYPTED_MAGIC) for b in blobs)
     assert tenants == {"acme"}
 
 
-def test_without_a_dead_letter_sink_pii_stops_the_stream(tmp_path: Path) -> None:
+def test_without_a_dead_letter_sink_pii_stops_the_stream(
+    tmp_path: Path, store_backend: Any
+) -> None:
     rows = [{"id": 1, "note": "a@example.com"}]
     config = {
-        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "store": store_backend.section,
         "classification": {"detect_pii": True},
     }
     with PipelineManager(config) as pm:
@@ -106,18 +113,23 @@ def test_without_a_dead_letter_sink_pii_stops_the_stream(tmp_path: Path) -> None
     assert s.status == "failed" and "clearance" in str(s.error) and s.batches == 0
 
 
-def test_window_state_is_encrypted_in_the_checkpoint(tmp_path: Path) -> None:
+def test_window_state_is_encrypted_in_the_checkpoint(tmp_path: Path, store_backend: Any) -> None:
     p = Pipeline("win")
     p.add_task("agg", lambda w: {"n": len(w)}, window={"size": 10, "field": "ts"})
     config = {
-        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "store": store_backend.section,
         "security": {"encryption_at_rest": True},
     }
     rows = [{"ts": t, "secret": "s3cr3t"} for t in (1, 2, 3)]
     with PipelineManager(config) as pm:
         pm.stream(p, source=rows, sink=None, max_batches=1, batch_size=3)
-    with sqlite3.connect(tmp_path / "runs.sqlite") as c:
-        state = c.execute("SELECT window_state FROM streams").fetchone()[0]
+        ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+        try:
+            rec = ckpt.load("win")
+        finally:
+            ckpt.close()
+    assert rec is not None
+    state = rec.window_state
     assert state and b"s3cr3t" not in state
     out: list[Any] = []
     with PipelineManager(config) as pm:  # restored (decrypted) on restart
@@ -125,10 +137,10 @@ def test_window_state_is_encrypted_in_the_checkpoint(tmp_path: Path) -> None:
     assert s.status == "completed" and out == [{"n": 3}]
 
 
-def test_a_stream_runs_as_a_principal_for_a_tenant(tmp_path: Path) -> None:
+def test_a_stream_runs_as_a_principal_for_a_tenant(tmp_path: Path, store_backend: Any) -> None:
     pytest.importorskip("xlib_pipeline_tenancy", reason="needs xlib-pipeline-tenancy")
     config = {
-        "store": {"path": str(tmp_path / "runs.sqlite")},
+        "store": store_backend.section,
         "security": {"access_control": "rbac"},
         "tenancy": {"bindings": {"alice": {"acme": ["operator"]}}},
     }

@@ -1,17 +1,17 @@
-"""Event-time windows against a brute-force model, with restarts from checkpointed state."""
+"""Event-time windows against a brute-force model, with restarts from checkpointed state
+(window state in the checkpoint of each run store backend: SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xlib_pipeline import DefinitionError, Pipeline, PipelineManager
+from xlib_pipeline import DefinitionError, Pipeline
 from xlib_pipeline.streams import Window
 
 _ids = itertools.count()
@@ -69,7 +69,7 @@ def windowed(size: int, slide: int, delay: int, lateness: int) -> Pipeline:
     stop_after=st.integers(1, 6),
 )
 def test_windows_match_the_model(
-    tmp_path: Path,
+    store_backend: Any,
     times: list[int],
     size: int,
     slide_div: int,
@@ -84,7 +84,7 @@ def test_windows_match_the_model(
     out: list[dict[str, Any]] = []
     late: list[Any] = []
     p = windowed(size, slide, delay, lateness)
-    with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
+    with store_backend.manager() as pm:
         # Stop part-way, then restart: the open windows come back from the checkpoint.
         first = pm.stream(
             p,
@@ -115,18 +115,18 @@ def test_windows_match_the_model(
     assert sorted(r["id"] for r in late) == want_late
 
 
-def test_late_records_are_counted_in_the_checkpoint(tmp_path: Path) -> None:
+def test_late_records_are_counted_in_the_checkpoint(store_backend: Any) -> None:
     records = [{"id": 0, "ts": 50}, {"id": 1, "ts": 1}, {"id": 2, "ts": 55}]
     late: list[Any] = []
-    with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
+    with store_backend.manager() as pm:
         s = pm.stream(
             windowed(10, 10, 0, 0), source=records, sink=None, late_sink=late.extend, batch_size=1
         )
     assert s.late == 1 and late == [{"id": 1, "ts": 1}]
 
 
-def test_bad_window_options_and_records_are_named(tmp_path: Path) -> None:
-    with PipelineManager({"store": {"path": str(tmp_path / "w.sqlite")}}, entry_points=False) as pm:
+def test_bad_window_options_and_records_are_named(store_backend: Any) -> None:
+    with store_backend.manager() as pm:
         p = Pipeline("bad")
         p.add_task("agg", lambda w: w, window={"size": 0, "field": "ts"})
         with pytest.raises(DefinitionError, match=r"task 'agg'.*'size' must be > 0"):

@@ -25,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ._prune import parse_duration
-
     from ._tables import open_cache
     from .loading import is_store_url, open_store
 

@@ -17,13 +17,13 @@ import attrs
 
 from ._budget import RESOURCE_SLOTS, Budget, BudgetSpec, ResourceSlots, compile_budget
 from ._cache import CachePolicy, cache_key, cache_ref, params_fingerprint
-from ._tables import CacheTable
 from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
 from ._fallback import Fallback, applies, compile_fallbacks
 from ._graph import Plan
 from ._outcomes import failure
 from ._records import StashKey, Status, TaskOutcome
 from ._scheduler import Run
+from ._tables import CacheTable
 from ._task import Task
 from .exceptions import ContractError, FallbackError, StoreError
 

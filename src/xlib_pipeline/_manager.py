@@ -47,6 +47,7 @@ from ._results import PipelineResult, TaskResults
 from ._scheduler import Run
 from ._store import RunStore
 from ._store_recorder import StoreRecorder, load_resume
+from ._tables import CacheTable
 from ._task import Pipeline, Task, param_defaults
 from .exceptions import (
     ConfigError,
@@ -537,6 +538,10 @@ class PipelineManager(ManagerResources, ManagerEvents):
                 ctx = attrs.evolve(ctx, executor=chosen)
             hooks.validate_pipeline(pipeline=ctx.pipeline, run=ctx)
             store = self.store  # after validators: they may require_store()
+            features = self._features.get(p)
+            cache_table: CacheTable | None = None
+            if features is not None and features.cache is not None and store is not None:
+                cache_table = cache_store_of(self, store)  # a store without one: refused
             # Stored outputs are decrypted only once validators (access control) agreed.
             carried = None
             if resume is not None and store is not None:
@@ -587,12 +592,11 @@ class PipelineManager(ManagerResources, ManagerEvents):
             if on_event is not None:
                 events.callbacks.append(on_event)
             obs.append(events)
-        features = self._features.get(p)
         extra: dict[str, Any] = {"plan": p}
         if features is not None:
             extra = {"features": features, "refresh": refresh}
-            if features.cache is not None and store is not None:
-                extra["cache_store"] = cache_store_of(self, store)
+            if cache_table is not None:
+                extra["cache_store"] = cache_table
         run = (FeaturedRun if features is not None else Run)(
             **extra,
             ctx=ctx,

@@ -31,7 +31,6 @@ from ._blobs import (
 from ._commit import LOG, LOG_COLUMNS, GroupCommitter
 from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
 from ._prune import PruneReport, parse_duration, remove_blobs
-from ._tables import BatchRecord, CacheEntry, CacheTable, CheckpointTable, StreamRecord
 from ._store import (
     DEFAULT_STORE_FILE,
     RunRecord,
@@ -40,6 +39,7 @@ from ._store import (
     default_blob_url,
     store_section,
 )
+from ._tables import BatchRecord, CacheEntry, CacheTable, CheckpointTable, StreamRecord
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -141,13 +141,3 @@ def test_the_cli_records_and_lists_runs_by_url(
     runs = listed if isinstance(listed, list) else listed["runs"]
     assert [r["pipeline"] for r in runs] == ["cli_pg"]
     assert runs[0]["status"] == "succeeded"
-
-
-def test_streams_refuse_a_server_store(postgres_url: str) -> None:
-    p = Pipeline("s")
-    p.add_task("parse", lambda batch: batch)
-    with (
-        PipelineManager({"store": {"url": postgres_url}}) as pm,
-        pytest.raises(ConfigError, match="embedded SQLite run store"),
-    ):
-        pm.stream(p, source=iter([{"a": 1}]), sink=lambda rows: None)

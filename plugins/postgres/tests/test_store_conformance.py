@@ -11,10 +11,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xlib_pipeline import (
     PayloadRef,
@@ -268,3 +271,69 @@ def test_two_processes_record_both_runs_whole(
             assert len(tasks) == 60 and all(t.status == "succeeded" for t in tasks.values())
             assert all(t.output is not None for t in tasks.values())
         assert {r.run_id for r in store.list_runs()} == set(ids)
+
+
+# -- the result cache's table: every backend against a model ----------------------------------
+
+
+_TENANTS = st.sampled_from([None, "acme", "globex"])
+_KEYS = st.sampled_from(["k1", "k2", "k3"])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("put"),
+            _KEYS,
+            _TENANTS,
+            st.sampled_from([None, 1e-9, 3600.0]),
+            st.binary(max_size=64),
+        ),
+        st.tuples(st.just("get"), _KEYS, _TENANTS),
+        st.tuples(st.just("clear"), st.sampled_from([None, "t1", "t2"])),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_the_cache_table_behaves_like_its_model(
+    store_section: dict[str, Any], ops: list[tuple[Any, ...]]
+) -> None:
+    """get/put/clear/list with tenants and TTLs equal a dict model: an entry is served only
+    to its tenant and only until it expires; put replaces; clear filters by task."""
+    with manager(store_section) as pm:
+        table = pm.store.open_cache()  # type: ignore[union-attr]
+        table.clear()
+        model: dict[str, tuple[str | None, str, float | None, bytes]] = {}
+        try:
+            for op in ops:
+                now = time.time()
+                if op[0] == "put":
+                    _, key, tenant, ttl, data = op
+                    task = "t1" if key != "k3" else "t2"
+                    table.put(key, tenant=tenant, pipeline="p", task=task, ttl=ttl,
+                              run_id="r", output=data)  # fmt: skip
+                    model[key] = (tenant, task, now + ttl if ttl else None, data)
+                elif op[0] == "get":
+                    _, key, tenant = op
+                    got = table.get(key, tenant, now)
+                    m = model.get(key)
+                    want = (
+                        m[3]
+                        if m is not None and m[0] == tenant and (m[2] is None or m[2] > now)
+                        else None
+                    )
+                    assert (None if got is None else got[0]) == want, (op, m)
+                else:
+                    task = op[1]
+                    n = table.clear(task=task)
+                    gone = [k for k, m in model.items() if task is None or m[1] == task]
+                    assert n == len(gone)
+                    for k in gone:
+                        del model[k]
+            listed = {(e.key, e.tenant, e.task, e.size) for e in table.list()}
+            assert listed == {(k, m[0], m[1], len(m[3])) for k, m in model.items()}
+        finally:
+            table.close()

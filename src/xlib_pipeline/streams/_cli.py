@@ -21,9 +21,7 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     sp.add_argument("--follow", action="store_true", help="tail a growing JSON-lines file")
     sp.add_argument("--sink", help="sink URL: jsonl:PATH, redis://... (default: none)")
     sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
-    sp.add_argument(
-        "--store", help="run store file or postgresql:// URL (checkpoints live there)"
-    )
+    sp.add_argument("--store", help="run store file or postgresql:// URL (checkpoints live there)")
     sp.add_argument("--name", help="stream name (default: the pipeline's name)")
     sp.add_argument("--batch-size", type=int, default=1000, help="records per batch at most")
     sp.add_argument("--batch-timeout", type=float, default=0.5, help="seconds per batch at most")

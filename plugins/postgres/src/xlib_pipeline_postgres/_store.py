@@ -169,8 +169,9 @@ class _Committer(GroupCommitter):
                 k = j
         except BaseException:
             del batch[:k]  # committed segments stay; the rest is retried by flush()
-            if conn.broken:
+            if conn.broken:  # the connection dropped: so may have the pool's idle ones
                 self._conn = None
+                self._store.discard_dead_connections()
             raise
 
 
@@ -395,6 +396,15 @@ class PostgresStore:
         from ._tables import PostgresCheckpoints
 
         return PostgresCheckpoints(self)
+
+    def discard_dead_connections(self) -> None:
+        """After a dropped connection: test the pool's idle connections and replace the dead
+        ones, so the retry (``flush``) does not pick up another connection the server or the
+        network already closed."""
+        try:
+            self.pool.check()
+        except Exception:  # the server is still away: the retry reports it
+            pass
 
     def missing_table(self, exc: BaseException, table: str, what: str) -> StoreError:
         """The StoreError for ``exc``: a clear one when ``table`` does not exist (its

@@ -239,9 +239,19 @@ class PostgresCheckpoints(_Table):
                 (
                     f"INSERT INTO streams ({_COLS}) VALUES (%s, %s, %s, %s, 'running', 0, NULL, "
                     "%s, %s, 0, 0, 0, 0, NULL, NULL, %s, %s, %s, %s, NULL)",
-                    (name, pipeline, source, sink, _j(origin), _j(origin), tenant, lineage_run,
-                     now, now),
-                ),  # fmt: skip
+                    (
+                        name,
+                        pipeline,
+                        source,
+                        sink,
+                        _j(origin),
+                        _j(origin),
+                        tenant,
+                        lineage_run,
+                        now,
+                        now,
+                    ),
+                ),
             ]
         )
 
@@ -283,16 +293,39 @@ class PostgresCheckpoints(_Table):
                     "end_offset = EXCLUDED.end_offset, records = EXCLUDED.records, outputs = "
                     "EXCLUDED.outputs, late = EXCLUDED.late, dead = EXCLUDED.dead, position = "
                     "EXCLUDED.position, output = EXCLUDED.output, committed = EXCLUDED.committed",
-                    (name, checkpoint.seq, run_id, _j(start), _j(checkpoint.offset), records,
-                     outputs, late, dead, pos, output, now),
-                ),  # fmt: skip
+                    (
+                        name,
+                        checkpoint.seq,
+                        run_id,
+                        _j(start),
+                        _j(checkpoint.offset),
+                        records,
+                        outputs,
+                        late,
+                        dead,
+                        pos,
+                        output,
+                        now,
+                    ),
+                ),
                 (
                     'UPDATE streams SET seq = %s, "offset" = %s, position = %s, records = '
                     "records + %s, outputs = outputs + %s, late = late + %s, dead = dead + %s, "
                     "lag = %s, window_state = %s, updated = %s WHERE name = %s",
-                    (checkpoint.seq, _j(checkpoint.offset), pos, records, outputs, late, dead,
-                     lag, window_state, now, name),
-                ),  # fmt: skip
+                    (
+                        checkpoint.seq,
+                        _j(checkpoint.offset),
+                        pos,
+                        records,
+                        outputs,
+                        late,
+                        dead,
+                        lag,
+                        window_state,
+                        now,
+                        name,
+                    ),
+                ),
             ]
         )
 
