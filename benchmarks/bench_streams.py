@@ -1,6 +1,6 @@
 """Streams: throughput against a plain loop, per-batch overhead, memory under backpressure.
 
-    python benchmarks/bench_streams.py [--quick] [--repeat N] [--no-write]
+    python benchmarks/bench_streams.py [--quick] [--repeat N] [--no-write] [--postgres]
 
 1. Throughput: 1,000,000 JSON records (100,000 with --quick) through a 3-task pipeline of
    trivial bodies, ``batch_size=1000``, run store and checkpoints on, a JSON-lines sink.
@@ -12,6 +12,11 @@
    rest) and with the core only, minus the plain loop's time per batch; target <= 1 ms.
 3. Memory: an endless source into a sink 10x slower than a batch's processing, for 60 s
    (10 s with --quick), in a child process; peak RSS; target < 200 MiB.
+
+4. ``--postgres`` (only this, then exit): the per-batch overhead of the core on the SQLite
+   store against the same on a PostgreSQL store (a throwaway local server from
+   xlib_pipeline_postgres.testing, fsync on), interleaved in one run, each minus the plain
+   loop; the ratio PostgreSQL / SQLite.
 
 Writes ``benchmarks/results/streams.md`` unless ``--no-write`` or ``--quick``.
 """
@@ -152,6 +157,43 @@ def per_batch(tmp: Path, batches: int, repeat: int) -> dict[str, Any]:
     }
 
 
+def per_batch_stores(tmp: Path, batches: int, repeat: int) -> dict[str, Any]:
+    """Per-batch cost of the core on SQLite and on PostgreSQL, interleaved, minus plain."""
+    from xlib_pipeline_postgres.testing import local_server
+
+    size = 10
+    src = tmp / "stores.jsonl"
+    write_input(src, batches * size)
+    rows: dict[str, list[float]] = {"plain": [], "sqlite": [], "postgres": []}
+    with local_server(fsync=True) as url:
+        managers = {
+            "sqlite": PipelineManager({"store": {"path": str(tmp / "s.sqlite")}}),
+            "postgres": PipelineManager(
+                {"store": {"url": url, "blobs": {"url": str(tmp / "pg-blobs")}}}
+            ),
+        }
+        try:
+            for pm in managers.values():
+                ours(pm, src, tmp / "o.jsonl", size)  # warm-up
+            for _ in range(repeat):
+                rows["plain"].append(timed(lambda: plain_loop(src, size)) / batches)
+                for name, pm in managers.items():
+                    rows[name].append(
+                        timed(lambda pm=pm: ours(pm, src, tmp / "o.jsonl", size)) / batches
+                    )
+        finally:
+            for pm in managers.values():
+                pm.close()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    over = {k: (med[k] - med["plain"]) * 1000 for k in ("sqlite", "postgres")}
+    return {
+        "batches": batches,
+        "per_batch_ms": {k: v * 1000 for k, v in med.items()},
+        "overhead_ms": over,
+        "ratio": over["postgres"] / over["sqlite"],
+    }
+
+
 MEMORY_CHILD = """
 import itertools, json, resource, sys, time
 from xlib_pipeline import Pipeline, PipelineManager
@@ -199,7 +241,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--postgres", action="store_true", help="SQLite vs PostgreSQL per batch")
     args = ap.parse_args()
+    if args.postgres:
+        with tempfile.TemporaryDirectory() as d:
+            st = per_batch_stores(Path(d), 100 if args.quick else 300, args.repeat)
+        print(
+            f"per batch (10 records, {st['batches']} batches, core): "
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in st["per_batch_ms"].items())
+            + "; overhead "
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in st["overhead_ms"].items())
+            + f"; postgres/sqlite {st['ratio']:.2f}x"
+        )
+        return
     n = 100_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -51,18 +51,6 @@ from ._schema import (
     SEALED_PREFIX,
 )
 
-_TASK_UPSERT = (
-    "INSERT INTO tasks (run_id, task, status, attempts, started, finished, error_type, error, "
-    "traceback, output, output_run, tenant) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-    "%s, %s) ON CONFLICT (run_id, task) DO UPDATE SET status = EXCLUDED.status, attempts = "
-    "EXCLUDED.attempts, started = EXCLUDED.started, finished = EXCLUDED.finished, error_type "
-    "= EXCLUDED.error_type, error = EXCLUDED.error, traceback = EXCLUDED.traceback, output = "
-    "EXCLUDED.output, output_run = EXCLUDED.output_run, tenant = EXCLUDED.tenant"
-)
-_EVENT_INSERT = (
-    "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
-)
 _RUN_COLUMNS = (
     "run_id, pipeline, fingerprint, structure, status, started, finished, tenant, principal, "
     "params, config, source, executor, resumed_from, error"
@@ -164,7 +152,10 @@ class _Committer(GroupCommitter):
                     with conn.cursor() as cur:
                         _log_only(cur, segment)
                 else:
-                    with conn.transaction(), conn.cursor() as cur:
+                    # Pipeline mode: the statements go out without waiting for each
+                    # result, so a transaction costs one round trip to the server, not one
+                    # per statement (a stream's batch: run, leases, tasks, checkpoint).
+                    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                         _write_statements(cur, segment)
                 k = j
         except BaseException:
@@ -210,28 +201,19 @@ def _log_only(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]
 
 
 def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
-    tasks: list[tuple[Any, ...]] = []
-    events: list[tuple[Any, ...]] = []
+    """Statements in order, in the caller's transaction; each run of log rows between them
+    is one statement (:data:`_LOG_SQL`), so a stream batch's commit is a handful of
+    statements sent in one pipeline."""
+    logs: list[tuple[str, tuple[Any, ...]]] = []
 
     def drain() -> None:
-        if tasks:
-            cur.executemany(_TASK_UPSERT, tasks)
-            tasks.clear()
-        if events:
-            cur.executemany(_EVENT_INSERT, events)
-            events.clear()
+        if logs:
+            _log_only(cur, logs)
+            logs.clear()
 
     for sql, params in items:
         if sql is LOG:
-            (kind, run_id, task, status, attempts, started, finished, error_type, error,
-             traceback, output, output_run, tenant, ts) = params  # fmt: skip
-            if kind == 1:
-                tasks.append(
-                    (run_id, task, status, attempts, started, finished, error_type,
-                     seal_text(error), seal_text(traceback), output, output_run, tenant)
-                )  # fmt: skip
-            else:
-                events.append((run_id, task, ts, status, attempts, error_type, seal_text(error)))
+            logs.append((sql, params))
             continue
         drain()
         if isinstance(sql, Native):
