@@ -122,7 +122,7 @@ def test_an_unread_output_after_close_names_the_task(address):
     assert info.value.task == "m1"
     text = str(info.value)
     assert "'m1'" in text and "stayed on the Dask cluster" in text
-    assert "before closing the PipelineManager" in text
+    assert "result.tasks['m1'].output" in text and "before closing the PipelineManager" in text
     with pytest.raises(OutputUnavailableError) as info:
         result.tasks.outputs(["m2", "root"])
     assert info.value.task in ("m2", "root")

@@ -161,8 +161,8 @@ class ClusterOutput(RemoteResult, DeferredOutput):
         return OutputUnavailableError(
             f"task {self.task!r}: its output stayed on the Dask cluster (nothing in the "
             f"driver needed it during the run) and cannot be fetched now: {reason}. Read "
-            "result.tasks[...].output (or result.tasks.outputs()) before closing the "
-            "PipelineManager, or configure a run store so that outputs are recorded",
+            f"result.tasks[{self.task!r}].output (or result.tasks.outputs()) before closing "
+            "the PipelineManager, or configure a run store so that outputs are recorded",
             task=self.task,
             cause=exc,
         )
