@@ -114,21 +114,21 @@ def test_an_edited_or_swapped_segment_is_reported(tmp_path: Path) -> None:
     assert not verify_series(path, KEY).ok
 
 
-def test_a_rotation_cut_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
-    """Killed after renaming the active file, before its successor's first record."""
+def _at_a_rotation_point(tmp_path: Path) -> tuple[Path, int, Path]:
+    """A rotated trail brought by hand to the point where its active file is closed: the
+    next segment's anchor written, the active head at its last record. Returns the trail,
+    the number of closed segments and the next segment's path."""
+    from xlib_pipeline_audit._head import head_path, write_head
+
     path = tmp_path / "audit.jsonl"
     write(path, 30, max_bytes=4096)
     before = len(closed(path))
-    # Bring the trail to a rotation point by hand: the active file renamed away, the
-    # closed segment anchored, the active head still at its last record.
     trail = AuditTrail(path, key=KEY)
     trail.append({"action": "test.last"})
     trail.sync()
     trail.close()
     nxt = segments_mod.segment_path(path, before + 1)
     head = json.loads((path.parent / (path.name + ".head")).read_text())
-    from xlib_pipeline_audit._head import head_path, write_head
-
     write_head(
         head_path(nxt),
         trail=nxt.name,
@@ -138,6 +138,13 @@ def test_a_rotation_cut_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
         key=KEY,
         sync=False,
     )
+    return path, before, nxt
+
+
+def test_a_rotation_cut_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
+    """Killed after renaming the active file, before its successor's first record."""
+    # The closed segment anchored, the active head still at its last record.
+    path, before, nxt = _at_a_rotation_point(tmp_path)
     path.rename(nxt)
     # Reopening finishes the rotation and goes on.
     write(path, 3)
@@ -149,26 +156,7 @@ def test_a_rotation_cut_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
 def test_a_rotation_cut_between_link_and_rename_is_finished_on_open(tmp_path: Path) -> None:
     """Killed after the active file got its closed-segment name, before its successor
     was renamed into place (a half-written ``.next`` file is left behind)."""
-    path = tmp_path / "audit.jsonl"
-    write(path, 30, max_bytes=4096)
-    before = len(closed(path))
-    trail = AuditTrail(path, key=KEY)
-    trail.append({"action": "test.last"})
-    trail.sync()
-    trail.close()
-    nxt = segments_mod.segment_path(path, before + 1)
-    head = json.loads((path.parent / (path.name + ".head")).read_text())
-    from xlib_pipeline_audit._head import head_path, write_head
-
-    write_head(
-        head_path(nxt),
-        trail=nxt.name,
-        seq=head["seq"],
-        last_hash=head["hash"],
-        size=head["size"],
-        key=KEY,
-        sync=False,
-    )
+    path, before, nxt = _at_a_rotation_point(tmp_path)
     os.link(path, nxt)
     path.with_name(path.name + ".next").write_bytes(b'{"half":')
     rep = verify_series(path, KEY)
