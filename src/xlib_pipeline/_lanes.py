@@ -57,12 +57,15 @@ class LaneDriver:
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
-            self._interrupt_notice()
-            # Drain: everything left ends cancelled, nothing re-runs.
-            while dq:
-                j: int | None = dq.popleft()
-                while j is not None:
-                    j = self._process(j)
+            try:
+                self._interrupt_notice()
+                # Drain: everything left ends cancelled, nothing re-runs.
+                while dq:
+                    j: int | None = dq.popleft()
+                    while j is not None:
+                        j = self._process(j)
+            except KeyboardInterrupt:  # a second Ctrl-C, anywhere in here: stop at once
+                pass
             self._abandon()
         except BaseException as exc:  # a bug in the core or a hook: end the run cleanly
             self.fatal = exc
@@ -81,15 +84,19 @@ class LaneDriver:
             threading.Thread(target=self._lane, name=f"xlib-lane-{k}", daemon=True)
             for k in range(min(self.lanes, len(self.plan)))
         ]
-        for t in threads:
-            t.start()
         try:
+            # Lanes start inside the try: a Ctrl-C that lands while they start (a task may
+            # already run on the first) still takes the graceful path below.
+            for t in threads:
+                t.start()
             self.finished_event.wait()
         except KeyboardInterrupt as exc:
             interrupted = exc
             self._stop()
-            self._interrupt_notice()
             try:
+                # The notice is what tells the user to press Ctrl-C again: a second Ctrl-C
+                # may land while it is still being written, before the wait below.
+                self._interrupt_notice()
                 if not self.finished_event.wait(self.grace):
                     self._abandon()
             except KeyboardInterrupt:  # a second Ctrl-C: stop at once
