@@ -369,6 +369,9 @@ def test_ctrl_c_cancels_running_coroutines_after_the_grace(tmp_path, mode: str) 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test runner started in the background of a shell inherits SIGINT ignored, and
+        # so would the child: give it the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
