@@ -9,6 +9,7 @@ refused while the lease is live; a stale lease is taken over, and the takeover i
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sqlite3
@@ -108,16 +109,11 @@ def me(holder: str) -> Lease:
     )
 
 
-_IDENTITY: dict[int, tuple[str, str | None]] = {}
-
-
+@functools.cache
 def _identity(pid: int) -> tuple[str, str | None]:
-    """Host name and start time of this process, read once per process (a stream claims a
-    lease per batch; a forked child has another pid, so it reads its own)."""
-    got = _IDENTITY.get(pid)
-    if got is None:
-        got = _IDENTITY[pid] = (socket.gethostname(), proc_start(pid))
-    return got
+    """Host name and start time of process ``pid``, read once per process (a stream claims
+    a lease per batch; a forked child has another pid, so it reads its own)."""
+    return socket.gethostname(), proc_start(pid)
 
 
 def from_row(row: Any) -> Lease:

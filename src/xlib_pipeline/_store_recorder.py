@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -267,20 +268,17 @@ def reveal(hooks: Any, value: Any, ref: PayloadRef) -> str | None:
     return bytes(data if data is not None else value).decode("utf-8", "replace")
 
 
-_USERS: dict[int, str] = {}
-
-
 def _user() -> str:
     """The OS user running this process (read once per process: one per run otherwise)."""
-    pid = os.getpid()
-    got = _USERS.get(pid)
-    if got is None:
-        try:
-            got = getpass.getuser()
-        except Exception:  # pragma: no cover - no user database
-            got = "unknown"
-        _USERS[pid] = got
-    return got
+    return _user_of(os.getpid())
+
+
+@functools.cache
+def _user_of(pid: int) -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no user database
+        return "unknown"
 
 
 def load_resume(

@@ -179,10 +179,8 @@ def finish_cut(trail: AuditTrail, data: bytes) -> bool:
     found = scan(data, trail._key)
     if not found.ok:
         raise trail._fail(f"{last_path.name} line {found.line} (seq {found.seq}): {found.reason}")
-    trail._seq, trail._prev = found.last_seq, found.last_hash
-    trail._written = (found.last_seq, found.last_hash)
     trail._size = len(data)
-    start(trail, previous=last_path, old_fd=fd, lock=True)
+    _continue_after(trail, found, last_path, fd)
     return True
 
 
@@ -198,10 +196,16 @@ def finish_interrupted(trail: AuditTrail, head: dict[str, Any]) -> bool:
     found = scan(last_path.read_bytes(), trail._key)
     if not found.ok or found.last_seq != head.get("seq") or found.last_hash != head.get("hash"):
         return False
+    _continue_after(trail, found, last_path, trail._fd_or_fail())
+    return True
+
+
+def _continue_after(trail: AuditTrail, found: Any, last_path: Path, fd: int) -> None:
+    """Take the chain's end from ``found`` (the last closed segment's scan) and start the next
+    active file after it (a rotation cut short, finished now; lock and flock held)."""
     trail._seq, trail._prev = found.last_seq, found.last_hash
     trail._written = (found.last_seq, found.last_hash)
-    start(trail, previous=last_path, old_fd=trail._fd_or_fail(), lock=True)
-    return True
+    start(trail, previous=last_path, old_fd=fd, lock=True)
 
 
 def _sync_dir(folder: Path) -> None:

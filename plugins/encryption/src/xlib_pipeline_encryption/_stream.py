@@ -33,10 +33,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from xlib_pipeline import ENCRYPTED_MAGIC, DataShreddedError, PayloadRef, SecurityError
 
+from ._envelope import SHREDDED_KEY_ID
 from ._keyring import KeyManagementService
-
-#: The key id a shredded header names (the same as the envelope's).
-SHREDDED_KEY_ID = "shredded"
 
 STREAM_VERSION = 2
 _PREFIX = ENCRYPTED_MAGIC + bytes([STREAM_VERSION])
