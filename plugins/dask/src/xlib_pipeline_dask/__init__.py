@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle, ClusterStartError, build_security
-    from ._executor import STASH, DaskExecutor, DaskRun, RemoteResult
+    from ._executor import STASH, DaskExecutor, DaskRun
     from ._fresh import fresh_worker_class as FreshWorker
     from ._local_map import LocalMapExecutor
+    from ._outputs import RemoteResult
     from ._plugin import DaskPlugin
     from ._remote import RemoteCall
     from ._settings import ADDRESS_ENV, DaskSettings, DistributeSpec
@@ -28,7 +29,7 @@ _LAZY = {
     "DaskExecutor": "._executor",
     "DaskRun": "._executor",
     "LocalMapExecutor": "._local_map",
-    "RemoteResult": "._executor",
+    "RemoteResult": "._outputs",
     "DaskPlugin": "._plugin",
     "RemoteCall": "._remote",
     "ADDRESS_ENV": "._settings",
