@@ -8,6 +8,7 @@ lane until the answer (or the remote exception, with its traceback) is back.
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,11 @@ class DaskExecutor:
         self.handle = handle
         self._lanes = lanes
         self._wrappers: weakref.WeakKeyDictionary[Any, RemoteCall] = weakref.WeakKeyDictionary()
+        # Dask keys must never repeat on a cluster (a repeated key is served the old
+        # result): one random prefix per executor and a counter, instead of a uuid4 (an
+        # os.urandom system call) per task.
+        self._key_prefix = uuid.uuid4().hex
+        self._key_count = itertools.count()
 
     def lanes(self) -> int | None:
         if self._lanes is not None:
@@ -124,7 +130,7 @@ class DaskExecutor:
         # Dask's serializer ignores for values it can pickle by reference: send plain
         # values as cloudpickle bytes, loaded in the task on the worker.
         boxing = bool(args) and by_value_modules()
-        key = f"{task.name}-{uuid.uuid4().hex}"
+        key = f"{task.name}-{self._key_prefix}-{next(self._key_count)}"
         needs = worker_resources(client, task)
         keep = spec is not None and spec.keep_remote
         # The value comes to the driver only when something there needs it; otherwise the
