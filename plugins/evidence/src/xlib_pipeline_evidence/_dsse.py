@@ -65,7 +65,11 @@ def statement_bytes(statement: dict[str, Any]) -> bytes:
 
 def sign(statement: dict[str, Any], private: Ed25519PrivateKey) -> dict[str, Any]:
     """A DSSE envelope holding ``statement``, signed with ``private``."""
-    payload = statement_bytes(statement)
+    return sign_payload(statement_bytes(statement), private)
+
+
+def sign_payload(payload: bytes, private: Ed25519PrivateKey) -> dict[str, Any]:
+    """A DSSE envelope holding the statement already serialised as ``payload``."""
     sig = private.sign(pae(PAYLOAD_TYPE, payload))
     return {
         "payload": base64.b64encode(payload).decode(),
@@ -83,6 +87,11 @@ def open_envelope(envelope: Any, public: Ed25519PublicKey) -> dict[str, Any]:
     signature by this key, a signature that does not verify, a payload that is not a
     Statement v1.
     """
+    return open_payload(envelope, public)[0]
+
+
+def open_payload(envelope: Any, public: Ed25519PublicKey) -> tuple[dict[str, Any], bytes]:
+    """:func:`open_envelope`, also returning the verified payload bytes."""
     if not isinstance(envelope, dict):
         raise EnvelopeError("not a DSSE envelope (expected a JSON object)")
     if envelope.get("payloadType") != PAYLOAD_TYPE:
@@ -121,7 +130,7 @@ def open_envelope(envelope: Any, public: Ed25519PublicKey) -> dict[str, Any]:
         raise EnvelopeError(f"the signed payload is not JSON ({exc})") from None
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise EnvelopeError(f"the signed payload is not an in-toto Statement v1 ({STATEMENT_TYPE})")
-    return statement
+    return statement, payload
 
 
 def unverified_statement(envelope: Any) -> dict[str, Any]:

@@ -71,6 +71,16 @@ def escape(text: str) -> str:
     return got
 
 
+def escape_all(texts: list[str]) -> list[str]:
+    """:func:`escape` of each text, in a few C-level passes over the joined column rather
+    than one call per cell (a 10,000-task table has 60,000 cells)."""
+    sep = "\x00"
+    joined = sep.join(texts)
+    if joined.count(sep) != max(len(texts) - 1, 0):  # a text holds the separator
+        return [escape(t) for t in texts]
+    return _escape(joined).split(sep) if texts else []
+
+
 def _ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value).timestamp() if value else None
 
@@ -191,31 +201,42 @@ def render(run_json: Mapping[str, Any], *, audit_ok: bool | None, files: Mapping
         f'<span class="badge {"ok" if ok_run else "bad"}">Run {escape(str(pred.get("status")))}'
         "</span>"
     )
-    rows = []
     levels = cls.get("levels") or {}
     gone = set(run_json.get("shredded") or ())
     pii = cls.get("pii") or {}
-    for t in tasks:
+    names = [t["name"] for t in tasks]
+    col_name = escape_all(names)
+    col_level = escape_all([levels.get(n, "—") for n in names])
+    col_pii = escape_all([", ".join(pii.get(n, [])) or "—" for n in names])
+    col_key = escape_all([enc.get(n, "—") for n in names])
+    col_tenant = escape_all([t.get("tenant") or "—" for t in tasks])
+    status_cells: dict[str, str] = {}
+    rows = []
+    for i, t in enumerate(tasks):
         dur = t.get("durationSeconds")
+        st = status_cells.get(t["status"])
+        if st is None:
+            st = status_cells[t["status"]] = _status(t["status"])
         rows.append(
-            "<tr>"
-            f"<td>{escape(t['name'])}</td><td>{_status(t['status'])}</td>"
+            f"<tr><td>{col_name[i]}</td><td>{st}</td>"
             f'<td class="num">{t["attempts"]}</td>'
             f'<td class="num">{"" if dur is None else f"{dur:.3f}s"}</td>'
-            f"<td>{escape(levels.get(t['name'], '—'))}</td>"
-            f"<td>{escape(', '.join(pii.get(t['name'], [])) or '—')}</td>"
-            f"<td>{escape(enc.get(t['name'], '—'))}"
-            f"{' <b>(shredded)</b>' if t['name'] in gone else ''}</td>"
-            f"<td>{escape(t.get('tenant') or '—')}</td></tr>"
+            f"<td>{col_level[i]}</td><td>{col_pii[i]}</td><td>{col_key[i]}"
+            f"{' <b>(shredded)</b>' if names[i] in gone else ''}</td>"
+            f"<td>{col_tenant[i]}</td></tr>"
         )
+    fl = cls.get("flows") or []
+    col_from = escape_all([f["from"] for f in fl])
+    col_to = escape_all([f["to"] for f in fl])
+    col_flevel = escape_all([f["level"] for f in fl])
+    col_clear = escape_all([f.get("clearance") or "—" for f in fl])
+    col_dec = escape_all([f.get("decision") or "no clearance set" for f in fl])
     flows = []
-    for f in cls.get("flows") or []:
-        decision = f.get("decision")
-        mark = {"allowed": "ok", "refused": "bad"}.get(decision or "", "na")
+    for i, f in enumerate(fl):
+        mark = {"allowed": "ok", "refused": "bad"}.get(f.get("decision") or "", "na")
         flows.append(
-            f"<tr><td>{escape(f['from'])} → {escape(f['to'])}</td><td>{escape(f['level'])}</td>"
-            f"<td>{escape(f.get('clearance') or '—')}</td>"
-            f'<td><span class="badge {mark}">{escape(decision or "no clearance set")}</span></td>'
+            f"<tr><td>{col_from[i]} → {col_to[i]}</td><td>{col_flevel[i]}</td>"
+            f'<td>{col_clear[i]}</td><td><span class="badge {mark}">{col_dec[i]}</span></td>'
             "</tr>"
         )
     ds = lin.get("datasets") or {}

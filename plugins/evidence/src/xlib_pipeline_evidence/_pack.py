@@ -43,8 +43,18 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_run_attestation(manager: Any, run_id: str, public: Any) -> tuple[dict[str, Any], Any]:
+def load_run_attestation(
+    manager: Any, run_id: str, public: Any, *, tasks: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], Any]:
     """The run-end envelope of ``run_id`` and its verified statement."""
+    envelope, statement, _ = _load_attestation(manager, run_id, public, tasks)
+    return envelope, statement
+
+
+def _load_attestation(
+    manager: Any, run_id: str, public: Any, tasks: dict[str, Any] | None
+) -> tuple[dict[str, Any], Any, bytes]:
+    """:func:`load_run_attestation`, also returning the verified payload bytes."""
     plugin = manager.get_plugin("evidence")
     if plugin is not None:
         plugin.wait()  # a run that just ended in this manager: its attestation is pending
@@ -52,12 +62,14 @@ def load_run_attestation(manager: Any, run_id: str, public: Any) -> tuple[dict[s
     if store is None:
         raise StoreError("building evidence needs a run store (--store PATH)")
     rec = store.get_run(run_id)
+    if tasks is None:
+        tasks = store.get_tasks(rec.run_id)
     # Evidence names the run's tasks and tenants: a read of stored data like any other.
-    manager.check_read_access(rec, store.get_tasks(rec.run_id).values())
+    manager.check_read_access(rec, tasks.values())
     folder = evidence_dir(store.path, settings_of(manager).dir)
     file = attestation_file(folder, rec.run_id)
     try:
-        envelope = json.loads(file.read_text())
+        envelope = json.loads(file.read_bytes())
     except FileNotFoundError:
         raise StoreError(
             f"run {rec.run_id} has no attestation ({file} is missing): the evidence plugin "
@@ -67,17 +79,25 @@ def load_run_attestation(manager: Any, run_id: str, public: Any) -> tuple[dict[s
     except ValueError as exc:
         raise SecurityError(f"run attestation {file} is not JSON ({exc})") from None
     try:
-        statement = _dsse.open_envelope(envelope, public)
+        statement, payload = _dsse.open_payload(envelope, public)
     except _dsse.EnvelopeError as exc:
         raise SecurityError(f"run attestation {file} does not verify: {exc}") from None
-    return envelope, statement
+    return envelope, statement, payload
 
 
-def check_outputs(manager: Any, statement: dict[str, Any], shredded: set[str]) -> None:
+def check_outputs(
+    manager: Any,
+    statement: dict[str, Any],
+    shredded: set[str],
+    *,
+    tasks: dict[str, Any] | None = None,
+) -> None:
     """Refuse when a stored output no longer has the digest attested at run end; outputs a
-    plugin reports as crypto-shredded (contents gone on purpose) keep their attested digest."""
+    plugin reports as crypto-shredded (contents gone on purpose) keep their attested digest.
+    ``tasks``: the run's task rows when already read."""
     pred = statement["predicate"]
-    tasks = manager.store.get_tasks(pred["runId"])
+    if tasks is None:
+        tasks = manager.store.get_tasks(pred["runId"])
     now = {s["name"]: s["digest"]["sha256"] for s in _predicate.subjects(pred["pipeline"], tasks)}
     for subj in statement.get("subject", []):
         got = now.get(subj["name"])
@@ -90,6 +110,39 @@ def check_outputs(manager: Any, statement: dict[str, Any], shredded: set[str]) -
             )
 
 
+class _StoreView:
+    """The run store as collectors see it during a build: ``get_tasks`` of the run being
+    packed answers from the rows the build already read (a copy of the mapping); every
+    other call is the store's."""
+
+    def __init__(self, store: Any, run_id: str, tasks: dict[str, Any]) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._tasks = tasks
+
+    def get_tasks(self, run_id: str) -> dict[str, Any]:
+        if run_id == self._run_id:
+            return dict(self._tasks)
+        tasks: dict[str, Any] = self._store.get_tasks(run_id)
+        return tasks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _BuildView:
+    """The manager handed to ``collect_evidence`` while a pack is built: the manager itself
+    in every respect but its ``store`` (a :class:`_StoreView`), so the run's task rows are
+    read once per build rather than once per plugin that reports on them."""
+
+    def __init__(self, manager: Any, run_id: str, tasks: dict[str, Any]) -> None:
+        self._manager = manager
+        self.store = _StoreView(manager.store, run_id, tasks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+
 def build(
     manager: Any,
     run_id: str,
@@ -98,11 +151,16 @@ def build(
 ) -> Path:
     """Write the evidence pack of ``run_id`` into folder ``out``; return it."""
     public = key.public_key()
-    envelope, statement = load_run_attestation(manager, run_id, public)
+    store = manager.store
+    if store is None:
+        raise StoreError("building evidence needs a run store (--store PATH)")
+    rid = store.get_run(run_id).run_id
+    tasks = store.get_tasks(rid)  # the only read of the run's task rows in a build
+    envelope, statement, payload = _load_attestation(manager, rid, public, tasks)
     pred = statement["predicate"]
-    sections = sections_of(manager, pred["runId"], None)
+    sections = sections_of(_BuildView(manager, rid, tasks), rid, None)
     shredded = {t for sec in sections for t in sec.facts.get("shredded", ())}
-    check_outputs(manager, statement, shredded)
+    check_outputs(manager, statement, shredded, tasks=tasks)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (*PACK_FILES, MANIFEST, ATTESTATION):
@@ -123,7 +181,10 @@ def build(
     }
     if shredded:  # contents destroyed since the run (right to erasure); digests remain
         run_json["shredded"] = sorted(shredded)
-    files["run.json"] = _json(run_json)
+    # The predicate and subjects are the run-end statement's: their JSON is sliced from its
+    # verified payload rather than serialised twice more (run.json and the pack statement).
+    parts = _payload_parts(payload)
+    files["run.json"] = _run_json_bytes(run_json, parts)
     files["public-key.pem"] = _dsse.public_pem(public)
     files["VERIFY.md"] = VERIFY_TEXT.encode()
     audit_ok = _audit_badge(files.get("audit.jsonl"), pred)
@@ -136,18 +197,54 @@ def build(
     }
     mbytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()  # small
     (folder / MANIFEST).write_bytes(mbytes)
-    pack_statement = {
-        "_type": _dsse.STATEMENT_TYPE,
-        "subject": [
-            *statement["subject"],
-            {"name": MANIFEST, "digest": {"sha256": hashlib.sha256(mbytes).hexdigest()}},
-        ],
-        "predicateType": statement["predicateType"],
-        "predicate": pred,
-    }
-    signed = _dsse.sign(pack_statement, key)
+    bound = {"digest": {"sha256": hashlib.sha256(mbytes).hexdigest()}, "name": MANIFEST}
+    if parts is not None:
+        head, subject = parts[0], parts[2]
+        sep = b"," if subject != b"[]" else b""
+        pack_payload = head + subject[:-1] + sep + _dsse.statement_bytes(bound) + b"]}"
+        signed = _dsse.sign_payload(pack_payload, key)
+    else:
+        pack_statement = {
+            "_type": _dsse.STATEMENT_TYPE,
+            "subject": [*statement["subject"], bound],
+            "predicateType": statement["predicateType"],
+            "predicate": pred,
+        }
+        signed = _dsse.sign(pack_statement, key)
     (folder / ATTESTATION).write_bytes(_json(signed))
     return folder
+
+
+_HEAD = b'{"_type":' + json.dumps(_dsse.STATEMENT_TYPE).encode() + b',"predicate":'
+_TYPE = b',"predicateType":'
+_SUBJECT = b',"subject":'
+
+
+def _payload_parts(payload: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """``(everything up to the subject list, the predicate's JSON, the subject list's JSON)``
+    of a statement payload in the form :func:`_dsse.statement_bytes` writes (sorted keys:
+    ``_type``, ``predicate``, ``predicateType``, ``subject``); ``None`` for any other form.
+
+    The last ``,"predicateType":`` and ``,"subject":`` are the statement's own members:
+    only subjects (``digest``/``name`` objects) follow them, and JSON strings escape
+    quotes, so neither sequence can occur inside a name."""
+    if not payload.startswith(_HEAD) or not payload.endswith(b"]}"):
+        return None
+    t = payload.rfind(_TYPE)
+    s = payload.rfind(_SUBJECT)
+    if t < len(_HEAD) or s < t:
+        return None
+    return payload[: s + len(_SUBJECT)], payload[len(_HEAD) : t], payload[s + len(_SUBJECT) : -1]
+
+
+def _run_json_bytes(run_json: dict[str, Any], parts: tuple[bytes, bytes, bytes] | None) -> bytes:
+    """``run.json``: :func:`_json` of ``run_json``, reusing the payload's predicate and
+    subjects JSON when ``parts`` has them (same keys in the same sorted order)."""
+    if parts is None:
+        return _json(run_json)
+    rest = {k: v for k, v in run_json.items() if k not in ("predicate", "subjects")}
+    middle = _json(rest)[1:-2]  # the other members, sorted: between predicateType and subjects
+    return b'{"predicate":' + parts[1] + b"," + middle + b',"subjects":' + parts[2] + b"}\n"
 
 
 def _json(value: Any) -> bytes:

@@ -77,9 +77,19 @@ def check_audit(data: bytes, facts: dict[str, Any], key: bytes | None = None) ->
     except UnicodeDecodeError:
         texts = None  # json.loads reports the line that is not UTF-8
     decode = _DECODER.decode
+    scan = _DECODER.scan_once  # the C scanner: a line that is one bare value, no wrapper
     for n, line in enumerate(lines, 1):
         try:
-            rec = decode(texts[n - 1]) if texts is not None else json.loads(line)
+            if texts is None:
+                rec = json.loads(line)
+            else:
+                text = texts[n - 1]
+                try:
+                    rec, end = scan(text, 0)
+                except StopIteration:
+                    end = -1
+                if end != len(text):  # whitespace around it, or not JSON: the full parser
+                    rec = decode(text)
         except ValueError:
             problems.append(f"line {n}: not JSON")
             break

@@ -47,14 +47,32 @@ def from_file(path: Path, run_id: str, namespace: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     needle = json.dumps(run_id).encode()
-    lines = [ln for ln in data.splitlines() if needle in ln]
-    if not lines:
+    # The run's lines as (start, end) ranges, adjacent lines merged: one C-level find per
+    # matching line and one copy per range, not a split of the whole file (a 10,000-task
+    # run's events are ~40 MB, usually one contiguous range).
+    ranges: list[list[int]] = []
+    count = 0
+    pos = data.find(needle)
+    while pos != -1:
+        start = data.rfind(b"\n", 0, pos) + 1
+        end = data.find(b"\n", pos)
+        if end == -1:
+            end = len(data)
+        count += 1
+        if ranges and ranges[-1][1] + 1 >= start:
+            ranges[-1][1] = end
+        else:
+            ranges.append([start, end])
+        pos = data.find(needle, end)
+    if not count:
         return None
-    starts = sum(1 for ln in lines if b'"eventType":"START"' in ln)
+    chunks = [data[a:b] for a, b in ranges]
+    # eventType appears once per event (quotes inside strings are escaped)
+    starts = sum(c.count(b'"eventType":"START"') for c in chunks)
     facts = {
         "namespace": namespace,
-        "events": len(lines),
+        "events": count,
         "taskStarts": starts - 1,  # less the pipeline run's START
         "file": str(path),
     }
-    return {"facts": facts, "files": {"lineage.jsonl": b"\n".join(lines) + b"\n"}}
+    return {"facts": facts, "files": {"lineage.jsonl": b"\n".join(chunks) + b"\n"}}
