@@ -58,6 +58,8 @@ def canonical_body(rec: dict[str, Any]) -> bytes:
 
 
 _DECODER = json.JSONDecoder()
+#: The decoder's C scanner: parses one value at an offset, no whitespace wrapper.
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def check_audit(data: bytes, facts: dict[str, Any], key: bytes | None = None) -> list[str]:
@@ -77,7 +79,7 @@ def check_audit(data: bytes, facts: dict[str, Any], key: bytes | None = None) ->
     except UnicodeDecodeError:
         texts = None  # json.loads reports the line that is not UTF-8
     decode = _DECODER.decode
-    scan = _DECODER.scan_once  # the C scanner: a line that is one bare value, no wrapper
+    scan = _SCAN
     for n, line in enumerate(lines, 1):
         try:
             if texts is None:
