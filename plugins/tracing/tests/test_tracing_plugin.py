@@ -83,7 +83,8 @@ def by_name(exporter: InMemorySpanExporter) -> dict[str, list[Any]]:
 
 
 class TestSpans:
-    def test_run_span_with_one_child_per_attempt(self, spans: Any) -> None:
+    @pytest.mark.parametrize("config", [True, {"propagate": False}])
+    def test_run_span_with_one_child_per_attempt(self, spans: Any, config: Any) -> None:
         p = Pipeline("nightly")
         calls = {"n": 0}
 
@@ -98,7 +99,7 @@ class TestSpans:
                 raise ValueError("first attempt fails")
             return x
 
-        with make(True) as pm:
+        with make(config) as pm:
             result = pm.execute_pipeline(p, tenant_id="acme")
         assert result.success
         got = by_name(spans)
@@ -128,6 +129,43 @@ class TestSpans:
         }
         assert loads[1].attributes["xlib.status"] == "succeeded"
         assert loads[1].status.status_code is StatusCode.UNSET
+
+    @pytest.mark.parametrize("config", [True, {"propagate": False}])
+    def test_task_spans_cover_the_attempt_inside_the_run_span(
+        self, spans: Any, config: Any
+    ) -> None:
+        import asyncio
+        import time
+
+        p = Pipeline("timed")
+
+        @p.task("sync")
+        def sync() -> int:
+            time.sleep(0.02)
+            return 1
+
+        @p.task("coro", depends_on=["sync"])
+        async def coro(x: int) -> int:  # async bodies: no task scope, span recorded at end
+            await asyncio.sleep(0.02)
+            return x
+
+        with make(config) as pm:
+            hooks = pm.hooks
+            result = pm.execute_pipeline(p)
+        assert result.success, result.error
+        # propagate off: after_task is the only per-task hook tracing adds
+        assert not hooks.has["before_task"]
+        assert hooks.has["task_scope"] is (config is True)
+        got = by_name(spans)
+        [run] = got["pipeline timed"]
+        for name in ("sync", "coro"):
+            [span] = got[f"task {name}"]
+            assert span.parent is not None and span.parent.span_id == run.context.span_id
+            assert span.attributes["xlib.attempt"] == 1
+            assert span.attributes["xlib.status"] == "succeeded"
+            assert run.start_time <= span.start_time < span.end_time <= run.end_time
+            assert span.end_time - span.start_time >= 15_000_000  # the body's sleep
+        assert got["task sync"][0].end_time <= got["task coro"][0].start_time
 
     def test_failed_run_is_error_with_class_and_message(self, spans: Any) -> None:
         p = Pipeline("broken")
@@ -309,5 +347,5 @@ class TestWithoutSdk:
         p.add_task("a", lambda: 1)
         with pm:
             assert pm.execute_pipeline(p).success
-            assert pm.hooks.has["before_task"] and pm.hooks.has["task_scope"]
+            assert pm.hooks.has["after_task"] and pm.hooks.has["task_scope"]
         assert sorted(by_name(spans)) == ["pipeline late", "task a"]

@@ -1,7 +1,11 @@
 """The ``tracing`` plugin: OpenTelemetry spans for runs and task attempts.
 
 One span per run (``pipeline <name>``), one child span per task attempt (``task <name>``),
-started and ended from the run hooks in the driver. The spans go wherever the
+made from the run hooks in the driver: with ``propagate`` (the default) a task span starts
+in ``task_scope``, right before the body, and ends in ``after_task``; without it, or for an
+attempt no scope started (``async def`` bodies), the whole span is recorded in
+``after_task`` with the attempt's own start and end times, so one per-task hook is all
+tracing adds. The spans go wherever the
 application's OpenTelemetry SDK sends them (its tracer provider and exporters); without an
 SDK the API's no-op tracer makes them free. The task span's context reaches the body
 through the core's ``task_scope`` hook: attached in the lane for local executors, carried
@@ -13,20 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from xlib_pipeline import ConfigKey, check_keys, hookimpl
 
+_OTEL: Any = None
+
 
 def _otel() -> Any:
     """The OpenTelemetry API, imported on first use (an installed, unconfigured plugin must
-    not pay for it on every PipelineManager())."""
-    import opentelemetry.context
-    import opentelemetry.propagate
-    import opentelemetry.trace
+    not pay for it on every PipelineManager()); later calls are one global read."""
+    global _OTEL
+    if _OTEL is None:
+        import opentelemetry.context
+        import opentelemetry.propagate
+        import opentelemetry.trace
 
-    return opentelemetry
+        _OTEL = opentelemetry
+    return _OTEL
 
 
 SECTION_KEYS = ("record_errors", "propagate", "tracer")
@@ -63,10 +73,10 @@ class _Current:
         self.ctx = ctx
 
     def __enter__(self) -> None:
-        self.token = _otel().context.attach(self.ctx)
+        self.token = _OTEL.context.attach(self.ctx)
 
     def __exit__(self, *exc: object) -> None:
-        _otel().context.detach(self.token)
+        _OTEL.context.detach(self.token)
 
 
 def _recording() -> bool:
@@ -88,11 +98,12 @@ class SpanScope:
         self.carrier: dict[str, str] | None = None
 
     def __call__(self) -> contextlib.AbstractContextManager[Any]:
+        otel = _otel()
         if self.span is not None:
             # Only makes the span current: the plugin records errors itself (class and
             # redacted message, no stack trace).
-            return _Current(_otel().trace.set_span_in_context(self.span))
-        return _Current(_otel().propagate.extract(self.carrier or {}))
+            return _Current(otel.trace.set_span_in_context(self.span))
+        return _Current(otel.propagate.extract(self.carrier or {}))
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.span is None:  # already a carrier (pickled again on its way)
@@ -212,14 +223,16 @@ class TracingPlugin:
             self._error(span, result.error, run.tenant_id)
         span.end()
 
-    def task_started(self, task: Any, run: Any) -> None:
+    def task_started(self, task: Any, run: Any) -> Any:
+        """Start the span of a task attempt (from ``task_scope``, in the lane, just before
+        the body); ``None`` when the run has no span."""
         ctx = self._parents.get(run.run_id)
         if ctx is None:
-            return
+            return None
         key = (run.run_id, task.name)
-        with self._lock:
-            attempt = self._attempts.get(key, 0) + 1
-            self._attempts[key] = attempt
+        # No lock: only the lane running this task touches its key, one attempt at a time.
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
         attrs = {
             "xlib.pipeline": run.pipeline.name,
             "xlib.task": task.name,
@@ -228,28 +241,59 @@ class TracingPlugin:
         tenant = run.tenant_of(task)
         if tenant:
             attrs["xlib.tenant"] = tenant
-        self._tasks[key] = self.tracer.start_span(
-            f"task {task.name}", context=ctx, attributes=attrs
-        )
+        span = self.tracer.start_span(f"task {task.name}", context=ctx, attributes=attrs)
+        self._tasks[key] = span
+        return span
 
     def task_ended(self, task: Any, run: Any, outcome: Any) -> None:
         key = (run.run_id, task.name)
         span = self._tasks.pop(key, None)
-        if span is None:
-            if outcome.final and self._attempts:
-                with self._lock:
-                    self._attempts.pop(key, None)
-            return  # never started (skipped, upstream failed, cancelled), or not recording
-        if outcome.final:
-            with self._lock:
-                self._attempts.pop(key, None)
-        if span is None:
-            return  # never started (skipped, upstream failed, cancelled)
         status = outcome.status.value
+        if span is None:
+            self._span_after(task, run, outcome, key, status)
+            return
+        if outcome.final:
+            self._attempts.pop(key, None)
         span.set_attribute("xlib.status", status if outcome.final else "retrying")
         if status == "failed":
             self._error(span, outcome.error, run.tenant_of(task))
         span.end()
+
+    def _span_after(self, task: Any, run: Any, outcome: Any, key: Any, status: str) -> None:
+        """Record a whole attempt span when it ends, with the attempt's own start and end
+        times: every attempt without ``propagate`` (no per-task hook but ``after_task``), and
+        with it the attempts no ``task_scope`` started (``async def`` bodies, attempts
+        another plugin refused in ``before_task``). Tasks that never started (skipped,
+        upstream failed, cancelled, reused, cached: attempt 0 or no start time) get none."""
+        attempt = outcome.attempt
+        if attempt < 1 or outcome.started is None:
+            return
+        done = self._attempts.pop(key, 0) if outcome.final else self._attempts.get(key, 0)
+        if attempt <= done:
+            return  # that attempt has its span (a refusal reports the attempt before it)
+        if not outcome.final:
+            self._attempts[key] = attempt
+        ctx = self._parents.get(run.run_id)
+        if ctx is None:
+            return
+        attrs = {
+            "xlib.pipeline": run.pipeline.name,
+            "xlib.task": task.name,
+            "xlib.attempt": attempt,
+            "xlib.status": status if outcome.final else "retrying",
+        }
+        tenant = run.tenant_of(task)
+        if tenant:
+            attrs["xlib.tenant"] = tenant
+        span = self.tracer.start_span(
+            f"task {task.name}",
+            context=ctx,
+            attributes=attrs,
+            start_time=int(outcome.started * 1e9),
+        )
+        if status == "failed":
+            self._error(span, outcome.error, tenant)
+        span.end(end_time=int((outcome.finished or time.time()) * 1e9))
 
     def span_of(self, run_id: str, task: str) -> Any:
         """The open span of a task attempt (``None`` when none is open)."""
@@ -278,14 +322,11 @@ class _RunSpans:
 
 
 class _TaskSpans:
-    """The per-task hooks, registered once spans are recorded."""
+    """``after_task``, registered once spans are recorded: ends the attempt's span, or
+    records it whole (see :meth:`TracingPlugin._span_after`)."""
 
     def __init__(self, plugin: TracingPlugin) -> None:
         self.plugin = plugin
-
-    @hookimpl
-    def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        self.plugin.task_started(task, run)
 
     @hookimpl
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
@@ -293,12 +334,13 @@ class _TaskSpans:
 
 
 class _Propagation:
-    """The ``task_scope`` hook, registered only with ``propagate`` on."""
+    """The ``task_scope`` hook, registered only with ``propagate`` on: starts the attempt's
+    span right before its body and makes it current there (one per-task hook does both)."""
 
     def __init__(self, plugin: TracingPlugin) -> None:
         self.plugin = plugin
 
     @hookimpl
     def task_scope(self, task: Any, run: Any) -> SpanScope | None:
-        span = self.plugin._tasks.get((run.run_id, task.name))
+        span = self.plugin.task_started(task, run)
         return SpanScope(span) if span is not None else None
