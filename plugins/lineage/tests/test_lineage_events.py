@@ -569,3 +569,13 @@ class TestCli:
         pm.execute_pipeline(mixed_pipeline())
         assert main(["lineage", "show", str(uuid.uuid4()), "--file", str(path)]) == 1
         assert "no lineage events" in capsys.readouterr().err
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_iso_is_datetime_isoformat(ts: float) -> None:
+    from datetime import UTC, datetime
+
+    from xlib_pipeline_lineage._events import iso
+
+    assert iso(ts) == datetime.fromtimestamp(ts, UTC).isoformat()
+    assert iso(ts + 0.5) == datetime.fromtimestamp(ts + 0.5, UTC).isoformat()  # cache reused

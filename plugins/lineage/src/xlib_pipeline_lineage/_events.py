@@ -117,9 +117,24 @@ def fast_uuid5(namespace: bytes, name: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+_SECOND: tuple[int, str] = (-1, "")
+
+
 def iso(ts: float) -> str:
-    """A POSIX timestamp as an RFC 3339 UTC date-time."""
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    """A POSIX timestamp as an RFC 3339 UTC date-time: exactly
+    ``datetime.fromtimestamp(ts, UTC).isoformat()``, with the text of the current second
+    cached (every event of a run carries one; most fall in the same second as the last)."""
+    global _SECOND
+    sec = int(ts)
+    # the microseconds as datetime.fromtimestamp rounds them (half-even, of the exact
+    # fraction: ts - sec is exact for a positive float)
+    us = round((ts - sec) * 1e6) if ts >= 0 else -1
+    if not 0 <= us < 1_000_000:
+        return datetime.fromtimestamp(ts, UTC).isoformat()
+    cached = _SECOND
+    if cached[0] != sec:
+        cached = _SECOND = (sec, datetime.fromtimestamp(sec, UTC).isoformat()[:-6])
+    return f"{cached[1]}.{us:06d}+00:00" if us else f"{cached[1]}+00:00"
 
 
 def parse_dataset(

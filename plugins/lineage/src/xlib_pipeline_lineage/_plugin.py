@@ -144,7 +144,7 @@ class _RunState:
         self.ended: set[str] = set()
         #: task name -> OpenLineage runId of its task run (the recorded mapping).
         self.task_run_ids: dict[str, str] = {}
-        self._info: dict[str, tuple[str, str, str, str, str]] = {}
+        self._info: dict[str, tuple[str, str, str, str, str, str]] = {}
         self._ns_bytes = uuid.UUID(self.run_id).bytes
         p = self.producer
         self._head = f'"producer":{d(p)},"schemaURL":{d(ev.EVENT_SCHEMA)}'
@@ -166,35 +166,41 @@ class _RunState:
             '"status_trigger_rule":"EXECUTE_ON_SUCCESS"}'
         )
         self._deps: dict[str, str] = {}
+        # a task event's text around its variable parts (see _task_event)
+        self._ev_mid = f'",{self._head},"run":{{"runId":"'
+        self._ev_facets = f'","facets":{{"parent":{self._parent},"{ev.RUN_FACET}":'
         self.emitter = Emitter(plugin.sink(), self.build)
 
     # -- event building (emitter thread) -------------------------------------------------
 
-    def _task_info(self, name: str) -> tuple[str, str, str, str, str]:
+    def _task_info(self, name: str) -> tuple[str, str, str, str, str, str]:
+        """(run id, job name JSON, task name JSON, inputs JSON, declared outputs JSON, the
+        event text from the end of the run facets to ``"outputs":``), built once per task."""
         info = self._info.get(name)
         if info is None:
             d = json.dumps
             rid = self.task_run_ids[name] = ev.fast_uuid5(self._ns_bytes, name)
             ins, outs = self.datasets.get(name, ((), ()))
+            job = d(self._job_prefix + name)
+            ins_json = d(list(ins)) if ins else "[]"
             info = self._info[name] = (
                 rid,
-                d(self._job_prefix + name),
+                job,
                 d(name),
-                d(list(ins)) if ins else "[]",
+                ins_json,
                 d(list(outs)) if outs else "[]",
+                f'}}}},"job":{{"namespace":{self._ns},"name":{job},'
+                f'"facets":{self._task_job_facets}}},"inputs":{ins_json},"outputs":',
             )
         return info
 
     def _task_event(
         self, etype: str, name: str, ts: float, facet: str, extra: str = "", outs: str = ""
     ) -> str:
-        rid, job, _, ins, declared = self._task_info(name)
+        rid, _, _, _, declared, tail = self._task_info(name)
         return (
-            f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}",{self._head},'
-            f'"run":{{"runId":"{rid}","facets":{{"parent":{self._parent},'
-            f'"{ev.RUN_FACET}":{facet}{extra}}}}},'
-            f'"job":{{"namespace":{self._ns},"name":{job},"facets":{self._task_job_facets}}},'
-            f'"inputs":{ins},"outputs":{outs or declared}}}'
+            f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}{self._ev_mid}{rid}'
+            f"{self._ev_facets}{facet}{extra}{tail}{outs or declared}}}"
         )
 
     def _dep(self, name: str) -> str:
