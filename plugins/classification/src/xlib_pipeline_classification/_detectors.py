@@ -7,7 +7,6 @@ kind of data. It never returns or stores the matched value: only its ``name`` is
 from __future__ import annotations
 
 import importlib
-import importlib.metadata as md
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -129,6 +128,8 @@ def check_detector(obj: Any, where: str) -> Detector:
 def installed_detectors() -> dict[str, Detector]:
     """Detectors registered by other distributions in :data:`DETECTOR_ENTRY_POINT_GROUP`."""
     out: dict[str, Detector] = {}
+    import importlib.metadata as md  # only when detectors are looked up (cold start)
+
     for ep in md.entry_points(group=DETECTOR_ENTRY_POINT_GROUP):
         det = check_detector(ep.load(), f"entry point {ep.name!r} ({ep.value})")
         out[ep.name] = det
