@@ -30,7 +30,7 @@ from ._deferred import DeferredOutput, outputs_read_in_driver
 from ._events import ConsoleFormatter, JsonFormatter, configure_logging
 from ._executors import call_with_timeout, remote_traceback
 from ._fallback import FallbackValue
-from ._featured import CACHE_HITS, FALLBACKS, FallbackUsed
+from ._features import CACHE_HITS, FALLBACKS, FallbackUsed
 from ._graph import Plan, plan
 from ._manager import PipelineManager
 from ._progress import EVENT_KINDS, LiveRun, ProgressEvent

@@ -1,10 +1,10 @@
 """The scheduler with per-task features: fallbacks, contracts, resource budgets, caching.
 
-:func:`compile_features` decides once per plan (and manager config) whether any task uses
-one of them. When none does, the manager runs the plain :class:`~._scheduler.Run` and these
-features cost nothing per task; otherwise it runs :class:`FeaturedRun`, which overrides the
-scheduler's few decision points (``_process``, ``_run``, ``_succeeded``, ``_failed``,
-``_finish``) and only for the tasks that need it.
+:func:`~._features.compile_features` decides once per plan (and manager config) whether
+any task uses one of them. When none does, the manager runs the plain
+:class:`~._scheduler.Run` and these features cost nothing per task; otherwise it runs
+:class:`FeaturedRun`, which overrides the scheduler's few decision points (``_process``,
+``_run``, ``_succeeded``, ``_failed``, ``_finish``) and only for the tasks that need it.
 """
 
 from __future__ import annotations
@@ -13,116 +13,17 @@ import pickle
 import time
 from typing import Any
 
-import attrs
-
-from ._budget import RESOURCE_SLOTS, Budget, BudgetSpec, ResourceSlots, compile_budget
+from ._budget import RESOURCE_SLOTS, Budget, ResourceSlots
 from ._cache import CachePolicy, cache_key, cache_ref, params_fingerprint
-from ._contracts import Checker, TaskContracts, Violation, compile_task_contracts, quote
-from ._fallback import Fallback, applies, compile_fallbacks
-from ._graph import Plan
+from ._contracts import Checker, Violation, quote
+from ._fallback import Fallback, applies
+from ._features import CACHE_HITS, FALLBACKS, FallbackUsed, Features
 from ._outcomes import failure
-from ._records import StashKey, Status, TaskOutcome
+from ._records import Status, TaskOutcome
 from ._scheduler import Run
 from ._tables import CacheTable
 from ._task import Task
 from .exceptions import ContractError, FallbackError, StoreError
-
-
-@attrs.frozen(kw_only=True)
-class FallbackUsed:
-    """A task whose fallback supplied its output (see :data:`FALLBACKS`)."""
-
-    #: ``value``, ``callable:<qualname>`` or ``task:<name>``.
-    source: str
-    #: The class name of the failure the fallback replaced.
-    error_class: str
-
-
-#: Tasks of this run served from the result cache: task name -> the entry's key (a SHA-256
-#: hex digest); filled before ``after_task`` sees the ``cached`` outcome.
-CACHE_HITS: StashKey[dict[str, str]] = StashKey("cache_hits")
-
-#: Tasks of this run that ended ``fallback``, by name; filled before ``after_task`` sees
-#: the outcome, so the audit trail and lineage can say what stood in.
-FALLBACKS: StashKey[dict[str, FallbackUsed]] = StashKey("fallbacks")
-
-
-@attrs.frozen(kw_only=True, eq=False)
-class Features:
-    """What a plan's tasks use, compiled once per plan and manager config."""
-
-    #: The plan the run schedules: fallback tasks are neither roots nor sinks.
-    plan: Plan
-    fallbacks: tuple[Fallback | None, ...] | None = None
-    #: Fallback task index -> the task it stands in for, and the reverse.
-    targets: dict[int, int] = attrs.field(factory=dict)
-    primaries: dict[int, int] = attrs.field(factory=dict)
-    contracts: tuple[TaskContracts | None, ...] | None = None
-    budget: BudgetSpec | None = None
-    cache: tuple[CachePolicy | None, ...] | None = None
-
-
-def compile_features(p: Plan, config: Any) -> Features | None:
-    """The features ``p`` uses under ``config``, or ``None`` when it uses none (the plain
-    scheduler runs). Raises :class:`~.exceptions.DefinitionError` for a malformed one."""
-    fallbacks: tuple[Fallback | None, ...] | None = None
-    targets: dict[int, int] = {}
-    if any("fallback" in t.options for t in p.tasks):
-        fallbacks, targets = compile_fallbacks(p)
-        if not any(f is not None for f in fallbacks):
-            fallbacks = None
-    contracts: tuple[TaskContracts | None, ...] | None = None
-    if any("contract" in t.options or "input_contract" in t.options for t in p.tasks):
-        contracts = tuple(compile_task_contracts(t) for t in p.tasks)
-    budget: BudgetSpec | None = None
-    if any(t.options.get("resources") for t in p.tasks):
-        budget = compile_budget(
-            p.names,
-            [t.options.get("resources") for t in p.tasks],
-            config.get("resources"),
-        )
-    cache = compile_cache(p, config)
-    if fallbacks is None and contracts is None and budget is None and cache is None:
-        return None
-    plan = p
-    if targets:
-        plan = attrs.evolve(
-            p,
-            roots=tuple(r for r in p.roots if r not in targets),
-            sinks=tuple(s for s in p.sinks if s not in targets),
-        )
-    return Features(
-        plan=plan,
-        fallbacks=fallbacks,
-        targets=targets,
-        primaries={i: j for j, i in targets.items()},
-        contracts=contracts,
-        budget=budget,
-        cache=cache,
-    )
-
-
-def compile_cache(p: Plan, config: Any) -> tuple[CachePolicy | None, ...] | None:
-    """Each task's :class:`CachePolicy` (``None``: not cached), or ``None`` for none."""
-    from ._cache import function_fingerprint
-
-    section = config.get("cache") or {}
-    on_by_default = bool(section.get("enabled", False))
-    default_ttl = section.get("default_ttl")
-    out: list[CachePolicy | None] = []
-    for t in p.tasks:
-        if not t.options.get("cache", on_by_default):
-            out.append(None)
-            continue
-        out.append(
-            CachePolicy(
-                ttl=t.options.get("cache_ttl", default_ttl),
-                version=str(t.options.get("cache_version", "")),
-                key_fn=t.options.get("cache_key"),
-                code=function_fingerprint(t.fn),
-            )
-        )
-    return tuple(out) if any(c is not None for c in out) else None
 
 
 class FeaturedRun(Run):
