@@ -53,9 +53,23 @@ class Plan:
     #: neither; the task is called with its upstream results only), and whether any does.
     calls: tuple[CallSpec | None, ...] = ()
     has_calls: bool = False
+    #: Per task: whether it runs with what its upstreams have (``collect_available``), its
+    #: ``timeout`` option, and its own ``freeze_inputs`` option (``None``: not set; the
+    #: whole tuple is ``None`` when no task sets it).
+    collect: tuple[bool, ...] = ()
+    timeouts: tuple[float | None, ...] = ()
+    freeze: tuple[bool | None, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def frozen(self, default: bool) -> tuple[bool, ...] | None:
+        """Which tasks get deep copies of their inputs when config ``freeze_inputs`` is
+        ``default``; ``None`` when none does."""
+        if self.freeze is None:
+            return (True,) * len(self.names) if default else None
+        out = tuple(default if f is None else f for f in self.freeze)
+        return out if any(out) else None
 
 
 def plan(pipeline: Pipeline) -> Plan:
@@ -125,6 +139,17 @@ def _compile(pipeline: Pipeline) -> Plan:
         has_async=any(is_async),
         calls=calls,
         has_calls=any(c is not None for c in calls),
+        collect=tuple(t.merge_strategy == "collect_available" for t in tasks),
+        timeouts=tuple(t.options.get("timeout") for t in tasks),
+        freeze=_freeze_options(tasks),
+    )
+
+
+def _freeze_options(tasks: tuple[Task, ...]) -> tuple[bool | None, ...] | None:
+    if not any("freeze_inputs" in t.options for t in tasks):
+        return None
+    return tuple(
+        bool(t.options["freeze_inputs"]) if "freeze_inputs" in t.options else None for t in tasks
     )
 
 

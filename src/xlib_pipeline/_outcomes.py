@@ -146,9 +146,10 @@ def build_result(
     plan = run.plan
     st = cols.status
     failed, upstream, cancelled = Status.FAILED, Status.UPSTREAM_FAILED, Status.CANCELLED
-    if run.fatal is not None or any(s is failed or s is upstream for s in st):
+    # ``in`` compares in C (identity first): statuses are members or None
+    if run.fatal is not None or failed in st or upstream in st:
         status = "failed"
-    elif interrupted is not None or run.fatal is not None or any(s is cancelled for s in st):
+    elif interrupted is not None or run.fatal is not None or cancelled in st:
         status = "cancelled"
     else:
         status = "succeeded"

@@ -215,7 +215,8 @@ class ManagerRuns(ManagerResources, ManagerEvents):
             if rec.started is not None:
                 first_start = rec.started
         run_params = {**param_defaults(pipeline), **(params or {})}
-        check_params(pipeline.name, p.names, p.calls, run_params, set(given), pipeline.params)
+        if run_params or p.has_calls:  # else nothing to check (a loop over every task)
+            check_params(pipeline.name, p.names, p.calls, run_params, set(given), pipeline.params)
         day = logical_date(run_params, first_start)
         self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=run_options)
         hooks = self.hooks  # this run's hooks, whatever registers later

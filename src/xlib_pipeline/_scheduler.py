@@ -100,13 +100,14 @@ class Run(LaneDriver, CoroutineLanes):
         self.cols = Columns(n)
         self.remaining = list(plan.npreds)
         self.flags = bytearray(n)
-        self.collect = [t.merge_strategy == "collect_available" for t in plan.tasks]
-        self.timeouts = [t.options.get("timeout") for t in plan.tasks]
+        # Per-task options, compiled once per plan (see Plan.collect/timeouts/freeze).
+        self.collect = plan.collect
+        self.timeouts = plan.timeouts
         # freeze_inputs: each task gets its own deep copies of its upstreams' outputs, so a
         # task mutating an input changes nothing its siblings or the result see.
-        frozen = bool(ctx.config.get("freeze_inputs", False))
-        freeze = [bool(t.options.get("freeze_inputs", frozen)) for t in plan.tasks]
-        self.freeze: list[bool] | None = freeze if any(freeze) else None
+        self.freeze: tuple[bool, ...] | None = plan.frozen(
+            bool(ctx.config.get("freeze_inputs", False))
+        )
         self.done = 0
         self.first_failure: int | None = None
         self.fatal: BaseException | None = None
@@ -122,6 +123,15 @@ class Run(LaneDriver, CoroutineLanes):
         self.h_isolate = has["isolate"]
         self.h_scope = has["task_scope"]
         self.events = events_enabled()
+        # Nothing watches single tasks (no observer, no store commit, no after_task hook)
+        # and no subclass decides on finishing: a success takes the one-lock path.
+        self.quick = (
+            not observers
+            and commit is None
+            and not self.h_after
+            and type(self)._finish is Run._finish
+            and type(self)._succeeded is Run._succeeded
+        )
         # Params by name and the TaskContext: decided once per run from the plan's call
         # specs; ``None`` (the usual case) costs a task nothing.
         self.task_kwargs: list[dict[str, Any] | None] | None = None
@@ -202,7 +212,7 @@ class Run(LaneDriver, CoroutineLanes):
         elif len(ps) == 1:
             args = (outs[ps[0]],)
         else:
-            args = tuple([outs[p] for p in ps])
+            args = tuple(map(outs.__getitem__, ps))
         if self.freeze is not None and args and self.freeze[i]:
             try:
                 args = copy.deepcopy(args)
@@ -307,6 +317,8 @@ class Run(LaneDriver, CoroutineLanes):
                 err = lazy_result_error(task.name, out)
                 lazy = failure(task, err, attempt, started, finished)
                 return self._failed(i, task, lazy.replace(traceback=None))
+            if self.quick:
+                return self._finish_quick(i, attempt, started, finished, out)
             return self._succeeded(i, task, attempt, started, finished, out)
 
     def bound(self, i: int, task: Task, attempt: int) -> Task:
@@ -335,6 +347,8 @@ class Run(LaneDriver, CoroutineLanes):
     def _succeeded(
         self, i: int, task: Task, attempt: int, started: float, finished: float, out: Any
     ) -> int | None:
+        if self.quick:
+            return self._finish_quick(i, attempt, started, finished, out)
         # positional: the one record built for every task of every run (see TaskOutcome)
         outcome = TaskOutcome(task.name, SUCCEEDED, out, None, None, attempt, started, finished)
         if self.h_after:
@@ -478,6 +492,50 @@ class Run(LaneDriver, CoroutineLanes):
             log_task_event(self, i, status, attempt, resumed)
         if ready is None:
             return None
+        if not self.continuation:
+            for s in ready:
+                self._push(s)
+            return None
+        push = self._push
+        for s in ready[1:]:
+            push(s)
+        return ready[0]
+
+    def _finish_quick(
+        self, i: int, attempt: int, started: float, finished: float, out: Any
+    ) -> int | None:
+        """:meth:`_finish` for a success nothing watches (see ``quick``): one lock, no
+        :class:`TaskOutcome`; the same columns, the same successors, the same events."""
+        cols = self.cols
+        ready: list[int] | None = None
+        with self.lock:
+            if cols.status[i] is not None:
+                return None  # abandoned meanwhile
+            cols.status[i] = SUCCEEDED
+            cols.outputs[i] = out
+            if cols.started[i] is None:
+                cols.started[i] = started
+            cols.finished[i] = finished
+            if attempt != 1:
+                cols.attempts[i] = attempt
+            remaining = self.remaining
+            for s in self.plan.succs[i]:
+                remaining[s] -= 1
+                if remaining[s] == 0:
+                    if ready is None:
+                        ready = [s]
+                    else:
+                        ready.append(s)
+            self.done += 1
+            last = self.done == len(cols.status)
+        if last:
+            self.finished_event.set()
+        if self.events:
+            log_task_event(self, i, SUCCEEDED, attempt, False)
+        if ready is None:
+            return None
+        if len(ready) > 1 and self.intelligent:
+            ready.sort(key=self.plan.height.__getitem__, reverse=True)
         if not self.continuation:
             for s in ready:
                 self._push(s)
