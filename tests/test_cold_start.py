@@ -90,6 +90,65 @@ def test_cli_help_imports_nothing_heavy() -> None:
     assert answer["heavy"] == [], f"xlib-pipeline --help imported {answer['heavy']}"
 
 
+#: What ``import xlib_pipeline`` and a plain run must not import: structlog pulls in rich
+#: and pygments (its dev console), asyncio is for ``async def`` tasks only.
+LAZY = ("structlog", "rich", "pygments", "asyncio")
+
+
+def test_a_plain_run_imports_neither_structlog_nor_asyncio() -> None:
+    answer = _fresh(
+        f"""
+        import json, logging, sys
+        import xlib_pipeline
+        after_import = sorted({{m.split(".")[0] for m in sys.modules}} & set({LAZY!r}))
+        from xlib_pipeline import Pipeline, PipelineManager
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)  # events are written
+        pm = PipelineManager({{}})
+        p = Pipeline("cold")
+        p.add_task("a", lambda: 1)
+        p.add_task("b", lambda a: a + 1, depends_on="a")
+        ok = pm.execute_pipeline(p).success
+        after_run = sorted({{m.split(".")[0] for m in sys.modules}} & set({LAZY!r}))
+        print(json.dumps({{"ok": ok, "import": after_import, "run": after_run}}))
+        """
+    )
+    assert answer == {"ok": True, "import": [], "run": []}
+
+
+def test_async_tasks_still_get_their_event_loop_and_plain_futures_still_fail() -> None:
+    answer = _fresh(
+        """
+        import json, sys
+        from xlib_pipeline import Pipeline, PipelineManager
+        pm = PipelineManager({}, entry_points=False)
+        p = Pipeline("lazy")
+
+        async def slow():
+            import asyncio
+            await asyncio.sleep(0)
+            return 2
+
+        def future():
+            import asyncio
+            loop = asyncio.new_event_loop()
+            try:
+                return loop.create_future()
+            finally:
+                loop.close()
+
+        p.add_task("a", slow)
+        ok = pm.execute_pipeline(p).success
+        q = Pipeline("future")
+        q.add_task("f", future)
+        before = "asyncio" in sys.modules
+        r = pm.execute_pipeline(q)
+        print(json.dumps({"ok": ok, "before": before, "error": type(r.tasks["f"].error).__name__}))
+        """
+    )
+    # asyncio was imported by the first run, so the set of lazy results knows its Future
+    assert answer == {"ok": True, "before": True, "error": "LazyResultError"}
+
+
 def test_configured_plugin_imports_its_dependency_on_use(tmp_path: Path) -> None:
     """Laziness is not absence: lineage on still writes OpenLineage events."""
     events = tmp_path / "lineage.jsonl"

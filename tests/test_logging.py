@@ -9,6 +9,8 @@ import logging
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xlib_pipeline import (
     ConsoleFormatter,
@@ -17,7 +19,7 @@ from xlib_pipeline import (
     TaskContext,
     configure_logging,
 )
-from xlib_pipeline._events import get_logger
+from xlib_pipeline._events import EventLogger, get_logger, render
 
 
 def small() -> Pipeline:
@@ -129,3 +131,109 @@ def test_task_log_is_bound_to_the_task(manager, caplog):
         1,
         3,
     )
+
+
+# -- the library's events without structlog (cold start) ----------------------------------------
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+_keys = st.sampled_from(
+    ["pipeline", "run_id", "task", "attempt", "name", "msg", "module", "duration", "rows", "x"]
+)
+
+
+def _structlog_reference(name: str, context: dict[str, object]) -> object:
+    """What get_logger returned before: structlog's stdlib BoundLogger with the library's
+    processors (filter_by_level, then the key=value message with fields as extra)."""
+    from xlib_pipeline._events import _to_stdlib
+
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[structlog.stdlib.filter_by_level, _to_stdlib],
+    ).bind(**context)
+
+
+def _records(log: object, method: str, event: str, fields: dict[str, object]) -> list[tuple]:
+    logger = logging.getLogger("xlib_pipeline.equivalence")
+    got: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        getattr(log, method)(event, **fields)
+    finally:
+        logger.removeHandler(handler)
+    keep = ("xlib_fields", "pipeline", "run_id", "task", "xlib_name", "xlib_msg", "rows")
+    return [
+        (
+            r.levelno,
+            r.getMessage(),
+            r.exc_info is not None,
+            {k: getattr(r, k) for k in keep if hasattr(r, k)},
+        )
+        for r in got
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    context=st.dictionaries(_keys, _values, max_size=4),
+    fields=st.dictionaries(_keys, _values, max_size=4),
+    method=st.sampled_from(["debug", "info", "warning", "warn", "error", "critical"]),
+    level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR]),
+    event=st.text(min_size=1, max_size=10),
+)
+def test_event_logger_writes_the_records_structlog_wrote(
+    context: dict[str, object],
+    fields: dict[str, object],
+    method: str,
+    level: int,
+    event: str,
+) -> None:
+    """The structlog-free logger is checked against structlog itself: same level filter,
+    same message, same extra fields, for random contexts, fields and levels."""
+    logger = logging.getLogger("xlib_pipeline.equivalence")
+    logger.setLevel(level)
+    try:
+        ours = get_logger("xlib_pipeline.equivalence", **context)
+        assert isinstance(ours, EventLogger)
+        ref = _structlog_reference("xlib_pipeline.equivalence", context)
+        assert _records(ours, method, event, dict(fields)) == _records(
+            ref, method, event, dict(fields)
+        )
+        assert render({"task": "t", "event": "e", "b": 1}) == "event='e' task='t' b=1"
+    finally:
+        logger.setLevel(logging.NOTSET)
+
+
+def test_event_logger_binds_like_structlog_and_falls_back_to_it(caplog) -> None:
+    log = get_logger(pipeline="p", run_id="r")
+    bound = log.bind(task="t").unbind("run_id").try_unbind("missing").new(pipeline="q")
+    with pytest.raises(KeyError):
+        log.unbind("missing")
+    with caplog.at_level(logging.INFO, logger="xlib_pipeline"):
+        bound.info("one", rows=1)
+        log.log(logging.WARNING, "two")
+        bound.fatal("three")
+    recs = {r.getMessage(): r for r in caplog.records}
+    assert recs["event='one' pipeline='q' rows=1"].xlib_fields == {
+        "pipeline": "q",
+        "rows": 1,
+        "event": "one",
+    }
+    assert recs["event='two' pipeline='p' run_id='r'"].levelno == logging.WARNING
+    assert recs["event='three' pipeline='q'"].levelno == logging.CRITICAL
+    # anything else a structlog BoundLogger has comes from a real one, same context
+    assert log.name == "xlib_pipeline"
+    assert structlog.get_context(log.structlog()) == {"pipeline": "p", "run_id": "r"}

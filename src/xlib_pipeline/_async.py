@@ -9,20 +9,35 @@ completion in that thread with :func:`asyncio.run`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
+import sys
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import LazyResultError, TaskTimeoutError
 
-#: Objects a plain (``def``) task must never return: work that was never done.
-LAZY_TYPES = frozenset(
-    {types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType, asyncio.Future}
-)
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
+#: Objects a plain (``def``) task must never return: work that was never done. asyncio is
+#: imported only for coroutine tasks (it costs a third of ``import xlib_pipeline``), so
+#: ``asyncio.Future`` joins the set once asyncio is imported (see :func:`lazy_types`): no
+#: such future can exist before.
+LAZY_TYPES: set[type] = {types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType}
+
+
+def lazy_types() -> set[type]:
+    """:data:`LAZY_TYPES`, with ``asyncio.Future`` once asyncio is imported. The scheduler
+    calls it when a run starts (and when a body runs through :func:`call_body`)."""
+    if len(LAZY_TYPES) == 3:
+        mod = sys.modules.get("asyncio")
+        future = getattr(mod, "Future", None) if mod is not None else None
+        if future is not None:
+            LAZY_TYPES.add(future)
+    return LAZY_TYPES
 
 
 _FunctionType = types.FunctionType
@@ -88,6 +103,8 @@ async def _body(
 ) -> Any:
     if timeout is None:
         return await _awaited(fn, args)
+    import asyncio
+
     cm = asyncio.timeout(timeout)
     try:
         async with cm:
@@ -118,9 +135,11 @@ def call_body(
     """
     if not is_async:
         out = fn(*args)
-        if type(out) in LAZY_TYPES:
+        if type(out) in lazy_types():
             raise lazy_result_error(task, out)
         return out
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -151,6 +170,9 @@ class LoopThread:
     """
 
     def __init__(self, name: str) -> None:
+        import asyncio
+
+        lazy_types()
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[int, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
@@ -159,6 +181,8 @@ class LoopThread:
         self._thread.start()
 
     def _main(self) -> None:
+        import asyncio
+
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
@@ -181,6 +205,8 @@ class LoopThread:
         timeout: float | None,
         done: Callable[[bool, Any], None],
     ) -> None:
+        import asyncio
+
         t = self.loop.create_task(_body(task, fn, args, timeout), name=f"xlib-task-{task}")
         self._tasks.add(t)
 
@@ -237,6 +263,7 @@ class LoopThread:
         """Cancel what still runs, stop the loop and join its thread."""
         if self.loop.is_closed():
             return
+        import asyncio
 
         async def shutdown() -> None:
             pending = list(self._tasks)

@@ -23,8 +23,6 @@ from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
-import structlog
-
 LOGGER_NAME = "xlib_pipeline"
 
 #: Attribute names a ``LogRecord`` has already: event fields with these names are passed
@@ -57,9 +55,34 @@ _RESERVED = frozenset(
     }
 )
 
-_render = structlog.processors.KeyValueRenderer(
-    key_order=["event", "pipeline", "run_id", "task"], drop_missing=True
-)
+#: The first fields of the ``key=value`` message; ``None`` values among them are dropped,
+#: the other fields follow in their order (structlog's ``KeyValueRenderer(key_order=...,
+#: drop_missing=True)``, which this is equivalent to).
+_KEY_ORDER = ("event", "pipeline", "run_id", "task")
+
+#: Method name -> level, as structlog's ``filter_by_level`` reads them.
+_LEVELS = {
+    "critical": logging.CRITICAL,
+    "exception": logging.ERROR,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "notset": logging.NOTSET,
+}
+
+
+def render(fields: dict[str, Any]) -> str:
+    """The ``key=repr(value)`` message of an event (the dict is not changed)."""
+    rest = dict(fields)
+    items = []
+    for key in _KEY_ORDER:
+        value = rest.pop(key, None)
+        if value is not None:
+            items.append((key, value))
+    items += rest.items()
+    return " ".join(k + "=" + repr(v) for k, v in items)
 
 
 def _to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -73,32 +96,127 @@ def _to_stdlib(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -
     kwargs: dict[str, Any] = {"extra": extra}
     if exc_info:
         kwargs["exc_info"] = exc_info
-    return (_render(logger, method, dict(fields)),), kwargs
+    return (render(fields),), kwargs
 
 
-_PROCESSORS = [structlog.stdlib.filter_by_level, _to_stdlib]
+def _structlog_configured() -> bool:
+    """Whether the application configured structlog (never imports it: an application
+    that configured it has imported it)."""
+    mod = sys.modules.get("structlog")
+    return mod is not None and bool(mod.is_configured())
+
+
+class EventLogger:
+    """The library's events into a stdlib logger, as a structlog ``stdlib.BoundLogger``
+    with the processors ``filter_by_level`` and the ``key=value`` + ``extra`` renderer
+    would write them, without importing structlog (whose import pulls in rich and
+    pygments: a third of the CLI's start-up). The usual methods (``debug`` ... ``critical``,
+    ``exception``, ``log``, ``bind``, ``unbind``, ``try_unbind``, ``new``) are its own;
+    any other attribute of a structlog ``BoundLogger`` is served by a real one bound to
+    the same context, built on first use."""
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: dict[str, Any]) -> None:
+        self._logger = logger
+        self._context = context
+
+    def _proxy(self, method: str, event: str | None, args: tuple[Any, ...], kw: Any) -> Any:
+        logger = self._logger
+        if logger.disabled or _LEVELS[method] < logger.getEffectiveLevel():
+            return None  # structlog's filter_by_level drops it
+        event_dict = dict(self._context)
+        if args:
+            kw["positional_args"] = args
+        event_dict.update(kw)
+        if event is not None:
+            event_dict["event"] = event
+        out_args, out_kw = _to_stdlib(logger, method, event_dict)
+        return getattr(logger, method)(*out_args, **out_kw)
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("debug", event, args, kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("info", event, args, kw)
+
+    def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("warning", event, args, kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("error", event, args, kw)
+
+    def critical(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("critical", event, args, kw)
+
+    def fatal(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._proxy("critical", event, args, kw)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._proxy("exception", event, args, kw)
+
+    def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        name = logging.getLevelName(level).lower()
+        return self._proxy(name, event, args, kw)
+
+    def bind(self, **new_values: Any) -> EventLogger:
+        return EventLogger(self._logger, {**self._context, **new_values})
+
+    def unbind(self, *keys: str) -> EventLogger:
+        context = dict(self._context)
+        for key in keys:
+            del context[key]  # a KeyError for a missing key, as structlog's
+        return EventLogger(self._logger, context)
+
+    def try_unbind(self, *keys: str) -> EventLogger:
+        context = dict(self._context)
+        for key in keys:
+            context.pop(key, None)
+        return EventLogger(self._logger, context)
+
+    def new(self, **new_values: Any) -> EventLogger:
+        return EventLogger(self._logger, dict(new_values))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.structlog(), name)
+
+    def structlog(self) -> Any:
+        """The same logger as a structlog ``stdlib.BoundLogger`` (imports structlog)."""
+        import structlog
+
+        return structlog.wrap_logger(
+            self._logger,
+            wrapper_class=structlog.stdlib.BoundLogger,
+            processors=[structlog.stdlib.filter_by_level, _to_stdlib],
+        ).bind(**self._context)
+
+    def __repr__(self) -> str:
+        return f"<EventLogger {self._logger.name!r} context={self._context!r}>"
 
 
 def get_logger(name: str = LOGGER_NAME, /, **bind: Any) -> Any:
-    """A structlog logger for the events of the library, bound to ``bind``.
+    """A structlog-style logger for the events of the library, bound to ``bind``.
 
     Without an application structlog config it writes to ``logging.getLogger(name)`` with
-    the fields as ``extra``; with one (``structlog.is_configured()``) it is the
-    application's ``structlog.get_logger(name)``.
+    the fields as ``extra`` (an :class:`EventLogger`: structlog is not imported); with one
+    (``structlog.is_configured()``) it is the application's ``structlog.get_logger(name)``.
     """
-    if structlog.is_configured():
+    if _structlog_configured():
+        import structlog
+
         return structlog.get_logger(name).bind(**bind)
-    return structlog.wrap_logger(
-        logging.getLogger(name),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        processors=_PROCESSORS,
-    ).bind(**bind)
+    return EventLogger(logging.getLogger(name), bind)
 
 
 def events_enabled() -> bool:
     """Whether per-task events are worth building: the ``xlib_pipeline`` logger takes INFO,
     or the application configured structlog (its processors then decide)."""
-    return structlog.is_configured() or logging.getLogger(LOGGER_NAME).isEnabledFor(logging.INFO)
+    return _structlog_configured() or logging.getLogger(LOGGER_NAME).isEnabledFor(logging.INFO)
 
 
 # --- handlers for the CLI and for applications --------------------------------------------------

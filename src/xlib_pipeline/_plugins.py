@@ -177,9 +177,11 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
     if d is None:
         return None, None
     folder = getattr(getattr(d, "_path", None), "name", "")
-    if isinstance(folder, str) and folder.endswith(".dist-info") and folder.count("-") == 1:
-        name, version = folder[: -len(".dist-info")].split("-")
-        return name.replace("_", "-"), version
+    if isinstance(folder, str) and folder.endswith(".dist-info"):
+        stem = folder[: -len(".dist-info")]  # "dist-info" has a dash of its own
+        if stem.count("-") == 1:
+            name, version = stem.split("-")
+            return name.replace("_", "-"), version
     return d.name, d.version
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._async import LAZY_TYPES, LoopThread, lazy_result_error
+from ._async import LAZY_TYPES, LoopThread, lazy_result_error, lazy_types
 from ._context import Params, TaskContext, param_value
 from ._coroutines import CoroutineLanes
 from ._events import events_enabled
@@ -123,6 +123,7 @@ class Run(LaneDriver, CoroutineLanes):
         self.h_isolate = has["isolate"]
         self.h_scope = has["task_scope"]
         self.events = events_enabled()
+        lazy_types()  # asyncio.Future is lazy work too, once asyncio is imported
         # Nothing watches single tasks (no observer, no store commit, no after_task hook)
         # and no subclass decides on finishing: a success takes the one-lock path.
         self.quick = (

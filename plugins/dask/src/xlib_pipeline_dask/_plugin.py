@@ -13,7 +13,7 @@ import functools
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     ConfigKey,
@@ -26,7 +26,6 @@ from xlib_pipeline import (
     outputs_read_in_driver,
 )
 
-from ._cluster import ClusterHandle
 from ._executor import STASH, DaskExecutor, DaskRun
 from ._local_map import LocalMapExecutor
 from ._settings import (
@@ -48,6 +47,10 @@ def _raw_get(raw: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ._cluster import ClusterHandle
+
+
 class DaskPlugin:
     """Distributed execution on Dask: the ``dask`` executor, run option and task options."""
 
@@ -57,7 +60,11 @@ class DaskPlugin:
         self.settings = DaskSettings()
         self.mode = False
         self.cluster_type = "local"
-        self.handle = ClusterHandle(self.settings)
+        # The ClusterHandle is built on first use: its module imports asyncio and the
+        # subprocess machinery, which a manager that never runs on Dask does not need.
+        self._handle: ClusterHandle | None = None
+        self._handle_args: dict[str, Any] = {}
+        self._handle_lock = threading.Lock()
         self._plans: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
         )
@@ -147,8 +154,8 @@ class DaskPlugin:
         eit = _raw_get(config.raw, "security.encryption_in_transit")
         # auto_scaling and resource_management belong to the kubernetes plugin (they shape
         # the rendered deployment); read by value, they also shape the local cluster.
-        self.handle = ClusterHandle(
-            self.settings,
+        self._handle = None
+        self._handle_args = dict(
             cluster_type=self.cluster_type,
             encryption_in_transit=eit is True,
             auto_scaling=_raw_get(config.raw, "auto_scaling") is True,
@@ -156,9 +163,23 @@ class DaskPlugin:
             worker_resources=functools.partial(_worker_budget, config.get("resources")),
         )
 
+    @property
+    def handle(self) -> ClusterHandle:
+        """This manager's connection to Dask (nothing starts until its ``client()``)."""
+        handle = self._handle
+        if handle is None:
+            from ._cluster import ClusterHandle
+
+            with self._handle_lock:
+                handle = self._handle
+                if handle is None:
+                    handle = self._handle = ClusterHandle(self.settings, **self._handle_args)
+        return handle
+
     @hookimpl
     def close(self, manager: Any) -> None:
-        self.handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     def _specs(self, run: RunContext) -> dict[str, Any]:
         """By task name: ``(DistributeSpec | None, map index | None)``, marked tasks only."""
