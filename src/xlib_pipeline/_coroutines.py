@@ -38,7 +38,7 @@ class CoroutineLanes:
     finished_event: threading.Event
     events: bool
     h_before: bool
-    timeouts: list[Any]
+    timeouts: tuple[float | None, ...]
     aloop: LoopThread | None
     _aloop_lock: threading.Lock
     async_running: set[int]
