@@ -6,14 +6,14 @@ closest hook name.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata as md
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from ._entrypoints import entry_points as installed_entry_points
+from ._entrypoints import packages_distributions, version_of
 from ._graph import suggest
 from ._hooks import Hooks
 from ._records import PluginInfo
@@ -110,23 +110,14 @@ def package_for(plugin: str) -> str:
     return PLUGIN_PACKAGES.get(plugin, f"xlib-pipeline-{plugin}")
 
 
-@functools.lru_cache(maxsize=1)
-def _packages_distributions() -> Mapping[str, list[str]]:
-    try:
-        return md.packages_distributions()
-    except Exception:  # pragma: no cover - broken metadata
-        return {}
-
-
 def _plugin_dist(obj: object) -> tuple[str | None, str | None]:
     module = getattr(type(obj), "__module__", "") or ""
     top = module.split(".")[0]
-    dists = _packages_distributions().get(top) or []
+    dists = packages_distributions().get(top) or []
     for dist in dists:
-        try:
-            return dist, md.version(dist)
-        except md.PackageNotFoundError:  # pragma: no cover
-            continue
+        version = version_of(dist)
+        if version is not None:
+            return dist, version
     return None, None
 
 
@@ -169,22 +160,6 @@ class PluginManager(pluggy.PluginManager):
         return super().parse_hookimpl_opts(plugin, name)
 
 
-def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
-    """Distribution name and version of an entry point, from its ``*.dist-info`` folder
-    name when it has one (``name-version.dist-info``): reading METADATA instead parses an
-    e-mail message per plugin on every ``PipelineManager()``."""
-    d = ep.dist
-    if d is None:
-        return None, None
-    folder = getattr(getattr(d, "_path", None), "name", "")
-    if isinstance(folder, str) and folder.endswith(".dist-info"):
-        stem = folder[: -len(".dist-info")]  # "dist-info" has a dash of its own
-        if stem.count("-") == 1:
-            name, version = stem.split("-")
-            return name.replace("_", "-"), version
-    return d.name, d.version
-
-
 def register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     """Register ``plugin`` as ``name``; refuse unknown hook names and wrong arguments.
 
@@ -217,7 +192,7 @@ def check_disabled(disabled: Iterable[str], explicit: Iterable[object] = ()) -> 
     if not names:
         return
     known = {"core", *PLUGIN_PACKAGES}
-    known.update(ep.name for ep in md.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+    known.update(ep.name for ep in installed_entry_points(hookspecs.ENTRY_POINT_GROUP))
     known.update(str(getattr(p, "name", None) or type(p).__name__) for p in explicit)
     for name in names:
         if name not in known:
@@ -253,10 +228,10 @@ def create_plugin_manager(
         register_checked(pm, obj, name)
         infos.append(_info(pm, name, obj, builtin=True))
     if entry_points:
-        for ep in sorted(md.entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in sorted(installed_entry_points(hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name):
             if ep.name in blocked or pm.has_plugin(ep.name):
                 continue
-            dist, version = _dist_of(ep)
+            dist, version = ep.dist, ep.version
             try:
                 loaded = ep.load()
                 plugin = loaded() if isinstance(loaded, type) else loaded
