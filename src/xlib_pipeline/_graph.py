@@ -45,7 +45,6 @@ class Plan:
     order: tuple[int, ...]
     #: Longest path (in tasks) from each task to a sink; the "intelligent" priority.
     height: tuple[int, ...]
-    fingerprint: str
     #: Which tasks are coroutine functions (``async def``), and whether any is.
     is_async: tuple[bool, ...] = ()
     has_async: bool = False
@@ -60,8 +59,18 @@ class Plan:
     timeouts: tuple[float | None, ...] = ()
     freeze: tuple[bool | None, ...] | None = None
 
+    #: The structure digest, computed on first read (only a run store records it).
+    _fingerprint: list[str] = attrs.field(factory=list, init=False, repr=False)
+
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the pipeline's structure: names, edges, strategies, code identity."""
+        if not self._fingerprint:
+            self._fingerprint.append(_fingerprint(self.pipeline_name, self.tasks))
+        return self._fingerprint[0]
 
     def frozen(self, default: bool) -> tuple[bool, ...] | None:
         """Which tasks get deep copies of their inputs when config ``freeze_inputs`` is
@@ -134,7 +143,6 @@ def _compile(pipeline: Pipeline) -> Plan:
         sinks=tuple(i for i in range(n) if not succ_lists[i]),
         order=tuple(order),
         height=tuple(height),
-        fingerprint=_fingerprint(pipeline.name, tasks),
         is_async=tuple(is_async),
         has_async=any(is_async),
         calls=calls,

@@ -440,8 +440,9 @@ class Pipeline:
         return decorator
 
     def _touch(self) -> None:
-        self._version += 1
-        self._plan = None
+        # Past attrs' on-setattr hooks (neither field has a validator): once per task added.
+        object.__setattr__(self, "_version", self._version + 1)
+        object.__setattr__(self, "_plan", None)
 
     # -- reading ----------------------------------------------------------------------------
 
