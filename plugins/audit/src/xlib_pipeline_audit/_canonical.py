@@ -117,7 +117,11 @@ def split_line(text: str) -> tuple[dict[str, Any], str, str]:
 
 def record_hash(body: str, key: bytes | None) -> str:
     """Hex SHA-256 of ``body`` (canonical JSON without ``hash``), or HMAC-SHA256 with ``key``."""
-    data = body.encode("utf-8")
+    return hash_bytes(body.encode("utf-8"), key)
+
+
+def hash_bytes(data: bytes, key: bytes | None) -> str:
+    """:func:`record_hash` of a body already encoded as UTF-8."""
     if key is None:
         return hashlib.sha256(data).hexdigest()
     pads = _pads.get(key)

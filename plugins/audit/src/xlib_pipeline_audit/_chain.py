@@ -8,10 +8,22 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._canonical import CHAIN_VERSION, canonical, record_hash, render_line
+from ._canonical import CHAIN_VERSION, canonical, hash_bytes, record_hash, render_line
 
 if TYPE_CHECKING:
-    from ._trail import AuditTrail
+    from ._render import Rendered
+    from ._trail import AuditTrail, Chained
+
+
+def chain_rendered(trail: AuditTrail, rendered: Rendered) -> Chained:
+    """Chain a pre-rendered record (:mod:`._render`): its body at the chain's end, hashed,
+    and its line. Holds the trail's lock; the least work there is: one concatenation, one
+    encode, the hash."""
+    seq = trail._seq + 1
+    data = (rendered[0] + trail._prev + rendered[1] + str(seq) + rendered[2]).encode("utf-8")
+    h = hash_bytes(data, trail._key)
+    trail._seq, trail._prev = seq, h
+    return (data[:-1] + b',"hash":"' + h.encode("ascii") + b'"}\n', None, seq, h, rendered)
 
 
 class _ChainHasher:

@@ -18,6 +18,7 @@ from xlib_pipeline import (
 
 from ._canonical import digest
 from ._settings import error_class, now_iso
+from ._task_records import TaskRecords, TaskTexts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._plugin import AuditPlugin
@@ -32,11 +33,14 @@ _TERMINAL = (
     Status.FALLBACK,
 )
 
+#: What the recorder knows of a task for its records: (tenant, operation, digests, texts).
+TaskMeta = tuple[Any, Any, bool, TaskTexts]
+
 
 class AuditRun:
     """Per-run constants and per-task metadata, computed once in ``before_pipeline``."""
 
-    __slots__ = ("actor", "attempts", "digests", "meta", "pipeline", "run_id", "tenant")
+    __slots__ = ("actor", "attempts", "digests", "meta", "pipeline", "records", "run_id", "tenant")
 
     def __init__(self, plugin: AuditPlugin, run: RunContext) -> None:
         self.actor = run.principal or plugin.actor
@@ -45,18 +49,26 @@ class AuditRun:
         self.tenant = run.tenant_id
         self.attempts: dict[str, int] = {}
         self.digests = plugin.settings.digests
-        self.meta: dict[str, tuple[str | None, str | None, bool]] = {}
+        self.records = TaskRecords(self.actor, self.pipeline, self.run_id)
+        self.meta: dict[str, TaskMeta] = {}
+        digests = False
         for task in run.tasks:
-            self.meta[task.name] = self.task_meta(task, run)
-        if any(m[2] for m in self.meta.values()):
+            m = self.meta[task.name] = self.task_meta(task, run)
+            digests = digests or m[2]
+        if digests:
             run.stash[OUTPUTS_IN_DRIVER] = True  # output digests read each output
 
-    def task_meta(self, task: Any, run: Any) -> tuple[str | None, str | None, bool]:
-        opt = task.options.get("audit") or {}
-        if opt is True:
-            opt = {}
-        tenant = opt.get("tenant_id") or run.tenant_of(task)
-        return tenant, opt.get("operation"), bool(opt.get("digests", self.digests))
+    def task_meta(self, task: Any, run: Any) -> TaskMeta:
+        """(tenant, operation, digests, value texts for pre-rendered records)."""
+        opt = task.options.get("audit")
+        if opt:
+            if opt is True:
+                opt = {}
+            tenant = opt.get("tenant_id") or run.tenant_of(task)
+            op, digests = opt.get("operation"), bool(opt.get("digests", self.digests))
+        else:
+            tenant, op, digests = run.tenant_of(task), None, self.digests
+        return tenant, op, digests, self.records.texts(task.name, tenant, op)
 
 
 #: The audit plugin's per-run state.
@@ -181,25 +193,20 @@ class Recorder:
         n = attempts.get(name, 0) + 1
         attempts[name] = n
         meta = st.meta.get(name) or st.task_meta(task, run)
-        rec = {
-            "ts": now_iso(),
-            "actor": st.actor,
-            "tenant": meta[0],
-            "pipeline": st.pipeline,
-            "run_id": st.run_id,
-            "task": name,
-            "action": "task.started",
-            "outcome": "started",
-            "error_class": None,
-            "attempt": n,
-        }
-        if meta[1] is not None:
-            rec["operation"] = meta[1]
-        if meta[2]:
-            rec["input_digest"] = digest(inputs, self._plugin.key)
+        trail = self._plugin.writer()
+        rec = st.records.started(
+            name,
+            meta[0],
+            meta[1],
+            meta[3],
+            n,
+            now_iso(),
+            digest(inputs, self._plugin.key) if meta[2] else None,
+            fast=trail.prerendered,
+        )
         # Guarantee (a): the body starts only once this record is in the file (write(2)
         # returned); fsync stays governed by audit.fsync.
-        self._plugin.writer().append(rec, wait=True)
+        trail.append(rec, wait=True)
 
     # trylast: the outcome is recorded after the other observers ran, so what they
     # computed for it (the classification level of the output) is in the record.
@@ -208,44 +215,45 @@ class Recorder:
         st = run.stash.get(AUDIT_RUN, None)
         if st is None:
             return
-        meta = st.meta.get(task.name) or st.task_meta(task, run)
+        name = task.name
+        meta = st.meta.get(name) or st.task_meta(task, run)
         err = outcome.error
-        rec = {
-            "ts": now_iso(),
-            "actor": st.actor,
-            "tenant": meta[0],
-            "pipeline": st.pipeline,
-            "run_id": st.run_id,
-            "task": task.name,
-            "action": "task.finished",
-            "outcome": outcome.status.value,
-            "error_class": None if err is None else error_class(err),
-            "attempt": outcome.attempt,
-        }
-        if meta[1] is not None:
-            rec["operation"] = meta[1]
+        status = outcome.status
+        opt: dict[str, Any] | None = None
         if not outcome.final:
-            rec["retrying"] = True
-        if outcome.status is Status.CACHED:
-            key = (run.stash.get(CACHE_HITS, None) or {}).get(task.name)
+            opt = {"retrying": True}
+        if status is Status.CACHED:
+            key = (run.stash.get(CACHE_HITS, None) or {}).get(name)
             if key is not None:
-                rec["cache_key"] = key
-        if outcome.status is Status.FALLBACK:
-            used = (run.stash.get(FALLBACKS, None) or {}).get(task.name)
+                opt = {**(opt or {}), "cache_key": key}
+        if status is Status.FALLBACK:
+            used = (run.stash.get(FALLBACKS, None) or {}).get(name)
             if used is not None:
-                rec["fallback"] = used.source
-        if outcome.status.has_output:
+                opt = {**(opt or {}), "fallback": used.source}
+        if status.has_output:
             if meta[2]:
-                rec["output_digest"] = digest(outcome.output, self._plugin.key)
+                opt = {**(opt or {}), "output_digest": digest(outcome.output, self._plugin.key)}
             # The classification plugin (when present) publishes each output's level here,
             # from its tryfirst after_task; record the level, never the data.
             levels = run.stash.get(CLASSIFICATION, None)
-            entry = levels.outputs.get(task.name) if levels is not None else None
+            entry = levels.outputs.get(name) if levels is not None else None
             if entry is not None:
-                rec["classification"] = entry.level
+                opt = {**(opt or {}), "classification": entry.level}
                 if entry.detected:
-                    rec["pii_detected"] = sorted(entry.detected)
+                    opt["pii_detected"] = sorted(entry.detected)
         trail = self._plugin.writer()
+        rec = st.records.finished(
+            name,
+            meta[0],
+            meta[1],
+            meta[3],
+            outcome.attempt,
+            now_iso(),
+            status.value,
+            None if err is None else error_class(err),
+            opt,
+            fast=trail.prerendered,
+        )
         trail.append(rec)
         cp = self._plugin.checkpointer
         if cp is not None and cp.due(trail.last_seq):

@@ -203,7 +203,8 @@ def switch_to_flock(self: AuditTrail) -> None:
         reload_tail(self)
         for item in unwritten:  # chained on top of the other writer's records
             ev = item[4]
-            ev.pop("hash", None)
+            if type(ev) is dict:
+                ev.pop("hash", None)
             again = self._rechain(ev)
             self._write_records([again])
     finally:

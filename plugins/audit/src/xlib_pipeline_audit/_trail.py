@@ -38,11 +38,12 @@ from ._canonical import (
     ALG_SHA256,
     GENESIS,
 )
-from ._chain import _ChainHasher, _LineRenderer
+from ._chain import _ChainHasher, _LineRenderer, chain_rendered
 from ._flusher import background_sync, start_flusher
 from ._head import check_head, head_path, read_head, write_head
 from ._settings import FSYNC_POLICIES
 from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, reload_tail, switch_to_flock
+from ._render import Rendered, fields_of
 from ._tail import drop_torn_tail, read_all, scan
 
 _log = logging.getLogger("xlib_pipeline.audit")
@@ -50,8 +51,9 @@ _log = logging.getLogger("xlib_pipeline.audit")
 
 Processor = Callable[[Any, str, Any], Any]
 Destination = Callable[[str], None]
-#: A chained record: (line bytes, line, seq, hash, event dict).
-Chained = tuple[bytes, str, int, str, dict[str, Any]]
+#: A chained record: (line bytes, line or None (then the bytes without the newline,
+#: decoded, when a destination needs it), seq, hash, event dict or pre-rendered record).
+Chained = tuple[bytes, str | None, int, str, dict[str, Any] | Rendered]
 
 
 class AuditTrailError(StoreError):
@@ -204,6 +206,12 @@ class AuditTrail:
             self._destinations.append(destination)
 
     @property
+    def prerendered(self) -> bool:
+        """Whether pre-rendered records (:mod:`._render`) can go in as they are: no user
+        processor has to see (and may change) their fields first."""
+        return not self._processors
+
+    @property
     def alg(self) -> str:
         """``hmac-sha256`` when the trail is keyed, else ``sha256``."""
         return ALG_HMAC if self._key is not None else ALG_SHA256
@@ -326,8 +334,15 @@ class AuditTrail:
                 self._fd_or_fail()
         return self._sink.append(fields, wait)  # type: ignore[no-any-return]
 
-    def _chain(self, fields: dict[str, Any]) -> Chained | None:
-        """Run the processors, hash and render: the record as it will be written."""
+    def _chain(self, fields: dict[str, Any] | Rendered) -> Chained | None:
+        """Run the processors, hash and render: the record as it will be written.
+
+        A pre-rendered record (:mod:`._render`) only gets its chain fields and hash, unless
+        processors were added since it was rendered: they get its fields as a dict."""
+        if type(fields) is list:
+            if not self._processors:
+                return chain_rendered(self, fields)
+            fields = fields_of(fields)
         self._staged = None
         ev: Any = dict(fields)
         try:
@@ -338,8 +353,10 @@ class AuditTrail:
             return None
         return self._advance(ev)
 
-    def _rechain(self, ev: dict[str, Any]) -> Chained:
+    def _rechain(self, ev: dict[str, Any] | Rendered) -> Chained:
         """Hash and render an already processed event again (a new place in the chain)."""
+        if type(ev) is list:
+            return chain_rendered(self, ev)
         for proc in self._chain_procs[-2:]:  # hasher and renderer only
             ev = proc(self, "info", ev)
         return self._advance(ev)
@@ -377,8 +394,11 @@ class AuditTrail:
         self._pending += len(batch)
         if self._destinations:
             for item in batch:
+                line = item[1]
+                if line is None:
+                    line = item[0][:-1].decode("utf-8")
                 for dest in self._destinations:
-                    dest(item[1])
+                    dest(line)
         if self.fsync == "batch" and self._pending >= self.batch_size:
             self._wake.set()  # the flusher syncs off the writers' path
 
