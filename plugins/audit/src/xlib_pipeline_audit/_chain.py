@@ -8,7 +8,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._canonical import CHAIN_VERSION, canonical, hash_bytes, record_hash, render_line
+from ._canonical import CHAIN_VERSION, canonical, hash_bytes, render_line
 
 if TYPE_CHECKING:
     from ._render import Rendered
@@ -20,7 +20,14 @@ def chain_rendered(trail: AuditTrail, rendered: Rendered) -> Chained:
     and its line. Holds the trail's lock; the least work there is: one concatenation, one
     encode, the hash."""
     seq = trail._seq + 1
-    data = (rendered[0] + trail._prev + rendered[1] + str(seq) + rendered[2]).encode("utf-8")
+    try:
+        data = (rendered[0] + trail._prev + rendered[1] + str(seq) + rendered[2]).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string value
+        raise _error(
+            f"audit record {rendered[0][:60]!r}... holds a string that is not Unicode text "
+            f"({exc})",
+            path=str(trail.path),
+        ) from exc
     h = hash_bytes(data, trail._key)
     trail._seq, trail._prev = seq, h
     return (data[:-1] + b',"hash":"' + h.encode("ascii") + b'"}\n', None, seq, h, rendered)
@@ -42,13 +49,14 @@ class _ChainHasher:
         ev["v"] = CHAIN_VERSION
         try:
             body = canonical(ev)
+            data = body.encode("utf-8")  # a lone surrogate is no JSON text either
         except (TypeError, ValueError) as exc:
             raise _error(
                 f"audit record for action {ev.get('action')!r} holds a value that is not JSON "
                 f"data ({exc}); processors must add only JSON values",
                 path=str(t.path),
             ) from exc
-        h = record_hash(body, t._key)
+        h = hash_bytes(data, t._key)
         ev["hash"] = h
         t._staged = (seq, h, body, ev)
         return ev

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import queue
+import collections
 from typing import TYPE_CHECKING, Any
 
 from ._canonical import GENESIS, record_hash, split_line
@@ -25,22 +25,27 @@ from ._segments import lock_current
 from ._tail import drop_torn_tail, last_line
 
 if TYPE_CHECKING:
+    from ._render import Rendered
     from ._trail import AuditTrail
 
 _log = logging.getLogger("xlib_pipeline.audit")
 
 
 class GroupCommitSink:
-    """Flat combining: never a window, one ``write(2)`` per group of waiting records."""
+    """Flat combining: never a window, one ``write(2)`` per group of waiting records.
+
+    The inbox is a deque: any thread appends (atomic), only the holder of the trail's lock
+    takes from it, so "not empty, then popleft" never races and no exception ends a drain."""
 
     name = "group-commit"
 
     def __init__(self, trail: AuditTrail) -> None:
         self.trail = trail
-        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.inbox: collections.deque[dict[str, Any] | Rendered] = collections.deque()
 
-    def append(self, fields: dict[str, Any], wait: bool) -> int | None:
-        self.inbox.put(fields)
+    def append(self, fields: dict[str, Any] | Rendered, wait: bool) -> int | None:
+        inbox = self.inbox
+        inbox.append(fields)
         lock = self.trail._lock
         # Waiting for the lock means: whoever holds it is writing, and by the time we hold
         # it our record is either in the file or still in the inbox, where we take it.
@@ -53,7 +58,7 @@ class GroupCommitSink:
                 self.write_waiting()
             finally:
                 lock.release()
-            if self.inbox.empty():
+            if not inbox:
                 break
             got = lock.acquire(blocking=False)
         return None
@@ -62,26 +67,27 @@ class GroupCommitSink:
         """Chain and write every waiting record. Holds the trail's lock."""
         trail = self.trail
         inbox = self.inbox
+        chain = trail._chain
         batch = []
-        while True:
-            try:
-                fields = inbox.get_nowait()
-            except queue.Empty:
-                break
-            item = trail._chain(fields)
-            if item is not None:
-                batch.append(item)
+        try:
+            while inbox:
+                item = chain(inbox.popleft())
+                if item is not None:
+                    batch.append(item)
+        except BaseException:
+            # A record that cannot be chained (not JSON data) is refused; the ones chained
+            # before it are written, or the chain would go on from hashes never written.
+            if batch:
+                trail._write_records(batch)
+            raise
         if batch or trail._unwritten:
             trail._write_records(batch)
 
     def drain_to(self, other: Any) -> None:
         """Hand records still waiting here to the sink that replaced this one."""
-        while True:
-            try:
-                fields = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            other.append_locked(fields)
+        inbox = self.inbox
+        while inbox:
+            other.append_locked(inbox.popleft())
 
     def flush(self) -> None:
         with self.trail._lock:
@@ -91,7 +97,7 @@ class GroupCommitSink:
                 self.drain_to(self.trail._sink)
 
     def pending(self) -> bool:
-        return not self.inbox.empty()
+        return bool(self.inbox)
 
 
 class WriteThroughSink:

@@ -375,7 +375,9 @@ class AuditTrail:
             batch = self._unwritten + batch
         if not batch:
             return
-        if os.fstat(fd).st_size != self._size and not isinstance(self._sink, FlockSink):
+        # The file's end (lseek: cheaper than fstat, and every read here is a pread): another
+        # writer's records mean our chain position is stale.
+        if os.lseek(fd, 0, os.SEEK_END) != self._size and not isinstance(self._sink, FlockSink):
             self._unwritten = batch
             switch_to_flock(self)
             return
