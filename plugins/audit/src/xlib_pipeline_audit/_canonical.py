@@ -124,9 +124,7 @@ def hash_bytes(data: bytes, key: bytes | None) -> str:
     """:func:`record_hash` of a body already encoded as UTF-8."""
     if key is None:
         return hashlib.sha256(data).hexdigest()
-    pads = _pads.get(key)
-    if pads is None:
-        pads = _pads[key] = _hmac_pads(key)
+    pads = _pads.get(key) or hmac_pads(key)
     inner = pads[0].copy()
     inner.update(data)
     outer = pads[1].copy()
@@ -140,14 +138,19 @@ def hash_bytes(data: bytes, key: bytes | None) -> str:
 _pads: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
 
 
-def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
-    if len(key) > 64:  # SHA-256's block size
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(64, b"\0")
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+def hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states that absorbed ``key``'s HMAC inner and outer pads (cached per key):
+    HMAC(key, m) = outer.copy().update(inner.copy().update(m).digest()).hexdigest()."""
+    pads = _pads.get(key)
+    if pads is not None:
+        return pads
+    padded = hashlib.sha256(key).digest() if len(key) > 64 else key  # SHA-256's block size
+    padded = padded.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
     if len(_pads) > 64:  # a process holds a handful of keys; never grow without bound
         _pads.clear()
+    _pads[key] = (inner, outer)
     return inner, outer
 
 

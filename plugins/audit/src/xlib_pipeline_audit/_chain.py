@@ -11,26 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._canonical import CHAIN_VERSION, canonical, hash_bytes, render_line
 
 if TYPE_CHECKING:
-    from ._render import Rendered
-    from ._trail import AuditTrail, Chained
-
-
-def chain_rendered(trail: AuditTrail, rendered: Rendered) -> Chained:
-    """Chain a pre-rendered record (:mod:`._render`): its body at the chain's end, hashed,
-    and its line. Holds the trail's lock; the least work there is: one concatenation, one
-    encode, the hash."""
-    seq = trail._seq + 1
-    try:
-        data = (rendered[0] + trail._prev + rendered[1] + str(seq) + rendered[2]).encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate in a string value
-        raise _error(
-            f"audit record {rendered[0][:60]!r}... holds a string that is not Unicode text "
-            f"({exc})",
-            path=str(trail.path),
-        ) from exc
-    h = hash_bytes(data, trail._key)
-    trail._seq, trail._prev = seq, h
-    return (data[:-1] + b',"hash":"' + h.encode("ascii") + b'"}\n', None, seq, h, rendered)
+    from ._trail import AuditTrail
 
 
 class _ChainHasher:

@@ -23,6 +23,7 @@ from ._task_records import TaskRecords, TaskTexts
 if TYPE_CHECKING:  # pragma: no cover
     from ._plugin import AuditPlugin
 
+_SUCCEEDED = Status.SUCCEEDED
 _TERMINAL = (
     Status.SUCCEEDED,
     Status.FAILED,
@@ -208,6 +209,33 @@ class Recorder:
         # returned); fsync stays governed by audit.fsync.
         trail.append(rec, wait=True)
 
+    def _optional(self, run: Any, name: str, outcome: Any, digests: bool) -> dict[str, Any]:
+        """The optional fields of a ``task.finished`` record (see FINISHED_OPTIONAL)."""
+        status = outcome.status
+        opt: dict[str, Any] = {}
+        if not outcome.final:
+            opt["retrying"] = True
+        if status is Status.CACHED:
+            key = (run.stash.get(CACHE_HITS, None) or {}).get(name)
+            if key is not None:
+                opt["cache_key"] = key
+        if status is Status.FALLBACK:
+            used = (run.stash.get(FALLBACKS, None) or {}).get(name)
+            if used is not None:
+                opt["fallback"] = used.source
+        if status.has_output:
+            if digests:
+                opt["output_digest"] = digest(outcome.output, self._plugin.key)
+            # The classification plugin (when present) publishes each output's level here,
+            # from its tryfirst after_task; record the level, never the data.
+            levels = run.stash.get(CLASSIFICATION, None)
+            entry = levels.outputs.get(name) if levels is not None else None
+            if entry is not None:
+                opt["classification"] = entry.level
+                if entry.detected:
+                    opt["pii_detected"] = sorted(entry.detected)
+        return opt
+
     # trylast: the outcome is recorded after the other observers ran, so what they
     # computed for it (the classification level of the output) is in the record.
     @hookimpl(trylast=True)
@@ -219,28 +247,14 @@ class Recorder:
         meta = st.meta.get(name) or st.task_meta(task, run)
         err = outcome.error
         status = outcome.status
-        opt: dict[str, Any] | None = None
-        if not outcome.final:
-            opt = {"retrying": True}
-        if status is Status.CACHED:
-            key = (run.stash.get(CACHE_HITS, None) or {}).get(name)
-            if key is not None:
-                opt = {**(opt or {}), "cache_key": key}
-        if status is Status.FALLBACK:
-            used = (run.stash.get(FALLBACKS, None) or {}).get(name)
-            if used is not None:
-                opt = {**(opt or {}), "fallback": used.source}
-        if status.has_output:
-            if meta[2]:
-                opt = {**(opt or {}), "output_digest": digest(outcome.output, self._plugin.key)}
-            # The classification plugin (when present) publishes each output's level here,
-            # from its tryfirst after_task; record the level, never the data.
-            levels = run.stash.get(CLASSIFICATION, None)
-            entry = levels.outputs.get(name) if levels is not None else None
-            if entry is not None:
-                opt = {**(opt or {}), "classification": entry.level}
-                if entry.detected:
-                    opt["pii_detected"] = sorted(entry.detected)
+        opt = None
+        if (
+            status is not _SUCCEEDED
+            or not outcome.final
+            or meta[2]
+            or CLASSIFICATION in run.stash
+        ):
+            opt = self._optional(run, name, outcome, meta[2])
         trail = self._plugin.writer()
         rec = st.records.finished(
             name,

@@ -37,7 +37,9 @@ Rendered = list[str]
 CHAIN_KEYS = ("prev", "seq", "v")
 _SEP = "\x00"  # never in a JSON text: control characters are always escaped
 _MAX_INT = 2**53
-_jstr: Callable[[str], str] = encode_basestring
+#: The canonical text of a str (the C encoder json uses; RFC 8785 escapes the same).
+jstr: Callable[[str], str] = encode_basestring
+_jstr = jstr
 
 
 class NotFast(ValueError):

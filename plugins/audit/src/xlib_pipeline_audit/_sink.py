@@ -26,7 +26,7 @@ from ._tail import drop_torn_tail, last_line
 
 if TYPE_CHECKING:
     from ._render import Rendered
-    from ._trail import AuditTrail
+    from ._trail import AuditTrail, Chained
 
 _log = logging.getLogger("xlib_pipeline.audit")
 
@@ -66,14 +66,9 @@ class GroupCommitSink:
     def write_waiting(self) -> None:
         """Chain and write every waiting record. Holds the trail's lock."""
         trail = self.trail
-        inbox = self.inbox
-        chain = trail._chain
-        batch = []
+        batch: list[Chained] = []
         try:
-            while inbox:
-                item = chain(inbox.popleft())
-                if item is not None:
-                    batch.append(item)
+            trail._chain_waiting(self.inbox, batch)
         except BaseException:
             # A record that cannot be chained (not JSON data) is refused; the ones chained
             # before it are written, or the chain would go on from hashes never written.

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._render import NotFast, Rendered, Shape, text
+from ._render import jstr as _jstr  # what text() does for a str, without the call
+
+_MAX = 2**53
 
 #: Keys every ``task.started`` record has besides the run's constants, in value order.
 STARTED = ("attempt", "task", "tenant", "ts")
@@ -97,7 +100,12 @@ class TaskRecords:
         """The ``task.started`` record (``input_digest`` None: none recorded)."""
         if fast and texts is not None:
             try:
-                values = [text(attempt), texts[0], texts[1], text(ts)]
+                values = [
+                    str(attempt) if type(attempt) is int and 0 <= attempt < _MAX else text(attempt),
+                    texts[0],
+                    texts[1],
+                    _jstr(ts) if type(ts) is str else text(ts),
+                ]
                 mask = 0
                 if texts[2] is not None:
                     mask = 1
@@ -105,7 +113,8 @@ class TaskRecords:
                 if input_digest is not None:
                     mask |= 2
                     values.append(text(input_digest))
-                return self._shape(True, mask).render(values)
+                shape = self._started.get(mask) or self._shape(True, mask)
+                return shape.render(values)
             except ValueError:
                 pass  # the general encoder decides (and names a value that is not JSON)
         rec = {
@@ -145,12 +154,12 @@ class TaskRecords:
         if fast and texts is not None:
             try:
                 values = [
-                    text(attempt),
-                    text(error_class),
-                    text(outcome),
+                    str(attempt) if type(attempt) is int and 0 <= attempt < _MAX else text(attempt),
+                    "null" if error_class is None else text(error_class),
+                    _jstr(outcome) if type(outcome) is str else text(outcome),
                     texts[0],
                     texts[1],
-                    text(ts),
+                    _jstr(ts) if type(ts) is str else text(ts),
                 ]
                 mask = 0
                 if texts[2] is not None:
@@ -164,7 +173,8 @@ class TaskRecords:
                                 values.append(text(optional[k]))
                             elif optional[k] is not True:
                                 raise NotFast("retrying is true when present")
-                return self._shape(False, mask).render(values)
+                shape = self._finished.get(mask) or self._shape(False, mask)
+                return shape.render(values)
             except ValueError:
                 pass
         rec = {

@@ -38,7 +38,8 @@ from ._canonical import (
     ALG_SHA256,
     GENESIS,
 )
-from ._chain import _ChainHasher, _LineRenderer, chain_rendered
+from ._append import chain_rendered, chain_waiting, write_all, write_records
+from ._chain import _ChainHasher, _LineRenderer
 from ._flusher import background_sync, start_flusher
 from ._head import check_head, head_path, read_head, write_head
 from ._settings import FSYNC_POLICIES
@@ -368,62 +369,10 @@ class AuditTrail:
         self._seq, self._prev = staged[0], staged[1]
         return ((line + "\n").encode("utf-8"), line, staged[0], staged[1], staged[3])
 
-    def _write_records(self, batch: list[Chained]) -> None:
-        """Write records (after any kept from a failed write) with one write(2). Holds lock."""
-        fd = self._fd_or_fail()
-        if self._unwritten:
-            batch = self._unwritten + batch
-        if not batch:
-            return
-        # The file's end (lseek: cheaper than fstat, and every read here is a pread): another
-        # writer's records mean our chain position is stale.
-        if os.lseek(fd, 0, os.SEEK_END) != self._size and not isinstance(self._sink, FlockSink):
-            self._unwritten = batch
-            switch_to_flock(self)
-            return
-        data = b"".join(item[0] for item in batch) if len(batch) > 1 else batch[0][0]
-        try:
-            self._write_all(fd, data)
-        except AuditTrailError:
-            self._unwritten = batch  # never dropped: written again before anything newer
-            raise
-        self._unwritten = []
-        self._size += len(data)
-        last = batch[-1]
-        self._written = (last[2], last[3])
-        if self.fsync == "always":
-            os.fdatasync(fd)
-        self._pending += len(batch)
-        if self._destinations:
-            for item in batch:
-                line = item[1]
-                if line is None:
-                    line = item[0][:-1].decode("utf-8")
-                for dest in self._destinations:
-                    dest(line)
-        if self.fsync == "batch" and self._pending >= self.batch_size:
-            self._wake.set()  # the flusher syncs off the writers' path
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        """Append ``data`` whole; on an error cut the file back so no half record stays."""
-        written = 0
-        try:
-            if self.write_hook is not None:
-                self.write_hook(data)
-            written = os.write(fd, data)
-            while written < len(data):  # rare: a short write
-                written += os.write(fd, data[written:])
-        except OSError as exc:
-            if written:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, self._size)
-            code = os.strerror(exc.errno) if exc.errno else str(exc)
-            name = __import__("errno").errorcode.get(exc.errno or 0, "?")
-            raise AuditTrailError(
-                f"cannot append to audit trail {self.path}: {code} (errno {name}); the "
-                "records were kept and are written first once the fault is gone",
-                path=str(self.path),
-            ) from exc
+    # The write path under the lock (see :mod:`._append`).
+    _chain_waiting = chain_waiting
+    _write_records = write_records
+    _write_all = write_all
 
     #: Tests only: called with the bytes about to be written (raise OSError to inject).
     write_hook: Callable[[bytes], None] | None = None
