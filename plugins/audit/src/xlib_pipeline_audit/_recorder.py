@@ -248,12 +248,7 @@ class Recorder:
         err = outcome.error
         status = outcome.status
         opt = None
-        if (
-            status is not _SUCCEEDED
-            or not outcome.final
-            or meta[2]
-            or CLASSIFICATION in run.stash
-        ):
+        if status is not _SUCCEEDED or not outcome.final or meta[2] or CLASSIFICATION in run.stash:
             opt = self._optional(run, name, outcome, meta[2])
         trail = self._plugin.writer()
         rec = st.records.finished(

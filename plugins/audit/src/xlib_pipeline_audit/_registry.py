@@ -12,6 +12,7 @@ import os
 import threading
 from typing import Any
 
+from ._sink import FlockSink
 from ._trail import AuditTrail, registry
 
 
@@ -43,7 +44,28 @@ def _sync_all_at_exit() -> None:
 def _after_fork_in_child() -> None:
     registry.lock = threading.Lock()
     for trail in list(registry.open.values()):
-        trail._after_fork()
+        after_fork(trail)
+
+
+def after_fork(trail: AuditTrail) -> None:
+    """In a forked child: fresh locks and an own file description (flock needs one)."""
+    trail._lock = threading.Lock()
+    trail._head_lock = threading.Lock()
+    trail._stop = threading.Event()
+    trail._wake = threading.Event()
+    trail._flusher = None
+    trail._sink = FlockSink(trail)
+    trail._unwritten = []  # the parent writes what it had
+    fd = trail._fd
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        trail._fd = None
+        with contextlib.suppress(Exception):
+            trail._fd = os.open(trail.path, os.O_RDWR | os.O_APPEND)
+            trail._size = -1  # re-read the tail on the next append
+        if trail._fd is not None and (trail.fsync != "never" or not trail.write_through):
+            trail._start_flusher()
 
 
 atexit.register(_sync_all_at_exit)

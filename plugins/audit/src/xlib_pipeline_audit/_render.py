@@ -22,7 +22,7 @@ through the general encoder instead: the bytes on the wire never differ.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring
 from operator import itemgetter
 from typing import Any
@@ -107,17 +107,17 @@ class Shape:
                 order.append(variable.index(k))
         fmt.append("}")
         self._fmt = "".join(fmt)
-        getter: Callable[[tuple[str, ...]], Any]
+        getter: Callable[[Sequence[str]], Any]
         if order:
             getter = itemgetter(*order)
         else:
 
-            def getter(values: tuple[str, ...]) -> tuple[str, ...]:
+            def getter(values: Sequence[str]) -> tuple[str, ...]:
                 return ()
 
         self._get = getter
 
-    def render(self, values: tuple[str, ...]) -> Rendered:
+    def render(self, values: Sequence[str]) -> Rendered:
         """``[pre, mid, post]`` for the value texts ``values`` (in :attr:`variable` order)."""
         return (self._fmt % self._get(values)).split(_SEP)
 

@@ -287,4 +287,4 @@ def now_iso() -> str:
     if cached[0] != sec:
         cached = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
         _second = cached
-    return "%s.%06d+00:00" % (cached[1], (t - sec) * 1e6)  # %d truncates, as int() does
+    return "%s.%06d+00:00" % (cached[1], (t - sec) * 1e6)  # noqa: UP031 (%d truncates: int())

@@ -14,10 +14,10 @@ returned): the ``task.started`` record of a task is written before its body star
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import logging
 import os
-import collections
 from typing import TYPE_CHECKING, Any
 
 from ._canonical import GENESIS, record_hash, split_line

@@ -73,15 +73,14 @@ class TaskRecords:
             const = dict(self._const)
             if started:
                 const.update(action='"task.started"', error_class="null", outcome='"started"')
-                base, optional = STARTED, STARTED_OPTIONAL
+                base: tuple[str, ...] = STARTED
+                optional: tuple[str, ...] = STARTED_OPTIONAL
             else:
                 const["action"] = '"task.finished"'
                 if mask & _RETRYING:
                     const["retrying"] = "true"
                 base, optional = FINISHED, FINISHED_OPTIONAL
-            extra = tuple(
-                k for bit, k in enumerate(optional) if mask >> bit & 1 and k not in const
-            )
+            extra = tuple(k for bit, k in enumerate(optional) if mask >> bit & 1 and k not in const)
             shape = shapes[mask] = Shape(base + extra, const)
         return shape
 

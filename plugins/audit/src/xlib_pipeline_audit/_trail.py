@@ -33,18 +33,18 @@ import structlog
 from xlib_pipeline.exceptions import StoreError
 
 from . import _segments
+from ._append import chain_rendered, chain_waiting, write_all, write_records
 from ._canonical import (
     ALG_HMAC,
     ALG_SHA256,
     GENESIS,
 )
-from ._append import chain_rendered, chain_waiting, write_all, write_records
 from ._chain import _ChainHasher, _LineRenderer
 from ._flusher import background_sync, start_flusher
 from ._head import check_head, head_path, read_head, write_head
-from ._settings import FSYNC_POLICIES
-from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, reload_tail, switch_to_flock
 from ._render import Rendered, fields_of
+from ._settings import FSYNC_POLICIES
+from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, reload_tail
 from ._tail import drop_torn_tail, read_all, scan
 
 _log = logging.getLogger("xlib_pipeline.audit")
@@ -489,23 +489,3 @@ class AuditTrail:
                 self._fd = None
                 self.closed = True
                 os.close(fd)
-
-    def _after_fork(self) -> None:
-        """In a forked child: fresh locks and an own file description (flock needs one)."""
-        self._lock = threading.Lock()
-        self._head_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._flusher = None
-        self._sink = FlockSink(self)
-        self._unwritten = []  # the parent writes what it had
-        fd = self._fd
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            self._fd = None
-            with contextlib.suppress(Exception):
-                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
-                self._size = -1  # re-read the tail on the next append
-            if self._fd is not None and (self.fsync != "never" or not self.write_through):
-                self._start_flusher()
