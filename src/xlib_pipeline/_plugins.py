@@ -148,6 +148,9 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self, project_name: str) -> None:
         super().__init__(project_name)
         self._marker = project_name + "_impl"
+        #: pluggy's own hook executor; a tracing or monitoring one installed later
+        #: (``add_hookcall_monitoring``) sends the per-task hooks back through pluggy.
+        self.own_hookexec = self.__dict__.get("_inner_hookexec")
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         raw = _raw_attr(plugin, name)
