@@ -36,6 +36,9 @@ def run_in_scopes(scopes: tuple[TaskScope, ...], fn: Callable[..., Any], *args: 
     """Call ``fn(*args)`` inside every scope (entered in order, left in reverse)."""
     if not scopes:
         return fn(*args)
+    if len(scopes) == 1:  # the usual case (tracing): no ExitStack (~5 µs per attempt)
+        with scopes[0]():
+            return fn(*args)
     with contextlib.ExitStack() as stack:
         for scope in scopes:
             stack.enter_context(scope())
@@ -47,7 +50,10 @@ def scoped(scopes: tuple[TaskScope, ...], *, enter: bool) -> Any:
     """Make ``scopes`` current for executors (and enter them here when ``enter``)."""
     token = _current.set(scopes)
     try:
-        if enter:
+        if enter and len(scopes) == 1:
+            with scopes[0]():
+                yield
+        elif enter:
             with contextlib.ExitStack() as stack:
                 for scope in scopes:
                     stack.enter_context(scope())
