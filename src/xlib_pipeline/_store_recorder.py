@@ -58,6 +58,22 @@ def _jsonable(value: Any) -> str:
     return json.dumps(value, default=repr, sort_keys=True)
 
 
+_STRUCTURES: dict[tuple[str, str, int], str] = {}
+
+
+def structure_json(plan: Plan) -> str:
+    """:func:`structure` as the runs row stores it, cached by the plan's fingerprint (a digest
+    of the names, edges, merge strategies and conditions the structure is made of): encoding
+    it cost 6 µs per task on every run of the 10,000-task DAG."""
+    key = (plan.pipeline_name, plan.fingerprint, len(plan.tasks))
+    text = _STRUCTURES.get(key)
+    if text is None:
+        if len(_STRUCTURES) >= 64:
+            _STRUCTURES.clear()
+        text = _STRUCTURES[key] = _jsonable(structure(plan))
+    return text
+
+
 class StoreRecorder(Observer):
     """Observer writing a run into the store. Outputs pass through the ``encrypt`` hook."""
 
@@ -104,7 +120,7 @@ class StoreRecorder(Observer):
                 "run_id": ctx.run_id,
                 "pipeline": plan.pipeline_name,
                 "fingerprint": plan.fingerprint,
-                "structure": _jsonable(structure(plan)),
+                "structure": structure_json(plan),
                 "tenant": ctx.tenant_id,
                 "principal": ctx.principal or _user(),
                 "params": _jsonable(params_json(ctx.params)),
