@@ -316,31 +316,29 @@ class Committer(GroupCommitter):
         if conn is None:
             conn = self._conn = self._connect()
         # Log rows (a task's terminal row, a state transition) go in one multi-row INSERT
-        # per table, in one transaction: at most four SQLite calls per commit. Every SQLite
-        # call releases the GIL, and taking it back while the scheduler's lanes run can cost
-        # a switch interval (5 ms), so the number of calls per commit bounds the cost.
-        # Runs of other statements keep their order.
+        # per table; a batch of log rows alone is one statement (its own transaction).
+        # Every SQLite call releases the GIL, and taking it back while the scheduler's lanes
+        # run can cost a switch interval (5 ms), so the number of calls per commit bounds the
+        # cost. Other statements (a run's row, leases, a stream's checkpoint, cache entries)
+        # go in the same transaction as the log rows around them, in order; only a CALL item
+        # (a function given the connection) runs between transactions.
         k = 0
         n = len(batch)
         try:
             while k < n:
+                if batch[k][0] is _CALL:
+                    batch[k][1][0](conn)
+                    k += 1
+                    continue
                 j = k
-                if batch[k][0] is LOG:
-                    while j < n and batch[j][0] is LOG:
-                        j += 1
+                plain = False
+                while j < n and batch[j][0] is not _CALL:
+                    plain = plain or batch[j][0] is not LOG
+                    j += 1
+                if not plain:
                     _insert_log(conn, [params for _, params in batch[k:j]])
                 else:
-                    while j < n and batch[j][0] is not LOG:
-                        j += 1
-                    for sql, params in batch[k:j]:
-                        if sql is _CALL:
-                            params[0](conn)
-                    plain = [(q, a) for q, a in batch[k:j] if q is not _CALL]
-                    if plain:
-                        with conn:
-                            conn.execute("BEGIN IMMEDIATE")
-                            for sql, params in plain:
-                                conn.execute(sql, params)
+                    _write_mixed(conn, batch[k:j])
                 k = j
         except BaseException:
             if conn.in_transaction:
@@ -351,6 +349,24 @@ class Committer(GroupCommitter):
             # What was written already stays (a prefix, in order): drop it from the retry.
             del batch[:k]
             raise
+
+
+def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
+    """Statements and log rows in order, in one transaction (log rows between two
+    statements as one multi-row INSERT per table)."""
+    conn.execute("BEGIN IMMEDIATE")
+    rows: list[tuple[Any, ...]] = []
+    for sql, params in items:
+        if sql is LOG:
+            rows.append(params)
+            continue
+        if rows:
+            _insert_rows(conn, rows)
+            rows = []
+        conn.execute(sql, params)
+    if rows:
+        _insert_rows(conn, rows)
+    conn.execute("COMMIT")
 
 
 _CALL = GroupCommitter.CALL  # a pending item that runs a function on the writer's connection
@@ -385,10 +401,7 @@ def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     prepared statements serve every batch size. Direct inserts, not through a view with an
     INSTEAD OF trigger: SQLite runs a trigger program per row (8 % of the store's cost per
     task on the 10,000-task DAG, same-run A/B)."""
-    tasks = [row[1:13] for row in rows if row[0] == 1]
-    events = [
-        (row[1], row[2], row[13], row[3], row[4], row[7], row[8]) for row in rows if row[0] == 2
-    ]
+    tasks, events = _split(rows)
     if not tasks and not events:
         return
     if (not tasks or not events) and len(tasks) <= _MAX_ROWS and len(events) <= _MAX_ROWS:
@@ -400,14 +413,33 @@ def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for k in range(0, len(tasks), _MAX_ROWS):
-            _insert(conn, _TASKS, tasks[k : k + _MAX_ROWS])
-        for k in range(0, len(events), _MAX_ROWS):
-            _insert(conn, _EVENTS, events[k : k + _MAX_ROWS])
+        _insert_split(conn, tasks, events)
     except BaseException:
         conn.rollback()
         raise
     conn.execute("COMMIT")
+
+
+def _split(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    tasks = [row[1:13] for row in rows if row[0] == 1]
+    events = [
+        (row[1], row[2], row[13], row[3], row[4], row[7], row[8]) for row in rows if row[0] == 2
+    ]
+    return tasks, events
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Log rows inside the caller's transaction."""
+    _insert_split(conn, *_split(rows))
+
+
+def _insert_split(
+    conn: sqlite3.Connection, tasks: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+) -> None:
+    for k in range(0, len(tasks), _MAX_ROWS):
+        _insert(conn, _TASKS, tasks[k : k + _MAX_ROWS])
+    for k in range(0, len(events), _MAX_ROWS):
+        _insert(conn, _EVENTS, events[k : k + _MAX_ROWS])
 
 
 class _Table:
