@@ -222,12 +222,24 @@ def cache_ref(key: str, pipeline: str, task: str, tenant: str | None) -> Payload
     return PayloadRef(run_id=key, pipeline=pipeline, task=task, tenant=tenant, kind="cache")
 
 
+_PUT = "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 class CacheStore:
     """The ``cache_entries`` table in the run store's SQLite file (own connection): the
-    SQLite store's :class:`~._tables.CacheTable`."""
+    SQLite store's :class:`~._tables.CacheTable`.
 
-    def __init__(self, path: str | Path) -> None:
+    With ``writer`` (the run store), :meth:`put` queues the entry on the store's group
+    commit instead of writing it on this connection: it is committed in the same
+    transaction as the task's own row (the scheduler commits right after the task), or by
+    the next commit, at the latest when the run ends. Reads through this table first commit
+    the entries it queued, so a direct ``put`` is seen by the next ``get``.
+    """
+
+    def __init__(self, path: str | Path, writer: Any = None) -> None:
         self.path = str(path)
+        self._writer = writer
+        self._queued = False  # put() queued entries on the writer since the last read
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -235,8 +247,15 @@ class CacheStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cache in {self.path!r}: {exc}", path=self.path) from exc
 
+    def _settle(self) -> None:
+        """Commit the entries :meth:`put` queued, before reading."""
+        if self._queued:
+            self._queued = False
+            self._writer.flush()
+
     def get(self, key: str, tenant: str | None, now: float) -> tuple[bytes, str | None] | None:
         """The stored (encrypted) output under ``key`` for ``tenant``, unless expired."""
+        self._settle()
         with self._lock:
             row = self._db.execute(
                 "SELECT output, run_id, expires FROM cache_entries WHERE key = ? AND tenant IS ?",
@@ -258,11 +277,13 @@ class CacheStore:
         output: bytes,
     ) -> None:
         now = time.time()
+        row = (key, tenant, pipeline, task, now, now + ttl if ttl else None, run_id, output)
+        if self._writer is not None:
+            self._writer.add(_PUT, row)
+            self._queued = True
+            return
         with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, tenant, pipeline, task, now, now + ttl if ttl else None, run_id, output),
-            )
+            self._db.execute(_PUT, row)
 
     def _where(
         self, pipeline: str | None, task: str | None, older_than: float | None
@@ -286,6 +307,7 @@ class CacheStore:
         task: str | None = None,
         older_than: float | None = None,
     ) -> list[CacheEntry]:
+        self._settle()
         where, args = self._where(pipeline, task, older_than)
         with self._lock:
             rows = self._db.execute(
@@ -313,14 +335,18 @@ class CacheStore:
         task: str | None = None,
         older_than: float | None = None,
     ) -> int:
+        self._settle()
         where, args = self._where(pipeline, task, older_than)
         with self._lock, self._db:
             cur = self._db.execute(f"DELETE FROM cache_entries WHERE {where}", args)
         return cur.rowcount
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        try:
+            self._settle()
+        finally:
+            with self._lock:
+                self._db.close()
 
 
 _stores: weakref.WeakKeyDictionary[Any, tuple[Any, CacheTable]] = weakref.WeakKeyDictionary()

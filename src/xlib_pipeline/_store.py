@@ -183,10 +183,11 @@ class RunStore(_lease.LeaseMixin):
                 self._conn.close()
 
     def open_cache(self) -> CacheTable:
-        """The result cache's table in this file (see :mod:`._tables`)."""
+        """The result cache's table in this file (see :mod:`._tables`); entries are written
+        by this store's group commit, with the task's own row."""
         from ._cache import CacheStore
 
-        return CacheStore(self.path)
+        return CacheStore(self.path, writer=self)
 
     def open_checkpoints(self) -> CheckpointTable:
         """Stream checkpoints in this file, committed by this store's writer with the batch

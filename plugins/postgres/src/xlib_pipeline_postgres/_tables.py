@@ -102,8 +102,20 @@ class PostgresCache(_Table):
 
     def __init__(self, store: PostgresStore) -> None:
         super().__init__(store, ("cache_entries",), "the result cache")
+        self._queued = False  # put() queued entries on the writer since the last read
+
+    def _settle(self) -> None:
+        """Commit the entries :meth:`put` queued, before reading (a direct ``put`` is seen
+        by the next ``get``)."""
+        if self._queued:
+            self._queued = False
+            self.store.flush()
+
+    def close(self) -> None:
+        self._settle()
 
     def get(self, key: str, tenant: str | None, now: float) -> tuple[bytes, str | None] | None:
+        self._settle()
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT output, run_id FROM cache_entries WHERE key = %s AND tenant IS NOT "
@@ -123,16 +135,21 @@ class PostgresCache(_Table):
         run_id: str,
         output: bytes,
     ) -> None:
+        # Queued on the store's group commit, not written on a connection of its own: it is
+        # committed in the same transaction as the task's row (the scheduler commits right
+        # after the task), or by the next commit, at the latest when the run ends.
         now = time.time()
-        with self._conn() as conn:
-            conn.execute(
+        self.store.add(
+            Native(
                 "INSERT INTO cache_entries (key, tenant, pipeline, task, created, expires, "
                 "run_id, output) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO "
                 "UPDATE SET tenant = EXCLUDED.tenant, pipeline = EXCLUDED.pipeline, task = "
                 "EXCLUDED.task, created = EXCLUDED.created, expires = EXCLUDED.expires, "
-                "run_id = EXCLUDED.run_id, output = EXCLUDED.output",
-                (key, tenant, pipeline, task, now, now + ttl if ttl else None, run_id, output),
-            )
+                "run_id = EXCLUDED.run_id, output = EXCLUDED.output"
+            ),
+            (key, tenant, pipeline, task, now, now + ttl if ttl else None, run_id, output),
+        )
+        self._queued = True
 
     @staticmethod
     def _where(
@@ -157,6 +174,7 @@ class PostgresCache(_Table):
         task: str | None = None,
         older_than: float | None = None,
     ) -> builtins.list[CacheEntry]:
+        self._settle()
         where, args = self._where(pipeline, task, older_than)
         with self._conn() as conn:
             rows = conn.execute(
@@ -184,6 +202,7 @@ class PostgresCache(_Table):
         task: str | None = None,
         older_than: float | None = None,
     ) -> int:
+        self._settle()
         where, args = self._where(pipeline, task, older_than)
         with self._conn() as conn:
             cur = conn.execute(f"DELETE FROM cache_entries WHERE {where}", args)
