@@ -81,6 +81,25 @@ class TestPolicy:
             make().execute_pipeline(p)
         assert ran == []
 
+    def test_the_clearance_check_is_a_per_task_hook_only_once_a_run_declares_one(self):
+        """Runs without clearances pay no before_task; the first clearance registers it,
+        in time for that run."""
+        p = Pipeline("plain")
+        p.add_task("a", lambda: 1)
+        p.add_task("b", lambda x: x, depends_on=["a"])
+        pm = make({"classification": {"detect_pii": True}})
+        assert pm.execute_pipeline(p).success
+        assert not pm.hooks.has["before_task"] and pm.hooks.has["after_task"]
+        ran = []
+        cleared = Pipeline("cleared")
+        cleared.add_task("src", lambda: "ann.smith@example.org")
+        cleared.add_task("sink", ran.append, depends_on=["src"], clearance="internal")
+        r = pm.execute_pipeline(cleared)
+        assert not r.success and ran == []
+        assert isinstance(r.tasks["sink"].error, ComplianceError)
+        assert "src -> sink" in str(r.tasks["sink"].error)
+        assert pm.hooks.has["before_task"]
+
     def test_flows_within_clearance_run(self):
         """Declared levels at or below the clearance run normally."""
         p = Pipeline("ok")

@@ -151,6 +151,7 @@ class ClassificationPlugin:
         self._registered: dict[str, Detector] = {}
         self._selected: list[Any] | None = None
         self._runtime: _Enforcer | None = None
+        self._clearances: _Clearances | None = None
         self.manager: Any = None
         self._lock = threading.Lock()
         for d in detectors:
@@ -267,14 +268,23 @@ class ClassificationPlugin:
             "classification" in t.options or "clearance" in t.options for t in tasks
         ):
             self.activate()
+        if self._clearances is None and any(t.options.get("clearance") for t in tasks):
+            self.activate(clearances=True)
 
-    def activate(self) -> None:
-        """Register the per-run and per-task hooks (idempotent, thread-safe)."""
+    def activate(self, *, clearances: bool = False) -> None:
+        """Register the per-run and per-task hooks (idempotent, thread-safe); with
+        ``clearances`` also the ``before_task`` check of clearances, registered once a run
+        declares one (a per-task hook costs every task of every run, even when it returns
+        at once)."""
         with self._lock:
             if self._runtime is None and self.manager is not None:
                 runtime = _Enforcer(self)
                 self.manager.register(runtime, name="classification.runtime")
                 self._runtime = runtime
+            if clearances and self._clearances is None and self._runtime is not None:
+                check = _Clearances(self)
+                self.manager.register(check, name="classification.clearances")
+                self._clearances = check
 
 
 class _Redactor:
@@ -364,37 +374,6 @@ class _Enforcer:
         run.stash[CLASSIFICATION_RUN] = state
         run.stash[CLASSIFICATION] = state.published
 
-    @hookimpl(tryfirst=True)
-    def before_task(self, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:
-        state = run.stash.get(CLASSIFICATION_RUN, None)
-        if state is None:
-            return
-        c = state.clearance.get(task.name)
-        if c is None:
-            return
-        levels = state.levels
-        for up in state.declared[task.name][2]:
-            lvl = levels.get(up)
-            if lvl is not None and lvl > c:
-                entry = state.published.outputs.get(up)
-                why = ""
-                if entry is not None and entry.detected:
-                    why = f", raised by detected {', '.join(entry.detected)}"
-                run.manager.report_compliance_event(
-                    "clearance_violation",
-                    pipeline=run.pipeline_name,
-                    run_id=run.run_id,
-                    task=task.name,
-                    tenant=run.tenant_of(task),
-                    plugin="classification",
-                    detail=f"{up} -> {task.name} ({LEVELS[lvl]} > clearance {LEVELS[c]}{why})",
-                )
-                raise ComplianceError(
-                    f"task {task.name!r} refused: its upstream {up!r} produced "
-                    f"{LEVELS[lvl]} data{why}, above {task.name!r}'s clearance "
-                    f"{LEVELS[c]} (flow {up} -> {task.name})"
-                )
-
     @hookimpl
     def may_show_values(
         self, task: Task, run: RunContext, value: Any, source: str | None
@@ -455,3 +434,42 @@ class _Enforcer:
         state.published.outputs[task.name] = OutputLevel(
             level=LEVELS[lvl], declared=declared, detected=detected, inherited_from=inherited
         )
+
+
+class _Clearances:
+    """The clearance check before each task; registered by :meth:`ClassificationPlugin.activate`
+    once a run declares a clearance."""
+
+    def __init__(self, plugin: ClassificationPlugin) -> None:
+        self.p = plugin
+
+    @hookimpl(tryfirst=True)
+    def before_task(self, task: Task, run: RunContext, inputs: tuple[Any, ...]) -> None:
+        state = run.stash.get(CLASSIFICATION_RUN, None)
+        if state is None:
+            return
+        c = state.clearance.get(task.name)
+        if c is None:
+            return
+        levels = state.levels
+        for up in state.declared[task.name][2]:
+            lvl = levels.get(up)
+            if lvl is not None and lvl > c:
+                entry = state.published.outputs.get(up)
+                why = ""
+                if entry is not None and entry.detected:
+                    why = f", raised by detected {', '.join(entry.detected)}"
+                run.manager.report_compliance_event(
+                    "clearance_violation",
+                    pipeline=run.pipeline_name,
+                    run_id=run.run_id,
+                    task=task.name,
+                    tenant=run.tenant_of(task),
+                    plugin="classification",
+                    detail=f"{up} -> {task.name} ({LEVELS[lvl]} > clearance {LEVELS[c]}{why})",
+                )
+                raise ComplianceError(
+                    f"task {task.name!r} refused: its upstream {up!r} produced "
+                    f"{LEVELS[lvl]} data{why}, above {task.name!r}'s clearance "
+                    f"{LEVELS[c]} (flow {up} -> {task.name})"
+                )
