@@ -237,3 +237,11 @@ def test_event_logger_binds_like_structlog_and_falls_back_to_it(caplog) -> None:
     # anything else a structlog BoundLogger has comes from a real one, same context
     assert log.name == "xlib_pipeline"
     assert structlog.get_context(log.structlog()) == {"pipeline": "p", "run_id": "r"}
+    # copies and pickles keep the logger and its context (RunContext travels to workers)
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(log), pickle.loads(pickle.dumps(log))):
+        assert isinstance(clone, EventLogger) and clone._context == log._context
+    with pytest.raises(AttributeError):
+        _ = EventLogger.__new__(EventLogger).anything  # half-built: no recursion

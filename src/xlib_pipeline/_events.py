@@ -181,7 +181,7 @@ class EventLogger:
         return EventLogger(self._logger, dict(new_values))
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):  # dunders, and never recurse on a slot not yet set
             raise AttributeError(name)
         return getattr(self.structlog(), name)
 
