@@ -1,11 +1,13 @@
 """Cost of the PostgreSQL run store per task, against the bare core and the SQLite store.
 
-``python benchmarks/bench_postgres.py [--quick]``. Starts a private PostgreSQL server from
-the Debian binaries (``xlib_pipeline_postgres.testing.local_server``, fsync on, as a real
-server), then times the 10,000-task layered DAG of ``bench_store.py`` (threads, 2 workers)
+``python benchmarks/bench_postgres.py [--quick] [--workers N]``. Starts a private PostgreSQL
+server from the Debian binaries (``xlib_pipeline_postgres.testing.local_server``, fsync on,
+as a real server), then times the 10,000-task layered DAG of ``bench_store.py`` (threads)
 with no store, with the SQLite store and with the PostgreSQL store, interleaved in one
 process, and reports medians and the µs per task each store adds. Target: PostgreSQL adds
-<= 60 µs per task.
+<= 60 µs per task. ``--workers 1`` measures the inline mode (one lane: every task waits for
+its own commit, one round trip each); the default, 2 lanes, lets concurrent tasks share
+commits.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from bench_store import layered, timed
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, default=2, help="max_workers (1: inline)")
     args = ap.parse_args()
+    w = args.workers
     n = 2_000 if args.quick else 10_000
     repeats = 3 if args.quick else 5
     from xlib_pipeline_postgres.testing import fresh_database, local_server
@@ -34,12 +38,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_server(fsync=True) as server:
         url = fresh_database(server)
         managers = {
-            "bare": PipelineManager({"max_workers": 2}, entry_points=False),
+            "bare": PipelineManager({"max_workers": w}, entry_points=False),
             "sqlite": PipelineManager(
-                {"max_workers": 2, "store": {"path": str(Path(tmp) / "runs.sqlite")}},
+                {"max_workers": w, "store": {"path": str(Path(tmp) / "runs.sqlite")}},
                 entry_points=False,
             ),
-            "postgres": PipelineManager({"max_workers": 2, "store": {"url": url}}),
+            "postgres": PipelineManager({"max_workers": w, "store": {"url": url}}),
         }
         times: dict[str, list[float]] = {k: [] for k in managers}
         for pm in managers.values():
@@ -51,7 +55,7 @@ def main() -> None:
             pm.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     bare = med["bare"]
-    print(f"{n} tasks, {repeats} repeats, medians")
+    print(f"{n} tasks, max_workers {w}, {repeats} repeats, medians")
     print("| store | µs/task | added µs/task | ratio to bare |")
     print("|---|---|---|---|")
     for name, t in med.items():

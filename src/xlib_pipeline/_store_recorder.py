@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._blobs import BlobRef
+from ._builtin import CorePlugin
 from ._context import params_json
 from ._graph import Plan
 from ._outcomes import Observer
@@ -94,6 +95,9 @@ class StoreRecorder(Observer):
         self.carried = dict(carried or {})
         self.source = source
         self.recorded: set[int] = set()
+        #: Whether a plugin implements ``encrypt`` (else the core's pass-through answers:
+        #: skipped, with the reference it would be given, on the per-task path).
+        self.sealing = _sealing(hooks)
 
     def start(self, ctx: RunContext, plan: Plan) -> None:
         """Lease the run (and the run it resumes), then record its row before its first task.
@@ -162,6 +166,8 @@ class StoreRecorder(Observer):
         exception class stays in clear). Without encryption it stays text."""
         if text is None:
             return None
+        if not self.sealing:
+            return text
         ctx = run.ctx
         task = run.plan.tasks[i] if i is not None else None
         ref = PayloadRef(
@@ -219,7 +225,9 @@ class StoreRecorder(Observer):
                         path=str(self.store.path),
                     )
                     raw = None
-                if raw is not None:
+                if raw is not None and not self.sealing:
+                    blob = raw
+                elif raw is not None:
                     try:
                         blob = self.hooks.encrypt(data=raw, ref=ref)
                     except BaseException as error:  # never fall back to plaintext
@@ -269,6 +277,15 @@ class StoreRecorder(Observer):
             (result.status, result.finished, error, result.run_id),
         )
         self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
+
+
+def _sealing(hooks: Any) -> bool:
+    """Whether a plugin implements ``encrypt`` beside the core's pass-through."""
+    try:
+        impls = hooks.pluggy.hook.encrypt.get_hookimpls()
+    except AttributeError:  # not a Hooks facade: always ask it
+        return True
+    return any(not isinstance(impl.plugin, CorePlugin) for impl in impls)
 
 
 #: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
