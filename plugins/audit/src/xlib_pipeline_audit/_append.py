@@ -15,7 +15,6 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._canonical import hmac_pads
 from ._sink import FlockSink, switch_to_flock
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ def chain_waiting(self: AuditTrail, inbox: collections.deque[Any], batch: list[C
 
     A record that cannot be chained (not JSON data, not Unicode text) raises; the ones
     before it are in ``batch`` and the chain's end is theirs."""
-    pads = hmac_pads(self._key) if self._key is not None else None
+    pads = self._hmac
     processors = self._processors
     seq, prev = self._seq, self._prev
     try:
@@ -121,8 +120,8 @@ def write_records(self: AuditTrail, batch: list[Chained]) -> None:
                 line = item[0][:-1].decode("utf-8")
             for dest in self._destinations:
                 dest(line)
-    if self.fsync == "batch" and self._pending >= self.batch_size:
-        self._wake.set()  # the flusher syncs off the writers' path
+    if self.fsync == "batch" and self._pending >= self.batch_size and not self._wake.is_set():
+        self._wake.set()  # the flusher syncs off the writers' path (once, not per write)
 
 
 def write_all(self: AuditTrail, fd: int, data: bytes, written: int = 0) -> None:

@@ -38,6 +38,7 @@ from ._canonical import (
     ALG_HMAC,
     ALG_SHA256,
     GENESIS,
+    hmac_pads,
 )
 from ._chain import _ChainHasher, _LineRenderer
 from ._flusher import background_sync, start_flusher
@@ -110,6 +111,8 @@ class AuditTrail:
         self.batch_size = int(batch_size)
         self.batch_interval = batch_interval_ms / 1000.0
         self._key = key
+        #: SHA-256 states holding the HMAC pads of ``key`` (copied per record), or None.
+        self._hmac = hmac_pads(key) if key is not None else None
         #: Rotation: close the active segment at the first sync once it holds ``max_bytes``,
         #: or once the UTC hour/day it started in is over (see :mod:`._segments`).
         self.max_bytes = max_bytes
