@@ -3,8 +3,10 @@
 Runs a random layered DAG of no-op tasks (default 10,000) on 2 threads with the bare core
 and with only the audit plugin registered (``entry_points=False`` plus an explicit
 ``AuditPlugin()``), so other installed plugins do not blur the numbers. Also times an
-unconfigured audit plugin (must cost nothing) and a plain-Python hash chain doing the same
-writes (json.dumps + sha256 + os.write, 2 records per task) as a reference.
+unconfigured audit plugin (must cost nothing), a plugin with empty ``before_task`` /
+``after_task`` hooks (the core's dispatch, which any per-attempt recorder pays) and a
+plain-Python hash chain doing the same writes (json.dumps + sha256 + os.write, 2 records
+per task) as a reference.
 
     python benchmarks/bench_audit.py [--tasks 10000] [--repeat 5] [--always-repeat 1]
 
@@ -25,11 +27,26 @@ from pathlib import Path
 
 from xlib_pipeline_audit import AuditPlugin, verify
 
-from xlib_pipeline import Pipeline, PipelineManager
+from xlib_pipeline import Pipeline, PipelineManager, hookimpl
 
 
 def noop(*args: object) -> None:
     return None
+
+
+class NoopHooks:
+    """Empty ``before_task``/``after_task`` impls: what the core's hook dispatch alone
+    costs per task, the floor under any plugin that records every attempt."""
+
+    name = "noop-hooks"
+
+    @hookimpl
+    def before_task(self, task: object, run: object, inputs: object) -> None:
+        return None
+
+    @hookimpl
+    def after_task(self, task: object, run: object, outcome: object) -> None:
+        return None
 
 
 def layered_dag(n: int, seed: int = 7) -> Pipeline:
@@ -104,6 +121,7 @@ def main() -> None:
 
     bare = PipelineManager({"max_workers": 2}, entry_points=False)
     inert = PipelineManager({"max_workers": 2}, entry_points=False, plugins=[AuditPlugin()])
+    hooks = PipelineManager({"max_workers": 2}, entry_points=False, plugins=[NoopHooks()])
     managers: dict[str, PipelineManager] = {}
     for policy in ("never", "batch", "always"):
         managers[policy] = PipelineManager(
@@ -112,16 +130,17 @@ def main() -> None:
             plugins=[AuditPlugin()],
         )
     # warm-up (plans, thread start, file creation)
-    for pm in (bare, inert, managers["never"], managers["batch"]):
+    for pm in (bare, inert, hooks, managers["never"], managers["batch"]):
         time_run(pm, p)
     time_run(managers["always"], layered_dag(50))
 
-    times: dict[str, list[float]] = {k: [] for k in ("bare", "inert", "never", "batch")}
+    times: dict[str, list[float]] = {k: [] for k in ("bare", "inert", "hooks", "never", "batch")}
     times["always"] = []
     for _ in range(args.repeat):
         # interleave so drift hits every variant alike
         times["bare"].append(time_run(bare, p))
         times["inert"].append(time_run(inert, p))
+        times["hooks"].append(time_run(hooks, p))
         times["never"].append(time_run(managers["never"], p))
         times["batch"].append(time_run(managers["batch"], p))
     for _ in range(args.always_repeat):
@@ -133,6 +152,7 @@ def main() -> None:
     rows = [
         ("bare core (entry_points=False)", base, None),
         ("audit installed, not configured", statistics.median(times["inert"]), base),
+        ("no-op before/after_task hooks (dispatch only)", statistics.median(times["hooks"]), base),
         ("audit fsync=never", statistics.median(times["never"]), base),
         ("audit fsync=batch (default)", statistics.median(times["batch"]), base),
     ]
