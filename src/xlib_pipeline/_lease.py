@@ -19,7 +19,8 @@ from typing import Any
 
 import attrs
 
-from ._commit import Committer, describe_fault
+from ._commit import Committer
+from ._faults import describe_fault
 from .exceptions import StoreError
 
 #: Seconds between heartbeats, and after which a lease of another host counts as stale.

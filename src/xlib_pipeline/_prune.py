@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ._commit import describe_fault
+from ._faults import describe_fault
 from .exceptions import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -28,19 +28,17 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from ._async import LAZY_TYPES, LoopThread, lazy_result_error, lazy_types
-from ._context import Params, TaskContext, param_value
+from ._attempts import AttemptHooks
+from ._context import Params
 from ._coroutines import CoroutineLanes
 from ._events import events_enabled
 from ._graph import Plan
 from ._lanes import LaneDriver
 from ._outcomes import Columns, Observer, _format, _no_push, build_result, failure, log_task_event
-from ._records import Executor, Isolation, RetryDecision, RunContext, Status, TaskOutcome
+from ._records import Executor, Isolation, RunContext, Status, TaskOutcome
 from ._results import PipelineResult
 from ._scopes import scoped_call
 from ._task import Task
@@ -62,7 +60,7 @@ _F_SKIPPED = 2  # an upstream was skipped
 _F_CANCELLED = 4  # an upstream was cancelled
 
 
-class Run(LaneDriver, CoroutineLanes):
+class Run(LaneDriver, CoroutineLanes, AttemptHooks):
     """One execution of a plan. Built and driven by :class:`~xlib_pipeline.PipelineManager`."""
 
     def __init__(
@@ -322,29 +320,6 @@ class Run(LaneDriver, CoroutineLanes):
                 return self._finish_quick(i, attempt, started, finished, out)
             return self._succeeded(i, task, attempt, started, finished, out)
 
-    def bound(self, i: int, task: Task, attempt: int) -> Task:
-        """``task`` with its run params (by name) and its :class:`TaskContext` bound into
-        its function, as its body is called for ``attempt``; ``task`` itself when it takes
-        neither."""
-        kwargs = self.task_kwargs
-        static = kwargs[i] if kwargs is not None else None
-        if static is None:
-            return task
-        kw = {k: param_value(v) for k, v in static.items()}
-        spec = self.plan.calls[i]
-        if spec is not None and spec.context is not None:
-            ctx = self.ctx
-            kw[spec.context] = TaskContext(
-                params=self.params_view,
-                run_id=ctx.run_id,
-                pipeline=self.plan.pipeline_name,
-                task=task.name,
-                attempt=attempt,
-                tenant=ctx.tenant_of(task),
-                logical_date=ctx.logical_date or _utc(ctx.started),
-            )
-        return attrs.evolve(task, fn=functools.partial(task.fn, **kw))
-
     def _succeeded(
         self, i: int, task: Task, attempt: int, started: float, finished: float, out: Any
     ) -> int | None:
@@ -358,53 +333,6 @@ class Run(LaneDriver, CoroutineLanes):
             except BaseException as exc:  # observers already saw this attempt once
                 failed = failure(task, exc, attempt, started, finished)
                 return self._failed(i, task, failed, after=False)
-        return self._finish(i, outcome)
-
-    def _announce_retry(
-        self, i: int, task: Task, outcome: TaskOutcome, decision: RetryDecision
-    ) -> TaskOutcome:
-        """A retry follows the failed attempt ``outcome``: tell observers and hooks."""
-        outcome = outcome.replace(final=False)
-        assert outcome.error is not None
-        for ob in self.observers:
-            ob.attempt_failed(self, i, outcome.attempt, outcome.error, decision)
-        if self.h_after:
-            self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
-        if self.events:
-            self._log(
-                "task.retry_scheduled",
-                task=task.name,
-                attempt=outcome.attempt,
-                delay=decision.delay,
-                error=type(outcome.error).__name__,
-            )
-        return outcome
-
-    def _retry_decision(self, task: Task, outcome: TaskOutcome) -> RetryDecision | None:
-        if not self.h_error or self.stopping:
-            return None
-        return self.hooks.on_task_error(task=task, run=self.ctx, outcome=outcome)
-
-    def _decided(self, i: int, task: Task, status: Status) -> int | None:
-        """Finish a task that never runs (skipped, upstream_failed, cancelled)."""
-        outcome = TaskOutcome(task=task.name, status=status, attempt=0)
-        if self.h_after:
-            try:
-                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
-            except BaseException as exc:
-                now = time.time()
-                return self._failed(i, task, failure(task, exc, 0, now, now), after=False)
-        return self._finish(i, outcome)
-
-    def _failed(
-        self, i: int, task: Task, outcome: TaskOutcome, *, after: bool = True
-    ) -> int | None:
-        """Finish a task whose last attempt (or whose refusal) is ``outcome``."""
-        if self.h_after and after:
-            try:
-                self.hooks.after_task(task=task, run=self.ctx, outcome=outcome)
-            except BaseException:
-                pass  # the task already failed; its own error is the one to report
         return self._finish(i, outcome)
 
     def _finish(self, i: int, outcome: TaskOutcome, *, resumed: bool = False) -> int | None:
@@ -552,7 +480,3 @@ class Run(LaneDriver, CoroutineLanes):
         log = self.ctx.log
         if log is not None:
             log.info(event, **kw)
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)

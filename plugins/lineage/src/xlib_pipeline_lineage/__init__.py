@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
         task_run_id,
     )
     from ._graph import read_events, run_events, to_mermaid
-    from ._plugin import LINEAGE_RUN, LineagePlugin
+    from ._plugin import LineagePlugin
+    from ._run_state import LINEAGE_RUN
 
 _LAZY = {
     "CLASSIFICATION_FACET": "._events",
@@ -35,7 +36,7 @@ _LAZY = {
     "read_events": "._graph",
     "run_events": "._graph",
     "to_mermaid": "._graph",
-    "LINEAGE_RUN": "._plugin",
+    "LINEAGE_RUN": "._run_state",
     "LineagePlugin": "._plugin",
 }
 
