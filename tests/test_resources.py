@@ -268,6 +268,31 @@ def test_known_gap_to_the_best_list_schedule() -> None:
     assert (simulate_ours(*inst), best) == (3, 2)
 
 
+def test_makespan_within_1_1x_of_the_best_on_almost_every_instance() -> None:
+    """The issue's 1.1x, measured over a seeded sample instead of every instance.
+
+    The rule exceeds 1.1x the brute-force best on a few instances (see the test above); this
+    holds how often. On this sample it does on 6 of 300 (worst 1.33x); the same rule without
+    its critical-path priority (every height equal) does on 20, so a regression fails here.
+    docs/resources.md gives the rate over 10,000 instances.
+    """
+    rng = random.Random(20261202)
+    over = []
+    for _ in range(300):
+        n = rng.randint(2, 6)
+        preds = [sorted(rng.sample(range(i), min(i, rng.randint(0, 2)))) for i in range(n)]
+        cap = rng.randint(1, 5)
+        needs = [rng.randint(0, cap) for _ in range(n)]
+        best = min(
+            list_schedule(n, preds, needs, cap, order) for order in itertools.permutations(range(n))
+        )
+        ours = simulate_ours(n, preds, needs, cap)
+        assert best <= ours <= 2 * best
+        if ours > 1.1 * best:
+            over.append((n, preds, needs, cap, ours, best))
+    assert len(over) <= 8, over  # <= 2.7 %
+
+
 def test_unused_budget_costs_nothing() -> None:
     p = Pipeline("plain")
     p.add_task("a", lambda: 1)
