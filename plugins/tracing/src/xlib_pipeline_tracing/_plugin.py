@@ -15,7 +15,6 @@ spans user code opens nest under the task span.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -24,17 +23,24 @@ from typing import Any
 from xlib_pipeline import ConfigKey, check_keys, hookimpl
 
 _OTEL: Any = None
+# The three calls a task scope makes, bound once the API is imported (see _otel).
+_attach: Any = None
+_detach: Any = None
+_in_context: Any = None
 
 
 def _otel() -> Any:
     """The OpenTelemetry API, imported on first use (an installed, unconfigured plugin must
     not pay for it on every PipelineManager()); later calls are one global read."""
-    global _OTEL
+    global _OTEL, _attach, _detach, _in_context
     if _OTEL is None:
         import opentelemetry.context
         import opentelemetry.propagate
         import opentelemetry.trace
 
+        _attach = opentelemetry.context.attach
+        _detach = opentelemetry.context.detach
+        _in_context = opentelemetry.trace.set_span_in_context
         _OTEL = opentelemetry
     return _OTEL
 
@@ -64,21 +70,6 @@ def settings(value: Any) -> dict[str, Any] | None:
     }
 
 
-class _Current:
-    """Attach an OpenTelemetry context for the body's duration (cheaper than use_span)."""
-
-    __slots__ = ("ctx", "token")
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    def __enter__(self) -> None:
-        self.token = _OTEL.context.attach(self.ctx)
-
-    def __exit__(self, *exc: object) -> None:
-        _OTEL.context.detach(self.token)
-
-
 def _recording() -> bool:
     """Whether the global tracer provider records spans (an SDK is configured)."""
     provider = _otel().trace.get_tracer_provider()
@@ -88,22 +79,31 @@ def _recording() -> bool:
 
 
 class SpanScope:
-    """The task span as a task scope: used directly in the driver; pickled (into a worker
-    process or a Dask worker) as its W3C trace context, attached there."""
+    """The task span as a task scope, and its own context manager (one object per attempt):
+    in the driver it makes the span current around the body (``context.attach`` of
+    ``trace.set_span_in_context(span)``, detached on the way out: cheaper than
+    ``use_span``, and the plugin records errors itself, class and redacted message, no stack
+    trace); pickled (into a worker process or a Dask worker) it travels as its W3C trace
+    context, attached there."""
 
-    __slots__ = ("carrier", "span")
+    __slots__ = ("carrier", "span", "token")
 
     def __init__(self, span: Any) -> None:
         self.span = span
         self.carrier: dict[str, str] | None = None
 
-    def __call__(self) -> contextlib.AbstractContextManager[Any]:
-        otel = _otel()
-        if self.span is not None:
-            # Only makes the span current: the plugin records errors itself (class and
-            # redacted message, no stack trace).
-            return _Current(otel.trace.set_span_in_context(self.span))
-        return _Current(otel.propagate.extract(self.carrier or {}))
+    def __call__(self) -> SpanScope:
+        return self
+
+    def __enter__(self) -> None:
+        span = self.span
+        if span is not None:
+            self.token = _attach(_in_context(span))
+        else:
+            self.token = _attach(_OTEL.propagate.extract(self.carrier or {}))
+
+    def __exit__(self, *exc: object) -> None:
+        _detach(self.token)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.span is None:  # already a carrier (pickled again on its way)
@@ -114,9 +114,38 @@ class SpanScope:
 
 
 def _from_carrier(carrier: dict[str, str]) -> SpanScope:
+    _otel()  # a worker process imports the API here, before the scope is entered
     scope = SpanScope(None)
     scope.carrier = carrier
     return scope
+
+
+class _RunTrace:
+    """One run's tracing state, found by run id once per hook call: the run span, its
+    context (the parent of every task span), the open task spans and the attempts that had
+    a span, by task name. Only the lane running a task touches its entries, one attempt at
+    a time, so no lock."""
+
+    __slots__ = ("ctx", "open", "per_task_tenant", "pipeline", "span", "spanned", "tenant")
+
+    def __init__(self, span: Any, ctx: Any, run: Any) -> None:
+        self.span = span
+        self.ctx = ctx
+        self.pipeline: str = run.pipeline.name
+        self.tenant: str | None = run.tenant_id
+        #: Whether a task sets its own ``tenant_id`` (else every task runs for the run's).
+        self.per_task_tenant = any("tenant_id" in t.options for t in run.tasks)
+        self.open: dict[str, Any] = {}
+        #: task name -> the last attempt that has a span, kept from a retried attempt's end
+        #: to the task's final outcome (a first attempt that is also the last: no entry).
+        self.spanned: dict[str, int] = {}
+
+    def attrs(self, task: Any, run: Any, attempt: int) -> dict[str, Any]:
+        tenant = run.tenant_of(task) if self.per_task_tenant else self.tenant
+        attrs = {"xlib.pipeline": self.pipeline, "xlib.task": task.name, "xlib.attempt": attempt}
+        if tenant:
+            attrs["xlib.tenant"] = tenant
+        return attrs
 
 
 class TracingPlugin:
@@ -128,10 +157,7 @@ class TracingPlugin:
         self.settings: dict[str, Any] | None = None
         self.tracer: Any = None
         self._manager: Any = None
-        self._runs: dict[str, Any] = {}
-        self._parents: dict[str, Any] = {}
-        self._tasks: dict[tuple[str, str], Any] = {}
-        self._attempts: dict[tuple[str, str], int] = {}
+        self._runs: dict[str, _RunTrace] = {}
         self._lock = threading.Lock()
         self._registered = False
 
@@ -205,12 +231,11 @@ class TracingPlugin:
         span = self.tracer.start_span(
             f"pipeline {run.pipeline.name}", kind=_otel().trace.SpanKind.INTERNAL, attributes=attrs
         )
-        self._runs[run.run_id] = span
-        self._parents[run.run_id] = _otel().trace.set_span_in_context(span)
+        self._runs[run.run_id] = _RunTrace(span, _otel().trace.set_span_in_context(span), run)
 
     def after_pipeline(self, run: Any, result: Any) -> None:
-        span = self._runs.pop(run.run_id, None)
-        self._parents.pop(run.run_id, None)
+        st = self._runs.pop(run.run_id, None)
+        span = st.span if st is not None else None
         if span is None and not _recording():
             return
         if span is None:  # refused before it started: a span says so
@@ -223,43 +248,7 @@ class TracingPlugin:
             self._error(span, result.error, run.tenant_id)
         span.end()
 
-    def task_started(self, task: Any, run: Any) -> Any:
-        """Start the span of a task attempt (from ``task_scope``, in the lane, just before
-        the body); ``None`` when the run has no span."""
-        ctx = self._parents.get(run.run_id)
-        if ctx is None:
-            return None
-        key = (run.run_id, task.name)
-        # No lock: only the lane running this task touches its key, one attempt at a time.
-        attempt = self._attempts.get(key, 0) + 1
-        self._attempts[key] = attempt
-        attrs = {
-            "xlib.pipeline": run.pipeline.name,
-            "xlib.task": task.name,
-            "xlib.attempt": attempt,
-        }
-        tenant = run.tenant_of(task)
-        if tenant:
-            attrs["xlib.tenant"] = tenant
-        span = self.tracer.start_span(f"task {task.name}", context=ctx, attributes=attrs)
-        self._tasks[key] = span
-        return span
-
-    def task_ended(self, task: Any, run: Any, outcome: Any) -> None:
-        key = (run.run_id, task.name)
-        span = self._tasks.pop(key, None)
-        status = outcome.status.value
-        if span is None:
-            self._span_after(task, run, outcome, key, status)
-            return
-        if outcome.final:
-            self._attempts.pop(key, None)
-        span.set_attribute("xlib.status", status if outcome.final else "retrying")
-        if status == "failed":
-            self._error(span, outcome.error, run.tenant_of(task))
-        span.end()
-
-    def _span_after(self, task: Any, run: Any, outcome: Any, key: Any, status: str) -> None:
+    def _span_after(self, task: Any, run: Any, outcome: Any, st: _RunTrace) -> None:
         """Record a whole attempt span when it ends, with the attempt's own start and end
         times: every attempt without ``propagate`` (no per-task hook but ``after_task``), and
         with it the attempts no ``task_scope`` started (``async def`` bodies, attempts
@@ -268,36 +257,30 @@ class TracingPlugin:
         attempt = outcome.attempt
         if attempt < 1 or outcome.started is None:
             return
-        done = self._attempts.pop(key, 0) if outcome.final else self._attempts.get(key, 0)
+        name = task.name
+        spanned = st.spanned
+        done = spanned.pop(name, 0) if outcome.final else spanned.get(name, 0)
         if attempt <= done:
             return  # that attempt has its span (a refusal reports the attempt before it)
         if not outcome.final:
-            self._attempts[key] = attempt
-        ctx = self._parents.get(run.run_id)
-        if ctx is None:
-            return
-        attrs = {
-            "xlib.pipeline": run.pipeline.name,
-            "xlib.task": task.name,
-            "xlib.attempt": attempt,
-            "xlib.status": status if outcome.final else "retrying",
-        }
-        tenant = run.tenant_of(task)
-        if tenant:
-            attrs["xlib.tenant"] = tenant
+            spanned[name] = attempt
+        status = outcome.status._value_
+        attrs = st.attrs(task, run, attempt)
+        attrs["xlib.status"] = status if outcome.final else "retrying"
         span = self.tracer.start_span(
-            f"task {task.name}",
-            context=ctx,
+            "task " + name,
+            context=st.ctx,
             attributes=attrs,
             start_time=int(outcome.started * 1e9),
         )
         if status == "failed":
-            self._error(span, outcome.error, tenant)
+            self._error(span, outcome.error, run.tenant_of(task))
         span.end(end_time=int((outcome.finished or time.time()) * 1e9))
 
     def span_of(self, run_id: str, task: str) -> Any:
         """The open span of a task attempt (``None`` when none is open)."""
-        return self._tasks.get((run_id, task))
+        st = self._runs.get(run_id)
+        return st.open.get(task) if st is not None else None
 
 
 class _RunSpans:
@@ -327,10 +310,29 @@ class _TaskSpans:
 
     def __init__(self, plugin: TracingPlugin) -> None:
         self.plugin = plugin
+        self.runs = plugin._runs
 
     @hookimpl
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
-        self.plugin.task_ended(task, run, outcome)
+        st = self.runs.get(run.run_id)
+        if st is None:
+            return
+        name = task.name
+        span = st.open.pop(name, None)
+        if span is None:
+            self.plugin._span_after(task, run, outcome, st)
+            return
+        status = outcome.status._value_
+        if outcome.final:
+            if st.spanned:
+                st.spanned.pop(name, None)
+            span.set_attribute("xlib.status", status)
+        else:
+            st.spanned[name] = outcome.attempt  # the next attempt's number follows it
+            span.set_attribute("xlib.status", "retrying")
+        if status == "failed":
+            self.plugin._error(span, outcome.error, run.tenant_of(task))
+        span.end()
 
 
 class _Propagation:
@@ -339,8 +341,19 @@ class _Propagation:
 
     def __init__(self, plugin: TracingPlugin) -> None:
         self.plugin = plugin
+        self.runs = plugin._runs
 
     @hookimpl
     def task_scope(self, task: Any, run: Any) -> SpanScope | None:
-        span = self.plugin.task_started(task, run)
-        return SpanScope(span) if span is not None else None
+        st = self.runs.get(run.run_id)
+        if st is None:
+            return None  # the run has no span (no SDK when it started)
+        name = task.name
+        attempt = st.spanned.get(name, 0) + 1
+        tenant = run.tenant_of(task) if st.per_task_tenant else st.tenant
+        attrs = {"xlib.pipeline": st.pipeline, "xlib.task": name, "xlib.attempt": attempt}
+        if tenant:
+            attrs["xlib.tenant"] = tenant
+        span = self.plugin.tracer.start_span("task " + name, context=st.ctx, attributes=attrs)
+        st.open[name] = span
+        return SpanScope(span)
