@@ -23,7 +23,12 @@ from xlib_pipeline import (
     PipelineManager,
     Status,
 )
-from xlib_pipeline._cache import function_fingerprint, value_fingerprint
+from xlib_pipeline._cache import (
+    CachePolicy,
+    cache_key,
+    function_fingerprint,
+    value_fingerprint,
+)
 
 
 def store_cfg(tmp: Path, **extra: Any) -> dict[str, Any]:
@@ -197,6 +202,61 @@ def test_never_a_stale_output(inputs: list[int], variant: int) -> None:
             p.add_task("f", make_fn(factor, 0, 0, _helper), depends_on=["src"], cache=True)
             r = pm.execute_pipeline(p)
             assert r.final_result == (value + 1) * factor
+
+
+def _key_from_scratch(
+    policy: CachePolicy, tenant: str | None, pipeline: str, task: str, args: Any, params: str
+) -> str:
+    """The documented key, hashed from nothing (no kept prefix)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in ("xlib-cache-1", tenant or "", pipeline, task, policy.version, params):
+        h.update(part.encode() + b"\x1f")
+    if policy.key_fn is not None:
+        h.update(b"U" + bytes.fromhex(value_fingerprint(policy.key_fn(*args))))
+    else:
+        h.update(policy.code.encode())
+        h.update(b"I" + bytes.fromhex(value_fingerprint(args)))
+    return h.hexdigest()
+
+
+_PLAIN = st.recursive(
+    st.none() | st.integers() | st.text(max_size=5) | st.floats(allow_nan=False),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, "acme", "globex"]),
+            st.sampled_from(["p", "q"]),
+            st.sampled_from(["a", "b"]),
+            _PLAIN,
+            st.sampled_from(["", "f00d"]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_kept_key_prefix_gives_the_documented_key(calls: list[Any], user_key: bool) -> None:
+    """A policy keeps the hash state before the inputs per (tenant, pipeline, task, params)
+    and copies it: every key equals the one hashed from scratch, in any order of calls and
+    past the bound on kept prefixes (tenants, tasks and params never leak into another's)."""
+    policy = CachePolicy(
+        ttl=None,
+        version="v2",
+        key_fn=(lambda *a: repr(a)) if user_key else None,
+        code=function_fingerprint(_calls_helper),
+    )
+    for tenant, pipeline, task, value, params in calls:
+        kept = cache_key(
+            policy, tenant=tenant, pipeline=pipeline, task=task, args=(value,), params=params
+        )
+        assert kept == _key_from_scratch(policy, tenant, pipeline, task, (value,), params)
 
 
 @given(st.lists(st.sampled_from(["acme", "globex", "initech"]), min_size=2, max_size=5))

@@ -181,6 +181,25 @@ class CachePolicy:
     version: str
     key_fn: Callable[..., Any] | None
     code: str
+    #: (tenant, pipeline, task, params) -> the key's hash state before the inputs: every
+    #: part but the inputs, hashed once and copied per key (a few per task: see _PREFIXES).
+    prefixes: dict[tuple[str, str, str, str], Any] = attrs.field(
+        factory=dict, eq=False, repr=False
+    )
+
+
+#: Prefixes kept per task policy; more (a param that changes every run) start over.
+_PREFIXES = 16
+
+
+def _prefix(policy: CachePolicy, tenant: str, pipeline: str, task: str, params: str) -> Any:
+    """The hash state of a key before its inputs (see :func:`cache_key`)."""
+    h = hashlib.sha256()
+    for part in ("xlib-cache-1", tenant, pipeline, task, policy.version, params):
+        h.update(part.encode() + b"\x1f")
+    if policy.key_fn is None:
+        h.update(policy.code.encode())
+    return h
 
 
 def cache_key(
@@ -192,10 +211,19 @@ def cache_key(
     args: tuple[Any, ...],
     params: str,
 ) -> str:
-    """The entry key for one execution of a task."""
-    h = hashlib.sha256()
-    for part in ("xlib-cache-1", tenant or "", pipeline, task, policy.version, params):
-        h.update(part.encode() + b"\x1f")
+    """The entry key for one execution of a task: SHA-256 over the tenant, pipeline, task,
+    ``cache_version`` and params (each ``\\x1f``-terminated), then the code fingerprint and
+    the input fingerprint (``I`` + digest), or ``U`` + the digest of ``cache_key=``'s value.
+    The state before the inputs is kept on the policy and copied (it is the same for every
+    run of the plan under one tenant and params)."""
+    at = (tenant or "", pipeline, task, params)
+    prefixes = policy.prefixes
+    base = prefixes.get(at)
+    if base is None:
+        if len(prefixes) >= _PREFIXES:
+            prefixes.clear()
+        base = prefixes[at] = _prefix(policy, *at)
+    h = base.copy()
     if policy.key_fn is not None:
         try:
             user = policy.key_fn(*args)
@@ -205,7 +233,6 @@ def cache_key(
             ) from exc
         h.update(b"U" + _digest(user))
     else:
-        h.update(policy.code.encode())
         try:
             h.update(b"I" + _digest(args))
         except Unhashable as exc:
