@@ -183,9 +183,7 @@ class CachePolicy:
     code: str
     #: (tenant, pipeline, task, params) -> the key's hash state before the inputs: every
     #: part but the inputs, hashed once and copied per key (a few per task: see _PREFIXES).
-    prefixes: dict[tuple[str, str, str, str], Any] = attrs.field(
-        factory=dict, eq=False, repr=False
-    )
+    prefixes: dict[tuple[str, str, str, str], Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 #: Prefixes kept per task policy; more (a param that changes every run) start over.
