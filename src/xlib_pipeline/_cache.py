@@ -239,7 +239,8 @@ def cache_key(
                 "give cache_key= a function of the inputs returning a hashable value",
                 task=task,
             ) from None
-    return h.hexdigest()
+    key: str = h.hexdigest()
+    return key
 
 
 def cache_ref(key: str, pipeline: str, task: str, tenant: str | None) -> PayloadRef:
