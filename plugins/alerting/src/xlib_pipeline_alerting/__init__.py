@@ -4,9 +4,29 @@ See docs/monitoring.md."""
 
 from __future__ import annotations
 
-from ._channels import Alert, DeliveryError, alertmanager_payload, webhook_payload
-from ._plugin import AlertingPlugin, FiringState, TaskWatcher
-from ._settings import RULES, TASK_RULES, AlertingSettings, Channel, Rule, settings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._channels import Alert, DeliveryError, alertmanager_payload, webhook_payload
+    from ._plugin import AlertingPlugin, FiringState, TaskWatcher
+    from ._settings import RULES, TASK_RULES, AlertingSettings, Channel, Rule, settings
+
+_LAZY = {
+    "Alert": "._channels",
+    "DeliveryError": "._channels",
+    "alertmanager_payload": "._channels",
+    "webhook_payload": "._channels",
+    "AlertingPlugin": "._plugin",
+    "FiringState": "._plugin",
+    "TaskWatcher": "._plugin",
+    "RULES": "._settings",
+    "TASK_RULES": "._settings",
+    "AlertingSettings": "._settings",
+    "Channel": "._settings",
+    "Rule": "._settings",
+    "settings": "._settings",
+}
 
 __version__ = "0.1.0"
 
@@ -26,3 +46,14 @@ __all__ = [
     "settings",
     "webhook_payload",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Entry points load this package on every PipelineManager(): its submodules (attrs
+    # settings, channels) are imported when a name is first used, not before.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

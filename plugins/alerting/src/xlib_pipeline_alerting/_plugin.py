@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     CliCommand,
@@ -30,12 +30,29 @@ from xlib_pipeline import (
     hookimpl,
 )
 
-from ._channels import Alert
-from ._sender import ChannelSender
-from ._settings import AlertingSettings, Rule, settings
+if TYPE_CHECKING:  # pragma: no cover
+    from ._channels import Alert
+    from ._sender import ChannelSender
+    from ._settings import AlertingSettings, Rule
+
+# The entry point loads this module on every PipelineManager(): the settings (attrs
+# classes) and channel modules are imported when ``alerting`` is configured or used.
 
 _log = logging.getLogger("xlib_pipeline.alerting")
 MAX_MESSAGE = 500
+
+
+def _settings(value: Any) -> AlertingSettings | None:
+    """The ``alerting`` converter (imports the settings module on first use)."""
+    from ._settings import settings
+
+    return settings(value)
+
+
+def _alert(**fields: Any) -> Alert:
+    from ._channels import Alert
+
+    return Alert(**fields)
 
 
 def _error_parts(err: BaseException | None) -> tuple[str | None, str]:
@@ -167,7 +184,7 @@ class AlertingPlugin:
         return (
             ConfigKey(
                 name="alerting",
-                convert=settings,
+                convert=_settings,
                 doc="Alerts: {channels: [webhook|alertmanager|email ...], rules: [...], "
                 "queue_size, max_attempts, backoff_seconds, max_backoff_seconds, "
                 "timeout_seconds, flush_timeout_seconds, hold_seconds, state_file, labels, "
@@ -188,6 +205,8 @@ class AlertingPlugin:
             return
         self.settings = s
         self._manager = weakref.ref(manager)
+        from ._sender import ChannelSender
+
         self.senders = {c.name: ChannelSender(c, s) for c in s.channels}
         path = Path(s.state_file).expanduser() if s.state_file else data_dir() / "alerting.json"
         self.state = FiringState(path)
@@ -249,7 +268,7 @@ class AlertingPlugin:
         s = self.settings
         assert s is not None and self.state is not None
         fields["message"] = self.redact(fields.get("message") or "", fields.get("tenant"))
-        alert = Alert(
+        alert = _alert(
             rule=rule.on, severity=rule.severity, time=time.time(), labels=dict(s.labels), **fields
         )
         if s.resolve:
@@ -324,7 +343,7 @@ class AlertingPlugin:
             return
         for a in firing:
             self.dispatch(
-                Alert(
+                _alert(
                     rule=a["rule"],
                     pipeline=pipeline,
                     status="resolved",

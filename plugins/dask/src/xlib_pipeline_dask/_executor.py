@@ -22,7 +22,6 @@ from xlib_pipeline import (
     Isolation,
     ResourceError,
     RunContext,
-    StashKey,
     Task,
     call_body,
     call_with_timeout,
@@ -32,6 +31,7 @@ from xlib_pipeline import (
 
 from ._futures import gather_all, wait_all, wait_one, windowed
 from ._outputs import ClusterOutput, RemoteResult, unwrap
+from ._plugin import STASH as STASH  # the key lives beside the hooks that read it
 from ._remote import RemoteCall, by_value, by_value_modules
 from ._settings import DistributeSpec
 
@@ -55,10 +55,6 @@ class DaskRun:
     def spec(self, task: Task) -> tuple[DistributeSpec | None, int | None]:
         """``(distribute spec, map index)`` of ``task``."""
         return self.specs.get(task.name, (None, None))
-
-
-#: ``run.stash`` key of the per-run state.
-STASH: StashKey[DaskRun] = StashKey("dask")
 
 
 class DaskExecutor:

@@ -20,22 +20,45 @@ from xlib_pipeline import (
     ExecutorSpec,
     RunContext,
     RunOption,
+    StashKey,
     TaskOption,
     boolean,
     hookimpl,
     outputs_read_in_driver,
 )
 
-from ._executor import STASH, DaskExecutor, DaskRun
-from ._local_map import LocalMapExecutor
-from ._settings import (
-    DaskSettings,
-    DistributeSpec,
-    cluster_type,
-    distribute_spec,
-    map_index,
-    settings_section,
-)
+# The entry point loads this module on every PipelineManager(): the executor and settings
+# modules (attrs classes) are imported when a key is given or a run is distributed.
+
+
+def _settings_section(value: Any) -> DaskSettings:
+    from ._settings import settings_section
+
+    return settings_section(value)
+
+
+def _cluster_type(value: Any) -> str:
+    from ._settings import cluster_type
+
+    return str(cluster_type(value))
+
+
+def _distribute_spec(value: Any) -> DistributeSpec:
+    from ._settings import distribute_spec
+
+    return distribute_spec(value)
+
+
+def _map_index(value: Any) -> int:
+    from ._settings import map_index
+
+    return map_index(value)
+
+
+def _local_map(manager: Any) -> Any:
+    from ._local_map import LocalMapExecutor
+
+    return LocalMapExecutor(manager)
 
 
 def _raw_get(raw: Mapping[str, Any], dotted: str) -> Any:
@@ -49,6 +72,11 @@ def _raw_get(raw: Mapping[str, Any], dotted: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle
+    from ._executor import DaskExecutor, DaskRun
+    from ._settings import DaskSettings, DistributeSpec
+
+#: ``run.stash`` key of the per-run state.
+STASH: StashKey[DaskRun] = StashKey("dask")
 
 
 class DaskPlugin:
@@ -57,7 +85,7 @@ class DaskPlugin:
     name = "dask"
 
     def __init__(self) -> None:
-        self.settings = DaskSettings()
+        self._settings: DaskSettings | None = None
         self.mode = False
         self.cluster_type = "local"
         # The ClusterHandle is built on first use: its module imports asyncio and the
@@ -78,7 +106,7 @@ class DaskPlugin:
         return (
             ConfigKey(
                 name="distributed",
-                convert=settings_section,
+                convert=_settings_section,
                 doc="Dask cluster: {address, n_workers, threads_per_worker, worker_class, "
                 "memory_limit, security, lanes, scope, startup_timeout, death_timeout, "
                 "dashboard, minimum_workers, maximum_workers}. No address: a local cluster of "
@@ -93,7 +121,7 @@ class DaskPlugin:
             ),
             ConfigKey(
                 name="cluster_type",
-                convert=cluster_type,
+                convert=_cluster_type,
                 default="local",
                 doc="'local' (start a local cluster), 'dask' (connect to distributed.address "
                 "or $XLIB_PIPELINE_DASK_ADDRESS) or 'kubernetes' (the address the rendered "
@@ -116,13 +144,13 @@ class DaskPlugin:
         return (
             TaskOption(
                 name="distribute",
-                convert=distribute_spec,
+                convert=_distribute_spec,
                 doc="Set by Pipeline.distribute_across_nodes(parallelism=..., map_over=..., "
                 "keep_remote=...): mark a task for the cluster.",
             ),
             TaskOption(
                 name="map_over",
-                convert=map_index,
+                convert=_map_index,
                 doc="Index of the upstream argument holding a list: the task runs once per "
                 "item (one Dask task each) and returns the results in order.",
             ),
@@ -133,22 +161,27 @@ class DaskPlugin:
         return (
             ExecutorSpec(
                 name="dask",
-                factory=lambda manager: DaskExecutor(self.handle, self.settings.lanes),
+                factory=self._executor,
                 doc="Task bodies on a Dask cluster (local fresh-process workers by default).",
             ),
             ExecutorSpec(
                 name="local_map",
-                factory=LocalMapExecutor,
+                factory=_local_map,
                 doc="Non-distributed runs with map_over tasks: items in parallel on the run's "
                 "executor (up to max_workers at once), results in order.",
             ),
         )
 
+    def _executor(self, manager: Any) -> DaskExecutor:
+        from ._executor import DaskExecutor
+
+        return DaskExecutor(self.handle, self.settings.lanes)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
-        self.settings = config.get("distributed") or DaskSettings()
+        self._settings = config.get("distributed")
         self.mode = bool(config.get("distributed_mode", False))
         self.cluster_type = config.get("cluster_type", "local") or "local"
         eit = _raw_get(config.raw, "security.encryption_in_transit")
@@ -162,6 +195,16 @@ class DaskPlugin:
             resource_management=config.get("resource_management"),
             worker_resources=functools.partial(_worker_budget, config.get("resources")),
         )
+
+    @property
+    def settings(self) -> DaskSettings:
+        """The ``distributed`` section (its defaults when not configured)."""
+        found = self._settings
+        if found is None:
+            from ._settings import DaskSettings
+
+            found = self._settings = DaskSettings()
+        return found
 
     @property
     def handle(self) -> ClusterHandle:
@@ -187,6 +230,7 @@ class DaskPlugin:
         if found is not None and found[0] is run.tasks:
             return found[1]
         specs: dict[str, tuple[DistributeSpec | None, int | None]] = {}
+        distribute_spec, map_index = _distribute_spec, _map_index
         for t in run.tasks:
             raw = t.options.get("distribute")
             mo = t.options.get("map_over")
@@ -206,6 +250,8 @@ class DaskPlugin:
         on = opt if opt is not None else (self.mode or run.executor == "dask")
         specs = self._specs(run)
         if on:
+            from ._executor import DaskRun
+
             marked_only = self.settings.scope == "marked"
             run.stash[STASH] = DaskRun(
                 distributed=True,
@@ -217,6 +263,8 @@ class DaskPlugin:
             return "dask"
         inner = _local_default(run) if run.executor == "dask" else run.executor
         if any(index is not None for _, index in specs.values()):
+            from ._executor import DaskRun
+
             # distributed=False wins over executor="dask"
             run.stash[STASH] = DaskRun(distributed=False, inner=inner, specs=specs)
             return "local_map"

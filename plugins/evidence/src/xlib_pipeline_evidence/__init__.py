@@ -12,7 +12,6 @@ See docs/plugins/evidence.md.
 from __future__ import annotations
 
 import importlib
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,6 +67,8 @@ __version__ = "0.1.0"
 
 def predicate_schema() -> str:
     """The JSON Schema (draft 2020-12) of the run predicate, as shipped in the package."""
+    from importlib import resources  # tempfile, shutil ...: only when asked
+
     from ._predicate import SCHEMA_FILE
 
     return resources.files(__name__).joinpath("schemas", SCHEMA_FILE).read_text()

@@ -13,13 +13,14 @@ import json
 import os
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xlib_pipeline import (
@@ -171,6 +172,8 @@ class _Signer:
         job = _Job(manager, run.run_id, functions, sections, order)
         with self._lock:
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor  # on the first signed run
+
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="xlib-evidence")
             self._pending = [f for f in self._pending if not f.done() or f.exception()]
             self._pending.append(self._pool.submit(self._sign, job))

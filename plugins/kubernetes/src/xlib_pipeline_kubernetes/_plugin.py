@@ -10,14 +10,31 @@ from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import CliCommand, ConfigKey, RenderTarget, boolean, hookimpl
 
-from ._settings import KubernetesSettings, resource_management, section
-
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
+
+    from ._settings import KubernetesSettings
+
+# The entry point loads this module on every PipelineManager(): the settings module (attrs
+# classes, ipaddress) is imported when a ``kubernetes`` key is given or a manifest rendered.
+
+
+def _section(value: Any) -> KubernetesSettings:
+    from ._settings import section
+
+    return section(value)
+
+
+def _resource_management(value: Any) -> str:
+    from ._settings import resource_management
+
+    return str(resource_management(value))
 
 
 def settings_from_config(config: Any) -> KubernetesSettings:
     """The effective settings of a manager's config (section, then top-level keys)."""
+    from ._settings import KubernetesSettings
+
     s: KubernetesSettings = config.get("kubernetes") or KubernetesSettings()
     changes: dict[str, Any] = {}
     if config.given("auto_scaling"):
@@ -143,15 +160,27 @@ class KubernetesPlugin:
     name = "kubernetes"
 
     def __init__(self) -> None:
-        self.settings = KubernetesSettings()
+        self._manager_config: Any = None
+        self._settings: KubernetesSettings | None = None
         self._config: Mapping[str, Any] = {}
+
+    @property
+    def settings(self) -> KubernetesSettings:
+        """The effective settings of the manager's config (built on first read)."""
+        if self._settings is None:
+            if self._manager_config is None:
+                from ._settings import KubernetesSettings
+
+                return KubernetesSettings()
+            self._settings = settings_from_config(self._manager_config)
+        return self._settings
 
     @hookimpl
     def register_config_keys(self) -> Iterable[ConfigKey]:
         return (
             ConfigKey(
                 name="kubernetes",
-                convert=section,
+                convert=_section,
                 doc="Deployment settings: {namespace, image, replicas, resources, autoscaling, "
                 "port, run_as_user, egress_cidrs, env, ...} (see docs/plugins/kubernetes.md).",
             ),
@@ -162,7 +191,7 @@ class KubernetesPlugin:
             ),
             ConfigKey(
                 name="resource_management",
-                convert=resource_management,
+                convert=_resource_management,
                 doc="'kubernetes': pods get resource requests and limits; 'local': requests "
                 "only (limits left to xlib-pipeline's own isolation).",
             ),
@@ -193,8 +222,11 @@ class KubernetesPlugin:
 
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
-        self.settings = settings_from_config(config)
+        self._manager_config = config
+        self._settings = None
         self._config = config.raw
+        if any(config.given(k) for k in ("kubernetes", "auto_scaling", "resource_management")):
+            self._settings = settings_from_config(config)  # a bad combination fails here
 
     def render(self, pipeline: Any, **options: Any) -> list[dict[str, Any]]:
         """This manager's manifests for ``pipeline`` (``options`` override settings).

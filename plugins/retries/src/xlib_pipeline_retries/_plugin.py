@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     ConfigKey,
@@ -26,7 +26,23 @@ from xlib_pipeline import (
     hookimpl,
 )
 
-from ._policy import RandomSource, RetryPolicy, config_section, option_value, policy_from
+if TYPE_CHECKING:  # pragma: no cover
+    from ._policy import RandomSource, RetryPolicy
+
+
+# The entry point loads this module on every PipelineManager(): the policy module (attrs
+# classes) is imported when a ``retries`` key or option is given.
+def _config_section(value: Any) -> RetryPolicy | None:
+    from ._policy import config_section
+
+    return config_section(value)
+
+
+def _option_value(value: Any) -> Any:
+    from ._policy import option_value
+
+    return option_value(value)
+
 
 # The core routes its structlog events to this stdlib logger; skip building events it drops.
 _LOGGER = logging.getLogger("xlib_pipeline")
@@ -56,7 +72,7 @@ class RetriesPlugin:
         return (
             ConfigKey(
                 name="retries",
-                convert=config_section,
+                convert=_config_section,
                 doc="{'default': policy}: the retry policy of tasks without a retries= option "
                 "(an int of retries, or a mapping of RetryPolicy fields). Unset: no retries.",
             ),
@@ -67,7 +83,7 @@ class RetriesPlugin:
         return (
             TaskOption(
                 name="retries",
-                convert=option_value,
+                convert=_option_value,
                 doc="retries=N (N retries, N+1 attempts), a RetryPolicy, or a mapping of its "
                 "fields; overrides the config default. retries=0 disables retries.",
             ),
@@ -85,6 +101,8 @@ class RetriesPlugin:
         value = task.options.get("retries")
         if value is None:
             return self.default
+        from ._policy import RetryPolicy, policy_from
+
         if isinstance(value, RetryPolicy):
             return value
         hit = self._cache.get(id(value))

@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
     CliCommand,
@@ -30,9 +30,13 @@ from xlib_pipeline import (
     with_options,
 )
 
-from ._gate import TenantGate
-from ._policy import Policy, TenantSpec, os_user, read_policy_file
-from ._runtime import Runtime
+if TYPE_CHECKING:  # pragma: no cover
+    from ._gate import TenantGate
+    from ._policy import Policy, TenantSpec
+    from ._runtime import Runtime
+
+# The entry point loads this module on every PipelineManager(): the policy (attrs classes),
+# gate and runtime modules are imported when tenancy is configured or used.
 
 ISOLATION_MODES = ("tenant", "none")
 # --- converters ---------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ class TenancyPlugin:
 
     def __init__(self) -> None:
         self.manager: Any = None
-        self.policy = Policy()
+        self._policy: Policy | None = None
         self.access_control = "none"
         self.multi_tenant = False
         self.resource_isolation = False
@@ -116,15 +120,33 @@ class TenancyPlugin:
             weakref.WeakKeyDictionary()
         )
 
+    @property
+    def policy(self) -> Policy:
+        """Tenants, roles and bindings (an empty policy when none is configured)."""
+        found = self._policy
+        if found is None:
+            from ._policy import Policy
+
+            found = self._policy = Policy()
+        return found
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self._policy = value
+
     # -- collectors --------------------------------------------------------------------------
 
     @hookimpl
     def register_config_keys(self) -> Iterable[ConfigKey]:
         def tenants(v: Mapping[str, Any]) -> None:
+            from ._policy import TenantSpec
+
             for name, spec in v.items():
                 TenantSpec.parse(str(name), spec)
 
         def roles(v: Mapping[str, Any]) -> None:
+            from ._policy import Policy
+
             Policy.parse({"roles": v})
 
         return (
@@ -261,7 +283,10 @@ class TenancyPlugin:
         self.task_permission = config.get("tenancy.task_permission") or "process_data"
         self.default_limits = config.get("tenancy.default_limits")
         base = None
+        self._policy = None
         if config.get("tenancy.policy_file"):
+            from ._policy import Policy, read_policy_file
+
             try:
                 base = Policy.parse(read_policy_file(config.get("tenancy.policy_file")))
             except ValueError as exc:
@@ -273,16 +298,19 @@ class TenancyPlugin:
             for k in ("tenants", "roles", "bindings", "principals")
             if config.get(f"tenancy.{k}") is not None
         }
-        try:
-            self.policy = Policy.parse(inline, base=base)
-        except ValueError as exc:
-            raise ConfigError(f"tenancy: {exc}", key="tenancy") from exc
+        if inline or base is not None:
+            from ._policy import Policy
+
+            try:
+                self.policy = Policy.parse(inline, base=base)
+            except ValueError as exc:
+                raise ConfigError(f"tenancy: {exc}", key="tenancy") from exc
         fair = config.get("tenancy.fair_share")
         if fair is None:
             fair = self.multi_tenant
         default_tasks = config.get("tenancy.max_concurrent_tasks")
         default_runs = config.get("tenancy.max_concurrent_runs")
-        tenants = self.policy.tenants
+        tenants: Mapping[str, TenantSpec] = self._policy.tenants if self._policy else {}
         quotas = (
             fair
             or default_tasks is not None
@@ -305,6 +333,8 @@ class TenancyPlugin:
                 if spec is not None and spec.max_concurrent_runs is not None:
                     return spec.max_concurrent_runs
                 return None if default_runs is None else int(default_runs)
+
+            from ._gate import TenantGate
 
             self.gate = TenantGate(
                 task_cap=task_cap,
@@ -336,6 +366,8 @@ class TenancyPlugin:
         with self._lock:
             if self._runtime is not None:
                 return
+            from ._runtime import Runtime
+
             runtime = Runtime(self)
             self.manager.register(runtime, name="tenancy.runtime")
             self._runtime = runtime
@@ -396,7 +428,11 @@ class TenancyPlugin:
 
     def principal_of(self, given: str | None) -> str:
         """The effective principal: the one given, else the configured default, else OS user."""
-        return given or self.default_principal or os_user()
+        if given or self.default_principal:
+            return given or self.default_principal  # type: ignore[return-value]
+        from ._policy import os_user
+
+        return os_user()
 
     def authorize(self, principal: str | None, tenant: str | None, permission: str) -> bool:
         """Whether ``principal`` holds ``permission`` on ``tenant`` (always true without RBAC)."""
