@@ -24,26 +24,36 @@ from xlib_pipeline import (
     observe_direct_calls,
 )
 
-from ._keys import refuse_unkeyed_trail
-from ._settings import (
-    DEFAULT_FILE,
-    FLAG_KEYS,
-    AuditSettings,
-    convert_section,
-    convert_task_option,
-    flag,
-    load_key,
-    os_user,
-    resolve_callable,
-)
-
 if TYPE_CHECKING:  # pragma: no cover
     from ._checkpoint import Checkpointer
     from ._recorder import Recorder
+    from ._settings import AuditSettings
     from ._trail import AuditTrail
 
-# Loaded on every PipelineManager() by its entry point: the trail writer, the recorder and
-# checkpoint signing (cryptography, rfc8785) are imported when auditing is turned on.
+# Loaded on every PipelineManager() by its entry point: the settings (attrs classes), the
+# trail writer, the recorder and checkpoint signing (cryptography, rfc8785) are imported
+# when an audit key is given or auditing is turned on.
+
+#: The top-level flags that turn the trail on (``_settings.FLAG_KEYS``; a test keeps both equal).
+FLAG_KEYS = ("audit_logging", "audit_everything")
+
+
+def _flag(name: str, value: Any) -> bool:
+    from ._settings import flag
+
+    return flag(name, value)
+
+
+def _convert_section(value: Any) -> AuditSettings:
+    from ._settings import convert_section
+
+    return convert_section(value)
+
+
+def _convert_task_option(value: Any) -> Any:
+    from ._settings import convert_task_option
+
+    return convert_task_option(value)
 
 
 class AuditPlugin:
@@ -57,7 +67,7 @@ class AuditPlugin:
 
     def __init__(self) -> None:
         self.enabled = False
-        self.settings = AuditSettings(enabled=False)
+        self._settings: AuditSettings | None = None
         self.path: Path | None = None
         self.key: bytes | None = None
         self.actor: str = ""
@@ -70,6 +80,20 @@ class AuditPlugin:
         #: Signs checkpoints of the trail's head (``audit.checkpoint_key_file``), or None.
         self.checkpointer: Checkpointer | None = None
 
+    @property
+    def settings(self) -> AuditSettings:
+        """The ``audit`` section in force (``enabled=False`` until auditing is on)."""
+        found = self._settings
+        if found is None:
+            from ._settings import AuditSettings
+
+            found = self._settings = AuditSettings(enabled=False)
+        return found
+
+    @settings.setter
+    def settings(self, value: AuditSettings) -> None:
+        self._settings = value
+
     # -- collectors -------------------------------------------------------------------------
 
     @hookimpl
@@ -80,14 +104,14 @@ class AuditPlugin:
         return (
             ConfigKey(
                 name="audit",
-                convert=convert_section,
+                convert=_convert_section,
                 doc="Audit trail settings: true, or {path, fsync: always|batch|never, "
                 "batch_size, batch_interval_ms, write_through, hmac_key_env, hmac_key_file, "
                 "actor, digests, multiprocess, max_bytes, rotate, processors, destinations, "
                 "checkpoint_key_file, checkpoints_dir, checkpoint_every}.",
             ),
             *(
-                ConfigKey(name=k, convert=functools.partial(flag, k), doc=flag_doc)
+                ConfigKey(name=k, convert=functools.partial(_flag, k), doc=flag_doc)
                 for k in FLAG_KEYS
             ),
         )
@@ -97,7 +121,7 @@ class AuditPlugin:
         return (
             TaskOption(
                 name="audit",
-                convert=convert_task_option,
+                convert=_convert_task_option,
                 doc="Audit labels for the task's records: {'operation': ..., 'tenant_id': ..., "
                 "'digests': bool}; pm.audit_log(...) sets it.",
             ),
@@ -145,10 +169,15 @@ class AuditPlugin:
             return
         if section is None and not flags:
             return
+        from ._settings import AuditSettings
+
         self.enable(manager, config, section or AuditSettings())
 
     def enable(self, manager: Any, config: Any, settings: AuditSettings) -> None:
         """Turn the trail on with ``settings`` and register the per-task recorder."""
+        from ._keys import refuse_unkeyed_trail
+        from ._settings import DEFAULT_FILE, load_key, os_user, resolve_callable
+
         self.settings = settings
         self.path = (
             Path(settings.path).expanduser().absolute()

@@ -29,14 +29,14 @@ from xlib_pipeline import (
     with_options,
 )
 
-from ._envelope import Envelope, is_shredded, key_id_of
-from ._keyring import KeyManagementService, Keyring, generate_key_file
-
 if TYPE_CHECKING:  # pragma: no cover
+    from ._envelope import Envelope
+    from ._keyring import KeyManagementService, Keyring
     from ._stream import Opener, Sealer
 
-# ._stream (cryptography's AEAD) is imported when a blob is sealed or opened: the plugin is
-# loaded by every PipelineManager() through its entry point.
+# The plugin is loaded by every PipelineManager() through its entry point: the keyring and
+# envelope modules (attrs classes) are imported when a key is configured or data sealed or
+# read, ._stream (cryptography's AEAD) when a blob is sealed or opened.
 
 #: Environment variable naming the folder of the embedded default key file.
 KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
@@ -53,6 +53,8 @@ _bool = boolean
 
 def _keyring_spec(value: Any) -> Any:
     """``{"env": VAR}``, ``{"file": PATH}``, a path string, or a KMS object."""
+    from ._keyring import KeyManagementService
+
     if isinstance(value, KeyManagementService) and not isinstance(value, Mapping):
         return value
     if isinstance(value, str | os.PathLike):
@@ -129,6 +131,8 @@ def default_keyring(*, create: bool, store: Any = None) -> Keyring | None:
     encrypted under master keys, creating a new key would hide the loss, so this refuses
     with a :class:`ConfigError` naming the key ids and the file to restore.
     """
+    from ._keyring import Keyring, generate_key_file
+
     folder = default_key_dir()
     if _inside(folder, data_dir()):
         raise ConfigError(
@@ -187,7 +191,21 @@ class EncryptionPlugin:
         #: run id -> task -> master key id of the outputs sealed in that run (evidence)
         self._seen: dict[str, dict[str, str]] = {}
         self._seen_plans: Any = None
-        self.envelope = Envelope(self.kms, per_run_keys=False)
+        self._per_run_keys = False
+        self._envelope: Envelope | None = None
+
+    @property
+    def envelope(self) -> Envelope:
+        """Seals and opens payloads under the master keys (built on first use)."""
+        found = self._envelope
+        if found is None:
+            from ._envelope import Envelope
+
+            with self._lock:
+                found = self._envelope
+                if found is None:
+                    found = self._envelope = Envelope(self.kms, per_run_keys=self._per_run_keys)
+        return found
 
     # -- collectors --------------------------------------------------------------------------
 
@@ -260,7 +278,8 @@ class EncryptionPlugin:
         self.in_transit = bool(config.get("security.encryption_in_transit"))
         self.allow_plaintext = bool(config.get("encryption.allow_plaintext_reads"))
         self._spec = config.get("encryption.keyring")
-        self.envelope = Envelope(self.kms, per_run_keys=bool(config.get("encryption.per_run_keys")))
+        self._per_run_keys = bool(config.get("encryption.per_run_keys"))
+        self._envelope = None
         self._manager_ref = weakref.ref(manager)
         if self.at_rest:  # nothing is encrypted unless runs are stored
             manager.require_store("security.encryption_at_rest")
@@ -298,11 +317,14 @@ class EncryptionPlugin:
                     new = default_keyring(create=True, store=self._store())
                     stamp = _stamp(None)
                 else:
+                    from ._keyring import Keyring
+
                     new = Keyring.load(spec)
                 assert new is not None
                 self._kms, self._kms_stamp = new, stamp
-                if old is not None and old.active_key_id != new.active_key_id:
-                    self.envelope.reset()
+                changed = old is not None and old.active_key_id != new.active_key_id
+                if changed and self._envelope is not None:
+                    self._envelope.reset()
             return self._kms
 
     @hookimpl
@@ -349,6 +371,8 @@ class EncryptionPlugin:
         if seen is not None and not resumed:
             keys = dict(sorted(seen.items()))
         stored = store.get_tasks(run_id).items() if seen is None or resumed else ()
+        from ._envelope import is_shredded, key_id_of
+
         for name, tr in sorted(stored):
             blob = tr.output
             if blob is not None and is_shredded(bytes(blob)):
@@ -382,6 +406,8 @@ class EncryptionPlugin:
             return None
         blob = self.envelope.seal(data, ref)
         if ref.kind == "output":
+            from ._envelope import key_id_of
+
             seen = self._seen.get(ref.run_id)
             if seen is not None:
                 seen[ref.task] = key_id_of(blob) or "?"

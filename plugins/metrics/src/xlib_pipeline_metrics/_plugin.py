@@ -21,10 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import ComplianceEvent, ConfigError, ConfigKey, MetricSample, Status, hookimpl
 
-from ._settings import EXAMPLE, MetricsSettings, settings
-
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
+
+    from ._settings import MetricsSettings
+
+
+def _settings(value: Any) -> MetricsSettings | None:
+    """The ``metrics`` converter: the settings module (attrs classes) is imported when the
+    key is given, not on every PipelineManager()."""
+    from ._settings import settings
+
+    return settings(value)
 
 
 def _prom() -> Any:
@@ -240,7 +248,7 @@ class MetricsPlugin:
         return (
             ConfigKey(
                 name="metrics",
-                convert=settings,
+                convert=_settings,
                 doc="Prometheus metrics: true, or {port, addr, pushgateway, job, grouping_key, "
                 "push_timeout_seconds, textfile, buckets}.",
             ),
@@ -262,6 +270,8 @@ class MetricsPlugin:
                     s.port, addr=s.addr, registry=self.registry
                 )
             except OSError as exc:
+                from ._settings import EXAMPLE
+
                 raise ConfigError(
                     f"config key 'metrics.port': cannot serve metrics on {s.addr}:{s.port}: "
                     f"{exc.strerror or exc}; choose a free port (0 picks one), e.g. {EXAMPLE}",

@@ -1,0 +1,138 @@
+"""What a cold ``PipelineManager({})`` imports with every installed plugin (issue 16 item 3).
+
+Every manager loads every installed plugin's entry point. A plugin whose config key is
+absent must cost almost nothing: its entry-point module may load, but not its settings
+(attrs classes), its runtime hooks or any heavy dependency. These tests run a fresh
+interpreter and look at ``sys.modules``; they assert no timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from xlib_pipeline._entrypoints import entry_points
+
+INSTALLED = {ep.name for ep in entry_points("xlib_pipeline")}
+
+#: Third-party and standard-library modules no unconfigured plugin may pull in.
+HEAVY = (
+    "asyncio",
+    "concurrent.futures",
+    "cryptography",
+    "dask",
+    "distributed",
+    "importlib.metadata",
+    "importlib.resources",
+    "openlineage",
+    "opentelemetry",
+    "prometheus_client",
+    "psutil",
+    "psycopg",
+    "redis",
+    "tempfile",
+    "tenacity",
+    "tornado",
+)
+
+#: The only modules of each first-party plugin an unconfigured manager may import: the
+#: package and the module of the object its entry point names.
+ALLOWED = {
+    "alerting": {"_plugin"},
+    "audit": {"_plugin"},
+    "dask": {"_plugin"},
+    "encryption": {"_plugin"},
+    "evidence": {"_plugin"},
+    "kubernetes": {"_plugin"},
+    "metrics": {"_plugin"},
+    "postgres": set(),
+    "redis": set(),
+    "retries": {"_plugin"},
+    "tenancy": {"_plugin"},
+    "tracing": {"_plugin"},
+}
+
+
+def _fresh(code: str) -> Any:
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import xlib_pipeline
+        before = set(sys.modules)
+        """
+    ) + textwrap.dedent(code)
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _loaded_after_manager(config: dict[str, Any]) -> list[str]:
+    found: list[str] = _fresh(
+        f"""
+        from xlib_pipeline import PipelineManager
+        pm = PipelineManager({config!r})
+        pm.close()
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    return found
+
+
+@pytest.fixture(scope="module")
+def cold() -> list[str]:
+    """Modules a fresh ``PipelineManager({})`` imported after ``import xlib_pipeline``."""
+    return _loaded_after_manager({})
+
+
+def test_unconfigured_manager_imports_no_heavy_module(cold: list[str]) -> None:
+    new = cold
+    heavy = [m for m in new if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert heavy == [], f"PipelineManager({{}}) imported {heavy}"
+
+
+@pytest.mark.parametrize("plugin", sorted(ALLOWED))
+def test_unconfigured_plugin_loads_only_its_entry_module(plugin: str, cold: list[str]) -> None:
+    if plugin not in INSTALLED:
+        pytest.skip(f"xlib-pipeline-{plugin} is not installed")
+    package = f"xlib_pipeline_{plugin}"
+    new = cold
+    assert package in new  # the entry point did load
+    extra = sorted(
+        m
+        for m in new
+        if m.startswith(package + ".") and m[len(package) + 1 :] not in ALLOWED[plugin]
+    )
+    assert extra == [], f"an unconfigured {plugin} plugin imported {extra}"
+
+
+def test_every_installed_plugin_is_still_registered_and_listed() -> None:
+    names: list[str] = _fresh(
+        """
+        from xlib_pipeline import PipelineManager
+        pm = PipelineManager({})
+        print(json.dumps(sorted(p.name for p in pm.plugins)))
+        """
+    )
+    assert set(names) == INSTALLED | {"core"}
+
+
+@pytest.mark.skipif("audit" not in INSTALLED, reason="xlib-pipeline-audit is not installed")
+def test_audit_flag_keys_agree() -> None:
+    from xlib_pipeline_audit import _plugin, _settings
+
+    assert _plugin.FLAG_KEYS == _settings.FLAG_KEYS
+
+
+@pytest.mark.skipif("tenancy" not in INSTALLED, reason="xlib-pipeline-tenancy is not installed")
+def test_configured_plugin_still_loads_its_settings() -> None:
+    """The lazy converters run when the key is given (and still refuse bad values)."""
+    new = _loaded_after_manager({"multi_tenant": True, "retries": {"default": 2}})
+    assert "xlib_pipeline_tenancy._policy" in new
+    if "retries" in INSTALLED:
+        assert "xlib_pipeline_retries._policy" in new
