@@ -18,6 +18,7 @@ import pytest
 
 from xlib_pipeline import PipelineManager
 from xlib_pipeline.cli import build_parser
+from xlib_pipeline.cli._parser import fill_all
 from xlib_pipeline.exceptions import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -254,7 +255,7 @@ def _walk(parser: argparse.ArgumentParser, prog: str = "xlib-pipeline"):
 
 def test_every_option_has_help():
     """Every option and argument of every command (plugins' included) has help text."""
-    parser = build_parser(PipelineManager(entry_points=True))
+    parser = fill_all(build_parser(PipelineManager(entry_points=True)))
     missing = [
         f"{prog}: {'/'.join(a.option_strings) or a.dest}"
         for prog, a in _walk(parser)

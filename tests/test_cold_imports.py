@@ -136,3 +136,60 @@ def test_configured_plugin_still_loads_its_settings() -> None:
     assert "xlib_pipeline_tenancy._policy" in new
     if "retries" in INSTALLED:
         assert "xlib_pipeline_retries._policy" in new
+
+
+def _modules_after_cli(argv: list[str]) -> list[str]:
+    found: list[str] = _fresh(
+        f"""
+        import contextlib, io
+        from xlib_pipeline.cli import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main({argv!r})
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    return found
+
+
+def test_help_imports_no_command_module() -> None:
+    """``xlib-pipeline --help`` lists every command (plugins' too) without importing their
+    modules, the streams engine (asyncio) or importlib.metadata (``--version`` only)."""
+    new = _modules_after_cli(["--help"])
+    banned = ("asyncio", "importlib.metadata", "xlib_pipeline.streams")
+    loaded = [m for m in new if any(m == b or m.startswith(b + ".") for b in banned)]
+    loaded += [
+        m for m in new if m.startswith("xlib_pipeline_") and m.endswith(("._cli", "._graph"))
+    ]
+    assert loaded == [], f"--help imported {loaded}"
+
+
+def test_chosen_command_gets_its_arguments() -> None:
+    """A plugin command's module is imported when the command is chosen, with its options."""
+    if "audit" not in INSTALLED:
+        pytest.skip("xlib-pipeline-audit is not installed")
+    new = _modules_after_cli(["audit", "verify", "--help"])
+    assert "xlib_pipeline_audit._cli" in new
+    assert "xlib_pipeline.streams" not in new
+
+
+@pytest.mark.parametrize(
+    ("plugin", "factory", "name"),
+    [
+        ("alerting", "alerts_command", "alerts"),
+        ("encryption", "keys_command", "keys"),
+        ("evidence", "evidence_command", "evidence"),
+        ("tenancy", "tenants_command", "tenants"),
+    ],
+)
+def test_declared_command_help_matches_its_module(plugin: str, factory: str, name: str) -> None:
+    """Plugins declare their command's help without importing the command's module; it
+    says what the module's own command record says."""
+    if plugin not in INSTALLED:
+        pytest.skip(f"xlib-pipeline-{plugin} is not installed")
+    import importlib
+
+    from xlib_pipeline import PipelineManager
+
+    cli = importlib.import_module(f"xlib_pipeline_{plugin}._cli")
+    declared = PipelineManager({}).cli_commands[name]
+    assert declared.help == getattr(cli, factory)().help

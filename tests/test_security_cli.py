@@ -8,6 +8,7 @@ command.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from xlib_pipeline import Pipeline, PipelineManager
 from xlib_pipeline._store import RunStore
 from xlib_pipeline.cli import build_parser, main
+from xlib_pipeline.cli._parser import fill_all
 
 pytestmark = pytest.mark.slow
 
@@ -290,11 +292,11 @@ def test_run_id_prefix_wildcards_match_literally(tmp_path):
 
 def _commands() -> dict[tuple[str, ...], list[str]]:
     """Every command path (``("runs", "list")``) with its option strings."""
-    parser = build_parser(PipelineManager(entry_points=True))
+    parser = fill_all(build_parser(PipelineManager(entry_points=True)))
     out: dict[tuple[str, ...], list[str]] = {}
 
     def walk(p: Any, path: tuple[str, ...]) -> None:
-        subs = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs and path:
             out[path] = [
                 s for a in p._actions for s in a.option_strings if s not in ("-h", "--help")

@@ -1,9 +1,15 @@
 """The argument parser: built-in commands, plugin commands and render targets, global flags
-accepted in any position, and an install hint for a plugin command that is not installed."""
+accepted in any position, and an install hint for a plugin command that is not installed.
+
+Plugin commands, render targets and ``stream`` are declared by name and help only; their
+arguments are added (and their modules imported) when the command line chooses them, so
+``xlib-pipeline --help`` and every other command never import what they do not run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from collections.abc import Callable
@@ -13,7 +19,7 @@ from .._events import LOG_FORMATS
 from .._graph import suggest
 from .._manager import PipelineManager
 from .._plugins import KNOWN_CLI_COMMANDS, KNOWN_RENDER_TARGETS, package_for
-from .._records import Status
+from .._records import CliCommand, RenderTarget, Status
 from ._commands import cmd_graph, cmd_plugins, cmd_render
 from ._run import cmd_resume, cmd_run
 from ._runs import cmd_runs
@@ -25,6 +31,63 @@ RUN_STATUSES = (*(s.value for s in Status), "interrupted")
 _INVALID_CHOICE = re.compile(r"invalid choice: (['\"])(?P<value>.*?)\1")
 
 
+#: ``stream``'s help line (its arguments come from :mod:`xlib_pipeline.streams` on use).
+STREAM_HELP = "run a pipeline over a source in micro-batches into a sink (checkpointed)"
+
+
+class LazySubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-parsers whose arguments are added when the command line chooses them.
+
+    ``lazy(name, help, fill)`` adds a sub-parser known by name and help (enough for the
+    parent's ``--help`` and "invalid choice" errors); ``fill(parser)`` adds its arguments
+    the first time the name is parsed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fills: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def lazy(
+        self, name: str, help: str, fill: Callable[[argparse.ArgumentParser], None]
+    ) -> argparse.ArgumentParser:
+        child: argparse.ArgumentParser = self.add_parser(name, help=help)
+        self.fills[name] = fill
+        return child
+
+    def fill(self, name: str) -> None:
+        """Add the arguments of sub-command ``name`` now (once)."""
+        fill = self.fills.pop(name, None)
+        if fill is not None:
+            child = self.choices[name]
+            fill(child)
+            for parser in (child, *_every_subparser(child)):
+                add_global_options(parser, sub=True)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values:
+            self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("nargs", 0)
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        parser._print_message(_version() + "\n", sys.stdout)
+        parser.exit()
+
+
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose "invalid choice" names the plugin that provides a
     command or render target which is not installed, with how to install it."""
@@ -34,6 +97,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", LazySubParsers)
         self.plugin_choices = {}
 
     def error(self, message: str) -> NoReturn:
@@ -210,10 +274,9 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
         "config file < XLIB_PIPELINE_* environment variables < flags.",
     )
     add_global_options(parser)
-    parser.add_argument(
-        "--version", action="version", version=_version(), help="print the version and exit"
-    )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    assert isinstance(sub, LazySubParsers)
 
     run = sub.add_parser("run", help="run a pipeline: FILE[:PIPELINE_OR_FACTORY]")
     run.add_argument("target", help="FILE[:NAME]: a Python file, and a pipeline or factory in it")
@@ -237,11 +300,7 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
 
     _add_runs(sub)
 
-    from ..streams._cli import add_parser as add_stream_parser
-    from ..streams._cli import cmd_stream
-
-    add_stream_parser(sub, add_config_arg)
-    sub.choices["stream"].set_defaults(func=cmd_stream)
+    sub.lazy("stream", STREAM_HELP, _fill_stream)
 
     graph = sub.add_parser("graph", help="print the DAG as Mermaid or DOT")
     graph.add_argument("target", help="FILE[:NAME]: a Python file, and a pipeline or factory in it")
@@ -257,23 +316,52 @@ def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
     targets = pm.render_targets if pm is not None else {}
     render = sub.add_parser("render", help="render deployment manifests for a pipeline")
     rsub = render.add_subparsers(dest="render_target", required=True, metavar="TARGET")
-    assert isinstance(render, Parser)
+    assert isinstance(render, Parser) and isinstance(rsub, LazySubParsers)
     render.plugin_choices = _missing(KNOWN_RENDER_TARGETS, targets, pm)
     for name, target in sorted(targets.items()):
-        tp = rsub.add_parser(name, help=target.doc or name)
-        tp.add_argument("target", help="FILE[:PIPELINE_OR_FACTORY]")
-        add_config_arg(tp)
-        tp.add_argument("-o", "--output", help="write one file per manifest into this folder")
-        if target.add_arguments is not None:
-            target.add_arguments(tp)
-        tp.set_defaults(func=cmd_render)
+        rsub.lazy(name, target.doc or name, functools.partial(_fill_render, target))
 
     commands = pm.cli_commands if pm is not None else {}
     for name, command in sorted(commands.items()):
-        cp = sub.add_parser(name, help=command.help)
-        command.add_arguments(cp)
-        cp.set_defaults(func=command.run)
+        sub.lazy(name, command.help, functools.partial(_fill_command, command))
     parser.plugin_choices = _missing(KNOWN_CLI_COMMANDS, sub.choices, pm)
     for child in _every_subparser(parser):
         add_global_options(child, sub=True)
     return parser
+
+
+def fill_all(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of every lazily declared sub-command now (docs, completion)."""
+    for action in parser._actions:
+        if isinstance(action, LazySubParsers):
+            for name in list(action.fills):
+                action.fill(name)
+            for child in dict.fromkeys(action.choices.values()):
+                fill_all(child)
+    return parser
+
+
+def _fill_stream(sp: argparse.ArgumentParser) -> None:
+    from ..streams._cli import add_parser, cmd_stream
+
+    class _Into:  # streams' add_parser adds its own sub-parser: hand it this one
+        @staticmethod
+        def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            return sp
+
+    add_parser(_Into(), add_config_arg)
+    sp.set_defaults(func=cmd_stream)
+
+
+def _fill_render(target: RenderTarget, tp: argparse.ArgumentParser) -> None:
+    tp.add_argument("target", help="FILE[:PIPELINE_OR_FACTORY]")
+    add_config_arg(tp)
+    tp.add_argument("-o", "--output", help="write one file per manifest into this folder")
+    if target.add_arguments is not None:
+        target.add_arguments(tp)
+    tp.set_defaults(func=cmd_render)
+
+
+def _fill_command(command: CliCommand, cp: argparse.ArgumentParser) -> None:
+    command.add_arguments(cp)
+    cp.set_defaults(func=command.run)

@@ -194,9 +194,14 @@ class AlertingPlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cli import alerts_command
-
-        return (alerts_command(),)
+        return (
+            CliCommand(
+                name="alerts",
+                help="alerting: send a test alert to every channel",
+                add_arguments=_cli_arguments,
+                run=_cli_run,
+            ),
+        )
 
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
@@ -477,3 +482,16 @@ class TaskWatcher:
                     error_class=cls,
                     message=msg,
                 )
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._cli import _add_arguments
+
+    _add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._cli import _run
+
+    return int(_run(args))

@@ -140,14 +140,12 @@ class AuditPlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cli import add_arguments, run
-
         return (
             CliCommand(
                 name="audit",
                 help="verify or show an audit trail",
-                add_arguments=add_arguments,
-                run=run,
+                add_arguments=_cli_arguments,
+                run=_cli_run,
             ),
         )
 
@@ -314,3 +312,16 @@ def _audit_log(plugin: AuditPlugin, *args: Any, **kwargs: Any) -> Any:
     from ._decorator import audit_log
 
     return audit_log(plugin, *args, **kwargs)
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._cli import run
+
+    return int(run(args))

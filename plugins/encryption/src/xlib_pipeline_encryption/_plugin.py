@@ -266,9 +266,14 @@ class EncryptionPlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cli import keys_command
-
-        return (keys_command(),)
+        return (
+            CliCommand(
+                name="keys",
+                help="manage encryption master keys (generate, add, list, rotate, shred)",
+                add_arguments=_cli_arguments,
+                run=_cli_run,
+            ),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -491,3 +496,16 @@ def encrypt_data(
         return with_options(f, options)
 
     return decorator(fn) if fn is not None else decorator
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._cli import _add_arguments
+
+    _add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._cli import _run
+
+    return int(_run(args))

@@ -264,9 +264,14 @@ class EvidencePlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cli import evidence_command
-
-        return (evidence_command(),)
+        return (
+            CliCommand(
+                name="evidence",
+                help="signed run evidence: keygen, build a pack, verify a pack offline",
+                add_arguments=_cli_arguments,
+                run=_cli_run,
+            ),
+        )
 
     @hookimpl
     def register_manager_decorators(self) -> Iterable[ManagerDecorator]:
@@ -331,3 +336,16 @@ def public_key_of(manager: Any) -> Any:
     if Path(file).exists():
         return _keys.load_private(file).public_key()
     return None
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._cli import _add_arguments
+
+    _add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._cli import _run
+
+    return int(_run(args))

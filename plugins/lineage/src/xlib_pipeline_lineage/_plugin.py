@@ -134,14 +134,12 @@ class LineagePlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._graph import add_arguments, run_cli
-
         return (
             CliCommand(
                 name="lineage",
                 help="show the OpenLineage graph of a run (Mermaid)",
-                add_arguments=add_arguments,
-                run=run_cli,
+                add_arguments=_cli_arguments,
+                run=_cli_run,
             ),
         )
 
@@ -296,3 +294,16 @@ class _Recorder:
                 errors=len(state.emitter.errors),
                 error=f"{type(err).__name__}: {err}",
             )
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._graph import add_arguments
+
+    add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._graph import run_cli
+
+    return int(run_cli(args))

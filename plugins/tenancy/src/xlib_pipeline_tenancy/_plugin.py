@@ -267,9 +267,14 @@ class TenancyPlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cli import tenants_command
-
-        return (tenants_command(),)
+        return (
+            CliCommand(
+                name="tenants",
+                help="inspect tenants, roles and bindings; check a principal's permission",
+                add_arguments=_cli_arguments,
+                run=_cli_run,
+            ),
+        )
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -473,3 +478,16 @@ class TenancyPlugin:
         (The process executor adds the tenant and limits to its own key as well.)
         """
         return ("tenant", tenant, limits)
+
+
+def _cli_arguments(parser: Any) -> None:
+    """The command's arguments (its module is imported when the command is chosen)."""
+    from ._cli import _add_arguments
+
+    _add_arguments(parser)
+
+
+def _cli_run(args: Any) -> int:
+    from ._cli import _run
+
+    return int(_run(args))
