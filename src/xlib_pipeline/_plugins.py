@@ -7,6 +7,7 @@ closest hook name.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import FunctionType, ModuleType
 from typing import Any
 
 import pluggy
@@ -124,16 +125,20 @@ def _plugin_dist(obj: object) -> tuple[str | None, str | None]:
 _MISSING = object()
 
 
-def _raw_attr(plugin: object, name: str) -> Any:
-    """``name`` as stored on ``plugin`` or its class, without running descriptors."""
+def _raw_attr(plugin: object, name: str) -> tuple[Any, bool]:
+    """``name`` as stored on ``plugin`` or its class, without running descriptors, and
+    whether it was found in the class of an instance (not on the plugin itself, and not
+    on a class or module registered as a plugin)."""
     own = getattr(plugin, "__dict__", None)
     if type(own) is dict and name in own:
-        return own[name]
+        return own[name], False
+    if isinstance(plugin, type | ModuleType):
+        return _MISSING, False
     for klass in type(plugin).__mro__:
         found = klass.__dict__.get(name, _MISSING)
         if found is not _MISSING:
-            return found
-    return _MISSING
+            return found, True
+    return _MISSING, False
 
 
 class PluginManager(pluggy.PluginManager):
@@ -141,26 +146,47 @@ class PluginManager(pluggy.PluginManager):
 
     pluggy inspects every name of ``dir(plugin)`` with :func:`inspect.getattr_static`;
     most names of a plugin are no hooks. Names whose stored value carries no hookimpl
-    marker are skipped here at dict-lookup speed, the others go through pluggy's own
-    checks (a third of the cost of loading every installed plugin).
+    marker are skipped here at dict-lookup speed; a marked plain function found in the
+    plugin's class (the usual hook method) gives its options as pluggy would read them;
+    anything else (instance attributes, slots, static and class methods, modules and
+    classes as plugins) goes through pluggy's own checks. The names of the hooks parsed
+    are kept for :func:`register_checked` (no walk over every hook caller afterwards).
     """
 
     def __init__(self, project_name: str) -> None:
         super().__init__(project_name)
         self._marker = project_name + "_impl"
+        #: Hook names marked on the plugin being registered (by ``register_checked``).
+        self.parsed: list[str] | None = None
+        #: Plugin name -> the hooks it implements (as registered by ``register_checked``).
+        self.hook_names: dict[str, tuple[str, ...]] = {}
         #: pluggy's own hook executor; a tracing or monitoring one installed later
         #: (``add_hookcall_monitoring``) sends the per-task hooks back through pluggy.
         self.own_hookexec = self.__dict__.get("_inner_hookexec")
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
-        raw = _raw_attr(plugin, name)
+        raw, in_class = _raw_attr(plugin, name)
+        opts: Any
         if raw is not _MISSING:
             marker = self._marker
-            if getattr(raw, marker, None) is None:
+            opts = getattr(raw, marker, None)
+            if opts is None:
                 inner = getattr(raw, "__func__", None)  # staticmethod, classmethod
                 if inner is None or getattr(inner, marker, None) is None:
                     return None
-        return super().parse_hookimpl_opts(plugin, name)
+            elif in_class and type(raw) is FunctionType:
+                # pluggy binds it to the instance and reads the marker off the function
+                opts = opts if isinstance(opts, dict) else None
+                self._note(name, opts)
+                return opts
+        opts = super().parse_hookimpl_opts(plugin, name)
+        self._note(name, opts)
+        return opts
+
+    def _note(self, name: str, opts: Any) -> None:
+        parsed = self.parsed
+        if parsed is not None and opts is not None:
+            parsed.append(opts.get("specname") or name)
 
 
 def register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -169,11 +195,25 @@ def register_checked(pm: pluggy.PluginManager, plugin: object, name: str) -> Non
     A method marked ``@hookimpl`` whose name is no hook (``befor_task``) is refused with the
     closest hook name, and the plugin is left unregistered.
     """
+    mine = pm if isinstance(pm, PluginManager) else None
+    if mine is not None:
+        mine.parsed = []
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name!r} is invalid: {exc}", plugin=name) from exc
-    unknown = sorted(hc.name for hc in pm.get_hookcallers(plugin) or () if hc.spec is None)
+    finally:
+        parsed = mine.parsed if mine is not None else None
+        if mine is not None:
+            mine.parsed = None
+    if mine is not None and parsed is not None:
+        if pm.get_plugin(name) is not plugin:  # blocked: nothing registered
+            return
+        names = sorted(set(parsed))
+        unknown = [n for n in names if getattr(getattr(pm.hook, n, None), "spec", None) is None]
+        mine.hook_names[name] = tuple(names)
+    else:
+        unknown = sorted(hc.name for hc in pm.get_hookcallers(plugin) or () if hc.spec is None)
     if unknown:
         pm.unregister(plugin)
         bad = unknown[0]
@@ -268,5 +308,9 @@ def _info(
     version: str | None = None,
     builtin: bool = False,
 ) -> PluginInfo:
-    hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
+    known = getattr(pm, "hook_names", {}).get(name)
+    if known is not None and pm.get_plugin(name) is plugin:
+        hooks = known
+    else:
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
     return PluginInfo(name=name, dist=dist, version=version, hooks=hooks, builtin=builtin)
