@@ -195,5 +195,7 @@ def render(res: dict[str, Any]) -> list[str]:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(_child(sys.argv[2])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--json":  # for _cold_ab.py
+        print(json.dumps(measure(int(sys.argv[2]) if len(sys.argv) > 2 else 5)))
     else:
         print("\n".join(render(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 5))))
