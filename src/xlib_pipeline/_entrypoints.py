@@ -114,8 +114,11 @@ def _scan(group: str) -> list[EntryPoint] | None:
                 continue
             seen.add(name)
             folder = os.path.join(root, child)
+            file = os.path.join(folder, "entry_points.txt")
+            if not os.access(file, os.F_OK):  # most have none: one syscall, no exception
+                continue
             try:
-                with open(os.path.join(folder, "entry_points.txt"), encoding="utf-8") as f:
+                with open(file, encoding="utf-8") as f:
                     text = f.read()
             except OSError:  # none (or an egg-info file): no entry points
                 continue
