@@ -270,3 +270,53 @@ def test_a_shape_refuses_keys_it_cannot_hold() -> None:
         Shape(("ключ",), {})
     with pytest.raises(ValueError, match="repeat a key"):
         Shape(("a",), {"a": "1"})
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    who=st.tuples(_values, _values, _values),
+    task=_values,
+    tenant=_values,
+    operation=st.none() | _values,
+    ts=st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{15}\+00:00\Z"),
+    seq=st.integers(1, 2**40),
+    prev=_hashes,
+)
+@example(who=("%s", "a\x03b", "\x02"), task="\x05", tenant="\x04", operation="\x02x",
+         ts="2026-12-02T15:02:45.281319+00:00", seq=1, prev=GENESIS)  # fmt: skip
+def test_the_quick_records_are_the_shapes_bytes(
+    who: tuple[Any, Any, Any],
+    task: Any,
+    tenant: Any,
+    operation: Any,
+    ts: str,
+    seq: int,
+    prev: str,
+) -> None:
+    """The two records cut once per run (``TaskRecords.quick``: a first attempt's
+    ``task.started`` and a plain success) give the general encoder's bytes, for arbitrary
+    actors, pipelines, run ids, task names, tenants and operations (sentinel characters
+    included), or the task takes the general path."""
+    records = TaskRecords(*who)
+    quick = records.quick(records.texts(task, tenant, operation))
+    if quick is None:
+        return
+    spre, fpre, mid, head, tail = quick
+    general = [
+        records.started(task, tenant, operation, None, 1, ts, None, fast=False),
+        records.finished(task, tenant, operation, None, 1, ts, "succeeded", None, None, fast=False),
+    ]
+    for pre, rec in zip((spre, fpre), general, strict=True):
+        assert isinstance(rec, dict)
+        try:
+            got: bytes | None = body_of([pre, mid, head + ts + tail], seq, prev).encode()
+        except UnicodeEncodeError:
+            got = None
+        assert got == _reference(rec, seq, prev)
+
+
+def test_common_tasks_get_quick_records() -> None:
+    records = TaskRecords("alice", "claims", "01900000-0000-7000-8000-000000000000")
+    assert records.quick(records.texts("clean", "acme", None)) is not None
+    assert records.quick(records.texts("clean", None, "read")) is not None
+    assert records.quick(records.texts({"not": "text"}, None, None)) is None

@@ -68,6 +68,97 @@ def chain_waiting(self: AuditTrail, inbox: collections.deque[Any], batch: list[C
         self._seq, self._prev = seq, prev
 
 
+def commit_waiting(self: AuditTrail, inbox: collections.deque[Any]) -> None:
+    """Chain and write every waiting record with one ``write(2)``. Holds the lock.
+
+    The hot path of :class:`._sink.GroupCommitSink`: :func:`chain_waiting` and
+    :func:`write_records` fused for the common case (pre-rendered records, no processor,
+    no destination, nothing kept from a failed write, no test hook, ``fsync`` not
+    ``always``). Anything else, or the first record that is not pre-rendered or not
+    Unicode text, goes to those two with what this loop chained so far, so the bytes, the
+    errors and the order are theirs."""
+    fd = self._fd
+    if (
+        fd is None
+        or self._processors
+        or self._destinations
+        or self._unwritten
+        or self.write_hook is not None
+        or self.fsync == "always"
+    ):
+        commit_general(self, inbox)
+        return
+    pads = self._hmac
+    seq, prev = self._seq, self._prev
+    chained: list[Chained] = []
+    while inbox:
+        rec = inbox[0]
+        if type(rec) is not list:
+            break
+        try:
+            data = (rec[0] + prev + rec[1] + str(seq + 1) + rec[2]).encode()
+        except UnicodeEncodeError:
+            break  # chain_waiting names it
+        inbox.popleft()
+        seq += 1
+        if pads is None:
+            prev = _sha256(data).hexdigest()
+        else:
+            inner = pads[0].copy()
+            inner.update(data)
+            outer = pads[1].copy()
+            outer.update(inner.digest())
+            prev = outer.hexdigest()
+        chained.append((data[:-1] + b',"hash":"' + prev.encode() + b'"}\n', None, seq, prev, rec))
+    if not chained:
+        commit_general(self, inbox)
+        return
+    self._seq, self._prev = seq, prev
+    if inbox:  # something the general path must chain: one write for all, in order
+        try:
+            chain_waiting(self, inbox, chained)
+        except BaseException:
+            write_records(self, chained)
+            raise
+        write_records(self, chained)
+        return
+    # write_records for this case: the foreign-writer check, then one write(2).
+    if os.lseek(fd, 0, os.SEEK_END) != self._size:
+        write_records(self, chained)  # it switches to flock and rechains them
+        return
+    data = b"".join([item[0] for item in chained]) if len(chained) > 1 else chained[0][0]
+    try:
+        written = os.write(fd, data)
+    except OSError as exc:  # nothing of it was written
+        self._unwritten = chained  # never dropped: written again before anything newer
+        raise _write_error(self, exc) from exc
+    if written != len(data):
+        try:
+            write_all(self, fd, data, written)
+        except BaseException:
+            self._unwritten = chained
+            raise
+    self._size += len(data)
+    self._written = (seq, prev)
+    pending = self._pending = self._pending + len(chained)
+    if self.fsync == "batch" and pending >= self.batch_size and not self._wake.is_set():
+        self._wake.set()  # the flusher syncs off the writers' path (once, not per write)
+
+
+def commit_general(self: AuditTrail, inbox: collections.deque[Any]) -> None:
+    """:func:`chain_waiting` then :func:`write_records` (records chained before one that is
+    refused are written: the chain never goes on from hashes never written)."""
+    batch: list[Chained] = []
+    try:
+        chain_waiting(self, inbox, batch)
+    except BaseException:
+        if batch:
+            write_records(self, batch)
+        raise
+    if batch or self._unwritten:
+        write_records(self, batch)
+
+
 def _not_text(self: AuditTrail, rec: Rendered, exc: Exception) -> Exception:
     from ._trail import AuditTrailError
 

@@ -18,7 +18,7 @@ from xlib_pipeline import (
 
 from ._canonical import digest
 from ._settings import error_class, now_iso
-from ._task_records import TaskRecords, TaskTexts
+from ._task_records import Quick, TaskRecords, TaskTexts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._plugin import AuditPlugin
@@ -34,16 +34,29 @@ _TERMINAL = (
     Status.FALLBACK,
 )
 
-#: What the recorder knows of a task for its records: (tenant, operation, digests, texts).
-TaskMeta = tuple[Any, Any, bool, TaskTexts]
+#: What the recorder knows of a task for its records: (tenant, operation, digests, texts,
+#: the two common records cut for this run or None).
+TaskMeta = tuple[Any, Any, bool, TaskTexts, Quick | None]
 
 
 class AuditRun:
     """Per-run constants and per-task metadata, computed once in ``before_pipeline``."""
 
-    __slots__ = ("actor", "attempts", "digests", "meta", "pipeline", "records", "run_id", "tenant")
+    __slots__ = (
+        "actor",
+        "append",
+        "attempts",
+        "digests",
+        "meta",
+        "pipeline",
+        "records",
+        "run_id",
+        "tenant",
+    )
 
     def __init__(self, plugin: AuditPlugin, run: RunContext) -> None:
+        #: The run's trail's ``append`` (opened here: every run writes ``run.started``).
+        self.append = plugin.writer().append
         self.actor = run.principal or plugin.actor
         self.pipeline = run.pipeline_name
         self.run_id = run.run_id
@@ -69,7 +82,8 @@ class AuditRun:
             op, digests = opt.get("operation"), bool(opt.get("digests", self.digests))
         else:
             tenant, op, digests = run.tenant_of(task), None, self.digests
-        return tenant, op, digests, self.records.texts(task.name, tenant, op)
+        texts = self.records.texts(task.name, tenant, op)
+        return tenant, op, digests, texts, None if digests else self.records.quick(texts)
 
 
 #: The audit plugin's per-run state.
@@ -82,6 +96,9 @@ class Recorder:
 
     def __init__(self, plugin: AuditPlugin) -> None:
         self._plugin = plugin
+        #: The last run started and its state: the per-task hooks skip the stash lookup
+        #: for it (another run, on another thread, looks in its stash).
+        self._last: tuple[Any, AuditRun | None] = (None, None)
 
     def _base(self, st: AuditRun, action: str, outcome: str | None) -> dict[str, Any]:
         return {
@@ -119,6 +136,7 @@ class Recorder:
     def before_pipeline(self, run: Any) -> None:
         st = AuditRun(self._plugin, run)
         run.stash[AUDIT_RUN] = st
+        self._last = (run, st)
         rec = self._base(st, "run.started", "started")
         rec["tasks"] = len(run.tasks)
         params = run.recorded_params()
@@ -152,6 +170,8 @@ class Recorder:
                 counts = {s.value: len(by_status(s)) for s in _TERMINAL}
                 rec["counts"] = {k: v for k, v in counts.items() if v}
             rec["duration_ms"] = round((result.finished - result.started) * 1000, 3)
+        if self._last[0] is run:
+            self._last = (None, None)
         trail = self._plugin.writer()
         trail.append(rec)
         if "stream" not in run.params:  # a stream's batches sync as configured (fsync)
@@ -186,7 +206,8 @@ class Recorder:
 
     @hookimpl(tryfirst=True)
     def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        st = run.stash.get(AUDIT_RUN, None)
+        last = self._last
+        st = last[1] if last[0] is run else run.stash.get(AUDIT_RUN, None)
         if st is None:
             return
         name = task.name
@@ -194,6 +215,11 @@ class Recorder:
         n = attempts.get(name, 0) + 1
         attempts[name] = n
         meta = st.meta.get(name) or st.task_meta(task, run)
+        quick = meta[4]
+        if quick is not None and n == 1:
+            # Guarantee (a), the common record cut once per run (see TaskRecords.quick).
+            st.append([quick[0], quick[2], quick[3] + now_iso() + quick[4]], wait=True)
+            return
         trail = self._plugin.writer()
         rec = st.records.started(
             name,
@@ -240,13 +266,28 @@ class Recorder:
     # computed for it (the classification level of the output) is in the record.
     @hookimpl(trylast=True)
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
-        st = run.stash.get(AUDIT_RUN, None)
+        last = self._last
+        st = last[1] if last[0] is run else run.stash.get(AUDIT_RUN, None)
         if st is None:
             return
         name = task.name
         meta = st.meta.get(name) or st.task_meta(task, run)
         err = outcome.error
         status = outcome.status
+        quick = meta[4]
+        if (
+            quick is not None
+            and status is _SUCCEEDED
+            and err is None
+            and outcome.attempt == 1
+            and outcome.final
+            and CLASSIFICATION not in run.stash
+        ):
+            st.append([quick[1], quick[2], quick[3] + now_iso() + quick[4]])
+            cp = self._plugin.checkpointer
+            if cp is not None and cp.due(self._plugin.writer().last_seq):
+                self._plugin.checkpoint()
+            return
         opt = None
         if status is not _SUCCEEDED or not outcome.final or meta[2] or CLASSIFICATION in run.stash:
             opt = self._optional(run, name, outcome, meta[2])

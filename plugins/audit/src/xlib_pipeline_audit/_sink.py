@@ -26,7 +26,7 @@ from ._tail import drop_torn_tail, last_line
 
 if TYPE_CHECKING:
     from ._render import Rendered
-    from ._trail import AuditTrail, Chained
+    from ._trail import AuditTrail
 
 _log = logging.getLogger("xlib_pipeline.audit")
 
@@ -64,19 +64,10 @@ class GroupCommitSink:
         return None
 
     def write_waiting(self) -> None:
-        """Chain and write every waiting record. Holds the trail's lock."""
-        trail = self.trail
-        batch: list[Chained] = []
-        try:
-            trail._chain_waiting(self.inbox, batch)
-        except BaseException:
-            # A record that cannot be chained (not JSON data) is refused; the ones chained
-            # before it are written, or the chain would go on from hashes never written.
-            if batch:
-                trail._write_records(batch)
-            raise
-        if batch or trail._unwritten:
-            trail._write_records(batch)
+        """Chain and write every waiting record. Holds the trail's lock. A record that
+        cannot be chained (not JSON data) is refused; the ones chained before it are
+        written, or the chain would go on from hashes never written."""
+        self.trail._commit_waiting(self.inbox)
 
     def drain_to(self, other: Any) -> None:
         """Hand records still waiting here to the sink that replaced this one."""

@@ -38,11 +38,20 @@ _OPTIONAL_BITS = tuple((1 << bit, k) for bit, k in enumerate(FINISHED_OPTIONAL))
 #: (or the like) whose text stands alone: its records then take the general encoder.
 TaskTexts = tuple[str, str, str | None] | None
 
+#: The two common records of a task, cut around the values that vary per record (see
+#: :meth:`TaskRecords.quick`): (``task.started`` pre, ``task.finished`` pre, mid, post
+#: before the timestamp, post after it), for attempt 1 (and, finished, a plain success).
+Quick = tuple[str, str, str, str, str]
+
+# Sentinels for the values filled in per task and per record (never in a value's text:
+# control characters are always escaped there).
+_TS, _TASK, _TENANT, _OP = "\x02", "\x03", "\x04", "\x05"
+
 
 class TaskRecords:
     """Builds one run's task records; see the module docstring."""
 
-    __slots__ = ("_const", "_finished", "_started", "actor", "pipeline", "run_id")
+    __slots__ = ("_const", "_finished", "_quick", "_started", "actor", "pipeline", "run_id")
 
     def __init__(self, actor: Any, pipeline: Any, run_id: Any) -> None:
         self.actor = actor
@@ -55,6 +64,8 @@ class TaskRecords:
             self._const = None
         self._started: dict[int, Shape] = {}
         self._finished: dict[int, Shape] = {}
+        #: Per operation-or-not: the two records' texts with sentinels for the task's values.
+        self._quick: dict[bool, Quick | None] = {}
 
     def texts(self, task: Any, tenant: Any, operation: Any) -> TaskTexts:
         """The value texts of a task's constant fields (computed once per task)."""
@@ -64,6 +75,51 @@ class TaskRecords:
             return (text(task), text(tenant), None if operation is None else text(operation))
         except ValueError:
             return None
+
+    def quick(self, texts: TaskTexts) -> Quick | None:
+        """A task's two common records cut around what varies per record: the first
+        attempt's ``task.started`` and a first attempt's plain success (no optional key but
+        ``operation``, no error), for one run. A record is then ``[pre, mid, head + ts +
+        tail]`` with the timestamp's canonical text between the quotes: no formatting on
+        the audit path. Cut from the records' :class:`Shape` once per run (sentinels for the
+        task's values, replaced per task), so the bytes are the shape's. None: the task's
+        records take :meth:`started` / :meth:`finished` (texts not standalone, or a layout
+        where the values fall elsewhere)."""
+        if texts is None:
+            return None
+        has_op = texts[2] is not None
+        if has_op in self._quick:
+            cut = self._quick[has_op]
+        else:
+            cut = self._quick[has_op] = self._cut(has_op)
+        if cut is None:
+            return None
+        spre, fpre, mid, head, tail = cut
+        if has_op:
+            op = texts[2]
+            assert op is not None
+            spre, fpre = spre.replace(_OP, op), fpre.replace(_OP, op)
+        head = head.replace(_TASK, texts[0]).replace(_TENANT, texts[1])
+        return spre, fpre, mid, head, tail
+
+    def _cut(self, has_op: bool) -> Quick | None:
+        mask = int(has_op)
+        op = [_OP] if has_op else []
+        ts = '"' + _TS + '"'
+        s = self._shape(True, mask).render(["1", _TASK, _TENANT, ts, *op])
+        f = self._shape(False, mask).render(["1", "null", '"succeeded"', _TASK, _TENANT, ts, *op])
+        post = s[2]
+        if (
+            len(s) != 3
+            or len(f) != 3
+            or s[1:] != f[1:]
+            or post.count(_TS) != 1
+            or any(c in s[0] + f[0] + s[1] for c in (_TS, _TASK, _TENANT))
+            or (_OP in post + s[1])
+        ):
+            return None  # not the layout assumed above: the general path stays right
+        head, tail = post.split(_TS)
+        return s[0], f[0], s[1], head, tail
 
     def _shape(self, started: bool, mask: int) -> Shape:
         shapes = self._started if started else self._finished

@@ -33,7 +33,7 @@ import structlog
 from xlib_pipeline.exceptions import StoreError
 
 from . import _segments
-from ._append import chain_rendered, chain_waiting, write_all, write_records
+from ._append import chain_rendered, chain_waiting, commit_waiting, write_all, write_records
 from ._canonical import (
     ALG_HMAC,
     ALG_SHA256,
@@ -324,7 +324,7 @@ class AuditTrail:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, fields: dict[str, Any], *, wait: bool = False) -> int | None:
+    def append(self, fields: dict[str, Any] | Rendered, *, wait: bool = False) -> int | None:
         """Chain, render and append one record. Raises AuditTrailError.
 
         With group commit (the default, single process) the record is written at once by
@@ -374,6 +374,7 @@ class AuditTrail:
 
     # The write path under the lock (see :mod:`._append`).
     _chain_waiting = chain_waiting
+    _commit_waiting = commit_waiting
     _write_records = write_records
     _write_all = write_all
 
