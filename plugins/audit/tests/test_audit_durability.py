@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,32 @@ class TestFaults:
         trail.append({"action": "test.after"})
         trail.close()
         assert [r["action"] for r in read(path)] == ["test.before", "test.during", "test.after"]
+        assert verify(path).ok
+
+    def test_a_failed_background_sync_fails_every_later_sync(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fsync: batch syncs on the flusher thread; its EIO must reach the run's end (the
+        recorder's sync), naming the file and errno, and must not be forgotten later."""
+        from xlib_pipeline_audit import _flusher
+
+        def eio(trail: AuditTrail) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(_flusher, "background_sync", eio)
+        path = tmp_path / "a.jsonl"
+        trail = AuditTrail(path, fsync="batch")
+        trail.append({"action": "test.one"}, wait=True)
+        deadline = time.monotonic() + 30
+        while trail._error is None and time.monotonic() < deadline:
+            trail._wake.set()
+            time.sleep(0.01)
+        for _ in range(2):
+            with pytest.raises(AuditTrailError, match=r"fdatasync failed.*EIO") as info:
+                trail.sync()
+            assert str(path) in str(info.value)
+        trail.close()
+        assert [r["action"] for r in read(path)] == ["test.one"]
         assert verify(path).ok
 
     def test_group_commit_keeps_a_failed_batch(self, tmp_path: Path) -> None:

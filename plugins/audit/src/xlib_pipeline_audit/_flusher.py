@@ -31,7 +31,7 @@ def start_flusher(trail: AuditTrail) -> threading.Thread:
                 return
             try:
                 background_sync(current)
-            except Exception as exc:  # reported on the next append
+            except Exception as exc:  # AuditTrail.sync raises it (the run's end)
                 current._error = exc
             del current
 

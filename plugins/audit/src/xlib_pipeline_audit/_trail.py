@@ -19,6 +19,7 @@ written again before anything newer; the caller gets an :class:`AuditTrailError`
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -423,13 +424,34 @@ class AuditTrail:
             self._head_seq = seq
 
     def sync(self) -> None:
-        """Make every record so far durable (per the policy) and move the head anchor to it."""
+        """Make every record so far durable (per the policy) and move the head anchor to it.
+
+        Raises :class:`AuditTrailError` if the background flusher's ``fdatasync`` failed
+        since the trail was opened. The error stays: after a failed ``fdatasync`` the kernel
+        may have dropped the dirty pages, and a later sync that succeeds proves nothing about
+        them, so no later sync of this writer reports the trail durable."""
+        if self._error is not None:
+            raise self._sync_error(self._error)
         with self._lock:
             if self._fd is None and not self._sink.pending():
                 return
             self._fd_or_fail()
             with self._flocked():
                 self._sync_locked()
+
+    def _sync_error(self, exc: BaseException) -> AuditTrailError:
+        if isinstance(exc, OSError) and exc.errno:
+            what = f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, '?')})"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        err = AuditTrailError(
+            f"audit trail {self.path}: the background fdatasync failed: {what}; records "
+            "written since the last successful sync may not be on disk. Check the disk, "
+            f"then run `xlib-pipeline audit verify {self.path}`.",
+            path=str(self.path),
+        )
+        err.__cause__ = exc
+        return err
 
     @contextlib.contextmanager
     def _flocked(self) -> Any:
