@@ -30,7 +30,7 @@ import attrs
 
 from . import _lease
 from ._blobs import BlobStore, blobs_section
-from ._commit import LOG, Checkpointer, Committer
+from ._commit import FOLDED_ORDER, LOG, Checkpointer, Committer
 from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
@@ -393,19 +393,24 @@ class RunStore(_lease.LeaseMixin):
         """Every state transition of a run: (task, ts, event, attempt, error_type, error).
 
         Starts and failed attempts are event rows; a task's terminal transition is its row in
-        the tasks table (written once, in the same batch order), merged in here by time.
+        the tasks table (written once, in the same batch order), merged in here by time. A
+        ``running`` event committed with the task's terminal row is folded into that row
+        (``ran``, ``ran_attempt``) and put back here, after the task's other events of the
+        same time; events of one time are ordered by task name, then as written.
         """
         with self._reading() as c:
             return c.execute(
                 "SELECT task, ts, event, attempt, error_type, error FROM ("
                 " SELECT task, ts, event, attempt, error_type, error, 0 AS k, id AS o "
                 "  FROM events WHERE run_id = ? AND task IS NOT NULL"
+                " UNION ALL SELECT task, ran, 'running', ran_attempt, NULL, NULL, 0, ?"
+                "  FROM tasks WHERE run_id = ? AND ran IS NOT NULL"
                 " UNION ALL SELECT task, COALESCE(finished, started, 0), status, attempts,"
                 "  error_type, error, 1, 0 FROM tasks WHERE run_id = ?"
                 " UNION ALL SELECT task, ts, event, attempt, error_type, error, 2, id "
                 "  FROM events WHERE run_id = ? AND task IS NULL"
-                ") ORDER BY k = 2, ts, k, o",
-                (run_id, run_id, run_id),
+                ") ORDER BY k = 2, ts, k, task, o",
+                (run_id, FOLDED_ORDER, run_id, run_id, run_id),
             ).fetchall()
 
     def iter_outputs(self) -> Iterator[tuple[str, str, str | None, bytes]]:

@@ -17,10 +17,13 @@ from .exceptions import StoreError
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
 #: Versions of the schema; ``_SCHEMA`` creates the newest, MIGRATIONS step older files up.
-#: 1: runs, tasks, events, leases. 2: blob_refs (outputs in the blob store).
-SCHEMA_VERSION = 2
+#: 1: runs, tasks, events, leases. 2: blob_refs (outputs in the blob store). 3: tasks.ran
+#: and tasks.ran_attempt: a task's ``running`` event folded into its row (time, attempt;
+#: NULL when the row implies no event), see :func:`._commit.split_log`.
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     2: "",  # blob_refs is created by _SCHEMA (CREATE ... IF NOT EXISTS)
+    3: "ALTER TABLE tasks ADD COLUMN ran REAL; ALTER TABLE tasks ADD COLUMN ran_attempt INTEGER;",
 }
 
 _SCHEMA = (
@@ -55,6 +58,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     output BLOB,
     output_run TEXT,
     tenant TEXT,
+    ran REAL,
+    ran_attempt INTEGER,
     PRIMARY KEY (run_id, task)
 );
 CREATE TABLE IF NOT EXISTS events (

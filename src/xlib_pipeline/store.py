@@ -8,7 +8,10 @@ methods of :class:`RunStore` (the embedded SQLite store): recording (``run_start
 ``get_tasks``, ``get_events``, ``iter_outputs``, ``iter_sealed_texts``, ``blob_names``),
 maintenance (``replace_output``, ``replace_sealed_text``, ``prune``, ``close``) and a
 ``blobs`` attribute (a :class:`BlobStore`). ``GroupCommitter`` gives it the windowless group
-commit of the embedded store with its own ``write(batch)``.
+commit of the embedded store with its own ``write(batch)``; ``split_log`` turns a batch's log
+rows into task and event rows, folding a task's ``running`` event into its terminal row when
+both are in the batch (columns ``ran``, ``ran_attempt``; ``get_events`` puts the event back,
+ordered by :data:`FOLDED_ORDER` after the task's other events of the same time).
 
 A store also holds the result cache and stream checkpoints: ``open_cache()`` returns a
 :class:`CacheTable`, ``open_checkpoints()`` a :class:`CheckpointTable` (records
@@ -28,7 +31,7 @@ from ._blobs import (
     StreamSealer,
     blobs_section,
 )
-from ._commit import LOG, LOG_COLUMNS, GroupCommitter
+from ._commit import FOLDED_ORDER, LOG, LOG_COLUMNS, GroupCommitter, split_log
 from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
 from ._prune import PruneReport, parse_duration, remove_blobs
 from ._store import (
@@ -45,6 +48,7 @@ __all__ = [
     "DEFAULT_CHUNK",
     "DEFAULT_STORE_FILE",
     "DEFAULT_THRESHOLD",
+    "FOLDED_ORDER",
     "HEARTBEAT_S",
     "LOG",
     "LOG_COLUMNS",
@@ -70,5 +74,6 @@ __all__ = [
     "me",
     "parse_duration",
     "remove_blobs",
+    "split_log",
     "store_section",
 ]

@@ -337,3 +337,145 @@ def test_the_cache_table_behaves_like_its_model(
             assert listed == {(k, m[0], m[1], len(m[3])) for k, m in model.items()}
         finally:
             table.close()
+
+
+# -- a task's `running` event folded into its terminal row (issue 10) -------------------------
+
+#: Per task: its attempts (each a `running` event, then `attempt_failed` unless it is the last),
+#: how it ends (a terminal row, a cached row without any event, or nothing: still running),
+#: and time steps (small, so that events of different tasks often share a time).
+_TASK_PLAN = st.tuples(
+    st.integers(min_value=0, max_value=3),  # attempts started (0: cached or never started)
+    st.sampled_from(["succeeded", "failed", "cached", None]),
+    st.lists(st.integers(min_value=0, max_value=2), min_size=8, max_size=8),
+)
+
+
+def _log_script(
+    plans: list[tuple[int, str | None, list[int]]], order: list[int], cuts: set[int]
+) -> list[tuple[Any, ...]]:
+    """The store calls (``event`` / ``task_finished`` / ``flush``) of the tasks in ``plans``,
+    interleaved as ``order`` draws them, with a flush after each step in ``cuts``."""
+    per_task: list[list[tuple[Any, ...]]] = []
+    for k, (attempts, end, steps) in enumerate(plans):
+        name, ts, ops = f"t{k % 3}{k}", 1.0, []
+        it = iter(steps)
+        started = None
+        for a in range(1, attempts + 1):
+            ts += next(it, 0)
+            started = started or ts
+            ops.append(("event", name, "running", a, ts, None, None))
+            if a < attempts:
+                ts += next(it, 0)
+                ops.append(("event", name, "attempt_failed", a, ts, "ValueError", f"bad {a}"))
+        if end == "cached" and attempts == 0:
+            ops.append(("task", name, "cached", 0, None, ts + 1))
+        elif end is not None and end != "cached" and attempts:
+            ts += next(it, 0)
+            ops.append(("task", name, end, attempts, started, ts))
+        per_task.append(ops)
+    script: list[tuple[Any, ...]] = []
+    cursors = [0] * len(per_task)
+    for step, k in enumerate(order):
+        k %= len(per_task)
+        if cursors[k] < len(per_task[k]):
+            script.append(per_task[k][cursors[k]])
+            cursors[k] += 1
+        if step in cuts:
+            script.append(("flush",))
+    for k, ops in enumerate(per_task):  # what the draw left
+        script.extend(ops[cursors[k] :])
+    return script
+
+
+def _play(store: Any, run_id: str, script: list[tuple[Any, ...]]) -> None:
+    for op in script:
+        if op[0] == "flush":
+            store.flush()
+        elif op[0] == "event":
+            _, task, event, attempt, ts, error_type, error = op
+            store.event(run_id, task, event, attempt=attempt, ts=ts, error_type=error_type,
+                        error=error)  # fmt: skip
+        else:
+            _, task, status, attempts, started, finished = op
+            store.task_finished((run_id, task, status, attempts, started, finished, None, None,
+                                 None, None, None, None))  # fmt: skip
+    store.flush()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    plans=st.lists(_TASK_PLAN, min_size=1, max_size=6),
+    order=st.lists(st.integers(min_value=0, max_value=5), max_size=40),
+    cuts=st.sets(st.integers(min_value=0, max_value=40), max_size=6),
+)
+def test_folded_running_events_read_back_as_the_unfolded_store(
+    store_section: dict[str, Any],
+    plans: list[tuple[int, str | None, list[int]]],
+    order: list[int],
+    cuts: set[int],
+) -> None:
+    """Random mixes of tasks whose `running` event is folded into their terminal row (both in
+    one commit) and tasks whose event is a row of its own (committed earlier, no terminal row
+    yet, or a cached task with no event at all) give `get_events` output identical to the
+    same records written unfolded; ties of time between tasks included."""
+    script = _log_script(plans, order, cuts)
+    with manager(store_section) as pm:
+        store = pm.store
+        assert store is not None
+        committer = store._committer  # type: ignore[attr-defined]
+        stamp = os.urandom(6).hex()
+        committer.fold = False
+        _play(store, "plain-" + stamp, script)
+        committer.fold = True
+        _play(store, "folded-" + stamp, script)
+        plain = store.get_events("plain-" + stamp)
+        folded = store.get_events("folded-" + stamp)
+        tasks = store.get_tasks("folded-" + stamp)
+    assert folded == plain
+    # Cached tasks (no running event) stay distinguishable: nothing is implied for them.
+    cached = {t for t, r in tasks.items() if r.status == "cached"}
+    assert not [e for e in folded if e[0] in cached and e[2] == "running"]
+
+
+def test_a_run_folds_running_events_into_task_rows(store_section: dict[str, Any]) -> None:
+    """The speed lever is really used: a run's tasks committed with their start have no
+    event row of their own, and `get_events` lists every start (attempts included)."""
+    calls: list[str] = []
+    with manager(store_section) as pm:
+        result = pm.execute_pipeline(flaky(calls, [False]))
+        store = pm.store
+        assert store is not None
+        events = store.get_events(result.run_id)
+        tasks = store.get_tasks(result.run_id)
+        if "path" in store_section:
+            import sqlite3
+
+            with sqlite3.connect(store_section["path"]) as conn:
+                rows = conn.execute(
+                    "SELECT count(*) FROM events WHERE run_id = ? AND event = 'running'",
+                    (result.run_id,),
+                ).fetchone()[0]
+                folded = conn.execute(
+                    "SELECT count(*) FROM tasks WHERE run_id = ? AND ran IS NOT NULL",
+                    (result.run_id,),
+                ).fetchone()[0]
+        else:
+            import psycopg
+
+            with psycopg.connect(store_section["url"]) as conn:
+                rows = conn.execute(
+                    "SELECT count(*) FROM events WHERE run_id = %s AND event = 'running'",
+                    (result.run_id,),
+                ).fetchone()[0]  # type: ignore[index]
+                folded = conn.execute(
+                    "SELECT count(*) FROM tasks WHERE run_id = %s AND ran IS NOT NULL",
+                    (result.run_id,),
+                ).fetchone()[0]  # type: ignore[index]
+    assert [(e[0], e[2], e[3]) for e in events if e[2] == "running"] == [
+        ("load", "running", 1),
+        ("transform", "running", 1),
+    ]
+    assert rows + folded == 2 and set(tasks) == {"load", "transform"}

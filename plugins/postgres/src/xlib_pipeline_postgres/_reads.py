@@ -13,7 +13,14 @@ import psycopg
 import psycopg_pool
 
 from xlib_pipeline import ConfigError, PayloadRef, StoreError
-from xlib_pipeline.store import BlobStore, PruneReport, RunRecord, TaskRecord, remove_blobs
+from xlib_pipeline.store import (
+    FOLDED_ORDER,
+    BlobStore,
+    PruneReport,
+    RunRecord,
+    TaskRecord,
+    remove_blobs,
+)
 
 from ._schema import SEALED_PREFIX
 from ._writer import seal_text, unseal_text
@@ -148,12 +155,14 @@ class StoreReads:
                 "SELECT task, ts, event, attempt, error_type, error FROM ("
                 " SELECT task, ts, event, attempt, error_type, error, 0 AS k, id AS o "
                 "  FROM events WHERE run_id = %s AND task IS NOT NULL"
+                " UNION ALL SELECT task, ran, 'running', ran_attempt, NULL, NULL, 0, %s::bigint"
+                "  FROM tasks WHERE run_id = %s AND ran IS NOT NULL"
                 " UNION ALL SELECT task, COALESCE(finished, started, 0), status, attempts,"
                 "  error_type, error, 1, 0 FROM tasks WHERE run_id = %s"
                 " UNION ALL SELECT task, ts, event, attempt, error_type, error, 2, id "
                 "  FROM events WHERE run_id = %s AND task IS NULL"
-                ") AS merged ORDER BY k = 2, ts, k, o",
-                (run_id, run_id, run_id),
+                ') AS merged ORDER BY k = 2, ts, k, task COLLATE "C", o',
+                (run_id, FOLDED_ORDER, run_id, run_id, run_id),
             ).fetchall()
         return [(*r[:5], unseal_text(r[5])) for r in rows]
 

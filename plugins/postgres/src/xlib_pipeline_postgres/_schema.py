@@ -142,6 +142,13 @@ CREATE TABLE IF NOT EXISTS stream_batches (
 );
 """,
     ),
+    (
+        "tasks.ran, tasks.ran_attempt (a task's running event folded into its row)",
+        """
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS ran DOUBLE PRECISION;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS ran_attempt INTEGER;
+""",
+    ),
 )
 
 #: The migration that made each table of the cache and of stream checkpoints (1-based).

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from xlib_pipeline import StoreError
-from xlib_pipeline.store import LOG, GroupCommitter
+from xlib_pipeline.store import LOG, GroupCommitter, split_log
 
 from ._schema import SEALED_PREFIX
 
@@ -47,6 +47,9 @@ class Committer(GroupCommitter):
         self.faults = (psycopg.Error, OSError)
         self._store = store
         self._conn: psycopg.Connection[Any] | None = None
+        #: Fold a task's ``running`` event into its terminal row when both are in one batch
+        #: (see :func:`~xlib_pipeline.store.split_log`); off only to compare.
+        self.fold = True
 
     def fault(self, exc: BaseException) -> StoreError:
         return self._store.fault(exc, "a write failed")
@@ -78,13 +81,13 @@ class Committer(GroupCommitter):
                 segment = batch[k:j]
                 if all(sql is LOG for sql, _ in segment):
                     with conn.cursor() as cur:
-                        _log_only(cur, segment)
+                        _log_only(cur, segment, fold=self.fold)
                 else:
                     # Pipeline mode: the statements go out without waiting for each
                     # result, so a transaction costs one round trip to the server, not one
                     # per statement (a stream's batch: run, leases, tasks, checkpoint).
                     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-                        _write_statements(cur, segment)
+                        _write_statements(cur, segment, fold=self.fold)
                 k = j
         except BaseException:
             del batch[:k]  # committed segments stay; the rest is retried by flush()
@@ -96,13 +99,15 @@ class Committer(GroupCommitter):
 
 _LOG_SQL = (
     "WITH ti AS (INSERT INTO tasks (run_id, task, status, attempts, started, finished, "
-    "error_type, error, traceback, output, output_run, tenant) SELECT * FROM unnest("
-    "%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[], "
-    "%s::text[], %s::text[], %s::bytea[], %s::text[], %s::text[]) ON CONFLICT (run_id, task) "
+    "error_type, error, traceback, output, output_run, tenant, ran, ran_attempt) SELECT * FROM "
+    "unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], "
+    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::text[], %s::float8[], "
+    "%s::int[]) ON CONFLICT (run_id, task) "
     "DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts, started = "
     "EXCLUDED.started, finished = EXCLUDED.finished, error_type = EXCLUDED.error_type, error = "
     "EXCLUDED.error, traceback = EXCLUDED.traceback, output = EXCLUDED.output, output_run = "
-    "EXCLUDED.output_run, tenant = EXCLUDED.tenant RETURNING 1), "
+    "EXCLUDED.output_run, tenant = EXCLUDED.tenant, ran = EXCLUDED.ran, ran_attempt = "
+    "EXCLUDED.ran_attempt RETURNING 1), "
     "ei AS (INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
     "SELECT r, t, ts, ev, at, et, er FROM unnest(%s::text[], %s::text[], %s::float8[], "
     "%s::text[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY AS u(r, t, ts, ev, at, et, "
@@ -110,25 +115,26 @@ _LOG_SQL = (
 )
 
 
-def _log_only(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
+def _log_only(
+    cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]], *, fold: bool = True
+) -> None:
     """A batch of log rows only (the common case): one statement, one round trip, atomic
-    on its own (autocommit), so the commit costs one wait on the server."""
+    on its own (autocommit), so the commit costs one wait on the server. A task's
+    ``running`` event in the same batch as its terminal row is folded into that row (the
+    core's :func:`~xlib_pipeline.store.split_log`; ``get_events`` puts it back)."""
+    rows, evs = split_log([row for _, row in items], fold=fold)
     tasks: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # a task's last row wins
-    events: list[tuple[Any, ...]] = []
-    for _, row in items:
-        if row[0] == 1:
-            tasks[(row[1], row[2])] = (
-                row[1], row[2], row[3], row[4], row[5], row[6], row[7], seal_text(row[8]),
-                seal_text(row[9]), row[10], row[11], row[12],
-            )  # fmt: skip
-        else:
-            events.append((row[1], row[2], row[13], row[3], row[4], row[7], seal_text(row[8])))
-    tcols = [list(c) for c in zip(*tasks.values())] if tasks else [[] for _ in range(12)]
+    for r in rows:
+        tasks[(r[0], r[1])] = (*r[:7], seal_text(r[7]), seal_text(r[8]), *r[9:])
+    events = [(*e[:6], seal_text(e[6])) for e in evs]
+    tcols = [list(c) for c in zip(*tasks.values())] if tasks else [[] for _ in range(14)]
     ecols = [list(c) for c in zip(*events)] if events else [[] for _ in range(7)]
     cur.execute(_LOG_SQL, (*tcols, *ecols))
 
 
-def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
+def _write_statements(
+    cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]], *, fold: bool = True
+) -> None:
     """Statements in order, in the caller's transaction; each run of log rows between them
     is one statement (:data:`_LOG_SQL`), so a stream batch's commit is a handful of
     statements sent in one pipeline."""
@@ -136,7 +142,7 @@ def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any
 
     def drain() -> None:
         if logs:
-            _log_only(cur, logs)
+            _log_only(cur, logs, fold=fold)
             logs.clear()
 
     for sql, params in items:
