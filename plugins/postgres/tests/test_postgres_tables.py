@@ -20,11 +20,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from xlib_pipeline_postgres._schema import SCHEMA_VERSION
 
 from xlib_pipeline import Pipeline, PipelineManager, Status, StoreError
 from xlib_pipeline.store import CacheTable, CheckpointTable
 from xlib_pipeline.streams import JsonLinesSink, JsonLinesSource, StreamError
-from xlib_pipeline_postgres._schema import SCHEMA_VERSION
 
 CACHED_PIPELINE = textwrap.dedent(
     """
