@@ -332,3 +332,34 @@ class TestStoreFailures:
             assert run.status == "failed"
         raw = b"".join(p.read_bytes() for p in tmp_path.glob("runs.sqlite*"))
         assert b"PLAINTEXT-MARKER-7731" not in raw
+
+
+def test_a_version_2_store_is_migrated_to_folded_running_events(tmp_path: Path) -> None:
+    """A store written before tasks.ran existed (schema version 2) gains the columns when
+    opened; its old runs read back as before and new runs fold their starts."""
+    path = tmp_path / "runs.sqlite"
+    p = Pipeline("old")
+    p.add_task("a", lambda: 1)
+    p.add_task("b", lambda a: a + 1, depends_on=["a"])
+    with manager(path) as pm:
+        old = pm.execute_pipeline(p)
+        before = pm.store.get_events(old.run_id)  # type: ignore[union-attr]
+    with sqlite3.connect(path) as conn:  # back to version 2: unfold, drop the columns
+        conn.execute(
+            "INSERT INTO events (run_id, task, ts, event, attempt) SELECT run_id, task, ran, "
+            "'running', ran_attempt FROM tasks WHERE ran IS NOT NULL"
+        )
+        conn.execute("ALTER TABLE tasks DROP COLUMN ran")
+        conn.execute("ALTER TABLE tasks DROP COLUMN ran_attempt")
+        conn.execute("PRAGMA user_version = 2")
+    with manager(path) as pm:
+        assert pm.store.get_events(old.run_id) == before  # type: ignore[union-attr]
+        new = pm.execute_pipeline(p)
+        events = pm.store.get_events(new.run_id)  # type: ignore[union-attr]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        folded = conn.execute(
+            "SELECT count(*) FROM tasks WHERE run_id = ? AND ran IS NOT NULL", (new.run_id,)
+        ).fetchone()[0]
+    assert [e[2] for e in events] == [e[2] for e in before]
+    assert folded >= 1
