@@ -50,7 +50,7 @@ def main() -> None:
             timed(pm, p)  # warm up (and open the stores)
         for _ in range(repeats):
             for name, pm in managers.items():
-                times[name].append(timed(pm, p))
+                times[name].append(timed(pm, p)[0])  # wall
         for pm in managers.values():
             pm.close()
     med = {k: statistics.median(v) for k, v in times.items()}
