@@ -18,7 +18,11 @@ def started_records(path: Path) -> list[str]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_bytes().splitlines():
+    data = path.read_bytes()
+    # Other lanes may be writing their records while this body reads: a read concurrent with
+    # a write(2) can see part of it. Only complete (newline-terminated) records count; the
+    # reading task's own record was written whole before its body started.
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
         rec = json.loads(line)
         if rec.get("action") == "task.started":
             out.append(rec["task"])
