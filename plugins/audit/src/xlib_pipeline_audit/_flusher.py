@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -62,3 +63,21 @@ def background_sync(self: AuditTrail) -> None:
     if self.fsync == "batch":
         os.fdatasync(fd)
     self._write_head(seq, last, size)
+
+
+def sync_error(trail: AuditTrail, exc: BaseException) -> Exception:
+    """The error :meth:`AuditTrail.sync` raises once the flusher's ``fdatasync`` failed."""
+    from ._trail import AuditTrailError
+
+    if isinstance(exc, OSError) and exc.errno:
+        what = f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, '?')})"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    err = AuditTrailError(
+        f"audit trail {trail.path}: the background fdatasync failed: {what}; records "
+        "written since the last successful sync may not be on disk. Check the disk, "
+        f"then run `xlib-pipeline audit verify {trail.path}`.",
+        path=str(trail.path),
+    )
+    err.__cause__ = exc
+    return err

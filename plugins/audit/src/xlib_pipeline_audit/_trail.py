@@ -19,7 +19,6 @@ written again before anything newer; the caller gets an :class:`AuditTrailError`
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -42,7 +41,7 @@ from ._canonical import (
     hmac_pads,
 )
 from ._chain import _ChainHasher, _LineRenderer
-from ._flusher import background_sync, start_flusher
+from ._flusher import start_flusher, sync_error
 from ._head import check_head, head_path, read_head, write_head
 from ._render import Rendered, fields_of
 from ._settings import FSYNC_POLICIES
@@ -431,27 +430,13 @@ class AuditTrail:
         may have dropped the dirty pages, and a later sync that succeeds proves nothing about
         them, so no later sync of this writer reports the trail durable."""
         if self._error is not None:
-            raise self._sync_error(self._error)
+            raise sync_error(self, self._error)
         with self._lock:
             if self._fd is None and not self._sink.pending():
                 return
             self._fd_or_fail()
             with self._flocked():
                 self._sync_locked()
-
-    def _sync_error(self, exc: BaseException) -> AuditTrailError:
-        if isinstance(exc, OSError) and exc.errno:
-            what = f"{os.strerror(exc.errno)} (errno {errno.errorcode.get(exc.errno, '?')})"
-        else:
-            what = f"{type(exc).__name__}: {exc}"
-        err = AuditTrailError(
-            f"audit trail {self.path}: the background fdatasync failed: {what}; records "
-            "written since the last successful sync may not be on disk. Check the disk, "
-            f"then run `xlib-pipeline audit verify {self.path}`.",
-            path=str(self.path),
-        )
-        err.__cause__ = exc
-        return err
 
     @contextlib.contextmanager
     def _flocked(self) -> Any:
@@ -469,9 +454,6 @@ class AuditTrail:
 
     def _start_flusher(self) -> None:
         self._flusher = start_flusher(self)
-
-    def _background_sync(self) -> None:
-        background_sync(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -165,30 +165,6 @@ class _Collector:
             yield from plugin._families()
 
 
-def _merged(
-    st: _PipelineStats, live: _PipelineStats | None, n: int
-) -> list[tuple[str, _TaskStats]]:
-    """Per-task stats of finished runs plus those of the runs under way, by task name."""
-    if live is None:
-        return sorted(st.tasks.items())
-    out: dict[str, _TaskStats] = {}
-    for name in set(st.tasks) | set(live.tasks):
-        a, b = st.tasks.get(name), live.tasks.get(name)
-        if a is None or b is None:
-            out[name] = a or b  # type: ignore[assignment]
-            continue
-        m = _TaskStats(n)
-        m.attempts = [x + y for x, y in zip(a.attempts, b.attempts)]
-        m.statuses = dict(a.statuses)
-        for k, v in b.statuses.items():
-            m.statuses[k] = m.statuses.get(k, 0) + v
-        m.hist.counts = [x + y for x, y in zip(a.hist.counts, b.hist.counts)]
-        m.hist.sum = a.hist.sum + b.hist.sum
-        m.hist.count = a.hist.count + b.hist.count
-        out[name] = m
-    return sorted(out.items())
-
-
 class _Recorder:
     """The run hooks, registered by ``configure`` when ``metrics`` is set: nothing per task."""
 
@@ -293,6 +269,8 @@ class MetricsPlugin:
         return text
 
     def _families(self) -> list[Metric]:
+        from ._merge import merged
+
         bounds = self._bounds
         core = _prom().core
         runs = core.CounterMetricFamily(
@@ -354,7 +332,7 @@ class MetricsPlugin:
                 for kind, n in sorted(st.compliance.items()):
                     if kind not in compliance:
                         other.add_metric([name, kind], n)
-                for task, ts in _merged(st, partial.get(name), len(bounds)):
+                for task, ts in merged(st, partial.get(name), len(bounds)):
                     for status, n in sorted((str(k.value), v) for k, v in ts.statuses.items()):
                         tasks.add_metric([name, task, status], n)
                     for outcome, n in zip(("succeeded", "failed", "retried"), ts.attempts):
