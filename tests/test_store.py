@@ -363,3 +363,72 @@ def test_a_version_2_store_is_migrated_to_folded_running_events(tmp_path: Path) 
         ).fetchone()[0]
     assert [e[2] for e in events] == [e[2] for e in before]
     assert folded >= 1
+
+
+# -- reads on the writer's connection (a result-cache hit reads right after a commit) -------
+
+
+_ROW = "INSERT OR REPLACE INTO cache_entries VALUES ('{key}', NULL, 'p', 't', 0, NULL, 'r2', x'00')"
+
+
+def _cache_with_entry(tmp_path: Path) -> tuple[RunStore, object]:
+    store = RunStore(tmp_path / "runs.sqlite")
+    cache = store.open_cache()
+    cache.put("k1", tenant=None, pipeline="p", task="t", ttl=None, run_id="r", output=b"v1")
+    assert cache.get("k1", None, 0.0) == (b"v1", "r")  # commits the queued entry
+    return store, cache
+
+
+def test_an_idle_writer_lends_its_connection_and_a_busy_one_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    store, cache = _cache_with_entry(tmp_path)
+    try:
+        seen: list[object] = []
+        assert store.read_if_idle(lambda c: seen.append(c) or "read", "busy") == "read"
+        assert len(seen) == 1
+        # A commit in flight: the writer is blocked inside its write.
+        entered, release = threading.Event(), threading.Event()
+
+        def block(batch: object) -> None:
+            entered.set()
+            assert release.wait(10)
+
+        store.write_hook = block
+        store.submit(_ROW.format(key="x"), ())
+        assert entered.wait(10)
+        called: list[object] = []
+        assert store.read_if_idle(called.append, "busy") == "busy"
+        assert called == []
+        # The cache reads on a connection of its own meanwhile: it still sees the entry.
+        found = cache.get("k1", None, 0.0)  # type: ignore[attr-defined]
+        assert found == (b"v1", "r")
+        release.set()
+        store.write_hook = None
+        store.flush()
+    finally:
+        store.close()
+
+
+def test_a_commit_asked_for_during_a_read_is_handed_to_the_writer(tmp_path: Path) -> None:
+    store, _ = _cache_with_entry(tmp_path)
+    try:
+        done = threading.Event()
+        errors: list[object] = []
+
+        def read_and_commit(conn: sqlite3.Connection) -> object:
+            store.add(_ROW.format(key="during"), ())
+            store.commit(lambda err: (errors.append(err), done.set()))
+            return conn.execute("SELECT output FROM cache_entries WHERE key = 'k1'").fetchone()
+
+        assert store.read_if_idle(read_and_commit, None) == (b"v1",)
+        assert done.wait(10), "the commit asked for during the read never ran"
+        assert errors == [None]
+        check = sqlite3.connect(tmp_path / "runs.sqlite")
+        try:
+            row = check.execute("SELECT run_id FROM cache_entries WHERE key = 'during'").fetchone()
+        finally:
+            check.close()
+        assert row == ("r2",)
+    finally:
+        store.close()

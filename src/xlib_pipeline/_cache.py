@@ -54,6 +54,10 @@ CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (pipeline, task);
 """
 
 
+_GET = "SELECT output, run_id, expires FROM cache_entries WHERE key = ? AND tenant IS ?"
+_MISSING = object()
+
+
 class Unhashable(Exception):
     """A value could be neither canonically hashed nor pickled."""
 
@@ -282,11 +286,13 @@ class CacheStore:
     def get(self, key: str, tenant: str | None, now: float) -> tuple[bytes, str | None] | None:
         """The stored (encrypted) output under ``key`` for ``tenant``, unless expired."""
         self._settle()
-        with self._lock:
-            row = self._db.execute(
-                "SELECT output, run_id, expires FROM cache_entries WHERE key = ? AND tenant IS ?",
-                (key, tenant),
-            ).fetchone()
+        args = (key, tenant)
+        row: Any = _MISSING
+        if self._writer is not None:  # the store's warm connection, when no commit is on it
+            row = self._writer.read_if_idle(lambda c: c.execute(_GET, args).fetchone(), _MISSING)
+        if row is _MISSING:
+            with self._lock:
+                row = self._db.execute(_GET, args).fetchone()
         if row is None or (row[2] is not None and row[2] <= now):
             return None
         return bytes(row[0]), row[1]

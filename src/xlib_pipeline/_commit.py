@@ -222,6 +222,37 @@ class GroupCommitter:
             raise value
         return value
 
+    def read_if_idle(self, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """``fn(connection)`` on the writer's connection when no commit is in flight, else
+        ``default`` at once (never waits).
+
+        A read on a connection of its own pays for every commit in between: SQLite resets a
+        connection's page cache when another connection has written. The writer's own
+        connection keeps its cache warm (a result-cache hit reads here, right after the
+        previous task's commit). Commits asked for while the read holds the connection are
+        handed to the writer when it ends.
+        """
+        with self._lock:
+            if self._busy or self.error is not None:
+                return default
+            self._busy = True
+        try:
+            return fn(self.connection())
+        finally:
+            with self._lock:
+                if self._then or self._pending:
+                    self._wake = True  # keep _busy: the writer takes over what came meanwhile
+                    if self._writer is None:
+                        self._start()
+                    else:
+                        self._cond.notify()
+                else:
+                    self._busy = False
+
+    def connection(self) -> Any:
+        """The writer's connection, for :meth:`read_if_idle` (the caller holds ``_busy``)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the connection."""
         try:
@@ -259,12 +290,16 @@ class Committer(GroupCommitter):
         if conn is not None:
             conn.close()
 
-    def write(self, batch: list[Statement]) -> None:
-        if self.write_hook is not None:
-            self.write_hook(batch)
+    def connection(self) -> sqlite3.Connection:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._connect()
+        return conn
+
+    def write(self, batch: list[Statement]) -> None:
+        if self.write_hook is not None:
+            self.write_hook(batch)
+        conn = self.connection()
         # Log rows (a task's terminal row, a state transition) go in one multi-row INSERT
         # per table; a batch of log rows alone is one statement (its own transaction).
         # Every SQLite call releases the GIL, and taking it back while the scheduler's lanes

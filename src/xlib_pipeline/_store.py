@@ -130,6 +130,8 @@ class RunStore(_lease.LeaseMixin):
         self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
         self.add = self._committer.add
         self.commit = self._committer.commit
+        #: ``fn(connection)`` on the writer's warm connection, unless a commit is in flight.
+        self.read_if_idle = self._committer.read_if_idle
 
     def _writer_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
