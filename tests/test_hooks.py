@@ -163,6 +163,63 @@ class TestObserverHooks:
         assert rec.of("close")[0]["manager"] is pm
 
 
+class IdleWatcher:
+    """Records ``lane_idle`` calls; a task body waits until one has come."""
+
+    name = "idle-watcher"
+
+    def __init__(self) -> None:
+        self.runs: list[RunContext] = []
+        self.threads: set[str] = set()
+        self.seen = threading.Event()
+
+    @hookimpl
+    def lane_idle(self, run):
+        self.runs.append(run)
+        self.threads.add(threading.current_thread().name)
+        self.seen.set()
+
+
+class TestLaneIdle:
+    def test_a_lane_without_work_says_so_before_it_waits(self):
+        """Two lanes, two independent tasks: 'slow' cannot finish until the lane that ran
+        'quick' found the queue empty and called lane_idle (from its own thread)."""
+        watcher = IdleWatcher()
+        saw: list[bool] = []
+        p = Pipeline("idle")
+        p.add_task("slow", lambda: saw.append(watcher.seen.wait(30)))
+        p.add_task("quick", lambda: 1)
+        result = pm_with(watcher).execute_pipeline(p, max_workers=2)
+        assert result.success
+        assert saw == [True]
+        assert watcher.runs and all(r.run_id == result.run_id for r in watcher.runs)
+        assert all(name.startswith("xlib-lane-") for name in watcher.threads)
+
+    def test_coroutine_driver_says_so_while_a_coroutine_runs(self):
+        """An inline run with a coroutine task: the driver waits for its completion only
+        after lane_idle."""
+        import asyncio
+
+        watcher = IdleWatcher()
+
+        async def slow() -> bool:
+            for _ in range(3000):
+                if watcher.seen.is_set():
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+
+        p = Pipeline("idle_async")
+        p.add_task("slow", slow)
+        result = pm_with(watcher).execute_pipeline(p, max_workers=1)
+        assert result.success and result.final_result is True
+
+    def test_an_inline_run_never_idles(self):
+        watcher = IdleWatcher()
+        assert pm_with(watcher).execute_pipeline(abc_pipeline(), max_workers=1).success
+        assert watcher.runs == []
+
+
 class Retrier:
     """Test plugin: retry a task up to ``times`` times, recording the delays it asked for."""
 

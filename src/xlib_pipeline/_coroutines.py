@@ -54,6 +54,7 @@ class CoroutineLanes:
         def _abandon(self) -> None: ...
         def _log(self, event: str, **kw: Any) -> None: ...
         def _interrupt_notice(self) -> None: ...
+        def _idle_get(self, q: Any) -> Any: ...
         def _decided(self, i: int, task: Task, status: Status) -> int | None: ...
         def _failed(
             self, i: int, task: Task, outcome: TaskOutcome, *, after: bool = True
@@ -85,10 +86,11 @@ class CoroutineLanes:
             q.put(i)
         interrupted: BaseException | None = None
         deadline: float | None = None
+        idle = self.hooks.has["lane_idle"]
         while not self.finished_event.is_set():
             try:
                 if deadline is None:
-                    item = q.get()
+                    item = q.get() if not idle else self._idle_get(q)
                 else:
                     if not self.async_running and q.empty():
                         self._abandon()  # nothing left that could still finish

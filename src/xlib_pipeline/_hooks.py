@@ -471,6 +471,10 @@ class Hooks:
             return
         self._invoke("after_task", {"task": task, "run": run, "outcome": outcome})
 
+    def lane_idle(self, *, run: RunContext) -> None:
+        """A lane of ``run`` found no ready work and is about to wait."""
+        self._invoke("lane_idle", {"run": run})
+
     def on_task_error(
         self, *, task: Task, run: RunContext, outcome: TaskOutcome
     ) -> RetryDecision | None:

@@ -16,6 +16,7 @@ from ._records import RunContext, Status
 if TYPE_CHECKING:  # pragma: no cover
     from ._async import LoopThread
     from ._graph import Plan
+    from ._hooks import Hooks
     from ._outcomes import Columns
 
 CANCELLED = Status.CANCELLED
@@ -25,6 +26,7 @@ class LaneDriver:
     """Driving, stopping and releasing lanes for :class:`~._scheduler.Run`."""
 
     ctx: RunContext
+    hooks: Hooks
     plan: Plan
     cols: Columns
     lock: threading.Lock
@@ -136,8 +138,9 @@ class LaneDriver:
     def _lane(self) -> None:
         q = self._queue
         process = self._process
+        idle = self.hooks.has["lane_idle"]
         while True:
-            i = q.get()
+            i = q.get() if not idle else self._idle_get(q)
             if i is None:
                 return
             try:
@@ -148,6 +151,16 @@ class LaneDriver:
                 self._stop()
                 self._abandon()
                 return
+
+    def _idle_get(self, q: Any) -> Any:
+        """The lane's next item; when none is ready, ``lane_idle`` is called first (an
+        observer holding a record back writes it before the lane waits)."""
+        try:
+            return q.get(False)
+        except queue.Empty:
+            pass
+        self.hooks.lane_idle(run=self.ctx)
+        return q.get()
 
     def _abandon(self) -> None:
         """Mark everything not terminal as cancelled and release the driver."""

@@ -202,6 +202,14 @@ class HookSpecs:
         """Observer: a task reached an outcome (every attempt, skips included); always called."""
 
     @hookspec
+    def lane_idle(self, run: RunContext) -> None:
+        """Observer: a lane of the run found no ready work and is about to wait for some.
+
+        For a plugin that holds a record back to write it with the lane's next one (the
+        audit trail): it writes it now. Called on the lane's thread; must not block.
+        """
+
+    @hookspec
     def task_scope(self, task: Task, run: RunContext) -> TaskScope | None:
         """Provider (every answer used): context to enter around the task's function body,
         once per attempt, wherever the body runs: a *picklable* callable returning a context
