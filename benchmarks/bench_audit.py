@@ -71,10 +71,17 @@ def layered_dag(n: int, seed: int = 7) -> Pipeline:
     return p
 
 
+#: Process CPU time (every thread: the lanes, the flusher) of the last :func:`time_run`.
+last_cpu = [0.0]
+
+
 def time_run(pm: PipelineManager, p: Pipeline) -> float:
+    """Wall time of one run; its process CPU time goes to ``last_cpu[0]``."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     result = pm.execute_pipeline(p)
     elapsed = time.perf_counter() - t0
+    last_cpu[0] = time.process_time() - c0
     assert result.success, result.error
     return elapsed
 
@@ -192,63 +199,84 @@ def main() -> None:
 
     times: dict[str, list[float]] = {k: [] for k in ("bare", "inert", "hooks", "never", "batch")}
     times["always"] = []
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     key = b"bench-key-" * 4
     honest: list[float] = []
     ref: list[float] = []
+    honest_cpu: list[float] = []
+
+    def timed(name: str, pm: PipelineManager) -> None:
+        times[name].append(time_run(pm, p))
+        cpu[name].append(last_cpu[0])
+
     for i in range(args.repeat):
         # interleave so drift hits every variant alike
-        times["bare"].append(time_run(bare, p))
+        timed("bare", bare)
         if not args.quick_ab:
-            times["inert"].append(time_run(inert, p))
-            times["hooks"].append(time_run(hooks, p))
-            times["never"].append(time_run(managers["never"], p))
-        times["batch"].append(time_run(managers["batch"], p))
+            timed("inert", inert)
+            timed("hooks", hooks)
+            timed("never", managers["never"])
+        timed("batch", managers["batch"])
+        c0 = time.process_time()
         honest.append(honest_chain(n, tmp / f"honest{i}.jsonl", key))
+        honest_cpu.append(time.process_time() - c0)
         if not args.quick_ab:
             ref.append(plain_chain(2 * n, tmp / f"plain{i}.jsonl"))
     for _ in range(0 if args.quick_ab else args.always_repeat):
-        times["always"].append(time_run(managers["always"], p))
-        times["bare"].append(time_run(bare, p))
+        timed("always", managers["always"])
+        timed("bare", bare)
     # the honest chain wrote the trail's bytes: it verifies as a trail (with its key)
     honest_report = verify(tmp / "honest0.jsonl", key=key, require_head=False)
     assert honest_report.ok and honest_report.records == 2 * n, str(honest_report)
 
-    base = statistics.median(times["bare"])
-    rows = [("bare core (entry_points=False)", base, None)]
+    def med(name: str) -> tuple[float, float]:
+        return statistics.median(times[name]), statistics.median(cpu[name])
+
+    base = med("bare")
+    rows = [("bare core (entry_points=False)", *base, None)]
     if not args.quick_ab:
         rows += [
-            ("audit installed, not configured", statistics.median(times["inert"]), base),
-            (
-                "no-op before/after_task hooks (dispatch only)",
-                statistics.median(times["hooks"]),
-                base,
-            ),
-            ("audit fsync=never", statistics.median(times["never"]), base),
+            ("audit installed, not configured", *med("inert"), base),
+            ("no-op before/after_task hooks (dispatch only)", *med("hooks"), base),
+            ("audit fsync=never", *med("never"), base),
         ]
-    rows.append(("audit fsync=batch (default)", statistics.median(times["batch"]), base))
+    rows.append(("audit fsync=batch (default)", *med("batch"), base))
     if times["always"]:
-        rows.append(("audit fsync=always", statistics.median(times["always"]), base))
+        rows.append(("audit fsync=always", *med("always"), base))
     print(f"{n:,} no-op tasks, random layered DAG, max_workers=2; median of {args.repeat} runs")
-    print(f"(fsync=always: {args.always_repeat} run(s)); 2 audit records per task + 2 per run\n")
-    print("| variant | run time (s) | µs/task | µs/task added | ratio to bare |")
-    print("|---|---:|---:|---:|---:|")
-    for label, t, b in rows:
-        added = "-" if b is None else f"{(t - b) / n * 1e6:.1f}"
-        ratio = "1.00" if b is None else f"{t / b:.2f}"
-        print(f"| {label} | {t:.3f} | {t / n * 1e6:.1f} | {added} | {ratio} |")
+    print(f"(fsync=always: {args.always_repeat} run(s)); 2 audit records per task + 2 per run")
+    print(f"load average {os.getloadavg()[0]:.1f}; CPU: process CPU time, every thread\n")
+    print(
+        "| variant | run time (s) | µs/task | µs/task added | ratio to bare "
+        "| CPU µs/task | CPU µs/task added |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, t, c, b in rows:
+        added = "-" if b is None else f"{(t - b[0]) / n * 1e6:.1f}"
+        ratio = "1.00" if b is None else f"{t / b[0]:.2f}"
+        cadded = "-" if b is None else f"{(c - b[1]) / n * 1e6:.1f}"
+        print(
+            f"| {label} | {t:.3f} | {t / n * 1e6:.1f} | {added} | {ratio} "
+            f"| {c / n * 1e6:.1f} | {cadded} |"
+        )
     h = statistics.median(honest)
+    hc = statistics.median(honest_cpu)
     print(
         f"| reference: honest chain, the trail's {2 * n:,} records, HMAC, lseek + write each "
-        f"(no scheduler) | {h:.3f} | {h / n * 1e6:.1f} | - | - |"
+        f"(no scheduler) | {h:.3f} | {h / n * 1e6:.1f} | - | - | {hc / n * 1e6:.1f} | - |"
     )
     if ref:
         r = statistics.median(ref)
         print(
             f"| reference: session 4's plain-Python chain, {2 * n:,} records (no scheduler) | "
-            f"{r:.3f} | {r / n * 1e6:.1f} | - | - |"
+            f"{r:.3f} | {r / n * 1e6:.1f} | - | - | - | - |"
         )
-    added = (statistics.median(times["batch"]) - base) / n * 1e6
-    print(f"\naudit fsync=batch added ÷ honest chain: {added / (h / n * 1e6):.2f}")
+    added = (med("batch")[0] - base[0]) / n * 1e6
+    cadded = (med("batch")[1] - base[1]) / n * 1e6
+    print(
+        f"\naudit fsync=batch added ÷ honest chain: {added / (h / n * 1e6):.2f} wall, "
+        f"{cadded / (hc / n * 1e6):.2f} CPU"
+    )
     for policy in ("never", "batch", "always"):
         path = tmp / f"{policy}.jsonl"
         managers[policy].close()

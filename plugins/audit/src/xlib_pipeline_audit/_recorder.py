@@ -47,6 +47,8 @@ class AuditRun:
         "append",
         "attempts",
         "digests",
+        "flush",
+        "hold",
         "meta",
         "pipeline",
         "records",
@@ -56,7 +58,13 @@ class AuditRun:
 
     def __init__(self, plugin: AuditPlugin, run: RunContext) -> None:
         #: The run's trail's ``append`` (opened here: every run writes ``run.started``).
-        self.append = plugin.writer().append
+        trail = plugin.writer()
+        self.append = trail.append
+        #: A task's plain ``task.finished`` waits in the inbox for the lane's next write
+        #: (its next ``task.started``): one ``write(2)`` per task. ``flush`` writes it when
+        #: the lane goes idle (``lane_idle``), so it never waits while nothing is written.
+        self.hold = trail.hold
+        self.flush = trail.flush
         self.actor = run.principal or plugin.actor
         self.pipeline = run.pipeline_name
         self.run_id = run.run_id
@@ -173,7 +181,7 @@ class Recorder:
         if self._last[0] is run:
             self._last = (None, None)
         trail = self._plugin.writer()
-        trail.append(rec)
+        trail.append(rec, wait=True)  # with every record held for a lane's next write
         if "stream" not in run.params:  # a stream's batches sync as configured (fsync)
             trail.sync()
             self._plugin.checkpoint(force=True)
@@ -262,6 +270,15 @@ class Recorder:
                     opt["pii_detected"] = sorted(entry.detected)
         return opt
 
+    @hookimpl
+    def lane_idle(self, run: Any) -> None:
+        """The lane has nothing to do: write the ``task.finished`` records held for its next
+        write now (a record never waits while its lane is idle)."""
+        last = self._last
+        st = last[1] if last[0] is run else run.stash.get(AUDIT_RUN, None)
+        if st is not None:
+            st.flush()
+
     # trylast: the outcome is recorded after the other observers ran, so what they
     # computed for it (the classification level of the output) is in the record.
     @hookimpl(trylast=True)
@@ -283,7 +300,7 @@ class Recorder:
             and outcome.final
             and CLASSIFICATION not in run.stash
         ):
-            st.append([quick[1], quick[2], quick[3] + now_iso() + quick[4]])
+            st.hold([quick[1], quick[2], quick[3] + now_iso() + quick[4]])
             cp = self._plugin.checkpointer
             if cp is not None and cp.due(self._plugin.writer().last_seq):
                 self._plugin.checkpoint()

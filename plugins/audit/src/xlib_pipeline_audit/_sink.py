@@ -76,6 +76,8 @@ class GroupCommitSink:
             other.append_locked(inbox.popleft())
 
     def flush(self) -> None:
+        if not self.inbox and not self.trail._unwritten:
+            return  # taken by a writer holding the lock: in the file when it lets go
         with self.trail._lock:
             if self.trail._sink is self:
                 self.write_waiting()
@@ -84,6 +86,24 @@ class GroupCommitSink:
 
     def pending(self) -> bool:
         return bool(self.inbox)
+
+
+def hold_record(self: AuditTrail, fields: dict[str, Any] | Rendered) -> None:
+    """Queue a record to go out with the next write (:meth:`AuditTrail.hold`).
+
+    Group commit: the record joins the inbox without taking the lock, so whichever write
+    comes next (the lane's next ``task.started``, any other thread's record, a flush, a
+    sync, the flusher) carries it in the same ``write(2)``. The caller makes sure a write
+    comes: the recorder flushes when its lane goes idle (``lane_idle``) and at the run's
+    end. Other sinks (write-through, flock) append it at once."""
+    sink = self._sink
+    if sink.__class__ is not GroupCommitSink or self._fd is None:
+        self.append(fields)
+        return
+    sink.inbox.append(fields)
+    if self._sink is not sink:  # switched to flock meanwhile: hand it over now
+        with self._lock:
+            sink.drain_to(self._sink)
 
 
 class WriteThroughSink:

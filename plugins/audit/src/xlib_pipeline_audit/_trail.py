@@ -45,7 +45,7 @@ from ._flusher import start_flusher, sync_error
 from ._head import check_head, head_path, read_head, write_head
 from ._render import Rendered, fields_of
 from ._settings import FSYNC_POLICIES
-from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, reload_tail
+from ._sink import FlockSink, GroupCommitSink, WriteThroughSink, hold_record, reload_tail
 from ._tail import drop_torn_tail, read_all, scan
 
 _log = logging.getLogger("xlib_pipeline.audit")
@@ -377,6 +377,7 @@ class AuditTrail:
     _commit_waiting = commit_waiting
     _write_records = write_records
     _write_all = write_all
+    hold = hold_record
 
     #: Tests only: called with the bytes about to be written (raise OSError to inject).
     write_hook: Callable[[bytes], None] | None = None
