@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ class GroupCommitter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._pending: list[Statement] = []
+        # Appended without the lock (deque.append is atomic): the combiner drains it under
+        # the lock after taking the callbacks, so a statement queued before its ``then`` was
+        # registered is always in the batch that ``then`` waits for.
+        self._pending: deque[Statement] = deque()
         self._then: list[Then] = []
         self._busy = False  # a combiner (the writer or a flushing caller) is writing
         self._wake = False  # the writer thread has work to take
@@ -69,9 +73,8 @@ class GroupCommitter:
         self.write_hook: Callable[[list[Statement]], None] | None = None
 
     def add(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue one statement for the next commit."""
-        with self._lock:
-            self._pending.append((sql, params))
+        """Queue one statement for the next commit (no lock taken)."""
+        self._pending.append((sql, params))
 
     def commit(self, then: Then | None = None) -> None:
         """Have what is queued committed as soon as no commit is in flight; ``then(error)``
@@ -157,13 +160,13 @@ class GroupCommitter:
                         # Nothing to do, or failing: the statements wait for flush().
                         self._busy = False
                         return err
-                    batch, self._pending = self._pending, []
                     then, self._then = self._then, []
                     k = 0
-                    if self.error is not None and batch:
-                        # Failing: keep the statements for flush() to retry, answer at once.
-                        self._pending[:0] = batch
-                        batch = []
+                    if self.error is None:
+                        q = self._pending
+                        popleft = q.popleft
+                        batch = [popleft() for _ in range(len(q))]
+                    # else failing: the statements stay for flush() to retry, answer at once.
                 err = self.error
                 if batch:
                     try:
@@ -172,7 +175,7 @@ class GroupCommitter:
                         err = self.fault(exc)
                         err.__cause__ = exc
                         with lock:
-                            self._pending[:0] = batch  # never dropped: retried by flush()
+                            self._requeue(batch)  # never dropped: retried by flush()
                             self.error = err
                     batch = []
                 for fn in then:
@@ -184,10 +187,14 @@ class GroupCommitter:
         except BaseException:
             # Ctrl-C (or a bug) while combining: nothing is lost, the next commit goes on.
             with lock:
-                self._pending[:0] = batch
+                self._requeue(batch)
                 self._then[:0] = then[k:]
                 self._busy = False
             raise
+
+    def _requeue(self, batch: list[Statement]) -> None:
+        """Put ``batch`` back at the front of the queue, in order (under the lock)."""
+        self._pending.extendleft(reversed(batch))
 
     def write(self, batch: list[Statement]) -> None:
         """Write ``batch`` (in order); on failure drop its written prefix and raise."""
@@ -278,9 +285,6 @@ class Committer(GroupCommitter):
         self._connect = connect
         self._busy_ms = busy_ms
         self._conn: sqlite3.Connection | None = None
-        #: Fold a task's ``running`` event into its terminal row when both are in one batch
-        #: (see :func:`split_log`); off only to compare with the unfolded store.
-        self.fold = True
 
     def fault(self, exc: BaseException) -> StoreError:
         return describe_fault(self.path, exc, self._busy_ms)
@@ -321,9 +325,9 @@ class Committer(GroupCommitter):
                     plain = plain or batch[j][0] is not LOG
                     j += 1
                 if not plain:
-                    _insert_log(conn, [params for _, params in batch[k:j]], fold=self.fold)
+                    _insert_log(conn, [params for _, params in batch[k:j]])
                 else:
-                    _write_mixed(conn, batch[k:j], fold=self.fold)
+                    _write_mixed(conn, batch[k:j])
                 k = j
         except BaseException:
             if conn.in_transaction:
@@ -336,7 +340,7 @@ class Committer(GroupCommitter):
             raise
 
 
-def _write_mixed(conn: sqlite3.Connection, items: list[Statement], *, fold: bool = True) -> None:
+def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
     """Statements and log rows in order, in one transaction (log rows between two
     statements as one multi-row INSERT per table)."""
     conn.execute("BEGIN IMMEDIATE")
@@ -346,11 +350,11 @@ def _write_mixed(conn: sqlite3.Connection, items: list[Statement], *, fold: bool
             rows.append(params)
             continue
         if rows:
-            _insert_rows(conn, rows, fold=fold)
+            _insert_rows(conn, rows)
             rows = []
         conn.execute(sql, params)
     if rows:
-        _insert_rows(conn, rows, fold=fold)
+        _insert_rows(conn, rows)
     conn.execute("COMMIT")
 
 
@@ -380,15 +384,13 @@ _NULL_ROW = (None,) * len(LOG_COLUMNS)
 _MAX_ROWS = 1024  # x 14 columns: under SQLite's default limit of 32766 parameters
 
 
-def _insert_log(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], *, fold: bool = True
-) -> None:
+def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert log rows in one transaction: a multi-row INSERT into ``tasks`` and one into
     ``events`` (at most 1024 rows each), padded to a power of two rows so that a handful of
     prepared statements serve every batch size. Direct inserts, not through a view with an
     INSTEAD OF trigger: SQLite runs a trigger program per row (8 % of the store's cost per
     task on the 10,000-task DAG, same-run A/B)."""
-    tasks, events = split_log(rows, fold=fold)
+    tasks, events = split_log(rows)
     if not tasks and not events:
         return
     if (not tasks or not events) and len(tasks) <= _MAX_ROWS and len(events) <= _MAX_ROWS:
@@ -455,11 +457,9 @@ def split_log(
 FOLDED_ORDER = (1 << 62) - 1
 
 
-def _insert_rows(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], *, fold: bool = True
-) -> None:
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Log rows inside the caller's transaction."""
-    _insert_split(conn, *split_log(rows, fold=fold))
+    _insert_split(conn, *split_log(rows))
 
 
 def _insert_split(

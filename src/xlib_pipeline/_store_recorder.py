@@ -6,11 +6,13 @@ import functools
 import getpass
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ._blobs import BlobRef
 from ._builtin import CorePlugin
+from ._commit import LOG
 from ._context import params_json
 from ._graph import Plan
 from ._outcomes import Observer
@@ -95,6 +97,8 @@ class StoreRecorder(Observer):
         self.carried = dict(carried or {})
         self.source = source
         self.recorded: set[int] = set()
+        #: The store's queue (RunStore.add): the per-task rows are its LOG rows.
+        self.add = store.add
         #: Whether a plugin implements ``encrypt`` (else the core's pass-through answers:
         #: skipped, with the reference it would be given, on the per-task path).
         self.sealing = _sealing(hooks)
@@ -147,7 +151,12 @@ class StoreRecorder(Observer):
         self.store.keep_alive(ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
-        self.store.event(run.ctx.run_id, run.plan.names[i], "running", attempt=attempt)
+        # RunStore.event's log row, queued directly (one call per task fewer).
+        self.add(
+            LOG,
+            (2, run.ctx.run_id, run.plan.names[i], "running", attempt,
+             None, None, None, None, None, None, None, None, _now()),
+        )  # fmt: skip
 
     def attempt_failed(
         self, run: Run, i: int, attempt: int, error: BaseException, decision: RetryDecision
@@ -196,63 +205,89 @@ class StoreRecorder(Observer):
         output_run: str | None = None
         failure: BaseException | None = None
         self.recorded.add(i)
-        if status is not None and status.has_output:
-            carried = self.carried.pop(i, None)
+        if status in _WITH_OUTPUT:
+            carried = self.carried.pop(i, None) if self.carried else None
             if carried is not None:
                 blob, output_run, blob_name = carried
                 if blob_name is not None:  # this run references the blob too (prune keeps it)
                     self.store.blob_referenced(ctx.run_id, task.name, blob_name)
             elif self.record_outputs:
-                ref = payload_ref(ctx.run_id, run.plan.pipeline_name, task.name, tenant)
-                raw: bytes | None
-                try:
-                    dumped = self.store.blobs.dump(
-                        cols.outputs[i], lambda: self.hooks.encrypt_stream(ref=ref)
-                    )
-                except BaseException as error:  # a blob write fault, or the sealer's
-                    dumped, failure = None, error
-                if isinstance(dumped, BlobRef):
-                    self.store.blob_referenced(ctx.run_id, task.name, dumped.name)
-                    raw = dumped.encode()
-                else:
-                    raw = dumped
-                if raw is not None and len(raw) > MAX_BLOB:
-                    failure = StoreError(
-                        f"run store {str(self.store.path)!r}: the output of task {task.name!r} "
-                        f"is {len(raw):,} bytes pickled, more than the store holds in one "
-                        f"value ({MAX_BLOB:,}); the task is recorded without it and re-runs "
-                        "on resume (return a path or a smaller value)",
-                        path=str(self.store.path),
-                    )
-                    raw = None
-                if raw is not None and not self.sealing:
-                    blob = raw
-                elif raw is not None:
-                    try:
-                        blob = self.hooks.encrypt(data=raw, ref=ref)
-                    except BaseException as error:  # never fall back to plaintext
-                        failure = error
-        err = cols.errors.get(i)
-        exc = err[0] if err else None
-        attempts = cols.attempts.get(i, 1 if cols.started[i] is not None else 0)
-        self.store.task_finished(
-            (
-                ctx.run_id,
-                task.name,
-                status.value if status else "pending",
-                attempts,
-                cols.started[i],
-                cols.finished[i],
-                type(exc).__name__ if exc is not None else None,
-                self._protect(str(exc)[:2000], run, i, "error") if exc is not None else None,
-                self._protect(err[1], run, i, "traceback") if err else None,
-                blob,
-                output_run,
-                tenant,
+                blob, failure = self._output(run, task, tenant, cols.outputs[i])
+        started = cols.started[i]
+        if status is SUCCEEDED and started is not None and i not in cols.attempts:
+            # The usual row: a first attempt's success (see RunStore.task_finished's log row).
+            self.add(
+                LOG,
+                (1, ctx.run_id, task.name, "succeeded", 1, started, cols.finished[i],
+                 None, None, None, blob, output_run, tenant, None),
+            )  # fmt: skip
+        else:
+            err = cols.errors.get(i)
+            exc = err[0] if err else None
+            attempts = cols.attempts.get(i, 1 if started is not None else 0)
+            self.add(
+                LOG,
+                (
+                    1,
+                    ctx.run_id,
+                    task.name,
+                    _VALUES.get(status, "pending"),  # type: ignore[arg-type]
+                    attempts,
+                    started,
+                    cols.finished[i],
+                    type(exc).__name__ if exc is not None else None,
+                    self._protect(str(exc)[:2000], run, i, "error") if exc is not None else None,
+                    self._protect(err[1], run, i, "traceback") if err else None,
+                    blob,
+                    output_run,
+                    tenant,
+                    None,
+                ),
             )
-        )
         if failure is not None:  # recorded without its output: resume re-runs it
             raise failure
+
+    def _output(
+        self, run: Run, task: Any, tenant: str | None, value: Any
+    ) -> tuple[bytes | None, BaseException | None]:
+        """A task's output as stored (pickled or a blob reference, then through the
+        ``encrypt`` hook), and the failure that kept it out (``None``, None: not stored)."""
+        ctx = run.ctx
+        pipeline = run.plan.pipeline_name
+
+        def sealer() -> Any:  # asked only when the output goes to a blob
+            ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
+            return self.hooks.encrypt_stream(ref=ref)
+
+        raw: bytes | None
+        try:
+            dumped = self.store.blobs.dump(value, sealer)
+        except BaseException as error:  # a blob write fault, or the sealer's
+            return None, error
+        if dumped.__class__ is bytes:
+            raw = dumped
+        elif isinstance(dumped, BlobRef):
+            self.store.blob_referenced(ctx.run_id, task.name, dumped.name)
+            raw = dumped.encode()
+        else:
+            raw = dumped
+        if raw is None:
+            return None, None
+        if len(raw) > MAX_BLOB:
+            return None, StoreError(
+                f"run store {str(self.store.path)!r}: the output of task {task.name!r} "
+                f"is {len(raw):,} bytes pickled, more than the store holds in one "
+                f"value ({MAX_BLOB:,}); the task is recorded without it and re-runs "
+                "on resume (return a path or a smaller value)",
+                path=str(self.store.path),
+            )
+        if not self.sealing:
+            return raw, None
+        try:
+            ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
+            return self.hooks.encrypt(data=raw, ref=ref), None
+        except BaseException as error:  # never fall back to plaintext
+            return None, error
 
     def run_finished(self, run: Run, result: PipelineResult) -> None:
         # Tasks abandoned on cancellation never reached task_finished: record them too.
@@ -277,6 +312,13 @@ class StoreRecorder(Observer):
             (result.status, result.finished, error, result.run_id),
         )
         self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
+
+
+_now = time.time
+SUCCEEDED = Status.SUCCEEDED
+_WITH_OUTPUT = frozenset({Status.SUCCEEDED, Status.CACHED, Status.FALLBACK})
+#: A status as stored: the plain text (psycopg would adapt the enum by its name).
+_VALUES = {s: s.value for s in Status}
 
 
 def _sealing(hooks: Any) -> bool:

@@ -47,9 +47,6 @@ class Committer(GroupCommitter):
         self.faults = (psycopg.Error, OSError)
         self._store = store
         self._conn: psycopg.Connection[Any] | None = None
-        #: Fold a task's ``running`` event into its terminal row when both are in one batch
-        #: (see :func:`~xlib_pipeline.store.split_log`); off only to compare.
-        self.fold = True
 
     def fault(self, exc: BaseException) -> StoreError:
         return self._store.fault(exc, "a write failed")
@@ -81,13 +78,13 @@ class Committer(GroupCommitter):
                 segment = batch[k:j]
                 if all(sql is LOG for sql, _ in segment):
                     with conn.cursor() as cur:
-                        _log_only(cur, segment, fold=self.fold)
+                        _log_only(cur, segment)
                 else:
                     # Pipeline mode: the statements go out without waiting for each
                     # result, so a transaction costs one round trip to the server, not one
                     # per statement (a stream's batch: run, leases, tasks, checkpoint).
                     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-                        _write_statements(cur, segment, fold=self.fold)
+                        _write_statements(cur, segment)
                 k = j
         except BaseException:
             del batch[:k]  # committed segments stay; the rest is retried by flush()
@@ -115,14 +112,12 @@ _LOG_SQL = (
 )
 
 
-def _log_only(
-    cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]], *, fold: bool = True
-) -> None:
+def _log_only(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
     """A batch of log rows only (the common case): one statement, one round trip, atomic
     on its own (autocommit), so the commit costs one wait on the server. A task's
     ``running`` event in the same batch as its terminal row is folded into that row (the
     core's :func:`~xlib_pipeline.store.split_log`; ``get_events`` puts it back)."""
-    rows, evs = split_log([row for _, row in items], fold=fold)
+    rows, evs = split_log([row for _, row in items])
     tasks: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # a task's last row wins
     for r in rows:
         tasks[(r[0], r[1])] = (*r[:7], seal_text(r[7]), seal_text(r[8]), *r[9:])
@@ -132,9 +127,7 @@ def _log_only(
     cur.execute(_LOG_SQL, (*tcols, *ecols))
 
 
-def _write_statements(
-    cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]], *, fold: bool = True
-) -> None:
+def _write_statements(cur: psycopg.Cursor[Any], items: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Statements in order, in the caller's transaction; each run of log rows between them
     is one statement (:data:`_LOG_SQL`), so a stream batch's commit is a handful of
     statements sent in one pipeline."""
@@ -142,7 +135,7 @@ def _write_statements(
 
     def drain() -> None:
         if logs:
-            _log_only(cur, logs, fold=fold)
+            _log_only(cur, logs)
             logs.clear()
 
     for sql, params in items:
