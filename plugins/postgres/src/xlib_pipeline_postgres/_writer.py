@@ -97,17 +97,17 @@ class Committer(GroupCommitter):
 _LOG_SQL = (
     "WITH ti AS (INSERT INTO tasks (run_id, task, status, attempts, started, finished, "
     "error_type, error, traceback, output, output_run, tenant, ran, ran_attempt) SELECT * FROM "
-    "unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], "
-    "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], %s::text[], %s::float8[], "
-    "%s::int[]) ON CONFLICT (run_id, task) "
+    "unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::float8[], %b::float8[], "
+    "%b::text[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::text[], %b::float8[], "
+    "%b::int[]) ON CONFLICT (run_id, task) "
     "DO UPDATE SET status = EXCLUDED.status, attempts = EXCLUDED.attempts, started = "
     "EXCLUDED.started, finished = EXCLUDED.finished, error_type = EXCLUDED.error_type, error = "
     "EXCLUDED.error, traceback = EXCLUDED.traceback, output = EXCLUDED.output, output_run = "
     "EXCLUDED.output_run, tenant = EXCLUDED.tenant, ran = EXCLUDED.ran, ran_attempt = "
     "EXCLUDED.ran_attempt RETURNING 1), "
     "ei AS (INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
-    "SELECT r, t, ts, ev, at, et, er FROM unnest(%s::text[], %s::text[], %s::float8[], "
-    "%s::text[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY AS u(r, t, ts, ev, at, et, "
+    "SELECT r, t, ts, ev, at, et, er FROM unnest(%b::text[], %b::text[], %b::float8[], "
+    "%b::text[], %b::int[], %b::text[], %b::text[]) WITH ORDINALITY AS u(r, t, ts, ev, at, et, "
     "er, o) ORDER BY o RETURNING 1) SELECT (SELECT count(*) FROM ti), (SELECT count(*) FROM ei)"
 )
 
