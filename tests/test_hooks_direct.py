@@ -1,5 +1,6 @@
-"""The per-task hooks (before_task, after_task, task_scope) call their implementations
-directly; pluggy's dispatch must be indistinguishable: same call order under
+"""The per-task hooks (before_task, after_task, task_scope) and the payload providers
+(encrypt, decrypt: firstresult) call their implementations directly; pluggy's dispatch must
+be indistinguishable: same call order under
 tryfirst/trylast, same argument subsets in the implementation's own order, same results,
 the same first error attributed to the same plugin. Wrappers and hook-call monitoring fall
 back to pluggy."""
@@ -14,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xlib_pipeline import Pipeline, PipelineManager, hookimpl
-from xlib_pipeline._hooks import PER_TASK, Hooks
+from xlib_pipeline._dispatch import DIRECT, PER_PAYLOAD, PER_TASK
+from xlib_pipeline._hooks import Hooks
 from xlib_pipeline._plugins import create_plugin_manager
 from xlib_pipeline.exceptions import PipelineError, PluginError
 
@@ -44,7 +46,7 @@ def _impl(hook: str, args: tuple[str, ...], mode: str, log: list[Any], tag: str)
 
 
 _impl_spec = st.tuples(
-    st.sampled_from(sorted(PER_TASK)),
+    st.sampled_from(sorted(DIRECT)),
     st.sampled_from(["plain", "tryfirst", "trylast"]),
     st.sampled_from(["none", "none", "value", "error", "refuse"]),
     st.randoms(use_true_random=False),
@@ -58,7 +60,7 @@ def _plugins(spec: list[list[tuple[str, str, str, Any]]], log: list[Any]) -> lis
         for hook, order, mode, rnd in impls:
             if hook in attrs:
                 continue
-            names = list(PER_TASK[hook])
+            names = list(DIRECT[hook])
             chosen = [a for a in names if rnd.random() < 0.7]
             rnd.shuffle(chosen)
             fn = _impl(hook, tuple(chosen), mode, log, attrs["name"])
@@ -69,7 +71,7 @@ def _plugins(spec: list[list[tuple[str, str, str, Any]]], log: list[Any]) -> lis
 
 
 def _outcome(hooks: Hooks, hook: str, args: tuple[Any, ...]) -> tuple[str, Any]:
-    kwargs = dict(zip(PER_TASK[hook], args))
+    kwargs = dict(zip(DIRECT[hook], args))
     try:
         return ("ok", getattr(hooks, hook)(**kwargs))
     except PipelineError as exc:
@@ -82,10 +84,12 @@ def test_direct_calls_are_pluggy_calls(spec: list[list[tuple[str, str, str, Any]
     log: list[Any] = []
     pm, _ = create_plugin_manager(explicit=_plugins(spec, log), entry_points=False)
     direct, through = Hooks(pm), Hooks(pm, direct=False)
-    for hook in PER_TASK:
+    for hook in DIRECT:
         assert (direct._direct[hook] is not None) == direct.has[hook]
         assert through._direct[hook] is None
-        args = tuple(object() for _ in PER_TASK[hook])
+        args = tuple(object() for _ in DIRECT[hook])
+        if hook in PER_PAYLOAD:  # the core's pass-through answers last: give it bytes
+            args = (b"payload " + str(next(_counter)).encode(), args[1])
         log.clear()
         a = _outcome(direct, hook, args)
         calls_a = list(log)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pluggy
 
+from ._dispatch import DIRECT, Direct, direct_calls
 from ._records import (
     CliCommand,
     ConfigKey,
@@ -64,49 +65,13 @@ def _blame(exc: Exception, hook: str, plugin: str | None) -> PipelineError:
     return err
 
 
-#: The hooks called once per task attempt, and their arguments in spec order: called
-#: directly (see :func:`_direct_calls`) when pluggy's dispatch adds nothing.
-PER_TASK = {
-    "before_task": ("task", "run", "inputs"),
-    "after_task": ("task", "run", "outcome"),
-    "task_scope": ("task", "run"),
-}
-
-#: One implementation called directly: its function, the positions of the arguments it
-#: takes among the hook's (``None``: all, in order) and its plugin's name.
-Direct = tuple[Callable[..., Any], tuple[int, ...] | None, str]
-
-
-def _direct_calls(pm: pluggy.PluginManager, hook: str) -> tuple[Direct, ...] | None:
-    """The implementations of a per-task hook in pluggy's call order, to be called without
-    pluggy's per-call machinery (argument dict, checks, ``_multicall``'s bookkeeping: about
-    7 µs per hook per task, measured); ``None`` when pluggy must dispatch: a wrapper, an
-    implementation taking optional keywords, or hook-call tracing/monitoring installed.
-    Equivalence with pluggy (order under tryfirst/trylast, argument subsets, results,
-    errors) is property-tested in tests/test_hooks_direct.py."""
-    own = getattr(pm, "own_hookexec", None)
-    if own is None or pm.__dict__.get("_inner_hookexec") is not own:
-        return None  # not the core's manager, or tracing/monitoring installed since
-    impls = getattr(pm.hook, hook).get_hookimpls()
-    spec = PER_TASK[hook]
-    out: list[Direct] = []
-    for impl in reversed(impls):  # pluggy calls the last registered (and tryfirst) first
-        if impl.hookwrapper or impl.wrapper or getattr(impl, "kwargnames", ()):
-            return None
-        names = tuple(impl.argnames)
-        if any(a not in spec for a in names):
-            return None  # pluggy refused it at registration; let it say so
-        pick = None if names == spec else tuple(spec.index(a) for a in names)
-        out.append((impl.function, pick, impl.plugin_name))
-    return tuple(out)
-
-
 class Hooks:
     """The typed facade over one plugin manager's hooks: one method per hook.
 
     Every call goes through :meth:`_invoke` (pluggy underneath) and every failure through
     :func:`_blame`, which names the plugin and the hook. The per-task hooks
-    (``before_task``, ``after_task``, ``task_scope``) call their implementations directly
+    (``before_task``, ``after_task``, ``task_scope``) and the payload providers
+    (``encrypt``, ``decrypt``, once per stored output) call their implementations directly
     when pluggy's dispatch adds nothing (no wrapper, no tracing): pluggy's per-call cost was
     about 7 µs per hook per task, as much as a plugin's own work. Built again whenever the
     manager registers a plugin; a run keeps the facade it started with.
@@ -122,8 +87,7 @@ class Hooks:
         self._codes: dict[types.CodeType, str] | None = None
         self.owners: dict[str, dict[str, str]] = {}
         self._direct: dict[str, tuple[Direct, ...] | None] = {
-            hook: (_direct_calls(pm, hook) if direct and self.has[hook] else None)
-            for hook in PER_TASK
+            hook: (direct_calls(pm, hook) if direct and self.has[hook] else None) for hook in DIRECT
         }
 
     def _call_direct(
@@ -144,6 +108,21 @@ class Hooks:
             if res is not None:
                 results.append(res)
         return results
+
+    def _call_first(self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...]) -> Any:
+        """Call ``calls`` in order until one answers (pluggy's ``firstresult``): the first
+        non-None result, or ``None``; the first error raised, attributed."""
+        for fn, pick, plugin in calls:
+            try:
+                res = fn(*args) if pick is None else fn(*[args[k] for k in pick])
+            except Exception as exc:
+                err = _blame(exc, hook, self._owner_of(exc) or plugin)
+                if err is exc:
+                    raise
+                raise err from exc
+            if res is not None:
+                return res
+        return None
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -348,11 +327,19 @@ class Hooks:
 
     def encrypt(self, *, data: bytes, ref: PayloadRef) -> bytes:
         """Payload bytes as stored (the core's pass-through answers last)."""
+        calls = self._direct["encrypt"]
+        if calls is not None:
+            found: bytes = self._call_first("encrypt", calls, (data, ref))
+            return found
         out: bytes = self._invoke("encrypt", {"data": data, "ref": ref})
         return out
 
     def decrypt(self, *, data: bytes, ref: PayloadRef) -> bytes:
         """Payload bytes as given to ``encrypt`` (the core's pass-through answers last)."""
+        calls = self._direct["decrypt"]
+        if calls is not None:
+            found: bytes = self._call_first("decrypt", calls, (data, ref))
+            return found
         out: bytes = self._invoke("decrypt", {"data": data, "ref": ref})
         return out
 
