@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -115,6 +116,14 @@ def fast_uuid5(namespace: bytes, name: str) -> str:
     b[8] = (b[8] & 0x3F) | 0x80
     x = b.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def quote(text: str) -> str:
+    """``json.dumps(text)``, without the encoder for the usual name (printable ASCII with no
+    quote or backslash: nothing to escape)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
 
 
 _SECOND: tuple[int, str] = (-1, "")

@@ -105,6 +105,8 @@ class RunState:
         # a task event's text around its variable parts (see _task_event)
         self._ev_mid = f'",{self._head},"run":{{"runId":"'
         self._ev_facets = f'","facets":{{"parent":{self._parent},"{ev.RUN_FACET}":'
+        # classified outputs: the facets' JSON per distinct classification of the run
+        self._cls_facets: dict[tuple[str, str | None, tuple[str, ...]], str] = {}
         self.emitter = Emitter(plugin.sink(), self.build)
 
     # -- event building (emitter thread) -------------------------------------------------
@@ -117,12 +119,12 @@ class RunState:
             d = json.dumps
             rid = self.task_run_ids[name] = ev.fast_uuid5(self._ns_bytes, name)
             ins, outs = self.datasets.get(name, ((), ()))
-            job = d(self._job_prefix + name)
+            job = ev.quote(self._job_prefix + name)
             ins_json = d(list(ins)) if ins else "[]"
             info = self._info[name] = (
                 rid,
                 job,
-                d(name),
+                ev.quote(name),
                 ins_json,
                 d(list(outs)) if outs else "[]",
                 f'}}}},"job":{{"namespace":{self._ns},"name":{job},'
@@ -206,10 +208,27 @@ class RunState:
             extra = ',"errorMessage":' + json.dumps(facet_)
         outs = ""
         if status in ("succeeded", "cached", "fallback") and CLASSIFICATION in self.stash:
-            classified = self._classified_outputs(name)
-            if classified is not None:
-                outs = json.dumps(classified)
+            outs = self._classified_json(name)
         out.append(self._task_event(etype, name, ts, facet, extra, outs))
+
+    def _classified_json(self, name: str) -> str:
+        """The event's ``outputs`` with the classification facet, as JSON (``""``: the
+        output is not classified). An output without declared datasets (the usual case)
+        is assembled from its facets' text, rendered once per distinct classification of
+        the run: the same text as ``json.dumps`` of :meth:`_classified_outputs`."""
+        cls = self.stash.get(CLASSIFICATION, None)
+        entry = cls.outputs.get(name) if cls is not None else None
+        if entry is None:
+            return ""
+        if self.datasets.get(name, ((), ()))[1]:
+            return json.dumps(self._classified_outputs(name))
+        key = (entry.level, entry.declared, entry.detected)
+        facets = self._cls_facets.get(key)
+        if facets is None:
+            facet = ev.classification_facet(self.producer, entry)
+            facets = self._cls_facets[key] = json.dumps({ev.CLASSIFICATION_FACET: facet})
+        result = ev.quote(f"{self.pipeline}.{name}.result")
+        return f'[{{"namespace": {self._ns}, "name": {result}, "facets": {facets}}}]'
 
     def _classified_outputs(self, name: str) -> list[dict[str, Any]] | None:
         """Outputs with the classification facet, read from ``run.stash[CLASSIFICATION]``."""
