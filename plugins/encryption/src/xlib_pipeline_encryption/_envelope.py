@@ -166,6 +166,11 @@ class Envelope:
         nonce = _NONCES.take()
         return header + nonce + aead.encrypt(nonce, data, _PREFIX + ref.aad())
 
+    @staticmethod
+    def key_id(data: bytes) -> str | None:
+        """:func:`key_id_of`, for callers holding the envelope (no import per call)."""
+        return key_id_of(data)
+
     def forget_run(self, run_id: str) -> None:
         """Drop the cached per-run data keys of ``run_id`` (new runs get new keys)."""
         if self.per_run_keys:

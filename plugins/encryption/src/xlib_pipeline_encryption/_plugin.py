@@ -331,13 +331,12 @@ class EncryptionPlugin:
     def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
             return None
-        blob = self.envelope.seal(data, ref)
+        envelope = self._envelope or self.envelope
+        blob = envelope.seal(data, ref)
         if ref.kind == "output":
-            from ._envelope import key_id_of
-
             seen = self._seen.get(ref.run_id)
             if seen is not None:
-                seen[ref.task] = key_id_of(blob) or "?"
+                seen[ref.task] = envelope.key_id(blob) or "?"
         return blob
 
     @hookimpl
