@@ -133,9 +133,16 @@ class RunState:
         return info
 
     def _task_event(
-        self, etype: str, name: str, ts: float, facet: str, extra: str = "", outs: str = ""
+        self,
+        etype: str,
+        info: tuple[str, str, str, str, str, str],
+        ts: float,
+        facet: str,
+        extra: str = "",
+        outs: str = "",
     ) -> str:
-        rid, _, _, _, declared, tail = self._task_info(name)
+        """One task event's text; ``info`` is the task's :meth:`_task_info`."""
+        rid, _, _, _, declared, tail = info
         return (
             f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}{self._ev_mid}{rid}'
             f"{self._ev_facets}{facet}{extra}{tail}{outs or declared}}}"
@@ -174,7 +181,7 @@ class RunState:
         extra = (
             f',"jobDependencies":{self.job_dependencies(name)},"processing_engine":{self._engine}'
         )
-        out.append(self._task_event("START", name, ts, facet, extra))
+        out.append(self._task_event("START", info, ts, facet, extra))
 
     def _end(
         self,
@@ -198,9 +205,9 @@ class RunState:
             used = (self.stash.get(FALLBACKS, None) or {}).get(name)
             if used is not None:
                 why = f"{why} ({used.source}, replacing {used.error_class})"
-        facet = (
-            f'{self._xhead}"task":{self._task_info(name)[2]},"status":"{status}",'
-            f'"attempts":{int(attempts)}' + (f',"reason":{json.dumps(why)}}}' if why else "}")
+        info = self._task_info(name)
+        facet = f'{self._xhead}"task":{info[2]},"status":"{status}","attempts":{int(attempts)}' + (
+            f',"reason":{json.dumps(why)}}}' if why else "}"
         )
         extra = ""
         if etype == "FAIL":
@@ -209,7 +216,7 @@ class RunState:
         outs = ""
         if status in ("succeeded", "cached", "fallback") and CLASSIFICATION in self.stash:
             outs = self._classified_json(name)
-        out.append(self._task_event(etype, name, ts, facet, extra, outs))
+        out.append(self._task_event(etype, info, ts, facet, extra, outs))
 
     def _classified_json(self, name: str) -> str:
         """The event's ``outputs`` with the classification facet, as JSON (``""``: the
