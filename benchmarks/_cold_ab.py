@@ -52,6 +52,9 @@ def _figures(res: dict[str, Any]) -> dict[str, float]:
     if "help" in m:
         out["help_ms"] = m["help"] * 1e3
         out["python_ms"] = m["python"] * 1e3
+    if "help" in c:
+        out["help_cpu_ms"] = c["help"] * 1e3
+        out["python_cpu_ms"] = c["python"] * 1e3
     return out
 
 

@@ -193,3 +193,85 @@ def test_declared_command_help_matches_its_module(plugin: str, factory: str, nam
     cli = importlib.import_module(f"xlib_pipeline_{plugin}._cli")
     declared = PipelineManager({}).cli_commands[name]
     assert declared.help == getattr(cli, factory)().help
+
+
+#: The engine: what running a pipeline needs and neither ``import xlib_pipeline`` nor the
+#: CLI's parser may import.
+ENGINE = (
+    "xlib_pipeline._manager",
+    "xlib_pipeline._running",
+    "xlib_pipeline._scheduler",
+    "xlib_pipeline._store",
+    "xlib_pipeline._graph",
+    "xlib_pipeline._executors",
+    "xlib_pipeline._features",
+    "xlib_pipeline.loading",
+    "cloudpickle",
+    "sqlite3",
+    "concurrent.futures",
+)
+
+
+def _new_modules(code: str) -> list[str]:
+    script = textwrap.dedent(
+        """
+        import json, sys
+        before = set(sys.modules)
+        """
+    ) + textwrap.dedent(code)
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    found: list[str] = json.loads(out.strip().splitlines()[-1])
+    return found
+
+
+def test_import_alone_loads_no_engine() -> None:
+    """``import xlib_pipeline`` is lazy (PEP 562): no submodule but the lazy-export helper,
+    no attrs, pluggy or inspect; each public name loads its module on first use."""
+    new = _new_modules(
+        """
+        import xlib_pipeline
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    ours = sorted(m for m in new if m.startswith("xlib_pipeline."))
+    assert ours == ["xlib_pipeline._lazy"], f"import xlib_pipeline imported {ours}"
+    heavy = [m for m in ("attrs", "pluggy", "inspect", "cloudpickle", "sqlite3") if m in new]
+    assert heavy == [], f"import xlib_pipeline imported {heavy}"
+
+
+def test_help_loads_no_engine() -> None:
+    """``xlib-pipeline --help`` builds its parser from the plugins' declarations: neither the
+    manager nor the scheduler, the run store, the graph compiler or the executors."""
+    new = _new_modules(
+        """
+        import contextlib, io
+        from xlib_pipeline.cli import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            main(["--help"])
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    loaded = [m for m in new if any(m == e or m.startswith(e + ".") for e in ENGINE)]
+    assert loaded == [], f"--help imported {loaded}"
+
+
+def test_help_lists_every_plugin_command_and_the_core_cache_command() -> None:
+    """The light plugin registry behind ``--help`` offers what a full manager offers."""
+    import argparse
+
+    from xlib_pipeline import PipelineManager
+    from xlib_pipeline.cli._parser import build_parser
+    from xlib_pipeline.cli._registry import CliPlugins
+
+    def choices(parser: argparse.ArgumentParser) -> list[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return sorted(sub.choices)
+
+    light, full = CliPlugins(), PipelineManager({})
+    assert "cache" in light.cli_commands
+    assert sorted(light.cli_commands) == sorted(full.cli_commands)
+    assert sorted(light.render_targets) == sorted(full.render_targets)
+    assert choices(build_parser(light)) == choices(build_parser(full))
+    full.close()

@@ -11,102 +11,232 @@
 
 from __future__ import annotations
 
-from ._async import call_body, is_async_callable
-from ._budget import RESOURCE_SLOTS, ResourceSlots
-from ._builtin import ENCRYPTED_MAGIC
-from ._config import (
-    Config,
-    CoreConfig,
-    boolean,
-    check_keys,
-    data_dir,
-    number,
-    one_of,
-    read_mapping_file,
-    seconds,
-)
-from ._context import Params, TaskContext
-from ._deferred import DeferredOutput, outputs_read_in_driver
-from ._events import ConsoleFormatter, JsonFormatter, configure_logging
-from ._executors import call_with_timeout, remote_traceback
-from ._fallback import FallbackValue
-from ._features import CACHE_HITS, FALLBACKS, FallbackUsed
-from ._graph import Plan, plan
-from ._manager import PipelineManager
-from ._progress import EVENT_KINDS, LiveRun, ProgressEvent
-from ._records import (
-    CLASSIFICATION,
-    LEASE_TAKEOVERS,
-    OUTPUTS_IN_DRIVER,
-    Classification,
-    CliCommand,
-    ConfigKey,
-    EvidenceSection,
-    Executor,
-    ExecutorSpec,
-    Isolation,
-    ManagerDecorator,
-    OutputLevel,
-    PayloadRef,
-    PluginInfo,
-    RenderTarget,
-    ResourceLimits,
-    RetryDecision,
-    RunContext,
-    RunOption,
-    Stash,
-    StashKey,
-    Status,
-    StreamConnector,
-    TaskOption,
-    TaskOutcome,
-    check_tenant_id,
-    tenant_id_pattern,
-)
-from ._results import PipelineResult, TaskResult
-from ._scopes import TaskScope, current_task_scopes, run_in_scopes
-from ._signals import COMPLIANCE_KINDS, ComplianceEvent, MetricSample
-from ._task import CallObserver, Pipeline, Task, observe_direct_calls, task_options, with_options
-from .exceptions import (
-    ArityError,
-    ComplianceError,
-    ConditionError,
-    ConfigError,
-    ContractError,
-    CycleError,
-    DataShreddedError,
-    DefinitionError,
-    DuplicateTaskError,
-    EmptyPipelineError,
-    FallbackError,
-    GraphError,
-    LazyResultError,
-    MissingExtraError,
-    MissingPluginConfigError,
-    MissingPluginError,
-    OutputUnavailableError,
-    PipelineError,
-    PluginError,
-    PluginLoadError,
-    RemoteError,
-    ResourceError,
-    ResourceLimitExceeded,
-    ResumeError,
-    RunCancelledError,
-    SecurityError,
-    SerializationError,
-    SettingWithoutEffectWarning,
-    StoreError,
-    TaskError,
-    TaskFailedError,
-    TaskTimeoutError,
-    UnknownDependencyError,
-    UnknownTaskOptionError,
-    UsageError,
-    WorkerLostError,
-    XlibPipelineWarning,
-)
-from .hookspecs import hookimpl
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
+
+if TYPE_CHECKING:  # type checkers and IDEs see every name; the interpreter loads on use
+    from ._async import call_body, is_async_callable
+    from ._budget import RESOURCE_SLOTS, ResourceSlots
+    from ._builtin import ENCRYPTED_MAGIC
+    from ._config import (
+        Config,
+        CoreConfig,
+        boolean,
+        check_keys,
+        data_dir,
+        number,
+        one_of,
+        read_mapping_file,
+        seconds,
+    )
+    from ._context import Params, TaskContext
+    from ._deferred import DeferredOutput, outputs_read_in_driver
+    from ._events import ConsoleFormatter, JsonFormatter, configure_logging
+    from ._executors import call_with_timeout, remote_traceback
+    from ._fallback import FallbackValue
+    from ._graph import Plan, plan
+    from ._manager import PipelineManager
+    from ._progress import EVENT_KINDS, LiveRun, ProgressEvent
+    from ._records import (
+        CLASSIFICATION,
+        LEASE_TAKEOVERS,
+        OUTPUTS_IN_DRIVER,
+        Classification,
+        CliCommand,
+        ConfigKey,
+        EvidenceSection,
+        Executor,
+        ExecutorSpec,
+        Isolation,
+        ManagerDecorator,
+        OutputLevel,
+        PayloadRef,
+        PluginInfo,
+        RenderTarget,
+        ResourceLimits,
+        RetryDecision,
+        RunContext,
+        RunOption,
+        Stash,
+        StashKey,
+        Status,
+        StreamConnector,
+        TaskOption,
+        TaskOutcome,
+        check_tenant_id,
+        tenant_id_pattern,
+    )
+    from ._results import PipelineResult, TaskResult
+    from ._run_keys import CACHE_HITS, FALLBACKS, FallbackUsed
+    from ._scopes import TaskScope, current_task_scopes, run_in_scopes
+    from ._signals import COMPLIANCE_KINDS, ComplianceEvent, MetricSample
+    from ._task import (
+        CallObserver,
+        Pipeline,
+        Task,
+        observe_direct_calls,
+        task_options,
+        with_options,
+    )
+    from .exceptions import (
+        ArityError,
+        ComplianceError,
+        ConditionError,
+        ConfigError,
+        ContractError,
+        CycleError,
+        DataShreddedError,
+        DefinitionError,
+        DuplicateTaskError,
+        EmptyPipelineError,
+        FallbackError,
+        GraphError,
+        LazyResultError,
+        MissingExtraError,
+        MissingPluginConfigError,
+        MissingPluginError,
+        OutputUnavailableError,
+        PipelineError,
+        PluginError,
+        PluginLoadError,
+        RemoteError,
+        ResourceError,
+        ResourceLimitExceeded,
+        ResumeError,
+        RunCancelledError,
+        SecurityError,
+        SerializationError,
+        SettingWithoutEffectWarning,
+        StoreError,
+        TaskError,
+        TaskFailedError,
+        TaskTimeoutError,
+        UnknownDependencyError,
+        UnknownTaskOptionError,
+        UsageError,
+        WorkerLostError,
+        XlibPipelineWarning,
+    )
+    from .hookspecs import hookimpl
+
+#: Where each public name is defined. ``import xlib_pipeline`` loads none of these modules:
+#: the first use of a name imports its module (PEP 562), so the CLI's parser, a plugin's
+#: entry module or ``from xlib_pipeline import hookimpl`` never pay for the engine.
+_EXPORTS = {
+    "call_body": "._async",
+    "is_async_callable": "._async",
+    "RESOURCE_SLOTS": "._budget",
+    "ResourceSlots": "._budget",
+    "ENCRYPTED_MAGIC": "._builtin",
+    "Config": "._config",
+    "CoreConfig": "._config",
+    "boolean": "._config",
+    "check_keys": "._config",
+    "data_dir": "._config",
+    "number": "._config",
+    "one_of": "._config",
+    "read_mapping_file": "._config",
+    "seconds": "._config",
+    "Params": "._context",
+    "TaskContext": "._context",
+    "DeferredOutput": "._deferred",
+    "outputs_read_in_driver": "._deferred",
+    "ConsoleFormatter": "._events",
+    "JsonFormatter": "._events",
+    "configure_logging": "._events",
+    "call_with_timeout": "._executors",
+    "remote_traceback": "._executors",
+    "FallbackValue": "._fallback",
+    "CACHE_HITS": "._run_keys",
+    "FALLBACKS": "._run_keys",
+    "FallbackUsed": "._run_keys",
+    "Plan": "._graph",
+    "plan": "._graph",
+    "PipelineManager": "._manager",
+    "EVENT_KINDS": "._progress",
+    "LiveRun": "._progress",
+    "ProgressEvent": "._progress",
+    "CLASSIFICATION": "._records",
+    "Classification": "._records",
+    "CliCommand": "._records",
+    "ConfigKey": "._records",
+    "EvidenceSection": "._records",
+    "Executor": "._records",
+    "ExecutorSpec": "._records",
+    "Isolation": "._records",
+    "LEASE_TAKEOVERS": "._records",
+    "ManagerDecorator": "._records",
+    "OUTPUTS_IN_DRIVER": "._records",
+    "OutputLevel": "._records",
+    "PayloadRef": "._records",
+    "PluginInfo": "._records",
+    "RenderTarget": "._records",
+    "ResourceLimits": "._records",
+    "RetryDecision": "._records",
+    "RunContext": "._records",
+    "RunOption": "._records",
+    "Stash": "._records",
+    "StashKey": "._records",
+    "Status": "._records",
+    "StreamConnector": "._records",
+    "TaskOption": "._records",
+    "TaskOutcome": "._records",
+    "check_tenant_id": "._records",
+    "tenant_id_pattern": "._records",
+    "PipelineResult": "._results",
+    "TaskResult": "._results",
+    "TaskScope": "._scopes",
+    "current_task_scopes": "._scopes",
+    "run_in_scopes": "._scopes",
+    "COMPLIANCE_KINDS": "._signals",
+    "ComplianceEvent": "._signals",
+    "MetricSample": "._signals",
+    "CallObserver": "._task",
+    "Pipeline": "._task",
+    "Task": "._task",
+    "observe_direct_calls": "._task",
+    "task_options": "._task",
+    "with_options": "._task",
+    "ArityError": ".exceptions",
+    "ComplianceError": ".exceptions",
+    "ConditionError": ".exceptions",
+    "ConfigError": ".exceptions",
+    "ContractError": ".exceptions",
+    "CycleError": ".exceptions",
+    "DataShreddedError": ".exceptions",
+    "DefinitionError": ".exceptions",
+    "DuplicateTaskError": ".exceptions",
+    "EmptyPipelineError": ".exceptions",
+    "FallbackError": ".exceptions",
+    "GraphError": ".exceptions",
+    "LazyResultError": ".exceptions",
+    "MissingExtraError": ".exceptions",
+    "MissingPluginConfigError": ".exceptions",
+    "MissingPluginError": ".exceptions",
+    "OutputUnavailableError": ".exceptions",
+    "PipelineError": ".exceptions",
+    "PluginError": ".exceptions",
+    "PluginLoadError": ".exceptions",
+    "RemoteError": ".exceptions",
+    "ResourceError": ".exceptions",
+    "ResourceLimitExceeded": ".exceptions",
+    "ResumeError": ".exceptions",
+    "RunCancelledError": ".exceptions",
+    "SecurityError": ".exceptions",
+    "SerializationError": ".exceptions",
+    "SettingWithoutEffectWarning": ".exceptions",
+    "StoreError": ".exceptions",
+    "TaskError": ".exceptions",
+    "TaskFailedError": ".exceptions",
+    "TaskTimeoutError": ".exceptions",
+    "UnknownDependencyError": ".exceptions",
+    "UnknownTaskOptionError": ".exceptions",
+    "UsageError": ".exceptions",
+    "WorkerLostError": ".exceptions",
+    "XlibPipelineWarning": ".exceptions",
+    "hookimpl": ".hookspecs",
+}
 
 __version__ = "0.1.0"
 
@@ -212,6 +342,7 @@ __all__ = [
     "data_dir",
     "hookimpl",
     "is_async_callable",
+    "lazy_exports",
     "number",
     "observe_direct_calls",
     "one_of",
@@ -225,3 +356,5 @@ __all__ = [
     "tenant_id_pattern",
     "with_options",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,7 +7,6 @@ from typing import Any
 
 from ._budget import budget_section, needs_option
 from ._config import CORE_KEYS, boolean, seconds
-from ._executors import LocalExecutor, ProcessExecutor
 from ._records import (
     CliCommand,
     ConfigKey,
@@ -29,6 +28,18 @@ _timeout = seconds(positive=True, what="timeout")
 
 def _tenant(value: Any) -> str:
     return check_tenant_id(value)
+
+
+def _local(name: str) -> Any:
+    from ._executors import LocalExecutor
+
+    return LocalExecutor(name)
+
+
+def _processes(manager: Any) -> Any:
+    from ._executors import ProcessExecutor
+
+    return ProcessExecutor(manager)
 
 
 def _callable(value: Any) -> Any:
@@ -156,33 +167,27 @@ class CorePlugin:
 
     @hookimpl
     def register_cli_commands(self) -> Iterable[CliCommand]:
-        from ._cache_cli import add_arguments, run
+        from ._core_cli import core_cli_commands
 
-        return (
-            CliCommand(
-                name="cache",
-                help="list or clear result-cache entries (cache list | clear)",
-                add_arguments=add_arguments,
-                run=run,
-            ),
-        )
+        return core_cli_commands()
 
     @hookimpl
     def register_executors(self) -> Iterable[ExecutorSpec]:
+        # The executors (cloudpickle, worker pools) load when a run first needs one.
         return (
             ExecutorSpec(
                 name="inline",
-                factory=lambda manager: LocalExecutor("inline"),
+                factory=lambda manager: _local("inline"),
                 doc="Every task in the calling thread, one at a time (parallel=False).",
             ),
             ExecutorSpec(
                 name="threads",
-                factory=lambda manager: LocalExecutor("threads"),
+                factory=lambda manager: _local("threads"),
                 doc="Tasks on max_workers threads of the driver process (parallel=True).",
             ),
             ExecutorSpec(
                 name="processes",
-                factory=ProcessExecutor,
+                factory=_processes,
                 doc="Tasks in warm worker processes (fresh interpreters; cloudpickle).",
             ),
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from ._graph import suggest
+from ._names import suggest
 from ._plugins import KNOWN_CONFIG_KEYS, package_for
 from ._records import ConfigKey
 from .exceptions import ConfigError, MissingPluginConfigError

@@ -15,26 +15,12 @@ from ._cache import CachePolicy
 from ._contracts import TaskContracts, compile_task_contracts
 from ._fallback import Fallback, compile_fallbacks
 from ._graph import Plan
-from ._records import StashKey
+from ._run_keys import CACHE_HITS as CACHE_HITS
+from ._run_keys import FALLBACKS as FALLBACKS
+from ._run_keys import FallbackUsed as FallbackUsed
 
-
-@attrs.frozen(kw_only=True)
-class FallbackUsed:
-    """A task whose fallback supplied its output (see :data:`FALLBACKS`)."""
-
-    #: ``value``, ``callable:<qualname>`` or ``task:<name>``.
-    source: str
-    #: The class name of the failure the fallback replaced.
-    error_class: str
-
-
-#: Tasks of this run served from the result cache: task name -> the entry's key (a SHA-256
-#: hex digest); filled before ``after_task`` sees the ``cached`` outcome.
-CACHE_HITS: StashKey[dict[str, str]] = StashKey("cache_hits")
-
-#: Tasks of this run that ended ``fallback``, by name; filled before ``after_task`` sees
-#: the outcome, so the audit trail and lineage can say what stood in.
-FALLBACKS: StashKey[dict[str, FallbackUsed]] = StashKey("fallbacks")
+# The stash keys live in a module of their own: plugins import them on every manager, and
+# this module's imports (the cache, contracts, fallbacks, the graph) are the engine's.
 
 
 @attrs.frozen(kw_only=True, eq=False)

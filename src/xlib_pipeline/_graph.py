@@ -7,25 +7,19 @@ is list indexing, never dict look-ups by name or re-validation.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from ._async import is_async_callable
 from ._context import CallSpec, call_spec
+from ._names import suggest as suggest  # its importers may keep importing it from here
 from ._task import Pipeline, Task
 from .exceptions import ArityError, CycleError, EmptyPipelineError, UnknownDependencyError
-
-
-def suggest(name: str, candidates: Iterable[str]) -> str | None:
-    """Return the closest candidate to ``name`` (for did-you-mean messages), or ``None``."""
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 @attrs.frozen(kw_only=True, eq=False)

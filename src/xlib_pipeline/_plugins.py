@@ -15,8 +15,8 @@ import pluggy
 from . import hookspecs
 from ._entrypoints import entry_points as installed_entry_points
 from ._entrypoints import packages_distributions, version_of
-from ._graph import suggest
 from ._hooks import Hooks
+from ._names import suggest
 from ._records import PluginInfo
 from .exceptions import ConfigError, PipelineError, PluginError, PluginLoadError
 from .hookspecs import HOOK_NAMES

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._config_env import variable_for
 from .._events import configure_logging
-from .._manager import PipelineManager
+from .._lazy import lazy_exports
 from ..exceptions import ConfigError, PipelineError, UsageError
-from ..loading import CONFIG_ATTR, default_store_path, load_config, load_module, load_pipeline
-from ._commands import build_manager
 from ._parser import build_parser
+from ._registry import CliPlugins
+
+if TYPE_CHECKING:
+    from ..loading import CONFIG_ATTR, default_store_path, load_config, load_module, load_pipeline
+    from ._commands import build_manager
 
 __all__ = [
     "CONFIG_ATTR",
@@ -32,6 +36,19 @@ __all__ = [
     "load_pipeline",
     "main",
 ]
+
+# The loaders and the manager (the engine) load when a command uses them, not for --help.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CONFIG_ATTR": "..loading",
+        "default_store_path": "..loading",
+        "load_config": "..loading",
+        "load_module": "..loading",
+        "load_pipeline": "..loading",
+        "build_manager": "._commands",
+    },
+)
 
 
 def _configure_logging(verbose: int, log_format: str | None = None) -> None:
@@ -55,11 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xlib-pipeline`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        pm = PipelineManager(entry_points=True)
+        plugins = CliPlugins()  # the parser needs the plugins' commands, not the engine
     except PipelineError as exc:
         print(f"xlib-pipeline: {exc}", file=sys.stderr)
         return 2
-    parser = build_parser(pm)
+    parser = build_parser(plugins)
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, getattr(args, "log_format", None))
     try:

@@ -13,22 +13,42 @@ import functools
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._events import LOG_FORMATS
-from .._graph import suggest
-from .._manager import PipelineManager
+from .._names import suggest
 from .._plugins import KNOWN_CLI_COMMANDS, KNOWN_RENDER_TARGETS, package_for
 from .._records import CliCommand, RenderTarget, Status
-from ._commands import cmd_graph, cmd_plugins, cmd_render
-from ._run import cmd_resume, cmd_run
-from ._runs import cmd_runs
+
+if TYPE_CHECKING:
+    from ._registry import ParserPlugins
 
 #: What ``runs list --status`` accepts: every task/run status, and ``interrupted`` (a run
 #: whose process is gone without finishing).
 RUN_STATUSES = (*(s.value for s in Status), "interrupted")
 
 _INVALID_CHOICE = re.compile(r"invalid choice: (['\"])(?P<value>.*?)\1")
+
+
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], Any]:
+    """Built-in command ``name`` of ``module``, imported when the command runs: the parser
+    (and ``--help``) never import the manager, the run store or the loaders."""
+
+    def run(args: argparse.Namespace) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module, __package__), name)(args)
+
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
+cmd_run = _command("._run", "cmd_run")
+cmd_resume = _command("._run", "cmd_resume")
+cmd_runs = _command("._runs", "cmd_runs")
+cmd_graph = _command("._commands", "cmd_graph")
+cmd_plugins = _command("._commands", "cmd_plugins")
+cmd_render = _command("._commands", "cmd_render")
 
 
 #: ``stream``'s help line (its arguments come from :mod:`xlib_pipeline.streams` on use).
@@ -259,15 +279,16 @@ def _add_runs(sub: Any) -> None:
     runs.set_defaults(func=cmd_runs)
 
 
-def _missing(known: dict[str, str], present: Any, pm: PipelineManager | None) -> dict[str, str]:
+def _missing(known: dict[str, str], present: Any, pm: ParserPlugins | None) -> dict[str, str]:
     """The known plugin choices absent here because their plugin is not loaded."""
     return {
         k: v for k, v in known.items() if k not in present and (pm is None or not pm.has_plugin(v))
     }
 
 
-def build_parser(pm: PipelineManager | None = None) -> argparse.ArgumentParser:
-    """The argument parser, with plugin sub-commands and render targets from ``pm``."""
+def build_parser(pm: ParserPlugins | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with plugin sub-commands and render targets from ``pm`` (a
+    :class:`~xlib_pipeline.PipelineManager` or the CLI's :class:`~._registry.CliPlugins`)."""
     parser = Parser(
         prog="xlib-pipeline",
         description="Run, inspect and deploy xlib-pipeline pipelines. Config layers: the "

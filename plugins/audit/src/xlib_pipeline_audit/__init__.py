@@ -6,8 +6,9 @@ check a trail with :func:`verify` or ``xlib-pipeline audit verify PATH``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xlib_pipeline import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._canonical import GENESIS, canonical, digest, record_hash
@@ -66,12 +67,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Entry points load this package on every PipelineManager(): its submodules (and
-    # their dependencies) are imported when a name is first used, not before.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+# Entry points load this package on every PipelineManager(): its submodules (and their
+# dependencies) are imported when a name is first used, not before.
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -8,8 +8,9 @@ on first use. See docs/plugins/dask.md.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from xlib_pipeline import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterHandle, ClusterStartError, build_security
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 
+_lazy_getattr, _lazy_dir = lazy_exports(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     # Entry points load this package on every PipelineManager(): its submodules (and
     # their dependencies) are imported when a name is first used, not before.
@@ -62,9 +66,8 @@ def __getattr__(name: str) -> Any:
         from ._fresh import fresh_worker_class
 
         return fresh_worker_class()
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    return _lazy_getattr(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*_lazy_dir(), "FreshWorker"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from xlib_pipeline import StreamConnector, hookimpl
+from xlib_pipeline import StreamConnector, hookimpl, lazy_exports
 
 # redis-py is imported when a stream first opens a redis:// URL, never when the plugin is
 # merely installed: entry points load on every PipelineManager().
@@ -15,12 +15,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["RedisPlugin", "RedisStreamSink", "RedisStreamSource"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("RedisStreamSink", "RedisStreamSource"):
-        from . import _connectors
-
-        return getattr(_connectors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"RedisStreamSink": "._connectors", "RedisStreamSource": "._connectors"}
+)
 
 
 def _source(url: str, options: Any) -> RedisStreamSource:

@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xlib_pipeline import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._plugin import RetriesPlugin
@@ -34,12 +35,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Entry points load this package on every PipelineManager(): its submodules (and
-    # their dependencies) are imported when a name is first used, not before.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+# Entry points load this package on every PipelineManager(): its submodules (and their
+# dependencies) are imported when a name is first used, not before.
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
