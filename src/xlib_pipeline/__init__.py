@@ -357,4 +357,5 @@ __all__ = [
     "with_options",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

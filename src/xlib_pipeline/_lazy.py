@@ -34,7 +34,8 @@ def lazy_exports(
         # at the end of the package's __init__.py
         if TYPE_CHECKING:  # type checkers and IDEs see the names
             from ._settings import AuditSettings
-        __getattr__, __dir__ = lazy_exports(__name__, {"AuditSettings": "._settings"})
+        else:  # hidden from mypy, which would take any misspelt name for a lazy one
+            __getattr__, __dir__ = lazy_exports(__name__, {"AuditSettings": "._settings"})
 
     A name the table does not hold raises the usual ``AttributeError``; a table entry whose
     module lacks the name raises an ``AttributeError`` naming the package, the name and the

@@ -34,4 +34,5 @@ __all__ = [
     "TaskResult",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "xlib_pipeline"))
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    __getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "xlib_pipeline"))

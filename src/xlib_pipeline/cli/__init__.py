@@ -38,17 +38,18 @@ __all__ = [
 ]
 
 # The loaders and the manager (the engine) load when a command uses them, not for --help.
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "CONFIG_ATTR": "..loading",
-        "default_store_path": "..loading",
-        "load_config": "..loading",
-        "load_module": "..loading",
-        "load_pipeline": "..loading",
-        "build_manager": "._commands",
-    },
-)
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "CONFIG_ATTR": "..loading",
+            "default_store_path": "..loading",
+            "load_config": "..loading",
+            "load_module": "..loading",
+            "load_pipeline": "..loading",
+            "build_manager": "._commands",
+        },
+    )
 
 
 def _configure_logging(verbose: int, log_format: str | None = None) -> None:

@@ -56,18 +56,17 @@ __all__ = [
 ]
 
 
-_lazy_getattr, _lazy_dir = lazy_exports(__name__, _LAZY)
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    _lazy_getattr, _lazy_dir = lazy_exports(__name__, _LAZY)
 
+    def __getattr__(name: str) -> Any:
+        # Entry points load this package on every PipelineManager(): its submodules (and
+        # their dependencies) are imported when a name is first used, not before.
+        if name == "FreshWorker":  # subclasses distributed's Subprocess: built on first use
+            from ._fresh import fresh_worker_class
 
-def __getattr__(name: str) -> Any:
-    # Entry points load this package on every PipelineManager(): its submodules (and
-    # their dependencies) are imported when a name is first used, not before.
-    if name == "FreshWorker":  # subclasses distributed's Subprocess: built on first use
-        from ._fresh import fresh_worker_class
+            return fresh_worker_class()
+        return _lazy_getattr(name)
 
-        return fresh_worker_class()
-    return _lazy_getattr(name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*_lazy_dir(), "FreshWorker"})
+    def __dir__() -> list[str]:
+        return sorted({*_lazy_dir(), "FreshWorker"})

@@ -15,9 +15,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["RedisPlugin", "RedisStreamSink", "RedisStreamSource"]
 
 
-__getattr__, __dir__ = lazy_exports(
-    __name__, {"RedisStreamSink": "._connectors", "RedisStreamSource": "._connectors"}
-)
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    __getattr__, __dir__ = lazy_exports(
+        __name__, {"RedisStreamSink": "._connectors", "RedisStreamSource": "._connectors"}
+    )
 
 
 def _source(url: str, options: Any) -> RedisStreamSource:

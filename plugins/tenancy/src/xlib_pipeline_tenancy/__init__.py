@@ -55,4 +55,5 @@ __all__ = [
 
 # Entry points load this package on every PipelineManager(): its submodules (and their
 # dependencies) are imported when a name is first used, not before.
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+if not TYPE_CHECKING:  # mypy sees the names above, and flags a misspelt one
+    __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
