@@ -432,3 +432,46 @@ def test_a_commit_asked_for_during_a_read_is_handed_to_the_writer(tmp_path: Path
         assert row == ("r2",)
     finally:
         store.close()
+
+
+def test_a_commit_callback_runs_after_what_its_thread_queued_is_committed(
+    tmp_path: Path,
+) -> None:
+    """Issue 10 (b) at the committer: statements are queued without a lock, yet the callback
+    of ``commit(then)`` runs only once every statement its thread queued before asking is
+    committed (read back by another connection inside the callback), with four threads
+    queueing and asking at once."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    reader = sqlite3.connect(tmp_path / "runs.sqlite", check_same_thread=False)
+    seen: list[tuple[str, object, bool]] = []
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        for k in range(250):
+            name = f"w{t}-{k}"
+            store.add(
+                "INSERT INTO blob_refs (run_id, task, name) VALUES (?, ?, ?)", ("r", name, "b")
+            )
+
+            def then(err: BaseException | None, name: str = name) -> None:
+                row = reader.execute(
+                    "SELECT 1 FROM blob_refs WHERE run_id = 'r' AND task = ?", (name,)
+                ).fetchone()
+                with lock:
+                    seen.append((name, err, row is not None))
+
+            store.commit(then)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        store.flush()
+    finally:
+        store.close()
+        reader.close()
+    assert len(seen) == 1000
+    missing = [(name, err) for name, err, ok in seen if err is not None or not ok]
+    assert not missing, f"callbacks ran before their rows were committed: {missing[:5]}"
