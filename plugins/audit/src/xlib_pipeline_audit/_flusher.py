@@ -32,6 +32,9 @@ def start_flusher(trail: AuditTrail) -> threading.Thread:
                 return
             try:
                 background_sync(current)
+                sink = current._sink
+                if sink.__class__ is GroupCommitSink and sink.inbox:
+                    sink.flush()  # appended while this thread held the lock: write them now
             except Exception as exc:  # AuditTrail.sync raises it (the run's end)
                 current._error = exc
             del current

@@ -76,13 +76,23 @@ class GroupCommitSink:
             other.append_locked(inbox.popleft())
 
     def flush(self) -> None:
-        if not self.inbox and not self.trail._unwritten:
+        """Write every waiting record now, and those that arrive while this thread writes
+        (their appenders found the lock taken and went on), as :meth:`append` does."""
+        trail, inbox = self.trail, self.inbox
+        if not inbox and not trail._unwritten:
             return  # taken by a writer holding the lock: in the file when it lets go
-        with self.trail._lock:
-            if self.trail._sink is self:
+        lock = trail._lock
+        lock.acquire()
+        while True:
+            try:
+                if trail._sink is not self:
+                    self.drain_to(trail._sink)
+                    return
                 self.write_waiting()
-            else:
-                self.drain_to(self.trail._sink)
+            finally:
+                lock.release()
+            if not inbox or not lock.acquire(blocking=False):
+                return
 
     def pending(self) -> bool:
         return bool(self.inbox)
