@@ -320,3 +320,17 @@ def test_common_tasks_get_quick_records() -> None:
     assert records.quick(records.texts("clean", "acme", None)) is not None
     assert records.quick(records.texts("clean", None, "read")) is not None
     assert records.quick(records.texts({"not": "text"}, None, None)) is None
+
+
+def test_the_cut_is_shared_across_runs_with_each_runs_id() -> None:
+    """A stream's batches (one run each, same actor and pipeline) share the cut layout;
+    each run's records carry its own run id, byte for byte the general encoder's."""
+    ts = "2026-12-02T20:15:00.000001+00:00"
+    for run_id in ("run-1", "run-2", "ru%sn-\x06"):
+        records = TaskRecords("alice", "claims", run_id)
+        quick = records.quick(records.texts("clean", "acme", None))
+        assert quick is not None
+        general = records.started("clean", "acme", None, None, 1, ts, None, fast=False)
+        assert isinstance(general, dict)
+        body = body_of([quick[0], quick[2], quick[3] + ts + quick[4]], 7, GENESIS)
+        assert body.encode() == _reference(general, 7, GENESIS)

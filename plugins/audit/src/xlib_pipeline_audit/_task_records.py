@@ -45,7 +45,11 @@ Quick = tuple[str, str, str, str, str]
 
 # Sentinels for the values filled in per task and per record (never in a value's text:
 # control characters are always escaped there).
-_TS, _TASK, _TENANT, _OP = "\x02", "\x03", "\x04", "\x05"
+_TS, _TASK, _TENANT, _OP, _RUN = "\x02", "\x03", "\x04", "\x05", "\x06"
+
+#: The cut layouts by (actor text, pipeline text, operation or not), with ``_RUN`` for the
+#: run id: a stream cuts them once, not once per batch (each batch is a run). Bounded.
+_CUTS: dict[tuple[str, str, bool], Quick | None] = {}
 
 
 class TaskRecords:
@@ -91,7 +95,7 @@ class TaskRecords:
         if has_op in self._quick:
             cut = self._quick[has_op]
         else:
-            cut = self._quick[has_op] = self._cut(has_op)
+            cut = self._quick[has_op] = self._cut_for_run(has_op)
         if cut is None:
             return None
         spre, fpre, mid, head, tail = cut
@@ -102,20 +106,43 @@ class TaskRecords:
         head = head.replace(_TASK, texts[0]).replace(_TENANT, texts[1])
         return spre, fpre, mid, head, tail
 
+    def _cut_for_run(self, has_op: bool) -> Quick | None:
+        """:meth:`_cut` for this run: the layout cut for the actor and pipeline (cached
+        across runs) with this run's id put in."""
+        assert self._const is not None
+        key = (self._const["actor"], self._const["pipeline"], has_op)
+        try:
+            cut = _CUTS[key]
+        except KeyError:
+            cut = self._cut(has_op)
+            if len(_CUTS) >= 256:
+                _CUTS.clear()
+            _CUTS[key] = cut
+        if cut is None:
+            return None
+        spre, fpre, mid, head, tail = cut
+        return spre, fpre, mid.replace(_RUN, self._const["run_id"]), head, tail
+
     def _cut(self, has_op: bool) -> Quick | None:
+        """The two records' layout with sentinels for the task's values and the run id."""
         mask = int(has_op)
         op = [_OP] if has_op else []
         ts = '"' + _TS + '"'
-        s = self._shape(True, mask).render(["1", _TASK, _TENANT, ts, *op])
-        f = self._shape(False, mask).render(["1", "null", '"succeeded"', _TASK, _TENANT, ts, *op])
+        s = Shape(*self._layout(True, mask, _RUN)).render(["1", _TASK, _TENANT, ts, *op])
+        f = Shape(*self._layout(False, mask, _RUN)).render(
+            ["1", "null", '"succeeded"', _TASK, _TENANT, ts, *op]
+        )
         post = s[2]
         if (
             len(s) != 3
             or len(f) != 3
             or s[1:] != f[1:]
             or post.count(_TS) != 1
+            or s[1].count(_RUN) != 1
             or any(c in s[0] + f[0] + s[1] for c in (_TS, _TASK, _TENANT))
-            or (_OP in post + s[1])
+            or any(c in post for c in (_OP, _RUN))
+            or _RUN in s[0] + f[0]
+            or _OP in s[1]
         ):
             return None  # not the layout assumed above: the general path stays right
         head, tail = post.split(_TS)
@@ -125,20 +152,28 @@ class TaskRecords:
         shapes = self._started if started else self._finished
         shape = shapes.get(mask)
         if shape is None:
-            assert self._const is not None
-            const = dict(self._const)
-            if started:
-                const.update(action='"task.started"', error_class="null", outcome='"started"')
-                base: tuple[str, ...] = STARTED
-                optional: tuple[str, ...] = STARTED_OPTIONAL
-            else:
-                const["action"] = '"task.finished"'
-                if mask & _RETRYING:
-                    const["retrying"] = "true"
-                base, optional = FINISHED, FINISHED_OPTIONAL
-            extra = tuple(k for bit, k in enumerate(optional) if mask >> bit & 1 and k not in const)
-            shape = shapes[mask] = Shape(base + extra, const)
+            shape = shapes[mask] = Shape(*self._layout(started, mask))
         return shape
+
+    def _layout(
+        self, started: bool, mask: int, run_id: str | None = None
+    ) -> tuple[tuple[str, ...], dict[str, str]]:
+        """A record's variable keys and constant texts (``run_id``: in place of the run's)."""
+        assert self._const is not None
+        const = dict(self._const)
+        if run_id is not None:
+            const["run_id"] = run_id
+        if started:
+            const.update(action='"task.started"', error_class="null", outcome='"started"')
+            base: tuple[str, ...] = STARTED
+            optional: tuple[str, ...] = STARTED_OPTIONAL
+        else:
+            const["action"] = '"task.finished"'
+            if mask & _RETRYING:
+                const["retrying"] = "true"
+            base, optional = FINISHED, FINISHED_OPTIONAL
+        extra = tuple(k for bit, k in enumerate(optional) if mask >> bit & 1 and k not in const)
+        return base + extra, const
 
     def started(
         self,
