@@ -1,7 +1,8 @@
 """Cold start, A/B: this tree against an older one, interleaved, in the same minutes.
 
     git archive 097d1a7 src plugins | tar -x -C /tmp/cold_old
-    python benchmarks/_cold_ab.py /tmp/cold_old --rounds 3 --repeat 3
+    git archive HEAD src plugins | tar -x -C /tmp/cold_new
+    python benchmarks/_cold_ab.py /tmp/cold_old --new /tmp/cold_new --rounds 3 --repeat 3
 
 Each round runs ``_cold.py --json REPEAT`` twice, old tree first then this one (the order
 alternates every round). The old tree is imported through ``PYTHONPATH`` (its ``src`` and
@@ -61,6 +62,14 @@ def _figures(res: dict[str, Any]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", type=Path, help="a copy of the older tree (src/, plugins/)")
+    ap.add_argument(
+        "--new",
+        type=Path,
+        default=None,
+        help="a copy of this tree, imported through PYTHONPATH like the old one (default: "
+        "the editable installs). Use it: PYTHONPATH entries come first on sys.path, so "
+        "otherwise only the old tree's packages skip the search through the others",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per contender")
     args = ap.parse_args()
@@ -68,7 +77,7 @@ def main() -> None:
     for i in range(args.rounds):
         order = ("old", "new") if i % 2 == 0 else ("new", "old")
         for variant in order:
-            got = _figures(_run(args.old if variant == "old" else None, args.repeat))
+            got = _figures(_run(args.old if variant == "old" else args.new, args.repeat))
             rows[variant].append(got)
             load = os.getloadavg()[0]
             print(f"round {i + 1} {variant}: {json.dumps(got)} load {load:.1f}", flush=True)
