@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,30 +129,35 @@ def test_package_must_be_a_name() -> None:
 @settings(max_examples=30, deadline=None)
 @given(order=st.lists(st.sampled_from(["alpha", "beta", "gamma", "sep"]), max_size=8))
 def test_any_access_order_gives_the_module_values(order: list[str]) -> None:
-    """Model: the values are those of the defining modules, whatever the access order,
-    and ``dir`` always holds every exported name exactly once."""
+    """Model: the values are those of the defining modules, whatever the access order; a
+    module is imported exactly when one of its names was used; ``dir`` always holds every
+    exported name exactly once."""
     import os.path
 
     model = {"alpha": "a", "beta": ["b"], "gamma": "g", "sep": os.path.sep}
-    tmp = Path(__import__("tempfile").mkdtemp())
+    home = {"alpha": "_one", "beta": "_one", "gamma": "_two"}
     name = f"lazypkg{next(_COUNTER)}"
-    (tmp / name).mkdir()
-    (tmp / name / "__init__.py").write_text(textwrap.dedent(INIT))
-    (tmp / name / "_one.py").write_text("alpha = 'a'\nbeta = ['b']\n")
-    (tmp / name / "_two.py").write_text("gamma = 'g'\n")
-    sys.path.insert(0, str(tmp))
-    try:
-        pkg = importlib.import_module(name)
-        for attr in order:
-            assert getattr(pkg, attr) == model[attr]
-            listed = dir(pkg)
-            assert len(listed) == len(set(listed))
-            assert set(model) <= set(listed)
-        assert {k for k in model if k in vars(pkg)} == set(order)
-    finally:
-        sys.path.remove(str(tmp))
-        for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-            del sys.modules[mod]
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / name
+        root.mkdir()
+        (root / "__init__.py").write_text(textwrap.dedent(INIT))
+        (root / "_one.py").write_text("alpha = 'a'\nbeta = ['b']\n")
+        (root / "_two.py").write_text("gamma = 'g'\n")
+        sys.path.insert(0, folder)
+        try:
+            pkg = importlib.import_module(name)
+            for attr in order:
+                assert getattr(pkg, attr) == model[attr]
+                listed = dir(pkg)
+                assert len(listed) == len(set(listed))
+                assert set(model) <= set(listed)
+            assert {k for k in model if k in vars(pkg)} == set(order)
+            loaded = {m for m in ("_one", "_two") if f"{name}.{m}" in sys.modules}
+            assert loaded == {home[a] for a in order if a in home}
+        finally:
+            sys.path.remove(folder)
+            for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[mod]
 
 
 PACKAGES = [
