@@ -334,3 +334,34 @@ def test_the_cut_is_shared_across_runs_with_each_runs_id() -> None:
         assert isinstance(general, dict)
         body = body_of([quick[0], quick[2], quick[3] + ts + quick[4]], 7, GENESIS)
         assert body.encode() == _reference(general, 7, GENESIS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    who=st.tuples(_values, _values, _values),
+    task=_values,
+    tenant=_values,
+    level=_strings,
+    seq=st.integers(1, 2**40),
+    prev=_hashes,
+)
+def test_the_classified_quick_record_is_the_general_encoders(
+    who: tuple[Any, Any, Any], task: Any, tenant: Any, level: str, seq: int, prev: str
+) -> None:
+    """A plain success whose output has a classification level (the classification plugin
+    on) takes the quick record with the level put in: the general encoder's bytes."""
+    records = TaskRecords(*who)
+    quick = records.quick(records.texts(task, tenant, None))
+    pre = records.classified(level)
+    if quick is None or pre is None:
+        return
+    ts = "2026-12-02T20:25:00.123456+00:00"
+    rec = records.finished(
+        task, tenant, None, None, 1, ts, "succeeded", None, {"classification": level}, fast=False
+    )
+    assert isinstance(rec, dict)
+    try:
+        got: bytes | None = body_of([pre, quick[2], quick[3] + ts + quick[4]], seq, prev).encode()
+    except UnicodeEncodeError:
+        got = None
+    assert got == _reference(rec, seq, prev)

@@ -46,6 +46,7 @@ class AuditRun:
         "actor",
         "append",
         "attempts",
+        "classified",
         "digests",
         "flush",
         "hold",
@@ -73,6 +74,8 @@ class AuditRun:
         self.digests = plugin.settings.digests
         self.records = TaskRecords(self.actor, self.pipeline, self.run_id)
         self.meta: dict[str, TaskMeta] = {}
+        #: Classification level -> the quick ``task.finished`` pre text with that level.
+        self.classified: dict[str, str | None] = {}
         digests = False
         for task in run.tasks:
             m = self.meta[task.name] = self.task_meta(task, run)
@@ -298,13 +301,25 @@ class Recorder:
             and err is None
             and outcome.attempt == 1
             and outcome.final
-            and CLASSIFICATION not in run.stash
         ):
-            st.hold([quick[1], quick[2], quick[3] + now_iso() + quick[4]])
-            cp = self._plugin.checkpointer
-            if cp is not None and cp.due(self._plugin.writer().last_seq):
-                self._plugin.checkpoint()
-            return
+            pre: str | None = quick[1]
+            levels = run.stash.get(CLASSIFICATION, None)
+            entry = levels.outputs.get(name) if levels is not None else None
+            if entry is not None:  # the output's level (classification plugin)
+                if entry.detected or meta[1] is not None:
+                    pre = None  # PII kinds, or an operation: the general path
+                elif type(entry.level) is str:
+                    pre = st.classified.get(entry.level)
+                    if pre is None:
+                        pre = st.classified[entry.level] = st.records.classified(entry.level)
+                else:
+                    pre = None
+            if pre is not None:
+                st.hold([pre, quick[2], quick[3] + now_iso() + quick[4]])
+                cp = self._plugin.checkpointer
+                if cp is not None and cp.due(self._plugin.writer().last_seq):
+                    self._plugin.checkpoint()
+                return
         opt = None
         if status is not _SUCCEEDED or not outcome.final or meta[2] or CLASSIFICATION in run.stash:
             opt = self._optional(run, name, outcome, meta[2])

@@ -45,11 +45,16 @@ Quick = tuple[str, str, str, str, str]
 
 # Sentinels for the values filled in per task and per record (never in a value's text:
 # control characters are always escaped there).
-_TS, _TASK, _TENANT, _OP, _RUN = "\x02", "\x03", "\x04", "\x05", "\x06"
+_TS, _TASK, _TENANT, _OP, _RUN, _CLS = "\x02", "\x03", "\x04", "\x05", "\x06", "\x07"
 
 #: The cut layouts by (actor text, pipeline text, operation or not), with ``_RUN`` for the
 #: run id: a stream cuts them once, not once per batch (each batch is a run). Bounded.
 _CUTS: dict[tuple[str, str, bool], Quick | None] = {}
+#: The same for a plain success's ``task.finished`` pre text with a classification level
+#: (``_CLS`` for the level's text), by (actor text, pipeline text).
+_CLS_CUTS: dict[tuple[str, str], str | None] = {}
+#: The bit of ``classification`` among FINISHED_OPTIONAL.
+_CLASSIFIED = 1 << FINISHED_OPTIONAL.index("classification")
 
 
 class TaskRecords:
@@ -122,6 +127,38 @@ class TaskRecords:
             return None
         spre, fpre, mid, head, tail = cut
         return spre, fpre, mid.replace(_RUN, self._const["run_id"]), head, tail
+
+    def classified(self, level: Any) -> str | None:
+        """The ``task.finished`` pre text of a first attempt's plain success whose output
+        has the classification ``level`` (no operation, no PII detected): the rest of the
+        record is the quick one's (:meth:`quick`). None: the general path decides."""
+        if self._const is None or type(level) is not str:
+            return None
+        key = (self._const["actor"], self._const["pipeline"])
+        try:
+            pre = _CLS_CUTS[key]
+        except KeyError:
+            pre = self._cut_classified()
+            if len(_CLS_CUTS) >= 256:
+                _CLS_CUTS.clear()
+            _CLS_CUTS[key] = pre
+        return None if pre is None else pre.replace(_CLS, _jstr(level))
+
+    def _cut_classified(self) -> str | None:
+        plain = self._cut(False)
+        ts = '"' + _TS + '"'
+        f = Shape(*self._layout(False, _CLASSIFIED, _RUN)).render(
+            ["1", "null", '"succeeded"', _TASK, _TENANT, ts, _CLS]
+        )
+        if (
+            plain is None
+            or len(f) != 3
+            or (f[1], f[2]) != (plain[2], plain[3] + _TS + plain[4])
+            or f[0].count(_CLS) != 1
+            or any(c in f[0] for c in (_TS, _TASK, _TENANT, _OP, _RUN))
+        ):
+            return None
+        return f[0]
 
     def _cut(self, has_op: bool) -> Quick | None:
         """The two records' layout with sentinels for the task's values and the run id."""
