@@ -108,7 +108,7 @@ def static_levels(tasks: Iterable[Task], default: str) -> dict[str, int]:
 class _RunState:
     """Per-run levels (``levels``: task name -> rank of its output)."""
 
-    __slots__ = ("clearance", "declared", "levels", "published")
+    __slots__ = ("clearance", "declared", "entries", "levels", "published")
 
     def __init__(self, plugin: ClassificationPlugin, run: RunContext) -> None:
         own_default = RANK[plugin.default_level]
@@ -127,6 +127,9 @@ class _RunState:
         }
         self.levels: dict[str, int] = {}
         self.published = Classification(levels=LEVELS)
+        #: One (frozen) OutputLevel per distinct (rank, declared, detected, inherited_from):
+        #: most outputs of a run share a few.
+        self.entries: dict[tuple[int, str | None, tuple[str, ...], str | None], OutputLevel] = {}
 
 
 #: This plugin's own per-run state.
@@ -415,8 +418,9 @@ class _Enforcer:
                 inherited = up
         detected: tuple[str, ...] = ()
         p = self.p
-        if p.detect_pii and p.detectors:
-            found, detected = p.classify(outcome.output)
+        output = outcome.output
+        if p.detect_pii and p.detectors and output is not None:  # None holds no text
+            found, detected = p.classify(output)
             if detected:
                 run.manager.report_compliance_event(
                     "pii_detected",
@@ -431,9 +435,13 @@ class _Enforcer:
                 lvl = RANK[found]
                 inherited = None
         levels[task.name] = lvl
-        state.published.outputs[task.name] = OutputLevel(
-            level=LEVELS[lvl], declared=declared, detected=detected, inherited_from=inherited
-        )
+        key = (lvl, declared, detected, inherited)
+        entry = state.entries.get(key)
+        if entry is None:
+            entry = state.entries[key] = OutputLevel(
+                level=LEVELS[lvl], declared=declared, detected=detected, inherited_from=inherited
+            )
+        state.published.outputs[task.name] = entry
 
 
 class _Clearances:
