@@ -214,6 +214,29 @@ class TestLaneIdle:
         result = pm_with(watcher).execute_pipeline(p, max_workers=1)
         assert result.success and result.final_result is True
 
+    def test_an_error_in_lane_idle_ends_the_run_failed(self):
+        """A lane_idle that raises (the audit trail cannot write what it held) ends the run
+        failed with the plugin's error, as any hook bug on a lane: never a dead lane."""
+        called = threading.Event()
+
+        class Failing:
+            name = "idle-failing"
+
+            @hookimpl
+            def lane_idle(self, run):
+                called.set()
+                raise RuntimeError("disk full")
+
+        p = Pipeline("idle_fail")
+        p.add_task("slow", lambda: called.wait(30))
+        p.add_task("quick", lambda: 1)
+        result = pm_with(Failing()).execute_pipeline(p, max_workers=2)
+        assert called.is_set()
+        assert not result.success
+        err = result.error
+        assert isinstance(err, PluginError) and err.plugin == "idle-failing"
+        assert "disk full" in str(err.__cause__)
+
     def test_an_inline_run_never_idles(self):
         watcher = IdleWatcher()
         assert pm_with(watcher).execute_pipeline(abc_pipeline(), max_workers=1).success

@@ -140,10 +140,10 @@ class LaneDriver:
         process = self._process
         idle = self.hooks.has["lane_idle"]
         while True:
-            i = q.get() if not idle else self._idle_get(q)
-            if i is None:
-                return
             try:
+                i = q.get() if not idle else self._idle_get(q)  # lane_idle may raise
+                if i is None:
+                    return
                 while i is not None:
                     i = process(i) if i.__class__ is int else i.complete(self)
             except BaseException as exc:  # a bug in the core or a hook: never hang the run
