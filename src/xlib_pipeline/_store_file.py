@@ -236,8 +236,18 @@ def _connect(
     try:
         conn = sqlite3.connect(str(path), timeout=busy_ms / 1000, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        app_id, tables = _identity(conn, "BEGIN")
+        conn.commit()
+        if app_id == 0 and not tables:
+            # A new file: another process may be creating the store in it right now. Look
+            # again under the write lock, and mark it ours in that same transaction.
+            app_id, tables = _identity(conn, "BEGIN IMMEDIATE")
+            if app_id == 0 and not tables:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # prune gives pages back
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                app_id = APPLICATION_ID
+            conn.commit()
     except sqlite3.DatabaseError as exc:
         raise StoreError(
             _access_problem(path)
@@ -253,10 +263,6 @@ def _connect(
             path=str(path),
         )
     try:
-        if app_id == 0:
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # prune gives pages back
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -264,9 +270,12 @@ def _connect(
                 f"xlib-pipeline understands ({SCHEMA_VERSION})",
                 path=str(path),
             )
-        conn.execute("PRAGMA journal_mode = WAL")
+        _wal(conn, busy_ms)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        conn.executescript(_SCHEMA)
+        # Under the write lock from the start: a statement that takes it while reading
+        # would get "database is locked" at once from another process creating the store
+        # (SQLite's deadlock rule skips the busy timeout there).
+        conn.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA + "\nCOMMIT;")
         for step in range(version + 1, SCHEMA_VERSION + 1):
             if MIGRATIONS.get(step):
                 conn.executescript(MIGRATIONS[step])
@@ -280,6 +289,32 @@ def _connect(
             path=str(path),
         ) from exc
     return conn
+
+
+def _wal(conn: sqlite3.Connection, busy_ms: int) -> None:
+    """Switch to WAL. The switch needs the file to itself, and SQLite answers "database is
+    locked" at once (no busy timeout) while another process opens or creates the store: try
+    again until the busy timeout."""
+    import time
+
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
+def _identity(conn: sqlite3.Connection, begin: str) -> tuple[int, set[str]]:
+    """The file's application id and table names, read in one transaction (left open):
+    read apart, another process creating the store in between looks like a foreign file."""
+    conn.execute(begin)
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return int(app_id), tables
 
 
 def _access_problem(path: Path) -> str | None:
