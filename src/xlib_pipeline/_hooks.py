@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import pluggy
@@ -101,13 +101,18 @@ class Hooks:
             try:
                 res = fn(*args) if pick is None else fn(*[args[k] for k in pick])
             except Exception as exc:
-                err = _blame(exc, hook, self._owner_of(exc) or plugin)
-                if err is exc:
-                    raise
-                raise err from exc
+                self._reraise(exc, hook, plugin)
             if res is not None:
                 results.append(res)
         return results
+
+    def _reraise(self, exc: Exception, hook: str, plugin: str) -> NoReturn:
+        """Raise ``exc`` attributed to the plugin whose code raised it (else ``plugin``), as
+        :meth:`_invoke` attributes errors; called only on the error path."""
+        err = _blame(exc, hook, self._owner_of(exc) or plugin)
+        if err is exc:
+            raise exc
+        raise err from exc
 
     def _call_first(self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...]) -> Any:
         """Call ``calls`` in order until one answers (pluggy's ``firstresult``): the first
@@ -116,10 +121,7 @@ class Hooks:
             try:
                 res = fn(*args) if pick is None else fn(*[args[k] for k in pick])
             except Exception as exc:
-                err = _blame(exc, hook, self._owner_of(exc) or plugin)
-                if err is exc:
-                    raise
-                raise err from exc
+                self._reraise(exc, hook, plugin)
             if res is not None:
                 return res
         return None

@@ -161,7 +161,9 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
 
     def execute(self) -> PipelineResult:
         """Run every task to a terminal state and return the result."""
-        started = time.time()
+        # The run's start as the store records it, so ``result.started`` and ``runs list``
+        # never disagree (two clocks read apart could straddle a second).
+        started = self.ctx.started
         default = self.executor_for(self.ctx.executor)
         self.default_executor = default
         self.default_local = getattr(default, "name", "") in ("threads", "inline")

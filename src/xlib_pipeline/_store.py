@@ -4,7 +4,7 @@ It records each run (id, pipeline, structure fingerprint, parameters, status, ti
 task state transition and failed attempt, and each finished task's output (pickled, then
 passed through the ``encrypt`` hook; read back through ``decrypt``).
 
-Writes use group commit without a window (:mod:`._commit`): a record is committed as soon as
+Writes use group commit without a window (:mod:`._group_commit`): a record is committed as soon as
 no commit is in flight, and records arriving during a commit form the next batch. The
 scheduler starts no successor of a task before the task's outcome and output are committed,
 so after a crash at any instant the file opens cleanly, every task recorded as finished has
@@ -93,7 +93,7 @@ class TaskRecord:
 class RunStore(_lease.LeaseMixin):
     """A handle on one store file. Thread-safe; writes go through a group committer.
 
-    Records are committed as soon as no commit is in flight (see :mod:`._commit`): no
+    Records are committed as soon as no commit is in flight (see :mod:`._group_commit`): no
     window, no writer thread. ``commit(then)`` is the scheduler's barrier: ``then`` runs
     once everything recorded so far is committed (or with the error when it could not be).
     """

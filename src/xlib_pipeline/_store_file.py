@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,6 @@ def _wal(conn: sqlite3.Connection, busy_ms: int) -> None:
     """Switch to WAL. The switch needs the file to itself, and SQLite answers "database is
     locked" at once (no busy timeout) while another process opens or creates the store: try
     again until the busy timeout."""
-    import time
-
     deadline = time.monotonic() + busy_ms / 1000
     while True:
         try:

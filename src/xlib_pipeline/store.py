@@ -31,7 +31,8 @@ from ._blobs import (
     StreamSealer,
     blobs_section,
 )
-from ._commit import FOLDED_ORDER, LOG, LOG_COLUMNS, GroupCommitter, split_log
+from ._commit import FOLDED_ORDER, LOG, LOG_COLUMNS, split_log
+from ._group_commit import GroupCommitter
 from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
 from ._prune import PruneReport, parse_duration, remove_blobs
 from ._store import (
