@@ -58,18 +58,18 @@ ALLOWED = {
 }
 
 
-def _fresh(code: str) -> Any:
-    script = textwrap.dedent(
-        """
-        import json, sys
-        import xlib_pipeline
-        before = set(sys.modules)
-        """
-    ) + textwrap.dedent(code)
+def _last_json(script: str) -> Any:
+    """What ``script`` prints last (JSON), run in a fresh interpreter."""
     out = subprocess.run(
         [sys.executable, "-c", script], check=True, capture_output=True, text=True
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _fresh(code: str) -> Any:
+    """``code`` run after ``import xlib_pipeline`` (``before``: the modules loaded by then)."""
+    prelude = "import json, sys\nimport xlib_pipeline\nbefore = set(sys.modules)\n"
+    return _last_json(prelude + textwrap.dedent(code))
 
 
 def _loaded_after_manager(config: dict[str, Any]) -> list[str]:
@@ -213,16 +213,9 @@ ENGINE = (
 
 
 def _new_modules(code: str) -> list[str]:
-    script = textwrap.dedent(
-        """
-        import json, sys
-        before = set(sys.modules)
-        """
-    ) + textwrap.dedent(code)
-    out = subprocess.run(
-        [sys.executable, "-c", script], check=True, capture_output=True, text=True
-    ).stdout
-    found: list[str] = json.loads(out.strip().splitlines()[-1])
+    """The modules ``code`` leaves loaded beyond a bare interpreter's (``before``)."""
+    prelude = "import json, sys\nbefore = set(sys.modules)\n"
+    found: list[str] = _last_json(prelude + textwrap.dedent(code))
     return found
 
 

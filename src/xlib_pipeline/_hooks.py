@@ -91,11 +91,12 @@ class Hooks:
         }
 
     def _call_direct(
-        self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...]
-    ) -> list[Any]:
+        self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...], first: bool = False
+    ) -> Any:
         """Call ``calls`` in order with ``args`` (the hook's arguments in spec order) as
-        pluggy's ``_multicall`` would: non-None results kept, the first error raised (and
-        attributed as :meth:`_invoke` attributes it)."""
+        pluggy's ``_multicall`` would: the non-None results in a list, or with ``first``
+        (pluggy's ``firstresult``) the first non-None result, else ``None``. The first error
+        is raised, attributed as :meth:`_invoke` attributes it."""
         results: list[Any] = []
         for fn, pick, plugin in calls:
             try:
@@ -103,8 +104,10 @@ class Hooks:
             except Exception as exc:
                 self._reraise(exc, hook, plugin)
             if res is not None:
+                if first:
+                    return res
                 results.append(res)
-        return results
+        return None if first else results
 
     def _reraise(self, exc: Exception, hook: str, plugin: str) -> NoReturn:
         """Raise ``exc`` attributed to the plugin whose code raised it (else ``plugin``), as
@@ -113,18 +116,6 @@ class Hooks:
         if err is exc:
             raise exc
         raise err from exc
-
-    def _call_first(self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...]) -> Any:
-        """Call ``calls`` in order until one answers (pluggy's ``firstresult``): the first
-        non-None result, or ``None``; the first error raised, attributed."""
-        for fn, pick, plugin in calls:
-            try:
-                res = fn(*args) if pick is None else fn(*[args[k] for k in pick])
-            except Exception as exc:
-                self._reraise(exc, hook, plugin)
-            if res is not None:
-                return res
-        return None
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
@@ -331,7 +322,7 @@ class Hooks:
         """Payload bytes as stored (the core's pass-through answers last)."""
         calls = self._direct["encrypt"]
         if calls is not None:
-            found: bytes = self._call_first("encrypt", calls, (data, ref))
+            found: bytes = self._call_direct("encrypt", calls, (data, ref), True)
             return found
         out: bytes = self._invoke("encrypt", {"data": data, "ref": ref})
         return out
@@ -340,7 +331,7 @@ class Hooks:
         """Payload bytes as given to ``encrypt`` (the core's pass-through answers last)."""
         calls = self._direct["decrypt"]
         if calls is not None:
-            found: bytes = self._call_first("decrypt", calls, (data, ref))
+            found: bytes = self._call_direct("decrypt", calls, (data, ref), True)
             return found
         out: bytes = self._invoke("decrypt", {"data": data, "ref": ref})
         return out
