@@ -39,7 +39,6 @@ from ._store_file import default_blob_url as default_blob_url
 from ._store_file import dump_output as dump_output
 from ._store_file import load_output as load_output
 from ._store_file import payload_ref as payload_ref
-from ._store_file import private_dir as private_dir
 from ._store_file import store_section as store_section
 from ._tables import CacheTable, CheckpointTable
 from .exceptions import StoreError

@@ -15,6 +15,7 @@ from . import _lease
 from ._blobs import blobs_section
 from ._records import PayloadRef
 from .exceptions import StoreError
+from .files import private_folder
 
 APPLICATION_ID = 0x584C5053  # "XLPS"
 #: Versions of the schema; ``_SCHEMA`` creates the newest, MIGRATIONS step older files up.
@@ -202,13 +203,6 @@ def default_blob_url(path: str | Path) -> str:
     return str(p.with_name(p.stem + ".blobs"))
 
 
-def private_dir(folder: Path) -> None:
-    """Create ``folder`` (and missing parents) with mode 0700."""
-    if not folder.exists():
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
-
-
 def _connect(
     path: Path, *, create: bool, synchronous: str = "normal", busy_ms: int = 30000
 ) -> sqlite3.Connection:
@@ -220,7 +214,7 @@ def _connect(
         raise StoreError(f"run store {str(path)!r} is a directory, expected a file", path=str(path))
     if not exists:
         try:
-            private_dir(path.parent)
+            private_folder(path.parent)
             # SQLite gives its -wal and -shm files the database file's mode: 0600 for all three.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:

@@ -22,7 +22,6 @@ import base64
 import hashlib
 import json
 import os
-import stat
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from xlib_pipeline import ConfigError, SecurityError
+from xlib_pipeline import ConfigError
+from xlib_pipeline.files import check_private_file
 
 from ._canonical import GENESIS
 from ._segments import series_files
@@ -56,7 +56,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The checkpoint signing key; refused when missing, readable by others or not Ed25519."""
     file = Path(path).expanduser()
     try:
-        mode = file.stat().st_mode
+        st = file.stat()
         data = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
@@ -64,10 +64,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
             f"with 'xlib-pipeline evidence keygen {file}' or openssl genpkey -algorithm ed25519)",
             key="audit.checkpoint_key_file",
         ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecurityError(
-            f"audit.checkpoint_key_file {str(file)!r} is readable by others; run 'chmod 600 {file}'"
-        )
+    check_private_file(file, st, "audit.checkpoint_key_file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

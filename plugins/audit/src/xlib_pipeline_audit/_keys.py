@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 
-from xlib_pipeline import ConfigError, SecurityError, data_dir
+from xlib_pipeline import ConfigError, data_dir
+from xlib_pipeline.files import check_private_file
 
 KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
 DEFAULT_KEY_FILE = "audit-hmac.key"
@@ -57,11 +57,7 @@ def read_key_file(path: Path) -> bytes:
         raise ConfigError(
             f"audit key file {str(path)!r} cannot be read: {exc.strerror}", key="audit"
         ) from exc
-    if os.name == "posix" and st.st_mode & 0o077:
-        raise SecurityError(
-            f"audit key file {str(path)!r} is readable by other users (mode "
-            f"{stat.filemode(st.st_mode)}); run 'chmod 600 {path}'"
-        )
+    check_private_file(path, st, "audit key file")
     if not data:
         raise ConfigError(f"audit key file {str(path)!r} is empty", key="audit")
     return data

@@ -22,7 +22,6 @@ import binascii
 import json
 import os
 import secrets
-import stat
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from xlib_pipeline import ConfigError, SecurityError
+from xlib_pipeline.files import check_private_file
 
 KEY_FILE_FORMAT = "xlib-pipeline-keyring/1"
 MASTER_KEY_BYTES = 32
@@ -188,11 +188,7 @@ class Keyring:
                 f"'xlib-pipeline keys generate {file}'",
                 key="encryption.keyring",
             ) from None
-        if os.name == "posix" and st.st_mode & 0o077:
-            raise SecurityError(
-                f"key file {str(file)!r} is readable by other users (mode "
-                f"{stat.filemode(st.st_mode)}); run 'chmod 600 {file}'"
-            )
+        check_private_file(file, st, "key file")
         return cls(_parse_json(file.read_text(), source), source=source)
 
     @classmethod

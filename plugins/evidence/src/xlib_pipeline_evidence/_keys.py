@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xlib_pipeline import ConfigError, SecurityError, data_dir
+from xlib_pipeline import ConfigError, data_dir
+from xlib_pipeline.files import check_private_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -137,11 +137,7 @@ def load_private(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
             f"'xlib-pipeline evidence keygen {file}'",
             key="evidence.signing_key_file",
         ) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecurityError(
-            f"evidence signing key {str(file)!r} is readable by others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {file}'"
-        )
+    check_private_file(file, st, "evidence signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
