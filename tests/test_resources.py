@@ -167,6 +167,54 @@ def test_backfills_and_keeps_priority() -> None:
     assert b.free == [1.0]
 
 
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 3), st.integers(1, 4)), min_size=1, max_size=12
+    ),
+    st.lists(st.integers(0, 11), max_size=40),
+)
+def test_admission_fits_and_keeps_the_critical_path_priority(
+    tasks: list[tuple[int, int, int]], script: list[int]
+) -> None:
+    """The walk on the Budget itself, two resources (cpu 4, gpu 3), no reservations: what
+    runs never exceeds the budget; after every admission no waiting task fits in what is
+    free (nothing is left idle), and a waiting task of greater height than a task that
+    started would not have fitted even in what the lower tasks took."""
+    n = len(tasks)
+    needs = [{"cpu": c, "gpu": g} if c or g else {"cpu": 1} for c, g, _ in tasks]
+    height = [h for _, _, h in tasks]
+    spec = compile_budget(
+        [f"t{i}" for i in range(n)], needs, {"cpu": 4, "gpu": 3, "max_bypass": 99}, {}
+    )
+    b = Budget(spec, height, window=16)
+    cap = {"cpu": 4.0, "gpu": 3.0}
+    pending = list(range(n))
+    running: list[int] = []
+    for step in script + [0] * (2 * n):
+        if not pending and not running:
+            break
+        if pending and (step % 2 or not running):  # some tasks become ready, maybe one ends
+            ready = pending[: 1 + step % 3]
+            del pending[: len(ready)]
+            ended = [running.pop(0)] if running and step % 3 == 0 else []
+        else:
+            ready, ended = [], [running.pop(step % len(running))]
+        started = b.admit(ended, ready)
+        running += started
+        used = {r: sum(needs[i].get(r, 0) for i in running) for r in cap}
+        assert all(used[r] <= cap[r] for r in cap), (used, running)
+        free = {r: cap[r] - used[r] for r in cap}
+        waiting = [e[3] for e in b.waiting]
+        for w in waiting:
+            assert any(needs[w].get(r, 0) > free[r] for r in cap), (w, free)
+            for s_ in started:
+                if height[w] > height[s_]:
+                    lower = [x for x in started if height[x] < height[w]]
+                    room = {r: free[r] + sum(needs[x].get(r, 0) for x in lower) for r in cap}
+                    assert any(needs[w].get(r, 0) > room[r] for r in cap), (w, s_, room)
+    assert not b.waiting and not pending
+
+
 # --- makespan against a brute-force list-scheduling bound ---------------------------------------
 
 
@@ -181,8 +229,52 @@ def _heights(n: int, preds: list[list[int]]) -> list[int]:
     return h
 
 
-def simulate_ours(n: int, preds: list[list[int]], needs: list[int], cap: int) -> int:
-    """Unit-time simulation of the scheduler's dispatch rule (the real Budget object)."""
+def simulate_ours(
+    n: int, preds: list[list[int]], needs: list[int], cap: int, *, window: int = 8
+) -> int:
+    """Unit-time simulation of the dispatch rule on the real :class:`Budget` object.
+
+    Tasks ending at one instant and the successors they make ready are handed over
+    together (``Budget.admit``), as the rule describes; :func:`simulate_per_event` is the
+    same with every event handed over alone."""
+    spec = compile_budget(
+        [str(i) for i in range(n)], [{"c": x} if x else None for x in needs], {"c": cap}, {}
+    )
+    height = _heights(n, preds)
+    b = Budget(spec, height, window)
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for i, ps in enumerate(preds):
+        for j in ps:
+            succs[j].append(i)
+    left = [len(p) for p in preds]
+    running: dict[int, int] = {}  # task -> end time
+    t = 0
+    ready = [i for i in range(n) if not preds[i]]
+    ended: list[int] = []
+    done = 0
+    while done < n:
+        for i in ready:
+            if needs[i] == 0:
+                running[i] = t + 1
+        for k in b.admit(ended, [i for i in ready if needs[i]]):
+            running[k] = t + 1
+        t = min(running.values())
+        ended = [k for k, e in running.items() if e == t]
+        ready = []
+        for i in ended:
+            del running[i]
+            done += 1
+            for s in succs[i]:
+                left[s] -= 1
+                if left[s] == 0:
+                    ready.append(s)
+        ended = [i for i in ended if needs[i]]
+    return t
+
+
+def simulate_per_event(n: int, preds: list[list[int]], needs: list[int], cap: int) -> int:
+    """:func:`simulate_ours` with every event handed over alone (``request``/``release``),
+    each ended task before the successors it makes ready."""
     spec = compile_budget(
         [str(i) for i in range(n)], [{"c": x} if x else None for x in needs], {"c": cap}, {}
     )
@@ -244,53 +336,69 @@ def list_schedule(
     return t
 
 
+def best_list_schedule(n: int, preds: list[list[int]], needs: list[int], cap: int) -> int:
+    return min(
+        list_schedule(n, preds, needs, cap, order) for order in itertools.permutations(range(n))
+    )
+
+
 @given(instances(max_tasks=6))
 def test_makespan_within_bound_of_best_list_schedule(inst: Any) -> None:
     """The rule against the best list schedule over every priority order (brute force).
 
-    The issue asked for 1.1x; no online rule that does not know durations meets that on
-    every instance (see test_known_gap_to_the_best_list_schedule), so this holds the rule to
-    the bound it does meet, 2x, and docs/resources.md reports the measured ratios.
+    The issue asked for 1.1x: on these instances (makespans of at most 6 steps) that means
+    equal to the best, which the rule is on all but ~0.1 % of them (the rate test below);
+    the rest need the best to break the critical-path priority or to know what comes
+    next (test_remaining_gap_to_the_best_list_schedule). Every instance meets 4/3.
     """
     n, preds, needs, cap = inst
-    best = min(
-        list_schedule(n, preds, needs, cap, order) for order in itertools.permutations(range(n))
-    )
+    best = best_list_schedule(n, preds, needs, cap)
     ours = simulate_ours(n, preds, needs, cap)
-    assert best <= ours <= 2 * best, (ours, best)
+    assert best <= ours and 3 * ours <= 4 * best, (ours, best)
 
 
-def test_known_gap_to_the_best_list_schedule() -> None:
-    # Unit tasks needing 3, 3, 2, 2, 2, 2 of 7: the best order packs {3,2,2} twice (2 steps);
-    # the longest-need-first walk packs {3,3}, {2,2,2}, {2} (3 steps).
+def test_packing_closes_the_known_gap() -> None:
+    # Unit tasks needing 3, 3, 2, 2, 2, 2 of 7: the best packs {3,2,2} twice (2 steps).
+    # First fit in priority order (a window of 1) packs {3,3}, {2,2,2}, {2} (3 steps).
     inst = (6, [[] for _ in range(6)], [3, 3, 2, 2, 2, 2], 7)
-    best = min(list_schedule(*inst, order) for order in itertools.permutations(range(6)))
-    assert (simulate_ours(*inst), best) == (3, 2)
+    assert best_list_schedule(*inst) == 2
+    assert simulate_ours(*inst) == 2
+    assert simulate_ours(*inst, window=1) == 3
+    assert simulate_per_event(*inst) == 3  # the first two requests start before the 2s come
+
+
+def test_remaining_gap_to_the_best_list_schedule() -> None:
+    # t0 (needs 0) -> t1 (3) -> t3 (1); t2 (1) -> t4 (3); t5 (3); budget 3. Every best
+    # schedule (4 steps) starts t5 (height 1) at once and leaves t2 (height 2) waiting,
+    # against the critical-path priority the rule keeps: it takes 5 steps.
+    inst = (6, [[], [0], [], [0, 1], [2], []], [0, 3, 1, 1, 3, 3], 3)
+    assert (simulate_ours(*inst), best_list_schedule(*inst)) == (5, 4)
 
 
 def test_makespan_within_1_1x_of_the_best_on_almost_every_instance() -> None:
     """The issue's 1.1x, measured over a seeded sample instead of every instance.
 
-    The rule exceeds 1.1x the brute-force best on a few instances (see the test above); this
-    holds how often. On this sample it does on 6 of 300 (worst 1.33x); the same rule without
-    its critical-path priority (every height equal) does on 20, so a regression fails here.
-    docs/resources.md gives the rate over 10,000 instances.
+    On this sample the rule is above 1.1x the brute-force best on 1 instance of 300 (the
+    one of the test above); handing events over one at a time (the rule before packing
+    and ``admit``) is on 6, so losing either fails here. docs/resources.md gives the rate
+    over 10,000 instances.
     """
     rng = random.Random(20261202)
     over = []
+    per_event = 0
     for _ in range(300):
         n = rng.randint(2, 6)
         preds = [sorted(rng.sample(range(i), min(i, rng.randint(0, 2)))) for i in range(n)]
         cap = rng.randint(1, 5)
         needs = [rng.randint(0, cap) for _ in range(n)]
-        best = min(
-            list_schedule(n, preds, needs, cap, order) for order in itertools.permutations(range(n))
-        )
+        best = best_list_schedule(n, preds, needs, cap)
         ours = simulate_ours(n, preds, needs, cap)
-        assert best <= ours <= 2 * best
+        assert best <= ours and 3 * ours <= 4 * best
         if ours > 1.1 * best:
             over.append((n, preds, needs, cap, ours, best))
-    assert len(over) <= 8, over  # <= 2.7 %
+        per_event += simulate_per_event(n, preds, needs, cap) > 1.1 * best
+    assert over == [(6, [[], [0], [], [0, 1], [2], []], [0, 3, 1, 1, 3, 3], 3, 5, 4)]
+    assert per_event == 6
 
 
 def test_unused_budget_costs_nothing() -> None:

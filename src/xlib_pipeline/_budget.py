@@ -10,9 +10,16 @@ The dispatch rule, used by the scheduler and by the simulator of the property te
 1. Ready tasks that need resources wait in priority order: longest remaining path first
    (the "intelligent" critical-path height), then the larger need (its largest share of
    any one budget), then arrival order.
-2. On every event (a task becomes ready, a task ends and frees its resources) the waiting
-   tasks are walked in that order and every one that fits in what is free starts
-   (backfilling: a small task may start ahead of a large one that does not fit yet).
+2. On every event (tasks become ready, tasks end and free their resources) the waiting
+   tasks are walked in that order and those that fit in what is free start (backfilling:
+   a small task may start ahead of a large one that does not fit yet). The first
+   ``WINDOW`` (8) of them are packed by best fit, one critical-path level at a time: of
+   the tasks of the highest level, the subset that fits and fills the most of the budget
+   (the sum of each task's shares of every resource; ties: the earlier tasks) starts,
+   then the next level gets what is left, and so on; the rest are walked first fit.
+   A task of a higher level is thus never left waiting for a lower one it could have
+   run in place of. Events of one instant (a task ends, the successors it made ready)
+   are one walk when handed over together (:meth:`Budget.admit`).
 3. No starvation: a waiting task that did not fit while a task behind it started is
    *bypassed*. Once it was bypassed ``max_bypass`` times, it holds a reservation: the walk
    stops at it, so nothing behind it starts before it does. It starts once the tasks
@@ -38,6 +45,8 @@ from .exceptions import ResourceError
 #: (the memory available when the manager starts).
 DEFAULTED = ("cpu", "memory_gb")
 DEFAULT_MAX_BYPASS = 4
+#: How many of the waiting tasks, highest priority first, rule 2 packs by best fit.
+WINDOW = 8
 
 
 def _amount(name: str, value: Any, what: str) -> float:
@@ -162,36 +171,59 @@ class Budget:
     ``request`` and ``release`` return the tasks that start now; the caller runs them.
     """
 
-    def __init__(self, spec: BudgetSpec, height: Sequence[int]) -> None:
+    def __init__(self, spec: BudgetSpec, height: Sequence[int], window: int = WINDOW) -> None:
         self.spec = spec
         self.free = list(spec.capacity)
         self.height = height
+        self.window = window
         self.lock = threading.Lock()
-        self.waiting: list[tuple[int, float, int, int]] = []  # heap of (key..., seq, task)
+        self.waiting: list[tuple[int, float, int, int]] = []  # sorted (key..., seq, task)
         self.bypassed: dict[int, int] = {}
         self.seq = 0
-        share = []
+        share: list[float] = []
+        weight: list[float] = []
         for row in spec.needs:
-            if row is None:
-                share.append(0.0)
-            else:
-                share.append(max(a / spec.capacity[j] for j, a in row if spec.capacity[j] > 0))
+            parts = [a / spec.capacity[j] for j, a in row or () if spec.capacity[j] > 0]
+            share.append(max(parts, default=0.0))
+            weight.append(sum(parts))
         self.share = share
+        #: What a task fills: the sum of its shares of every budget (rule 2's best fit).
+        self.weight = weight
 
     def _fits(self, i: int) -> bool:
         free = self.free
-        return all(a <= free[j] + 1e-9 for j, a in self.spec.needs[i] or ())
+        for j, a in self.spec.needs[i] or ():  # noqa: SIM110 (a loop: no generator per call)
+            if a > free[j] + 1e-9:
+                return False
+        return True
 
     def _take(self, i: int) -> None:
         free = self.free
         for j, a in self.spec.needs[i] or ():
             free[j] -= a
 
+    def _queue(self, i: int) -> None:
+        self.seq += 1
+        bisect.insort(self.waiting, (-self.height[i], -self.share[i], self.seq, i))
+
     def request(self, i: int) -> list[int]:
         """Task ``i`` is ready: the tasks that start now (``i`` itself if it may)."""
         with self.lock:
-            self.seq += 1
-            bisect.insort(self.waiting, (-self.height[i], -self.share[i], self.seq, i))
+            self._queue(i)
+            return self._walk()
+
+    def admit(self, ended: Sequence[int] = (), ready: Sequence[int] = ()) -> list[int]:
+        """Tasks that ended and tasks that became ready at the same instant: free what the
+        ended ones held, queue the ready ones, then one walk over all (so rule 2 packs
+        them together); the tasks that start now."""
+        with self.lock:
+            free = self.free
+            needs = self.spec.needs
+            for i in ended:
+                for j, a in needs[i] or ():
+                    free[j] += a
+            for i in ready:
+                self._queue(i)
             return self._walk()
 
     def claim(self, i: int) -> bool:
@@ -212,39 +244,134 @@ class Budget:
             return self._walk()
 
     def _walk(self) -> list[int]:
-        """Rule 2 and 3 of the module docstring, over the waiting list (kept sorted)."""
+        """Rules 2 and 3 of the module docstring, over the waiting list (kept sorted).
+
+        One first-fit pass; a level of the window is repacked by best fit only when one of
+        its tasks does not fit but would have in place of the level's earlier picks."""
         order = self.waiting
         if not order:
             return []
-        started: list[int] = []
-        passed: list[tuple[int, int]] = []  # (position, task)
-        kept: list[tuple[int, float, int, int]] = []
+        bypassed = self.bypassed
         limit = self.spec.max_bypass
-        last_start = -1
-        stop = len(order)
-        for pos, entry in enumerate(order):
+        window = self.window
+        picked: list[int] = []  # positions in order
+        n = len(order)
+        stop = n
+        level = 0
+        lo = 0  # where the current level of the window starts, in order and in picked
+        lo_picked = 0
+        pos = 0
+        while pos < n:
+            entry = order[pos]
             i = entry[3]
+            if pos < window and (pos == 0 or entry[0] != level):
+                level, lo, lo_picked = entry[0], pos, len(picked)
             if self._fits(i):
                 self._take(i)
-                started.append(i)
-                last_start = pos
+                picked.append(pos)
+                pos += 1
                 continue
-            kept.append(entry)
-            passed.append((pos, i))
-            if self.bypassed.get(i, 0) >= limit:
-                stop = pos + 1  # a reservation: nothing behind it starts
+            if bypassed and bypassed.get(i, 0) >= limit:
+                stop = pos  # a reservation: nothing behind it starts
                 break
-        if not started:
+            if pos < window and len(picked) > lo_picked and self._fits_with(i, picked[lo_picked:]):
+                hi = pos + 1
+                while hi < min(n, window) and order[hi][0] == level:
+                    hi += 1
+                if not bypassed or all(
+                    bypassed.get(order[k][3], 0) < limit for k in range(pos, hi)
+                ):
+                    self._repack(picked, lo_picked, lo, hi)
+                    pos = hi
+                    continue
+            pos += 1
+        if not picked:
             return []
-        kept.extend(order[stop:])
+        picked.sort()
+        last = picked[-1]
+        kept = []
+        k = 0
+        for p in picked:
+            for entry in order[k:p]:  # passed over while a task behind it started
+                kept.append(entry)
+                if k < stop:
+                    i = entry[3]
+                    bypassed[i] = bypassed.get(i, 0) + 1
+                k += 1
+            k = p + 1
+        kept.extend(order[last + 1 :])
         self.waiting = kept
-        bypassed = self.bypassed
-        for pos, i in passed:
-            if pos < last_start:  # passed over while a task behind it started
-                bypassed[i] = bypassed.get(i, 0) + 1
-        for i in started:
-            bypassed.pop(i, None)
+        started = [order[p][3] for p in picked]
+        if bypassed:
+            for i in started:
+                bypassed.pop(i, None)
         return started
+
+    def _fits_with(self, i: int, given_back: Sequence[int]) -> bool:
+        """Would task ``i`` fit if the tasks at positions ``given_back`` were not taken?"""
+        needs = self.spec.needs
+        order = self.waiting
+        for j, a in needs[i] or ():
+            room = self.free[j]
+            for k in given_back:
+                for j2, a2 in needs[order[k][3]] or ():
+                    if j2 == j:
+                        room += a2
+            if a > room + 1e-9:
+                return False
+        return True
+
+    def _repack(self, picked: list[int], lo_picked: int, lo: int, hi: int) -> None:
+        """Replace the first-fit picks ``picked[lo_picked:]`` of the level ``order[lo:hi]``
+        with its best fit (see :meth:`_best_fit`)."""
+        order = self.waiting
+        needs = self.spec.needs
+        free = self.free
+        for k in picked[lo_picked:]:
+            for j, a in needs[order[k][3]] or ():
+                free[j] += a
+        del picked[lo_picked:]
+        cands = [k for k in range(lo, hi) if self._fits(order[k][3])]
+        for k in self._best_fit(order, cands):
+            self._take(order[k][3])
+            picked.append(k)
+
+    def _best_fit(self, order: list[tuple[int, float, int, int]], cands: list[int]) -> list[int]:
+        """The subset of ``cands`` (positions) that fits what is free and has the largest
+        summed weight; among equal ones the one taking the earliest tasks (exhaustive,
+        depth first, including a task before excluding it; ``len(cands) <= window``)."""
+        needs = self.spec.needs
+        weight = self.weight
+        rows = [needs[order[k][3]] or () for k in cands]
+        ws = [weight[order[k][3]] for k in cands]
+        rest = [0.0] * (len(cands) + 1)
+        for x in range(len(cands) - 1, -1, -1):
+            rest[x] = rest[x + 1] + ws[x]
+        free = list(self.free)
+        best: list[Any] = [-1.0, []]
+        chosen: list[int] = []
+
+        def search(x: int, got: float) -> None:
+            if got + rest[x] <= best[0] + 1e-9:
+                return
+            if x == len(cands):
+                best[0] = got
+                best[1] = list(chosen)
+                return
+            row = rows[x]
+            if all(a <= free[j] + 1e-9 for j, a in row):
+                for j, a in row:
+                    free[j] -= a
+                chosen.append(cands[x])
+                search(x + 1, got + ws[x])
+                chosen.pop()
+                for j, a in row:
+                    free[j] += a
+            search(x + 1, got)
+
+        search(0, 0.0)
+        chosen_list: list[int] = best[1]
+        return chosen_list
 
     @property
     def in_use(self) -> dict[str, float]:
@@ -281,12 +408,12 @@ class ResourceSlots:
         return got
 
     def give_back(self, task: str, count: int) -> None:
-        """Return ``count`` shares taken with :meth:`take`; waiting tasks that fit start."""
+        """Return ``count`` shares taken with :meth:`take`; waiting tasks that fit start
+        (one walk over all the shares given back, so they are packed together)."""
         i = self._index[task]
-        if self._budget.spec.needs[i] is None:
+        if self._budget.spec.needs[i] is None or count <= 0:
             return
-        for _ in range(count):
-            self._granted(self._budget.release(i))
+        self._granted(self._budget.admit([i] * count))
 
 
 #: The run's :class:`ResourceSlots` (present when the run schedules against a budget).
