@@ -5,11 +5,13 @@ of the run), whatever the names, levels, declared levels and detectors; and quot
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from xlib_pipeline_lineage._events import quote
+from xlib_pipeline_lineage._events import fast_uuid5, quote
+from xlib_pipeline_lineage._layout import Layout
 from xlib_pipeline_lineage._run_state import RunState
 
 from xlib_pipeline import CLASSIFICATION
@@ -25,8 +27,20 @@ _entry = st.builds(
 )
 
 
-def _state(namespace: str, pipeline: str, datasets: dict[str, Any], stash: Any) -> RunState:
-    """The parts of a RunState that render outputs (no emitter thread, no plugin)."""
+class _Task:
+    """A task as the layout reads it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.depends_on: tuple[str, ...] = ()
+        self.merge_strategy = None
+
+
+def _state(
+    namespace: str, pipeline: str, datasets: dict[str, Any], stash: Any, names: Any = ()
+) -> RunState:
+    """The parts of a RunState that render outputs (no emitter thread, no plugin); tasks
+    not in ``names`` take the path of a task the run does not hold."""
     state = object.__new__(RunState)
     state.namespace = namespace
     state.pipeline = pipeline
@@ -35,6 +49,22 @@ def _state(namespace: str, pipeline: str, datasets: dict[str, Any], stash: Any) 
     state.stash = stash
     state._ns = json.dumps(namespace)
     state._cls_facets = {}
+    state._cls_seen = {}
+    state._unknown = {}
+    state._engine = "{}"
+    state._ns_bytes = uuid.uuid4().bytes
+    layout = Layout(
+        (),
+        tasks=[_Task(n) for n in names],
+        pipeline=pipeline,
+        namespace=namespace,
+        producer=state.producer,
+        engine="{}",
+        datasets=datasets,
+    )
+    state._layout = layout
+    state._rids = [fast_uuid5(state._ns_bytes, n) for n in layout.names]
+    state._deps = []
     return state
 
 
@@ -57,7 +87,7 @@ def test_classified_outputs_text_is_json_dumps(
         name: ((), ({"namespace": "warehouse", "name": f"t.{name}", "facets": {"x": 1}},))
         for name in declared
     }
-    state = _state(namespace, pipeline, datasets, stash)
+    state = _state(namespace, pipeline, datasets, stash, names=list(tasks)[::2])
     for _ in range(2):  # the second round reads the facets rendered in the first
         for name in tasks:
             got = state._classified_json(name)

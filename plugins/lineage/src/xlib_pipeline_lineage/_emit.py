@@ -4,6 +4,12 @@ Hooks only append small tuples to a queue (well under a microsecond each); a bac
 thread turns them into OpenLineage events and hands them to the sink in batches;
 ``after_pipeline`` waits for the queue to drain, so every event of a run is written when
 ``execute_pipeline`` returns.
+
+A batch's events are written every :data:`LINES_PER_WRITE` events as they are built (the
+file transport keeps its file open for the batch), not joined into one text per batch: a
+batch of a few thousand events of ~2 KB was a text of megabytes, allocated fresh (and
+copied twice more: the final newline, the encoding) per batch, and the events themselves
+were all alive until then; small writes reuse the same memory.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ _log = logging.getLogger("xlib_pipeline.lineage")
 BATCH = 2048
 #: Seconds the emitter lets records gather before building and writing them.
 WINDOW_S = 0.02
+#: Events the emitter writes at once (one text, one ``write``), as they are built.
+LINES_PER_WRITE = 32
 
 
 @functools.cache
@@ -42,13 +50,28 @@ def batched_file_transport() -> type[Any]:
     class BatchedFileTransport(FileTransport):
         kind = "file"
 
-        def write_lines(self, lines: list[str]) -> None:
-            """Append already-serialised events, one per line."""
+        def open_lines(self) -> Any:
+            """The file, opened to append (for :meth:`write_lines`; the caller closes it)."""
             path = self.config.log_file_path
             try:
-                with self._file_handler.open_file(path, "a") as f:
-                    f.write("\n".join(lines) + "\n")
+                return self._file_handler.open_file(path, "a")
             except OSError as exc:
+                raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+
+        def write_lines(self, lines: list[str], f: Any = None) -> None:
+            """Append already-serialised events, one per line: to ``f`` (from
+            :meth:`open_lines`; flushed before returning) or else to the file opened for
+            this call."""
+            if f is None:
+                with self.open_lines() as f:
+                    self.write_lines(lines, f)
+                return
+            try:
+                for k in range(0, len(lines), LINES_PER_WRITE):
+                    f.write("\n".join(lines[k : k + LINES_PER_WRITE]) + "\n")
+                f.flush()
+            except OSError as exc:
+                path = self.config.log_file_path
                 raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
 
     return BatchedFileTransport
@@ -97,6 +120,10 @@ class Sink:
             for e in events:
                 self._client.emit(to_client_event(json.loads(e)))
 
+    def batch(self) -> Batch:
+        """A writer for one emitter batch (the file transport's file stays open for it)."""
+        return Batch(self)
+
     def close(self) -> None:
         """Release the transport."""
         if self._client is not None:
@@ -104,6 +131,36 @@ class Sink:
                 self._client.close(timeout=5.0)
             except Exception:  # pragma: no cover - best effort
                 pass
+
+
+class Batch:
+    """The writes of one emitter batch: the file transport's file is opened at the first
+    and closed by :meth:`close`; each :meth:`write` is whole lines, written and flushed
+    under the sink's lock (runs of one manager interleave whole writes, never lines)."""
+
+    __slots__ = ("_f", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._f: Any = None
+
+    def write(self, events: list[str]) -> None:
+        """Write ``events`` (JSON texts, one per line)."""
+        sink = self.sink
+        file = sink._file
+        if file is None:
+            sink.write(events)
+            return
+        with sink._lock:
+            if self._f is None:
+                self._f = file.open_lines()
+            file.write_lines(events, self._f)
+
+    def close(self) -> None:
+        """Close the file (if one was opened)."""
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
 
 
 class Emitter:
@@ -130,6 +187,8 @@ class Emitter:
                 # the GIL from the scheduler's lanes. finish() cuts the window short.
                 self._wake.wait(WINDOW_S)
             events: list[str] = []
+            batch = self.sink.batch()
+            failed = False  # a failed write drops the rest of its batch (one error each)
             n = 0
             while True:
                 if item is None:
@@ -139,6 +198,10 @@ class Emitter:
                     build(item, events)
                 except Exception as exc:  # never lose the thread; report at the end
                     self.errors.append(exc)
+                if len(events) >= LINES_PER_WRITE:
+                    if not failed:
+                        failed = self._write(batch, events)
+                    events = []
                 n += 1
                 if n >= BATCH:
                     break
@@ -146,11 +209,21 @@ class Emitter:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-            if events:
-                try:
-                    self.sink.write(events)
-                except Exception as exc:
-                    self.errors.append(exc)
+            if events and not failed:
+                self._write(batch, events)
+            try:
+                batch.close()
+            except Exception as exc:
+                self.errors.append(exc)
+
+    def _write(self, batch: Batch, events: list[str]) -> bool:
+        """Write ``events``; ``True`` when that failed (the error is kept)."""
+        try:
+            batch.write(events)
+        except Exception as exc:
+            self.errors.append(exc)
+            return True
+        return False
 
     def finish(self, timeout: float | None = None) -> None:
         """Write everything queued so far and stop the thread."""

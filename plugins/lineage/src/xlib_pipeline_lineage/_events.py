@@ -109,13 +109,15 @@ def task_run_id(pipeline_run_id: str, task: str) -> str:
     return str(uuid.uuid5(uuid.UUID(pipeline_run_id), task))
 
 
+#: The UUID variant's hex digit (RFC 4122: bits 10xx) for each hex digit of the hash.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def fast_uuid5(namespace: bytes, name: str) -> str:
-    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without building UUID objects."""
-    b = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50
-    b[8] = (b[8] & 0x3F) | 0x80
-    x = b.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without building UUID objects: the
+    SHA-1's first 32 hex digits with the version (5) and variant digits put in."""
+    x = hashlib.sha1(namespace + name.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def quote(text: str) -> str:

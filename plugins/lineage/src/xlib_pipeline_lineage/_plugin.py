@@ -39,6 +39,7 @@ from xlib_pipeline.exceptions import ConfigError
 from . import _events as ev
 from . import _evidence as evidence
 from ._emit import Sink
+from ._layout import Layout
 from ._run_state import LINEAGE_RUN, RunState
 
 _SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
@@ -97,6 +98,7 @@ class LineagePlugin:
         self._datasets: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
         )
+        self._layouts: weakref.WeakKeyDictionary[Any, Layout] = weakref.WeakKeyDictionary()
 
     # -- registration ----------------------------------------------------------------------
 
@@ -200,6 +202,28 @@ class LineagePlugin:
         with self._lock:
             self._datasets[run.pipeline] = (run.tasks, out)
         return out
+
+    def layout_for(
+        self, pipeline: Any, key: tuple[Any, ...], tasks: Any, datasets: dict[str, Any]
+    ) -> Layout:
+        """The task events' text fixed per pipeline version (:class:`~._layout.Layout`),
+        cached per pipeline and rebuilt when ``key`` (:func:`~._layout.layout_key`: the
+        run's tasks, the pipeline's name, this plugin's settings) changes."""
+        cached = self._layouts.get(pipeline)
+        if cached is not None and cached.key[0] is key[0] and cached.key[1:] == key[1:]:
+            return cached
+        layout = Layout(
+            key,
+            tasks=tasks,
+            pipeline=key[1],
+            namespace=key[2],
+            producer=key[3],
+            engine=key[4],
+            datasets=datasets,
+        )
+        with self._lock:
+            self._layouts[pipeline] = layout
+        return layout
 
     @hookimpl
     def collect_evidence(

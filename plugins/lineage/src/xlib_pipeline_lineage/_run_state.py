@@ -1,5 +1,6 @@
 """Per-run lineage state: the OpenLineage events of one run, built on the emitter thread
-from JSON fragments serialised once per run and once per task (see ``_plugin``)."""
+from the pipeline's :class:`~._layout.Layout` (text fixed per pipeline version) and the
+parts serialised once per run (the run ids, the parent facet); see ``_plugin``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xlib_pipeline import CLASSIFICATION, FALLBACKS, StashKey
+from xlib_pipeline import CLASSIFICATION, FALLBACKS, OutputLevel, StashKey
 
 from . import _events as ev
 from ._emit import Emitter
+from ._layout import DEP_TAIL, Layout, layout_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._plugin import LineagePlugin
@@ -32,23 +34,29 @@ _REASONS = {
     "cached": "output served from the result cache; the task did not run",
     "fallback": "the task failed; its fallback supplied the output",
 }
+#: The outcomes whose terminal event names the output (with its classification).
+_WITH_OUTPUT = frozenset(("succeeded", "cached", "fallback"))
 
 
-def trigger_rule(task: Any) -> str:
-    """The ``trigger_rule`` of a task's ``jobDependencies`` facet: ``ALL_SUCCESS`` (runs
-    when every upstream succeeded; a skipped upstream skips it), ``NONE_FAILED`` for
-    ``merge_strategy="collect_available"`` (runs when no upstream failed)."""
-    if task is not None and task.merge_strategy == "collect_available":
-        return "NONE_FAILED"
-    return "ALL_SUCCESS"
+class _Alone:
+    """A task the run does not hold, as :class:`Layout` reads tasks."""
+
+    __slots__ = ("name",)
+    depends_on: tuple[str, ...] = ()
+    merge_strategy = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 class RunState:
     """Per-run lineage state; all mutable parts are touched by the emitter thread only.
 
-    Events are written as JSON text assembled from fragments serialised once per run (the
-    parent facet, producer, namespace) and once per task (run id, job name, datasets), so
-    each event costs a string format plus the parts that really vary.
+    Events are written as JSON text assembled from the pipeline's layout (job names,
+    datasets, dependencies: serialised once per pipeline version), fragments serialised
+    once per run (the parent facet, every task's run id and ``jobDependencies`` entry), and
+    the event's own time and outcome: each event costs a string format plus the parts that
+    really vary.
     """
 
     def __init__(self, plugin: LineagePlugin, run: Any) -> None:
@@ -74,114 +82,95 @@ class RunState:
         )
         self.stash = run.stash  # read lazily: other plugins publish in their own hooks
         self.tasks = {t.name: t for t in run.tasks}
-        self._downstream: dict[str, list[str]] | None = None  # built on the emitter thread
         self.datasets = plugin.datasets_for(run)
         self.started: set[str] = set()
         self.ended: set[str] = set()
-        #: task name -> OpenLineage runId of its task run (the recorded mapping).
-        self.task_run_ids: dict[str, str] = {}
-        self._info: dict[str, tuple[str, str, str, str, str, str]] = {}
+        # the run's layout (shared by the pipeline's runs) and every task's run id, both
+        # taken on the emitter thread when the first task event is built
+        pipeline, tasks, datasets = run.pipeline, run.tasks, self.datasets
+        key = layout_key(run, plugin)
+        self._layout_of: Callable[[], Layout] = lambda: plugin.layout_for(
+            pipeline, key, tasks, datasets
+        )
+        self._layout: Layout | None = None
+        self._rids: list[str] = []
+        self._deps: list[str] = []
+        self._unknown: dict[str, tuple[Layout, int, str]] = {}
         self._ns_bytes = uuid.UUID(self.run_id).bytes
         p = self.producer
-        self._head = f'"producer":{d(p)},"schemaURL":{d(ev.EVENT_SCHEMA)}'
-        self._parent = d(ev.parent_facet(p, self.run_id, self.namespace, self.pipeline))
-        self._xhead = f'{{"_producer":{d(p)},"_schemaURL":{d(ev.RUN_FACET_SCHEMA)},"kind":"task",'
         self._ns = d(self.namespace)
-        self._job_prefix = self.pipeline + "."
-        # standard facets: jobType on every event's job, processing_engine on run STARTs
-        self._task_job_facets = '{"jobType":' + d(ev.job_type_facet(p, "TASK")) + "}"
-        self._engine = plugin.engine_facet
-        # jobDependencies: its head, and one fragment per task run it names (built once)
-        self._deps_head = (
-            f'{{"_producer":{d(p)},"_schemaURL":{d(ev.schema("JOB_DEPENDENCIES_SCHEMA"))},'
-            '"upstream":['
-        )
-        self._dep_ns = f'{{"job":{{"namespace":{self._ns},"name":'
-        self._dep_tail = (
-            '"dependency_type":"DIRECT_INVOCATION","sequence_trigger_rule":"FINISH_TO_START",'
-            '"status_trigger_rule":"EXECUTE_ON_SUCCESS"}'
-        )
-        self._deps: dict[str, str] = {}
-        # a task event's text around its variable parts (see _task_event)
+        self._head = f'"producer":{d(p)},"schemaURL":{d(ev.EVENT_SCHEMA)}'
+        parent = d(ev.parent_facet(p, self.run_id, self.namespace, self.pipeline))
+        # a task event's text around its variable parts (see _start and _end)
         self._ev_mid = f'",{self._head},"run":{{"runId":"'
-        self._ev_facets = f'","facets":{{"parent":{self._parent},"{ev.RUN_FACET}":'
-        # classified outputs: the facets' JSON per distinct classification of the run
+        self._ev_facets = f'","facets":{{"parent":{parent},"{ev.RUN_FACET}":'
+        self._engine = plugin.engine_facet
+        # classified outputs: the facets' JSON per distinct classification of the run, and
+        # per OutputLevel object (the classification plugin shares one per distinct value)
         self._cls_facets: dict[tuple[str, str | None, tuple[str, ...]], str] = {}
+        self._cls_seen: dict[int, tuple[OutputLevel, str]] = {}
         self.emitter = Emitter(plugin.sink(), self.build)
+
+    @property
+    def task_run_ids(self) -> dict[str, str]:
+        """Task name -> OpenLineage runId of its task run (every task of the run, and every
+        task a ``depends_on`` names, once the run's first task event was built)."""
+        layout = self._layout
+        out = dict(zip(layout.names, self._rids, strict=True)) if layout is not None else {}
+        out.update((name, entry[2]) for name, entry in self._unknown.items())
+        return out
 
     # -- event building (emitter thread) -------------------------------------------------
 
-    def _task_info(self, name: str) -> tuple[str, str, str, str, str, str]:
-        """(run id, job name JSON, task name JSON, inputs JSON, declared outputs JSON, the
-        event text from the end of the run facets to ``"outputs":``), built once per task."""
-        info = self._info.get(name)
-        if info is None:
-            d = json.dumps
-            rid = self.task_run_ids[name] = ev.fast_uuid5(self._ns_bytes, name)
-            ins, outs = self.datasets.get(name, ((), ()))
-            job = ev.quote(self._job_prefix + name)
-            ins_json = d(list(ins)) if ins else "[]"
-            info = self._info[name] = (
-                rid,
-                job,
-                ev.quote(name),
-                ins_json,
-                d(list(outs)) if outs else "[]",
-                f'}}}},"job":{{"namespace":{self._ns},"name":{job},'
-                f'"facets":{self._task_job_facets}}},"inputs":{ins_json},"outputs":',
+    def _prepare(self) -> Layout:
+        """The run's layout, and the run ids and ``jobDependencies`` entries of all its
+        tasks (every task gets its events in every run that starts)."""
+        layout = self._layout_of()
+        nsb = self._ns_bytes
+        uuid5 = ev.fast_uuid5
+        self._rids = rids = [uuid5(nsb, name) for name in layout.names]
+        self._deps = [f"{h}{r}{DEP_TAIL}" for h, r in zip(layout.dep_head, rids, strict=True)]
+        self._layout = layout
+        return layout
+
+    def _locate(self, name: str) -> tuple[Layout, int, str]:
+        """(layout, index, task run id) of ``name``; a task the run does not hold (none of
+        the core's hooks name one) gets a layout of its own, without dependencies."""
+        layout = self._layout or self._prepare()
+        i = layout.index.get(name)
+        if i is not None:
+            return layout, i, self._rids[i]
+        got = self._unknown.get(name)
+        if got is None:
+            alone = Layout(
+                (),
+                tasks=[_Alone(name)],
+                pipeline=self.pipeline,
+                namespace=self.namespace,
+                producer=self.producer,
+                engine=self._engine,
+                datasets=self.datasets,
             )
-        return info
-
-    def _task_event(
-        self,
-        etype: str,
-        info: tuple[str, str, str, str, str, str],
-        ts: float,
-        facet: str,
-        extra: str = "",
-        outs: str = "",
-    ) -> str:
-        """One task event's text; ``info`` is the task's :meth:`_task_info`."""
-        rid, _, _, _, declared, tail = info
-        return (
-            f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}{self._ev_mid}{rid}'
-            f"{self._ev_facets}{facet}{extra}{tail}{outs or declared}}}"
-        )
-
-    def _dep(self, name: str) -> str:
-        """One entry of a jobDependencies facet naming ``name``'s task run (as JSON)."""
-        dep = self._deps.get(name)
-        if dep is None:
-            rid, job = self._task_info(name)[:2]
-            dep = self._deps[name] = (
-                f'{self._dep_ns}{job}}},"run":{{"runId":"{rid}"}},{self._dep_tail}'
-            )
-        return dep
-
-    def job_dependencies(self, name: str) -> str:
-        """The ``jobDependencies`` run facet of ``name``'s task run, as JSON: the same facet
-        as :func:`._events.job_dependencies_facet`, from fragments built once per task."""
-        down = self._downstream
-        if down is None:
-            down = self._downstream = {}
-            for t in self.tasks.values():
-                for up in t.depends_on:
-                    down.setdefault(up, []).append(t.name)
-        task = self.tasks.get(name)
-        dep = self._dep
-        ups = ",".join([dep(t) for t in task.depends_on]) if task is not None else ""
-        downs = ",".join([dep(t) for t in down.get(name, ())])
-        rule = trigger_rule(task)
-        return f'{self._deps_head}{ups}],"downstream":[{downs}],"trigger_rule":"{rule}"}}'
+            got = self._unknown[name] = (alone, 0, ev.fast_uuid5(self._ns_bytes, name))
+        return got
 
     def _start(self, name: str, ts: float, out: list[str]) -> None:
         self.started.add(name)
-        info = self._task_info(name)
-        facet = f'{self._xhead}"task":{info[2]},"status":"running"}}'
-        extra = (
-            f',"jobDependencies":{self.job_dependencies(name)},"processing_engine":{self._engine}'
+        layout = self._layout or self._prepare()
+        i = layout.index.get(name)
+        if i is None:
+            layout, i, rid = self._locate(name)
+            ups = downs = ""  # a task the run does not hold has no dependencies
+        else:
+            rid = self._rids[i]
+            deps = self._deps
+            ups = ",".join([deps[j] for j in layout.ups[i]])
+            downs = ",".join([deps[j] for j in layout.downs[i]])
+        out.append(
+            f'{{"eventType":"START","eventTime":"{ev.iso(ts)}{self._ev_mid}{rid}'
+            f'{self._ev_facets}{layout.start_head[i]}{ups}],"downstream":[{downs}'
+            f"{layout.start_tail[i]}"
         )
-        out.append(self._task_event("START", info, ts, facet, extra))
 
     def _end(
         self,
@@ -199,43 +188,59 @@ class RunState:
         if name not in self.started:
             self._start(name, ts, out)
         self.ended.add(name)
+        layout, i, rid = self._locate(name)
         etype = _TERMINAL.get(status, "ABORT")
         why = reason or _REASONS.get(status)
         if status == "fallback":
             used = (self.stash.get(FALLBACKS, None) or {}).get(name)
             if used is not None:
                 why = f"{why} ({used.source}, replacing {used.error_class})"
-        info = self._task_info(name)
-        facet = f'{self._xhead}"task":{info[2]},"status":"{status}","attempts":{int(attempts)}' + (
+        facet = f'{layout.end_head[i]}{status}","attempts":{int(attempts)}' + (
             f',"reason":{json.dumps(why)}}}' if why else "}"
         )
-        extra = ""
         if etype == "FAIL":
             facet_ = ev.error_facet(self.producer, error, tb, self.describe, self.redact)
-            extra = ',"errorMessage":' + json.dumps(facet_)
-        outs = ""
-        if status in ("succeeded", "cached", "fallback") and CLASSIFICATION in self.stash:
-            outs = self._classified_json(name)
-        out.append(self._task_event(etype, info, ts, facet, extra, outs))
+            facet += ',"errorMessage":' + json.dumps(facet_)
+        outs = layout.declared[i]
+        if status in _WITH_OUTPUT:
+            cls = self.stash.get(CLASSIFICATION, None)
+            entry = cls.outputs.get(name) if cls is not None else None
+            if entry is not None:
+                outs = self._classified(layout, i, name, entry)
+        out.append(
+            f'{{"eventType":"{etype}","eventTime":"{ev.iso(ts)}{self._ev_mid}{rid}'
+            f"{self._ev_facets}{facet}{layout.end_tail[i]}{outs}}}"
+        )
+
+    def _classified(self, layout: Layout, i: int, name: str, entry: OutputLevel) -> str:
+        """The event's ``outputs`` with ``entry``'s classification facet, as JSON. An output
+        without declared datasets (the usual case) is assembled from its facets' text,
+        rendered once per distinct classification of the run: the same text as
+        ``json.dumps`` of :meth:`_classified_outputs`."""
+        if layout.has_outputs[i]:
+            return json.dumps(self._classified_outputs(name))
+        seen = self._cls_seen.get(id(entry))
+        if seen is not None and seen[0] is entry:
+            facets = seen[1]
+        else:
+            key = (entry.level, entry.declared, entry.detected)
+            got = self._cls_facets.get(key)
+            if got is None:
+                facet = ev.classification_facet(self.producer, entry)
+                got = self._cls_facets[key] = json.dumps({ev.CLASSIFICATION_FACET: facet})
+            self._cls_seen[id(entry)] = (entry, got)
+            facets = got
+        return f"{layout.classified_head[i]}{facets}}}]"
 
     def _classified_json(self, name: str) -> str:
-        """The event's ``outputs`` with the classification facet, as JSON (``""``: the
-        output is not classified). An output without declared datasets (the usual case)
-        is assembled from its facets' text, rendered once per distinct classification of
-        the run: the same text as ``json.dumps`` of :meth:`_classified_outputs`."""
+        """The ``outputs`` text of ``name``'s terminal event when classified (``""``: the
+        output is not classified)."""
         cls = self.stash.get(CLASSIFICATION, None)
         entry = cls.outputs.get(name) if cls is not None else None
         if entry is None:
             return ""
-        if self.datasets.get(name, ((), ()))[1]:
-            return json.dumps(self._classified_outputs(name))
-        key = (entry.level, entry.declared, entry.detected)
-        facets = self._cls_facets.get(key)
-        if facets is None:
-            facet = ev.classification_facet(self.producer, entry)
-            facets = self._cls_facets[key] = json.dumps({ev.CLASSIFICATION_FACET: facet})
-        result = ev.quote(f"{self.pipeline}.{name}.result")
-        return f'[{{"namespace": {self._ns}, "name": {result}, "facets": {facets}}}]'
+        layout, i, _ = self._locate(name)
+        return self._classified(layout, i, name, entry)
 
     def _classified_outputs(self, name: str) -> list[dict[str, Any]] | None:
         """Outputs with the classification facet, read from ``run.stash[CLASSIFICATION]``."""
