@@ -51,13 +51,16 @@ class AuditRun:
         "flush",
         "hold",
         "meta",
+        "mid",
         "pipeline",
         "records",
         "run_id",
         "tenant",
     )
 
-    def __init__(self, plugin: AuditPlugin, run: RunContext) -> None:
+    def __init__(
+        self, plugin: AuditPlugin, run: RunContext, cache: dict[Any, Any] | None = None
+    ) -> None:
         #: The run's trail's ``append`` (opened here: every run writes ``run.started``).
         trail = plugin.writer()
         self.append = trail.append
@@ -73,13 +76,38 @@ class AuditRun:
         self.attempts: dict[str, int] = {}
         self.digests = plugin.settings.digests
         self.records = TaskRecords(self.actor, self.pipeline, self.run_id)
-        self.meta: dict[str, TaskMeta] = {}
+        #: The text between ``prev`` and ``seq`` of this run's quick records (its run id):
+        #: the per-task quick records (``meta``) are the same in every run of a plan.
+        self.mid: str = self.records.run_mid() or ""
         #: Classification level -> the quick ``task.finished`` pre text with that level.
         self.classified: dict[str, str | None] = {}
-        digests = False
-        for task in run.tasks:
-            m = self.meta[task.name] = self.task_meta(task, run)
-            digests = digests or m[2]
+        tasks = run.tasks
+        # Every task's metadata depends on the task (frozen), the run's actor, pipeline and
+        # tenant and the digests setting, never on the run id: kept across runs of the same
+        # plan (the manager hands every run of it the same tasks tuple), unless a task has
+        # an ``audit`` option (a mapping its owner could still change).
+        key: Any = (self.actor, self.pipeline, self.tenant, self.digests, not self.mid)
+        hit = None
+        if cache is not None:
+            try:
+                hit = cache.get(key)
+            except TypeError:  # an actor or tenant that is not hashable
+                cache = None
+        if hit is not None and hit[0] is tasks:
+            self.meta, digests = hit[1], hit[2]
+        else:
+            self.meta = {}
+            digests = False
+            cacheable = cache is not None
+            for task in tasks:
+                m = self.meta[task.name] = self.task_meta(task, run)
+                digests = digests or m[2]
+                if cacheable and task.options.get("audit"):
+                    cacheable = False
+            if cacheable and cache is not None:
+                if len(cache) >= 16:
+                    cache.clear()
+                cache[key] = (tasks, self.meta, digests)
         if digests:
             run.stash[OUTPUTS_IN_DRIVER] = True  # output digests read each output
 
@@ -94,7 +122,8 @@ class AuditRun:
         else:
             tenant, op, digests = run.tenant_of(task), None, self.digests
         texts = self.records.texts(task.name, tenant, op)
-        return tenant, op, digests, texts, None if digests else self.records.quick(texts)
+        quick = None if digests or not self.mid else self.records.quick(texts)
+        return tenant, op, digests, texts, quick
 
 
 #: The audit plugin's per-run state.
@@ -110,6 +139,8 @@ class Recorder:
         #: The last run started and its state: the per-task hooks skip the stash lookup
         #: for it (another run, on another thread, looks in its stash).
         self._last: tuple[Any, AuditRun | None] = (None, None)
+        #: Per-task metadata of recent plans (see AuditRun), by actor, pipeline, tenant ...
+        self._metas: dict[Any, Any] = {}
 
     def _base(self, st: AuditRun, action: str, outcome: str | None) -> dict[str, Any]:
         return {
@@ -145,7 +176,7 @@ class Recorder:
 
     @hookimpl(tryfirst=True)
     def before_pipeline(self, run: Any) -> None:
-        st = AuditRun(self._plugin, run)
+        st = AuditRun(self._plugin, run, self._metas)
         run.stash[AUDIT_RUN] = st
         self._last = (run, st)
         rec = self._base(st, "run.started", "started")
@@ -229,7 +260,7 @@ class Recorder:
         quick = meta[4]
         if quick is not None and n == 1:
             # Guarantee (a), the common record cut once per run (see TaskRecords.quick).
-            st.append([quick[0], quick[2], quick[3] + now_iso() + quick[4]], wait=True)
+            st.append([quick[0], st.mid, quick[3] + now_iso() + quick[4]], wait=True)
             return
         trail = self._plugin.writer()
         rec = st.records.started(
@@ -315,7 +346,7 @@ class Recorder:
                 else:
                     pre = None
             if pre is not None:
-                st.hold([pre, quick[2], quick[3] + now_iso() + quick[4]])
+                st.hold([pre, st.mid, quick[3] + now_iso() + quick[4]])
                 cp = self._plugin.checkpointer
                 if cp is not None and cp.due(self._plugin.writer().last_seq):
                     self._plugin.checkpoint()

@@ -111,6 +111,21 @@ class TaskRecords:
         head = head.replace(_TASK, texts[0]).replace(_TENANT, texts[1])
         return spre, fpre, mid, head, tail
 
+    def run_mid(self) -> str | None:
+        """The text between ``prev`` and ``seq`` of this run's quick records (it holds the
+        run id and nothing of the task: the same for every task of the run, with or without
+        an operation). None: no quick record for this run."""
+        if self._const is None:
+            return None
+        mids = set()
+        for has_op in (False, True):
+            if has_op not in self._quick:
+                self._quick[has_op] = self._cut_for_run(has_op)
+            cut = self._quick[has_op]
+            if cut is not None:
+                mids.add(cut[2])
+        return mids.pop() if len(mids) == 1 else None
+
     def _cut_for_run(self, has_op: bool) -> Quick | None:
         """:meth:`_cut` for this run: the layout cut for the actor and pipeline (cached
         across runs) with this run's id put in."""
