@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import random
+import resource
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,15 +75,41 @@ def layered_dag(n: int, seed: int = 7) -> Pipeline:
 
 #: Process CPU time (every thread: the lanes, the flusher) of the last :func:`time_run`.
 last_cpu = [0.0]
+#: Context switches (voluntary + involuntary, every thread) of the last :func:`time_run`:
+#: each GIL hand-off between the lanes and the flusher thread is at least one.
+last_switches = [0]
+#: CPU time of the audit flusher threads (fsync, head anchor) in the last :func:`time_run`.
+last_flusher_cpu = [0.0]
+
+
+def _switches() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_nvcsw + ru.ru_nivcsw
+
+
+def _flusher_cpu() -> float:
+    """CPU seconds of the live audit flusher threads (``xlib-audit-sync:*``)."""
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name.startswith("xlib-audit-sync") and t.ident is not None:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (OSError, AttributeError):  # ended meanwhile, or not on this platform
+                pass
+    return total
 
 
 def time_run(pm: PipelineManager, p: Pipeline) -> float:
     """Wall time of one run; its process CPU time goes to ``last_cpu[0]``."""
+    f0 = _flusher_cpu()
+    s0 = _switches()
     c0 = time.process_time()
     t0 = time.perf_counter()
     result = pm.execute_pipeline(p)
     elapsed = time.perf_counter() - t0
     last_cpu[0] = time.process_time() - c0
+    last_switches[0] = _switches() - s0
+    last_flusher_cpu[0] = _flusher_cpu() - f0
     assert result.success, result.error
     return elapsed
 
@@ -200,6 +228,8 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in ("bare", "inert", "hooks", "never", "batch")}
     times["always"] = []
     cpu: dict[str, list[float]] = {k: [] for k in times}
+    switches: dict[str, list[int]] = {k: [] for k in times}
+    flusher: dict[str, list[float]] = {k: [] for k in times}
     key = b"bench-key-" * 4
     honest: list[float] = []
     ref: list[float] = []
@@ -208,6 +238,8 @@ def main() -> None:
     def timed(name: str, pm: PipelineManager) -> None:
         times[name].append(time_run(pm, p))
         cpu[name].append(last_cpu[0])
+        switches[name].append(last_switches[0])
+        flusher[name].append(last_flusher_cpu[0])
 
     for i in range(args.repeat):
         # interleave so drift hits every variant alike
@@ -232,44 +264,52 @@ def main() -> None:
     def med(name: str) -> tuple[float, float]:
         return statistics.median(times[name]), statistics.median(cpu[name])
 
+    def extra(name: str) -> str:
+        sw = statistics.median(switches[name]) / n
+        fl = statistics.median(flusher[name]) / n * 1e6
+        return f"{sw:.2f} | " + (f"{fl:.1f}" if fl else "-")
+
     base = med("bare")
-    rows = [("bare core (entry_points=False)", *base, None)]
+    rows = [("bare core (entry_points=False)", *base, None, extra("bare"))]
     if not args.quick_ab:
         rows += [
-            ("audit installed, not configured", *med("inert"), base),
-            ("no-op before/after_task hooks (dispatch only)", *med("hooks"), base),
-            ("audit fsync=never", *med("never"), base),
+            ("audit installed, not configured", *med("inert"), base, extra("inert")),
+            ("no-op before/after_task hooks (dispatch only)", *med("hooks"), base, extra("hooks")),
+            ("audit fsync=never", *med("never"), base, extra("never")),
         ]
-    rows.append(("audit fsync=batch (default)", *med("batch"), base))
+    rows.append(("audit fsync=batch (default)", *med("batch"), base, extra("batch")))
     if times["always"]:
-        rows.append(("audit fsync=always", *med("always"), base))
+        rows.append(("audit fsync=always", *med("always"), base, extra("always")))
     print(f"{n:,} no-op tasks, random layered DAG, max_workers=2; median of {args.repeat} runs")
     print(f"(fsync=always: {args.always_repeat} run(s)); 2 audit records per task + 2 per run")
-    print(f"load average {os.getloadavg()[0]:.1f}; CPU: process CPU time, every thread\n")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; CPU: process CPU time, every thread; "
+        "context switches: getrusage, every thread; flusher: its thread CPU\n"
+    )
     print(
         "| variant | run time (s) | µs/task | µs/task added | ratio to bare "
-        "| CPU µs/task | CPU µs/task added |"
+        "| CPU µs/task | CPU µs/task added | context switches/task | flusher CPU µs/task |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, t, c, b in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, t, c, b, ex in rows:
         added = "-" if b is None else f"{(t - b[0]) / n * 1e6:.1f}"
         ratio = "1.00" if b is None else f"{t / b[0]:.2f}"
         cadded = "-" if b is None else f"{(c - b[1]) / n * 1e6:.1f}"
         print(
             f"| {label} | {t:.3f} | {t / n * 1e6:.1f} | {added} | {ratio} "
-            f"| {c / n * 1e6:.1f} | {cadded} |"
+            f"| {c / n * 1e6:.1f} | {cadded} | {ex} |"
         )
     h = statistics.median(honest)
     hc = statistics.median(honest_cpu)
     print(
         f"| reference: honest chain, the trail's {2 * n:,} records, HMAC, lseek + write each "
-        f"(no scheduler) | {h:.3f} | {h / n * 1e6:.1f} | - | - | {hc / n * 1e6:.1f} | - |"
+        f"(no scheduler) | {h:.3f} | {h / n * 1e6:.1f} | - | - | {hc / n * 1e6:.1f} | - | - | - |"
     )
     if ref:
         r = statistics.median(ref)
         print(
             f"| reference: session 4's plain-Python chain, {2 * n:,} records (no scheduler) | "
-            f"{r:.3f} | {r / n * 1e6:.1f} | - | - | - | - |"
+            f"{r:.3f} | {r / n * 1e6:.1f} | - | - | - | - | - | - |"
         )
     added = (med("batch")[0] - base[0]) / n * 1e6
     cadded = (med("batch")[1] - base[1]) / n * 1e6
