@@ -79,6 +79,7 @@ def test_each_run_records_its_own_run_id_tenant_and_actor(runs):
         assert verify(path).ok
         seen = []
         current: str | None = None
+        tasks = 0
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             body = canonical({k: v for k, v in rec.items() if k != "hash"})
@@ -86,6 +87,9 @@ def test_each_run_records_its_own_run_id_tenant_and_actor(runs):
             if rec["action"] == "run.started":  # the runs ran one after the other
                 current = rec["run_id"]
                 seen.append(current)
+                tasks = rec["tasks"]
+            elif rec["action"] == "run.finished":  # every task succeeded
+                assert rec["counts"] == {"succeeded": tasks}, rec
             elif rec["action"].startswith("task."):
                 assert rec["run_id"] == current, rec
                 tenant, actor = expected[current]

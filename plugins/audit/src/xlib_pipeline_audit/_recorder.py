@@ -209,8 +209,12 @@ class Recorder:
         if not refused:
             by_status = getattr(result.tasks, "by_status", None)
             if by_status is not None:
-                counts = {s.value: len(by_status(s)) for s in _TERMINAL}
-                rec["counts"] = {k: v for k, v in counts.items() if v}
+                ok = len(by_status(_SUCCEEDED))
+                if ok and ok == len(result.tasks):  # the common case: one pass, not seven
+                    rec["counts"] = {_SUCCEEDED.value: ok}
+                else:
+                    counts = {s.value: len(by_status(s)) for s in _TERMINAL}
+                    rec["counts"] = {k: v for k, v in counts.items() if v}
             rec["duration_ms"] = round((result.finished - result.started) * 1000, 3)
         if self._last[0] is run:
             self._last = (None, None)
