@@ -12,11 +12,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xlib_pipeline import Pipeline
-from xlib_pipeline._graph import _accepts, plan
+from xlib_pipeline._graph import _accepts, _has_extra, _plain_call, plan
 from xlib_pipeline.exceptions import ArityError
 
 #: Dependencies that cost tens to hundreds of milliseconds to import.
@@ -243,3 +246,86 @@ def test_wrapped_functions_are_checked_through_their_signature() -> None:
     p.add_task("c", outer, depends_on=["a", "b"])
     with pytest.raises(ArityError):
         plan(p)
+
+
+def test_a_threads_run_imports_no_worker_process_machinery() -> None:
+    """The local executor (inline and lanes) runs without cloudpickle, subprocess or the
+    limits watchdog: only the process executor needs them (the cold first run pays for
+    what it imports)."""
+    answer = _fresh(
+        """
+        import json, sys
+        from xlib_pipeline import Pipeline, PipelineManager
+        pm = PipelineManager({"max_workers": 2}, entry_points=False)
+        p = Pipeline("cold")
+        p.add_task("a", lambda: 1)
+        p.add_task("b", lambda a: a + 1, depends_on="a")
+        p.add_task("c", lambda a: a + 2, depends_on="a")
+        ok = pm.execute_pipeline(p).success and pm.execute_pipeline(p, parallel=False).success
+        worker = ("cloudpickle", "subprocess", "xlib_pipeline._worker_pool",
+                  "xlib_pipeline._limits", "xlib_pipeline._worker")
+        print(json.dumps({"ok": ok, "loaded": sorted(m for m in worker if m in sys.modules)}))
+        """
+    )
+    assert answer == {"ok": True, "loaded": []}
+
+
+@pytest.mark.parametrize("fn", [_a, _b, _c, _d, _e, _f, _g, _h, _i, _M().method])
+@pytest.mark.parametrize("count", range(5))
+def test_plain_call_is_accepts_without_extra_parameters(fn: object, count: int) -> None:
+    """The one cached look-up the compiler uses agrees with the two checks it replaces and
+    with inspect: the function takes exactly its upstream results."""
+    expected = bool(_accepts(fn, count)) and not _has_extra(fn, count)
+    assert _plain_call(fn, count) is expected
+    assert _plain_call(fn, count) is expected  # cached answer
+    if expected:
+        assert _reference(fn, count)
+
+
+@st.composite
+def _layered(draw: st.DrawFn) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Tasks in a shuffled definition order (so a task may name one defined later)."""
+    n = draw(st.integers(1, 30))
+    deps = [
+        tuple(sorted(draw(st.sets(st.integers(0, i - 1), max_size=4)))) if i else ()
+        for i in range(n)
+    ]
+    perm = draw(st.permutations(range(n)))
+    return deps, list(perm)
+
+
+@given(_layered(), st.booleans())
+def test_compiled_plan_matches_a_plain_model(spec: Any, optioned: bool) -> None:
+    """preds, succs, roots, sinks, a topological order and every task's height (longest
+    path to a sink, in tasks) agree with a direct model; ``has_options`` says whether any
+    task carries an option."""
+    deps, perm = spec
+    p = Pipeline("model")
+    for i in perm:  # definition order differs from the topological one
+        p.add_task(f"t{i}", lambda *a: None, depends_on=[f"t{j}" for j in deps[i]])
+    if optioned:
+        p.replace(f"t{perm[-1]}", options={"timeout": 5.0})
+    compiled = plan(p)
+    at = {name: k for k, name in enumerate(compiled.names)}
+    n = len(deps)
+    for i in range(n):
+        k = at[f"t{i}"]
+        assert compiled.preds[k] == tuple(at[f"t{j}"] for j in deps[i])
+        below = sorted(at[f"t{s}"] for s in range(n) if i in deps[s])
+        assert sorted(compiled.succs[k]) == below
+        assert compiled.npreds[k] == len(deps[i])
+    pos = {k: q for q, k in enumerate(compiled.order)}
+    assert sorted(pos) == list(range(n))
+    assert all(pos[j] < pos[k] for k in range(n) for j in compiled.preds[k])
+    height: dict[int, int] = {}
+    for i in reversed(range(n)):  # model indices: successors have larger numbers
+        height[i] = 1 + max((height[s] for s in range(i + 1, n) if i in deps[s]), default=0)
+    assert {f"t{i}": h for i, h in height.items()} == {
+        compiled.names[k]: compiled.height[k] for k in range(n)
+    }
+    assert set(compiled.roots) == {at[f"t{i}"] for i in range(n) if not deps[i]}
+    assert set(compiled.sinks) == {k for k in range(n) if not compiled.succs[k]}
+    assert compiled.has_options is optioned
+    assert compiled.timeouts == tuple(
+        5.0 if optioned and name == f"t{perm[-1]}" else None for name in compiled.names
+    )

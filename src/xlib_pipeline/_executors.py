@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import contextvars
 import pickle
-import signal
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any
 
 from ._async import call_body
-from ._limits import TreeWatchdog, Watch
 from ._records import Isolation, ResourceLimits, RunContext
 from ._scopes import current_task_scopes
 from ._task import Task
-from ._worker_pool import WorkerPool
 from .exceptions import (
     LazyResultError,
     RemoteError,
@@ -30,6 +25,12 @@ from .exceptions import (
     TaskTimeoutError,
     WorkerLostError,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    # Worker processes only: a run on the local executor never imports cloudpickle,
+    # subprocess or the limits watchdog (the cold first run pays for what it uses).
+    from ._limits import TreeWatchdog, Watch
+    from ._worker_pool import WorkerPool
 
 
 def call_with_timeout(
@@ -106,6 +107,8 @@ class ProcessExecutor:
     name = "processes"
 
     def __init__(self, manager: Any) -> None:
+        from ._limits import TreeWatchdog
+
         self._max = manager.config.core.max_workers
         self._pools: dict[tuple[Any, ...], WorkerPool] = {}
         self._watchdog: TreeWatchdog | None = TreeWatchdog() if TreeWatchdog.available() else None
@@ -125,6 +128,8 @@ class ProcessExecutor:
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
+                from ._worker_pool import WorkerPool
+
                 size = limits.cpu_cores or self._max
                 pool = WorkerPool(
                     limits=limits,
@@ -145,6 +150,8 @@ class ProcessExecutor:
             cached = None
         if cached is not None:
             return cached
+        import cloudpickle
+
         try:
             data = cloudpickle.dumps(fn, protocol=5)
         except Exception as exc:
@@ -263,6 +270,8 @@ def _tree_limit_error(
 
 def _lost_error(task: Task, tenant: str | None, pid: int, code: int | None) -> WorkerLostError:
     """What happened to a worker that died before answering: its signal or exit code."""
+    import signal
+
     who = f"task {task.name!r}" + (f" of tenant {tenant!r}" if tenant else "")
     if code is not None and code < 0:
         try:

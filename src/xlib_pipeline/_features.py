@@ -41,6 +41,8 @@ class Features:
 def compile_features(p: Plan, config: Any) -> Features | None:
     """The features ``p`` uses under ``config``, or ``None`` when it uses none (the plain
     scheduler runs). Raises :class:`~.exceptions.DefinitionError` for a malformed one."""
+    if not p.has_options and not (config.get("cache") or {}).get("enabled", False):
+        return None  # no task option, no cache by default: nothing to compile
     fallbacks: tuple[Fallback | None, ...] | None = None
     targets: dict[int, int] = {}
     if any("fallback" in t.options for t in p.tasks):

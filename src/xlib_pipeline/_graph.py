@@ -52,6 +52,9 @@ class Plan:
     collect: tuple[bool, ...] = ()
     timeouts: tuple[float | None, ...] = ()
     freeze: tuple[bool | None, ...] | None = None
+    #: Whether any task carries options (``False``: the option checks and the per-task
+    #: feature compilation have nothing to look at).
+    has_options: bool = True
 
     #: The structure digest, computed on first read (only a run store records it).
     _fingerprint: list[str] = attrs.field(factory=list, init=False, repr=False)
@@ -86,26 +89,34 @@ def plan(pipeline: Pipeline) -> Plan:
 
 
 def _compile(pipeline: Pipeline) -> Plan:
+    # Once per pipeline version, so a cold first run pays it per task: the per-edge and
+    # per-task passes below use C-level map/zip where they can (issue 16: cold start).
     tasks = tuple(pipeline.tasks.values())
     if not tasks:
         raise EmptyPipelineError(pipeline.name)
-    names = tuple(t.name for t in tasks)
-    index = {n: i for i, n in enumerate(names)}
-    preds: list[tuple[int, ...]] = []
-    for t in tasks:
-        row = []
-        for dep in t.depends_on:
-            j = index.get(dep)
-            if j is None:
-                raise UnknownDependencyError(t.name, dep, suggest(dep, index))
-            row.append(j)
-        preds.append(tuple(row))
     n = len(tasks)
+    names = tuple([t.name for t in tasks])
+    index = dict(zip(names, range(n)))
+    position = index.__getitem__
+    preds: list[tuple[int, ...]] = []
+    optioned = False
+    for t in tasks:
+        deps = t.depends_on
+        if deps:
+            try:
+                preds.append(tuple(map(position, deps)))
+            except KeyError:
+                dep = next(d for d in deps if d not in index)
+                raise UnknownDependencyError(t.name, dep, suggest(dep, index)) from None
+        else:
+            preds.append(())
+        if t.options:
+            optioned = True
     succ_lists: list[list[int]] = [[] for _ in range(n)]
     for i, upstream in enumerate(preds):
         for j in upstream:
             succ_lists[j].append(i)
-    npreds = [len(r) for r in preds]
+    npreds = list(map(len, preds))
     order: list[int] = _toposort(npreds, succ_lists)
     if len(order) != n:
         raise CycleError(pipeline.name, _find_cycle(names, preds, set(order)))
@@ -118,12 +129,11 @@ def _compile(pipeline: Pipeline) -> Plan:
             a = seen[id(t.fn)] = is_async_callable(t.fn)
         is_async.append(a)
     height = [1] * n
+    level = height.__getitem__
     for i in reversed(order):
-        best = 0
-        for s in succ_lists[i]:
-            if height[s] > best:
-                best = height[s]
-        height[i] = best + 1
+        below = succ_lists[i]
+        if below:
+            height[i] = max(map(level, below)) + 1
     return Plan(
         pipeline_name=pipeline.name,
         version=pipeline._version,
@@ -131,19 +141,20 @@ def _compile(pipeline: Pipeline) -> Plan:
         tasks=tasks,
         index=index,
         preds=tuple(preds),
-        succs=tuple(tuple(s) for s in succ_lists),
+        succs=tuple(map(tuple, succ_lists)),
         npreds=tuple(npreds),
-        roots=tuple(i for i in range(n) if not preds[i]),
-        sinks=tuple(i for i in range(n) if not succ_lists[i]),
+        roots=tuple([i for i, row in enumerate(preds) if not row]),
+        sinks=tuple([i for i, below in enumerate(succ_lists) if not below]),
         order=tuple(order),
         height=tuple(height),
         is_async=tuple(is_async),
         has_async=any(is_async),
         calls=calls,
         has_calls=any(c is not None for c in calls),
-        collect=tuple(t.merge_strategy == "collect_available" for t in tasks),
-        timeouts=tuple(t.options.get("timeout") for t in tasks),
-        freeze=_freeze_options(tasks),
+        collect=tuple([t.merge_strategy == "collect_available" for t in tasks]),
+        timeouts=tuple([t.options.get("timeout") for t in tasks]) if optioned else (None,) * n,
+        freeze=_freeze_options(tasks) if optioned else None,
+        has_options=optioned,
     )
 
 
@@ -197,12 +208,12 @@ def _check_arity(
     """Check each function takes its upstream results; return how it takes run params
     and its context (``None``: neither). A plain function with no parameter beyond its
     upstream results is decided from its code object alone (cached per code object)."""
-    accepts = _accepts
+    plain = _plain_call
     checked: dict[tuple[int, int], CallSpec | None] = {}
     out: list[CallSpec | None] = []
     for t, row in zip(tasks, preds):
         n = len(row)
-        if accepts(t.fn, n) and not _has_extra(t.fn, n):
+        if plain(t.fn, n):
             out.append(None)
             continue
         key = (id(t.fn), n)
@@ -268,6 +279,43 @@ def _accepts(fn: Any, count: int) -> bool | None:
         if len(_ARITY) > 65_536:  # code objects of long-gone functions: start afresh
             _ARITY.clear()
         _ARITY[key] = ok
+    return ok
+
+
+#: Like :data:`_ARITY`: whether the function takes exactly its upstream results (it accepts
+#: ``count`` positional arguments and has no parameter beyond them).
+_PLAIN: dict[tuple[Any, int, int, int, int], bool] = {}
+
+
+def _plain_call(fn: Any, count: int) -> bool:
+    """Whether plain function ``fn`` is called with its ``count`` upstream results alone:
+    :func:`_accepts` and not :func:`_has_extra`, in one look-up per code object."""
+    bound = 0
+    raw = fn
+    if raw.__class__ is _MethodType:
+        raw = raw.__func__
+        bound = 1
+    if raw.__class__ is not _FunctionType:
+        return False
+    extra = raw.__dict__
+    if extra and ("__wrapped__" in extra or "__signature__" in extra):
+        return False
+    code = raw.__code__
+    defaults = raw.__defaults__
+    kwdefaults = raw.__kwdefaults__
+    key = (
+        code,
+        len(defaults) if defaults else 0,
+        len(kwdefaults) if kwdefaults else 0,
+        bound,
+        count,
+    )
+    ok = _PLAIN.get(key)
+    if ok is None:
+        ok = bool(_accepts(fn, count)) and not _has_extra(fn, count)
+        if len(_PLAIN) > 65_536:  # code objects of long-gone functions: start afresh
+            _PLAIN.clear()
+        _PLAIN[key] = ok
     return ok
 
 

@@ -91,6 +91,8 @@ class ManagerRuns(ManagerResources, ManagerEvents):
         return p, ordered
 
     def _check_options(self, p: Plan) -> None:
+        if not p.has_options:
+            return
         known = self._task_options
         for t in p.tasks:
             if "window" in t.options:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
-import threading
-import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
 from ._async import is_async_callable
+from ._direct import TASK_FN_ATTR as TASK_FN_ATTR
+from ._direct import CallObserver as CallObserver
+from ._direct import _direct_calls
+from ._direct import observe_direct_calls as observe_direct_calls
 from .exceptions import DefinitionError, DuplicateTaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,8 +24,6 @@ MERGE_STRATEGIES: tuple[str, ...] = ("all_success", "collect_available")
 
 #: Attribute under which decorators stack task options onto a function.
 OPTIONS_ATTR = "__xlib_pipeline_options__"
-#: Attribute naming the function a task really runs when a decorator wrapped it.
-TASK_FN_ATTR = "__xlib_pipeline_task_fn__"
 #: Attribute set on a function registered as a task: ``(pipeline, task name)``.
 REGISTERED_ATTR = "__xlib_pipeline_task__"
 
@@ -62,7 +62,10 @@ def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(value)
 
 
-@attrs.frozen(kw_only=True)
+_object_setattr = object.__setattr__
+
+
+@attrs.frozen(kw_only=True, init=False)
 class Task:
     """One step of a pipeline: a function, its upstream tasks and its options.
 
@@ -73,39 +76,60 @@ class Task:
 
     name: str
     fn: Callable[..., Any] = attrs.field(eq=False)
-    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
+    depends_on: tuple[str, ...] = ()
     condition: Callable[..., Any] | None = attrs.field(default=None, eq=False)
     merge_strategy: str = "all_success"
-    options: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_freeze_options, eq=False)
+    options: Mapping[str, Any] = attrs.field(default=_EMPTY, eq=False)
     description: str | None = None
 
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise DefinitionError(f"task name must be a non-empty string, got {self.name!r}")
-        if not callable(self.fn):
-            raise DefinitionError(f"task {self.name!r}: fn must be callable", task=self.name)
-        if self.condition is not None and not callable(self.condition):
+    def __init__(
+        self,
+        *,
+        name: str,
+        fn: Callable[..., Any],
+        depends_on: Iterable[str] | str | None = (),
+        condition: Callable[..., Any] | None = None,
+        merge_strategy: str = "all_success",
+        options: Mapping[str, Any] | None = _EMPTY,
+        description: str | None = None,
+    ) -> None:
+        # Written out (attrs generates the rest): one task per decorated function, so the
+        # converters and checks run inline, without a call each (issue 16: cold start).
+        deps: tuple[str, ...] = (
+            depends_on if depends_on.__class__ is tuple else _as_tuple(depends_on)
+        )
+        set_ = _object_setattr
+        set_(self, "name", name)
+        set_(self, "fn", fn)
+        set_(self, "depends_on", deps)
+        set_(self, "condition", condition)
+        set_(self, "merge_strategy", merge_strategy)
+        set_(self, "options", options if options is _EMPTY else _freeze_options(options))
+        set_(self, "description", description)
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"task name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise DefinitionError(f"task {name!r}: fn must be callable", task=name)
+        if condition is not None and not callable(condition):
             raise DefinitionError(
-                f"task {self.name!r}: condition must be callable, "
-                f"got {type(self.condition).__name__}",
-                task=self.name,
+                f"task {name!r}: condition must be callable, got {type(condition).__name__}",
+                task=name,
             )
-        if self.merge_strategy not in MERGE_STRATEGIES:
+        if merge_strategy != "all_success" and merge_strategy not in MERGE_STRATEGIES:
             raise DefinitionError(
-                f"task {self.name!r}: merge_strategy must be one of {MERGE_STRATEGIES}, "
-                f"got {self.merge_strategy!r}",
-                task=self.name,
+                f"task {name!r}: merge_strategy must be one of {MERGE_STRATEGIES}, "
+                f"got {merge_strategy!r}",
+                task=name,
             )
-        for dep in self.depends_on:
-            if not isinstance(dep, str):
+        for dep in deps:
+            if dep.__class__ is not str and not isinstance(dep, str):
                 raise DefinitionError(
-                    f"task {self.name!r}: depends_on entries must be task names, got {dep!r}",
-                    task=self.name,
+                    f"task {name!r}: depends_on entries must be task names, got {dep!r}",
+                    task=name,
                 )
-        if len(set(self.depends_on)) != len(self.depends_on):
+        if len(deps) > 1 and len(set(deps)) != len(deps):
             raise DefinitionError(
-                f"task {self.name!r}: depends_on lists a task twice: {list(self.depends_on)}",
-                task=self.name,
+                f"task {name!r}: depends_on lists a task twice: {list(deps)}", task=name
             )
 
     def option(self, name: str, default: Any = None) -> Any:
@@ -160,116 +184,6 @@ def with_options(
     setattr(wrapped, OPTIONS_ATTR, merged)
     setattr(wrapped, TASK_FN_ATTR, inner)
     return wrapped  # type: ignore[return-value]
-
-
-class CallObserver(Protocol):
-    """Sees direct calls of task functions (calls made by user code, not by a run).
-
-    ``begin`` is called before the function runs and returns a token; ``end`` gets that
-    token and either the result or the exception. Register with
-    :func:`observe_direct_calls`; the audit plugin does under ``audit_everything: true``.
-    """
-
-    def begin(
-        self, pipeline: str, task: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
-    ) -> Any: ...
-
-    def end(self, token: Any, result: Any, error: BaseException | None) -> None: ...
-
-
-_observers: tuple[CallObserver, ...] = ()
-_observers_lock = threading.Lock()
-
-
-def observe_direct_calls(observer: CallObserver) -> Callable[[], None]:
-    """Have ``observer`` see every direct call of a function decorated with
-    ``@pipeline.task``; returns a function that stops it. Calls made by runs (the scheduler
-    calls the undecorated function) are not direct calls."""
-    global _observers
-    with _observers_lock:
-        _observers = (*_observers, observer)
-
-    def remove() -> None:
-        global _observers
-        with _observers_lock:
-            _observers = tuple(o for o in _observers if o is not observer)
-
-    return remove
-
-
-def _begin(pipeline: str, task: Task, fn: Any, args: Any, kwargs: Any) -> list[Any]:
-    return [(o, o.begin(pipeline, task.name, fn, args, kwargs)) for o in _observers]
-
-
-def _end(tokens: list[Any], result: Any, error: BaseException | None) -> None:
-    for observer, token in tokens:
-        observer.end(token, result, error)
-
-
-def _direct_calls(fn: F, pipeline: str, task: Task) -> F:
-    """What ``@pipeline.task`` returns: ``fn`` itself to the scheduler (the task keeps the
-    original), and to user code a wrapper that lets :func:`observe_direct_calls` observers
-    see direct calls (a plain call when there are none)."""
-    if not isinstance(fn, types.FunctionType) and not hasattr(fn, TASK_FN_ATTR):
-        return fn  # callable objects, partials, builtins: returned as given
-    inner = fn
-
-    if task.is_async:
-
-        async def direct_async(*args: Any, **kwargs: Any) -> Any:
-            if not _observers:
-                return await inner(*args, **kwargs)
-            tokens = _begin(pipeline, task, inner, args, kwargs)
-            try:
-                out = await inner(*args, **kwargs)
-            except BaseException as exc:
-                _end(tokens, None, exc)
-                raise
-            _end(tokens, out, None)
-            return out
-
-        wrapper: Any = direct_async
-    else:
-
-        def direct(*args: Any, **kwargs: Any) -> Any:
-            if not _observers:
-                return inner(*args, **kwargs)
-            tokens = _begin(pipeline, task, inner, args, kwargs)
-            try:
-                out = inner(*args, **kwargs)
-            except BaseException as exc:
-                _end(tokens, None, exc)
-                raise
-            _end(tokens, out, None)
-            return out
-
-        wrapper = direct
-    _copy_identity(wrapper, fn)
-    if not hasattr(wrapper, TASK_FN_ATTR):
-        setattr(wrapper, TASK_FN_ATTR, task.fn)
-    # Pickling by reference (worker processes, Dask) looks the task's function up by its
-    # qualified name, which now finds this wrapper: point the name through it.
-    original = task.fn
-    qual = getattr(original, "__qualname__", "")
-    if isinstance(original, types.FunctionType) and "<locals>" not in qual and original is fn:
-        original.__qualname__ = qual + ".__wrapped__"
-    return wrapper  # type: ignore[no-any-return]
-
-
-def _copy_identity(wrapper: Any, fn: Any) -> None:
-    """What :func:`functools.update_wrapper` does for a plain function, without its
-    attribute-by-attribute ``getattr``/``try`` loop (the decorator runs once per task)."""
-    if fn.__class__ is not types.FunctionType:
-        functools.update_wrapper(wrapper, fn)
-        return
-    wrapper.__module__ = fn.__module__
-    wrapper.__name__ = fn.__name__
-    wrapper.__qualname__ = fn.__qualname__
-    wrapper.__doc__ = fn.__doc__
-    wrapper.__annotations__ = fn.__annotations__
-    if fn.__dict__:
-        wrapper.__dict__.update(fn.__dict__)
-    wrapper.__wrapped__ = fn
 
 
 def _identity_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
