@@ -251,7 +251,8 @@ def test_wrapped_functions_are_checked_through_their_signature() -> None:
 def test_a_threads_run_imports_no_worker_process_machinery() -> None:
     """The local executor (inline and lanes) runs without cloudpickle, subprocess or the
     limits watchdog: only the process executor needs them (the cold first run pays for
-    what it imports)."""
+    what it imports). Nor the reference loop's graphlib and concurrent.futures, which the
+    cold benchmark (``_cold.py``) loads outside both windows."""
     answer = _fresh(
         """
         import json, sys
@@ -263,7 +264,8 @@ def test_a_threads_run_imports_no_worker_process_machinery() -> None:
         p.add_task("c", lambda a: a + 2, depends_on="a")
         ok = pm.execute_pipeline(p).success and pm.execute_pipeline(p, parallel=False).success
         worker = ("cloudpickle", "subprocess", "xlib_pipeline._worker_pool",
-                  "xlib_pipeline._limits", "xlib_pipeline._worker")
+                  "xlib_pipeline._limits", "xlib_pipeline._worker",
+                  "concurrent.futures", "graphlib")  # the reference's modules, too
         print(json.dumps({"ok": ok, "loaded": sorted(m for m in worker if m in sys.modules)}))
         """
     )

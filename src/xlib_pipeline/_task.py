@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
@@ -63,6 +64,7 @@ def _as_tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
 
 
 _object_setattr = object.__setattr__
+_FunctionType = types.FunctionType
 
 
 @attrs.frozen(kw_only=True, init=False)
@@ -290,16 +292,24 @@ class Pipeline:
         """Add a task built from ``fn``; the programmatic twin of :meth:`task`."""
         if name in self._tasks:
             raise DuplicateTaskError(self.name, name)
-        stacked = task_options(fn)
-        for key, value in options.items():
-            if key in stacked and stacked[key] != value:
-                raise DefinitionError(
-                    f"task {name!r}: option {key!r} given twice with different values "
-                    f"({stacked[key]!r} and {value!r})",
-                    task=name,
-                )
-            stacked[key] = value
-        run_fn = getattr(fn, TASK_FN_ATTR, fn)
+        if fn.__class__ is _FunctionType:  # its attributes are its __dict__'s: no getattr
+            extra = fn.__dict__
+            found = extra.get(OPTIONS_ATTR) if extra else None
+            run_fn = extra.get(TASK_FN_ATTR, fn) if extra else fn
+        else:
+            found = getattr(fn, OPTIONS_ATTR, None)
+            run_fn = getattr(fn, TASK_FN_ATTR, fn)
+        stacked: Mapping[str, Any] = _EMPTY
+        if found or options:
+            stacked = merged = dict(found or {})
+            for key, value in options.items():
+                if key in merged and merged[key] != value:
+                    raise DefinitionError(
+                        f"task {name!r}: option {key!r} given twice with different values "
+                        f"({merged[key]!r} and {value!r})",
+                        task=name,
+                    )
+                merged[key] = value
         doc = getattr(run_fn, "__doc__", None)
         task = Task(
             name=name,
@@ -356,7 +366,8 @@ class Pipeline:
     def _touch(self) -> None:
         # Past attrs' on-setattr hooks (neither field has a validator): once per task added.
         object.__setattr__(self, "_version", self._version + 1)
-        object.__setattr__(self, "_plan", None)
+        if self._plan is not None:  # plan() also compares versions: this frees it sooner
+            object.__setattr__(self, "_plan", None)
 
     # -- reading ----------------------------------------------------------------------------
 
