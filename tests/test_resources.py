@@ -172,21 +172,23 @@ def test_backfills_and_keeps_priority() -> None:
         st.tuples(st.integers(0, 4), st.integers(0, 3), st.integers(1, 4)), min_size=1, max_size=12
     ),
     st.lists(st.integers(0, 11), max_size=40),
+    st.sampled_from([1, 3, 16]),
 )
 def test_admission_fits_and_keeps_the_critical_path_priority(
-    tasks: list[tuple[int, int, int]], script: list[int]
+    tasks: list[tuple[int, int, int]], script: list[int], window: int
 ) -> None:
     """The walk on the Budget itself, two resources (cpu 4, gpu 3), no reservations: what
     runs never exceeds the budget; after every admission no waiting task fits in what is
     free (nothing is left idle), and a waiting task of greater height than a task that
-    started would not have fitted even in what the lower tasks took."""
+    started would not have fitted even in what the lower tasks took. Small windows take
+    the walk's first-fit part past the window (needs that failed are not tried again)."""
     n = len(tasks)
     needs = [{"cpu": c, "gpu": g} if c or g else {"cpu": 1} for c, g, _ in tasks]
     height = [h for _, _, h in tasks]
     spec = compile_budget(
         [f"t{i}" for i in range(n)], needs, {"cpu": 4, "gpu": 3, "max_bypass": 99}, {}
     )
-    b = Budget(spec, height, window=16)
+    b = Budget(spec, height, window=window)
     cap = {"cpu": 4.0, "gpu": 3.0}
     pending = list(range(n))
     running: list[int] = []

@@ -18,8 +18,9 @@ The dispatch rule, used by the scheduler and by the simulator of the property te
    (the sum of each task's shares of every resource; ties: the earlier tasks) starts,
    then the next level gets what is left, and so on; the rest are walked first fit.
    A task of a higher level is thus never left waiting for a lower one it could have
-   run in place of. Events of one instant (a task ends, the successors it made ready)
-   are one walk when handed over together (:meth:`Budget.admit`).
+   run in place of. Events of one instant (tasks that end, the successors they made
+   ready) are one walk when handed over together (:meth:`Budget.admit`); the scheduler
+   hands each over alone, as it happens (see docs/resources.md).
 3. No starvation: a waiting task that did not fit while a task behind it started is
    *bypassed*. Once it was bypassed ``max_bypass`` times, it holds a reservation: the walk
    stops at it, so nothing behind it starts before it does. It starts once the tasks
@@ -30,139 +31,37 @@ The dispatch rule, used by the scheduler and by the simulator of the property te
 from __future__ import annotations
 
 import bisect
-import math
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
+from ._budget_spec import (
+    DEFAULT_MAX_BYPASS,
+    DEFAULTED,
+    BudgetSpec,
+    budget_section,
+    compile_budget,
+    machine_defaults,
+    needs_option,
+)
 from ._records import StashKey
-from .exceptions import ResourceError
 
-#: Budget keys with a machine default: ``cpu`` (os.cpu_count()) and ``memory_gb``
-#: (the memory available when the manager starts).
-DEFAULTED = ("cpu", "memory_gb")
-DEFAULT_MAX_BYPASS = 4
+__all__ = [
+    "DEFAULTED",
+    "DEFAULT_MAX_BYPASS",
+    "RESOURCE_SLOTS",
+    "WINDOW",
+    "Budget",
+    "BudgetSpec",
+    "ResourceSlots",
+    "budget_section",
+    "compile_budget",
+    "machine_defaults",
+    "needs_option",
+]
+
 #: How many of the waiting tasks, highest priority first, rule 2 packs by best fit.
 WINDOW = 8
-
-
-def _amount(name: str, value: Any, what: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{what} {name!r} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
-    return name
-
-
-def needs_option(value: Any) -> dict[str, float]:
-    """Convert the task option ``resources=``: a mapping of resource name to amount."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping like {{'cpu': 2, 'memory_gb': 8}}, got {value!r}")
-    return {_name(k, "resource"): _amount(k, v, "resource") for k, v in value.items()}
-
-
-def budget_section(value: Any) -> dict[str, Any]:
-    """Convert config ``resources``: amounts by resource name, plus ``max_bypass``."""
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            f"expected a mapping like {{'cpu': 8, 'memory_gb': 32, 'db_connections': 4}}, "
-            f"got {value!r}"
-        )
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        if k == "max_bypass":
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"'max_bypass' must be an integer >= 0, got {v!r}")
-            out[k] = v
-        else:
-            out[_name(k, "budget")] = _amount(k, v, "budget of")
-    return out
-
-
-def machine_defaults() -> dict[str, float]:
-    """``cpu``: os.cpu_count(); ``memory_gb``: available memory, in GiB."""
-    import psutil
-
-    return {
-        "cpu": float(os.cpu_count() or 1),
-        "memory_gb": psutil.virtual_memory().available / 1024**3,
-    }
-
-
-@attrs.frozen(kw_only=True)
-class BudgetSpec:
-    """The compiled budget of a plan: resource names, capacities and each task's needs."""
-
-    names: tuple[str, ...]
-    capacity: tuple[float, ...]
-    #: Per task: ``((resource index, amount), ...)``, or ``None`` when it needs nothing.
-    needs: tuple[tuple[tuple[int, float], ...] | None, ...]
-    max_bypass: int = DEFAULT_MAX_BYPASS
-
-    def describe(self) -> dict[str, float]:
-        """The budget as a mapping."""
-        return dict(zip(self.names, self.capacity))
-
-
-def compile_budget(
-    task_names: Sequence[str],
-    task_needs: Sequence[Mapping[str, float] | None],
-    section: Mapping[str, Any] | None,
-    defaults: Mapping[str, float] | None = None,
-) -> BudgetSpec:
-    """Check every task's needs against the budget before the run: a task needing more of a
-    resource than the whole budget, or a resource the budget does not have, is a
-    :class:`ResourceError` naming the task, the resource and the budget."""
-    budget: dict[str, float] = dict(defaults if defaults is not None else machine_defaults())
-    max_bypass = DEFAULT_MAX_BYPASS
-    for k, v in (section or {}).items():
-        if k == "max_bypass":
-            max_bypass = int(v)
-        else:
-            budget[k] = float(v)
-    names = tuple(budget)
-    index = {n: i for i, n in enumerate(names)}
-    cap = tuple(budget[n] for n in names)
-    compiled: list[tuple[tuple[int, float], ...] | None] = []
-    for name, needs in zip(task_names, task_needs):
-        if not needs:
-            compiled.append(None)
-            continue
-        row: list[tuple[int, float]] = []
-        for res, amount in needs.items():
-            j = index.get(res)
-            if j is None:
-                raise ResourceError(
-                    f"task {name!r} needs resource {res!r}, which the budget does not have "
-                    f"(budget: {_fmt(budget)}); add it to config 'resources', e.g. "
-                    f"{{'resources': {{{res!r}: {amount:g}}}}}"
-                )
-            if amount > cap[j]:
-                raise ResourceError(
-                    f"task {name!r} needs {res}={amount:g}, more than the whole budget "
-                    f"{res}={cap[j]:g}; it could never run (raise config 'resources.{res}' "
-                    "or lower the task's resources=)"
-                )
-            if amount > 0:
-                row.append((j, amount))
-        compiled.append(tuple(row) or None)
-    return BudgetSpec(names=names, capacity=cap, needs=tuple(compiled), max_bypass=max_bypass)
-
-
-def _fmt(budget: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in budget.items())
 
 
 class Budget:
@@ -187,6 +86,9 @@ class Budget:
             share.append(max(parts, default=0.0))
             weight.append(sum(parts))
         self.share = share
+        #: How many different needs the tasks declare: once that many did not fit in one
+        #: walk, nothing further can (what is free only shrinks during a walk).
+        self.kinds = len({row for row in spec.needs if row is not None})
         #: What a task fills: the sum of its shares of every budget (rule 2's best fit).
         self.weight = weight
 
@@ -249,11 +151,15 @@ class Budget:
         One first-fit pass; a level of the window is repacked by best fit only when one of
         its tasks does not fit but would have in place of the level's earlier picks."""
         order = self.waiting
-        if not order:
-            return []
+        free = self.free
+        if not order or all(f <= 1e-9 for f in free):
+            return []  # every waiting task needs some of a resource: none can start
         bypassed = self.bypassed
         limit = self.spec.max_bypass
         window = self.window
+        needs = self.spec.needs
+        failed: set[Any] = set()  # needs (after the window) that did not fit: free only shrinks
+        kinds = self.kinds
         picked: list[int] = []  # positions in order
         n = len(order)
         stop = n
@@ -264,7 +170,25 @@ class Budget:
         while pos < n:
             entry = order[pos]
             i = entry[3]
-            if pos < window and (pos == 0 or entry[0] != level):
+            if pos >= window:
+                row = needs[i]
+                if row not in failed:
+                    if self._fits(i):
+                        self._take(i)
+                        picked.append(pos)
+                        if all(f <= 1e-9 for f in free):
+                            break
+                        pos += 1
+                        continue
+                    failed.add(row)
+                if bypassed and bypassed.get(i, 0) >= limit:
+                    stop = pos  # a reservation: nothing behind it starts
+                    break
+                if len(failed) >= kinds:
+                    break  # no task further on can fit
+                pos += 1
+                continue
+            if pos == 0 or entry[0] != level:
                 level, lo, lo_picked = entry[0], pos, len(picked)
             if self._fits(i):
                 self._take(i)
@@ -274,7 +198,7 @@ class Budget:
             if bypassed and bypassed.get(i, 0) >= limit:
                 stop = pos  # a reservation: nothing behind it starts
                 break
-            if pos < window and len(picked) > lo_picked and self._fits_with(i, picked[lo_picked:]):
+            if len(picked) > lo_picked and self._fits_with(i, picked[lo_picked:]):
                 hi = pos + 1
                 while hi < min(n, window) and order[hi][0] == level:
                     hi += 1
@@ -327,51 +251,55 @@ class Budget:
         order = self.waiting
         needs = self.spec.needs
         free = self.free
+        before = list(free)
         for k in picked[lo_picked:]:
             for j, a in needs[order[k][3]] or ():
                 free[j] += a
-        del picked[lo_picked:]
         cands = [k for k in range(lo, hi) if self._fits(order[k][3])]
+        # No subset uses more of a resource than was free or than the tasks need in all:
+        # when first fit used that much of each, it is a best fit already.
+        total = [0.0] * len(free)
+        for k in cands:
+            for j, a in needs[order[k][3]] or ():
+                total[j] += a
+        if all(f - b >= min(f, t) - 1e-9 for f, b, t in zip(free, before, total)):
+            free[:] = before
+            return
+        del picked[lo_picked:]
         for k in self._best_fit(order, cands):
             self._take(order[k][3])
             picked.append(k)
 
     def _best_fit(self, order: list[tuple[int, float, int, int]], cands: list[int]) -> list[int]:
         """The subset of ``cands`` (positions) that fits what is free and has the largest
-        summed weight; among equal ones the one taking the earliest tasks (exhaustive,
-        depth first, including a task before excluding it; ``len(cands) <= window``)."""
+        summed weight; among equal ones the one taking the earliest tasks.
+
+        Exact, by the sums a subset can reach: a subset's weight is a function of its
+        summed needs, so for each reachable sum only its preferred subset (the earliest
+        tasks: the largest mask, the first candidate being the highest bit) is kept."""
         needs = self.spec.needs
-        weight = self.weight
-        rows = [needs[order[k][3]] or () for k in cands]
-        ws = [weight[order[k][3]] for k in cands]
-        rest = [0.0] * (len(cands) + 1)
-        for x in range(len(cands) - 1, -1, -1):
-            rest[x] = rest[x + 1] + ws[x]
-        free = list(self.free)
-        best: list[Any] = [-1.0, []]
-        chosen: list[int] = []
-
-        def search(x: int, got: float) -> None:
-            if got + rest[x] <= best[0] + 1e-9:
-                return
-            if x == len(cands):
-                best[0] = got
-                best[1] = list(chosen)
-                return
-            row = rows[x]
-            if all(a <= free[j] + 1e-9 for j, a in row):
+        free = self.free
+        cap = self.spec.capacity
+        m = len(cands)
+        zero = (0.0,) * len(free)
+        states: dict[tuple[float, ...], int] = {zero: 0}
+        for x, k in enumerate(cands):
+            row = needs[order[k][3]] or ()
+            bit = 1 << (m - 1 - x)
+            for key, mask in list(states.items()):
+                new = list(key)
                 for j, a in row:
-                    free[j] -= a
-                chosen.append(cands[x])
-                search(x + 1, got + ws[x])
-                chosen.pop()
-                for j, a in row:
-                    free[j] += a
-            search(x + 1, got)
-
-        search(0, 0.0)
-        chosen_list: list[int] = best[1]
-        return chosen_list
+                    new[j] = round(new[j] + a, 9)
+                if any(v > f + 1e-9 for v, f in zip(new, free)):
+                    continue
+                t = tuple(new)
+                if states.get(t, -1) < mask | bit:
+                    states[t] = mask | bit
+        best = max(
+            (round(sum(v / c for v, c in zip(key, cap) if c > 0), 9), mask)
+            for key, mask in states.items()
+        )[1]
+        return [k for x, k in enumerate(cands) if best >> (m - 1 - x) & 1]
 
     @property
     def in_use(self) -> dict[str, float]:
