@@ -29,6 +29,13 @@ from the prelude. Had the reference to import its modules inside its window
 it would pay ``ref-imports`` more (printed with the results; about 1-2 % of its window).
 
     python benchmarks/_cold.py --child ours-all   # one measurement, JSON on stdout
+
+Instruction counts (independent of the machine's load): with ``COLD_EXIT_AFTER_WINDOW=1`` a
+child ends with ``os._exit(0)`` as its window closes, and ``--child none`` ends where the
+windows start, so the difference of two callgrind totals is one window::
+
+    PYTHONHASHSEED=0 COLD_EXIT_AFTER_WINDOW=1 valgrind --tool=callgrind \
+        python benchmarks/_cold.py --child ours-all     # minus the same with --child none
 """
 
 from __future__ import annotations
@@ -59,6 +66,12 @@ CONTENDERS = (
 )
 
 
+def _window_closed() -> None:
+    """End the process here under ``COLD_EXIT_AFTER_WINDOW=1`` (instruction counts)."""
+    if os.environ.get("COLD_EXIT_AFTER_WINDOW") == "1":
+        os._exit(0)
+
+
 def _child(kind: str) -> dict[str, Any]:
     if kind == "ref-imports":  # our import line, then the reference's (without _dags)
         from xlib_pipeline import Pipeline, PipelineManager
@@ -84,6 +97,9 @@ def _child(kind: str) -> dict[str, Any]:
         return {"seconds": took, "cpu": cpu}
     dag = layered(COLD_TASKS, width=100)  # the random spec itself is not timed
     names, deps = dag.names, dag.deps
+    if kind == "none":  # where every window starts (instruction counts)
+        _window_closed()
+        return {"seconds": 0.0, "cpu": 0.0}
     if kind == "reference":
         t0, c0 = time.perf_counter(), time.process_time()
         graph: dict[str, tuple[str, ...]] = {}
@@ -96,7 +112,9 @@ def _child(kind: str) -> dict[str, Any]:
             graph[name] = d
             fns[name] = body
         reference_threads(dag, 2, (graph, fns))
-        return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        _window_closed()
+        return {"seconds": took, "cpu": cpu}
     t0, c0 = time.perf_counter(), time.process_time()
     p = Pipeline("cold")
     for name, d in zip(names, deps):
@@ -108,6 +126,7 @@ def _child(kind: str) -> dict[str, Any]:
     pm = PipelineManager({"max_workers": 2}, entry_points=kind == "ours-all")
     result = pm.execute_pipeline(p)
     took, cpu = time.perf_counter() - t0, time.process_time() - c0
+    _window_closed()
     if not result.success:
         raise SystemExit(f"cold run failed: {result.error}")
     heavy = ("distributed", "openlineage", "psycopg", "prometheus_client", "opentelemetry")
