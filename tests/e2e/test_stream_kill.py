@@ -23,12 +23,17 @@ pytestmark = pytest.mark.slow
 
 PIPELINE = textwrap.dedent(
     """
+    import time
+
     from xlib_pipeline import Pipeline
 
     pipeline = Pipeline("killable")
 
     @pipeline.task("parse")
     def parse(batch):
+        # 20 ms a batch: the 200 batches take 4 s or more on any machine, so the ten kills
+        # (0-0.6 s after the first output) land while batches are still being committed.
+        time.sleep(0.02)
         return [r for r in batch if r["id"] % 7 != 3]
 
     @pipeline.task("score", depends_on=["parse"])
