@@ -243,11 +243,11 @@ _CO_VARARGS = inspect.CO_VARARGS
 _ARITY: dict[tuple[Any, int, int, int, int], bool] = {}
 
 
-def _accepts(fn: Any, count: int) -> bool | None:
-    """Whether plain function ``fn`` accepts ``count`` positional arguments, from its code
-    object (cached per code object, so 10,000 closures of one ``def`` cost one check);
-    ``None`` when ``fn`` is no plain function or carries a signature of its own
-    (``__wrapped__``, ``__signature__``): :func:`inspect.signature` decides those."""
+def _code_key(fn: Any, count: int) -> tuple[Any, int, int, int, int] | None:
+    """The cache key of plain function (or bound method) ``fn`` called with ``count``
+    positional arguments: (code object, number of defaults, number of keyword-only
+    defaults, bound, count); ``None`` when ``fn`` is no plain function or carries a
+    signature of its own (``__wrapped__``, ``__signature__``)."""
     bound = 0
     if fn.__class__ is _MethodType:
         fn = fn.__func__
@@ -257,19 +257,29 @@ def _accepts(fn: Any, count: int) -> bool | None:
     attrs_ = fn.__dict__
     if attrs_ and ("__wrapped__" in attrs_ or "__signature__" in attrs_):
         return None
-    code = fn.__code__
     defaults = fn.__defaults__
     kwdefaults = fn.__kwdefaults__
-    key = (
-        code,
+    return (
+        fn.__code__,
         len(defaults) if defaults else 0,
         len(kwdefaults) if kwdefaults else 0,
         bound,
         count,
     )
+
+
+def _accepts(fn: Any, count: int) -> bool | None:
+    """Whether plain function ``fn`` accepts ``count`` positional arguments, from its code
+    object (cached per code object, so 10,000 closures of one ``def`` cost one check);
+    ``None`` when ``fn`` is no plain function or carries a signature of its own
+    (``__wrapped__``, ``__signature__``): :func:`inspect.signature` decides those."""
+    key = _code_key(fn, count)
+    if key is None:
+        return None
     ok = _ARITY.get(key)
     if ok is None:
-        given = count + bound
+        code = key[0]
+        given = count + key[3]
         nargs = code.co_argcount
         ok = (
             code.co_kwonlyargcount == key[2]  # no keyword-only argument without a default
@@ -290,26 +300,9 @@ _PLAIN: dict[tuple[Any, int, int, int, int], bool] = {}
 def _plain_call(fn: Any, count: int) -> bool:
     """Whether plain function ``fn`` is called with its ``count`` upstream results alone:
     :func:`_accepts` and not :func:`_has_extra`, in one look-up per code object."""
-    bound = 0
-    raw = fn
-    if raw.__class__ is _MethodType:
-        raw = raw.__func__
-        bound = 1
-    if raw.__class__ is not _FunctionType:
+    key = _code_key(fn, count)
+    if key is None:
         return False
-    extra = raw.__dict__
-    if extra and ("__wrapped__" in extra or "__signature__" in extra):
-        return False
-    code = raw.__code__
-    defaults = raw.__defaults__
-    kwdefaults = raw.__kwdefaults__
-    key = (
-        code,
-        len(defaults) if defaults else 0,
-        len(kwdefaults) if kwdefaults else 0,
-        bound,
-        count,
-    )
     ok = _PLAIN.get(key)
     if ok is None:
         ok = bool(_accepts(fn, count)) and not _has_extra(fn, count)
