@@ -406,6 +406,7 @@ class TestResults:
         assert bottom.finished <= result.finished
         assert result.duration == result.finished - result.started
         assert result.tasks.by_status("succeeded") == ["top", "left", "right", "bottom"]
+        assert result.tasks.counts() == {Status.SUCCEEDED: 4}
 
     def test_run_ids_are_unique_and_sortable(self, manager):
         """Each run gets a new id: a UUIDv7 whose leading 48 bits are its start in ms, so
@@ -438,3 +439,18 @@ class TestResults:
             p.add_task(n, lambda: barrier.wait() is not None)
         result = PipelineManager({"max_workers": 3}, entry_points=False).execute_pipeline(p)
         assert result.success, result.error
+
+
+def test_counts_match_by_status_on_a_mixed_run(manager: PipelineManager) -> None:
+    """TaskResults.counts() is by_status() counted in one pass: every status a task ended in."""
+    p = Pipeline("mixed_counts")
+    p.add_task("ok", lambda: 1)
+    p.add_task("bad", lambda: 1 / 0)
+    p.add_task("after_bad", lambda x: x, depends_on=["bad"])
+    p.add_task("after_ok", lambda x: x, depends_on=["ok"])
+    result = manager.execute_pipeline(p, parallel=False)
+    counts = result.tasks.counts()
+    assert counts == {Status.SUCCEEDED: 2, Status.FAILED: 1, Status.UPSTREAM_FAILED: 1}
+    assert counts == {
+        s: len(result.tasks.by_status(s)) for s in Status if result.tasks.by_status(s)
+    }

@@ -101,21 +101,8 @@ def _direct_calls(fn: F, pipeline: str, task: Task) -> F:
             return out
 
         wrapper = direct
-    if fn.__class__ is types.FunctionType:
-        # What _copy_identity does, with the attributes set as one new __dict__.
-        wrapper.__module__ = fn.__module__
-        wrapper.__name__ = fn.__name__
-        wrapper.__qualname__ = fn.__qualname__
-        wrapper.__doc__ = fn.__doc__
-        wrapper.__annotations__ = fn.__annotations__
-        extra = {**fn.__dict__, "__wrapped__": fn}
-        if TASK_FN_ATTR not in extra:
-            extra[TASK_FN_ATTR] = task.fn
-        wrapper.__dict__ = extra
-    else:
-        _copy_identity(wrapper, fn)
-        if not hasattr(wrapper, TASK_FN_ATTR):
-            setattr(wrapper, TASK_FN_ATTR, task.fn)
+    _copy_identity(wrapper, fn)
+    wrapper.__dict__.setdefault(TASK_FN_ATTR, task.fn)
     # Pickling by reference (worker processes, Dask) looks the task's function up by its
     # qualified name, which now finds this wrapper: point the name through it.
     original = task.fn
@@ -136,6 +123,5 @@ def _copy_identity(wrapper: Any, fn: Any) -> None:
     wrapper.__qualname__ = fn.__qualname__
     wrapper.__doc__ = fn.__doc__
     wrapper.__annotations__ = fn.__annotations__
-    if fn.__dict__:
-        wrapper.__dict__.update(fn.__dict__)
-    wrapper.__wrapped__ = fn
+    # One new __dict__ (the wrapper is a fresh function: its own is empty).
+    wrapper.__dict__ = {**fn.__dict__, "__wrapped__": fn}

@@ -41,7 +41,7 @@ class Features:
 def compile_features(p: Plan, config: Any) -> Features | None:
     """The features ``p`` uses under ``config``, or ``None`` when it uses none (the plain
     scheduler runs). Raises :class:`~.exceptions.DefinitionError` for a malformed one."""
-    if not p.has_options and not (config.get("cache") or {}).get("enabled", False):
+    if not p.has_options and not _cached_by_default(config):
         return None  # no task option, no cache by default: nothing to compile
     fallbacks: tuple[Fallback | None, ...] | None = None
     targets: dict[int, int] = {}
@@ -80,13 +80,17 @@ def compile_features(p: Plan, config: Any) -> Features | None:
     )
 
 
+def _cached_by_default(config: Any) -> bool:
+    """Config ``cache.enabled``: every task cached unless its ``cache`` option says no."""
+    return bool((config.get("cache") or {}).get("enabled", False))
+
+
 def compile_cache(p: Plan, config: Any) -> tuple[CachePolicy | None, ...] | None:
     """Each task's :class:`CachePolicy` (``None``: not cached), or ``None`` for none."""
     from ._cache import function_fingerprint
 
-    section = config.get("cache") or {}
-    on_by_default = bool(section.get("enabled", False))
-    default_ttl = section.get("default_ttl")
+    on_by_default = _cached_by_default(config)
+    default_ttl = (config.get("cache") or {}).get("default_ttl")
     out: list[CachePolicy | None] = []
     for t in p.tasks:
         if not t.options.get("cache", on_by_default):

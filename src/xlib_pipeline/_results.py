@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -162,6 +163,13 @@ class TaskResults(Mapping[str, TaskResult]):
         """Names of the tasks that ended in ``status``."""
         st = Status(status)
         return [n for n, s in zip(self._names, self._cols.status) if s is st]
+
+    def counts(self) -> dict[Status, int]:
+        """How many tasks ended in each status (one pass; statuses no task ended in are
+        left out, as are tasks with no status yet)."""
+        found = Counter(self._cols.status)
+        found.pop(None, None)
+        return dict(found)
 
 
 _MAPPING_KEYS = (

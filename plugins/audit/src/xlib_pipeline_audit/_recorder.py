@@ -207,14 +207,10 @@ class Recorder:
         rec = self._base(st, "run.refused" if refused else "run.finished", result.status)
         rec["error_class"] = error_class(result.error)
         if not refused:
-            by_status = getattr(result.tasks, "by_status", None)
-            if by_status is not None:
-                ok = len(by_status(_SUCCEEDED))
-                if ok and ok == len(result.tasks):  # the common case: one pass, not seven
-                    rec["counts"] = {_SUCCEEDED.value: ok}
-                else:
-                    counts = {s.value: len(by_status(s)) for s in _TERMINAL}
-                    rec["counts"] = {k: v for k, v in counts.items() if v}
+            count = getattr(result.tasks, "counts", None)
+            if count is not None:
+                found = count()
+                rec["counts"] = {s.value: found[s] for s in _TERMINAL if s in found}
             rec["duration_ms"] = round((result.finished - result.started) * 1000, 3)
         if self._last[0] is run:
             self._last = (None, None)
