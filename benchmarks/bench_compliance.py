@@ -35,6 +35,20 @@ from _dags import layered, reference_threads, to_pipeline
 from xlib_pipeline import PipelineManager
 
 
+def every_plugin(home: Path, tag: str, workers: int = 2) -> dict[str, Any]:
+    """The configuration with every compliance plugin on (files named by ``tag`` in
+    ``home``): run store, audit (fsync batch), lineage (file), PII classification,
+    encryption at rest."""
+    return {
+        "max_workers": workers,
+        "store": {"path": str(home / f"{tag}.sqlite")},
+        "audit": {"path": str(home / f"{tag}.audit.jsonl"), "fsync": "batch"},
+        "lineage": {"transport": {"type": "file", "path": str(home / f"{tag}.lineage.jsonl")}},
+        "classification": {"detect_pii": True},
+        "security": {"encryption_at_rest": True},
+    }
+
+
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     fn()
@@ -68,16 +82,7 @@ def main() -> None:
             return {"store": {"path": str(home / f"{tag}.sqlite")}}
 
         def everything(tag: str) -> dict[str, Any]:
-            return {
-                **base,
-                **store(tag),
-                "audit": {"path": str(home / f"{tag}.audit.jsonl"), "fsync": "batch"},
-                "lineage": {
-                    "transport": {"type": "file", "path": str(home / f"{tag}.lineage.jsonl")}
-                },
-                "classification": {"detect_pii": True},
-                "security": {"encryption_at_rest": True},
-            }
+            return every_plugin(home, tag)
 
         from xlib_pipeline_evidence import generate
 
