@@ -134,3 +134,37 @@ class TestTheChecksBite:
             "def f(pm):\n    return pm.get_plugin('tenancy')\n"
         )
         assert layer_violations(path, "tenancy") == []
+
+
+def exception_classes(path: Path) -> list[str]:
+    """Names of the classes ``path`` defines whose bases name an exception (``...Error``,
+    ``...Exception``, ``...Warning``, ``Exception`` itself): what must live in
+    exceptions.py."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for base in node.bases:
+            name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+            if name.endswith(("Error", "Exception", "Warning", "Exceeded")):
+                out.append(node.name)
+                break
+    return out
+
+
+def test_every_core_exception_lives_in_exceptions_py() -> None:
+    where = {
+        f"{path.relative_to(ROOT)}: class {name}"
+        for path in CORE
+        if path.name != "exceptions.py"
+        for name in exception_classes(path)
+    }
+    assert not where, f"exception classes outside exceptions.py: {sorted(where)}"
+
+
+def test_exception_finder_sees_a_class_outside(tmp_path: Path) -> None:
+    """The check above can fail: a module defining an error class is found."""
+    src = tmp_path / "m.py"
+    src.write_text("class Oops(ValueError):\n    pass\nclass Fine:\n    pass\n")
+    assert exception_classes(src) == ["Oops"]

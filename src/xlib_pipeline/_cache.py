@@ -37,7 +37,7 @@ import attrs
 
 from ._records import PayloadRef
 from ._tables import CacheEntry, CacheTable, open_cache
-from .exceptions import DefinitionError, StoreError
+from .exceptions import DefinitionError, StoreError, Unhashable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_entries (
@@ -56,10 +56,6 @@ CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (pipeline, task);
 
 _GET = "SELECT output, run_id, expires FROM cache_entries WHERE key = ? AND tenant IS ?"
 _MISSING = object()
-
-
-class Unhashable(Exception):
-    """A value could be neither canonically hashed nor pickled."""
 
 
 def _feed(h: Any, value: Any, seen: set[int], depth: int = 0) -> None:

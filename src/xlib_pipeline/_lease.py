@@ -21,7 +21,7 @@ import attrs
 
 from ._commit import Committer
 from ._faults import describe_fault
-from .exceptions import StoreError
+from .exceptions import RunLeasedError as RunLeasedError
 
 #: Seconds between heartbeats, and after which a lease of another host counts as stale.
 HEARTBEAT_S = 10.0
@@ -128,10 +128,6 @@ def from_row(row: Any) -> Lease:
         acquired=row[5],
         heartbeat=row[6],
     )
-
-
-class RunLeasedError(StoreError):
-    """The run is being executed by another live process (it holds the run's lease)."""
 
 
 class LeaseMixin:

@@ -328,11 +328,28 @@ class StoreError(PipelineError):
         self.path = path
 
 
+class RunLeasedError(StoreError):
+    """The run is being executed by another live process (it holds the run's lease)."""
+
+
 class ResumeError(StoreError):
     """A run cannot be resumed as asked (unknown run, other pipeline, changed structure)."""
 
 
 # --- command line -------------------------------------------------------------------------------
+
+
+class StreamError(PipelineError):
+    """A stream cannot go on: a source, sink or checkpoint problem (named in the message).
+
+    Everything committed before it stays committed; restarting the stream continues
+    after the last checkpoint.
+    """
+
+
+class Unhashable(Exception):
+    """Inside the result cache only: a value could be neither canonically hashed nor
+    pickled. The cache turns it into a :class:`DefinitionError` naming the task."""
 
 
 class UsageError(PipelineError):

@@ -33,7 +33,7 @@ from ._blobs import (
 )
 from ._commit import FOLDED_ORDER, LOG, LOG_COLUMNS, split_log
 from ._group_commit import GroupCommitter
-from ._lease import HEARTBEAT_S, STALE_S, Lease, RunLeasedError, me
+from ._lease import HEARTBEAT_S, STALE_S, Lease, me
 from ._prune import PruneReport, parse_duration, remove_blobs
 from ._store import (
     DEFAULT_STORE_FILE,
@@ -44,6 +44,7 @@ from ._store import (
     store_section,
 )
 from ._tables import BatchRecord, CacheEntry, CacheTable, CheckpointTable, StreamRecord
+from .exceptions import RunLeasedError
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -11,10 +11,10 @@ exactly once, in order. See docs/streams.md.
 
 from __future__ import annotations
 
+from ..exceptions import StreamError
 from ._checkpoint import BatchRecord, CheckpointStore, StreamRecord
 from ._connectors import CallbackSink, IterableSource, JsonLinesSink, JsonLinesSource
 from ._engine import Stream
-from ._errors import StreamError
 from ._pipeline import BATCH_TASK
 from ._protocol import BaseSink, BaseSource, Checkpoint, Sink, Source, SourceBatch
 from ._run import NullSink, print_progress, resolve_sink, resolve_source, run_stream

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import ConfigError
-from ._errors import StreamError
+from ..exceptions import ConfigError, StreamError
 from ._protocol import BaseSink, BaseSource, Checkpoint, Source, SourceBatch
 
 _END = object()

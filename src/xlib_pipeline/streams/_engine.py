@@ -10,10 +10,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._tables import CheckpointTable
-from ..exceptions import ConfigError, PipelineError, StoreError
+from ..exceptions import ConfigError, PipelineError, StoreError, StreamError
 from ._batch import BatchOutcome, brief_offset
 from ._batch import records_of as _records_of
-from ._errors import StreamError
 from ._pipeline import BATCH_TASK, derive
 from ._protocol import Checkpoint, Sink, Source, SourceBatch
 from ._start import StreamStart

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._records import PayloadRef
 from .._store import dump_output, load_output
-from ._errors import StreamError
+from ..exceptions import StreamError
 from ._protocol import Checkpoint, Sink, Source
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._tables import CheckpointTable, StreamRecord
+from ..exceptions import StreamError
 from ._batch import brief_offset
-from ._errors import StreamError
 from ._payloads import StreamPayloads
 from ._protocol import Checkpoint, Sink
 
