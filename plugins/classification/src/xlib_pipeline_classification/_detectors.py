@@ -42,7 +42,14 @@ class Detector(Protocol):
 
 
 class RegexDetector:
-    """A detector that fires when ``pattern`` matches (and ``check`` accepts the match)."""
+    """A detector that fires when ``pattern`` matches (and ``check`` accepts the match).
+
+    ``needs`` (optional) is a cheap regular expression that every match of ``pattern``
+    contains a match of (``@`` for an e-mail address, ``\\d`` for a number): a text without
+    it is answered ``False`` at once, without running ``pattern`` (most outputs hold no
+    ``@`` and many no digit, and the pre-check is several times cheaper than the pattern's
+    look-arounds).
+    """
 
     def __init__(
         self,
@@ -52,14 +59,18 @@ class RegexDetector:
         level: str = "confidential",
         flags: int = 0,
         check: Any = None,
+        needs: str | None = None,
     ) -> None:
         self.name = name
         self.level = check_level(level)
         self._re = re.compile(pattern, flags)
         self._check = check
+        self._needs = None if needs is None else re.compile(needs, flags)
 
     def detect(self, text: str) -> bool:
         """Whether ``text`` holds a match."""
+        if self._needs is not None and self._needs.search(text) is None:
+            return False
         if self._check is None:
             return self._re.search(text) is not None
         return any(self._check(m.group(0)) for m in self._re.finditer(text))
@@ -92,22 +103,33 @@ def builtin_detectors() -> dict[str, Detector]:
     """The detectors shipped with the plugin, by name."""
     dets = [
         RegexDetector(
-            "email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+            "email",
+            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+            needs="@",
         ),
         RegexDetector(
             "phone",
             # +44 20 7946 0958, +1-202-555-0143, (202) 555-0143, 202-555-0143, 07700 900123
             r"(?<![\w+-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}"
             r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}|07\d{3} ?\d{6})(?![\w-])",
+            needs=r"\d",
         ),
-        RegexDetector("payment_card", r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", check=_card),
         RegexDetector(
-            "us_ssn", r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"
+            "payment_card",
+            r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])",
+            check=_card,
+            needs=r"\d",
+        ),
+        RegexDetector(
+            "us_ssn",
+            r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])",
+            needs=r"\d",
         ),
         RegexDetector(
             "uk_nino",
             r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
             r" ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b",
+            needs=r"\d",
         ),
     ]
     return {d.name: d for d in dets}

@@ -1,0 +1,124 @@
+"""The scanner: what gather_text gathers (against a brute-force model), its bound, and the
+detectors' cheap pre-check (``needs``) never changing a verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from xlib_pipeline_classification import ClassificationPlugin, RegexDetector, builtin_detectors
+from xlib_pipeline_classification._scan import MAX_DEPTH, gather_text
+
+# Text likely to hold (or nearly hold) PII: digits, separators, '@', dots, letters.
+_ALPHABET = "0123456789 -.+()@abxyzAB"
+leaf_text = st.text(alphabet=_ALPHABET, max_size=24)
+leaves = st.one_of(
+    leaf_text,
+    st.integers(-(10**12), 10**12),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+)
+values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6),
+        st.tuples(inner, inner),
+        st.frozensets(leaf_text, max_size=4),
+        st.dictionaries(st.one_of(leaf_text, st.integers()), inner, max_size=5),
+    ),
+    max_leaves=40,
+)
+
+
+def model(value: Any, depth: int = 0) -> list[str]:
+    """Every piece of text the scanner looks at, repeats included (the walk before it
+    gathered each distinct string once)."""
+    if isinstance(value, str):
+        return [value] if len(value) > 2 else []
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [str(value)] if abs(value) >= 100_000_000 else []
+    if depth >= MAX_DEPTH:
+        return []
+    out: list[str] = []
+    if isinstance(value, dict):
+        for k, x in value.items():
+            if isinstance(k, str) and len(k) > 2:
+                out.append(k)
+            out.extend(model(x, depth + 1))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for x in value:
+            out.extend(model(x, depth + 1))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_gathers_every_distinct_string_once(value):
+    """Unbounded, the gathered text holds each distinct string (len > 2), dict key and
+    9+-digit integer of the value once, and nothing else."""
+    text = gather_text(value, 1 << 30)
+    want = model(value) if not isinstance(value, str | int) else None
+    if want is None:
+        return
+    parts = text.split("\n") if text else []
+    assert sorted(parts) == sorted(set(want))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_verdicts_equal_scanning_every_repeat(value):
+    """The built-in detectors find the same kinds in the deduplicated text as in the text
+    with every repeat (no built-in pattern spans two gathered strings)."""
+    plugin = ClassificationPlugin()
+    plugin.detectors = list(builtin_detectors().values())
+    full = "\n".join(model(value)) if not isinstance(value, str | int) else None
+    if full is None:
+        return
+    for d in plugin.detectors:
+        assert d.detect(gather_text(value, 1 << 30)) == d.detect(full), d.name
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_ALPHABET + "\n", max_size=60))
+def test_needs_never_changes_a_verdict(text):
+    """A built-in detector with its pre-check answers as its pattern alone does."""
+    for d in builtin_detectors().values():
+        assert isinstance(d, RegexDetector)
+        plain = RegexDetector(d.name, d._re.pattern, level=d.level, check=d._check)
+        assert d.detect(text) == plain.detect(text), (d.name, text)
+
+
+def test_needs_skips_the_pattern():
+    """Without the pre-check's match the pattern never runs (its check is never called)."""
+    calls: list[str] = []
+
+    def check(m: str) -> bool:
+        calls.append(m)
+        return True
+
+    d = RegexDetector("x", r"\d+", check=check, needs=r"\d")
+    assert not d.detect("no numbers here")
+    assert calls == []
+    assert d.detect("one 42")
+    assert calls == ["42"]
+
+
+def test_repeats_count_against_the_limit():
+    """The walk is bounded by the limit even when every string is a repeat: a million
+    references to one string are not all walked (the e-mail after them is not reached)."""
+    value = ["abc"] * 1_000_000 + ["ann@example.org"]
+    text = gather_text(value, 1000)
+    assert text == "abc"
+    # Within the limit, the e-mail after a few repeats is gathered.
+    assert "ann@example.org" in gather_text(["abc"] * 10 + ["ann@example.org"], 1000)
+
+
+def test_records_keys_are_gathered_once():
+    """A batch of records: each key and each distinct value once."""
+    rows = [{"id": i, "note": "payment", "email": f"u{i}@x.org"} for i in range(3)]
+    parts = gather_text(rows, 1000).split("\n")
+    assert sorted(parts) == sorted(["note", "payment", "email", "u0@x.org", "u1@x.org", "u2@x.org"])
