@@ -128,7 +128,8 @@ class TestObserverHooks:
         assert isinstance(out, TaskOutcome)
         assert out.status is Status.SUCCEEDED and out.output == (2, 1)
         assert out.attempt == 1 and out.final and out.error is None
-        assert out.started <= out.finished and out.duration >= 0
+        assert out.started <= out.finished
+        assert out.duration == pytest.approx(out.finished - out.started)
         skipped = after["skipped"]
         assert skipped.status is Status.SKIPPED and skipped.attempt == 0
         assert skipped.started is None
