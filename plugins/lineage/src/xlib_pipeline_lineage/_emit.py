@@ -14,11 +14,14 @@ were all alive until then; small writes reuse the same memory.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,46 +38,108 @@ WINDOW_S = 0.02
 LINES_PER_WRITE = 32
 
 
+class WriteError(RuntimeError):
+    """A lineage write failed: names the file (or transport) and the OS error number."""
+
+    def __init__(self, where: str, cause: BaseException) -> None:
+        self.where = where
+        self.errno: int | None = getattr(cause, "errno", None)
+        super().__init__(f"lineage file {where!r} is not writable: {cause}")
+
+
+class Chunk:
+    """Events written together (one ``write``), with how much of them is written:
+    ``done`` counts bytes of :attr:`data` for the file transport (a failed write can stop
+    mid-line; the retry goes on from that byte, so no line is torn or written twice) and
+    events for any other transport."""
+
+    __slots__ = ("data", "done", "lines")
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.data: bytes | None = None
+        self.done = 0
+
+    def unwritten(self) -> list[str]:
+        """The events not (entirely) written yet."""
+        if self.data is None:
+            return self.lines[self.done :]
+        end = 0
+        for i, line in enumerate(self.lines):
+            end += len(line.encode()) + 1
+            if end > self.done:
+                return self.lines[i:]
+        return []
+
+
 @functools.cache
 def batched_file_transport() -> type[Any]:
     """openlineage-python's file transport in append mode, writing a batch per open
     (the class is built on first use: openlineage is imported only once lineage is on).
 
-    The base class opens the file once per event; the emitter calls ``write_lines``
-    with many pre-serialised events at once instead. ``emit`` (one event object) still
-    works as in the base class. The output is the base transport's format: one JSON event
-    per line.
+    The base class opens the file once per event; the emitter writes chunks (:class:`Chunk`) of
+    many pre-serialised events at once instead. ``emit`` (one event object) still works as
+    in the base class. The output is the base transport's format: one JSON event per line.
     """
-    from openlineage.client.transport.file import FileTransport
+    from openlineage.client.transport.file import FileTransport, LocalFileHandler
 
     class BatchedFileTransport(FileTransport):
         kind = "file"
 
         def open_lines(self) -> Any:
-            """The file, opened to append (for :meth:`write_lines`; the caller closes it)."""
+            """The file, opened to append bytes (unbuffered when local: a short or failed
+            write leaves nothing pending in a buffer); the caller closes it."""
             path = self.config.log_file_path
             try:
-                return self._file_handler.open_file(path, "a")
+                if isinstance(self._file_handler, LocalFileHandler):
+                    return open(self._file_handler._to_local_path(path), "ab", buffering=0)
+                return self._file_handler.open_file(path, "ab")
             except OSError as exc:
-                raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+                raise WriteError(path, exc) from exc
 
-        def write_lines(self, lines: list[str], f: Any = None) -> None:
-            """Append already-serialised events, one per line: to ``f`` (from
-            :meth:`open_lines`; flushed before returning) or else to the file opened for
-            this call."""
-            if f is None:
-                with self.open_lines() as f:
-                    self.write_lines(lines, f)
-                return
+        def write_chunk(self, f: Any, chunk: Chunk) -> None:
+            """Write the rest of ``chunk`` to ``f`` (from :meth:`open_lines`), advancing
+            ``chunk.done`` by what the file took, even when a write fails."""
+            data = chunk.data
+            if data is None:
+                data = chunk.data = ("\n".join(chunk.lines) + "\n").encode()
+            size = len(data)
             try:
-                for k in range(0, len(lines), LINES_PER_WRITE):
-                    f.write("\n".join(lines[k : k + LINES_PER_WRITE]) + "\n")
+                if chunk.done == 0:  # the common case: one write takes it all
+                    n = f.write(data)
+                    chunk.done = size if n is None else n
+                view = memoryview(data)
+                while chunk.done < size:
+                    n = f.write(view[chunk.done :])
+                    if n == 0:
+                        raise OSError(errno.EIO, "the file took no bytes")
+                    chunk.done = size if n is None else chunk.done + n
                 f.flush()
             except OSError as exc:
-                path = self.config.log_file_path
-                raise RuntimeError(f"lineage file {path!r} is not writable: {exc}") from exc
+                _cut_torn_line(f, chunk)
+                raise WriteError(self.config.log_file_path, exc) from exc
 
     return BatchedFileTransport
+
+
+def _cut_torn_line(f: Any, chunk: Chunk) -> None:
+    """After a failed write that stopped mid-line, cut that line's written part off the
+    file (truncating a file works on a full disk or past ``RLIMIT_FSIZE``) and rewind
+    ``chunk.done`` to the line's start: the file keeps whole lines only, whether or not
+    the fault goes away. Done only when the file ends where this write left it (no other
+    writer appended since); otherwise the retry goes on from the byte it stopped at."""
+    data, done = chunk.data, chunk.done
+    if data is None or done == 0 or data[done - 1] == 10:  # nothing written, or whole lines
+        return
+    start = data.rfind(b"\n", 0, done) + 1
+    try:
+        fd = f.fileno()
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # where this (appending) write stopped
+        if end == os.fstat(fd).st_size and end >= done - start:
+            os.ftruncate(fd, end - (done - start))
+            chunk.done = start
+    except (OSError, AttributeError, ValueError):  # not a local file: go on from the byte
+        pass
 
 
 class Sink:
@@ -110,15 +175,37 @@ class Sink:
             transport = get_default_factory().create(cfg)
             self._client = OpenLineageClient(transport=transport)
 
+    @property
+    def where(self) -> str:
+        """The file events go to, or the transport's type."""
+        return self._file.config.log_file_path if self._file is not None else self.kind
+
     def write(self, events: list[str]) -> None:
-        """Write a batch of JSON events (thread-safe: runs of one manager share the sink)."""
-        if self._file is not None:
-            with self._lock:
-                self._file.write_lines(events)
-            return
+        """Write JSON events at once (raises :class:`WriteError` when that fails)."""
+        batch = self.batch()
+        try:
+            batch.write(Chunk(events))
+        finally:
+            batch.close()
+
+    def write_chunk(self, batch: Batch, chunk: Chunk) -> None:
+        """Write the rest of ``chunk`` under the sink's lock (thread-safe: runs of one
+        manager share the sink and interleave whole writes, never lines); the file
+        transport's file is opened into ``batch`` at its first write."""
         with self._lock:
-            for e in events:
-                self._client.emit(to_client_event(json.loads(e)))
+            file = self._file
+            if file is not None:
+                if batch.f is None:
+                    batch.f = file.open_lines()
+                file.write_chunk(batch.f, chunk)
+                return
+            lines = chunk.lines
+            while chunk.done < len(lines):
+                try:
+                    self._client.emit(to_client_event(json.loads(lines[chunk.done])))
+                except Exception as exc:
+                    raise WriteError(self.kind, exc) from exc
+                chunk.done += 1
 
     def batch(self) -> Batch:
         """A writer for one emitter batch (the file transport's file stays open for it)."""
@@ -135,36 +222,44 @@ class Sink:
 
 class Batch:
     """The writes of one emitter batch: the file transport's file is opened at the first
-    and closed by :meth:`close`; each :meth:`write` is whole lines, written and flushed
-    under the sink's lock (runs of one manager interleave whole writes, never lines)."""
+    (by :meth:`Sink.write_chunk`) and closed by :meth:`close`."""
 
-    __slots__ = ("_f", "sink")
+    __slots__ = ("f", "sink")
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._f: Any = None
+        self.f: Any = None
 
-    def write(self, events: list[str]) -> None:
-        """Write ``events`` (JSON texts, one per line)."""
-        sink = self.sink
-        file = sink._file
-        if file is None:
-            sink.write(events)
-            return
-        with sink._lock:
-            if self._f is None:
-                self._f = file.open_lines()
-            file.write_lines(events, self._f)
+    def write(self, chunk: Chunk) -> None:
+        """Write the rest of ``chunk``; after a failure the file is closed (the next
+        write opens it again)."""
+        try:
+            self.sink.write_chunk(self, chunk)
+        except BaseException:
+            try:
+                self.close()
+            except OSError:
+                pass
+            raise
 
     def close(self) -> None:
         """Close the file (if one was opened)."""
-        f, self._f = self._f, None
+        f, self.f = self.f, None
         if f is not None:
             f.close()
 
 
+#: How many unwritten events a report names (the count is always complete).
+REPORT_NAMES = 20
+
+
 class Emitter:
-    """A background thread draining ``put`` records through ``build`` into a sink."""
+    """A background thread draining ``put`` records through ``build`` into a sink.
+
+    Events are never dropped silently: when a write fails, that chunk and every later one
+    stay queued (in order) and the next batch writes them first, from the byte the failed
+    write stopped at; what is still unwritten when the run ends is in :meth:`unwritten`.
+    """
 
     def __init__(self, sink: Sink, build: Callable[[tuple[Any, ...], list[str]], None]) -> None:
         self.sink = sink
@@ -172,13 +267,20 @@ class Emitter:
         self._q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.put = self._q.put
         self._wake = threading.Event()
+        #: Errors building events (each such record has no event).
         self.errors: list[BaseException] = []
+        #: The last failed write while events are unwritten (``None`` once all are written).
+        self.failure: WriteError | None = None
+        #: Failed writes so far (retries included).
+        self.failed_writes = 0
+        self._pending: deque[Chunk] = deque()
         self._thread = threading.Thread(target=self._loop, name="xlib-lineage", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         q = self._q
         build = self._build
+        pending = self._pending
         done = False
         while not done:
             item = q.get()
@@ -188,7 +290,7 @@ class Emitter:
                 self._wake.wait(WINDOW_S)
             events: list[str] = []
             batch = self.sink.batch()
-            failed = False  # a failed write drops the rest of its batch (one error each)
+            ok = True  # one failed write per batch: the next batch tries again
             n = 0
             while True:
                 if item is None:
@@ -199,9 +301,10 @@ class Emitter:
                 except Exception as exc:  # never lose the thread; report at the end
                     self.errors.append(exc)
                 if len(events) >= LINES_PER_WRITE:
-                    if not failed:
-                        failed = self._write(batch, events)
+                    pending.append(Chunk(events))
                     events = []
+                    if ok:
+                        ok = self._write(batch)
                 n += 1
                 if n >= BATCH:
                     break
@@ -209,24 +312,85 @@ class Emitter:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-            if events and not failed:
-                self._write(batch, events)
+            if events:
+                pending.append(Chunk(events))
+            if pending and ok:
+                self._write(batch)
             try:
                 batch.close()
-            except Exception as exc:
-                self.errors.append(exc)
+            except OSError as exc:
+                self._failed(exc)
 
-    def _write(self, batch: Batch, events: list[str]) -> bool:
-        """Write ``events``; ``True`` when that failed (the error is kept)."""
-        try:
-            batch.write(events)
-        except Exception as exc:
-            self.errors.append(exc)
-            return True
-        return False
+    def _write(self, batch: Batch) -> bool:
+        """Write the queued chunks in order; stop at the first that fails (it stays
+        queued, with what of it was written); ``False`` then."""
+        pending = self._pending
+        while pending:
+            try:
+                batch.write(pending[0])
+            except Exception as exc:
+                self._failed(exc)
+                return False
+            pending.popleft()
+        self.failure = None
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed_writes += 1
+        self.failure = exc if isinstance(exc, WriteError) else WriteError(self.sink.where, exc)
+
+    def unwritten(self) -> list[str]:
+        """The events not written (after :meth:`finish`: those the run lost)."""
+        return [line for chunk in self._pending for line in chunk.unwritten()]
 
     def finish(self, timeout: float | None = None) -> None:
         """Write everything queued so far and stop the thread."""
         self._q.put(None)
         self._wake.set()
         self._thread.join(timeout)
+
+
+def _describe(line: str) -> str:
+    """An event as a report names it: its type and job."""
+    try:
+        e = json.loads(line)
+        return f"{e['eventType']} {e['job']['name']}"
+    except (ValueError, KeyError, TypeError):
+        return line[:80]
+
+
+def report(emitter: Emitter, log: Any) -> None:
+    """Log what a finished emitter could not do (``log``: the run's, else this module's):
+    ``lineage.emit_failed`` names the file, the errno, how many events were not written and
+    the first :data:`REPORT_NAMES` of them; ``lineage.emit_recovered`` says writes failed
+    and every event was written after all; ``lineage.build_failed`` counts records no
+    event could be built from."""
+
+    def out(event: str, **fields: Any) -> None:
+        if log is not None:
+            log.warning(event, **fields)
+        else:
+            _log.warning("%s %s", event, fields)
+
+    lost = emitter.unwritten()
+    fail = emitter.failure
+    if lost:
+        where, code = (fail.where, fail.errno) if fail is not None else (emitter.sink.where, None)
+        out(
+            "lineage.emit_failed",
+            file=where,
+            errno=code,
+            error=str(fail),
+            not_written=len(lost),
+            events=[_describe(line) for line in lost[:REPORT_NAMES]],
+            failed_writes=emitter.failed_writes,
+        )
+    elif emitter.failed_writes:
+        out("lineage.emit_recovered", failed_writes=emitter.failed_writes)
+    if emitter.errors:
+        err = emitter.errors[0]
+        out(
+            "lineage.build_failed",
+            errors=len(emitter.errors),
+            error=f"{type(err).__name__}: {err}",
+        )

@@ -38,7 +38,7 @@ from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
 from . import _evidence as evidence
-from ._emit import Sink
+from ._emit import Sink, report
 from ._layout import Layout
 from ._run_state import LINEAGE_RUN, RunState
 
@@ -311,13 +311,7 @@ class _Recorder:
             state.emitter.put(("PS", result.started))
         state.emitter.put(("PE", result.status, result.error, result.finished or time.time()))
         state.emitter.finish()
-        if state.emitter.errors and run.log is not None:
-            err = state.emitter.errors[0]
-            run.log.warning(
-                "lineage.emit_failed",
-                errors=len(state.emitter.errors),
-                error=f"{type(err).__name__}: {err}",
-            )
+        report(state.emitter, run.log)
 
 
 def _cli_arguments(parser: Any) -> None:
