@@ -1,26 +1,30 @@
-"""What durability guarantee (a) costs: the ``task.started`` record written before the body.
+"""What durability guarantees (a) and (b) of issue 10 cost, measured against the same runs relaxed.
 
 ``python benchmarks/bench_guarantees.py [--repeat 5] [--tasks 10000] [--pin] [--quick]``
 
 Issue 10's guarantee (a): before a task's body starts, its ``task.started`` audit record has
 reached the operating system (``write(2)`` returned). That is one ``write(2)`` per task on the
 lane that is about to run the body, under the trail's lock (the chain's order is the file's
-order). This script measures, in one process, contenders interleaved, medians of
-``--repeat`` runs of the 10,000-task random layered DAG of no-op tasks on 2 threads:
+order). Guarantee (b): before any successor of a task starts, the task's outcome and output
+are committed to the run store. This script measures, in one process, contenders
+interleaved, medians of ``--repeat`` runs of the 10,000-task random layered DAG of no-op
+tasks on 2 threads:
 
 * the plain reference loop (graphlib + ThreadPoolExecutor(2), as in ``bench_compliance``);
 * the same loop doing guarantee (a) by hand: in the worker, under one lock, chain a 400-byte
   record (HMAC-SHA256 from precomputed pads, as the trail does) and ``os.write`` it, then
   call the body: the least any implementation of (a) can do in Python;
 * the same loop chaining the same records but writing them 256 at a time (no guarantee);
-* the bare core; the core with the audit plugin (fsync batch), as shipped and with (a)
-  relaxed; every compliance plugin (``bench_compliance``'s set), as shipped and with (a)
-  relaxed.
+* the bare core; the core with its run store, as shipped and with (b) relaxed; the core
+  with the audit plugin (fsync batch), as shipped and with (a) relaxed; every compliance
+  plugin (``bench_compliance``'s set), as shipped and with (a) relaxed.
 
-"(a) relaxed" is an experiment of this script only, not a setting: it swaps the recorder's
-per-run ``append`` for its ``hold`` (the record joins the group-commit inbox and is written
-with the next write: at the lane's idle time, by the flusher, at the run's end). Every trail
-is verified at the end.
+"(a) relaxed" and "(b) relaxed" are experiments of this script only, not settings. (a):
+the recorder's per-run ``append`` is swapped for its ``hold`` (the record joins the
+group-commit inbox and is written with the next write: at the lane's idle time, by the
+flusher, at the run's end). (b): a finished task's successors are released at once instead
+of after the commit of its outcome (the commit is still queued, and the run's end still
+waits for it: guarantee (c) holds). Every trail is verified at the end.
 
 ``--pin`` runs the whole process on one CPU (``sched_setaffinity``): the lanes then hand the
 GIL over on one core. Unpinned, on a 2-core machine, each hand-over moves the running thread
@@ -143,6 +147,35 @@ def relax_started_records() -> Callable[[bool], None]:
     return switch
 
 
+def relax_commit_before_successors() -> Callable[[bool], None]:
+    """Experiment only: a finished task's successors are released at once, the commit of
+    its outcome queued behind them (guarantee (b) relaxed). Returns a switch read at each
+    run's start."""
+    from xlib_pipeline import _scheduler
+
+    relaxed = [False]
+    original = _scheduler.Run.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        commit = self.commit
+        if relaxed[0] and commit is not None:
+
+            def released_first(then: Any = None) -> None:
+                commit(None)
+                if then is not None:
+                    then(None)
+
+            self.commit = released_first
+
+    _scheduler.Run.__init__ = init  # type: ignore[method-assign]
+
+    def switch(on: bool) -> None:
+        relaxed[0] = on
+
+    return switch
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -157,7 +190,8 @@ def main() -> None:
     n = args.tasks
     dag = layered(n)
     pipeline = to_pipeline(dag)
-    relax = relax_started_records()
+    relax_a = relax_started_records()
+    relax_b = relax_commit_before_successors()
     from xlib_pipeline_audit import verify
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,12 +204,22 @@ def main() -> None:
             path = str(home / f"{tag}.audit.jsonl")
             return PipelineManager({"max_workers": 2, "audit": {"path": path, "fsync": "batch"}})
 
-        managers: dict[str, tuple[PipelineManager, bool]] = {
-            "bare core": (PipelineManager({"max_workers": 2}), False),
-            "audit": (audit("audit"), False),
-            "audit, (a) relaxed": (audit("audit-relaxed"), True),
-            "every plugin": (PipelineManager(every_plugin(home, "all")), False),
-            "every plugin, (a) relaxed": (PipelineManager(every_plugin(home, "relaxed")), True),
+        def store(tag: str) -> PipelineManager:
+            return PipelineManager({"max_workers": 2, "store": {"path": str(home / tag)}})
+
+        # label: (manager, (a) relaxed, (b) relaxed)
+        managers: dict[str, tuple[PipelineManager, bool, bool]] = {
+            "bare core": (PipelineManager({"max_workers": 2}), False, False),
+            "core + store": (store("store.sqlite"), False, False),
+            "core + store, (b) relaxed": (store("store-relaxed.sqlite"), False, True),
+            "audit": (audit("audit"), False, False),
+            "audit, (a) relaxed": (audit("audit-relaxed"), True, False),
+            "every plugin": (PipelineManager(every_plugin(home, "all")), False, False),
+            "every plugin, (a) relaxed": (
+                PipelineManager(every_plugin(home, "relaxed")),
+                True,
+                False,
+            ),
         }
         contenders: dict[str, Callable[[], None]] = {
             "reference loop": lambda: reference_threads(dag, 2),
@@ -186,10 +230,11 @@ def main() -> None:
                 dag, HandChain(home / "hand-batched.jsonl", 256)
             ),
         }
-        for label, (pm, relaxed) in managers.items():
+        for label, (pm, a, b) in managers.items():
 
-            def run(pm: PipelineManager = pm, relaxed: bool = relaxed) -> None:
-                relax(relaxed)
+            def run(pm: PipelineManager = pm, a: bool = a, b: bool = b) -> None:
+                relax_a(a)
+                relax_b(b)
                 result = pm.execute_pipeline(pipeline)
                 assert result.success, result.error
 
@@ -204,7 +249,7 @@ def main() -> None:
                 fn()
                 wall[label].append((time.perf_counter() - t0) / n * 1e6)
                 cpu[label].append((time.process_time() - c0) / n * 1e6)
-        for pm, _ in managers.values():
+        for pm, _, _ in managers.values():
             pm.close()
         for tag in ("audit", "audit-relaxed", "all", "relaxed"):
             report = verify(home / f"{tag}.audit.jsonl")
