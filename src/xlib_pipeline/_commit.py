@@ -8,6 +8,8 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from itertools import chain, compress, repeat
+from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ class Committer(GroupCommitter):
         if self.write_hook is not None:
             self.write_hook(batch)
         conn = self.connection()
-        # Log rows (a task's terminal row, a state transition) go in one multi-row INSERT
-        # per table; a batch of log rows alone is one statement (its own transaction).
+        # Log rows (a task's terminal row, a state transition) go in multi-row INSERTs (a
+        # few per table, see _statements); a batch of log rows alone is one transaction.
         # Every SQLite call releases the GIL, and taking it back while the scheduler's lanes
         # run can cost a switch interval (5 ms), so the number of calls per commit bounds the
         # cost. Other statements (a run's row, leases, a stream's checkpoint, cache entries)
@@ -121,30 +123,24 @@ LOG_COLUMNS = (
     "tenant",
     "ts",
 )
-_NULL_ROW = (None,) * len(LOG_COLUMNS)
 
-_MAX_ROWS = 1024  # x 14 columns: under SQLite's default limit of 32766 parameters
+_MAX_ROWS = 1024  # rows per statement (x 14 columns: under SQLite's limit of 32766 parameters)
 
 
 def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert log rows in one transaction: a multi-row INSERT into ``tasks`` and one into
-    ``events`` (at most 1024 rows each), padded to a power of two rows so that a handful of
-    prepared statements serve every batch size. Direct inserts, not through a view with an
-    INSTEAD OF trigger: SQLite runs a trigger program per row (8 % of the store's cost per
-    task on the 10,000-task DAG, same-run A/B)."""
+    """Insert log rows in one transaction (see :func:`_statements`); a batch that is one
+    statement is its own transaction."""
     tasks, events = split_log(rows)
-    if not tasks and not events:
+    todo = _statements(_TASKS, tasks) + _statements(_EVENTS, events)
+    if len(todo) == 1:
+        conn.execute(*todo[0])
         return
-    if (not tasks or not events) and len(tasks) <= _MAX_ROWS and len(events) <= _MAX_ROWS:
-        # One table, one statement: its own transaction.
-        if tasks:
-            _insert(conn, _TASKS, tasks)
-        else:
-            _insert(conn, _EVENTS, events)
+    if not todo:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _insert_split(conn, tasks, events)
+        for sql, flat in todo:
+            conn.execute(sql, flat)
     except BaseException:
         conn.rollback()
         raise
@@ -201,27 +197,37 @@ FOLDED_ORDER = (1 << 62) - 1
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Log rows inside the caller's transaction."""
-    _insert_split(conn, *split_log(rows))
-
-
-def _insert_split(
-    conn: sqlite3.Connection, tasks: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
-) -> None:
-    for k in range(0, len(tasks), _MAX_ROWS):
-        _insert(conn, _TASKS, tasks[k : k + _MAX_ROWS])
-    for k in range(0, len(events), _MAX_ROWS):
-        _insert(conn, _EVENTS, events[k : k + _MAX_ROWS])
+    tasks, events = split_log(rows)
+    for sql, flat in _statements(_TASKS, tasks) + _statements(_EVENTS, events):
+        conn.execute(sql, flat)
 
 
 class _Table:
-    """A multi-row ``INSERT ... SELECT`` over ``VALUES`` that skips all-NULL padding rows."""
+    """Multi-row ``INSERT ... VALUES`` statements into one table, by NULL columns and size.
+
+    A ``None`` parameter costs ~0.4 µs to bind in Python's ``sqlite3`` (before 3.12 it goes
+    through the adaptation protocol, an ``AttributeError`` raised and cleared per value; an
+    ``int`` costs 0.1), so a row's NULL columns are ``NULL`` in the statement's text, not
+    parameters: rows with the same NULL columns share a statement. A statement holds a power
+    of two rows (a batch of 97 rows is three: 64, 32, 1), so a handful of prepared
+    statements per shape serve every batch size with no padding rows to bind.
+    """
 
     def __init__(self, insert: str, columns: tuple[str, ...]) -> None:
-        self.width = len(columns)
-        self.head = f"{insert} ({', '.join(columns)}) SELECT * FROM (VALUES "
-        self.one = "(" + ", ".join("?" * self.width) + ")"
-        self.tail = ") WHERE column1 IS NOT NULL"
-        self.sql: dict[int, str] = {}
+        self.head = f"{insert} ({', '.join(columns)}) VALUES "
+        self.nones = (None,) * len(columns)
+        #: (NULL columns, rows) -> the statement; the NULL columns' complement.
+        self.sql: dict[tuple[tuple[bool, ...], int], str] = {}
+        self.keep: dict[tuple[bool, ...], tuple[bool, ...]] = {}
+
+    def statement(self, nulls: tuple[bool, ...], size: int) -> str:
+        sql = self.sql.get((nulls, size))
+        if sql is None:
+            if len(self.sql) >= 512:  # many row shapes (not the usual two or three)
+                self.sql.clear()
+            one = "(" + ", ".join(["NULL" if null else "?" for null in nulls]) + ")"
+            sql = self.sql[(nulls, size)] = self.head + ", ".join([one] * size)
+        return sql
 
 
 _TASKS = _Table(
@@ -234,17 +240,35 @@ _EVENTS = _Table(
 )
 
 
-def _insert(conn: sqlite3.Connection, table: _Table, rows: list[tuple[Any, ...]]) -> None:
-    size = 1
-    while size < len(rows):
-        size <<= 1
-    sql = table.sql.get(size)
-    if sql is None:
-        sql = table.sql[size] = table.head + ", ".join([table.one] * size) + table.tail
-    flat = [v for row in rows for v in row]
-    if size > len(rows):
-        flat.extend((None,) * (table.width * (size - len(rows))))  # run_id NULL: skipped
-    conn.execute(sql, flat)
+def _statements(table: _Table, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+    """``rows`` as (statement, parameters) to run in order: each run of consecutive rows with
+    the same NULL columns in power-of-two statements of at most :data:`_MAX_ROWS` rows."""
+    out: list[tuple[str, list[Any]]] = []
+    if not rows:
+        return out
+    nones = table.nones
+    start = 0
+    shape = tuple(map(is_, nones, rows[0]))
+    n = len(rows)
+    for k in range(1, n + 1):
+        if k < n:
+            nulls = tuple(map(is_, nones, rows[k]))
+            if nulls == shape:
+                continue
+        keep = table.keep.get(shape)
+        if keep is None:
+            if len(table.keep) >= 64:
+                table.keep.clear()
+            keep = table.keep[shape] = tuple([not null for null in shape])
+        while start < k:
+            size = min(1 << ((k - start).bit_length() - 1), _MAX_ROWS)
+            part = rows[start : start + size]
+            flat = list(chain.from_iterable(map(compress, part, repeat(keep, size))))
+            out.append((table.statement(shape, size), flat))
+            start += size
+        if k < n:
+            shape = nulls
+    return out
 
 
 class Checkpointer:
