@@ -306,12 +306,14 @@ class StoreRecorder(Observer):
             )
             return
         # A stream's batch: committed with the stream's checkpoint, not flushed on its own.
+        # Its end event is queued first, beside the task rows: the log rows between two
+        # statements are one multi-row INSERT, so after the UPDATE it cost one more.
+        self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
         self.store.release_leases(result.run_id)
         self.store.add(
             "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
             (result.status, result.finished, error, result.run_id),
         )
-        self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
 
 
 _now = time.time

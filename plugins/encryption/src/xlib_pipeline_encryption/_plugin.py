@@ -383,20 +383,38 @@ class EncryptionPlugin:
         return self.envelope.rewrap(data, ref)
 
 
+#: The key file's path by what it is derived from (the spec's file or the default folder's
+#: environment variables, and HOME for ``~``): ``kms()`` stamps the file before every run
+#: (a rotated key file is re-read), and building the path with pathlib cost more than the
+#: ``stat`` itself (a stream checks it once per micro-batch). Bounded.
+_KEY_PATHS: dict[tuple[str | None, ...], str] = {}
+
+
+def _key_path(spec: Any) -> str:
+    env = os.environ
+    file = spec["file"] if spec is not None else None
+    key = (file, env.get(KEYS_DIR_ENV), env.get("XDG_CONFIG_HOME"), env.get("HOME"))
+    path = _KEY_PATHS.get(key)
+    if path is None:
+        if len(_KEY_PATHS) >= 64:
+            _KEY_PATHS.clear()
+        found = default_key_dir() / DEFAULT_KEY_FILE if file is None else Path(file).expanduser()
+        path = _KEY_PATHS[key] = str(found)
+    return path
+
+
 def _stamp(spec: Any) -> Any:
-    if spec is None:
-        path = default_key_dir() / DEFAULT_KEY_FILE
-    elif isinstance(spec, Mapping) and "file" in spec:
-        path = Path(spec["file"]).expanduser()
+    if spec is None or (isinstance(spec, Mapping) and "file" in spec):
+        path = _key_path(spec)
     elif isinstance(spec, Mapping) and "env" in spec:
         return ("env", os.environ.get(spec["env"]))
     else:
         return None
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
-        return ("missing", str(path))
-    return (str(path), st.st_mtime_ns, st.st_size)
+        return ("missing", path)
+    return (path, st.st_mtime_ns, st.st_size)
 
 
 def encrypt_data(

@@ -38,7 +38,7 @@ from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
 from . import _evidence as evidence
-from ._emit import Sink, report
+from ._emit import Batch, Chunk, Sink, report
 from ._layout import Layout
 from ._run_state import LINEAGE_RUN, RunState
 
@@ -94,6 +94,7 @@ class LineagePlugin:
         self.engine_facet = "{}"
         self.transport: dict[str, Any] = {}
         self._sink: Sink | None = None
+        self._recorder: _Recorder | None = None
         self._lock = threading.Lock()
         self._datasets: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
@@ -173,7 +174,8 @@ class LineagePlugin:
                 f"transport: {type(exc).__name__}: {exc}",
                 key="lineage.transport",
             ) from exc
-        manager.register(_Recorder(self), name="lineage.recorder")
+        self._recorder = _Recorder(self)
+        manager.register(self._recorder, name="lineage.recorder")
 
     @property
     def path(self) -> Any:
@@ -249,6 +251,8 @@ class LineagePlugin:
 
     @hookimpl
     def close(self, manager: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
         if self._sink is not None:
             self._sink.close()
 
@@ -258,6 +262,11 @@ class _Recorder:
 
     def __init__(self, plugin: LineagePlugin) -> None:
         self.p = plugin
+        #: Each running stream's writer: the file transport's file stays open from the
+        #: stream's START to its end (opening and closing it per micro-batch's RUNNING
+        #: event cost more than building the event); closed by the end event, by a failed
+        #: write (the next one opens it again) or when the manager closes.
+        self.streams: weakref.WeakKeyDictionary[Any, Batch] = weakref.WeakKeyDictionary()
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
@@ -265,8 +274,23 @@ class _Recorder:
 
         p = self.p
         line = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
-        if line is not None:
-            p.sink().write([line])
+        if line is None:
+            return
+        batch = self.streams.get(stream)
+        if batch is None:
+            batch = self.streams[stream] = p.sink().batch()
+        try:
+            batch.write(Chunk([line]))
+        finally:
+            if event != "batch":  # the stream ended (or the event is its last)
+                self.streams.pop(stream, None)
+                batch.close()
+
+    def close(self) -> None:
+        """Close the files of streams still open (the manager is closing)."""
+        while self.streams:
+            _, batch = self.streams.popitem()
+            batch.close()
 
     @hookimpl
     def before_pipeline(self, run: Any) -> None:
