@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xlib_pipeline import ConfigError, Pipeline, PipelineManager, ResourceError, Status
@@ -156,6 +156,25 @@ def test_large_task_is_not_starved_by_small_ones() -> None:
     assert b.free == [0.0]
 
 
+def test_repacking_a_level_never_drops_a_reserved_task() -> None:
+    """A task holding a reservation that fits is started, even when a best fit of its
+    level without it would fill more of the budget (rule 3 over rule 2)."""
+    names = ["x", "r", "s1", "s2", "s3", "s4", "b", "c"]
+    needs = [{"cpu": 5}, {"cpu": 6}] + [{"cpu": 1}] * 4 + [{"cpu": 5}, {"cpu": 5}]
+    spec = compile_budget(names, needs, {"cpu": 10, "max_bypass": 4}, defaults={})
+    b = Budget(spec, [1] * len(names))  # one critical-path level: rule 2 packs it
+    assert b.request(0) == [0]  # x holds 5
+    assert b.request(1) == []  # r (6) waits
+    for s in range(2, 6):  # four small tasks pass r by: r holds a reservation
+        assert b.request(s) == [s]
+    assert b.request(6) == [] and b.request(7) == []  # b and c wait behind r
+    for s in range(2, 6):
+        assert b.release(s) == []  # r (reserved) does not fit yet: nothing passes it
+    # x ends: 10 free. b + c (10) would fill more than r (6), but r is reserved.
+    started = b.release(0)
+    assert 1 in started, started
+
+
 def test_backfills_and_keeps_priority() -> None:
     spec = compile_budget(["a", "b", "c"], [{"cpu": 3}, {"cpu": 2}, {"cpu": 1}], {"cpu": 4}, {})
     b = Budget(spec, [3, 2, 1])  # a is on the longest path
@@ -214,6 +233,48 @@ def test_admission_fits_and_keeps_the_critical_path_priority(
                     lower = [x for x in started if height[x] < height[w]]
                     room = {r: free[r] + sum(needs[x].get(r, 0) for x in lower) for r in cap}
                     assert any(needs[w].get(r, 0) > room[r] for r in cap), (w, s_, room)
+    assert not b.waiting and not pending
+
+
+@settings(max_examples=600)
+@given(
+    st.lists(st.integers(1, 6), min_size=2, max_size=14),
+    st.lists(st.integers(0, 11), max_size=40),
+    st.sampled_from([1, 2]),
+    st.sampled_from([2, 8]),
+)
+def test_a_reserved_task_is_never_passed(
+    tasks: list[int], script: list[int], max_bypass: int, window: int
+) -> None:
+    """Rule 3 on the Budget itself (one resource, cpu 6, few bypasses allowed): once a
+    waiting task holds a reservation, no task that waited behind it starts before it does,
+    whatever rule 2's packing prefers (fails when a level's repack drops a reserved task).
+    One critical-path level, so rule 2 repacks at every walk where first fit left room."""
+    n = len(tasks)
+    needs = [{"cpu": c} for c in tasks]
+    spec = compile_budget(
+        [f"t{i}" for i in range(n)], needs, {"cpu": 6, "max_bypass": max_bypass}, {}
+    )
+    b = Budget(spec, [1] * n, window=window)
+    pending = list(range(n))
+    running: list[int] = []
+    for step in script + [0] * (2 * n):
+        if not pending and not running:
+            break
+        if pending and (step % 2 or not running):
+            ready, ended = pending[: 1 + step % 3], []
+            del pending[: len(ready)]
+        else:
+            ready, ended = [], [running.pop(step % len(running))]
+        before = [e[3] for e in b.waiting]
+        reserved = [i for i in before if b.bypassed.get(i, 0) >= max_bypass]
+        started = b.admit(ended, ready)
+        running += started
+        for r in reserved:
+            if r in started:
+                continue
+            behind = set(before[before.index(r) + 1 :])
+            assert not behind & set(started), (r, started, before)
     assert not b.waiting and not pending
 
 

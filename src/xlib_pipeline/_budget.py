@@ -202,9 +202,9 @@ class Budget:
                 hi = pos + 1
                 while hi < min(n, window) and order[hi][0] == level:
                     hi += 1
-                if not bypassed or all(
-                    bypassed.get(order[k][3], 0) < limit for k in range(pos, hi)
-                ):
+                # A reserved task of the level (picked above, or still ahead) is never
+                # repacked away: rule 3 over rule 2.
+                if not bypassed or all(bypassed.get(order[k][3], 0) < limit for k in range(lo, hi)):
                     self._repack(picked, lo_picked, lo, hi)
                     pos = hi
                     continue
