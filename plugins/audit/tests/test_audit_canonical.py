@@ -7,6 +7,7 @@ import hmac
 import json
 from pathlib import Path
 
+import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,6 +40,38 @@ def test_v2_canonical_form_is_rfc8785(record: dict[str, object]) -> None:
     except rfc8785.CanonicalizationError:
         return  # not representable (lone surrogates ...): the writer refuses those too
     assert canonical(rec) == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=False, allow_infinity=False)
+        | st.floats(min_value=1e-5, max_value=1e17)
+        | st.floats(min_value=-1e17, max_value=-1e-5)
+        | st.integers(-(10**6), 10**6).map(lambda i: i / 1000),
+        max_size=4,
+    )
+)
+def test_floats_take_the_fast_path_only_where_it_is_rfc8785(values: list[float]) -> None:
+    """Floats of a plain decimal form (a run's duration_ms) are encoded without the
+    rfc8785 walk, byte for byte as rfc8785 encodes them; the others still take it."""
+    rec = {"duration_ms": values[0] if values else 1.5, "values": values, "v": CHAIN_VERSION}
+    assert canonical(rec) == rfc8785.dumps(rec).decode("utf-8")
+
+
+def test_a_run_finished_record_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.finished's duration_ms (a non-integral float) no longer sends the record
+    through rfc8785; an integral or exponent-form float still does."""
+    import xlib_pipeline_audit._canonical as c
+
+    calls: list[object] = []
+    real = rfc8785.dumps
+    monkeypatch.setattr(c.rfc8785, "dumps", lambda r: calls.append(r) or real(r))
+    assert canonical({"duration_ms": 12.345, "v": CHAIN_VERSION}) == '{"duration_ms":12.345,"v":2}'
+    assert calls == []
+    for v, text in ((5.0, "5"), (1e-7, "1e-7"), (1e21, "1e+21"), (-0.0, "0")):
+        assert canonical({"d": v, "v": CHAIN_VERSION}) == '{"d":' + text + ',"v":2}'
+    assert len(calls) == 4
 
 
 @settings(max_examples=300, deadline=None)

@@ -43,10 +43,20 @@ _MAX_INT = 2**53
 _SCALARS = frozenset((str, type(None), bool))
 
 
+def _plain_float(v: float) -> bool:
+    """A float whose RFC 8785 form is Python's ``repr``: not integral (``5.0`` is ``5``
+    there) and within ``1e-4 <= |v| < 1e16``, where ``repr`` uses no exponent and its
+    shortest round-trip digits are ECMAScript's (``rfc8785`` itself starts from ``str``
+    and only rewrites exponents and a trailing ``.0``). A run's ``duration_ms`` is one:
+    every ``run.finished`` record took the whole ``rfc8785`` walk for it."""
+    return 1e-4 <= abs(v) < 1e16 and not v.is_integer()
+
+
 def _plain(value: Any) -> bool:
     """JSON data whose RFC 8785 form is Python's sorted, compact, non-ASCII-escaping form:
-    strings, bools, nulls, integers within ±2**53, and lists and objects of them under
-    ASCII keys (floats and exotic keys go through ``rfc8785``).
+    strings, bools, nulls, integers within ±2**53, non-integral floats of a plain decimal
+    form (:func:`_plain_float`), and lists and objects of them under ASCII keys (other
+    floats and exotic keys go through ``rfc8785``).
 
     A plain loop, not a generator per value: it runs twice per task on the audit path."""
     t = type(value)
@@ -54,6 +64,8 @@ def _plain(value: Any) -> bool:
         return True
     if t is int:
         return bool(-_MAX_INT <= value <= _MAX_INT)
+    if t is float:
+        return _plain_float(value)
     if t is dict:
         for k in value:
             if type(k) is not str or not k.isascii():
@@ -69,6 +81,10 @@ def _plain(value: Any) -> bool:
             continue
         if tv is int:
             if -_MAX_INT <= v <= _MAX_INT:
+                continue
+            return False
+        if tv is float:
+            if _plain_float(v):
                 continue
             return False
         if not _plain(v):
