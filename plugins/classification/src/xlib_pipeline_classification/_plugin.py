@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,6 +156,10 @@ class ClassificationPlugin:
         self._selected: list[Any] | None = None
         self._runtime: _Enforcer | None = None
         self._clearances: _Clearances | None = None
+        #: pipeline -> (its tasks when scanned, declares a level, declares a clearance)
+        self._scanned: weakref.WeakKeyDictionary[Any, tuple[tuple[Task, ...], bool, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.manager: Any = None
         self._lock = threading.Lock()
         for d in detectors:
@@ -266,12 +271,20 @@ class ClassificationPlugin:
     def prepare_run(
         self, manager: Any, pipeline: Any, tasks: tuple[Task, ...], options: Any
     ) -> None:
-        """A declared clearance or level is never ignored, configured or not."""
-        if self._runtime is None and any(
-            "classification" in t.options or "clearance" in t.options for t in tasks
-        ):
+        """A declared clearance or level is never ignored, configured or not. The tasks
+        are scanned once per pipeline version (the core passes the same ``tasks`` tuple to
+        every run of it), not on every run."""
+        if self._runtime is not None and self._clearances is not None:
+            return
+        seen = self._scanned.get(pipeline)
+        if seen is None or seen[0] is not tasks:
+            levels = any("classification" in t.options or "clearance" in t.options for t in tasks)
+            cleared = levels and any(t.options.get("clearance") for t in tasks)
+            seen = (tasks, levels, cleared)
+            self._scanned[pipeline] = seen
+        if seen[1] and self._runtime is None:
             self.activate()
-        if self._clearances is None and any(t.options.get("clearance") for t in tasks):
+        if seen[2] and self._clearances is None:
             self.activate(clearances=True)
 
     def activate(self, *, clearances: bool = False) -> None:

@@ -31,6 +31,7 @@ from xlib_pipeline import (
 if TYPE_CHECKING:  # pragma: no cover
     from ._envelope import Envelope
     from ._keyring import KeyManagementService
+    from ._sealing import Sealing
     from ._stream import Opener, Sealer
 
 # The plugin is loaded by every PipelineManager() through its entry point: the keyring and
@@ -113,6 +114,11 @@ class EncryptionPlugin:
         self._seen_plans: Any = None
         self._per_run_keys = False
         self._envelope: Envelope | None = None
+        self._sealing: Sealing | None = None
+        #: pipeline -> (its tasks when scanned, whether a task is marked ``encrypt``)
+        self._scanned: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bool]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def envelope(self) -> Envelope:
@@ -208,6 +214,33 @@ class EncryptionPlugin:
         self._manager_ref = weakref.ref(manager)
         if self.at_rest:  # nothing is encrypted unless runs are stored
             manager.require_store("security.encryption_at_rest")
+            self._activate(manager)
+
+    @hookimpl
+    def prepare_run(
+        self, manager: Any, pipeline: Any, tasks: tuple[Any, ...], options: Any
+    ) -> None:
+        """A task marked ``encrypt`` turns sealing on (once per pipeline version: the core
+        passes the same ``tasks`` tuple to every run of it, so nothing is scanned again)."""
+        if self._sealing is not None:
+            return
+        seen = self._scanned.get(pipeline)
+        if seen is None or seen[0] is not tasks:
+            seen = (tasks, any(t.options.get("encrypt") for t in tasks))
+            self._scanned[pipeline] = seen
+        if seen[1]:
+            self._activate(manager)
+
+    def _activate(self, manager: Any) -> None:
+        """Register the sealing hooks (idempotent): unconfigured, the plugin has no per-run
+        or per-output hook but ``decrypt`` (stored ciphertexts stay readable)."""
+        with self._lock:
+            if self._sealing is None:
+                from ._sealing import Sealing
+
+                sealing = Sealing(self)
+                manager.register(sealing, name="encryption.sealing")
+                self._sealing = sealing
 
     def _store(self) -> Any:
         ref = getattr(self, "_manager_ref", None)
@@ -254,13 +287,11 @@ class EncryptionPlugin:
                     self._envelope.reset()
             return self._kms
 
-    @hookimpl
     def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
         marked = [t.name for t in run.tasks if t.options.get("encrypt")]
         if marked:  # encrypt=... (pm.encrypt_data) means: store this output, encrypted
             run.manager.require_store(f"the encrypt option of task {marked[0]!r}")
 
-    @hookimpl
     def before_pipeline(self, run: RunContext) -> None:
         marked = [t.name for t in run.tasks if t.options.get("encrypt")]
         if marked:
@@ -271,7 +302,6 @@ class EncryptionPlugin:
             self.kms()  # fail before anything runs when the keyring is unusable
             self._seen[run.run_id] = {}
 
-    @hookimpl
     def after_pipeline(self, run: RunContext, result: Any) -> None:
         self.envelope.forget_run(run.run_id)
         seen = self._seen.pop(run.run_id, None)
@@ -327,7 +357,6 @@ class EncryptionPlugin:
 
     # -- providers ---------------------------------------------------------------------------
 
-    @hookimpl
     def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
             return None
@@ -352,7 +381,6 @@ class EncryptionPlugin:
             )
         return None
 
-    @hookimpl
     def encrypt_stream(self, ref: PayloadRef) -> Sealer | None:
         """A STREAM sealer for a large output going to the blob store (see ``_stream``)."""
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
