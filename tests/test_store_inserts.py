@@ -1,19 +1,24 @@
-"""The SQLite store's log inserts (``_commit._insert_log``): a row's NULL columns are NULL
-in the statement's text (binding ``None`` is slow in Python's sqlite3), rows go in
-power-of-two multi-row statements, and what lands in the tables is what plain one-row
-inserts of the same rows would have written, in the same order."""
+"""The SQLite store's per-task hot path. Log inserts (``_commit._insert_log``): a row's
+NULL columns are NULL in the statement's text (binding ``None`` is slow in Python's
+sqlite3), rows go in power-of-two multi-row statements, and what lands in the tables is
+what plain one-row inserts of the same rows would have written, in the same order. The
+recorder's premade pickles of the commonest outputs."""
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlib_pipeline import _commit
-from xlib_pipeline._store_file import _SCHEMA
+from xlib_pipeline import Pipeline, PipelineManager, _commit
+from xlib_pipeline._blobs import BlobRef
+from xlib_pipeline._store import RunStore
+from xlib_pipeline._store_file import _SCHEMA, load_output
 
 _RUNS = ("r1", "r2")
 _TASKS = ("a", "b", "c")
@@ -119,3 +124,46 @@ def test_a_batch_of_more_rows_than_one_statement_holds_is_one_transaction() -> N
     # 3000 = 1024 + 1024 + 512 + 256 + 128 + 32 + 16 + 8: eight statements.
     assert len(statements) == 2 + 8
     assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 3000
+
+
+_ATOMS = [None, False, True, 0, 1, 2, 255, 256, -1, 1.0, "", b""]
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 20])
+def test_outputs_of_none_bools_and_small_ints_are_their_pickles(
+    tmp_path: Path, threshold: int
+) -> None:
+    """The recorder keeps the pickles of None, bools and ints 0-255 made once: the stored
+    bytes are ``pickle.dumps(value, protocol=5)`` (a bool stays a bool, 1 an int), and a
+    store whose blob threshold is below their size still sends them to blobs."""
+    p = Pipeline("atoms")
+    for k, value in enumerate(_ATOMS):
+        p.add_task(f"t{k}", (lambda v: lambda: v)(value))
+    store = {"path": str(tmp_path / "runs.sqlite"), "blobs": {"threshold": threshold}}
+    pm = PipelineManager({"store": store}, entry_points=False)
+    r = pm.execute_pipeline(p)
+    assert r.success, r.error
+    rs = RunStore(tmp_path / "runs.sqlite")
+    try:
+        tasks = rs.get_tasks(r.run_id)
+    finally:
+        rs.close()
+        pm.close()
+    for k, value in enumerate(_ATOMS):
+        stored = tasks[f"t{k}"].output
+        assert stored is not None
+        if threshold:
+            assert stored == pickle.dumps(value, protocol=5)
+            loaded = load_output(stored)
+            assert type(loaded) is type(value) and loaded == value
+        else:
+            assert BlobRef.decode(stored) is not None  # every output went to a blob
+    got = PipelineManager({"store": store}, entry_points=False)
+    try:
+        again = got.execute_pipeline(p, resume=r.run_id)
+        assert again.success
+        for k, value in enumerate(_ATOMS):
+            out = again.tasks[f"t{k}"].output
+            assert type(out) is type(value) and out == value
+    finally:
+        got.close()

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from itertools import chain, compress, repeat
-from operator import is_
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class Committer(GroupCommitter):
         k = 0
         n = len(batch)
         try:
+            heads = list(map(_head, batch))
+            if heads.count(LOG) == n:  # the usual batch: log rows alone
+                _insert_log(conn, list(map(_params, batch)))
+                k = n
             while k < n:
                 if batch[k][0] is _CALL:
                     batch[k][1][0](conn)
@@ -103,6 +107,8 @@ def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
 
 
 _CALL = GroupCommitter.CALL  # a pending item that runs a function on the writer's connection
+_head = itemgetter(0)
+_params = itemgetter(1)
 
 
 #: The statement of a log row: ``add(LOG, row)`` with the LOG_COLUMNS values.
@@ -220,6 +226,29 @@ class _Table:
         self.sql: dict[tuple[tuple[bool, ...], int], str] = {}
         self.keep: dict[tuple[bool, ...], tuple[bool, ...]] = {}
 
+    def keep_of(self, nulls: tuple[bool, ...]) -> tuple[bool, ...]:
+        """The columns that are parameters (for :func:`itertools.compress`)."""
+        keep = self.keep.get(nulls)
+        if keep is None:
+            if len(self.keep) >= 64:
+                self.keep.clear()
+            keep = self.keep[nulls] = tuple([not null for null in nulls])
+        return keep
+
+    def parts(
+        self, out: list[tuple[str, list[Any]]], nulls: tuple[bool, ...], n: int, flat: list[Any]
+    ) -> None:
+        """Append ``n`` rows with the NULL columns ``nulls`` (``flat``: their parameters) to
+        ``out`` as power-of-two statements."""
+        width = len(flat) // n
+        i = 0
+        while n:
+            size = min(1 << (n.bit_length() - 1), _MAX_ROWS)
+            part = flat if size == n and not i else flat[i : i + size * width]
+            out.append((self.statement(nulls, size), part))
+            i += size * width
+            n -= size
+
     def statement(self, nulls: tuple[bool, ...], size: int) -> str:
         sql = self.sql.get((nulls, size))
         if sql is None:
@@ -244,28 +273,28 @@ def _statements(table: _Table, rows: list[tuple[Any, ...]]) -> list[tuple[str, l
     """``rows`` as (statement, parameters) to run in order: each run of consecutive rows with
     the same NULL columns in power-of-two statements of at most :data:`_MAX_ROWS` rows."""
     out: list[tuple[str, list[Any]]] = []
-    if not rows:
+    n = len(rows)
+    if not n:
         return out
     nones = table.nones
-    start = 0
     shape = tuple(map(is_, nones, rows[0]))
-    n = len(rows)
+    flat = list(chain.from_iterable(map(compress, rows, repeat(table.keep_of(shape), n))))
+    if None not in flat and sum(map(tuple.count, rows, repeat(None, n))) == shape.count(True) * n:
+        # No row has None where the first row has a value, and each has as many None as
+        # it: every row has the first row's NULL columns (the usual batch: one shape).
+        table.parts(out, shape, n, flat)
+        return out
+    start = 0
     for k in range(1, n + 1):
         if k < n:
             nulls = tuple(map(is_, nones, rows[k]))
             if nulls == shape:
                 continue
-        keep = table.keep.get(shape)
-        if keep is None:
-            if len(table.keep) >= 64:
-                table.keep.clear()
-            keep = table.keep[shape] = tuple([not null for null in shape])
-        while start < k:
-            size = min(1 << ((k - start).bit_length() - 1), _MAX_ROWS)
-            part = rows[start : start + size]
-            flat = list(chain.from_iterable(map(compress, part, repeat(keep, size))))
-            out.append((table.statement(shape, size), flat))
-            start += size
+        keep = repeat(table.keep_of(shape), k - start)
+        table.parts(
+            out, shape, k - start, list(chain.from_iterable(map(compress, rows[start:k], keep)))
+        )
+        start = k
         if k < n:
             shape = nulls
     return out

@@ -6,6 +6,7 @@ import functools
 import getpass
 import json
 import os
+import pickle
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -102,6 +103,8 @@ class StoreRecorder(Observer):
         #: Whether a plugin implements ``encrypt`` (else the core's pass-through answers:
         #: skipped, with the reference it would be given, on the per-task path).
         self.sealing = _sealing(hooks)
+        #: Whether the pickles of None, bools and small ints stay inline (see _output).
+        self.atoms = getattr(store.blobs, "threshold", 0) >= _ATOM_MAX
 
     def start(self, ctx: RunContext, plan: Plan) -> None:
         """Lease the run (and the run it resumes), then record its row before its first task.
@@ -254,6 +257,23 @@ class StoreRecorder(Observer):
         ``encrypt`` hook), and the failure that kept it out (``None``, None: not stored)."""
         ctx = run.ctx
         pipeline = run.plan.pipeline_name
+        cls = value.__class__
+        if self.atoms and (value is None or cls is bool or (cls is int and 0 <= value < 256)):
+            # The pickles of the commonest outputs, made once (0.5 µs per task less).
+            atom = (
+                _PICKLED_NONE
+                if value is None
+                else _PICKLED_BOOLS[value]
+                if cls is bool
+                else _PICKLED_INTS[value]
+            )
+            if not self.sealing:
+                return atom, None
+            try:
+                ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
+                return self.hooks.encrypt(data=atom, ref=ref), None
+            except BaseException as error:  # never fall back to plaintext
+                return None, error
 
         def sealer() -> Any:  # asked only when the output goes to a blob
             ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
@@ -331,6 +351,13 @@ def _sealing(hooks: Any) -> bool:
         return True
     return any(not isinstance(impl.plugin, CorePlugin) for impl in impls)
 
+
+#: What :meth:`BlobStore.dump <._blobs.BlobStore.dump>` makes of ``None``, ``False``,
+#: ``True`` and the ints 0-255: ``pickle.dumps(value, protocol=5)``.
+_PICKLED_NONE = pickle.dumps(None, protocol=5)
+_PICKLED_BOOLS = (pickle.dumps(False, protocol=5), pickle.dumps(True, protocol=5))
+_PICKLED_INTS = tuple(pickle.dumps(k, protocol=5) for k in range(256))
+_ATOM_MAX = max(map(len, (_PICKLED_NONE, *_PICKLED_BOOLS, *_PICKLED_INTS)))
 
 #: The largest value SQLite stores by default (SQLITE_MAX_LENGTH), less a margin.
 MAX_BLOB = 1_000_000_000 - 4096
