@@ -253,3 +253,27 @@ def test_report_names_file_errno_and_events(tmp_path):
     assert fields["errno"] == errno.ENOSPC
     assert fields["not_written"] == 3
     assert fields["events"] == ["START t0", "START t1", "START t2"]
+
+
+def test_a_long_fault_queues_a_bounded_number_of_events(tmp_path, monkeypatch):
+    """Past MAX_PENDING chunks, new events are counted (and reported), not kept in memory."""
+    from xlib_pipeline_lineage import _emit
+
+    monkeypatch.setattr(_emit, "MAX_PENDING", 2)
+    sink = FlakySink(tmp_path, ["fail"] * 1000)
+    em = Emitter(sink, _build)
+    for i in range(200):
+        em.put(("e", i))
+    em.finish()
+    assert len(em._pending) == 2
+    assert em.dropped == 200 - 2 * _emit.LINES_PER_WRITE
+    logged: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            logged.append((event, fields))
+
+    report(em, Log())
+    fields = logged[0][1]
+    assert fields["not_written"] == 200 and fields["errno"] == errno.ENOSPC
+    assert fields["events"] == [f"START t{i}" for i in range(_emit.REPORT_NAMES)]

@@ -251,6 +251,10 @@ class Batch:
 
 #: How many unwritten events a report names (the count is always complete).
 REPORT_NAMES = 20
+#: Chunks (of up to :data:`LINES_PER_WRITE` events) a run keeps queued while writes fail:
+#: about 64 MiB of 2 KB events. Past it, new events are counted as not written (and
+#: reported) instead of growing the process without bound on a full disk.
+MAX_PENDING = 1024
 
 
 class Emitter:
@@ -271,9 +275,13 @@ class Emitter:
         self.errors: list[BaseException] = []
         #: The last failed write while events are unwritten (``None`` once all are written).
         self.failure: WriteError | None = None
-        #: Failed writes so far (retries included).
+        #: Failed writes so far (retries included), and the last of them.
         self.failed_writes = 0
+        self.last_failure: WriteError | None = None
         self._pending: deque[Chunk] = deque()
+        #: Events not queued because :data:`MAX_PENDING` chunks were (the first few kept).
+        self.dropped = 0
+        self.dropped_first: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="xlib-lineage", daemon=True)
         self._thread.start()
 
@@ -301,7 +309,7 @@ class Emitter:
                 except Exception as exc:  # never lose the thread; report at the end
                     self.errors.append(exc)
                 if len(events) >= LINES_PER_WRITE:
-                    pending.append(Chunk(events))
+                    self._queue(events)
                     events = []
                     if ok:
                         ok = self._write(batch)
@@ -313,7 +321,7 @@ class Emitter:
                 except queue.Empty:
                     break
             if events:
-                pending.append(Chunk(events))
+                self._queue(events)
             if pending and ok:
                 self._write(batch)
             try:
@@ -338,9 +346,21 @@ class Emitter:
     def _failed(self, exc: BaseException) -> None:
         self.failed_writes += 1
         self.failure = exc if isinstance(exc, WriteError) else WriteError(self.sink.where, exc)
+        self.last_failure = self.failure
+
+    def _queue(self, events: list[str]) -> None:
+        pending = self._pending
+        if len(pending) < MAX_PENDING:
+            pending.append(Chunk(events))
+            return
+        self.dropped += len(events)
+        room = REPORT_NAMES - len(self.dropped_first)
+        if room > 0:
+            self.dropped_first.extend(events[:room])
 
     def unwritten(self) -> list[str]:
-        """The events not written (after :meth:`finish`: those the run lost)."""
+        """The events still queued (after :meth:`finish`: those the run could not write,
+        beside the :attr:`dropped` ones)."""
         return [line for chunk in self._pending for line in chunk.unwritten()]
 
     def finish(self, timeout: float | None = None) -> None:
@@ -373,15 +393,18 @@ def report(emitter: Emitter, log: Any) -> None:
             _log.warning("%s %s", event, fields)
 
     lost = emitter.unwritten()
-    fail = emitter.failure
-    if lost:
+    count = len(lost) + emitter.dropped
+    if emitter.dropped:
+        lost += emitter.dropped_first
+    fail = emitter.failure or emitter.last_failure
+    if count:
         where, code = (fail.where, fail.errno) if fail is not None else (emitter.sink.where, None)
         out(
             "lineage.emit_failed",
             file=where,
             errno=code,
             error=str(fail),
-            not_written=len(lost),
+            not_written=count,
             events=[_describe(line) for line in lost[:REPORT_NAMES]],
             failed_writes=emitter.failed_writes,
         )
