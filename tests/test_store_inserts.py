@@ -167,3 +167,37 @@ def test_outputs_of_none_bools_and_small_ints_are_their_pickles(
             assert type(out) is type(value) and out == value
     finally:
         got.close()
+
+
+def _split_model(rows: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
+    """split_log's rule written plainly: a task row takes the task's last event when that
+    is an open ``running`` event (no error) of the same run, which then is no event row."""
+    tasks: list[Any] = []
+    events: list[Any] = []
+    open_: dict[tuple[Any, Any], int] = {}
+    for row in rows:
+        if row[0] == 1:
+            j = open_.pop((row[1], row[2]), None)
+            ran = (None, None) if j is None else (events[j][2], events[j][4])
+            if j is not None:
+                events[j] = None
+            tasks.append((*row[1:13], *ran))
+            continue
+        if row[2] is not None:
+            open_.pop((row[1], row[2]), None)
+            if row[3] == "running" and row[7] is None and row[8] is None:
+                open_[(row[1], row[2])] = len(events)
+        events.append((row[1], row[2], row[13], row[3], row[4], row[7], row[8]))
+    return tasks, [e for e in events if e is not None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=log_rows())
+def test_split_log_equals_its_plain_model(rows: list[tuple[Any, ...]]) -> None:
+    tasks, events = _commit.split_log(rows)
+    assert (tasks, events) == _split_model(rows)
+    assert all(len(e) == 7 for e in events)
+    unfolded_tasks, unfolded = _commit.split_log(rows, fold=False)
+    assert [t[:12] for t in unfolded_tasks] == [t[:12] for t in tasks]
+    assert all(t[12:] == (None, None) for t in unfolded_tasks)
+    assert len(unfolded) == sum(1 for r in rows if r[0] == 2)

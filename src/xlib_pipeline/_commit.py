@@ -169,31 +169,48 @@ def split_log(
     ``running`` event's row cost ~8 µs of SQLite CPU per task.
     """
     tasks: list[tuple[Any, ...]] = []
+    # Event rows, in order; a ``running`` event that may fold stays its log row (14 values,
+    # made an event row at the end only if it did not fold); a folded one becomes None.
     events: list[tuple[Any, ...] | None] = []
     open_: dict[tuple[Any, Any], int] = {}  # (run, task) -> its last event, a 'running' one
-    folded = False
+    raw = folded = 0  # running events kept as log rows; of them, folded
     for row in rows:
         if row[0] == 1:
             j = open_.pop((row[1], row[2]), None) if open_ else None
             if j is None:
-                tasks.append((*row[1:13], None, None))
+                tasks.append(row[1:13] + _NO_RUN)
             else:
                 ev = events[j]
                 assert ev is not None
                 events[j] = None
-                folded = True
-                tasks.append((*row[1:13], ev[2], ev[4]))
+                folded += 1
+                tasks.append(row[1:13] + (ev[13], ev[4]))  # noqa: RUF005 (faster than *)
             continue
         task = row[2]
         if task is not None and fold:
             if row[3] == "running" and row[7] is None and row[8] is None:
                 open_[(row[1], task)] = len(events)
-            elif open_:
+                events.append(row)
+                raw += 1
+                continue
+            if open_:
                 open_.pop((row[1], task), None)
         events.append((row[1], task, row[13], row[3], row[4], row[7], row[8]))
+    if raw != folded:  # some running events did not fold: made event rows
+        return tasks, [_event(e) for e in events if e is not None]
     if folded:
         return tasks, [e for e in events if e is not None]
     return tasks, events  # type: ignore[return-value]  # no None left
+
+
+_NO_RUN = (None, None)  # a task row's ``ran`` and ``ran_attempt`` when no event folded
+
+
+def _event(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An events row: as it is, or made from a log row (14 values)."""
+    if len(row) == 7:
+        return row
+    return (row[1], row[2], row[13], row[3], row[4], row[7], row[8])
 
 
 #: The ``ORDER BY`` key of a folded ``running`` event read back from its task row: after
