@@ -1,5 +1,7 @@
-"""The per-task hooks (before_task, after_task, task_scope) and the payload providers
-(encrypt, decrypt: firstresult) call their implementations directly; pluggy's dispatch must
+"""The per-task hooks (before_task, after_task, task_scope), the payload providers
+(encrypt, decrypt: firstresult) and the per-run hooks (prepare_run, resolve_principal,
+select_executor, validate_pipeline, before_pipeline, after_pipeline, lane_idle,
+stream_event) call their implementations directly; pluggy's dispatch must
 be indistinguishable: same call order under
 tryfirst/trylast, same argument subsets in the implementation's own order, same results,
 the same first error attributed to the same plugin. Wrappers and hook-call monitoring fall
@@ -15,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xlib_pipeline import Pipeline, PipelineManager, hookimpl
-from xlib_pipeline._dispatch import DIRECT, PER_PAYLOAD, PER_TASK
+from xlib_pipeline._dispatch import DIRECT, PER_PAYLOAD
 from xlib_pipeline._hooks import Hooks
 from xlib_pipeline._plugins import create_plugin_manager
 from xlib_pipeline.exceptions import PipelineError, PluginError
@@ -157,11 +159,45 @@ def test_a_failing_direct_call_fails_the_task_naming_plugin_and_hook() -> None:
     assert "plugin 'failing' failed in hook 'after_task': KeyError" in str(err)
 
 
-@pytest.mark.parametrize("hook", sorted(PER_TASK))
-def test_every_per_task_hook_is_a_hookspec_with_those_arguments(hook: str) -> None:
+@pytest.mark.parametrize("hook", sorted(DIRECT))
+def test_every_direct_hook_is_a_hookspec_with_those_arguments(hook: str) -> None:
     import inspect
 
     from xlib_pipeline import hookspecs
 
-    params = tuple(inspect.signature(getattr(hookspecs.HookSpecs, hook)).parameters)[1:]
-    assert params == PER_TASK[hook]
+    spec = getattr(hookspecs.HookSpecs, hook)
+    params = tuple(inspect.signature(spec).parameters)[1:]
+    assert params == DIRECT[hook]
+    # firstresult hooks are called with first=True by their facade method
+    first = spec.xlib_pipeline_spec.get("firstresult", False)
+    assert first == (hook in {"encrypt", "decrypt", "select_executor", "resolve_principal"})
+
+
+def test_after_pipeline_calls_every_implementation_when_one_fails() -> None:
+    """Direct or through pluggy, every after_pipeline implementation sees the run end even
+    after one raised; the first error is raised afterwards, naming its plugin."""
+    seen: list[str] = []
+
+    class Broken:
+        name = "broken"
+
+        @hookimpl(tryfirst=True)
+        def after_pipeline(self, run: Any) -> None:
+            seen.append("broken")
+            raise KeyError("x")
+
+    class Watcher:
+        name = "watcher"
+
+        @hookimpl
+        def after_pipeline(self, run: Any, result: Any) -> None:
+            seen.append(f"watcher {result.status}")
+
+    pm = PipelineManager(plugins=[Broken(), Watcher()], entry_points=False)
+    assert pm.hooks._direct["after_pipeline"] is not None
+    p = Pipeline("ends")
+    p.add_task("a", lambda: 1)
+    result = pm.execute_pipeline(p)
+    assert seen == ["broken", "watcher succeeded"]
+    assert not result.success and isinstance(result.error, PluginError)
+    assert result.error.plugin == "broken" and result.error.hook == "after_pipeline"

@@ -109,6 +109,17 @@ class Hooks:
                 results.append(res)
         return None if first else results
 
+    def _per_run(self, hook: str, args: tuple[Any, ...], first: bool = False) -> Any:
+        """Call a per-run hook (:data:`~._dispatch.PER_RUN`) with ``args`` in spec order:
+        directly when pluggy's dispatch adds nothing, else through pluggy; ``None`` when no
+        plugin implements it."""
+        calls = self._direct[hook]
+        if calls is not None:
+            return self._call_direct(hook, calls, args, first)
+        if self.has[hook]:
+            return self._invoke(hook, dict(zip(DIRECT[hook], args, strict=True)))
+        return None
+
     def _reraise(self, exc: Exception, hook: str, plugin: str) -> NoReturn:
         """Raise ``exc`` attributed to the plugin whose code raised it (else ``plugin``), as
         :meth:`_invoke` attributes errors; called only on the error path."""
@@ -267,11 +278,7 @@ class Hooks:
         options: Mapping[str, Any],
     ) -> None:
         """Let plugins register what a run's task or run options need."""
-        if self.has["prepare_run"]:
-            self._invoke(
-                "prepare_run",
-                {"manager": manager, "pipeline": pipeline, "tasks": tasks, "options": options},
-            )
+        self._per_run("prepare_run", (manager, pipeline, tasks, options))
 
     def close(self, *, manager: Any) -> None:
         """Let every plugin release what it holds."""
@@ -279,8 +286,7 @@ class Hooks:
 
     def validate_pipeline(self, *, pipeline: Pipeline, run: RunContext) -> None:
         """Raise when a plugin refuses the run."""
-        if self.has["validate_pipeline"]:
-            self._invoke("validate_pipeline", {"pipeline": pipeline, "run": run})
+        self._per_run("validate_pipeline", (pipeline, run))
 
     def check_access(
         self, *, principal: str | None, permission: str, tenant: str | None, action: str
@@ -303,14 +309,14 @@ class Hooks:
         """The effective principal (the given one when no plugin answers)."""
         if not self.has["resolve_principal"]:
             return principal
-        found = self._invoke("resolve_principal", {"principal": principal, "config": config})
+        found = self._per_run("resolve_principal", (principal, config), True)
         return principal if found is None else str(found)
 
     def select_executor(self, *, run: RunContext) -> str | None:
         """The executor a plugin chose for the run, or ``None``."""
         if not self.has["select_executor"]:
             return None
-        found = self._invoke("select_executor", {"run": run})
+        found = self._per_run("select_executor", (run,), True)
         return None if found is None else str(found)
 
     def isolate(self, *, task: Task, run: RunContext) -> Isolation | None:
@@ -358,8 +364,7 @@ class Hooks:
 
     def stream_event(self, *, stream: Any, event: str, info: Mapping[str, Any]) -> None:
         """Tell observers about a stream's start, each committed batch and its end."""
-        if self.has["stream_event"]:
-            self._invoke("stream_event", {"stream": stream, "event": event, "info": info})
+        self._per_run("stream_event", (stream, event, info))
 
     def record_admin_action(
         self, *, action: str, details: Mapping[str, Any], principal: str | None
@@ -393,8 +398,7 @@ class Hooks:
 
     def before_pipeline(self, *, run: RunContext) -> None:
         """A run is about to start."""
-        if self.has["before_pipeline"]:
-            self._invoke("before_pipeline", {"run": run})
+        self._per_run("before_pipeline", (run,))
 
     def after_pipeline(self, *, run: RunContext, result: PipelineResult) -> None:
         """A run ended: every implementation is called, even after one raised (a broken
@@ -403,16 +407,27 @@ class Hooks:
         if not self.has["after_pipeline"]:
             return
         kwargs = {"run": run, "result": result}
-        impls = self._h.after_pipeline.get_hookimpls()
-        if any(i.hookwrapper or i.wrapper for i in impls):
-            self._invoke("after_pipeline", kwargs)
-            return
+        calls: Any = self._direct["after_pipeline"]
+        if calls is None:
+            impls = self._h.after_pipeline.get_hookimpls()
+            if any(i.hookwrapper or i.wrapper for i in impls):
+                self._invoke("after_pipeline", kwargs)
+                return
+            calls = reversed(impls)  # pluggy's order: tryfirst, then last registered first
         first: PipelineError | None = None
-        for impl in reversed(impls):  # pluggy's order: tryfirst, then last registered first
+        args = (run, result)
+        for call in calls:
+            if type(call) is not tuple:  # pluggy's implementation record
+                try:
+                    self._invoke("after_pipeline", kwargs, call)
+                except PipelineError as exc:
+                    first = first or exc
+                continue
+            fn, pick, plugin = call  # a direct call (see _dispatch): attributed as _invoke
             try:
-                self._invoke("after_pipeline", kwargs, impl)
-            except PipelineError as exc:
-                first = first or exc
+                fn(*args) if pick is None else fn(*[args[k] for k in pick])
+            except Exception as exc:
+                first = first or _blame(exc, "after_pipeline", plugin)
         if first is not None:
             raise first
 
@@ -453,7 +468,7 @@ class Hooks:
 
     def lane_idle(self, *, run: RunContext) -> None:
         """A lane of ``run`` found no ready work and is about to wait."""
-        self._invoke("lane_idle", {"run": run})
+        self._per_run("lane_idle", (run,))
 
     def on_task_error(
         self, *, task: Task, run: RunContext, outcome: TaskOutcome
