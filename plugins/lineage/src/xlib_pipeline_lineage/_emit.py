@@ -93,7 +93,12 @@ def batched_file_transport() -> type[Any]:
             try:
                 if isinstance(self._file_handler, LocalFileHandler):
                     return open(self._file_handler._to_local_path(path), "ab", buffering=0)
-                return self._file_handler.open_file(path, "ab")
+                f = self._file_handler.open_file(path, "ab")
+                if not hasattr(f, "write") and hasattr(f, "open"):
+                    # fsspec.open() (a remote or memory:// path) gives an OpenFile: the
+                    # file object is what its open() returns.
+                    f = f.open()
+                return f
             except OSError as exc:
                 raise WriteError(path, exc) from exc
 
