@@ -128,6 +128,8 @@ class SlaPlugin:
         self.breaches: list[Breach] = []
         self.default_seconds: float | None = None
         self.report_file: Path | None = None
+        #: The last pipeline version's tasks scanned for ``sla_seconds`` (none had it).
+        self._scanned: tuple[Task, ...] | None = None
 
     # -- what the plugin registers -------------------------------------------------------
 
@@ -189,9 +191,14 @@ class SlaPlugin:
         self, manager: PipelineManager, pipeline: Any, tasks: tuple[Task, ...], options: Any
     ) -> None:
         # A task with sla_seconds= (or pm.sla) needs the recorder even without a default;
-        # register() ignores a name already registered.
+        # register() ignores a name already registered. Every run of one pipeline version
+        # passes the same tasks tuple: scan it once, not on every run.
+        if tasks is self._scanned:
+            return
         if any("sla_seconds" in t.options for t in tasks):
             manager.register(SlaRecorder(self), name=RECORDER_NAME)
+        else:
+            self._scanned = tasks
 
     def breaches_for(self, run_id: str) -> list[Breach]:
         """The breaches one run of this manager recorded."""
