@@ -88,3 +88,28 @@ class TestHeldFinishedRecord:
         assert [("task.finished", "b"), ("task.started", "c")] in groups
         assert writes[-1][-2:] == [("task.finished", "c"), ("run.finished", None)]
         assert verify(trail).ok
+
+
+def test_run_started_is_carried_by_the_first_task_started(tmp_path: Path) -> None:
+    """run.started is held for the run's first write: the first task's task.started (written
+    before its body, which then sees both records in the file) carries it; a run refused
+    before any task writes it with run.refused."""
+    trail = tmp_path / "audit.jsonl"
+    p = Pipeline("first")
+    seen: list[list[tuple[str, str | None]]] = []
+    p.add_task("a", lambda: seen.append(records(trail)[-2:]))
+    writes: list[list[tuple[str, str | None]]] = []
+
+    def spy(data: bytes) -> None:
+        writes.append([(r["action"], r["task"]) for r in map(json.loads, data.splitlines())])
+
+    with manager(trail, 1) as pm:
+        pm.execute_pipeline(p)  # opens the trail
+        writer = registry.open[os.path.realpath(trail)]
+        writer.write_hook = spy
+        assert pm.execute_pipeline(p).success
+        writer.write_hook = None
+    assert writes[0] == [("run.started", None), ("task.started", "a")]
+    assert len(writes) == 2  # and task.finished with run.finished
+    assert seen[-1] == [("run.started", None), ("task.started", "a")]
+    assert verify(trail).ok

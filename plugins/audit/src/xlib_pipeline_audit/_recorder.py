@@ -190,7 +190,10 @@ class Recorder:
         if stream is not None:  # one micro-batch of a stream: which one, which offsets
             rec["stream"] = stream
         writer = self._plugin.writer()
-        writer.append(rec)
+        # Held for the run's next write (its first task.started, which must be written
+        # before that body anyway: guarantee (a)), or the run's end: one write(2) per run
+        # fewer, and nothing of the run happened in between.
+        writer.hold(rec)
         # A stale lease this run took over (its owner died): who held it is audited.
         for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
             lease = self._base(st, "run.lease_taken_over", "taken_over")
