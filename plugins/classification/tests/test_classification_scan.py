@@ -122,3 +122,52 @@ def test_records_keys_are_gathered_once():
     rows = [{"id": i, "note": "payment", "email": f"u{i}@x.org"} for i in range(3)]
     parts = gather_text(rows, 1000).split("\n")
     assert sorted(parts) == sorted(["note", "payment", "email", "u0@x.org", "u1@x.org", "u2@x.org"])
+
+
+class _Counting:
+    """A detector that is not a RegexDetector: always asked (no reuse of answers)."""
+
+    name = "counting"
+    level = "restricted"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, text: str) -> bool:
+        self.calls += 1
+        return "zz" in text
+
+
+def _naive(detectors: list[Any], text: str) -> tuple[str | None, tuple[str, ...]]:
+    from xlib_pipeline_classification import LEVELS, RANK
+
+    found = [d for d in detectors if d.detect(text)]
+    top = max((RANK[d.level] for d in found), default=-1)
+    return (LEVELS[top] if top >= 0 else None), tuple(d.name for d in found)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=_ALPHABET + "z\n", max_size=40), min_size=1, max_size=4))
+def test_classify_answers_as_every_detector_asked_in_turn(texts):
+    """classify (shared pre-checks, the last text's answer reused) answers as asking each
+    detector's detect in turn, for every text in a row, repeats included."""
+    plugin = ClassificationPlugin()
+    plugin.detectors = list(builtin_detectors().values())
+    for text in [*texts, texts[0], texts[-1]]:
+        assert plugin.classify(text) == _naive(plugin.detectors, text[: plugin.scan_limit])
+
+
+def test_the_last_answer_is_reused_only_for_regex_detectors():
+    plugin = ClassificationPlugin()
+    plugin.detectors = list(builtin_detectors().values())
+    rows = [{"id": 1, "note": "call 202-555-0143"}]
+    first = plugin.classify(rows)
+    assert first == ("confidential", ("phone",))
+    assert plugin._last is not None and plugin._last[2] == first
+    assert plugin.classify(list(rows)) == first  # same text: the same answer
+    counting = _Counting()
+    plugin.detectors = [*plugin.detectors, counting]  # another detector list: asked again
+    assert plugin.classify(rows) == first
+    assert plugin.classify(rows) == first
+    assert counting.calls == 2  # never reused: it is not a RegexDetector
+    assert plugin.classify("zz") == ("restricted", ("counting",))

@@ -71,6 +71,15 @@ class RegexDetector:
         """Whether ``text`` holds a match."""
         if self._needs is not None and self._needs.search(text) is None:
             return False
+        return self.matches(text)
+
+    @property
+    def needs(self) -> re.Pattern[str] | None:
+        """The compiled pre-check (``None``: none)."""
+        return self._needs
+
+    def matches(self, text: str) -> bool:
+        """Whether ``text`` holds a match, without the pre-check (its caller ran it)."""
         if self._check is None:
             return self._re.search(text) is not None
         return any(self._check(m.group(0)) for m in self._re.finditer(text))

@@ -42,7 +42,7 @@ from xlib_pipeline import (
 from xlib_pipeline.exceptions import ComplianceError, ConfigError
 
 from ._detectors import LEVELS, RANK, Detector, check_detector, check_level, resolve
-from ._scan import gather_text
+from ._scan import gather_text, run_detectors
 
 #: The core-defined key the levels are published under (``run.stash[STASH_KEY]``).
 STASH_KEY = CLASSIFICATION
@@ -154,6 +154,8 @@ class ClassificationPlugin:
         self.detectors: list[Detector] = []
         self._registered: dict[str, Detector] = {}
         self._selected: list[Any] | None = None
+        #: (detectors, text, answer) of the last text scanned by RegexDetectors only.
+        self._last: tuple[tuple[Any, ...], str, tuple[str | None, tuple[str, ...]]] | None = None
         self._runtime: _Enforcer | None = None
         self._clearances: _Clearances | None = None
         #: pipeline -> (its tasks when scanned, declares a level, declares a clearance)
@@ -178,19 +180,20 @@ class ClassificationPlugin:
             self.detectors = [d for d in self.detectors if d.name != det.name] + [det]
 
     def classify(self, value: Any) -> tuple[str | None, tuple[str, ...]]:
-        """Scan ``value`` with the active detectors: (highest level found, detector names)."""
+        """Scan ``value`` with the active detectors: (highest level found, detector names).
+        The answer for the last text is reused when the next output gathers the same text
+        (a task passing its input on) and every detector is a RegexDetector (see
+        :func:`~._scan.run_detectors`)."""
         text = gather_text(value, self.scan_limit)
         if not text:
             return None, ()
-        found: list[str] = []
-        top = -1
-        for d in self.detectors:
-            if d.detect(text):
-                found.append(d.name)
-                r = RANK[d.level]
-                if r > top:
-                    top = r
-        return (LEVELS[top] if top >= 0 else None), tuple(found)
+        dets = tuple(self.detectors)
+        last = self._last
+        if last is not None and last[0] == dets and last[1] == text:
+            return last[2]
+        answer, pure = run_detectors(dets, text)
+        self._last = (dets, text, answer) if pure else None
+        return answer
 
     # -- registration ----------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from ._detectors import LEVELS, RANK, Detector, RegexDetector
 
 #: Deepest nesting walked; deeper values are not scanned.
 MAX_DEPTH = 32
@@ -28,21 +31,42 @@ def gather_text(value: Any, limit: int) -> str:
             return str(value)
         return ""
     parts: list[str] = []
-    seen: set[str] = set()
+    seen: set[Any] = set()  # strings gathered, and every dict key met
     size = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         depth += 1  # the depth of v's members
         if isinstance(v, dict):
-            # Keys first (strings only: other keys are not scanned), then the values.
-            keys = [k for k in v if k not in seen and isinstance(k, str) and len(k) > 2]
-            size += len(v) - len(keys)  # a repeat (or a short key) counts one character
-            leaves: Any = keys + list(v.values()) if keys else v.values()
+            if seen.issuperset(v):  # a record of a schema met before: no key to gather
+                size += len(v)
+            else:  # keys first (strings only: other keys are remembered, not scanned)
+                for k in v:
+                    if k in seen:
+                        size += 1
+                        continue
+                    seen.add(k)
+                    if (type(k) is str or isinstance(k, str)) and len(k) > 2:
+                        if size + len(k) > limit:
+                            parts.append(k[: max(limit - size, 0)])
+                            return "\n".join(parts)
+                        parts.append(k)
+                        size += len(k) + 1
+                    else:
+                        size += 1
+                    if size >= limit:
+                        return "\n".join(parts)
+            leaves: Any = v.values()
         else:
             leaves = v
         for leaf in leaves:
-            if type(leaf) is str or isinstance(leaf, str):
+            t = type(leaf)
+            # The common leaves that hold no text first: small ints, floats, bools, None.
+            if (t is int and -100_000_000 < leaf < 100_000_000) or t is float or t is bool:
+                continue
+            if leaf is None:
+                continue
+            if t is str or isinstance(leaf, str):
                 if len(leaf) <= 2:
                     continue
                 if leaf in seen:
@@ -74,3 +98,36 @@ def gather_text(value: Any, limit: int) -> str:
         if size >= limit:
             break
     return "\n".join(parts)
+
+
+def run_detectors(
+    detectors: Sequence[Detector], text: str
+) -> tuple[tuple[str | None, tuple[str, ...]], bool]:
+    """((highest level found, detector names), pure) for ``text``: each detector's
+    ``detect``, except that :class:`RegexDetector` pre-checks (``needs``) run once per
+    distinct pattern (four built-ins need a digit: one search, not four). ``pure``: every
+    detector was a :class:`RegexDetector` (a function of the text alone), so the answer
+    holds for the same text again."""
+    pure = True
+    checked: dict[Any, bool] = {}
+    found: list[str] = []
+    top = -1
+    for d in detectors:
+        if type(d) is RegexDetector:
+            needs = d.needs
+            if needs is not None:
+                ok = checked.get(needs)
+                if ok is None:
+                    ok = checked[needs] = needs.search(text) is not None
+                if not ok:
+                    continue
+            hit = d.matches(text)
+        else:
+            pure = False
+            hit = d.detect(text)
+        if hit:
+            found.append(d.name)
+            r = RANK[d.level]
+            if r > top:
+                top = r
+    return ((LEVELS[top] if top >= 0 else None), tuple(found)), pure
