@@ -592,3 +592,38 @@ class TestPrune:
         assert parse_duration("2d") == 172800
         with pytest.raises(Exception, match="30d"):
             parse_duration("soon")
+
+
+def test_the_wal_stays_bounded_while_runs_keep_committing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back-to-back runs on one open store: the background checkpointer starts the WAL over
+    (PASSIVE then TRUNCATE), so the -wal file never grows with the number of runs. With
+    PASSIVE alone the WAL never restarted and grew by every run's writes."""
+    from xlib_pipeline import _commit
+
+    monkeypatch.setattr(_commit.Checkpointer, "WAL_CHECKPOINT_BYTES", 256 << 10)
+    db = tmp_path / "runs.sqlite"
+    wal = Path(str(db) + "-wal")
+    p = Pipeline("wal")
+    for k in range(200):
+        p.add_task(f"t{k}", lambda: os.urandom(2_000))
+    sizes = []
+    runs = 0
+    with manager(db) as pm:
+        end = time.monotonic() + 3  # a dozen checkpointer ticks, runs back to back
+        while time.monotonic() < end:
+            assert pm.execute_pipeline(p).success
+            runs += 1
+            sizes.append(wal.stat().st_size)
+        deadline = time.monotonic() + 10
+        while wal.stat().st_size >= 256 << 10 and time.monotonic() < deadline:
+            time.sleep(0.05)  # idle: the next tick checkpoints and truncates
+        idle = wal.stat().st_size
+    # Never the sum of every run's writes (what PASSIVE alone let it become: the first
+    # run's WAL times the runs), at most what a few ticks' runs add.
+    assert runs > 12 and max(sizes) < runs * sizes[0] / 3, (runs, sizes)
+    assert idle < 256 << 10, (idle, sizes)
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == runs * 200
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

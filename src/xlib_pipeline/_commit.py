@@ -318,9 +318,18 @@ def _statements(table: _Table, rows: list[tuple[Any, ...]]) -> list[tuple[str, l
 
 
 class Checkpointer:
-    """Checkpoints the WAL from a daemon thread once it passes ``WAL_CHECKPOINT_BYTES``."""
+    """Keeps the WAL bounded, from a daemon thread, off the commit path.
+
+    Once the WAL file passes ``WAL_CHECKPOINT_BYTES``: a PASSIVE checkpoint copies what it
+    can without ever blocking the writer, then a TRUNCATE checkpoint copies the frames
+    committed meanwhile and starts the WAL over from size zero. The TRUNCATE waits at most
+    ``RESTART_WAIT_MS`` for the commit in flight (else it is retried at the next tick) and
+    holds the next commit only while it copies that short tail. PASSIVE alone never catches
+    up under back-to-back commits: the WAL never restarted, and grew by ~7 MB per
+    10,000-task run for as long as the store was open."""
 
     WAL_CHECKPOINT_BYTES = 8 << 20
+    RESTART_WAIT_MS = 50
 
     def __init__(self, store: Any) -> None:
         self._stop = threading.Event()
@@ -335,6 +344,7 @@ class Checkpointer:
             try:
                 if os.stat(wal).st_size >= self.WAL_CHECKPOINT_BYTES:
                     store.checkpoint()
+                    store.checkpoint("TRUNCATE", wait_ms=self.RESTART_WAIT_MS)
             except (OSError, StoreError):
                 pass  # retried at the next tick; close() truncates the WAL
 

@@ -203,10 +203,22 @@ class RunStore(_lease.LeaseMixin):
 
         return prune_runs(self, **options)
 
-    def checkpoint(self) -> None:
-        """Copy the WAL back into the database file (PASSIVE: never blocks writers)."""
+    def checkpoint(self, mode: str = "PASSIVE", *, wait_ms: int | None = None) -> bool:
+        """Copy the WAL back into the database file: ``PASSIVE`` never blocks writers;
+        ``TRUNCATE`` also starts the WAL over from size zero, waiting at most ``wait_ms``
+        (default: the busy timeout) for writers and readers. Whether it completed."""
+        if mode not in ("PASSIVE", "TRUNCATE"):
+            raise ValueError(f"checkpoint mode must be PASSIVE or TRUNCATE, got {mode!r}")
         with self._reading() as c:
-            c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if wait_ms is None:
+                busy = c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+            else:
+                c.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+                try:
+                    busy = c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+                finally:
+                    c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        return not busy
 
     # -- recording (called by the scheduler's store observer) -----------------------------
 

@@ -207,8 +207,9 @@ class PostgresStore(StoreLeases):
         finally:
             self.pool.close()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, mode: str = "PASSIVE", *, wait_ms: int | None = None) -> bool:
         """Nothing to do: the server checkpoints its WAL itself."""
+        return True
 
     def open_cache(self) -> Any:
         """The result cache's table in this database (shared by every driver on it)."""
