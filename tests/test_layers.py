@@ -168,3 +168,13 @@ def test_exception_finder_sees_a_class_outside(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("class Oops(ValueError):\n    pass\nclass Fine:\n    pass\n")
     assert exception_classes(src) == ["Oops"]
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """Issue 15's size rule, for the core and every first-party plugin."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in CORE + PLUGIN_SOURCES
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, f"modules over 500 lines: {long}"

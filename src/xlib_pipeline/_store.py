@@ -4,13 +4,10 @@ It records each run (id, pipeline, structure fingerprint, parameters, status, ti
 task state transition and failed attempt, and each finished task's output (pickled, then
 passed through the ``encrypt`` hook; read back through ``decrypt``).
 
-Writes use group commit without a window (:mod:`._group_commit`): a record is committed as soon as
-no commit is in flight, and records arriving during a commit form the next batch. The
-scheduler starts no successor of a task before the task's outcome and output are committed,
-so after a crash at any instant the file opens cleanly, every task recorded as finished has
-its output and all its upstreams recorded too, and only the tasks in flight re-run. In WAL
-mode with ``synchronous=NORMAL`` a commit survives the process being killed; a power failure
-may lose the last commits (``synchronous: "full"`` makes every commit durable).
+Writes use group commit without a window (:mod:`._group_commit`); no successor of a task
+starts before its outcome and output are committed, so after a crash at any instant only the
+tasks in flight re-run (docs/run-store.md, "Crash guarantees"). ``synchronous=NORMAL``
+survives a killed process; ``"full"`` also a power failure.
 
 Files are created 0600 and their folder 0700: the store holds outputs and error texts.
 """
@@ -31,7 +28,6 @@ import attrs
 from . import _lease
 from ._blobs import BlobStore, blobs_section
 from ._commit import FOLDED_ORDER, LOG, Checkpointer, Committer
-from ._lease import RunLeasedError as RunLeasedError
 from ._records import PayloadRef
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
 from ._store_file import _connect
@@ -41,6 +37,7 @@ from ._store_file import load_output as load_output
 from ._store_file import payload_ref as payload_ref
 from ._store_file import store_section as store_section
 from ._tables import CacheTable, CheckpointTable
+from .exceptions import RunLeasedError as RunLeasedError
 from .exceptions import StoreError
 
 
@@ -204,21 +201,18 @@ class RunStore(_lease.LeaseMixin):
         return prune_runs(self, **options)
 
     def checkpoint(self, mode: str = "PASSIVE", *, wait_ms: int | None = None) -> bool:
-        """Copy the WAL back into the database file: ``PASSIVE`` never blocks writers;
-        ``TRUNCATE`` also starts the WAL over from size zero, waiting at most ``wait_ms``
-        (default: the busy timeout) for writers and readers. Whether it completed."""
+        """Copy the WAL back into the file: ``PASSIVE`` never blocks writers; ``TRUNCATE``
+        also starts the WAL over from size zero, waiting at most ``wait_ms`` (default: the
+        busy timeout) for writers and readers. Whether it completed."""
         if mode not in ("PASSIVE", "TRUNCATE"):
             raise ValueError(f"checkpoint mode must be PASSIVE or TRUNCATE, got {mode!r}")
+        busy_ms = int(self.busy_timeout_ms)
         with self._reading() as c:
-            if wait_ms is None:
-                busy = c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-            else:
-                c.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
-                try:
-                    busy = c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-                finally:
-                    c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        return not busy
+            c.execute(f"PRAGMA busy_timeout = {busy_ms if wait_ms is None else int(wait_ms)}")
+            try:
+                return not c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+            finally:
+                c.execute(f"PRAGMA busy_timeout = {busy_ms}")
 
     # -- recording (called by the scheduler's store observer) -----------------------------
 
