@@ -269,11 +269,7 @@ class StoreRecorder(Observer):
             )
             if not self.sealing:
                 return atom, None
-            try:
-                ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
-                return self.hooks.encrypt(data=atom, ref=ref), None
-            except BaseException as error:  # never fall back to plaintext
-                return None, error
+            return self._seal(atom, ctx.run_id, pipeline, task.name, tenant)
 
         def sealer() -> Any:  # asked only when the output goes to a blob
             ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
@@ -303,9 +299,16 @@ class StoreRecorder(Observer):
             )
         if not self.sealing:
             return raw, None
+        return self._seal(raw, ctx.run_id, pipeline, task.name, tenant)
+
+    def _seal(
+        self, data: bytes, run_id: str, pipeline: str, task: str, tenant: str | None
+    ) -> tuple[bytes | None, BaseException | None]:
+        """``data`` through the ``encrypt`` hook; on failure the error, never plaintext."""
         try:
-            ref = payload_ref(ctx.run_id, pipeline, task.name, tenant)
-            return self.hooks.encrypt(data=raw, ref=ref), None
+            return self.hooks.encrypt(
+                data=data, ref=payload_ref(run_id, pipeline, task, tenant)
+            ), None
         except BaseException as error:  # never fall back to plaintext
             return None, error
 
