@@ -17,6 +17,7 @@ from xlib_pipeline import (
 )
 
 from ._canonical import digest
+from ._general import prerender
 from ._settings import error_class, now_iso
 from ._task_records import Quick, TaskRecords, TaskTexts
 
@@ -141,6 +142,17 @@ class Recorder:
         self._last: tuple[Any, AuditRun | None] = (None, None)
         #: Per-task metadata of recent plans (see AuditRun), by actor, pipeline, tenant ...
         self._metas: dict[Any, Any] = {}
+        #: Shapes of the general records (run.started, run.finished, stream.*) by key tuple.
+        self._shapes: dict[Any, Any] = {}
+
+    def _fast(self, trail: Any, rec: dict[str, Any]) -> Any:
+        """``rec`` pre-rendered when no processor has to see it (same bytes), else as is."""
+        if not trail.prerendered:
+            return rec
+        fields = rec
+        if "seq" in rec:  # stream.batch's: the chain's own seq replaces it (general path too)
+            fields = {k: v for k, v in rec.items() if k != "seq"}
+        return prerender(fields, self._shapes) or rec
 
     def _base(self, st: AuditRun, action: str, outcome: str | None) -> dict[str, Any]:
         return {
@@ -193,7 +205,7 @@ class Recorder:
         # Held for the run's next write (its first task.started, which must be written
         # before that body anyway: guarantee (a)), or the run's end: one write(2) per run
         # fewer, and nothing of the run happened in between.
-        writer.hold(rec)
+        writer.hold(self._fast(writer, rec))
         # A stale lease this run took over (its owner died): who held it is audited.
         for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
             lease = self._base(st, "run.lease_taken_over", "taken_over")
@@ -218,7 +230,8 @@ class Recorder:
         if self._last[0] is run:
             self._last = (None, None)
         trail = self._plugin.writer()
-        trail.append(rec, wait=True)  # with every record held for a lane's next write
+        # With every record held for a lane's next write.
+        trail.append(self._fast(trail, rec), wait=True)
         if "stream" not in run.params:  # a stream's batches sync as configured (fsync)
             trail.sync()
             self._plugin.checkpoint(force=True)
@@ -245,7 +258,7 @@ class Recorder:
         if info.get("error"):
             rec["error_class"] = str(info["error"]).split(":", 1)[0]
         trail = self._plugin.writer()
-        trail.append(rec)
+        trail.append(self._fast(trail, rec))
         if event != "batch":
             trail.sync()
 

@@ -1,0 +1,144 @@
+"""General records (run.started, run.finished, stream.*) pre-rendered with the general
+encoder's very bytes: a stream writes three per micro-batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from xlib_pipeline_audit import AuditPlugin, _general, _recorder, verify
+from xlib_pipeline_audit._canonical import CHAIN_VERSION, GENESIS, canonical
+from xlib_pipeline_audit._render import body_of
+
+from xlib_pipeline import Pipeline, PipelineManager
+
+_strings = st.text(st.characters(codec=None, exclude_categories=()), max_size=8) | st.sampled_from(
+    ["", '"', "\x00\x1f", "é😀", "%s%%", "\ud800", "v", "prev"]
+)
+_ints = st.integers(-(2**60), 2**60) | st.sampled_from([2**53, -(2**53), 2**53 - 1, 1 - 2**53])
+_scalars = (
+    st.none() | st.booleans() | _ints | st.floats() | _strings | st.sampled_from([5.0, 1e16, 1e-5])
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(_strings, inner, max_size=3)
+        | st.tuples(inner)
+    ),
+    max_leaves=10,
+)
+_keys = st.sampled_from(
+    ["action", "actor", "counts", "duration_ms", "offsets", "prev", "run_id", "seqq", "stream",
+     "ts", "u", "v", "zz", "A", "_", "é"]
+)  # fmt: skip
+
+
+def _reference(record: dict[str, Any], seq: int, prev: str) -> bytes | None:
+    try:
+        return canonical({**record, "seq": seq, "prev": prev, "v": CHAIN_VERSION}).encode()
+    except (TypeError, ValueError):
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    record=st.dictionaries(_keys, _values, max_size=8),
+    seq=st.integers(1, 2**40),
+    prev=st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+@example(record={"counts": {"succeeded": 4}, "duration_ms": 1.234}, seq=1, prev=GENESIS)
+@example(record={"stream": {"offsets": [1, "a"], "é": 1}}, seq=1, prev=GENESIS)
+@example(record={"n": {"b": 2.0, "a": [1e16, 0.1]}}, seq=3, prev=GENESIS)
+def test_a_pre_rendered_general_record_is_the_canonical_encoders_bytes(
+    record: dict[str, Any], seq: int, prev: str
+) -> None:
+    """Pre-rendered, a record is byte-identical to the general encoder; or it stays a dict
+    (the general encoder decides); or both refuse it (a lone surrogate)."""
+    rendered = _general.prerender(record, {})
+    if rendered is None:
+        return
+    want = _reference(record, seq, prev)
+    try:
+        got: bytes | None = body_of(rendered, seq, prev).encode()
+    except UnicodeEncodeError:
+        got = None
+    assert got == want
+
+
+def test_a_streams_records_are_pre_rendered() -> None:
+    shapes: dict[Any, Any] = {}
+    batch = {
+        "ts": "2026-12-03T09:00:00.000000Z",
+        "actor": "alice",
+        "tenant": None,
+        "pipeline": "p",
+        "run_id": "r1",
+        "task": None,
+        "action": "stream.batch",
+        "outcome": "committed",
+        "error_class": None,
+        "stream": "s",
+        "seq": 3,
+        "offsets": ["10", "20"],
+        "records": 10,
+        "outputs": 10,
+        "late": 0,
+        "dead": 0,
+        "lag": None,
+    }
+    # "seq" is the batch's own key here, not the chain's: the chain's "seq" is added.
+    assert _general.prerender(batch, shapes) is None  # a key a shape cannot hold
+    del batch["seq"]
+    finished = {**batch, "action": "run.finished", "counts": {"succeeded": 4}, "duration_ms": 0.9}
+    started = {**batch, "action": "run.started", "stream": {"name": "s", "offsets": [1, 2]}}
+    for rec in (batch, finished, started):
+        rendered = _general.prerender(rec, shapes)
+        assert isinstance(rendered, list), rec
+        assert body_of(rendered, 5, GENESIS) == canonical(
+            {**rec, "seq": 5, "prev": GENESIS, "v": CHAIN_VERSION}
+        )
+    assert len(shapes) == 2  # batch and started have the same keys: one shape
+
+
+def _double(batch: list[int]) -> list[int]:
+    return [x * 2 for x in batch]
+
+
+def test_a_streams_trail_verifies_and_holds_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run.started, run.finished and stream.* record of a stream takes the fast path;
+    the trail verifies (each line is the general encoder's bytes of what it holds)."""
+    seen: list[tuple[str, bool]] = []
+
+    def spy(record: Any, shapes: Any) -> Any:
+        out = _general.prerender(record, shapes)
+        seen.append((record["action"], out is not None))
+        return out
+
+    monkeypatch.setattr(_recorder, "prerender", spy)
+    path = tmp_path / "audit.jsonl"
+    p = Pipeline("s")
+    p.add_task("double", _double)
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}, "audit": {"path": str(path)}}
+    with PipelineManager(config, entry_points=False, plugins=[AuditPlugin()]) as pm:
+        s = pm.stream(p, source=list(range(25)), batch_size=10)
+        assert s.status == "completed", s.error
+    report = verify(path)
+    assert report.ok, str(report)
+    lines = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    batches = [r for r in lines if r["action"] == "stream.batch"]
+    assert len(batches) == 3 and all(b["records"] in (10, 5) for b in batches)
+    started = [r for r in lines if r["action"] == "run.started"]
+    finished = [r for r in lines if r["action"] == "run.finished"]
+    assert len(started) == len(finished) == 3
+    assert [r["stream"]["batch"] for r in started] == [1, 2, 3]
+    assert all(r["counts"] and r["duration_ms"] >= 0 for r in finished)
+    assert {a for a, _ in seen} == {"run.started", "run.finished", "stream.batch",
+                                    "stream.started", "stream.completed"}  # fmt: skip
+    assert all(fast for _, fast in seen), seen
