@@ -627,3 +627,38 @@ def test_the_wal_stays_bounded_while_runs_keep_committing(
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == runs * 200
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_wal_restarts_on_the_writers_connection_between_its_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TRUNCATE checkpoint runs on the writer's own connection, queued between two of
+    its commits: from another connection it took the write lock, and a commit arriving then
+    slept in SQLite's busy handler (1, 2, 5, 10 ms ...: a stream batch waited 9-21 ms)."""
+    from xlib_pipeline import _commit
+
+    monkeypatch.setattr(_commit.Checkpointer, "WAL_CHECKPOINT_BYTES", 64 << 10)
+    db = tmp_path / "runs.sqlite"
+    wal = Path(str(db) + "-wal")
+    p = Pipeline("wal")
+    for k in range(50):
+        p.add_task(f"t{k}", lambda: os.urandom(2_000))
+    on_writer: list[str] = []
+    with manager(db) as pm:
+        store = pm.store
+        assert isinstance(store, RunStore)
+        conn = store._committer.connection()
+        conn.set_trace_callback(lambda sql: on_writer.append(sql) if "TRUNCATE" in sql else None)
+        end = time.monotonic() + 2
+        runs = 0
+        while time.monotonic() < end or (not on_writer and runs < 1000):
+            assert pm.execute_pipeline(p).success
+            runs += 1
+        assert on_writer, "no TRUNCATE checkpoint ran on the writer's connection"
+        deadline = time.monotonic() + 10
+        while wal.stat().st_size >= 64 << 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert wal.stat().st_size < 64 << 10
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == runs * 50
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
