@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -503,3 +504,34 @@ def test_connections_creating_one_new_store_at_once_all_open_it(tmp_path: Path) 
         for t in threads:
             t.join()
         assert errors == [], errors[0]
+
+
+def test_runs_record_their_managers_config_encoded_once_per_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run of a manager records the same validated config: encoded once (a stream
+    records it for every micro-batch); another manager's runs record their own."""
+    from xlib_pipeline import _store_recorder
+
+    encoded: list[Any] = []
+    real = _store_recorder._jsonable
+
+    def spy(value: Any) -> str:
+        encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(_store_recorder, "_jsonable", spy)
+    p = Pipeline("cfg")
+    p.add_task("a", lambda: 1)
+    stores = [tmp_path / "one.sqlite", tmp_path / "two.sqlite"]
+    ids: list[list[str]] = [[], []]
+    for i, db in enumerate(stores):
+        with PipelineManager({"store": {"path": str(db)}, "max_workers": i + 1}) as pm:
+            for _ in range(3):
+                ids[i].append(pm.execute_pipeline(p).run_id)
+            configs = [c for c in encoded if isinstance(c, dict) and "store" in c]
+            assert len(configs) == i + 1, configs  # once per manager's config
+            for rid in ids[i]:
+                rec = pm.store.get_run(rid)
+                assert rec.config["store"]["path"] == str(db)
+                assert rec.config.get("max_workers") == i + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import pickle
 from datetime import UTC, date, datetime
 
@@ -20,6 +21,39 @@ from xlib_pipeline import (
     plan,
 )
 from xlib_pipeline._context import call_spec, params_json
+
+
+class _Flag(enum.IntEnum):
+    ON = 1
+
+
+class _Name(str):
+    pass
+
+
+class _Count(int):
+    pass
+
+
+def _reference_json(value):
+    """params_json's value walk as it was (isinstance checks only): the model."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _reference_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reference_json(v) for v in value]
+    return repr(value)
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _leaves(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [value]
 
 
 def etl() -> Pipeline:
@@ -270,6 +304,31 @@ class TestStoreAndResume:
         out = params_json({"d": date(2024, 5, 1), "t": (1, 2), "s": {2, 1}, "o": object()})
         assert out["d"] == "2024-05-01" and out["t"] == [1, 2] and out["s"] == [1, 2]
         assert out["o"].startswith("<object")
+
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False)
+            | st.text()
+            | st.dates()
+            | st.sampled_from([_Flag.ON, _Name("n"), _Count(3)]),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.lists(inner, max_size=3).map(tuple)
+                | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+            ),
+            max_leaves=10,
+        )
+    )
+    def test_params_json_answers_as_the_isinstance_walk(self, value):
+        """The exact-type fast path gives what the isinstance walk gave (subclasses of
+        str, int and bool, dates, tuples and nested values included)."""
+        assert params_json({"v": value}) == {"v": _reference_json(value)}
+        assert [type(x) for x in _leaves(params_json({"v": value}))] == [
+            type(x) for x in _leaves({"v": _reference_json(value)})
+        ]
 
 
 class TestCompiledOnce:

@@ -347,7 +347,17 @@ def params_json(params: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): _json_value(v) for k, v in params.items()}
 
 
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
 def _json_value(value: Any) -> Any:
+    t = type(value)
+    if t in _PLAIN:  # exact types first: a stream batch's params are these, a dict, a list
+        return value
+    if t is dict:
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if t is list:
+        return [_json_value(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, datetime | date):

@@ -63,6 +63,21 @@ def _jsonable(value: Any) -> str:
 
 
 _STRUCTURES: dict[tuple[str, str, int], str] = {}
+#: The last config encoded for a runs row, and its text: every run of a manager (every
+#: micro-batch of a stream: 12 us each) records the same validated config.
+_CONFIG: tuple[Any, str] = (None, "")
+
+
+def _config_json(raw: Mapping[str, Any]) -> str:
+    """``raw`` (a manager's validated config) as the runs row stores it, encoded once per
+    config object."""
+    global _CONFIG
+    last = _CONFIG
+    if last[0] is raw:
+        return last[1]
+    text = _jsonable(dict(raw))
+    _CONFIG = (raw, text)
+    return text
 
 
 def structure_json(plan: Plan) -> str:
@@ -135,7 +150,7 @@ class StoreRecorder(Observer):
                 "tenant": ctx.tenant_id,
                 "principal": ctx.principal or _user(),
                 "params": _jsonable(params_json(ctx.params)),
-                "config": _jsonable(dict(ctx.config.raw)),
+                "config": _config_json(ctx.config.raw),
                 "source": self.source,
                 "executor": ctx.executor,
                 "status": "running",
