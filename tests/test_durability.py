@@ -662,3 +662,37 @@ def test_the_wal_restarts_on_the_writers_connection_between_its_commits(
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == runs * 50
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_failed_wal_truncate_is_retried_at_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SQLite error from the writer-side TRUNCATE (it is re-raised by the committer) must
+    not end the checkpointer thread: the next tick truncates the WAL."""
+    import sqlite3 as _sqlite3
+
+    from xlib_pipeline import _commit
+
+    monkeypatch.setattr(_commit.Checkpointer, "WAL_CHECKPOINT_BYTES", 64 << 10)
+    real = _commit.Checkpointer._truncate
+    failed: list[int] = []
+
+    def flaky(self: Any, conn: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise _sqlite3.OperationalError("disk I/O error (injected)")
+        real(self, conn)
+
+    monkeypatch.setattr(_commit.Checkpointer, "_truncate", flaky)
+    db = tmp_path / "runs.sqlite"
+    wal = Path(str(db) + "-wal")
+    p = Pipeline("wal_retry")
+    for k in range(50):
+        p.add_task(f"t{k}", lambda: os.urandom(2_000))
+    with manager(db) as pm:
+        for _ in range(5):
+            assert pm.execute_pipeline(p).success
+        deadline = time.monotonic() + 10
+        while (not failed or wal.stat().st_size >= 64 << 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert failed and wal.stat().st_size < 64 << 10

@@ -346,7 +346,7 @@ class Checkpointer:
                 if os.stat(wal).st_size >= self.WAL_CHECKPOINT_BYTES:
                     store.checkpoint()
                     store._committer.exclusive(self._truncate)
-            except (OSError, StoreError):
+            except (OSError, sqlite3.Error, StoreError):
                 pass  # retried at the next tick; close() truncates the WAL
 
     def _truncate(self, conn: sqlite3.Connection) -> None:
