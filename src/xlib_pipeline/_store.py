@@ -200,19 +200,11 @@ class RunStore(_lease.LeaseMixin):
 
         return prune_runs(self, **options)
 
-    def checkpoint(self, mode: str = "PASSIVE", *, wait_ms: int | None = None) -> bool:
-        """Copy the WAL back into the file: ``PASSIVE`` never blocks writers; ``TRUNCATE``
-        also starts the WAL over from size zero, waiting at most ``wait_ms`` (default: the
-        busy timeout) for writers and readers. Whether it completed."""
-        if mode not in ("PASSIVE", "TRUNCATE"):
-            raise ValueError(f"checkpoint mode must be PASSIVE or TRUNCATE, got {mode!r}")
-        busy_ms = int(self.busy_timeout_ms)
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database file (PASSIVE: never blocks writers; the
+        background checkpointer then restarts the WAL on the writer's connection)."""
         with self._reading() as c:
-            c.execute(f"PRAGMA busy_timeout = {busy_ms if wait_ms is None else int(wait_ms)}")
-            try:
-                return not c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-            finally:
-                c.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            c.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- recording (called by the scheduler's store observer) -----------------------------
 

@@ -207,9 +207,8 @@ class PostgresStore(StoreLeases):
         finally:
             self.pool.close()
 
-    def checkpoint(self, mode: str = "PASSIVE", *, wait_ms: int | None = None) -> bool:
+    def checkpoint(self) -> None:
         """Nothing to do: the server checkpoints its WAL itself."""
-        return True
 
     def open_cache(self) -> Any:
         """The result cache's table in this database (shared by every driver on it)."""
