@@ -57,7 +57,16 @@ def _whole(stream: Any, info: dict[str, Any], ts: float, namespace: str, produce
 
 
 _names = st.text(max_size=8) | st.sampled_from(["\x00time", "\x00facet", 'a"b', "é😀", ""])
-_offsets = st.one_of(st.none(), st.integers(), st.text(max_size=6), st.lists(st.integers()))
+_scalars = st.one_of(
+    st.none(), st.integers(), st.text(max_size=6), st.booleans(), st.floats(), st.just(2**70)
+)
+# a broker batch's brief offset is a dict; anything else json.dumps renders with str()
+_offsets = st.one_of(
+    _scalars,
+    st.lists(_scalars, max_size=4),
+    st.dictionaries(st.text(max_size=4), _scalars, max_size=3),
+    st.builds(object),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -70,7 +79,7 @@ _offsets = st.one_of(st.none(), st.integers(), st.text(max_size=6), st.lists(st.
     seq=st.integers(1, 2**40),
     offsets=st.tuples(_offsets, _offsets),
     counts=st.tuples(*[st.integers(0, 10**6)] * 4),
-    lag=st.none() | st.integers(0, 10**9),
+    lag=_scalars,
     ts=st.floats(0, 4e9),
 )
 def test_a_running_event_is_the_whole_events_text(
@@ -82,7 +91,7 @@ def test_a_running_event_is_the_whole_events_text(
     seq: int,
     offsets: tuple[Any, Any],
     counts: tuple[int, int, int, int],
-    lag: int | None,
+    lag: Any,
     ts: float,
 ) -> None:
     stream = _Stream(name, run_id, job)

@@ -113,12 +113,13 @@ def batched_file_transport() -> type[Any]:
                 if chunk.done == 0:  # the common case: one write takes it all
                     n = f.write(data)
                     chunk.done = size if n is None else n
-                view = memoryview(data)
-                while chunk.done < size:
-                    n = f.write(view[chunk.done :])
-                    if n == 0:
-                        raise OSError(errno.EIO, "the file took no bytes")
-                    chunk.done = size if n is None else chunk.done + n
+                if chunk.done < size:
+                    view = memoryview(data)
+                    while chunk.done < size:
+                        n = f.write(view[chunk.done :])
+                        if n == 0:
+                            raise OSError(errno.EIO, "the file took no bytes")
+                        chunk.done = size if n is None else chunk.done + n
                 f.flush()
             except OSError as exc:
                 _cut_torn_line(f, chunk)

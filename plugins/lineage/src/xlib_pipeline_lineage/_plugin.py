@@ -41,6 +41,7 @@ from . import _evidence as evidence
 from ._emit import Batch, Chunk, Sink, report
 from ._layout import Layout
 from ._run_state import LINEAGE_RUN, RunState
+from ._streams import stream_event
 
 _SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
 
@@ -270,8 +271,6 @@ class _Recorder:
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
-        from ._streams import stream_event
-
         p = self.p
         line = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
         if line is None:

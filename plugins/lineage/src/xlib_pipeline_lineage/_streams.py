@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from . import _events as ev
@@ -49,12 +50,24 @@ def stream_event(
     etype = _TYPES.get(event)
     if etype is None or not stream.stream_run_id:
         return None
-    facet: dict[str, Any] = {
-        "_producer": producer,
-        "_schemaURL": STREAM_FACET_SCHEMA,
-        "stream": stream.name,
-        "status": event,
-    }
+    if event == "batch":
+        # One per committed micro-batch: the rest of the event is the same for every
+        # batch of the stream, rendered once, and so is the stream facet's text up to its
+        # batch number (the same text json.dumps gives: a nested value's text does not
+        # depend on what is around it).
+        key = (str(stream.stream_run_id), str(stream.pipeline.name), namespace, producer)
+        parts = _RUNNING.get(key) or _running_parts(key)
+        if parts is not None:
+            head = _HEADS.get((producer, stream.name)) or _facet_head(producer, stream.name)
+            return (
+                f'{parts[0]}"{ev.iso(time.time())}"{parts[1]}{head}{int(info["seq"])}'
+                f', "batchRunId": {_str(str(info["run_id"]))}'
+                f', "offsets": {_json(list(info["offsets"]))}'
+                f', "records": {int(info["records"])}, "outputs": {int(info["outputs"])}'
+                f', "late": {int(info["late"])}, "dead": {int(info["dead"])}'
+                f', "lag": {_json(info.get("lag"))}}}{parts[2]}'
+            )
+    facet = _facet(producer, stream.name, event)
     if event == "batch":
         facet.update(
             batch=int(info["seq"]),
@@ -66,19 +79,6 @@ def stream_event(
             dead=int(info["dead"]),
             lag=info.get("lag"),
         )
-        # One per committed micro-batch: the rest of the event is the same for every
-        # batch of the stream, rendered once (the same text json.dumps gives: a nested
-        # value's text does not depend on what is around it).
-        key = (str(stream.stream_run_id), str(stream.pipeline.name), namespace, producer)
-        parts = _RUNNING.get(key) or _running_parts(key)
-        if parts is not None:
-            return (
-                parts[0]
-                + json.dumps(ev.iso(time.time()))
-                + parts[1]
-                + json.dumps(facet, default=str)
-                + parts[2]
-            )
     elif event == "started":
         facet.update(source=str(info["source"]), sink=str(info["sink"]))
     else:
@@ -97,6 +97,59 @@ def stream_event(
         job_facets={"jobType": job_type_facet(producer)},
     )
     return json.dumps(out, default=str)
+
+
+#: ``json.dumps(value, default=str)`` without building an encoder per call (what
+#: ``json.dumps`` does when given ``default``), and the encoding of a str it applies.
+_dumps = json.JSONEncoder(default=str).encode
+_str = encode_basestring_ascii
+#: How json.dumps renders a value of each of these exact types (offsets and lag are these).
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    type(None): lambda _: "null",
+    int: int.__repr__,
+    str: encode_basestring_ascii,
+}
+
+
+def _json(value: Any) -> str:
+    """``json.dumps(value, default=str)``; a None, int or str, or a list of them (a
+    batch's offsets), without the encoder (building one costs more than the text)."""
+    scalar = _SCALARS.get(type(value))
+    if scalar is not None:
+        return scalar(value)
+    if type(value) is list:
+        texts = []
+        for x in value:
+            scalar = _SCALARS.get(type(x))
+            if scalar is None:
+                return _dumps(value)
+            texts.append(scalar(x))
+        return f"[{', '.join(texts)}]"
+    return _dumps(value)
+
+
+#: The stream facet's text up to its batch number, by (producer, stream name). Bounded.
+_HEADS: dict[tuple[Any, Any], str] = {}
+
+
+def _facet(producer: str, name: Any, event: str) -> dict[str, Any]:
+    """The stream facet's first entries (the rest depends on the event)."""
+    return {
+        "_producer": producer,
+        "_schemaURL": STREAM_FACET_SCHEMA,
+        "stream": name,
+        "status": event,
+    }
+
+
+def _facet_head(producer: str, name: Any) -> str:
+    """The text of a batch's stream facet up to its batch number: ``json.dumps`` of
+    :func:`_facet` less its closing brace, then ``, "batch": ``."""
+    head = json.dumps(_facet(producer, name, "batch"), default=str)[:-1] + ', "batch": '
+    if len(_HEADS) >= 64:
+        _HEADS.clear()
+    _HEADS[(producer, name)] = head
+    return head
 
 
 def _running_parts(key: tuple[str, str, str, str]) -> tuple[str, str, str] | None:
