@@ -174,6 +174,34 @@ class TestPolicy:
         assert cap.stash.outputs["b"].level == "restricted"
         assert cap.stash.outputs["b"].inherited_from == "a"
 
+    def test_runs_of_one_version_share_its_declarations_not_their_levels(self):
+        """Each run gets its own levels (PII found in one run does not leak into the
+        next); what the tasks declare is read once per pipeline version and default."""
+        p = Pipeline("shared")
+        data = {"v": "ann@example.org"}
+        p.add_task("a", lambda: data["v"])
+        p.add_task("b", lambda x: x, depends_on=["a"], classification="public")
+        cap = Capture()
+        plugin = ClassificationPlugin()
+        pm = PipelineManager(
+            {"classification": {"detect_pii": True}}, entry_points=False, plugins=[plugin, cap]
+        )
+        pm.execute_pipeline(p)
+        first, plan = cap.stash, plugin.plans._last
+        assert first.outputs["b"].level == "confidential"
+        assert first.outputs["b"].inherited_from == "a"
+        data["v"] = "nothing here"
+        pm.execute_pipeline(p)
+        assert cap.stash is not first
+        assert cap.stash.outputs["a"] == OutputLevel(level="internal")
+        assert cap.stash.outputs["b"] == OutputLevel(
+            level="internal", declared="public", inherited_from="a"
+        )
+        assert first.outputs["b"].level == "confidential"  # the first run's, unchanged
+        assert plan is not None and plugin.plans._last is plan  # read once, for both runs
+        other = plugin.plans.plan(plan.tasks, "public")  # another default: read again
+        assert other is not plan and other.declared["a"][0] == RANK["public"]
+
     def test_level_is_there_for_other_plugins_after_task(self):
         """Another plugin's after_task already sees the level (classification is tryfirst)."""
         seen = {}

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xlib_pipeline_classification import ClassificationPlugin, RegexDetector, builtin_detectors
-from xlib_pipeline_classification._scan import MAX_DEPTH, gather_text
+from xlib_pipeline_classification._scan import MAX_DEPTH, _records, _walk, gather_text
 
 # Text likely to hold (or nearly hold) PII: digits, separators, '@', dots, letters.
 _ALPHABET = "0123456789 -.+()@abxyzAB"
@@ -122,6 +122,67 @@ def test_records_keys_are_gathered_once():
     rows = [{"id": i, "note": "payment", "email": f"u{i}@x.org"} for i in range(3)]
     parts = gather_text(rows, 1000).split("\n")
     assert sorted(parts) == sorted(["note", "payment", "email", "u0@x.org", "u1@x.org", "u2@x.org"])
+
+
+class _Str(str):
+    """A str subclass: walked as a string, but not by the records' fast path."""
+
+
+_keys = st.one_of(
+    st.sampled_from(["id", "amount", "note", "email", "abc", "payment", 7, (1, 2)]), leaf_text
+)
+_flat = st.one_of(
+    leaf_text,
+    st.sampled_from(["payment", "note", "abc", "ab", "", "ann@example.org", _Str("a@b.co")]),
+    st.integers(-(10**10), 10**10),
+    st.sampled_from([99_999_999, 100_000_000, -99_999_999, -100_000_000, True, False]),
+    st.none(),
+    st.floats(allow_nan=False),
+)
+
+
+@st.composite
+def _record_batches(draw: Any) -> list[Any]:
+    """Mostly records of one schema (the fast path), some with fewer keys; sometimes a
+    key the last record lacks, a nested value or an element that is not a dict (the
+    general walk answers those)."""
+    keys = draw(st.lists(_keys, unique=True, max_size=4))
+    rows: list[Any] = []
+    for _ in range(draw(st.integers(1, 8))):
+        own = [k for k in keys if draw(st.integers(0, 5))] if rows else keys
+        rows.append({k: draw(_flat) for k in own})
+    rows.reverse()  # the walk starts from the last record: the one with every key
+    if draw(st.integers(0, 3)) == 0:
+        odd = draw(
+            st.dictionaries(_keys, _flat, max_size=2)
+            | st.dictionaries(_keys, st.lists(_flat, max_size=2), min_size=1, max_size=2)
+            | _flat
+        )
+        rows.insert(draw(st.integers(0, len(rows))), odd)
+    return rows
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_record_batches(), st.sampled_from([1, 5, 12, 20, 40, 1 << 30]), st.booleans())
+def test_records_fast_path_gathers_the_walks_text(rows, limit, as_tuple):
+    """A batch of flat records gathers exactly the general walk's text, at any limit (the
+    fast path answers, or hands the batch to the walk)."""
+    value = tuple(rows) if as_tuple else rows
+    assert gather_text(value, limit) == _walk(value, limit)
+
+
+def test_records_fast_path_answers_a_batch_of_one_schema():
+    rows = [{"id": i, "amount": i % 997, "note": "payment", "ok": True} for i in range(10)]
+    rows[3]["note"] = "ann@example.org"
+    assert (
+        _records(rows, 1 << 16) == _walk(rows, 1 << 16) == "amount\nnote\npayment\nann@example.org"
+    )
+    # not a flat batch of one schema, or at the limit: the general walk answers
+    assert _records([*rows, {"other": 1}], 1 << 16) is None
+    assert _records([{"a": [1]}], 1 << 16) is None
+    assert _records([{"n": 123_456_789}], 1 << 16) is None
+    assert _records([{"note": _Str("abc")}], 1 << 16) is None
+    assert _records(rows, 10) is None
 
 
 class _Counting:

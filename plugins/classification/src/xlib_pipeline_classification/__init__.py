@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
         check_level,
         luhn_valid,
     )
-    from ._plugin import STASH_KEY, ClassificationPlugin, output_level, static_levels
+    from ._levels import static_levels
+    from ._plugin import STASH_KEY, ClassificationPlugin, output_level
     from ._scan import gather_text
 
 _LAZY = {
@@ -39,7 +40,7 @@ _LAZY = {
     "STASH_KEY": "._plugin",
     "ClassificationPlugin": "._plugin",
     "output_level": "._plugin",
-    "static_levels": "._plugin",
+    "static_levels": "._levels",
     "gather_text": "._scan",
 }
 

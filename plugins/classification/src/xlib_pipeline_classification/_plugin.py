@@ -28,12 +28,9 @@ from typing import Any
 from xlib_pipeline import (
     CLASSIFICATION,
     OUTPUTS_IN_DRIVER,
-    Classification,
     ConfigKey,
     EvidenceSection,
-    OutputLevel,
     RunContext,
-    StashKey,
     Task,
     TaskOption,
     check_keys,
@@ -42,6 +39,7 @@ from xlib_pipeline import (
 from xlib_pipeline.exceptions import ComplianceError, ConfigError
 
 from ._detectors import LEVELS, RANK, Detector, check_detector, check_level, resolve
+from ._levels import CLASSIFICATION_RUN, Plans, RunState, static_levels
 from ._scan import gather_text, run_detectors
 
 #: The core-defined key the levels are published under (``run.stash[STASH_KEY]``).
@@ -89,54 +87,6 @@ def output_level(run: RunContext, task: str) -> str | None:
     return published.level_of(task) if published is not None else None
 
 
-def static_levels(tasks: Iterable[Task], default: str) -> dict[str, int]:
-    """Declared levels propagated along the edges: rank by task name.
-
-    ``tasks`` in topological order (``run.tasks``), upstreams first.
-    """
-    d = RANK[default]
-    out: dict[str, int] = {}
-    for t in tasks:
-        own = t.options.get("classification")
-        lvl = RANK[own] if own is not None else d
-        for up in t.depends_on:
-            if out[up] > lvl:
-                lvl = out[up]
-        out[t.name] = lvl
-    return out
-
-
-class _RunState:
-    """Per-run levels (``levels``: task name -> rank of its output)."""
-
-    __slots__ = ("clearance", "declared", "entries", "levels", "published")
-
-    def __init__(self, plugin: ClassificationPlugin, run: RunContext) -> None:
-        own_default = RANK[plugin.default_level]
-        self.declared: dict[str, tuple[int, str | None, tuple[str, ...]]] = {}
-        for t in run.tasks:
-            own = t.options.get("classification")
-            self.declared[t.name] = (
-                RANK[own] if own is not None else own_default,
-                own,
-                t.depends_on,
-            )
-        self.clearance = {
-            t.name: RANK[t.options["clearance"]]
-            for t in run.tasks
-            if t.options.get("clearance") is not None
-        }
-        self.levels: dict[str, int] = {}
-        self.published = Classification(levels=LEVELS)
-        #: One (frozen) OutputLevel per distinct (rank, declared, detected, inherited_from):
-        #: most outputs of a run share a few.
-        self.entries: dict[tuple[int, str | None, tuple[str, ...], str | None], OutputLevel] = {}
-
-
-#: This plugin's own per-run state.
-CLASSIFICATION_RUN: StashKey[_RunState] = StashKey("classification.run")
-
-
 class ClassificationPlugin:
     """Sensitivity levels, PII detection and clearances (``xlib-pipeline-classification``).
 
@@ -163,6 +113,7 @@ class ClassificationPlugin:
             weakref.WeakKeyDictionary()
         )
         self.manager: Any = None
+        self.plans = Plans()
         self._lock = threading.Lock()
         for d in detectors:
             self.register_detector(d)
@@ -387,7 +338,7 @@ class _Enforcer:
 
     @hookimpl
     def before_pipeline(self, run: RunContext) -> None:
-        state = _RunState(self.p, run)
+        state = RunState(self.p.plans.plan(run.tasks, self.p.default_level))
         if self.p.detect_pii and self.p.detectors:
             run.stash[OUTPUTS_IN_DRIVER] = True  # after_task scans each output's content
         run.stash[CLASSIFICATION_RUN] = state
@@ -451,13 +402,7 @@ class _Enforcer:
                 lvl = RANK[found]
                 inherited = None
         levels[task.name] = lvl
-        key = (lvl, declared, detected, inherited)
-        entry = state.entries.get(key)
-        if entry is None:
-            entry = state.entries[key] = OutputLevel(
-                level=LEVELS[lvl], declared=declared, detected=detected, inherited_from=inherited
-            )
-        state.published.outputs[task.name] = entry
+        state.published.outputs[task.name] = p.plans.entry((lvl, declared, detected, inherited))
 
 
 class _Clearances:

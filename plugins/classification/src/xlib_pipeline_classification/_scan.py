@@ -11,6 +11,7 @@ from ._detectors import LEVELS, RANK, Detector, RegexDetector
 MAX_DEPTH = 32
 
 _WALKED = (dict, list, tuple, set, frozenset)
+_BIG = 100_000_000
 
 
 def gather_text(value: Any, limit: int) -> str:
@@ -30,6 +31,15 @@ def gather_text(value: Any, limit: int) -> str:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 100_000_000:
             return str(value)
         return ""
+    if (type(value) is list or type(value) is tuple) and value:
+        text = _records(value, limit)
+        if text is not None:
+            return text
+    return _walk(value, limit)
+
+
+def _walk(value: Any, limit: int) -> str:
+    """:func:`gather_text` of a container: the general walk."""
     parts: list[str] = []
     seen: set[Any] = set()  # strings gathered, and every dict key met
     size = 0
@@ -97,6 +107,55 @@ def gather_text(value: Any, limit: int) -> str:
                 break
         if size >= limit:
             break
+    return "\n".join(parts)
+
+
+def _records(value: list[Any] | tuple[Any, ...], limit: int) -> str | None:
+    """:func:`gather_text` of a batch of flat records, without the general walk's stack
+    and set work per record; ``None`` (the general walk answers) unless ``value`` holds
+    only plain dicts whose keys are all keys of its last one, with values of plain ``str``,
+    small ``int``, ``float``, ``bool`` or ``None``, and its text stays under ``limit``.
+
+    The same text as the general walk, which pops the records last first (a stack): the
+    last record's keys, then each record's strings in that order, each distinct one once.
+    """
+    first = value[-1]
+    if type(first) is not dict:
+        return None
+    parts: list[str] = []
+    seen: set[Any] = set()
+    size = 0
+    for k in first:  # as the general walk gathers the keys of the first dict it meets
+        seen.add(k)
+        if (type(k) is str or isinstance(k, str)) and len(k) > 2:
+            parts.append(k)
+            size += len(k) + 1
+        else:
+            size += 1
+    keys = frozenset(seen)
+    texts: list[str] = []
+    add = texts.append
+    for rec in reversed(value):
+        if type(rec) is not dict or not rec.keys() <= keys:
+            return None
+        for leaf in rec.values():
+            t = type(leaf)
+            if t is str:
+                if len(leaf) > 2:
+                    add(leaf)
+            elif t is int:
+                if leaf >= _BIG or leaf <= -_BIG:  # gathered as text: the general walk
+                    return None
+            elif t is not float and t is not bool and leaf is not None:
+                return None
+        size += len(rec)  # every key but the last record's is a repeat (counts 1)
+    size -= len(first)
+    new = [x for x in dict.fromkeys(texts) if x not in seen]
+    # a string met before counts 1 against the limit, a new one its length and 1
+    size += len(texts) + sum(map(len, new))
+    if size >= limit:  # the general walk stops or cuts a string short
+        return None
+    parts += new
     return "\n".join(parts)
 
 
