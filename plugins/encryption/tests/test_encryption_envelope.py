@@ -140,6 +140,66 @@ class TestBinding:
         """Encrypting the same bytes twice gives different ciphertexts."""
         assert enc(PM, b"same", ref()) != enc(PM, b"same", ref())
 
+    def test_nonces_are_unique_across_threads_and_refills(self):
+        """Threads taking nonces at once (across several refills of the pool) never get
+        the same one, and each is 12 bytes."""
+        import threading
+
+        from xlib_pipeline_encryption._envelope import _NoncePool
+
+        pool = _NoncePool()
+        pool._COUNT = 64  # refill often
+        got: list[list[bytes]] = [[] for _ in range(8)]
+
+        def take(out: list[bytes]) -> None:
+            for _ in range(2000):
+                out.append(pool.take())
+
+        threads = [threading.Thread(target=take, args=(out,)) for out in got]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        every = [n for out in got for n in out]
+        assert len(set(every)) == len(every) == 16_000
+        assert {len(n) for n in every} == {12}
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+    def test_a_forked_child_never_reuses_the_parents_nonces(self):
+        """The child drops the pool it inherited: its nonces are not the parent's next."""
+        from xlib_pipeline_encryption import _envelope
+
+        _envelope._NONCES.take()  # the pool holds unused nonces now
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(w, b"".join(_envelope._NONCES.take() for _ in range(8)))
+            finally:
+                os._exit(0)
+        os.close(w)
+        child = b""
+        while len(child) < 96:
+            part = os.read(r, 96)
+            if not part:
+                break
+            child += part
+        os.close(r)
+        os.waitpid(pid, 0)
+        parent = b"".join(_envelope._NONCES.take() for _ in range(8))
+        assert len(child) == 96
+        assert not {child[i : i + 12] for i in range(0, 96, 12)} & {
+            parent[i : i + 12] for i in range(0, 96, 12)
+        }
+
+    def test_the_noted_key_id_is_the_ciphertexts(self):
+        """seal_noting_key names the master key the ciphertext's header names."""
+        pm = manager(RING)
+        envelope = pm.get_plugin("encryption").envelope
+        blob, kid = envelope.seal_noting_key(b"data", ref())
+        assert kid == key_id_of(blob) == RING.active_key_id
+        assert dec(pm, blob, ref()) == b"data"
+
     def test_plaintext_refused_when_required(self):
         """An unencrypted blob where encryption is required is refused (no downgrade)."""
         with pytest.raises(SecurityError, match="not encrypted"):

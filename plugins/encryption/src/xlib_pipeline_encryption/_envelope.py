@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,28 +44,28 @@ class _NoncePool:
     """Random 96-bit nonces sliced from one ``os.urandom`` read of many.
 
     One ``getrandom(2)`` per nonce released the GIL on every stored output; a pool reads
-    4,096 at a time. A forked child drops the pool it inherited, so parent and child never
-    hand out the same bytes.
+    4,096 at a time. The nonces wait in a deque: each ``popleft`` hands one to exactly one
+    caller without a lock (two threads refilling at once add different random bytes). A
+    forked child drops the pool it inherited, so parent and child never hand out the same
+    bytes.
     """
 
-    _SIZE = _NONCE * 4096
+    _COUNT = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buf = b""
-        self._pos = 0
+        self._q: deque[bytes] = deque()
 
     def take(self) -> bytes:
-        with self._lock:
-            pos = self._pos
-            if pos + _NONCE > len(self._buf):
-                self._buf, pos = os.urandom(self._SIZE), 0
-            self._pos = pos + _NONCE
-            return self._buf[pos : pos + _NONCE]
+        q = self._q
+        while True:
+            try:
+                return q.popleft()
+            except IndexError:
+                buf = os.urandom(_NONCE * self._COUNT)
+                q.extend([buf[i : i + _NONCE] for i in range(0, len(buf), _NONCE)])
 
     def reset(self) -> None:
-        self._lock = threading.Lock()
-        self._buf, self._pos = b"", 0
+        self._q = deque()
 
 
 _NONCES = _NoncePool()
@@ -135,13 +136,14 @@ class Envelope:
     def __init__(self, kms: Callable[[], KeyManagementService], *, per_run_keys: bool) -> None:
         self._kms = kms
         self.per_run_keys = per_run_keys
-        self._seal: dict[tuple[str, str | None], tuple[bytes, AESGCM]] = {}
+        #: scope -> (ciphertext header, data key's AEAD, master key id)
+        self._seal: dict[tuple[str, str | None], tuple[bytes, AESGCM, str]] = {}
         self._open: dict[tuple[str, bytes, str], AESGCM] = {}
         self._lock = threading.Lock()
 
     # -- encrypt ---------------------------------------------------------------------------
 
-    def _sealing_key(self, ref: PayloadRef) -> tuple[bytes, AESGCM]:
+    def _sealing_key(self, ref: PayloadRef) -> tuple[bytes, AESGCM, str]:
         scope = (ref.tenant or "", ref.run_id if self.per_run_keys else None)
         entry = self._seal.get(scope)
         if entry is not None:
@@ -155,16 +157,21 @@ class Envelope:
                 dek = AESGCM.generate_key(bit_length=256)
                 kid, wrapped = kms.wrap(dek, _context(ref.tenant))
                 aead = AESGCM(dek)
-                entry = (_header(kid, wrapped), aead)
+                entry = (_header(kid, wrapped), aead, kid)
                 self._seal[scope] = entry
                 self._remember(kid, wrapped, ref.tenant or "", aead)
             return entry
 
     def seal(self, data: bytes, ref: PayloadRef) -> bytes:
         """Encrypt ``data`` bound to ``ref`` (its run, task, tenant and kind)."""
-        header, aead = self._sealing_key(ref)
+        return self.seal_noting_key(data, ref)[0]
+
+    def seal_noting_key(self, data: bytes, ref: PayloadRef) -> tuple[bytes, str]:
+        """:meth:`seal`, and the id of the master key the data key is wrapped under (what
+        :func:`key_id_of` reads back from the ciphertext)."""
+        header, aead, kid = self._sealing_key(ref)
         nonce = _NONCES.take()
-        return header + nonce + aead.encrypt(nonce, data, _PREFIX + ref.aad())
+        return header + nonce + aead.encrypt(nonce, data, _PREFIX + ref.aad()), kid
 
     @staticmethod
     def key_id(data: bytes) -> str | None:

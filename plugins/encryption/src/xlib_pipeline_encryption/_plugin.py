@@ -111,7 +111,8 @@ class EncryptionPlugin:
         self._marked: set[tuple[str, str]] = set()
         #: run id -> task -> master key id of the outputs sealed in that run (evidence)
         self._seen: dict[str, dict[str, str]] = {}
-        self._seen_plans: Any = None
+        #: (a run's tasks, the names of those marked ``encrypt``) of the last run checked
+        self._last_marked: tuple[tuple[Any, ...], tuple[str, ...]] | None = None
         self._per_run_keys = False
         self._envelope: Envelope | None = None
         self._sealing: Sealing | None = None
@@ -287,13 +288,22 @@ class EncryptionPlugin:
                     self._envelope.reset()
             return self._kms
 
+    def _marked_in(self, tasks: tuple[Any, ...]) -> tuple[str, ...]:
+        """The tasks marked ``encrypt`` among ``tasks`` (read once per pipeline version: the
+        core passes the same ``tasks`` tuple to every run of it)."""
+        last = self._last_marked
+        if last is None or last[0] is not tasks:
+            last = (tasks, tuple(t.name for t in tasks if t.options.get("encrypt")))
+            self._last_marked = last
+        return last[1]
+
     def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
-        marked = [t.name for t in run.tasks if t.options.get("encrypt")]
+        marked = self._marked_in(run.tasks)
         if marked:  # encrypt=... (pm.encrypt_data) means: store this output, encrypted
             run.manager.require_store(f"the encrypt option of task {marked[0]!r}")
 
     def before_pipeline(self, run: RunContext) -> None:
-        marked = [t.name for t in run.tasks if t.options.get("encrypt")]
+        marked = self._marked_in(run.tasks)
         if marked:
             name = run.pipeline_name
             with self._lock:
@@ -360,12 +370,11 @@ class EncryptionPlugin:
     def encrypt(self, data: bytes, ref: PayloadRef) -> bytes | None:
         if not (self.at_rest or (ref.pipeline, ref.task) in self._marked):
             return None
-        envelope = self._envelope or self.envelope
-        blob = envelope.seal(data, ref)
+        blob, kid = (self._envelope or self.envelope).seal_noting_key(data, ref)
         if ref.kind == "output":
             seen = self._seen.get(ref.run_id)
             if seen is not None:
-                seen[ref.task] = envelope.key_id(blob) or "?"
+                seen[ref.task] = kid or "?"
         return blob
 
     @hookimpl
