@@ -22,6 +22,7 @@ from ._task import Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._hooks import Hooks
+    from ._lanes import Flag
     from ._outcomes import Columns
 
 
@@ -35,7 +36,7 @@ class CoroutineLanes:
     lock: threading.Lock
     stopping: bool
     fatal: BaseException | None
-    finished_event: threading.Event
+    finished_event: Flag
     events: bool
     h_before: bool
     timeouts: tuple[float | None, ...]

@@ -210,13 +210,23 @@ def get_logger(name: str = LOGGER_NAME, /, **bind: Any) -> Any:
         import structlog
 
         return structlog.get_logger(name).bind(**bind)
-    return EventLogger(logging.getLogger(name), bind)
+    return EventLogger(_stdlib_logger(name), bind)
+
+
+def _stdlib_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``: the logger registered under ``name`` read without the
+    logging module's lock (taken by ``getLogger`` on every call; twice per run otherwise),
+    or ``getLogger``'s answer when there is none yet (or only a placeholder)."""
+    logger = logging.Logger.manager.loggerDict.get(name) if name else None
+    if isinstance(logger, logging.Logger):
+        return logger
+    return logging.getLogger(name)
 
 
 def events_enabled() -> bool:
     """Whether per-task events are worth building: the ``xlib_pipeline`` logger takes INFO,
     or the application configured structlog (its processors then decide)."""
-    return _structlog_configured() or logging.getLogger(LOGGER_NAME).isEnabledFor(logging.INFO)
+    return _structlog_configured() or _stdlib_logger(LOGGER_NAME).isEnabledFor(logging.INFO)
 
 
 # --- handlers for the CLI and for applications --------------------------------------------------

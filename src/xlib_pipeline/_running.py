@@ -14,7 +14,7 @@ import attrs
 
 from ._cache import cache_store_of, refresh_indices
 from ._context import check_params, logical_date, params_json
-from ._events import get_logger
+from ._events import events_enabled, get_logger
 from ._featured import FeaturedRun
 from ._features import Features, compile_features
 from ._graph import Plan, plan, suggest
@@ -422,16 +422,18 @@ class ManagerRuns(ManagerResources, ManagerEvents):
         )
         if events is not None:
             events.start(run, reused)
-        ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
+        if run.events:  # else the logger drops it (the run's check, made just now)
+            ctx.log.info("pipeline.started", tasks=len(p), executor=ctx.executor, lanes=lanes)
         # Listed (live_runs, cancel_run) until every after_pipeline saw the run end.
         self._live[ctx.run_id] = run
         try:
             result = run.execute()
-            ctx.log.info(
-                "pipeline." + result.status,
-                duration=round(result.duration, 6),
-                failed_task=result.failed_task,
-            )
+            if events_enabled():  # else the logger drops it
+                ctx.log.info(
+                    "pipeline." + result.status,
+                    duration=round(result.duration, 6),
+                    failed_task=result.failed_task,
+                )
             if result.error is not None:
                 self._report_error_events(hooks, ctx, result.error, refused=False)
             try:

@@ -36,7 +36,7 @@ from ._context import Params
 from ._coroutines import CoroutineLanes
 from ._events import events_enabled
 from ._graph import Plan
-from ._lanes import LaneDriver
+from ._lanes import Flag, LaneDriver
 from ._outcomes import Columns, Observer, _format, _no_push, build_result, failure, log_task_event
 from ._records import Executor, Isolation, RunContext, Status, TaskOutcome
 from ._results import PipelineResult
@@ -110,9 +110,9 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
         self.first_failure: int | None = None
         self.fatal: BaseException | None = None
         self.stopping = False
-        self.stop_event = threading.Event()
+        self.stop_event = Flag()
         self.lock = threading.Lock()
-        self.finished_event = threading.Event()
+        self.finished_event = Flag()
         self.preloaded = dict(preloaded or {})
         has = hooks.has
         self.h_before = has["before_task"]
