@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from xlib_pipeline_audit import AuditPlugin, _general, _recorder, verify
 from xlib_pipeline_audit._canonical import CHAIN_VERSION, GENESIS, canonical
+from xlib_pipeline_audit._general import RunRecords
 from xlib_pipeline_audit._render import body_of
 
 from xlib_pipeline import Pipeline, PipelineManager
@@ -122,6 +123,15 @@ def test_a_streams_trail_verifies_and_holds_every_record(
         return out
 
     monkeypatch.setattr(_recorder, "prerender", spy)
+    baked: list[tuple[str, bool]] = []
+    for name in ("started", "finished", "batch"):
+
+        def spy_baked(self: Any, *args: Any, _real: Any = getattr(RunRecords, name)) -> Any:
+            out = _real(self, *args)
+            baked.append((_real.__name__, out is not None))
+            return out
+
+        monkeypatch.setattr(RunRecords, name, spy_baked)
     path = tmp_path / "audit.jsonl"
     p = Pipeline("s")
     p.add_task("double", _double)
@@ -139,6 +149,123 @@ def test_a_streams_trail_verifies_and_holds_every_record(
     assert len(started) == len(finished) == 3
     assert [r["stream"]["batch"] for r in started] == [1, 2, 3]
     assert all(r["counts"] and r["duration_ms"] >= 0 for r in finished)
-    assert {a for a, _ in seen} == {"run.started", "run.finished", "stream.batch",
-                                    "stream.started", "stream.completed"}  # fmt: skip
+    # A batch's three records take the shapes with the run's constants baked in (one each
+    # per batch), the stream's ends the general shapes: all pre-rendered.
+    assert sorted(baked) == sorted([(n, True) for n in ("started", "finished", "batch")] * 3)
+    assert {a for a, _ in seen} == {"stream.started", "stream.completed"}
     assert all(fast for _, fast in seen), seen
+
+
+_consts = st.none() | _strings | st.sampled_from([1, True, 0.0, -0.0, ["a"], "None"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    actor=_consts,
+    tenant=_consts,
+    pipeline=_consts,
+    tasks=st.sampled_from([0, 1, 4, True, 2**53, 1.0]),
+    run_id=_values,
+    stream=_values,
+    outcome=_values,
+    error=_values,
+    counts=_values,
+    duration=_values,
+    info=st.dictionaries(_keys | st.sampled_from(["seq", "error", "records"]), _values, max_size=5),
+    seq=st.integers(1, 2**40),
+)
+@example(actor="a", tenant=None, pipeline="p", tasks=4, run_id="r", stream={"batch": 1},
+         outcome="succeeded", error=None, counts={"succeeded": 4}, duration=1.25,
+         info={"seq": 1, "run_id": "r", "offsets": [0, 10], "records": 10}, seq=2)  # fmt: skip
+def test_a_batchs_records_from_baked_shapes_are_the_general_encoders_bytes(
+    actor: Any, tenant: Any, pipeline: Any, tasks: Any, run_id: Any, stream: Any,
+    outcome: Any, error: Any, counts: Any, duration: Any, info: dict[str, Any], seq: int,
+) -> None:  # fmt: skip
+    """run.started, run.finished and stream.batch rendered from a shape with the run's
+    constants baked in are byte-identical to the general encoder (or take the general path:
+    None), whatever the shapes cached before (every record twice, through one cache, with
+    constants that compare equal but render differently: 1 and True, 0.0 and -0.0)."""
+    ts = "2026-12-03T09:00:00.000000+00:00"
+    base = {"ts": ts, "actor": actor, "tenant": tenant, "pipeline": pipeline, "run_id": run_id,
+            "task": None, "error_class": None}  # fmt: skip
+    started = {**base, "action": "run.started", "outcome": "started", "tasks": tasks,
+               "stream": stream}  # fmt: skip
+    finished = {**base, "action": "run.finished", "outcome": outcome, "error_class": error,
+                "counts": counts, "duration_ms": duration}  # fmt: skip
+    batch = {**base, "run_id": info.get("run_id"), "action": "stream.batch",
+             "outcome": "committed", "stream": "s",
+             **{k: v for k, v in info.items() if k not in ("run_id", "error", "seq")}}  # fmt: skip
+    runs = RunRecords()
+    for other in (1, True, 0.0, -0.0, "x"):  # shapes of other constants in the same cache
+        runs.started(ts, other, other, other, 1, "r", None)
+        runs.finished(ts, other, other, other, "r", "s", None, {}, 1.5)
+        runs.batch(ts, other, other, other, other, {"records": 1})
+    for _ in range(2):
+        for rendered, record in (
+            (runs.started(ts, actor, tenant, pipeline, run_id, tasks, stream), started),
+            (
+                runs.finished(
+                    ts, actor, tenant, pipeline, run_id, outcome, error, counts, duration
+                ),
+                finished,
+            ),
+            (runs.batch(ts, actor, tenant, pipeline, "s", info), batch),
+        ):
+            if rendered is None:
+                continue
+            assert "error" not in info or record is not batch
+            want = _reference(record, seq, GENESIS)
+            try:
+                got: bytes | None = body_of(rendered, seq, GENESIS).encode()
+            except UnicodeEncodeError:
+                got = None
+            assert got == want, record
+
+
+def test_a_batchs_common_records_take_the_baked_shapes() -> None:
+    """The records a stream's batches write do take them (the test above checks bytes)."""
+    runs = RunRecords()
+    ts = "2026-12-03T09:00:00.000000+00:00"
+    assert runs.started(ts, "a", None, "p", "r", 4, {"batch": 1, "offsets": [0, 9]})
+    assert runs.finished(ts, "a", "t", "p", "r", "succeeded", None, {"succeeded": 4}, 0.5)
+    info = {"seq": 1, "run_id": "r", "offsets": [0, 9], "records": 10, "outputs": 10,
+            "late": 0, "dead": 0, "lag": None}  # fmt: skip
+    assert runs.batch(ts, "a", None, "p", "s", info)
+    assert runs.batch(ts, "a", None, "p", "s", {**info, "error": "x"}) is None
+    assert runs.started(ts, "a", None, "p", "r", True, {}) is None  # True is not the int 1
+
+
+def test_a_runs_params_are_recorded_and_a_batchs_are_not_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.started holds a run's params (recorded_params), a stream batch's none: its only
+    param is the reserved ``stream``, which recorded_params leaves out, so it is not called."""
+    from xlib_pipeline import RunContext
+
+    calls: list[dict[str, Any]] = []
+    real = RunContext.recorded_params
+
+    def spy(self: Any) -> dict[str, Any]:
+        calls.append(dict(self.params))
+        return real(self)
+
+    monkeypatch.setattr(RunContext, "recorded_params", spy)
+    path = tmp_path / "audit.jsonl"
+    p = Pipeline("s")
+    p.add_task("double", _double)
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}, "audit": {"path": str(path)}}
+    with PipelineManager(config, entry_points=False, plugins=[AuditPlugin()]) as pm:
+        s = pm.stream(p, source=list(range(20)), batch_size=10)
+        assert s.status == "completed", s.error
+        q = Pipeline("q", params=["region"])
+        q.add_task("one", lambda: 1)
+        pm.execute_pipeline(q, params={"region": "eu"})
+        pm.execute_pipeline(q)
+    lines = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    started = [r for r in lines if r["action"] == "run.started"]
+    assert [("params" in r, "stream" in r) for r in started] == [
+        (False, True), (False, True), (True, False), (False, False)
+    ]  # fmt: skip
+    assert started[2]["params"] == {"region": "eu"}
+    assert calls == [{"region": "eu"}]
+    assert verify(path).ok

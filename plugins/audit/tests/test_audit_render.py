@@ -365,3 +365,21 @@ def test_the_classified_quick_record_is_the_general_encoders(
     except UnicodeEncodeError:
         got = None
     assert got == _reference(rec, seq, prev)
+
+
+@settings(max_examples=300, deadline=None)
+@given(who=st.lists(st.tuples(_values, _values, _values), min_size=1, max_size=4))
+@example(who=[("a", "p", "r1"), ("a", "p", "ru%sn-\x06"), ("a", "p", "\x06")])
+def test_a_runs_mid_is_its_quick_records_mid(who: list[tuple[Any, Any, Any]]) -> None:
+    """``run_mid`` (the mid text cached per actor and pipeline, the run id put in) is the
+    mid of every quick record of the run, with or without an operation; None when the run
+    has no quick record or its two layouts disagree (then no record takes it)."""
+    for actor, pipeline, run_id in who * 2:  # the second time from the cache
+        records = TaskRecords(actor, pipeline, run_id)
+        mids = set()
+        for op in (None, "read"):
+            fresh = TaskRecords(actor, pipeline, run_id)
+            quick = fresh.quick(fresh.texts("t", None, op))
+            if quick is not None:
+                mids.add(quick[2])
+        assert records.run_mid() == (mids.pop() if len(mids) == 1 else None)

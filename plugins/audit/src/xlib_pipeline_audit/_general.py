@@ -19,6 +19,16 @@ from ._canonical import _plain_float
 from ._render import NotFast, Rendered, Shape, jstr, text
 
 _MAX_SHAPES = 64
+_MAX_INT = 2**53
+
+#: The keys of the per-batch records whose values vary from batch to batch (the others are
+#: the run's or stream's constants, baked into the shape), in the order :class:`RunRecords`
+#: passes their texts.
+STARTED_VARYING = ("ts", "run_id", "stream")
+FINISHED_VARYING = ("ts", "run_id", "outcome", "error_class", "counts", "duration_ms")
+#: ``stream.batch``'s ``info`` keys that are not in the record (the chain's own ``seq``
+#: replaces the batch's, ``run_id`` is the record's, an ``error`` is its error class).
+_NOT_INFO = ("seq", "run_id", "error")
 
 
 def deep_text(value: Any) -> str:
@@ -27,6 +37,12 @@ def deep_text(value: Any) -> str:
     ASCII keys: their code point order is RFC 8785's UTF-16 order). Raises
     :class:`._render.NotFast` for anything else, ValueError for NaN and infinity."""
     t = type(value)
+    if t is str:
+        return jstr(value)
+    if t is int and -_MAX_INT < value < _MAX_INT:
+        return str(value)
+    if value is None:
+        return "null"
     if t is dict:
         parts = []
         for k in value:
@@ -56,3 +72,117 @@ def prerender(record: Mapping[str, Any], shapes: dict[tuple[str, ...], Shape]) -
         return shape.render(values)
     except ValueError:  # NotFast, a key a shape cannot hold, NaN ...: the general path
         return None
+
+
+class RunRecords:
+    """The records every micro-batch of a stream writes (``run.started``, ``run.finished``,
+    ``stream.batch``) pre-rendered from shapes with the constants of the run baked in (its
+    actor, tenant, pipeline, task count, stream name): per batch only the values that vary
+    get their texts. The same bytes as :func:`prerender` (the same value texts, the same
+    shape), without the dict, the constants' texts and the shape lookup by the whole key
+    tuple. The constants key the shape only when their text follows from their value
+    (strings, ``None``, integers: no ``1 == True``, no ``0.0 == -0.0``); anything else, or a
+    value the fast texts do not cover, returns None and the caller takes the general path.
+    """
+
+    __slots__ = ("_shapes",)
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[Any, ...], tuple[Shape, tuple[str, ...]] | None] = {}
+
+    def _shape(
+        self, key: tuple[Any, ...], variable: tuple[str, ...], constant: dict[str, Any]
+    ) -> tuple[Shape, tuple[str, ...]] | None:
+        try:
+            return self._shapes[key]
+        except KeyError:
+            pass
+        entry: tuple[Shape, tuple[str, ...]] | None
+        try:
+            entry = (Shape(variable, {k: deep_text(v) for k, v in constant.items()}), variable)
+        except ValueError:  # NotFast, a key a shape cannot hold: the general path, always
+            entry = None
+        if len(self._shapes) >= _MAX_SHAPES:
+            self._shapes.clear()
+        self._shapes[key] = entry
+        return entry
+
+    def started(
+        self, ts: str, actor: Any, tenant: Any, pipeline: Any, run_id: Any, tasks: Any, stream: Any
+    ) -> Rendered | None:
+        """A stream batch's ``run.started`` (no ``params``, no ``logical_date``)."""
+        if not (_exact(actor) and _exact(tenant) and _exact(pipeline) and type(tasks) is int):
+            return None
+        key = ("run.started", actor, tenant, pipeline, tasks)
+        entry = self._shape(key, STARTED_VARYING, {
+            "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
+            "action": "run.started", "outcome": "started", "error_class": None, "tasks": tasks,
+        })  # fmt: skip
+        if entry is None:
+            return None
+        try:
+            return entry[0].render((jstr(ts), deep_text(run_id), deep_text(stream)))
+        except ValueError:
+            return None
+
+    def finished(
+        self,
+        ts: str,
+        actor: Any,
+        tenant: Any,
+        pipeline: Any,
+        run_id: Any,
+        outcome: Any,
+        error_class: Any,
+        counts: Any,
+        duration_ms: Any,
+    ) -> Rendered | None:
+        """A ``run.finished`` record with ``counts`` and ``duration_ms``."""
+        if not (_exact(actor) and _exact(tenant) and _exact(pipeline)):
+            return None
+        key = ("run.finished", actor, tenant, pipeline)
+        entry = self._shape(key, FINISHED_VARYING, {
+            "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
+            "action": "run.finished",
+        })  # fmt: skip
+        if entry is None:
+            return None
+        try:
+            return entry[0].render((
+                jstr(ts), deep_text(run_id), deep_text(outcome), deep_text(error_class),
+                deep_text(counts), deep_text(duration_ms),
+            ))  # fmt: skip
+        except ValueError:
+            return None
+
+    def batch(
+        self, ts: str, actor: Any, tenant: Any, pipeline: Any, stream: Any, info: Any
+    ) -> Rendered | None:
+        """A ``stream.batch`` record of ``info`` (the ``stream_event`` hook's, no error)."""
+        if not (_exact(actor) and _exact(tenant) and _exact(pipeline) and _exact(stream)):
+            return None
+        if type(info) is not dict or "error" in info:
+            return None
+        key = ("stream.batch", actor, tenant, pipeline, stream, *info)
+        entry = self._shapes.get(key)
+        if entry is None and key not in self._shapes:
+            names = tuple(k for k in info if k not in _NOT_INFO)
+            entry = self._shape(key, ("ts", "run_id", *names), {
+                "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
+                "action": "stream.batch", "outcome": "committed", "error_class": None,
+                "stream": stream,
+            })  # fmt: skip
+        if entry is None:
+            return None
+        try:
+            texts = [jstr(ts), deep_text(info.get("run_id"))]
+            for k in entry[1][2:]:
+                texts.append(deep_text(info[k]))
+            return entry[0].render(texts)
+        except ValueError:
+            return None
+
+
+def _exact(value: Any) -> bool:
+    """A constant whose text follows from its value's equality: a str or ``None``."""
+    return value is None or type(value) is str

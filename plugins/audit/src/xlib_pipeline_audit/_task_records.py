@@ -53,6 +53,9 @@ _CUTS: dict[tuple[str, str, bool], Quick | None] = {}
 #: The same for a plain success's ``task.finished`` pre text with a classification level
 #: (``_CLS`` for the level's text), by (actor text, pipeline text).
 _CLS_CUTS: dict[tuple[str, str], str | None] = {}
+#: The two layouts' ``mid`` texts (``_RUN`` for the run id; None: no such layout) by
+#: (actor text, pipeline text): what :meth:`TaskRecords.run_mid` needs of every run.
+_MIDS: dict[tuple[str, str], tuple[str | None, str | None]] = {}
 #: The bit of ``classification`` among FINISHED_OPTIONAL.
 _CLASSIFIED = 1 << FINISHED_OPTIONAL.index("classification")
 
@@ -115,20 +118,29 @@ class TaskRecords:
         """The text between ``prev`` and ``seq`` of this run's quick records (it holds the
         run id and nothing of the task: the same for every task of the run, with or without
         an operation). None: no quick record for this run."""
-        if self._const is None:
+        const = self._const
+        if const is None:
             return None
-        mids = set()
-        for has_op in (False, True):
-            if has_op not in self._quick:
-                self._quick[has_op] = self._cut_for_run(has_op)
-            cut = self._quick[has_op]
-            if cut is not None:
-                mids.add(cut[2])
-        return mids.pop() if len(mids) == 1 else None
+        key = (const["actor"], const["pipeline"])
+        try:
+            plain, with_op = _MIDS[key]
+        except KeyError:  # once per actor and pipeline (a stream: once, not per batch)
+            cuts = [self._layout_cut(has_op) for has_op in (False, True)]
+            plain, with_op = (None if cut is None else cut[2] for cut in cuts)
+            if len(_MIDS) >= 256:
+                _MIDS.clear()
+            _MIDS[key] = (plain, with_op)
+        run = const["run_id"]
+        if plain is None:
+            return None if with_op is None else with_op.replace(_RUN, run)
+        mid = plain.replace(_RUN, run)
+        if with_op is None or with_op == plain:
+            return mid
+        return mid if with_op.replace(_RUN, run) == mid else None
 
-    def _cut_for_run(self, has_op: bool) -> Quick | None:
-        """:meth:`_cut` for this run: the layout cut for the actor and pipeline (cached
-        across runs) with this run's id put in."""
+    def _layout_cut(self, has_op: bool) -> Quick | None:
+        """:meth:`_cut` for the actor and pipeline (cached across runs), ``_RUN`` for the
+        run id."""
         assert self._const is not None
         key = (self._const["actor"], self._const["pipeline"], has_op)
         try:
@@ -138,6 +150,13 @@ class TaskRecords:
             if len(_CUTS) >= 256:
                 _CUTS.clear()
             _CUTS[key] = cut
+        return cut
+
+    def _cut_for_run(self, has_op: bool) -> Quick | None:
+        """:meth:`_cut` for this run: the layout cut for the actor and pipeline (cached
+        across runs) with this run's id put in."""
+        assert self._const is not None
+        cut = self._layout_cut(has_op)
         if cut is None:
             return None
         spre, fpre, mid, head, tail = cut
