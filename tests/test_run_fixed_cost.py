@@ -22,6 +22,7 @@ from xlib_pipeline._outcomes import Columns, new_run_id
 from xlib_pipeline._records import Status
 from xlib_pipeline._results import TaskResults
 from xlib_pipeline._store_recorder import _jsonable, _sealing
+from xlib_pipeline.exceptions import ConfigError, DefinitionError
 
 # -- Flag: threading.Event's is_set / set / wait -------------------------------------------
 
@@ -239,3 +240,36 @@ def test_counts_is_the_counter_of_the_statuses(statuses: list[Status | None]) ->
     want = Counter(statuses)
     want.pop(None, None)
     assert got == dict(want) and list(got) == list(want)
+
+
+# -- params: checked unless only reserved ones meet a plan without params --------------------
+
+
+def test_reserved_params_alone_skip_the_check_and_others_are_still_refused(monkeypatch) -> None:
+    import xlib_pipeline._running as running
+
+    calls: list[dict] = []
+    real = running.check_params
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(dict(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(running, "check_params", spy)
+    plain = Pipeline("plain")
+    plain.add_task("a", lambda: 1)
+    takes = Pipeline("takes")
+    takes.add_task("a", lambda n: n)
+    stream = {"stream": {"batch": 1}}
+    with PipelineManager() as pm:
+        assert pm.execute_pipeline(plain, params=stream, parallel=False).success
+        assert pm.execute_pipeline(plain, params={"logical_date": "2024-05-01"}).success
+        assert calls == []  # reserved names only, no task takes params: nothing to check
+        with pytest.raises(ConfigError, match="has no param 'n'"):
+            pm.execute_pipeline(plain, params={**stream, "n": 1})
+        with pytest.raises(ConfigError, match="param names are Python identifiers"):
+            pm.execute_pipeline(plain, params={"not one": 1})
+        assert pm.execute_pipeline(takes, params={"n": 2, **stream}).final_result == 2
+        with pytest.raises(DefinitionError, match="needs the run param 'n'"):
+            pm.execute_pipeline(takes, params=stream)
+    assert len(calls) == 4

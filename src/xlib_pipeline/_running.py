@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from ._cache import cache_store_of, refresh_indices
-from ._context import check_params, logical_date, params_json
+from ._context import RESERVED_PARAMS, check_params, logical_date, params_json
 from ._events import events_enabled, get_logger
 from ._featured import FeaturedRun
 from ._features import Features, compile_features
@@ -56,6 +56,7 @@ _CORE_RUN_OPTIONS = (
 
 #: The run param a stream sets on each batch run (see xlib_pipeline.streams).
 BATCH_INPUT = "stream"
+_RESERVED = frozenset(RESERVED_PARAMS)
 
 
 class ManagerRuns(ManagerResources, ManagerEvents):
@@ -217,7 +218,9 @@ class ManagerRuns(ManagerResources, ManagerEvents):
             if rec.started is not None:
                 first_start = rec.started
         run_params = {**param_defaults(pipeline), **(params or {})}
-        if run_params or p.has_calls:  # else nothing to check (a loop over every task)
+        # Nothing to check without params, nor when no task takes params (by name or through
+        # its context) and every param is a reserved one (a stream's batch: ``stream``).
+        if p.has_calls or not run_params.keys() <= _RESERVED:
             check_params(pipeline.name, p.names, p.calls, run_params, set(given), pipeline.params)
         day = logical_date(run_params, first_start)
         self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=run_options)
