@@ -535,3 +535,39 @@ def test_runs_record_their_managers_config_encoded_once_per_config(
                 rec = pm.store.get_run(rid)
                 assert rec.config["store"]["path"] == str(db)
                 assert rec.config.get("max_workers") == i + 1
+
+
+def test_a_commit_writes_only_what_was_queued_before_it_was_asked_for() -> None:
+    """The cut: statements queued while a commit is in flight, with no commit asked for yet
+    (the first half of a stream batch's unit), are not swept into the next transaction; the
+    commit asked for after them writes them together."""
+    from xlib_pipeline.store import GroupCommitter
+
+    entered, release = threading.Event(), threading.Event()
+    written: list[list[str]] = []
+
+    class Slow(GroupCommitter):
+        def write(self, batch: list[Any]) -> None:
+            written.append([sql for sql, _ in batch])
+            entered.set()
+            release.wait(10)
+
+    c = Slow()
+    done: list[BaseException | None] = []
+    c.add("a1", ())
+    c.add("a2", ())
+    c.commit(done.append)  # the writer thread takes a1, a2 and blocks in write
+    assert entered.wait(10)
+    c.add("b1", ())  # queued while a1, a2 commit; no commit asked for yet
+    release.set()
+    for _ in range(1000):
+        with c._lock:
+            if not c._busy:
+                break
+        threading.Event().wait(0.01)
+    assert done == [None]
+    assert written == [["a1", "a2"]], "b1 was swept into a commit nobody asked for"
+    c.add("b2", ())
+    c.flush()
+    assert written == [["a1", "a2"], ["b1", "b2"]]
+    c.close()

@@ -88,14 +88,45 @@ class Committer(GroupCommitter):
             raise
 
 
+#: The lease of a run id minted just now (``claim_new``: no row of it can exist) and the
+#: release of a run's leases: statements of their own (compared by identity).
+CLAIM_NEW = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?) -- a new run"
+RELEASE = "DELETE FROM leases WHERE holder=?"
+
+
+def _fresh(items: list[Statement]) -> set[int] | None:
+    """The positions in ``items`` of a new run's lease and of its release, when both are in
+    ``items`` (one transaction): the row would be inserted and deleted before any reader
+    could see it (a stream batch's run), so neither is written. A lease that replaced
+    another row (``acquire_leases``) is never one of them."""
+    claims: dict[Any, int] | None = None
+    skip: set[int] | None = None
+    for i, (sql, params) in enumerate(items):
+        if sql is CLAIM_NEW:
+            if claims is None:
+                claims = {}
+            claims[params[0]] = i
+        elif sql is RELEASE and claims:
+            j = claims.pop(params[0], None)
+            if j is not None:
+                if skip is None:
+                    skip = set()
+                skip.update((i, j))
+    return skip
+
+
 def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
     """Statements and log rows in order, in one transaction (log rows between two
-    statements as one multi-row INSERT per table)."""
+    statements as one multi-row INSERT per table); a new run's lease and its release in
+    the same transaction are elided (:func:`_fresh`)."""
+    skip = _fresh(items)
     conn.execute("BEGIN IMMEDIATE")
     rows: list[tuple[Any, ...]] = []
-    for sql, params in items:
+    for i, (sql, params) in enumerate(items):
         if sql is LOG:
             rows.append(params)
+            continue
+        if skip is not None and i in skip:
             continue
         if rows:
             _insert_rows(conn, rows)

@@ -17,6 +17,12 @@ Who writes (flat combining, with a writer thread for callers that must not wait)
   back would hold up its ready work, and the writer's batches are larger (same-run A/B on the
   10,000-task DAG: lanes committing themselves made 4x more, smaller commits and cost more).
 
+A commit writes what was queued **before it was asked for** (the queue's length then, the
+*cut*), never statements queued after it: a caller that queues a unit of statements and then
+asks for its commit (a stream's batch: its run's rows, then its checkpoint) has them
+committed in one transaction, even while an earlier commit is in flight when it starts
+queueing (the combiner does not sweep up the first half of the unit).
+
 A failed commit drops nothing: the batch goes back to the front of the queue, the batch's
 callbacks learn the error, and later commits fail fast with the same error until
 :meth:`GroupCommitter.flush` (called at the end of a run) retries.
@@ -58,6 +64,9 @@ class GroupCommitter:
         # the lock after taking the callbacks, so a statement queued before its ``then`` was
         # registered is always in the batch that ``then`` waits for.
         self._pending: deque[Statement] = deque()
+        #: How many statements at the front of ``_pending`` a commit was asked for (the cut,
+        #: under the lock): the combiner writes those, never the statements queued after.
+        self._cut = 0
         self._then: list[Then] = []
         self._busy = False  # a combiner (the writer or a flushing caller) is writing
         self._wake = False  # the writer thread has work to take
@@ -82,6 +91,7 @@ class GroupCommitter:
         with self._lock:
             err = self.error
             if err is None:
+                self._cut = len(self._pending)
                 if then is not None:
                     self._then.append(then)
                 if not self._busy:
@@ -100,6 +110,7 @@ class GroupCommitter:
         """
         with self._lock:
             self.error = None  # retry now
+            self._cut = len(self._pending)
             inline = not self._busy
             if inline:
                 self._busy = True
@@ -152,16 +163,16 @@ class GroupCommitter:
         try:
             while True:
                 with lock:
-                    if not self._then and (not self._pending or self.error is not None):
+                    if not self._then and (not self._cut or self.error is not None):
                         # Nothing to do, or failing: the statements wait for flush().
                         self._busy = False
                         return err
                     then, self._then = self._then, []
                     k = 0
                     if self.error is None:
-                        q = self._pending
-                        popleft = q.popleft
-                        batch = [popleft() for _ in range(len(q))]
+                        popleft = self._pending.popleft
+                        batch = [popleft() for _ in range(self._cut)]
+                        self._cut = 0
                     # else failing: the statements stay for flush() to retry, answer at once.
                 err = self.error
                 if batch:
@@ -191,6 +202,7 @@ class GroupCommitter:
     def _requeue(self, batch: list[Statement]) -> None:
         """Put ``batch`` back at the front of the queue, in order (under the lock)."""
         self._pending.extendleft(reversed(batch))
+        self._cut += len(batch)
 
     def write(self, batch: list[Statement]) -> None:
         """Write ``batch`` (in order); on failure drop its written prefix and raise."""
@@ -243,7 +255,7 @@ class GroupCommitter:
             return fn(self.connection())
         finally:
             with self._lock:
-                if self._then or self._pending:
+                if self._then or self._cut:
                     self._wake = True  # keep _busy: the writer takes over what came meanwhile
                     if self._writer is None:
                         self._start()

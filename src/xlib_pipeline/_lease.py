@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from ._commit import Committer
+from ._commit import CLAIM_NEW, RELEASE, Committer
 from ._faults import describe_fault
 from .exceptions import RunLeasedError as RunLeasedError
 
@@ -198,7 +198,7 @@ class LeaseMixin:
         so there is nothing to check): committed with the run's first rows, no round trip."""
         mine = me(holder)
         self._committer.add(
-            "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)",
+            CLAIM_NEW,
             (holder, holder, mine.pid, mine.host, mine.proc_start, mine.acquired, mine.acquired),
         )
 
@@ -226,7 +226,7 @@ class LeaseMixin:
     def release_leases(self, holder: str) -> None:
         """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
         self.let_go(holder)
-        self._committer.add("DELETE FROM leases WHERE holder=?", (holder,))
+        self._committer.add(RELEASE, (holder,))
 
     def lease(self, run_id: str) -> Lease | None:
         """The lease on ``run_id``, if any."""

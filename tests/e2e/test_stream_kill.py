@@ -33,7 +33,7 @@ PIPELINE = textwrap.dedent(
     def parse(batch):
         # 20 ms a batch: the 200 batches take 4 s or more on any machine, so the ten kills
         # (0-0.6 s after the first output) land while batches are still being committed.
-        time.sleep(0.02)
+        time.sleep(SLEEP)
         return [r for r in batch if r["id"] % 7 != 3]
 
     @pipeline.task("score", depends_on=["parse"])
@@ -49,16 +49,25 @@ def expected() -> list[dict[str, int]]:
     return [{"id": i, "score": (i * 31) % 1000} for i in range(RECORDS) if i % 7 != 3]
 
 
-def command(tmp: Path) -> list[str]:
+def command(tmp: Path, batch: int = 500) -> list[str]:
     return [
         sys.executable, "-m", "xlib_pipeline.cli", "stream", "pipe.py",
         "--source", "jsonl:in.jsonl", "--sink", "jsonl:out.jsonl",
-        "--store", str(tmp / "runs.sqlite"), "--batch-size", "500", "--no-monitor",
+        "--store", str(tmp / "runs.sqlite"), "--batch-size", str(batch), "--no-monitor",
     ]  # fmt: skip
 
 
-def test_sigkill_at_ten_seeded_points_leaves_every_result_once(tmp_path: Path) -> None:
-    (tmp_path / "pipe.py").write_text(PIPELINE)
+@pytest.mark.parametrize(
+    ("batch", "sleep"),
+    [(500, "0.02"), (25, "0")],
+    ids=["slow-batches", "fast-pipelined-batches"],
+)
+def test_sigkill_at_ten_seeded_points_leaves_every_result_once(
+    tmp_path: Path, batch: int, sleep: str
+) -> None:
+    """Fast batches (no sleep, 25 records): their commits are pipelined and grouped, up to 8
+    batches written past the checkpoint when the kill lands."""
+    (tmp_path / "pipe.py").write_text(PIPELINE.replace("SLEEP", sleep))
     with open(tmp_path / "in.jsonl", "w") as f:
         for i in range(RECORDS):
             f.write(json.dumps({"id": i, "pad": "x" * (i % 13)}) + "\n")
@@ -68,7 +77,7 @@ def test_sigkill_at_ten_seeded_points_leaves_every_result_once(tmp_path: Path) -
     progress: list[int] = []
     for _ in range(10):
         proc = subprocess.Popen(
-            command(tmp_path), cwd=tmp_path, env=env,
+            command(tmp_path, batch), cwd=tmp_path, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         # Wait until the stream is committing batches, then kill it at a random instant.
@@ -85,7 +94,12 @@ def test_sigkill_at_ten_seeded_points_leaves_every_result_once(tmp_path: Path) -
         progress.append(_committed(tmp_path))
     assert kills >= 5, "the stream finished before most kills: nothing was tested"
     final = subprocess.run(
-        command(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        command(tmp_path, batch),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert final.returncode == 0, final.stderr
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
@@ -93,7 +107,7 @@ def test_sigkill_at_ten_seeded_points_leaves_every_result_once(tmp_path: Path) -
     with sqlite3.connect(tmp_path / "runs.sqlite") as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         seq, records = c.execute("SELECT seq, records FROM streams").fetchone()
-    assert records == RECORDS and seq == RECORDS // 500
+    assert records == RECORDS and seq == RECORDS // batch
     assert progress == sorted(progress), "a checkpoint went backwards"
 
 

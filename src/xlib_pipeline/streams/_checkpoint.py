@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._group_commit import Then
 from .._tables import BatchRecord, StreamRecord
 from ..exceptions import StoreError
 from ._protocol import Checkpoint
@@ -188,7 +189,32 @@ class CheckpointStore:
             ]
         )
 
-    def commit(
+    def commit(self, name: str, **batch: Any) -> None:
+        """Commit one batch: its row and the stream's new offsets, position, counters and
+        window state, in one transaction (see :meth:`_statements` for the arguments)."""
+        (self._tx if self._writer is None else self._through_writer)(
+            self._statements(name, **batch)
+        )
+
+    def commit_later(self, name: str, *, then: Then, **batch: Any) -> None:
+        """Queue :meth:`commit` of one batch behind the batch run's rows and return at once:
+        the store's writer commits them as soon as no commit is in flight, in one
+        transaction, then calls ``then(None)``, or ``then(StoreError)`` when it could not
+        (from the writer's thread, or from this one)."""
+        statements = self._statements(name, **batch)
+        if self._writer is None:
+            try:
+                self._tx(statements)
+            except StoreError as exc:
+                then(exc)
+                return
+            then(None)
+            return
+        for sql, params in statements:
+            self._writer.add(sql, params)
+        self._writer.commit(then)
+
+    def _statements(
         self,
         name: str,
         *,
@@ -202,52 +228,49 @@ class CheckpointStore:
         late: int = 0,
         dead: int = 0,
         lag: int | None = None,
-    ) -> None:
-        """Commit one batch: its row and the stream's new offsets, position, counters and
-        window state, in one transaction."""
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that commit one batch."""
         now = time.time()
         pos = _j(checkpoint.position)
-        (self._tx if self._writer is None else self._through_writer)(
-            [
+        return [
+            (
+                "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "
+                "end_offset, records, outputs, late, dead, position, output, committed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "
-                    "end_offset, records, outputs, late, dead, position, output, committed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        checkpoint.seq,
-                        run_id,
-                        _j(start),
-                        _j(checkpoint.offset),
-                        records,
-                        outputs,
-                        late,
-                        dead,
-                        pos,
-                        output,
-                        now,
-                    ),
+                    name,
+                    checkpoint.seq,
+                    run_id,
+                    _j(start),
+                    _j(checkpoint.offset),
+                    records,
+                    outputs,
+                    late,
+                    dead,
+                    pos,
+                    output,
+                    now,
                 ),
+            ),
+            (
+                "UPDATE streams SET seq=?, offset=?, position=?, records=records+?, "
+                "outputs=outputs+?, late=late+?, dead=dead+?, lag=?, window_state=?, "
+                "updated=? WHERE name=?",
                 (
-                    "UPDATE streams SET seq=?, offset=?, position=?, records=records+?, "
-                    "outputs=outputs+?, late=late+?, dead=dead+?, lag=?, window_state=?, "
-                    "updated=? WHERE name=?",
-                    (
-                        checkpoint.seq,
-                        _j(checkpoint.offset),
-                        pos,
-                        records,
-                        outputs,
-                        late,
-                        dead,
-                        lag,
-                        window_state,
-                        now,
-                        name,
-                    ),
+                    checkpoint.seq,
+                    _j(checkpoint.offset),
+                    pos,
+                    records,
+                    outputs,
+                    late,
+                    dead,
+                    lag,
+                    window_state,
+                    now,
+                    name,
                 ),
-            ]
-        )
+            ),
+        ]
 
     def finish(self, name: str, status: str, error: str | None = None) -> None:
         """Record how a stream stopped (``completed``, ``stopped``, ``failed``)."""

@@ -290,6 +290,9 @@ class JsonLinesSink(BaseSink):
     nothing either way).
     """
 
+    #: Restored to its checkpoint on restart (truncated): see Sink.rewinds.
+    rewinds = True
+
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.url = f"jsonl:{self.path}"

@@ -14,6 +14,7 @@ from ..exceptions import ConfigError, PipelineError, StoreError, StreamError
 from ._batch import BatchOutcome, brief_offset
 from ._batch import records_of as _records_of
 from ._pipeline import BATCH_TASK, derive
+from ._pipelined import Confirming, Unconfirmed, batch_info
 from ._protocol import Checkpoint, Sink, Source, SourceBatch
 from ._start import StreamStart
 from ._windows import WindowOperator
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._task import Pipeline
 
 
-class Stream(StreamStart):
+class Stream(Confirming, StreamStart):
     """One stream: a pipeline over a source into a sink, checkpointed in the run store.
 
     Counters (``records``, ``batches``, ``outputs``, ``late``, ``dead``) include what
@@ -102,6 +103,9 @@ class Stream(StreamStart):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ckpt: CheckpointTable | None = None
+        #: Batches written and queued for commit, not yet confirmed (see _pipelined).
+        self._unconfirmed: collections.deque[Unconfirmed] = collections.deque()
+        self._depth = 1
         self._tenant = self.run_kwargs.get("tenant_id")
 
     # -- control ----------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class Stream(StreamStart):
         from .._tables import open_checkpoints
 
         self._ckpt = open_checkpoints(store, f"stream {self.name!r}")
+        self._depth = self._pipelines(self.sink, (self.late_sink, self.dead_letter), self._ckpt)
         self.started = time.time()
         self.status = "running"
         try:
@@ -225,6 +230,8 @@ class Stream(StreamStart):
         reading = True
         try:
             while reading or pending:
+                if self._unconfirmed:
+                    self._settle(self._depth)  # confirm what is committed, never wait
                 if reading and (self._stop.is_set() or self._limit_reached()):
                     reading = False
                 if reading and len(pending) < self.max_in_flight:
@@ -237,7 +244,7 @@ class Stream(StreamStart):
                         if self.windows is not None and self.windows.has_open():
                             # The source ended: one last run closes the open windows.
                             self.windows.final = True
-                            end = self.checkpoint.offset if not pending else pending[-1][1].end
+                            end = self._written().offset if not pending else pending[-1][1].end
                             seq += 1
                             last = SourceBatch(records=[], start=end, end=end)
                             pending.append((seq, last, self._run_batch(seq, last)))
@@ -266,6 +273,13 @@ class Stream(StreamStart):
                     s, b, work = pending.popleft()
                     result = work.result() if isinstance(work, cf.Future) else work
                     self._commit(s, b, result)  # raises on a failed batch: nothing after it
+            self._settle()
+        except BaseException:
+            try:
+                self._settle()  # what was committed is reported as such
+            except Exception:  # the first error is the story
+                pass
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -335,9 +349,13 @@ class Stream(StreamStart):
         return result
 
     def _commit(self, seq: int, batch: SourceBatch, outcome: BatchOutcome) -> None:
+        """Write batch ``seq`` to the sink and queue its checkpoint's commit (see
+        :mod:`._pipelined`: fewer than ``_depth`` batches unconfirmed before the write)."""
+        self._settle(self._depth - 1)
         result = outcome.result
         self.last_run_id = result.run_id
         if not result.success and outcome.outputs is None:
+            self._settle()  # a failed commit before it is the story
             err = result.error
             raise StreamError(
                 f"stream {self.name!r}: batch {seq} (offsets {batch.start}..{batch.end}, "
@@ -349,8 +367,7 @@ class Stream(StreamStart):
         else:
             task = result.tasks.get(self.output_task)
             out = _records_of(task.output if task is not None else None)
-        assert self.checkpoint is not None
-        nxt = Checkpoint(seq=seq, offset=batch.end, position=self.checkpoint.position)
+        nxt = Checkpoint(seq=seq, offset=batch.end, position=self._written().position)
         try:
             position = self.sink.write(out, nxt, self.source)
         except PipelineError:
@@ -373,50 +390,32 @@ class Stream(StreamStart):
         self.lag = self.source.lag()
         assert self._ckpt is not None
         # The batch run's rows were queued on the store's writer; the checkpoint is queued
-        # behind them and committed with them (it names the run), with one wait.
+        # behind them and committed with them, in one transaction. The commit runs while
+        # the next batch is read and run; what follows it (the source's acknowledgement,
+        # the counters, the "batch" event, on_batch) runs here once it is confirmed.
+        counts = (len(batch.records), len(out), len(late), len(dead))
+        info = batch_info(seq, result.run_id, batch.start, batch.end, counts, self.lag)
+        u = Unconfirmed(nxt, len(batch.records), info)
+        args: dict[str, Any] = {
+            "checkpoint": nxt,
+            "run_id": result.run_id,
+            "start": batch.start,
+            "records": len(batch.records),
+            "outputs": len(out),
+            "output": self._protect(out, "stream_output", seq),
+            "window_state": self._window_blob(seq),
+            "late": len(late),
+            "dead": len(dead),
+            "lag": self.lag,
+        }
+        if self._depth > 1:
+            self._ckpt.commit_later(self.name, then=u.then, **args)  # type: ignore[attr-defined]
+            self._unconfirmed.append(u)  # queued (a raise above: nothing to wait for)
+            return
         try:
-            self._ckpt.commit(
-                self.name,
-                checkpoint=nxt,
-                run_id=result.run_id,
-                start=batch.start,
-                records=len(batch.records),
-                outputs=len(out),
-                output=self._protect(out, "stream_output", seq),
-                window_state=self._window_blob(seq),
-                late=len(late),
-                dead=len(dead),
-                lag=self.lag,
-            )
+            self._ckpt.commit(self.name, **args)
         except StoreError as exc:
-            raise StreamError(
-                f"stream {self.name!r}: batch {seq} (offsets {brief_offset(batch.start)}.."
-                f"{brief_offset(batch.end)}, run {result.run_id}) could not be committed with "
-                f"its checkpoint: {exc}. Batches up to {seq - 1} are committed; a restart "
-                f"retries batch {seq} (the sink's writes past the checkpoint are undone or "
-                "adopted)"
-            ) from exc
-        self.source.committed(batch.end)
-        self.checkpoint = nxt
-        self.batches = seq
-        self.records += len(batch.records)
-        self._session_records += len(batch.records)
-        self._session_batches += 1
-        self.outputs += len(out)
-        self.late += len(late)
-        self.dead += len(dead)
-        self._event(
-            "batch",
-            {
-                "seq": seq,
-                "run_id": result.run_id,
-                "offsets": [brief_offset(batch.start), brief_offset(batch.end)],
-                "records": len(batch.records),
-                "outputs": len(out),
-                "late": len(late),
-                "dead": len(dead),
-                "lag": self.lag,
-            },
-        )
-        if self.on_batch is not None:
-            self.on_batch(self)
+            u.error = exc
+        u.done.set()
+        self._unconfirmed.append(u)
+        self._settle()

@@ -109,6 +109,12 @@ class BaseSink:
     """Defaults for the optional parts of :class:`Sink`."""
 
     url = "sink"
+    #: Optional (default ``False``): ``True`` when :meth:`Sink.open` restores the sink to the
+    #: checkpoint it is given, undoing or adopting every write past it (a file truncates, a
+    #: broker sink adopts its own newer checkpoint). Then a stream writes the next batches
+    #: while a batch's checkpoint commits; else each batch waits for its commit first, so
+    #: after a crash at most the last batch is delivered again.
+    rewinds = False
 
     def open(self, checkpoint: Checkpoint | None) -> Checkpoint | None:
         return None

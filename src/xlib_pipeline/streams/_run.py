@@ -10,6 +10,7 @@ from ..exceptions import ConfigError
 from ._batch import brief_offset
 from ._connectors import CallbackSink, IterableSource
 from ._engine import Stream
+from ._pipelined import DISPLAY_ONLY
 from ._protocol import BaseSink, Checkpoint, Sink, Source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,6 +22,7 @@ class NullSink(BaseSink):
     """Keeps no copy: outputs are only checkpointed in the run store."""
 
     url = "none"
+    rewinds = True  # nothing to take back
 
     def write(self, records: Any, checkpoint: Checkpoint, source: Source) -> Any:
         return None
@@ -207,3 +209,6 @@ def print_progress(stream: Stream) -> None:
         f"checkpoint {brief_offset(stream.checkpoint.offset) if stream.checkpoint else None}   "
     )
     sys.stderr.flush()
+
+
+DISPLAY_ONLY.add(print_progress)

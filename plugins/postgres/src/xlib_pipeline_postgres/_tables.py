@@ -83,11 +83,17 @@ class _Table:
         try:
             self.store.flush()
         except StoreError as exc:
-            cause = exc.__cause__
-            if cause is not None and getattr(cause, "sqlstate", None) == "42P01":
-                table = next((t for t in self._tables if t in str(cause)), self._tables[0])
-                raise self.store.missing_table(cause, table, self._what) from cause
-            raise
+            raise self._named(exc) from exc.__cause__
+
+    def _named(self, exc: StoreError) -> StoreError:
+        """``exc``, or the error naming the missing table when that is what failed."""
+        cause = exc.__cause__
+        if cause is not None and getattr(cause, "sqlstate", None) == "42P01":
+            table = next((t for t in self._tables if t in str(cause)), self._tables[0])
+            named: StoreError = self.store.missing_table(cause, table, self._what)
+            named.__cause__ = cause
+            return named
+        return exc
 
     def close(self) -> None:
         """Nothing of its own to release: the store's pool and writer are the store's."""
@@ -285,7 +291,29 @@ class PostgresCheckpoints(_Table):
             ]
         )
 
-    def commit(
+    def commit(self, name: str, **batch: Any) -> None:
+        self._write(self._statements(name, **batch))
+
+    def commit_later(
+        self, name: str, *, then: Callable[[BaseException | None], None], **batch: Any
+    ) -> None:
+        """Queue the batch's commit behind its run's rows and return at once; the store's
+        writer calls ``then(None)`` once they are committed in one transaction, or
+        ``then(StoreError)``."""
+        for sql, params in self._statements(name, **batch):
+            self.store.add(Native(sql), params)
+
+        def done(err: BaseException | None) -> None:
+            named = err
+            try:
+                if isinstance(err, StoreError):
+                    named = self._named(err)
+            finally:
+                then(named)  # always: the stream waits for it
+
+        self.store.commit(done)
+
+    def _statements(
         self,
         name: str,
         *,
@@ -299,54 +327,52 @@ class PostgresCheckpoints(_Table):
         late: int = 0,
         dead: int = 0,
         lag: int | None = None,
-    ) -> None:
+    ) -> list[tuple[str, tuple[Any, ...]]]:
         now = time.time()
         pos = _j(checkpoint.position)
-        self._write(
-            [
+        return [
+            (
+                "INSERT INTO stream_batches (stream, seq, run_id, start_offset, end_offset, "
+                "records, outputs, late, dead, position, output, committed) VALUES (%s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (stream, seq) DO UPDATE "
+                "SET run_id = EXCLUDED.run_id, start_offset = EXCLUDED.start_offset, "
+                "end_offset = EXCLUDED.end_offset, records = EXCLUDED.records, outputs = "
+                "EXCLUDED.outputs, late = EXCLUDED.late, dead = EXCLUDED.dead, position = "
+                "EXCLUDED.position, output = EXCLUDED.output, committed = EXCLUDED.committed",
                 (
-                    "INSERT INTO stream_batches (stream, seq, run_id, start_offset, end_offset, "
-                    "records, outputs, late, dead, position, output, committed) VALUES (%s, %s, "
-                    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (stream, seq) DO UPDATE "
-                    "SET run_id = EXCLUDED.run_id, start_offset = EXCLUDED.start_offset, "
-                    "end_offset = EXCLUDED.end_offset, records = EXCLUDED.records, outputs = "
-                    "EXCLUDED.outputs, late = EXCLUDED.late, dead = EXCLUDED.dead, position = "
-                    "EXCLUDED.position, output = EXCLUDED.output, committed = EXCLUDED.committed",
-                    (
-                        name,
-                        checkpoint.seq,
-                        run_id,
-                        _j(start),
-                        _j(checkpoint.offset),
-                        records,
-                        outputs,
-                        late,
-                        dead,
-                        pos,
-                        output,
-                        now,
-                    ),
+                    name,
+                    checkpoint.seq,
+                    run_id,
+                    _j(start),
+                    _j(checkpoint.offset),
+                    records,
+                    outputs,
+                    late,
+                    dead,
+                    pos,
+                    output,
+                    now,
                 ),
+            ),
+            (
+                'UPDATE streams SET seq = %s, "offset" = %s, position = %s, records = '
+                "records + %s, outputs = outputs + %s, late = late + %s, dead = dead + %s, "
+                "lag = %s, window_state = %s, updated = %s WHERE name = %s",
                 (
-                    'UPDATE streams SET seq = %s, "offset" = %s, position = %s, records = '
-                    "records + %s, outputs = outputs + %s, late = late + %s, dead = dead + %s, "
-                    "lag = %s, window_state = %s, updated = %s WHERE name = %s",
-                    (
-                        checkpoint.seq,
-                        _j(checkpoint.offset),
-                        pos,
-                        records,
-                        outputs,
-                        late,
-                        dead,
-                        lag,
-                        window_state,
-                        now,
-                        name,
-                    ),
+                    checkpoint.seq,
+                    _j(checkpoint.offset),
+                    pos,
+                    records,
+                    outputs,
+                    late,
+                    dead,
+                    lag,
+                    window_state,
+                    now,
+                    name,
                 ),
-            ]
-        )
+            ),
+        ]
 
     def finish(self, name: str, status: str, error: str | None = None) -> None:
         self._write(

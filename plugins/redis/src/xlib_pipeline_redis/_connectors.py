@@ -90,6 +90,10 @@ class RedisStreamSource(BaseSource):
         self.client = _client(server)
         self._own_pending = True
         self._acked_in_sink: set[str] = set()
+        #: Entries delivered in a batch whose commit is not acknowledged yet: they are still
+        #: in our pending list, and a pending read must not deliver them again (the next
+        #: batch is read while the previous one commits, or with max_in_flight > 1).
+        self._delivered: set[str] = set()
         try:
             self.client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -135,12 +139,7 @@ class RedisStreamSource(BaseSource):
         entries: list[tuple[str, dict[str, str]]] = []
         try:
             if self._own_pending:  # delivered to us before a restart, never acknowledged
-                got: Any = self.client.xreadgroup(
-                    self.group, self.consumer, {self.stream: "0"}, count=max_records
-                )
-                entries = got[0][1] if got else []
-                if not entries:
-                    self._own_pending = False
+                entries = self._read_pending(max_records)
             if not entries:  # a dead consumer's pending entries
                 claimed = self.client.xautoclaim(
                     self.stream,
@@ -150,11 +149,12 @@ class RedisStreamSource(BaseSource):
                     start_id="0-0",
                     count=max_records,
                 )
-                entries = [e for e in claimed[1] if e[1] is not None]
+                delivered = self._delivered
+                entries = [e for e in claimed[1] if e[1] is not None and e[0] not in delivered]
                 if entries:
                     self._own_pending = True  # they are ours now: read them as pending
             if not entries:
-                got = self.client.xreadgroup(
+                got: Any = self.client.xreadgroup(
                     self.group,
                     self.consumer,
                     {self.stream: ">"},
@@ -165,16 +165,35 @@ class RedisStreamSource(BaseSource):
         except redis.RedisError as exc:
             raise StreamError(f"source {self.url}: {type(exc).__name__}: {exc}") from exc
         ids = [e[0] for e in entries]
+        self._delivered.update(ids)
         records = [dict(e[1]) for e in entries]
         start = ids[0] if ids else None
         return SourceBatch(
             records=records, start=start, end={"last": ids[-1] if ids else None, "ids": ids}
         )
 
+    def _read_pending(self, max_records: int) -> list[tuple[str, dict[str, str]]]:
+        """Our pending entries not delivered in a batch still committing (after the last
+        such entry); none left: back to claiming and new entries."""
+        after = "0"
+        while True:
+            got: Any = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: after}, count=max_records
+            )
+            entries: list[tuple[str, dict[str, str]]] = got[0][1] if got else []
+            if not entries:
+                self._own_pending = False
+                return []
+            fresh = [e for e in entries if e[0] not in self._delivered]
+            if fresh:
+                return fresh
+            after = entries[-1][0]
+
     def committed(self, offset: Any) -> None:
         ids = offset.get("ids") if isinstance(offset, dict) else None
         if not ids:
             return
+        self._delivered.difference_update(ids)
         if self._acked_in_sink:
             done = self._acked_in_sink
             self._acked_in_sink = set()
@@ -204,6 +223,10 @@ def _field(value: Any) -> str | int | float | bytes:
 
 class RedisStreamSink(BaseSink):
     """Appends output records to a Redis stream, exactly once per batch (MULTI/EXEC)."""
+
+    #: Adopts its own checkpoint when it is ahead of the store's (``open``): the stream
+    #: may write the next batches while a batch's checkpoint commits.
+    rewinds = True
 
     def __init__(
         self,
