@@ -269,3 +269,44 @@ def test_a_runs_params_are_recorded_and_a_batchs_are_not_walked(
     assert started[2]["params"] == {"region": "eu"}
     assert calls == [{"region": "eu"}]
     assert verify(path).ok
+
+
+def test_a_stream_batch_holds_its_run_finished_for_the_streams_next_write(
+    tmp_path: Path,
+) -> None:
+    """A batch that succeeded does not write its run.finished by itself: it rides with the
+    stream's next write (its stream.batch record, after the checkpoint). Nothing is lost:
+    every batch's run.finished precedes its stream.batch, a failed batch's run.finished is
+    written, and the trail verifies."""
+    path = tmp_path / "audit.jsonl"
+    at_sink: list[list[str]] = []
+
+    def sink(records: list[int]) -> None:
+        lines = [json.loads(x) for x in path.read_text("utf-8").splitlines()]
+        at_sink.append([r["action"] for r in lines])
+
+    def double_or_fail(batch: list[int]) -> list[int]:
+        if 25 in batch:
+            raise ValueError("bad record 25")
+        return [x * 2 for x in batch]
+
+    p = Pipeline("s")
+    p.add_task("double", double_or_fail)
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}, "audit": {"path": str(path)}}
+    with PipelineManager(config, entry_points=False, plugins=[AuditPlugin()]) as pm:
+        s = pm.stream(p, source=list(range(30)), sink=sink, batch_size=10)
+        assert s.status == "failed" and "bad record 25" in str(s.error)
+    # At the sink's write of batch 1 its task.started is in the file, its task.finished and
+    # run.finished are held (old behaviour: written when the run returned, before the sink).
+    assert at_sink[0][-1] == "task.started" and "run.finished" not in at_sink[0]
+    assert at_sink[1].count("run.finished") == 1  # batch 1's, carried by its stream.batch
+    assert verify(path).ok
+    lines = [json.loads(x) for x in path.read_text("utf-8").splitlines()]
+    actions = [r["action"] for r in lines]
+    assert actions.count("run.finished") == 3 and actions.count("stream.batch") == 2
+    for b in (r for r in lines if r["action"] == "stream.batch"):
+        fin = next(i for i, r in enumerate(lines) if r["action"] == "run.finished"
+                   and r["run_id"] == b["run_id"])  # fmt: skip
+        assert fin < lines.index(b)
+    failed = [r for r in lines if r["action"] == "run.finished" and r["outcome"] == "failed"]
+    assert len(failed) == 1 and actions[-1] == "stream.failed"
