@@ -571,3 +571,38 @@ def test_a_commit_writes_only_what_was_queued_before_it_was_asked_for() -> None:
     c.flush()
     assert written == [["a1", "a2"], ["b1", "b2"]]
     c.close()
+
+
+def test_a_writer_thread_bug_answers_the_waiters_instead_of_hanging_them() -> None:
+    """A write on the writer thread that raises something that is not a storage fault (a
+    bug) used to be swallowed with the callbacks requeued: a waiter hung until some other
+    commit came. Now the waiters get a StoreError naming it, nothing queued is dropped, and
+    the next flush retries it."""
+    from xlib_pipeline.exceptions import StoreError
+    from xlib_pipeline.store import GroupCommitter
+
+    written: list[list[str]] = []
+    calls = [0]
+
+    class Buggy(GroupCommitter):
+        def write(self, batch: list[Any]) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise RuntimeError("a bug in write")
+            written.append([sql for sql, _ in batch])
+
+    c = Buggy()
+    got: list[BaseException | None] = []
+    done = threading.Event()
+    c.add("a1", ())
+    c.commit(lambda err: (got.append(err), done.set()))  # taken by the writer thread
+    assert done.wait(10), "the waiter was left hanging"
+    err = got[0]
+    assert isinstance(err, StoreError) and "RuntimeError: a bug in write" in str(err)
+    assert isinstance(err.__cause__, RuntimeError)
+    later: list[BaseException | None] = []
+    c.commit(later.append)  # fails fast meanwhile, as after a failed write
+    assert later and isinstance(later[0], StoreError)
+    c.flush()  # retries: nothing was dropped
+    assert written == [["a1"]]
+    c.close()

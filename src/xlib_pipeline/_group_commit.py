@@ -149,7 +149,27 @@ class GroupCommitter:
                 self._wake = False
             try:
                 self._combine()
-            except BaseException:  # pragma: no cover - a bug: what was taken is requeued
+            except BaseException as exc:  # not a storage fault: what was taken is requeued
+                self._fail_waiters(exc)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        """The writer thread's write raised something that is not one of :attr:`faults` (a
+        bug, a statement SQLite cannot bind): answer everyone waiting with it as a
+        StoreError, as a failed write does, instead of leaving them waiting for a commit that
+        no thread will retry. The statements stay queued; :meth:`flush` retries them (and
+        raises the original error in its caller if it happens again)."""
+        err = StoreError(
+            f"run store: the writer thread failed: {type(exc).__name__}: {exc}; nothing "
+            "queued was dropped, the next flush retries it"
+        )
+        err.__cause__ = exc
+        with self._lock:
+            self.error = err
+            then, self._then = self._then, []
+        for fn in then:
+            try:
+                fn(err)
+            except Exception:  # pragma: no cover - a callback bug must not stop us
                 pass
 
     def _combine(self) -> StoreError | None:
