@@ -395,7 +395,7 @@ class Stream(Confirming, StreamStart):
         # the counters, the "batch" event, on_batch) runs here once it is confirmed.
         counts = (len(batch.records), len(out), len(late), len(dead))
         info = batch_info(seq, result.run_id, batch.start, batch.end, counts, self.lag)
-        u = Unconfirmed(nxt, len(batch.records), info)
+        u = Unconfirmed(nxt, info)
         args: dict[str, Any] = {
             "checkpoint": nxt,
             "run_id": result.run_id,

@@ -41,12 +41,11 @@ class Unconfirmed:
     """A batch whose checkpoint's commit is queued: ``then`` (called on the writer's thread,
     or at once) sets ``done``, with ``error`` when the commit failed."""
 
-    __slots__ = ("checkpoint", "done", "error", "info", "records")
+    __slots__ = ("checkpoint", "done", "error", "info")
 
-    def __init__(self, checkpoint: Checkpoint, records: int, info: dict[str, Any]) -> None:
+    def __init__(self, checkpoint: Checkpoint, info: dict[str, Any]) -> None:
         self.checkpoint = checkpoint
-        self.records = records
-        self.info = info  # the ``batch`` stream event's info
+        self.info = info  # the ``batch`` stream event's info (its counts, offsets, run)
         self.error: BaseException | None = None
         self.done = threading.Event()
 
@@ -118,8 +117,9 @@ class Confirming:
         self.source.committed(ckpt.offset)
         self.checkpoint = ckpt
         self.batches = ckpt.seq
-        self.records += u.records
-        self._session_records += u.records
+        records = info["records"]
+        self.records += records
+        self._session_records += records
         self._session_batches += 1
         self.outputs += info["outputs"]
         self.late += info["late"]
