@@ -310,3 +310,72 @@ def test_a_stream_batch_holds_its_run_finished_for_the_streams_next_write(
         assert fin < lines.index(b)
     failed = [r for r in lines if r["action"] == "run.finished" and r["outcome"] == "failed"]
     assert len(failed) == 1 and actions[-1] == "stream.failed"
+
+
+def test_a_committed_batchs_stream_batch_is_held_for_the_trails_next_write(
+    tmp_path: Path,
+) -> None:
+    """A committed batch's stream.batch record is not written by itself: the next batch's
+    first task.started carries it (before that body runs), the stream's end record carries
+    the last one, and an idle trail's flusher tick writes one that waits. Every batch's
+    stream.batch follows its run.finished; the trail verifies."""
+    path = tmp_path / "audit.jsonl"
+    at_batch: list[list[str]] = []
+    at_body: list[list[str]] = []
+
+    def actions() -> list[str]:
+        return [json.loads(x)["action"] for x in path.read_text("utf-8").splitlines()]
+
+    def double(batch: list[int]) -> list[int]:
+        at_body.append(actions())
+        return [x * 2 for x in batch]
+
+    p = Pipeline("s")
+    p.add_task("double", double)
+    audit = {"path": str(path), "batch_interval_ms": 600_000}  # no tick in this stream
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}, "audit": audit}
+    with PipelineManager(config, entry_points=False, plugins=[AuditPlugin()]) as pm:
+        s = pm.stream(
+            p, source=list(range(30)), sink=lambda r: None, batch_size=10,
+            on_batch=lambda st: at_batch.append(actions()),
+        )  # fmt: skip
+        assert s.status == "completed", s.error
+    # Old behaviour: the stream.batch record was in the file when on_batch ran.
+    assert [a.count("stream.batch") for a in at_batch] == [0, 1, 2]
+    assert at_batch[0][-1] == "task.started"
+    # The next batch's first task.started carried it, before that body ran.
+    assert [a.count("stream.batch") for a in at_body] == [0, 1, 2]
+    assert verify(path).ok
+    lines = [json.loads(x) for x in path.read_text("utf-8").splitlines()]
+    names = [r["action"] for r in lines]
+    assert names.count("stream.batch") == 3 and names[-1] == "stream.completed"
+    assert names[-2] == "stream.batch"  # the last one, carried by the stream's end record
+    for b in (r for r in lines if r["action"] == "stream.batch"):
+        fin = next(i for i, r in enumerate(lines) if r["action"] == "run.finished"
+                   and r["run_id"] == b["run_id"])  # fmt: skip
+        assert fin < lines.index(b)
+
+
+def test_a_held_stream_batch_record_is_written_by_the_flushers_tick(tmp_path: Path) -> None:
+    """With nothing else to write (an idle stream), the trail's flusher writes a held
+    stream.batch record within batch_interval_ms."""
+    import time
+    from types import SimpleNamespace
+
+    path = tmp_path / "audit.jsonl"
+    config = {"audit": {"path": str(path), "batch_interval_ms": 20}}
+    plugin = AuditPlugin()
+    with PipelineManager(config, entry_points=False, plugins=[plugin]):
+        recorder = plugin._recorder
+        assert recorder is not None
+        stream = SimpleNamespace(run_kwargs={}, pipeline=SimpleNamespace(name="p"), name="s")
+        info = {"seq": 1, "run_id": "r1", "offsets": [0, 10], "records": 10, "outputs": 10,
+                "late": 0, "dead": 0, "lag": 0}  # fmt: skip
+        recorder.stream_event(stream=stream, event="batch", info=info)
+        deadline = time.monotonic() + 10
+        while "stream.batch" not in path.read_text("utf-8") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [json.loads(x)["action"] for x in path.read_text("utf-8").splitlines()] == [
+            "stream.batch"
+        ]
+    assert verify(path).ok
