@@ -14,6 +14,7 @@ from xlib_pipeline import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._envelope import VERSION, Envelope, key_id_of, parse_header
+    from ._keyfile import default_key_dir
     from ._keyring import (
         KeyManagementService,
         Keyring,
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
         generate_key_file,
         new_master_key,
     )
-    from ._plugin import EncryptionPlugin, default_key_dir, encrypt_data
+    from ._plugin import EncryptionPlugin, encrypt_data
     from ._rotate import RotationReport, rotate_store
     from ._shred import ShredReport, shred_tenant
 
@@ -38,7 +39,7 @@ _LAZY = {
     "generate_key_file": "._keyring",
     "new_master_key": "._keyring",
     "EncryptionPlugin": "._plugin",
-    "default_key_dir": "._plugin",
+    "default_key_dir": "._keyfile",
     "encrypt_data": "._plugin",
     "RotationReport": "._rotate",
     "rotate_store": "._rotate",

@@ -7,8 +7,9 @@ from typing import Any
 
 from xlib_pipeline import ENCRYPTED_MAGIC, ConfigError, data_dir
 
+from ._keyfile import DEFAULT_KEY_FILE, KEYS_DIR_ENV, default_key_dir
 from ._keyring import Keyring, generate_key_file
-from ._plugin import DEFAULT_KEY_FILE, KEYS_DIR_ENV, _log, default_key_dir
+from ._plugin import _log
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import (
@@ -28,6 +28,8 @@ from xlib_pipeline import (
     with_options,
 )
 
+from ._keyfile import key_file_stamp
+
 if TYPE_CHECKING:  # pragma: no cover
     from ._envelope import Envelope
     from ._keyring import KeyManagementService
@@ -38,10 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
 # envelope modules (attrs classes) are imported when a key is configured or data sealed or
 # read, ._stream (cryptography's AEAD) when a blob is sealed or opened.
 
-#: Environment variable naming the folder of the embedded default key file.
-KEYS_DIR_ENV = "XLIB_PIPELINE_KEYS_DIR"
-DEFAULT_KEY_FILE = "master-keys.json"
-
 _log = logging.getLogger("xlib_pipeline.encryption")
 
 #: Task -> master key id of the outputs this run sealed (for the run's evidence section).
@@ -49,6 +47,11 @@ SEALED_KEYS: StashKey[dict[str, str]] = StashKey("encryption.sealed_keys")
 
 
 _bool = boolean
+
+#: During a stream (a run whose params hold ``"stream"``), the key file is checked for
+#: changes at most once per this many seconds, not at every micro-batch.
+STREAM_KEY_CHECK = 1.0
+_clock = time.monotonic
 
 
 def _keyring_spec(value: Any) -> Any:
@@ -79,17 +82,6 @@ def _keyring_spec(value: Any) -> Any:
     )
 
 
-def default_key_dir() -> Path:
-    """Where the embedded default key file lives: ``$XLIB_PIPELINE_KEYS_DIR``, else
-    ``$XDG_CONFIG_HOME/xlib-pipeline/keys``, else ``~/.config/xlib-pipeline/keys``."""
-    env = os.environ.get(KEYS_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "xlib-pipeline" / "keys"
-
-
 class EncryptionPlugin:
     """AES-256-GCM envelope encryption of stored task outputs (see docs/plugins/encryption.md).
 
@@ -104,6 +96,9 @@ class EncryptionPlugin:
         self._lock = threading.Lock()
         self._kms: KeyManagementService | None = None
         self._kms_stamp: Any = None
+        #: time.monotonic() of the key file's last check (a stream re-checks it at most
+        #: once per STREAM_KEY_CHECK seconds)
+        self._kms_checked = float("-inf")
         self.at_rest = False
         self.in_transit = False
         self.allow_plaintext = False
@@ -256,17 +251,26 @@ class EncryptionPlugin:
         """Whether anything is encrypted: at-rest on, or tasks marked with ``encrypt``."""
         return self.at_rest or bool(self._marked)
 
-    def kms(self) -> KeyManagementService:
-        """The master keys in use (loaded on first use; a key file is re-read when it changed)."""
+    def kms(self, *, recheck_after: float = 0.0) -> KeyManagementService:
+        """The master keys in use (loaded on first use; a key file is re-read when it changed).
+
+        With ``recheck_after`` (seconds), keys loaded or checked less than that long ago are
+        returned without looking at the key file again (a stream's batches: see
+        ``STREAM_KEY_CHECK``).
+        """
         if self._kms_override is not None:
             return self._kms_override
         spec = self._spec
         if not isinstance(spec, Mapping) and spec is not None:
             given: KeyManagementService = spec  # a KMS object from config
             return given
-        stamp = _stamp(spec)
         kms = self._kms
+        now = _clock()
+        if kms is not None and now - self._kms_checked < recheck_after:
+            return kms
+        stamp = key_file_stamp(spec)
         if kms is not None and stamp == self._kms_stamp:
+            self._kms_checked = now
             return kms
         with self._lock:
             if self._kms is None or stamp != self._kms_stamp:
@@ -276,13 +280,14 @@ class EncryptionPlugin:
                     from ._defaults import default_keyring
 
                     new = default_keyring(create=True, store=self._store())
-                    stamp = _stamp(None)
+                    stamp = key_file_stamp(None)
                 else:
                     from ._keyring import Keyring
 
                     new = Keyring.load(spec)
                 assert new is not None
                 self._kms, self._kms_stamp = new, stamp
+                self._kms_checked = now
                 changed = old is not None and old.active_key_id != new.active_key_id
                 if changed and self._envelope is not None:
                     self._envelope.reset()
@@ -309,7 +314,10 @@ class EncryptionPlugin:
             with self._lock:
                 self._marked.update((name, t) for t in marked)
         if (self.at_rest or marked) and run.manager.store is not None:
-            self.kms()  # fail before anything runs when the keyring is unusable
+            # Fail before anything runs when the keyring is unusable. A plain run looks at
+            # the key file every time; a stream's batch at most once per STREAM_KEY_CHECK
+            # seconds (its os.stat cost ~30-50 us CPU per batch in a running stream).
+            self.kms(recheck_after=STREAM_KEY_CHECK if "stream" in run.params else 0.0)
             self._seen[run.run_id] = {}
 
     def after_pipeline(self, run: RunContext, result: Any) -> None:
@@ -418,40 +426,6 @@ class EncryptionPlugin:
         if not data.startswith(ENCRYPTED_MAGIC):
             return None
         return self.envelope.rewrap(data, ref)
-
-
-#: The key file's path by what it is derived from (the spec's file or the default folder's
-#: environment variables, and HOME for ``~``): ``kms()`` stamps the file before every run
-#: (a rotated key file is re-read), and building the path with pathlib cost more than the
-#: ``stat`` itself (a stream checks it once per micro-batch). Bounded.
-_KEY_PATHS: dict[tuple[str | None, ...], str] = {}
-
-
-def _key_path(spec: Any) -> str:
-    env = os.environ
-    file = spec["file"] if spec is not None else None
-    key = (file, env.get(KEYS_DIR_ENV), env.get("XDG_CONFIG_HOME"), env.get("HOME"))
-    path = _KEY_PATHS.get(key)
-    if path is None:
-        if len(_KEY_PATHS) >= 64:
-            _KEY_PATHS.clear()
-        found = default_key_dir() / DEFAULT_KEY_FILE if file is None else Path(file).expanduser()
-        path = _KEY_PATHS[key] = str(found)
-    return path
-
-
-def _stamp(spec: Any) -> Any:
-    if spec is None or (isinstance(spec, Mapping) and "file" in spec):
-        path = _key_path(spec)
-    elif isinstance(spec, Mapping) and "env" in spec:
-        return ("env", os.environ.get(spec["env"]))
-    else:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ("missing", path)
-    return (path, st.st_mtime_ns, st.st_size)
 
 
 def encrypt_data(
