@@ -67,8 +67,17 @@ CREATE TABLE IF NOT EXISTS stream_batches (
 """
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True).encode
+
+
 def _j(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+    """``json.dumps(value, sort_keys=True)``; an int (a byte offset, a sink position) or
+    ``None`` without building an encoder (three per batch)."""
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _ENCODE(value)
 
 
 def _u(text: str | None) -> Any:

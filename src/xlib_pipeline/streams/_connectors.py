@@ -171,6 +171,13 @@ class JsonLinesSource(BaseSource):
         self.poll_interval = poll_interval
         self._f: Any = None
         self._pos = 0
+        #: The file's size as last seen (by a read that reached its end, or a stat) and when
+        #: (``time.monotonic()``): :meth:`lag` stats the file at most every LAG_INTERVAL s.
+        self._size: int | None = None
+        self._size_at = 0.0
+
+    #: Seconds a size seen by a read or a stat is trusted for :meth:`lag`.
+    LAG_INTERVAL = 0.25
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> JsonLinesSource:
@@ -192,7 +199,7 @@ class JsonLinesSource(BaseSource):
 
     def _open(self) -> None:
         if self._f is None:
-            if not self.path.exists() and self.follow:
+            if self.follow and not self.path.exists():
                 self.path.touch()
             try:
                 self._f = open(self.path, "rb")  # noqa: SIM115 - kept open across batches
@@ -210,6 +217,7 @@ class JsonLinesSource(BaseSource):
             )
         self._f.seek(pos)
         self._pos = pos
+        self._size, self._size_at = size, time.monotonic()
 
     def read(self, max_records: int, timeout: float) -> SourceBatch | None:
         if self._f is None:
@@ -224,6 +232,10 @@ class JsonLinesSource(BaseSource):
             if line.endswith(b"\n"):
                 lines.append(line)
                 continue
+            # The end of the file (as of this read): its size is known without a stat.
+            now = time.monotonic()
+            self._size = start + sum(map(len, lines)) + len(line)
+            self._size_at = now
             if not self.follow:
                 if line:
                     lines.append(line)
@@ -232,13 +244,12 @@ class JsonLinesSource(BaseSource):
                 break
             if line:  # half-written: read it again once complete
                 f.seek(-len(line), os.SEEK_CUR)
-            now = time.monotonic()
             if deadline is None:
                 deadline = now + timeout
             if now >= deadline:
                 break
             time.sleep(min(self.poll_interval, max(0.0, deadline - now)))
-        end = f.tell()
+        end = start + sum(map(len, lines))  # where the file is (no lseek(2) for a tell())
         self._pos = end
         return SourceBatch(records=self._parse(lines, start), start=start, end=end)
 
@@ -269,10 +280,18 @@ class JsonLinesSource(BaseSource):
             return f.read(pos).count(b"\n") + 1
 
     def lag(self) -> int | None:
-        try:
-            return max(0, self.path.stat().st_size - self._pos)
-        except OSError:
-            return None
+        """Bytes behind the file's end as of the last read that reached the end or the last
+        stat, whichever is newer; the file is stat'ed at most every :attr:`LAG_INTERVAL`
+        seconds (not once per batch), or when the stream has read past the size it knew."""
+        size = self._size
+        now = time.monotonic()
+        if size is None or size < self._pos or now - self._size_at >= self.LAG_INTERVAL:
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                return None
+            self._size, self._size_at = size, now
+        return max(0, size - self._pos)
 
     def close(self) -> None:
         if self._f is not None:

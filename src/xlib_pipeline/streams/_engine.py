@@ -416,6 +416,6 @@ class Stream(Confirming, StreamStart):
             self._ckpt.commit(self.name, **args)
         except StoreError as exc:
             u.error = exc
-        u.done.set()
+        u.done = True
         self._unconfirmed.append(u)
         self._settle()

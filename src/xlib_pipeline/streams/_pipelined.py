@@ -39,19 +39,40 @@ DISPLAY_ONLY: set[Callable[[Any], None]] = set()
 
 class Unconfirmed:
     """A batch whose checkpoint's commit is queued: ``then`` (called on the writer's thread,
-    or at once) sets ``done``, with ``error`` when the commit failed."""
+    or at once) sets ``done``, with ``error`` when the commit failed.
 
-    __slots__ = ("checkpoint", "done", "error", "info")
+    ``done`` is a plain flag; a lock is made only when the stream's thread must wait for it
+    (:meth:`wait`), so a commit confirmed before it is looked at (the usual case) costs no
+    Event and no lock hand-off on the writer's thread.
+    """
+
+    __slots__ = ("_latch", "checkpoint", "done", "error", "info")
 
     def __init__(self, checkpoint: Checkpoint, info: dict[str, Any]) -> None:
         self.checkpoint = checkpoint
         self.info = info  # the ``batch`` stream event's info (its counts, offsets, run)
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        self.done = False
+        self._latch: threading.Lock | None = None
 
     def then(self, error: BaseException | None) -> None:
         self.error = error
-        self.done.set()
+        self.done = True  # before the latch is looked at: see wait()
+        latch = self._latch
+        if latch is not None and latch.locked():
+            latch.release()
+
+    def wait(self) -> None:
+        """Block until ``then`` has run."""
+        if self.done:
+            return
+        latch = threading.Lock()
+        latch.acquire()
+        self._latch = latch
+        # ``then`` sets done before it reads the latch: either it saw this latch (and
+        # releases it) or done is already set here.
+        if not self.done:
+            latch.acquire()
 
 
 class Confirming:
@@ -95,9 +116,10 @@ class Confirming:
         q = self._unconfirmed
         while q:
             u = q[0]
-            if len(q) <= keep and not u.done.is_set():
-                return
-            u.done.wait()
+            if not u.done:
+                if len(q) <= keep:
+                    return
+                u.wait()
             if u.error is not None:
                 seq, info = u.checkpoint.seq, u.info
                 raise StreamError(

@@ -1,0 +1,142 @@
+"""The JSON-lines connectors' per-batch shortcuts: offsets without a tell(), lag without a
+stat per batch (as of the last read that reached the file's end or the last stat)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xlib_pipeline.streams import JsonLinesSource
+
+
+def _lines(path: Path, rows: list[Any]) -> int:
+    with open(path, "ab") as f:
+        for r in rows:
+            f.write((json.dumps(r) + "\n").encode())
+    return os.path.getsize(path)
+
+
+def _stats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = Path.stat
+
+    def counted(self: Path, *a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "stat", counted)
+    return calls
+
+
+def test_lag_is_the_size_seen_last_and_a_stat_at_most_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "in.jsonl"
+    size = _lines(path, [{"i": i} for i in range(30)])
+    src = JsonLinesSource(path)
+    src.LAG_INTERVAL = 3600.0  # type: ignore[misc]
+    stats = _stats(monkeypatch)
+    batch = src.read(10, 0.1)
+    assert batch is not None
+    assert src.lag() == size - batch.end  # the size seen when the file was opened
+    grown = _lines(path, [{"i": i} for i in range(30, 35)])
+    batch = src.read(10, 0.1)
+    assert batch is not None
+    # Within the interval the lag is as of the last look at the size (no stat per batch).
+    assert src.lag() == size - batch.end
+    assert stats == []
+    src.LAG_INTERVAL = 0.0  # type: ignore[misc]
+    assert src.lag() == grown - batch.end  # re-checked with a stat
+    assert len(stats) == 1
+    src.LAG_INTERVAL = 3600.0  # type: ignore[misc]
+    while src.read(10, 0.1) is not None:
+        pass
+    assert src.lag() == 0  # a read reached the end: the size is known without a stat
+    assert len(stats) == 1
+    src.close()
+
+
+def test_lag_is_rechecked_once_the_stream_reads_past_the_size_it_knew(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    _lines(path, [{"i": i} for i in range(5)])
+    src = JsonLinesSource(path, follow=True, poll_interval=0.01)
+    src.LAG_INTERVAL = 3600.0  # type: ignore[misc]
+    batch = src.read(10, 0.02)  # reaches the end: size known
+    assert batch is not None and len(batch.records) == 5 and src.lag() == 0
+    grown = _lines(path, [{"i": i} for i in range(5, 25)])
+    batch = src.read(10, 0.02)
+    assert batch is not None and len(batch.records) == 10
+    assert src.lag() == grown - batch.end  # past the known size: stat'ed again
+    src.close()
+
+
+_ROW = st.one_of(
+    st.integers(), st.text(max_size=8), st.dictionaries(st.text(max_size=3), st.integers())
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.one_of(_ROW, st.just("")), max_size=30),
+    newline_at_end=st.booleans(),
+    size=st.integers(1, 7),
+    follow=st.booleans(),
+)
+def test_offsets_are_the_files_position(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[Any],
+    newline_at_end: bool,
+    size: int,
+    follow: bool,
+) -> None:
+    """Each batch's end is where the file is read up to (what f.tell() said before)."""
+    path = tmp_path_factory.mktemp("src") / "in.jsonl"
+    text = "\n".join("" if r == "" else json.dumps(r) for r in rows)
+    if rows and newline_at_end:
+        text += "\n"
+    path.write_bytes(text.encode())
+    src = JsonLinesSource(path, follow=follow, poll_interval=0.001)
+    src.LAG_INTERVAL = 3600.0  # type: ignore[misc]
+    pos = 0
+    seen: list[Any] = []
+    for _ in range(len(rows) + 3):
+        batch = src.read(size, 0.0)
+        if batch is None:
+            break
+        assert batch.start == pos
+        assert batch.end == src._f.tell()
+        progressed = batch.end != pos
+        pos = batch.end
+        seen.extend(batch.records)
+        if not progressed:
+            break
+    complete = text if not follow else text[: text.rfind("\n") + 1] if "\n" in text else ""
+    want = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    assert seen == want
+    assert pos == len(complete.encode())
+    assert src.lag() == len(text.encode()) - pos  # every read ended at the file's end
+    src.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_JSON)
+def test_checkpoint_json_is_json_dumps_sorted(value: Any) -> None:
+    """The checkpoint columns' encoder (a shortcut for ints and None) writes what
+    ``json.dumps(value, sort_keys=True)`` writes."""
+    from xlib_pipeline.streams._checkpoint import _j
+
+    assert _j(value) == json.dumps(value, sort_keys=True)
