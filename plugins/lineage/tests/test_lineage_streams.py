@@ -1,11 +1,16 @@
 """A stream's OpenLineage run: its file stays open from START to the end event (not opened
-per micro-batch), yet every RUNNING event is in the file when its batch is committed."""
+per micro-batch); its events are written several per write, each within HOLD_S + TICK_S
+of its batch's commit, and every one by the end event."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from xlib_pipeline import Pipeline, PipelineManager
 
@@ -20,59 +25,149 @@ def _types(path: Path) -> list[str]:
     return [json.loads(x)["eventType"] for x in path.read_text().splitlines()]
 
 
-def test_running_events_are_in_the_file_as_batches_commit(tmp_path: Path) -> None:
-    path = tmp_path / "lineage.jsonl"
-    config = {
+def _config(path: Path, tmp_path: Path) -> dict[str, Any]:
+    return {
         "store": {"path": str(tmp_path / "runs.sqlite")},
         "lineage": {"transport": {"type": "file", "path": str(path)}},
     }
+
+
+def _wait_for(path: Path, n: int) -> list[str]:
+    """The file's event types once it holds ``n`` events (at most 5 s)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        types = _types(path) if path.exists() else []
+        if len(types) >= n or time.monotonic() > deadline:
+            return types
+        time.sleep(0.005)
+
+
+def test_running_events_are_held_and_written_within_a_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's RUNNING event is not written by its commit: it is held (several go in one
+    write), and written within HOLD_S + TICK_S even when no other event comes."""
+    from xlib_pipeline_lineage import _stream_writer
+
+    clock = [100.0]
+    monkeypatch.setattr(_stream_writer, "_clock", lambda: clock[0])
+    path = tmp_path / "lineage.jsonl"
     seen: list[list[str]] = []
-    opened: list[int] = []
-    with PipelineManager(config, entry_points=False, plugins=_plugins()) as pm:
+    files: list[int] = []
+    with PipelineManager(_config(path, tmp_path), entry_points=False, plugins=_plugins()) as pm:
         recorder: Any = pm.get_plugin("lineage.recorder")
 
         def on_batch(stream: Any) -> None:
-            seen.append(_types(path))
-            batch = recorder.streams.get(stream)
-            opened.append(id(batch.f) if batch is not None and batch.f is not None else 0)
+            seen.append(_types(path) if path.exists() else [])
+            if len(seen) == 2:  # time passes and no event comes: the timer writes them
+                clock[0] += 1.0
+                seen.append(_wait_for(path, 3))
+                files.append(id(recorder.streams[stream]._batch.f))
+            elif len(seen) == 4:
+                files.append(id(recorder.streams[stream]._batch.f))
 
         s = pm.stream(_pipeline(), source=list(range(30)), batch_size=10, on_batch=on_batch)
         assert s.status == "completed", s.error
-        # The stream ended: its file is closed and forgotten.
+        # The stream ended: its file is closed and forgotten, its timer thread stopped.
         assert len(recorder.streams) == 0
-    assert seen == [["START", *["RUNNING"] * n] for n in (1, 2, 3)]
-    # One file object for the stream's batches, not one per batch.
-    assert len(set(opened)) == 1 and opened[0] != 0
+    # held at their commits; START and two RUNNING written by the timer; the rest at the end
+    assert seen == [[], [], ["START", "RUNNING", "RUNNING"], ["START", "RUNNING", "RUNNING"]]
+    # One file object for the stream, not one per write.
+    assert len(set(files)) == 1 and files[0] != id(None)
     assert _types(path) == ["START", "RUNNING", "RUNNING", "RUNNING", "COMPLETE"]
+    assert not [t for t in threading.enumerate() if t.name == "xlib-lineage-stream"]
 
 
-def test_a_failed_write_reopens_the_file(tmp_path: Path) -> None:
-    """A write that fails closes the stream's file; the next event opens it again."""
+def test_events_are_written_several_per_write(tmp_path: Path) -> None:
+    """Events held within HOLD_S of each other go in one write."""
+    from xlib_pipeline_lineage import _emit
+
+    writes: list[int] = []
+    real = _emit.Sink.write_chunk
+
+    def counting(self: Any, batch: Any, chunk: Any) -> None:
+        writes.append(len(chunk.lines))
+        real(self, batch, chunk)
+
     path = tmp_path / "lineage.jsonl"
-    config = {
-        "store": {"path": str(tmp_path / "runs.sqlite")},
-        "lineage": {"transport": {"type": "file", "path": str(path)}},
-    }
-    with PipelineManager(config, entry_points=False, plugins=_plugins()) as pm:
+    with PipelineManager(_config(path, tmp_path), entry_points=False, plugins=_plugins()) as pm:
+        _emit.Sink.write_chunk = counting  # type: ignore[method-assign]
+        try:
+            s = pm.stream(_pipeline(), source=list(range(200)), batch_size=2)
+        finally:
+            _emit.Sink.write_chunk = real  # type: ignore[method-assign]
+        assert s.status == "completed", s.error
+    assert _types(path) == ["START", *["RUNNING"] * 100, "COMPLETE"]
+    assert sum(writes) == 102 and len(writes) < 102
+
+
+def test_a_failed_write_fails_the_stream_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write fails the stream (as it always did); the events it did not write stay
+    held and the end event writes them first, so none is lost or written twice."""
+    from xlib_pipeline_lineage import _emit, _stream_writer
+
+    monkeypatch.setattr(_stream_writer, "HOLD_S", 0.0)  # every event writes at once
+    path = tmp_path / "lineage.jsonl"
+    real = _emit.Sink.write_chunk
+    calls: list[int] = []
+
+    def flaky(self: Any, batch: Any, chunk: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the first RUNNING event's write
+            raise _emit.WriteError(str(path), OSError(28, "No space left on device"))
+        real(self, batch, chunk)
+
+    monkeypatch.setattr(_emit.Sink, "write_chunk", flaky)
+    with PipelineManager(_config(path, tmp_path), entry_points=False, plugins=_plugins()) as pm:
         recorder: Any = pm.get_plugin("lineage.recorder")
-        broke: list[bool] = []
-
-        def on_batch(stream: Any) -> None:
-            batch = recorder.streams.get(stream)
-            if not broke and batch is not None and batch.f is not None:
-                batch.f.close()  # the next write on it fails (a file open for reading)
-                batch.f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the batch
-                broke.append(True)
-
-        s = pm.stream(_pipeline(), source=list(range(30)), batch_size=10, on_batch=on_batch)
-        # The failing RUNNING event fails the stream (as a failed write always did), after
-        # its batch was committed; the end event is still written, on a new file object.
+        s = pm.stream(_pipeline(), source=list(range(30)), batch_size=10)
         assert s.status == "failed" and "lineage" in str(s.error)
         assert len(recorder.streams) == 0
-    assert _types(path) == ["START", "RUNNING", "FAIL"]
+        committed = s.batches
+    types = _types(path)
+    assert types[0] == "START" and types[-1] == "FAIL" and set(types[1:-1]) == {"RUNNING"}
+    # the failed write's event was written once, after all; every committed batch's too
+    runs = [json.loads(x) for x in path.read_text().splitlines()][1:-1]
+    numbers = [e["run"]["facets"]["xlibPipeline_stream"]["batch"] for e in runs]
+    assert numbers == sorted(set(numbers)) and len(numbers) == committed
 
 
 def _plugins() -> list[Any]:
     from xlib_pipeline_lineage import LineagePlugin
 
     return [LineagePlugin()]
+
+
+def test_a_failed_timer_write_is_raised_by_the_next_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timer thread's failed write fails the stream at its next event; nothing is lost."""
+    from xlib_pipeline_lineage import _emit, _stream_writer
+
+    clock = [0.0]
+    monkeypatch.setattr(_stream_writer, "_clock", lambda: clock[0])
+    monkeypatch.setattr(_stream_writer, "TICK_S", 0.005)
+    path = tmp_path / "l.jsonl"
+    failing = [True]
+    real = _emit.Sink.write_chunk
+
+    def flaky(self: Any, batch: Any, chunk: Any) -> None:
+        if failing[0]:
+            raise _emit.WriteError(str(path), OSError(28, "No space left on device"))
+        real(self, batch, chunk)
+
+    monkeypatch.setattr(_emit.Sink, "write_chunk", flaky)
+    writer = _stream_writer.StreamWriter(_emit.Sink({"type": "file", "path": str(path)}))
+    writer.add('{"n": 1}')  # held
+    clock[0] += 1.0  # the timer writes it, and fails
+    deadline = time.monotonic() + 5.0
+    while writer.failure is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert writer.failure is not None and writer.held == ['{"n": 1}']
+    failing[0] = False
+    with pytest.raises(_emit.WriteError):
+        writer.add('{"n": 2}')
+    writer.close()
+    assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == [1, 2]

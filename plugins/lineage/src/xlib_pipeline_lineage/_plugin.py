@@ -38,9 +38,11 @@ from xlib_pipeline.exceptions import ConfigError
 
 from . import _events as ev
 from . import _evidence as evidence
-from ._emit import Batch, Chunk, Sink, report
+from ._emit import Sink, WriteError, report
+from ._emit import _log as _emit_log
 from ._layout import Layout
 from ._run_state import LINEAGE_RUN, RunState
+from ._stream_writer import StreamWriter
 from ._streams import stream_event
 
 _SECTION_KEYS = ("enabled", "namespace", "transport", "producer", "include_stack_trace")
@@ -263,11 +265,11 @@ class _Recorder:
 
     def __init__(self, plugin: LineagePlugin) -> None:
         self.p = plugin
-        #: Each running stream's writer: the file transport's file stays open from the
-        #: stream's START to its end (opening and closing it per micro-batch's RUNNING
-        #: event cost more than building the event); closed by the end event, by a failed
-        #: write (the next one opens it again) or when the manager closes.
-        self.streams: weakref.WeakKeyDictionary[Any, Batch] = weakref.WeakKeyDictionary()
+        #: Each running stream's writer (see ``_stream_writer``): the file transport's file
+        #: stays open from the stream's START to its end, and the events are written several
+        #: per write, within HOLD_S + TICK_S of their batch's commit (a write per micro-batch
+        #: cost more than building the event); the end event writes the rest and closes it.
+        self.streams: weakref.WeakKeyDictionary[Any, StreamWriter] = weakref.WeakKeyDictionary()
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
@@ -275,21 +277,26 @@ class _Recorder:
         line = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
         if line is None:
             return
-        batch = self.streams.get(stream)
-        if batch is None:
-            batch = self.streams[stream] = p.sink().batch()
-        try:
-            batch.write(Chunk([line]))
-        finally:
-            if event != "batch":  # the stream ended (or the event is its last)
-                self.streams.pop(stream, None)
-                batch.close()
+        writer = self.streams.get(stream)
+        if writer is None:
+            writer = self.streams[stream] = StreamWriter(p.sink())
+        if event == "batch" or event == "started":
+            writer.add(line)  # a failed write fails the stream, as it always did
+            return
+        self.streams.pop(stream, None)  # the stream ended
+        writer.close(line)
 
     def close(self) -> None:
-        """Close the files of streams still open (the manager is closing)."""
+        """Write the events of streams still open and close their files (the manager is
+        closing; a failed write is logged, as a run's is, not raised)."""
         while self.streams:
-            _, batch = self.streams.popitem()
-            batch.close()
+            _, writer = self.streams.popitem()
+            try:
+                writer.close()
+            except WriteError as exc:
+                _emit_log.warning(
+                    "lineage.emit_failed file=%s errno=%s error=%s", exc.where, exc.errno, exc
+                )
 
     @hookimpl
     def before_pipeline(self, run: Any) -> None:
