@@ -28,8 +28,6 @@ from xlib_pipeline import (
     with_options,
 )
 
-from ._keyfile import key_file_stamp
-
 if TYPE_CHECKING:  # pragma: no cover
     from ._envelope import Envelope
     from ._keyring import KeyManagementService
@@ -426,6 +424,13 @@ class EncryptionPlugin:
         if not data.startswith(ENCRYPTED_MAGIC):
             return None
         return self.envelope.rewrap(data, ref)
+
+
+def key_file_stamp(spec: Any) -> Any:
+    """The key file's stamp (``_keyfile`` is imported when a keyring is first used)."""
+    from ._keyfile import key_file_stamp as stamp
+
+    return stamp(spec)
 
 
 def encrypt_data(
