@@ -159,7 +159,8 @@ def test_a_failed_timer_write_is_raised_by_the_next_event(
         real(self, batch, chunk)
 
     monkeypatch.setattr(_emit.Sink, "write_chunk", flaky)
-    writer = _stream_writer.StreamWriter(_emit.Sink({"type": "file", "path": str(path)}))
+    sink = _emit.Sink({"type": "file", "path": str(path)})
+    writer = _stream_writer.StreamWriter(sink, str)
     writer.add('{"n": 1}')  # held
     clock[0] += 1.0  # the timer writes it, and fails
     deadline = time.monotonic() + 5.0
@@ -171,3 +172,29 @@ def test_a_failed_timer_write_is_raised_by_the_next_event(
         writer.add('{"n": 2}')
     writer.close()
     assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_held_event_keeps_its_commit_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RUNNING event is built when written, but its eventTime is its batch's commit."""
+    from datetime import datetime
+
+    from xlib_pipeline_lineage import _stream_writer
+
+    monkeypatch.setattr(_stream_writer, "_clock", lambda: 0.0)  # held until the end
+    path = tmp_path / "lineage.jsonl"
+    seen: list[float] = []
+
+    def on_batch(stream: Any) -> None:
+        seen.append(time.time())
+        time.sleep(0.2)  # the end event writes it at least 0.2 s later
+
+    with PipelineManager(_config(path, tmp_path), entry_points=False, plugins=_plugins()) as pm:
+        s = pm.stream(_pipeline(), source=list(range(20)), batch_size=10, on_batch=on_batch)
+        assert s.status == "completed", s.error
+    events = [json.loads(x) for x in path.read_text().splitlines()]
+    running = [e for e in events if e["eventType"] == "RUNNING"]
+    times = [datetime.fromisoformat(e["eventTime"]).timestamp() for e in running]
+    assert len(times) == 2 and all(t <= s for t, s in zip(times, seen, strict=True))
+    assert [e["run"]["facets"]["xlibPipeline_stream"]["batch"] for e in running] == [1, 2]

@@ -274,17 +274,32 @@ class _Recorder:
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
         p = self.p
-        line = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
-        if line is None:
-            return
+        if event == "batch" and stream.stream_run_id:
+            # noted now, built when written (see StreamWriter): a RUNNING event's text
+            # depends only on the stream, the batch's info and this time
+            noted: Any = (stream, info, time.time())
+        else:
+            noted = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
+            if noted is None:
+                return
         writer = self.streams.get(stream)
         if writer is None:
-            writer = self.streams[stream] = StreamWriter(p.sink())
+            writer = self.streams[stream] = StreamWriter(p.sink(), self._build)
         if event == "batch" or event == "started":
-            writer.add(line)  # a failed write fails the stream, as it always did
+            writer.add(noted)  # a failed write fails the stream, as it always did
             return
         self.streams.pop(stream, None)  # the stream ended
-        writer.close(line)
+        writer.close(noted)
+
+    def _build(self, noted: tuple[Any, Any, float]) -> str:
+        """The text of a noted ``batch`` event (a RUNNING event)."""
+        p = self.p
+        stream, info, now = noted
+        line = stream_event(
+            stream, "batch", info, namespace=p.namespace, producer=p.producer, now=now
+        )
+        assert line is not None  # a batch of a stream with a run id
+        return line
 
     def close(self) -> None:
         """Write the events of streams still open and close their files (the manager is

@@ -44,12 +44,21 @@ _TIME, _FACET = "\x00time", "\x00facet"  # never in a JSON text: escaped by json
 
 
 def stream_event(
-    stream: Any, event: str, info: Mapping[str, Any], *, namespace: str, producer: str
+    stream: Any,
+    event: str,
+    info: Mapping[str, Any],
+    *,
+    namespace: str,
+    producer: str,
+    now: float | None = None,
 ) -> str | None:
-    """The OpenLineage event (JSON) for a stream event, or ``None`` for unknown ones."""
+    """The OpenLineage event (JSON) for a stream event, or ``None`` for unknown ones;
+    ``now``: when it happened (``time.time()``; default: now)."""
     etype = _TYPES.get(event)
     if etype is None or not stream.stream_run_id:
         return None
+    if now is None:
+        now = time.time()
     if event == "batch":
         # One per committed micro-batch: the rest of the event is the same for every
         # batch of the stream, rendered once, and so is the stream facet's text up to its
@@ -60,7 +69,7 @@ def stream_event(
         if parts is not None:
             head = _HEADS.get((producer, stream.name)) or _facet_head(producer, stream.name)
             return (
-                f'{parts[0]}"{ev.iso(time.time())}"{parts[1]}{head}{int(info["seq"])}'
+                f'{parts[0]}"{ev.iso(now)}"{parts[1]}{head}{int(info["seq"])}'
                 f', "batchRunId": {_str(str(info["run_id"]))}'
                 f', "offsets": {_json(list(info["offsets"]))}'
                 f', "records": {int(info["records"])}, "outputs": {int(info["outputs"])}'
@@ -88,7 +97,7 @@ def stream_event(
         facets["errorMessage"] = ev.error_facet(producer, stream.error, None)
     out = ev.run_event(
         etype,
-        time.time(),
+        now,
         run_id=stream.stream_run_id,
         namespace=namespace,
         job=stream.pipeline.name,
