@@ -379,3 +379,46 @@ def test_a_held_stream_batch_record_is_written_by_the_flushers_tick(tmp_path: Pa
             "stream.batch"
         ]
     assert verify(path).ok
+
+
+def _run_records(tmp_path: Path, source: list[int]) -> list[dict[str, Any]]:
+    """A stream's run.started and run.finished records, without what differs between two
+    streams (times, chain fields, run ids, the stream run's id)."""
+    path = tmp_path / "audit.jsonl"
+    p = Pipeline("s")
+    p.add_task("double", _double_or_fail_on_7)
+    config = {"store": {"path": str(tmp_path / "runs.sqlite")}, "audit": {"path": str(path)}}
+    with PipelineManager(config, entry_points=False, plugins=[AuditPlugin()]) as pm:
+        pm.stream(p, source=source, batch_size=3)
+    assert verify(path).ok
+    out = []
+    for line in path.read_text("utf-8").splitlines():
+        rec = json.loads(line)
+        if rec["action"] in ("run.started", "run.finished"):
+            for k in ("ts", "prev", "hash", "seq", "run_id", "duration_ms"):
+                rec.pop(k, None)
+            if "stream" in rec:
+                rec["stream"].pop("run")
+            out.append(rec)
+    return out
+
+
+def _double_or_fail_on_7(batch: list[int]) -> list[int]:
+    if 7 in batch:
+        raise ValueError("7")
+    return [x * 2 for x in batch]
+
+
+def test_a_stream_batchs_run_records_are_those_of_the_general_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """before_pipeline and after_pipeline render a stream batch's run.started and
+    run.finished from the stream's shapes without building the record as a dict: the same
+    records (keys and values) as the dict-built general path, for succeeded and failed
+    batches."""
+    fast = _run_records(tmp_path / "fast", list(range(12)))
+    assert len(fast) == 6 and {r["outcome"] for r in fast} == {"started", "succeeded", "failed"}
+    for name in ("started", "finished"):
+        monkeypatch.setattr(RunRecords, name, lambda self, *args: None)
+    general = _run_records(tmp_path / "general", list(range(12)))
+    assert fast == general

@@ -114,10 +114,13 @@ class RunRecords:
         if not (_exact(actor) and _exact(tenant) and _exact(pipeline) and type(tasks) is int):
             return None
         key = ("run.started", actor, tenant, pipeline, tasks)
-        entry = self._shape(key, STARTED_VARYING, {
-            "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
-            "action": "run.started", "outcome": "started", "error_class": None, "tasks": tasks,
-        })  # fmt: skip
+        entry = self._shapes.get(key)
+        if entry is None and key not in self._shapes:  # the constants' texts once per shape
+            entry = self._shape(key, STARTED_VARYING, {
+                "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
+                "action": "run.started", "outcome": "started", "error_class": None,
+                "tasks": tasks,
+            })  # fmt: skip
         if entry is None:
             return None
         try:
@@ -141,10 +144,12 @@ class RunRecords:
         if not (_exact(actor) and _exact(tenant) and _exact(pipeline)):
             return None
         key = ("run.finished", actor, tenant, pipeline)
-        entry = self._shape(key, FINISHED_VARYING, {
-            "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
-            "action": "run.finished",
-        })  # fmt: skip
+        entry = self._shapes.get(key)
+        if entry is None and key not in self._shapes:  # the constants' texts once per shape
+            entry = self._shape(key, FINISHED_VARYING, {
+                "actor": actor, "tenant": tenant, "pipeline": pipeline, "task": None,
+                "action": "run.finished",
+            })  # fmt: skip
         if entry is None:
             return None
         try:

@@ -193,6 +193,29 @@ class Recorder:
         st = AuditRun(self._plugin, run, self._metas)
         run.stash[AUDIT_RUN] = st
         self._last = (run, st)
+        writer = self._plugin.writer()
+        run_params = run.params
+        stream = run_params.get("stream")
+        fast = None
+        if stream is not None and len(run_params) == 1 and writer.prerendered:
+            # A stream's micro-batch with no other param (so no params, no logical_date in
+            # its record): rendered from the stream's shape, no dict built first.
+            fast = self._runs.started(
+                now_iso(), st.actor, st.tenant, st.pipeline, st.run_id, len(run.tasks), stream
+            )
+        # Held for the run's next write (its first task.started, which must be written
+        # before that body anyway: guarantee (a)), or the run's end: one write(2) per run
+        # fewer, and nothing of the run happened in between.
+        writer.hold(fast or self._started(st, run, writer))
+        # A stale lease this run took over (its owner died): who held it is audited.
+        for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
+            lease = self._base(st, "run.lease_taken_over", "taken_over")
+            lease["previous_owner"] = {k: taken.get(k) for k in ("pid", "host", "holder")}
+            lease["leased_run"] = taken.get("run_id")
+            writer.append(lease)
+
+    def _started(self, st: AuditRun, run: Any, writer: Any) -> Any:
+        """A ``run.started`` record built as a dict (then pre-rendered when it can be)."""
         rec = self._base(st, "run.started", "started")
         rec["tasks"] = len(run.tasks)
         run_params = run.params
@@ -201,68 +224,62 @@ class Recorder:
         params = run.recorded_params() if len(run_params) > ("stream" in run_params) else None
         if params:  # what the run was asked to do (--param), redacted like error texts
             rec["params"] = params
-        if run.logical_date is not None and "logical_date" in run.params:
+        if run.logical_date is not None and "logical_date" in run_params:
             rec["logical_date"] = run.logical_date.isoformat()
-        stream = run.params.get("stream")
+        stream = run_params.get("stream")
         if stream is not None:  # one micro-batch of a stream: which one, which offsets
             rec["stream"] = stream
-        writer = self._plugin.writer()
-        fast = None
-        if writer.prerendered and len(rec) == 11 and stream is not None:  # a stream's batch
-            fast = self._runs.started(
-                rec["ts"], st.actor, st.tenant, st.pipeline, st.run_id, rec["tasks"], stream
-            )
-        # Held for the run's next write (its first task.started, which must be written
-        # before that body anyway: guarantee (a)), or the run's end: one write(2) per run
-        # fewer, and nothing of the run happened in between.
-        writer.hold(fast or self._fast(writer, rec))
-        # A stale lease this run took over (its owner died): who held it is audited.
-        for taken in run.stash.get(LEASE_TAKEOVERS, None) or ():
-            lease = self._base(st, "run.lease_taken_over", "taken_over")
-            lease["previous_owner"] = {k: taken.get(k) for k in ("pid", "host", "holder")}
-            lease["leased_run"] = taken.get("run_id")
-            writer.append(lease)
+        return self._fast(writer, rec)
 
     @hookimpl(tryfirst=True)
     def after_pipeline(self, run: Any, result: Any) -> None:
         st = run.stash.get(AUDIT_RUN, None)
         if st is None:  # refused by a validator before before_pipeline
             st = AuditRun(self._plugin, run)
+        if self._last[0] is run:
+            self._last = (None, None)
+        trail = self._plugin.writer()
+        status = result.status
+        fast = None
+        count = getattr(result.tasks, "counts", None)
+        if count is not None and status != "refused" and trail.prerendered:
+            # run.finished with counts and duration_ms: rendered from its shape, no dict.
+            found = count()
+            fast = self._runs.finished(
+                now_iso(), st.actor, st.tenant, st.pipeline, st.run_id, status,
+                error_class(result.error), {s.value: found[s] for s in _TERMINAL if s in found},
+                round((result.finished - result.started) * 1000, 3),
+            )  # fmt: skip
+        record = fast or self._fast(trail, self._finished(st, result))
+        if "stream" not in run.params:
+            # With every record held for a lane's next write.
+            trail.append(record, wait=True)
+            trail.sync()
+            self._plugin.checkpoint(force=True)
+            return
+        # A stream's micro-batch: synced as configured (fsync), not per batch. A batch that
+        # succeeded holds its run.finished for the trail's next write (the next batch's
+        # first task.started, which also carries its stream.batch record): one write(2)
+        # per batch fewer. A failed batch's is written at once.
+        if status == "succeeded":
+            trail.hold(record)
+        else:
+            trail.append(record, wait=True)
+        if self._plugin.checkpointer is not None:
+            self._plugin.checkpoint()
+
+    def _finished(self, st: AuditRun, result: Any) -> dict[str, Any]:
+        """A ``run.finished`` (or ``run.refused``) record built as a dict."""
         refused = result.status == "refused"
         rec = self._base(st, "run.refused" if refused else "run.finished", result.status)
         rec["error_class"] = error_class(result.error)
-        fast = None
         if not refused:
             count = getattr(result.tasks, "counts", None)
             if count is not None:
                 found = count()
                 rec["counts"] = {s.value: found[s] for s in _TERMINAL if s in found}
             rec["duration_ms"] = round((result.finished - result.started) * 1000, 3)
-        if self._last[0] is run:
-            self._last = (None, None)
-        trail = self._plugin.writer()
-        if trail.prerendered and len(rec) == 11:  # counts and duration_ms
-            fast = self._runs.finished(
-                rec["ts"], st.actor, st.tenant, st.pipeline, st.run_id, rec["outcome"],
-                rec["error_class"], rec["counts"], rec["duration_ms"],
-            )  # fmt: skip
-        if "stream" not in run.params:
-            # With every record held for a lane's next write.
-            trail.append(fast or self._fast(trail, rec), wait=True)
-            trail.sync()
-            self._plugin.checkpoint(force=True)
-            return
-        # A stream's micro-batch: synced as configured (fsync), not per batch. A batch that
-        # succeeded holds its run.finished for the stream's next write, its stream.batch
-        # record once the checkpoint is committed (or the next batch's first task.started,
-        # whichever comes first): one write(2) per batch fewer. A failed batch's is written
-        # at once.
-        if result.status == "succeeded":
-            trail.hold(fast or self._fast(trail, rec))
-        else:
-            trail.append(fast or self._fast(trail, rec), wait=True)
-        if self._plugin.checkpointer is not None:
-            self._plugin.checkpoint()
+        return rec
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
