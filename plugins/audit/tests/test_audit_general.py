@@ -350,6 +350,12 @@ def test_a_committed_batchs_stream_batch_is_held_for_the_trails_next_write(
     names = [r["action"] for r in lines]
     assert names.count("stream.batch") == 3 and names[-1] == "stream.completed"
     assert names[-2] == "stream.batch"  # the last one, carried by the stream's end record
+    # What a kill -9 at batch 1's on_batch would lose: its records after its last
+    # task.started, never more (docs/plugins/audit.md).
+    assert names[: len(at_batch[0])] == at_batch[0]
+    assert names[len(at_batch[0]) : len(at_batch[0]) + 3] == [
+        "task.finished", "run.finished", "stream.batch"
+    ]  # fmt: skip
     for b in (r for r in lines if r["action"] == "stream.batch"):
         fin = next(i for i, r in enumerate(lines) if r["action"] == "run.finished"
                    and r["run_id"] == b["run_id"])  # fmt: skip
