@@ -27,7 +27,7 @@ import attrs
 
 from . import _lease
 from ._blobs import BlobStore, blobs_section
-from ._commit import FOLDED_ORDER, LOG, Checkpointer, Committer
+from ._commit import FINISH_RUN, FOLDED_ORDER, LOG, Checkpointer, Committer, run_insert
 from ._records import PayloadRef
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
 from ._store_file import _connect
@@ -210,9 +210,7 @@ class RunStore(_lease.LeaseMixin):
 
     def run_started(self, row: Mapping[str, Any]) -> None:
         """Record a new run (``row`` has the runs table's columns)."""
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.add(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+        self.add(run_insert(tuple(row)), tuple(row.values()))
 
     def event(
         self,
@@ -264,10 +262,7 @@ class RunStore(_lease.LeaseMixin):
 
     def run_finished(self, run_id: str, status: str, finished: float, error: str | None) -> None:
         """Record how a run ended, release its leases and commit everything (or raise)."""
-        self.add(
-            "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
-            (status, finished, error, run_id),
-        )
+        self.add(FINISH_RUN, (status, finished, error, run_id))
         self.add(
             "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._blobs import BlobRef
 from ._builtin import CorePlugin
-from ._commit import LOG
+from ._commit import FINISH_RUN, LOG
 from ._context import params_json
 from ._graph import Plan
 from ._outcomes import Observer
@@ -353,10 +353,7 @@ class StoreRecorder(Observer):
         # statements are one multi-row INSERT, so after the UPDATE it cost one more.
         self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
         self.store.release_leases(result.run_id)
-        self.store.add(
-            "UPDATE runs SET status=?, finished=?, error=? WHERE run_id=?",
-            (result.status, result.finished, error, result.run_id),
-        )
+        self.store.add(FINISH_RUN, (result.status, result.finished, error, result.run_id))
 
 
 _now = time.time

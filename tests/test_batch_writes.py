@@ -1,0 +1,175 @@
+"""What a stream batch's transaction writes with fewer statements, and the same rows: a few
+log rows of several shapes in one INSERT per table, and a run's row inserted with its final
+state when its INSERT and its final UPDATE are in one transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xlib_pipeline import _commit
+from xlib_pipeline._commit import FINISH_RUN, LOG, _write_mixed, run_insert
+from xlib_pipeline._store import RunStore
+from xlib_pipeline._store_file import _SCHEMA
+
+_COLUMNS = ("run_id", "pipeline", "fingerprint", "structure", "status", "started", "finished",
+            "error")  # fmt: skip
+_INSERT = run_insert(_COLUMNS)
+
+
+def _fresh() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _stream_batch_rows(run: str) -> list[tuple[Any, ...]]:
+    """A stream batch's log rows: its input's row (no times), then its tasks' events and
+    rows (folded), then the run's end event."""
+    rows: list[tuple[Any, ...]] = [
+        (1, run, "stream.batch", "succeeded", 0, None, None, None, None, None, b"in", None,
+         None, None),
+    ]  # fmt: skip
+    for k, task in enumerate(("parse", "enrich", "emit")):
+        t = 10.0 + k
+        rows.append((2, run, task, "running", 1, None, None, None, None, None, None, None,
+                     None, t))  # fmt: skip
+        rows.append((1, run, task, "succeeded", 1, t, t + 0.5, None, None, None, b"out", None,
+                     None, None))  # fmt: skip
+    rows.append((2, run, None, "run.succeeded", None, None, None, None, None, None, None, None,
+                 None, 20.0))  # fmt: skip
+    return rows
+
+
+def test_a_stream_batchs_log_rows_are_one_insert_per_table() -> None:
+    """Four task rows of two shapes were three statements (1 + 2 + 1); now one, with the
+    same rows as plain one-row inserts."""
+    rows = _stream_batch_rows("r1")
+    got = _fresh()
+    seen: list[str] = []
+    got.set_trace_callback(seen.append)
+    got.execute("BEGIN")
+    _commit._insert_rows(got, rows)
+    got.execute("COMMIT")
+    got.set_trace_callback(None)
+    inserts = [s for s in seen if s.startswith("INSERT")]
+    assert len(inserts) == 2, inserts  # tasks, events
+    want = _fresh()
+    tasks, events = _commit.split_log(rows)
+    for row in tasks:
+        want.execute(f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 14)})", row)
+    for row in events:
+        want.execute("INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+    q = "SELECT *, typeof(started), typeof(ran) FROM tasks ORDER BY rowid"
+    assert got.execute(q).fetchall() == want.execute(q).fetchall()
+    q = "SELECT * FROM events ORDER BY id"
+    assert got.execute(q).fetchall() == want.execute(q).fetchall()
+
+
+def test_more_rows_than_small_keep_their_power_of_two_statements() -> None:
+    rows = [("r", f"t{k}", "succeeded", 1, 1.0, 2.0, None, None, None, b"x", None, None, 1.0,
+             1) for k in range(_commit._SMALL + 1)]  # fmt: skip
+    sizes = [s.count("(") - 1 for s, _ in _commit._statements(_commit._TASKS, rows)]
+    assert sizes == [8, 1]
+    assert [s.count("(") - 1 for s, _ in _commit._statements(_commit._TASKS, rows[:7])] == [7]
+
+
+def _row(run: str, status: str = "running") -> tuple[Any, ...]:
+    return (run, "p", "f", "{}", status, 1.0, None, None)
+
+
+def _run_rows(conn: sqlite3.Connection) -> list[Any]:
+    return conn.execute("SELECT *, rowid FROM runs ORDER BY run_id").fetchall()
+
+
+def test_a_runs_insert_takes_its_final_state_and_the_update_is_not_written() -> None:
+    items = [
+        (_INSERT, _row("a")),
+        (LOG, (2, "a", None, "run.succeeded", None, None, None, None, None, None, None, None,
+               None, 3.0)),
+        ("INSERT OR REPLACE INTO blob_refs (run_id, task, name) VALUES (?, ?, ?)",
+         ("a", "t", "b")),
+        (FINISH_RUN, ("succeeded", 2.0, None, "a")),
+        (_INSERT, _row("b")),
+        (FINISH_RUN, ("failed", 3.0, "ValueError: x", "b")),
+        (FINISH_RUN, ("failed", 4.0, "not inserted here", "c")),
+    ]  # fmt: skip
+    got = _fresh()
+    got.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
+                "VALUES ('c', 'p', 'f', '{}', 'running')")  # fmt: skip
+    seen: list[str] = []
+    got.set_trace_callback(seen.append)
+    _write_mixed(got, list(items))
+    got.set_trace_callback(None)
+    assert len([s for s in seen if s.startswith("UPDATE runs")]) == 1  # run c's only
+    assert _run_rows(got) == _plain(items, pre="c")
+
+
+def _plain(items: list[Any], pre: str, status: str = "running") -> list[Any]:
+    conn = _fresh()
+    conn.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
+                 "VALUES (?, 'p', 'f', '{}', ?)", (pre, status))  # fmt: skip
+    for sql, params in items:
+        if sql is not LOG:
+            conn.execute(sql, params)
+    return _run_rows(conn)
+
+
+_OTHER = "UPDATE runs SET error=? WHERE run_id=?"  # another statement on runs
+
+
+@st.composite
+def run_statements(draw: st.DrawFn) -> list[tuple[str, tuple[Any, ...]]]:
+    items: list[tuple[str, tuple[Any, ...]]] = []
+    for _ in range(draw(st.integers(0, 12))):
+        run = draw(st.sampled_from(("a", "b", "c")))
+        kind = draw(st.sampled_from(("insert", "finish", "finish", "other", "log")))
+        if kind == "insert":
+            items.append((_INSERT, _row(run, draw(st.sampled_from(("running", "queued"))))))
+        elif kind == "finish":
+            status = draw(st.sampled_from(("succeeded", "failed")))
+            error = draw(st.one_of(st.none(), st.text(max_size=3)))
+            items.append((FINISH_RUN, (status, draw(st.floats(0, 9)), error, run)))
+        elif kind == "other":
+            items.append((_OTHER, (draw(st.text(max_size=2)), run)))
+        else:
+            items.append((LOG, (2, run, None, "x", None, None, None, None, None, None, None,
+                                None, None, 1.0)))  # fmt: skip
+    return items
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=run_statements())
+def test_runs_rows_equal_the_statements_run_one_by_one(items: list[Any]) -> None:
+    got = _fresh()
+    got.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
+                "VALUES ('c', 'p', 'f', '{}', 'old')")  # fmt: skip
+    _write_mixed(got, list(items))
+    assert _run_rows(got) == _plain(items, pre="c", status="old")
+
+
+@pytest.mark.parametrize("same_commit", [True, False])
+def test_a_stream_batchs_run_row_reads_back_finished(tmp_path: Path, same_commit: bool) -> None:
+    """Through the store: inserted and finished in one commit, or in two (readers saw the
+    running row in between), the stored run is the same."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    try:
+        store.run_started(
+            {"run_id": "r1", "pipeline": "p", "fingerprint": "f", "structure": "{}",
+             "status": "running", "started": 1.0, "finished": None, "error": None}
+        )  # fmt: skip
+        if not same_commit:
+            store.flush()
+            assert store.get_run("r1").finished is None  # (shown interrupted: no lease)
+        store.add(FINISH_RUN, ("succeeded", 2.0, None, "r1"))
+        store.flush()
+        rec = store.get_run("r1")
+        assert (rec.status, rec.started, rec.finished, rec.error) == ("succeeded", 1.0, 2.0, None)
+    finally:
+        store.close()
