@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlib_pipeline import Pipeline, PipelineManager, hookimpl
+from xlib_pipeline import Pipeline, PipelineManager, _outcomes, hookimpl
 from xlib_pipeline._events import _stdlib_logger, events_enabled
 from xlib_pipeline._lanes import Flag
 from xlib_pipeline._outcomes import Columns, new_run_id
@@ -117,15 +117,13 @@ def test_a_run_cancelled_from_another_thread_still_ends() -> None:
 def test_run_id_layout(monkeypatch_bytes: bytes, now: float) -> None:
     """48 bits of milliseconds, version 7, the RFC 4122 variant, the other 74 bits random
     (as the UUIDv7 built by masking the random bits one field at a time)."""
-    import os
-
-    real_urandom, real_time = os.urandom, time.time
-    os.urandom = lambda n: monkeypatch_bytes[:n]  # type: ignore[assignment]
+    real_random, real_time = _outcomes.random_bytes, time.time
+    _outcomes.random_bytes = lambda n: monkeypatch_bytes[:n]
     time.time = lambda: now  # type: ignore[assignment]
     try:
         rid = new_run_id()
     finally:
-        os.urandom, time.time = real_urandom, real_time
+        _outcomes.random_bytes, time.time = real_random, real_time
     ms = int(now * 1000)
     rand = int.from_bytes(monkeypatch_bytes, "big")
     want = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
@@ -134,6 +132,57 @@ def test_run_id_layout(monkeypatch_bytes: bytes, now: float) -> None:
     u = uuid.UUID(rid)
     assert u.int == want and u.version == 7 and u.variant == uuid.RFC_4122
     assert rid == str(u)
+
+
+def test_run_ids_draw_random_bytes_in_blocks_never_twice(monkeypatch) -> None:
+    """One os.urandom call per _POOL run ids; the bytes of each id are the next ones of the
+    block, so ids minted by threads at once are all distinct."""
+    import os
+
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counting)
+    monkeypatch.setattr(_outcomes, "_random", [b"", 0])
+    first = [_outcomes.random_bytes(10) for _ in range(_outcomes._POOL)]
+    assert calls == [10 * _outcomes._POOL]
+    assert b"".join(first) == _outcomes._random[0]
+    ids: list[str] = []
+
+    def mint() -> None:
+        ids.extend(new_run_id() for _ in range(2000))
+
+    threads = [threading.Thread(target=mint) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == len(ids) == 8000
+    assert len(calls) == 1 + -(-8000 // _outcomes._POOL)
+
+
+def test_a_forked_child_draws_its_own_random_block() -> None:
+    """A child forked with part of a block left does not mint the parent's next ids."""
+    import os
+
+    new_run_id()  # a block is drawn, most of it unused
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(w, "".join(new_run_id()[-20:] for _ in range(5)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as fh:
+        child = fh.read().decode()
+    mine = "".join(new_run_id()[-20:] for _ in range(5))
+    assert len(child) == len(mine) == 100 and child != mine
 
 
 # -- the logger ---------------------------------------------------------------------------
