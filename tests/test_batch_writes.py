@@ -76,7 +76,7 @@ def test_more_rows_than_small_keep_their_power_of_two_statements() -> None:
     rows = [("r", f"t{k}", "succeeded", 1, 1.0, 2.0, None, None, None, b"x", None, None, 1.0,
              1) for k in range(_commit._SMALL + 1)]  # fmt: skip
     sizes = [s.count("(") - 1 for s, _ in _commit._statements(_commit._TASKS, rows)]
-    assert sizes == [8, 1]
+    assert sizes == [_commit._SMALL, 1]
     assert [s.count("(") - 1 for s, _ in _commit._statements(_commit._TASKS, rows[:7])] == [7]
 
 
@@ -137,11 +137,22 @@ def run_statements(draw: st.DrawFn) -> list[tuple[str, tuple[Any, ...]]]:
             error = draw(st.one_of(st.none(), st.text(max_size=3)))
             items.append((FINISH_RUN, (status, draw(st.floats(0, 9)), error, run)))
         elif kind == "other":
-            items.append((_OTHER, (draw(st.text(max_size=2)), run)))
+            other = draw(st.sampled_from((_OTHER, _RAW_EVENT, _BLOB_REF)))
+            items.append((other, (draw(st.text(max_size=2)), run) if other is _OTHER else (run,)))
         else:
-            items.append((LOG, (2, run, None, "x", None, None, None, None, None, None, None,
-                                None, None, 1.0)))  # fmt: skip
+            items.append((LOG, draw(st.sampled_from(_LOG_ROWS))(run)))
     return items
+
+
+_LOG_ROWS = (
+    lambda run: (2, run, None, "x", None, None, None, None, None, None, None, None, None, 1.0),
+    lambda run: (2, run, "t", "running", 1, None, None, None, None, None, None, None, None, 2.0),
+    lambda run: (1, run, "t", "succeeded", 1, 2.0, 3.0, None, None, None, b"o", None, None, None),
+    lambda run: (1, run, "u", "succeeded", 0, None, None, None, None, None, b"i", None, None,
+                 None),
+)  # fmt: skip
+_RAW_EVENT = "INSERT INTO events (run_id, task, ts, event) VALUES (?, NULL, 5.0, 'raw')"
+_BLOB_REF = "INSERT OR REPLACE INTO blob_refs (run_id, task, name) VALUES (?, 't', 'b')"
 
 
 @settings(max_examples=200, deadline=None)
@@ -151,7 +162,62 @@ def test_runs_rows_equal_the_statements_run_one_by_one(items: list[Any]) -> None
     got.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
                 "VALUES ('c', 'p', 'f', '{}', 'old')")  # fmt: skip
     _write_mixed(got, list(items))
-    assert _run_rows(got) == _plain(items, pre="c", status="old")
+    want = _fresh()
+    want.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
+                 "VALUES ('c', 'p', 'f', '{}', 'old')")  # fmt: skip
+    _one_by_one(want, items)
+    assert _run_rows(got) == _run_rows(want)
+    logs = [params for sql, params in items if sql is LOG]
+    terminal = [row[1:3] for row in logs if row[0] == 1]
+    if len(set(terminal)) == len(terminal):  # each task's row once (as a run writes them)
+        assert _log_tables(got) == _log_tables(want)
+    # Whatever the rows: the writer before this change (log rows between two statements
+    # inserted before the second), or, when no statement names the log's tables, the
+    # statements and then every log row at once (as adjacent rows always were).
+    apart = any(sql is not LOG and ("events" in sql or "tasks" in sql) for sql, _ in items)
+    model = _fresh()
+    model.execute("INSERT INTO runs (run_id, pipeline, fingerprint, structure, status) "
+                  "VALUES ('c', 'p', 'f', '{}', 'old')")  # fmt: skip
+    rows: list[tuple[Any, ...]] = []
+    for sql, params in items:
+        if sql is LOG:
+            rows.append(params)
+            continue
+        if rows and apart:
+            _commit._insert_rows(model, rows)
+            rows = []
+        model.execute(sql, params)
+    _commit._insert_rows(model, rows)
+    assert _log_tables(got) == _log_tables(model)
+
+
+def _one_by_one(conn: sqlite3.Connection, items: list[Any]) -> None:
+    """Every statement alone, in order; each log row as the one-row insert it stands for
+    (a running event and its task's row both in ``items`` are folded as split_log folds
+    them: compared through the events the store reads back, see _log_tables)."""
+    for sql, params in items:
+        if sql is LOG:
+            tasks, events = _commit.split_log([params], fold=False)
+            for row in tasks:
+                conn.execute(f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 14)})", row)
+            for row in events:
+                conn.execute("INSERT INTO events (run_id, task, ts, event, attempt, error_type, "
+                             "error) VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+        else:
+            conn.execute(sql, params)
+
+
+def _log_tables(conn: sqlite3.Connection) -> tuple[list[Any], list[Any], list[Any]]:
+    """The tasks rows (without the folded event's columns), and the events with the folded
+    ``running`` events put back where readers put them (the task's last event), in id
+    order per run and task; the blob_refs rows."""
+    tasks = conn.execute("SELECT run_id, task, status, attempts, started, finished, output "
+                         "FROM tasks ORDER BY rowid").fetchall()  # fmt: skip
+    events = conn.execute("SELECT run_id, task, ts, event, id FROM events").fetchall()
+    folded = conn.execute("SELECT run_id, task, ran, 'running', ? FROM tasks WHERE ran IS NOT "
+                          "NULL", (_commit.FOLDED_ORDER,)).fetchall()  # fmt: skip
+    seq = sorted(events + folded, key=lambda e: (e[0], e[1] or "", e[4]))
+    return tasks, [e[:4] for e in seq], conn.execute("SELECT * FROM blob_refs").fetchall()
 
 
 @pytest.mark.parametrize("same_commit", [True, False])
@@ -173,3 +239,33 @@ def test_a_stream_batchs_run_row_reads_back_finished(tmp_path: Path, same_commit
         assert (rec.status, rec.started, rec.finished, rec.error) == ("succeeded", 1.0, 2.0, None)
     finally:
         store.close()
+
+
+def test_batches_committed_together_write_their_log_rows_in_one_insert_per_table() -> None:
+    """Three stream batches in one transaction (each: its run's row, its log rows, its
+    run's end, its checkpoint rows): one tasks INSERT and one events INSERT, not three."""
+    items: list[Any] = []
+    for k in range(3):
+        run = f"r{k}"
+        items.append((_INSERT, _row(run)))
+        items.extend((LOG, row) for row in _stream_batch_rows(run))
+        items.append((FINISH_RUN, ("succeeded", 2.0, None, run)))
+        items.append((_BLOB_REF, (run,)))  # stands for the stream's checkpoint statements
+    got = _fresh()
+    seen: list[str] = []
+    got.set_trace_callback(seen.append)
+    _write_mixed(got, list(items))
+    got.set_trace_callback(None)
+    assert len([s for s in seen if "INTO tasks" in s]) == 1
+    assert len([s for s in seen if "INTO events" in s]) == 1
+    want = _fresh()
+    _one_by_one(want, items)
+    assert _run_rows(got) == _run_rows(want)
+    assert _log_tables(got) == _log_tables(want)
+    # A statement on the events table among them: the log rows keep their places.
+    mixed = [*items[:12], (_RAW_EVENT, ("r0",)), *items[12:]]
+    got = _fresh()
+    _write_mixed(got, list(mixed))
+    want = _fresh()
+    _one_by_one(want, mixed)
+    assert _log_tables(got) == _log_tables(want)

@@ -182,6 +182,11 @@ def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
     if folded is not None:
         skip = folded[0] if skip is None else skip | folded[0]
         final = folded[1]
+    # No statement here writes (or reads) the log's tables: the log rows all go in after
+    # the statements, as one multi-row INSERT per table (the tables end up the same; a
+    # stream's batches committed together were a few INSERTs each, split by their runs
+    # and checkpoint rows).
+    together = not any(sql is not LOG and ("tasks" in sql or "events" in sql) for sql, _ in items)
     conn.execute("BEGIN IMMEDIATE")
     rows: list[tuple[Any, ...]] = []
     for i, (sql, params) in enumerate(items):
@@ -192,7 +197,7 @@ def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
             continue
         if final is not None and i in final:
             params = final[i]
-        if rows:
+        if rows and not together:
             _insert_rows(conn, rows)
             rows = []
         conn.execute(sql, params)
@@ -227,8 +232,8 @@ LOG_COLUMNS = (
 
 _MAX_ROWS = 1024  # rows per statement (x 14 columns: under SQLite's limit of 32766 parameters)
 #: Up to this many rows go in one statement of exactly their number, whatever their shapes
-#: (at most 8 sizes per shape and table: the connection's 128 cached statements hold them).
-_SMALL = 8
+#: (a few stream batches committed together; the writer's connection caches 512 statements).
+_SMALL = 32
 
 
 def _insert_log(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -332,7 +337,8 @@ class _Table:
     parameters: rows with the same NULL columns share a statement. A statement holds a power
     of two rows (a batch of 97 rows is three: 64, 32, 1), so a handful of prepared
     statements per shape serve every batch size with no padding rows to bind. A batch of at
-    most ``_SMALL`` rows is one statement of its size, whatever its rows' shapes.
+    most ``_SMALL`` rows is one statement of its size, whatever its rows' shapes (NULL in
+    the text where every row is NULL).
     """
 
     def __init__(self, insert: str, columns: tuple[str, ...]) -> None:

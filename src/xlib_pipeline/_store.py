@@ -135,6 +135,7 @@ class RunStore(_lease.LeaseMixin):
             timeout=self.busy_timeout_ms / 1000,
             check_same_thread=False,
             isolation_level=None,  # transactions are explicit (see _commit)
+            cached_statements=512,  # the log's multi-row INSERTs: sizes x shapes (_commit)
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
