@@ -269,3 +269,39 @@ def test_batches_committed_together_write_their_log_rows_in_one_insert_per_table
     want = _fresh()
     _one_by_one(want, mixed)
     assert _log_tables(got) == _log_tables(want)
+
+
+def test_a_stream_batch_longer_than_a_heartbeat_still_commits_once_with_its_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease heartbeat's commit (every HEARTBEAT_S) committed a slow batch's lease, run
+    row and first events in a transaction of their own, before its checkpoint."""
+    import json
+    import time
+
+    from xlib_pipeline import Pipeline, PipelineManager, _lease
+
+    monkeypatch.setattr(_lease, "HEARTBEAT_S", 0.02)
+    p = Pipeline("slow")
+
+    @p.task("work")
+    def work(batch: list[Any]) -> list[Any]:
+        time.sleep(0.15)
+        return batch
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(6)))
+    writes: list[list[str]] = []
+    with PipelineManager({"store": {"path": str(tmp_path / "r.sqlite")}}) as pm:
+        store = pm.store
+        assert store is not None
+        store.write_hook = lambda batch: writes.append([str(sql) for sql, _ in batch])
+        s = pm.stream(p, source=f"jsonl:{src}", sink=f"jsonl:{tmp_path / 'o.jsonl'}",
+                      batch_size=3, from_start=True)  # fmt: skip
+        store.write_hook = None
+        assert s.status == "completed" and s.batches == 2
+        runs = store.list_runs(pipeline=s.batch_pipeline.name)
+    assert len(runs) == 2 and {r.status for r in runs} == {"succeeded"}
+    for w in writes:  # no heartbeat, no commit of a batch's rows before its checkpoint
+        if any(sql.startswith("INSERT OR REPLACE INTO runs") or "leases" in sql for sql in w):
+            assert any("INTO stream_batches" in sql for sql in w), w

@@ -132,7 +132,8 @@ class StoreRecorder(Observer):
         Raises :class:`RunLeasedError` while another live process executes either run.
         """
         ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
-        if not self.flush and not ctx.resumed_from:
+        batch = not self.flush and not ctx.resumed_from
+        if batch:
             # A stream's batch: a run id minted just now, committed with its checkpoint.
             self.store.claim_new(ctx.run_id)
             taken = []
@@ -171,7 +172,11 @@ class StoreRecorder(Observer):
             except BaseException:
                 self.store.release_leases(ctx.run_id)
                 raise
-        self.store.keep_alive(ctx.run_id)
+        if not batch:
+            # Not a stream's batch: its lease row is not written before the batch commits
+            # with its checkpoint, and a heartbeat's commit (every HEARTBEAT_S) would have
+            # committed the batch's first rows on their own, before its checkpoint.
+            self.store.keep_alive(ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
         # RunStore.event's log row, queued directly (one call per task fewer).
