@@ -29,6 +29,7 @@ from . import _lease
 from ._blobs import BlobStore, blobs_section
 from ._commit import FINISH_RUN, FOLDED_ORDER, LOG, Checkpointer, Committer, run_insert
 from ._records import PayloadRef
+from ._sealed_streams import STREAM_PAYLOADS, sealed_stream_payloads
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
 from ._store_file import _connect
 from ._store_file import default_blob_url as default_blob_url
@@ -418,7 +419,8 @@ class RunStore(_lease.LeaseMixin):
         yield from rows
 
     def iter_sealed_texts(self) -> Iterator[tuple[tuple[str, int, str], PayloadRef, bytes]]:
-        """Every error text stored encrypted (for key rotation): (where, ref, blob)."""
+        """Every error text stored encrypted, and every stream payload (window state, a
+        batch's copy of its output), for key rotation: (where, ref, blob)."""
         with self._reading() as c:
             rows = c.execute(
                 "SELECT 'tasks', t.rowid, 'error', t.run_id, r.pipeline, t.task, t.tenant, "
@@ -434,17 +436,20 @@ class RunStore(_lease.LeaseMixin):
                 "UNION ALL SELECT 'runs', rowid, 'error', run_id, pipeline, '', tenant, error, "
                 "'run_error' FROM runs WHERE typeof(error) = 'blob'"
             ).fetchall()
+            streams = sealed_stream_payloads(c)
         for table, rowid, column, run_id, pipeline, task, tenant, blob, kind in rows:
             ref = PayloadRef(
                 run_id=run_id, pipeline=pipeline, task=task or "", tenant=tenant, kind=kind
             )
             yield (table, rowid, column), ref, bytes(blob)
+        yield from streams
 
     def replace_sealed_text(self, where: tuple[str, int, str], blob: bytes) -> None:
-        """Overwrite one encrypted error text named by :meth:`iter_sealed_texts`."""
+        """Overwrite one encrypted text or stream payload named by :meth:`iter_sealed_texts`."""
         table, rowid, column = where
-        if table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
-            raise ValueError(f"not an error text: {where!r}")
+        text = table in ("tasks", "events", "runs") and column in ("error", "traceback")
+        if not text and (table, column) not in STREAM_PAYLOADS:
+            raise ValueError(f"not a sealed text or stream payload: {where!r}")
         with self._read_lock, self._conn:
             self._conn.execute(f"UPDATE {table} SET {column}=? WHERE rowid=?", (blob, rowid))
 

@@ -309,8 +309,13 @@ class EncryptionPlugin:
         marked = self._marked_in(run.tasks)
         if marked:
             name = run.pipeline_name
+            stream = run.params.get("stream")
             with self._lock:
                 self._marked.update((name, t) for t in marked)
+                if isinstance(stream, Mapping):
+                    # A stream's own copy of its output and its window state hold the
+                    # marked tasks' records: they are sealed too (ref task "stream:NAME").
+                    self._marked.add((name, f"stream:{stream.get('name')}"))
         if (self.at_rest or marked) and run.manager.store is not None:
             # Fail before anything runs when the keyring is unusable. A plain run looks at
             # the key file every time; a stream's batch at most once per STREAM_KEY_CHECK

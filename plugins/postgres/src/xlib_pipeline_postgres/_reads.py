@@ -25,6 +25,16 @@ from xlib_pipeline.store import (
 from ._schema import SEALED_PREFIX
 from ._writer import seal_text, unseal_text
 
+#: For key rotation: a stream's sealed window state and its batches' copies of their output.
+_STREAM_PAYLOADS = (
+    "SELECT 'streams', name, 'window_state', COALESCE(lineage_run, name), pipeline, name, "
+    "tenant, window_state, 'window_state' FROM streams WHERE window_state IS NOT NULL "
+    "UNION ALL SELECT 'stream_batches', json_build_array(b.stream, b.seq)::text, 'output', "
+    "COALESCE(s.lineage_run, s.name), s.pipeline, s.name, s.tenant, b.output, "
+    "'stream_output' FROM stream_batches b JOIN streams s ON s.name = b.stream "
+    "WHERE b.output IS NOT NULL"
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     from xlib_pipeline.store import Lease
 
@@ -193,18 +203,31 @@ class StoreReads:
                 "'run_error' FROM runs WHERE error LIKE %(p)s",
                 {"p": like},
             ).fetchall()
+            streams = conn.execute(_STREAM_PAYLOADS).fetchall()
         for table, key, column, run_id, pipeline, task, tenant, text, kind in rows:
             ref = PayloadRef(
                 run_id=run_id, pipeline=pipeline, task=task or "", tenant=tenant, kind=kind
             )
             yield (table, key, column), ref, unseal_text(text)
+        # A stream's window state and its batches' copies of their output (BYTEA).
+        for table, key, column, run_id, pipeline, name, tenant, blob, kind in streams:
+            ref = PayloadRef(
+                run_id=run_id, pipeline=pipeline, task=f"stream:{name}", tenant=tenant, kind=kind
+            )
+            yield (table, key, column), ref, bytes(blob)
 
     def replace_sealed_text(self, where: tuple[str, str, str], blob: bytes) -> None:
         table, key, column = where
-        if table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
-            raise ValueError(f"not an error text: {where!r}")
         args: tuple[Any, ...]
-        if table == "tasks":
+        if (table, column) == ("streams", "window_state"):
+            sql, args = "UPDATE streams SET window_state = %s WHERE name = %s", (blob, key)
+        elif (table, column) == ("stream_batches", "output"):
+            stream, seq = json.loads(key)
+            sql = "UPDATE stream_batches SET output = %s WHERE stream = %s AND seq = %s"
+            args = (blob, stream, seq)
+        elif table not in ("tasks", "events", "runs") or column not in ("error", "traceback"):
+            raise ValueError(f"not a sealed text or stream payload: {where!r}")
+        elif table == "tasks":
             run_id, task = json.loads(key)
             sql = f"UPDATE tasks SET {column} = %s WHERE run_id = %s AND task = %s"
             args = (seal_text(blob), run_id, task)
