@@ -81,6 +81,11 @@ class GroupCommitter:
         """Queue one statement for the next commit (no lock taken)."""
         self._pending.append((sql, params))
 
+    def add_unit(self, statements: list[Statement]) -> None:
+        """Queue ``statements`` at once (one ``deque.extend``, atomic: a commit's cut never
+        falls inside them); a stream batch's run rows and its checkpoint."""
+        self._pending.extend(statements)
+
     def commit(self, then: Then | None = None) -> None:
         """Have what is queued committed as soon as no commit is in flight; ``then(error)``
         after.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,9 @@ import attrs
 
 from . import _lease
 from ._blobs import BlobStore, blobs_section
-from ._commit import FINISH_RUN, FOLDED_ORDER, LOG, Checkpointer, Committer, run_insert
+from ._commit import FINISH_RUN, FOLDED_ORDER, Checkpointer, Committer
+from ._group_commit import Statement
+from ._held import HeldRun, Recording
 from ._records import PayloadRef
 from ._sealed_streams import STREAM_PAYLOADS, sealed_stream_payloads
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
@@ -87,7 +88,7 @@ class TaskRecord:
         return self.finished - self.started
 
 
-class RunStore(_lease.LeaseMixin):
+class RunStore(Recording, _lease.LeaseMixin):
     """A handle on one store file. Thread-safe; writes go through a group committer.
 
     Records are committed as soon as no commit is in flight (see :mod:`._group_commit`): no
@@ -125,8 +126,10 @@ class RunStore(_lease.LeaseMixin):
         )
         self._checkpointer: Checkpointer | None = None
         self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
-        self.add = self._committer.add
+        self.add = self._committer.add  # type: ignore[method-assign]
         self.commit = self._committer.commit
+        #: Stream batches' runs held apart from the queue until their checkpoint (_held).
+        self._held: dict[str, HeldRun] = {}
         #: ``fn(connection)`` on the writer's warm connection, unless a commit is in flight.
         self.read_if_idle = self._committer.read_if_idle
 
@@ -170,6 +173,7 @@ class RunStore(_lease.LeaseMixin):
     def close(self) -> None:
         """Commit what is queued, checkpoint the WAL and close the file."""
         try:
+            self.release_held()  # runs whose checkpoint never came: recorded as they are
             self._committer.close()
         finally:
             cp, self._checkpointer = self._checkpointer, None
@@ -210,60 +214,43 @@ class RunStore(_lease.LeaseMixin):
 
     # -- recording (called by the scheduler's store observer) -----------------------------
 
-    def run_started(self, row: Mapping[str, Any]) -> None:
-        """Record a new run (``row`` has the runs table's columns)."""
-        self.add(run_insert(tuple(row)), tuple(row.values()))
-
-    def event(
-        self,
-        run_id: str,
-        task: str | None,
-        event: str,
-        *,
-        attempt: int | None = None,
-        error_type: str | None = None,
-        error: str | None = None,
-        ts: float | None = None,
-    ) -> None:
-        """Queue one state transition (committed with the next commit)."""
-        self.add(
-            LOG,
-            (
-                2,
-                run_id,
-                task,
-                event,
-                attempt,
-                None,
-                None,
-                error_type,
-                error,
-                None,
-                None,
-                None,
-                None,
-                ts or time.time(),
-            ),
-        )
-
-    def blob_referenced(self, run_id: str, task: str, name: str) -> None:
-        """Queue the row saying task ``task`` of ``run_id`` references blob ``name``."""
-        self.add(
-            "INSERT OR REPLACE INTO blob_refs (run_id, task, name) VALUES (?, ?, ?)",
-            (run_id, task, name),
-        )
-
     def blob_names(self) -> list[str]:
         """Every blob name a stored output references (for key rotation)."""
         with self._reading() as c:
             return [r[0] for r in c.execute("SELECT DISTINCT name FROM blob_refs ORDER BY name")]
 
-    def task_finished(self, row: tuple[Any, ...]) -> None:
-        """Queue a task's terminal state (``row`` follows the tasks table); see :meth:`commit`."""
-        self.add(LOG, (1, *row, None))
+    def hold(self, run_id: str) -> HeldRun:
+        """A stream batch's run ``run_id``: its statements are held apart from the queue
+        until :meth:`take_held` (its checkpoint's commit) or :meth:`release_held`."""
+        held = self._held[run_id] = HeldRun()
+        return held
+
+    def take_held(self, run_ids: tuple[str, ...]) -> list[Statement]:
+        """The held statements of ``run_ids``, in order, no longer held (the caller queues
+        them with :meth:`add_unit`)."""
+        pop = self._held.pop
+        if len(run_ids) == 1:
+            held = pop(run_ids[0], None)
+            return [] if held is None else held.items
+        return [item for rid in run_ids for item in getattr(pop(rid, None), "items", ())]
+
+    def add_unit(self, statements: list[Statement]) -> None:
+        """Queue ``statements`` at once (no commit of the queue takes only some of them)."""
+        self._committer.add_unit(statements)
+
+    def release_held(self, run_ids: tuple[str, ...] | None = None) -> None:
+        """Queue the held statements of ``run_ids`` (every held run: ``None``) as they are,
+        committed with the next commit: a batch that will not be checkpointed."""
+        if run_ids is None:
+            run_ids = tuple(self._held)
+        items = self.take_held(run_ids)
+        if items:
+            self._committer.add_unit(items)
 
     def run_finished(self, run_id: str, status: str, finished: float, error: str | None) -> None:
         """Record how a run ended, release its leases and commit everything (or raise)."""
+        if self._held:  # a held run refused before it ran: its row is recorded now
+            self.release_held((run_id,))
         self.add(FINISH_RUN, (status, finished, error, run_id))
         self.add(
             "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "

@@ -120,6 +120,8 @@ class StoreRecorder(Observer):
         self.recorded: set[int] = set()
         #: The store's queue (RunStore.add): the per-task rows are its LOG rows.
         self.add = store.add
+        #: Where the run's rows go: the store, or a stream batch's HeldRun (see start).
+        self.rec: Any = store
         #: Whether a plugin implements ``encrypt`` (else the core's pass-through answers:
         #: skipped, with the reference it would be given, on the per-task path).
         self.sealing = _sealing(hooks)
@@ -134,8 +136,13 @@ class StoreRecorder(Observer):
         ids = [ctx.run_id] + ([ctx.resumed_from] if ctx.resumed_from else [])
         batch = not self.flush and not ctx.resumed_from
         if batch:
-            # A stream's batch: a run id minted just now, committed with its checkpoint.
-            self.store.claim_new(ctx.run_id)
+            # A stream's batch: a run id minted just now, committed with its checkpoint,
+            # and held apart from the store's queue until then (_held).
+            hold = getattr(self.store, "hold", None)
+            if hold is not None:
+                self.rec = hold(ctx.run_id)
+                self.add = self.rec.add
+            self.rec.claim_new(ctx.run_id)
             taken = []
         else:
             taken = self.store.acquire_leases(ctx.run_id, ids)
@@ -147,7 +154,7 @@ class StoreRecorder(Observer):
             if ctx.log is not None:
                 for t in taken:
                     ctx.log.warning("run.lease_taken_over", run=t.run_id, owner=t.describe())
-        self.store.run_started(
+        self.rec.run_started(
             {
                 "run_id": ctx.run_id,
                 "pipeline": plan.pipeline_name,
@@ -173,9 +180,8 @@ class StoreRecorder(Observer):
                 self.store.release_leases(ctx.run_id)
                 raise
         if not batch:
-            # Not a stream's batch: its lease row is not written before the batch commits
-            # with its checkpoint, and a heartbeat's commit (every HEARTBEAT_S) would have
-            # committed the batch's first rows on their own, before its checkpoint.
+            # Not a stream's batch: its lease row is only written with its checkpoint's
+            # commit (and released in the same transaction), so there is nothing to beat.
             self.store.keep_alive(ctx.run_id)
 
     def task_started(self, run: Run, i: int, attempt: int) -> None:
@@ -189,13 +195,13 @@ class StoreRecorder(Observer):
     def attempt_failed(
         self, run: Run, i: int, attempt: int, error: BaseException, decision: RetryDecision
     ) -> None:
-        self.store.event(
+        self.rec.event(
             run.ctx.run_id,
             run.plan.names[i],
             "attempt_failed",
             attempt=attempt,
             error_type=type(error).__name__,
-            error=self._protect(str(error)[:2000], run, i, "error"),  # type: ignore[arg-type]
+            error=self._protect(str(error)[:2000], run, i, "error"),
         )
 
     def _protect(self, text: str | None, run: Run, i: int | None, kind: str) -> str | bytes | None:
@@ -238,7 +244,7 @@ class StoreRecorder(Observer):
             if carried is not None:
                 blob, output_run, blob_name = carried
                 if blob_name is not None:  # this run references the blob too (prune keeps it)
-                    self.store.blob_referenced(ctx.run_id, task.name, blob_name)
+                    self.rec.blob_referenced(ctx.run_id, task.name, blob_name)
             elif self.record_outputs:
                 blob, failure = self._output(run, task, tenant, cols.outputs[i])
         started = cols.started[i]
@@ -308,7 +314,7 @@ class StoreRecorder(Observer):
         if dumped.__class__ is bytes:
             raw = dumped
         elif isinstance(dumped, BlobRef):
-            self.store.blob_referenced(ctx.run_id, task.name, dumped.name)
+            self.rec.blob_referenced(ctx.run_id, task.name, dumped.name)
             raw = dumped.encode()
         else:
             raw = dumped
@@ -342,7 +348,8 @@ class StoreRecorder(Observer):
         for i, st in enumerate(run.cols.status):
             if i not in self.recorded and st is not None:
                 self.task_finished(run, i)
-        self.store.let_go(result.run_id)
+        rec = self.rec
+        rec.let_go(result.run_id)
         err = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
         error = self._protect(err, run, None, "run_error")
         if self.flush:
@@ -356,9 +363,9 @@ class StoreRecorder(Observer):
         # A stream's batch: committed with the stream's checkpoint, not flushed on its own.
         # Its end event is queued first, beside the task rows: the log rows between two
         # statements are one multi-row INSERT, so after the UPDATE it cost one more.
-        self.store.event(result.run_id, None, "run." + result.status, ts=result.finished)
-        self.store.release_leases(result.run_id)
-        self.store.add(FINISH_RUN, (result.status, result.finished, error, result.run_id))
+        rec.event(result.run_id, None, "run." + result.status, ts=result.finished)
+        rec.release_leases(result.run_id)
+        rec.add(FINISH_RUN, (result.status, result.finished, error, result.run_id))
 
 
 _now = time.time

@@ -13,12 +13,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @attrs.frozen
 class BatchOutcome:
-    """A batch's run, and when its records were quarantined one by one, their outputs
-    and the dead-letter entries."""
+    """A batch's run, and when its records were quarantined one by one, their outputs,
+    the dead-letter entries and the other runs."""
 
     result: PipelineResult
     outputs: list[Any] | None
     dead: list[dict[str, Any]]
+    #: The batch's other runs (quarantined: the batch's own, then each record's but the
+    #: last), committed with its checkpoint like ``result``'s.
+    runs: tuple[str, ...] = ()
+
+    @property
+    def run_ids(self) -> tuple[str, ...]:
+        """Every run of the batch, ``result``'s last."""
+        return (*self.runs, self.result.run_id)
 
 
 def brief_offset(offset: Any) -> Any:

@@ -127,11 +127,32 @@ class CheckpointStore:
                     path=str(self.path),
                 ) from exc
 
-    def _through_writer(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Queue ``statements`` behind everything the run store has queued (the batch run's
-        rows) and wait once for the commit: one transaction for them, no second writer."""
+    def _unit(self, name: str, batch: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that commit one batch, after its runs' rows held by the run store
+        (``run_id``, and ``runs`` before it: a quarantined batch's runs), as one unit."""
+        runs: tuple[str, ...] = tuple(batch.pop("runs", ()))
+        statements = self._statements(name, **batch)
+        if batch["run_id"] is not None:
+            runs += (batch["run_id"],)
+        take = getattr(self._writer, "take_held", None)
+        held = take(runs) if take is not None and runs else []
+        if not held:
+            return statements
+        held += statements
+        return held
+
+    def _queue(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        add_unit = getattr(self._writer, "add_unit", None)
+        if add_unit is not None:
+            add_unit(statements)
+            return
         for sql, params in statements:
             self._writer.add(sql, params)
+
+    def _through_writer(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Queue ``statements`` (the batch run's held rows, then the checkpoint) as one unit
+        and wait once for the commit: one transaction for them, no second writer."""
+        self._queue(statements)
         self._writer.flush()
 
     def load(self, name: str) -> StreamRecord | None:
@@ -201,17 +222,20 @@ class CheckpointStore:
     def commit(self, name: str, **batch: Any) -> None:
         """Commit one batch: its row and the stream's new offsets, position, counters and
         window state, in one transaction (see :meth:`_statements` for the arguments)."""
-        (self._tx if self._writer is None else self._through_writer)(
-            self._statements(name, **batch)
-        )
+        if self._writer is None:
+            batch.pop("runs", None)
+            self._tx(self._statements(name, **batch))
+            return
+        self._through_writer(self._unit(name, batch))
 
     def commit_later(self, name: str, *, then: Then, **batch: Any) -> None:
         """Queue :meth:`commit` of one batch behind the batch run's rows and return at once:
         the store's writer commits them as soon as no commit is in flight, in one
         transaction, then calls ``then(None)``, or ``then(StoreError)`` when it could not
         (from the writer's thread, or from this one)."""
-        statements = self._statements(name, **batch)
         if self._writer is None:
+            batch.pop("runs", None)
+            statements = self._statements(name, **batch)
             try:
                 self._tx(statements)
             except StoreError as exc:
@@ -219,8 +243,7 @@ class CheckpointStore:
                 return
             then(None)
             return
-        for sql, params in statements:
-            self._writer.add(sql, params)
+        self._queue(self._unit(name, batch))
         self._writer.commit(then)
 
     def _statements(

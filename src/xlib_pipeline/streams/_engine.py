@@ -275,6 +275,11 @@ class Stream(Confirming, StreamStart):
                     self._commit(s, b, result)  # raises on a failed batch: nothing after it
             self._settle()
         except BaseException:
+            for _, _, work in pending:  # run, never checkpointed: recorded as they are
+                if not isinstance(work, cf.Future):
+                    self._release(work)
+                elif work.done() and not work.cancelled() and work.exception() is None:
+                    self._release(work.result())
             try:
                 self._settle()  # what was committed is reported as such
             except Exception:  # the first error is the story
@@ -313,8 +318,10 @@ class Stream(Confirming, StreamStart):
         outputs: list[Any] = []
         dead: list[dict[str, Any]] = []
         last = result
+        runs = [result.run_id]
         for i, record in enumerate(batch.records):
             one = self._run_records(seq, batch, [record], index=i)
+            runs.append(one.run_id)
             if one.success:
                 last = one
                 task = one.tasks.get(self.output_task)
@@ -331,7 +338,8 @@ class Stream(Confirming, StreamStart):
                         "record": record,
                     }
                 )
-        return BatchOutcome(result=last, outputs=outputs, dead=dead)
+        runs.remove(last.run_id)
+        return BatchOutcome(result=last, outputs=outputs, dead=dead, runs=tuple(runs))
 
     def _run_records(
         self, seq: int, batch: SourceBatch, records: list[Any], index: int | None = None
@@ -351,6 +359,20 @@ class Stream(Confirming, StreamStart):
     def _commit(self, seq: int, batch: SourceBatch, outcome: BatchOutcome) -> None:
         """Write batch ``seq`` to the sink and queue its checkpoint's commit (see
         :mod:`._pipelined`: fewer than ``_depth`` batches unconfirmed before the write)."""
+        try:
+            self._write(seq, batch, outcome)
+        except BaseException:
+            # Never checkpointed: the batch's runs are recorded as they are (_held).
+            self._release(outcome)
+            raise
+
+    def _release(self, outcome: BatchOutcome) -> None:
+        """Queue the held rows of ``outcome``'s runs, which no checkpoint will commit."""
+        release = getattr(self.pm.store, "release_held", None)
+        if release is not None:
+            release(outcome.run_ids)
+
+    def _write(self, seq: int, batch: SourceBatch, outcome: BatchOutcome) -> None:
         self._settle(self._depth - 1)
         result = outcome.result
         self.last_run_id = result.run_id
@@ -408,6 +430,8 @@ class Stream(Confirming, StreamStart):
             "dead": len(dead),
             "lag": self.lag,
         }
+        if outcome.runs:
+            args["runs"] = outcome.runs
         if self._depth > 1:
             self._ckpt.commit_later(self.name, then=u.then, **args)  # type: ignore[attr-defined]
             self._unconfirmed.append(u)  # queued (a raise above: nothing to wait for)

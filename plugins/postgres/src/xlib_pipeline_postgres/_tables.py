@@ -292,6 +292,7 @@ class PostgresCheckpoints(_Table):
         )
 
     def commit(self, name: str, **batch: Any) -> None:
+        batch.pop("runs", None)  # a quarantined batch's other runs: already queued
         self._write(self._statements(name, **batch))
 
     def commit_later(
@@ -300,6 +301,7 @@ class PostgresCheckpoints(_Table):
         """Queue the batch's commit behind its run's rows and return at once; the store's
         writer calls ``then(None)`` once they are committed in one transaction, or
         ``then(StoreError)``."""
+        batch.pop("runs", None)  # a quarantined batch's other runs: already queued
         for sql, params in self._statements(name, **batch):
             self.store.add(Native(sql), params)
 
