@@ -246,6 +246,17 @@ class CheckpointStore:
         self._queue(self._unit(name, batch))
         self._writer.commit(then)
 
+    def queue(self, name: str, **batch: Any) -> None:
+        """Queue one batch's commit (its run's held rows, then its checkpoint, one unit)
+        without asking for it: :meth:`wake` asks for the commit of every batch queued so
+        far, which the store's writer then writes in one transaction (a commit in flight
+        meanwhile, or another run's, may write them sooner: whole units)."""
+        self._queue(self._unit(name, batch))
+
+    def wake(self, then: Then) -> None:
+        """Ask for the commit of everything :meth:`queue` queued; ``then(error)`` after."""
+        self._writer.commit(then)
+
     def _statements(
         self,
         name: str,

@@ -14,7 +14,7 @@ from ..exceptions import ConfigError, PipelineError, StoreError, StreamError
 from ._batch import BatchOutcome, brief_offset
 from ._batch import records_of as _records_of
 from ._pipeline import BATCH_TASK, derive
-from ._pipelined import Confirming, Unconfirmed, batch_info
+from ._pipelined import GROUP, READY_S, Confirming, Unconfirmed, batch_info
 from ._protocol import Checkpoint, Sink, Source, SourceBatch
 from ._start import StreamStart
 from ._windows import WindowOperator
@@ -106,6 +106,9 @@ class Stream(Confirming, StreamStart):
         #: Batches written and queued for commit, not yet confirmed (see _pipelined).
         self._unconfirmed: collections.deque[Unconfirmed] = collections.deque()
         self._depth = 1
+        self._deferred: list[Callable[[BaseException | None], None]] = []
+        #: Whether the checkpoint table queues commits without asking for them (GROUP).
+        self._grouping = False
         self._tenant = self.run_kwargs.get("tenant_id")
 
     # -- control ----------------------------------------------------------------------------
@@ -156,6 +159,7 @@ class Stream(Confirming, StreamStart):
 
         self._ckpt = open_checkpoints(store, f"stream {self.name!r}")
         self._depth = self._pipelines(self.sink, (self.late_sink, self.dead_letter), self._ckpt)
+        self._grouping = self._depth > 1 and callable(getattr(self._ckpt, "wake", None))
         self.started = time.time()
         self.status = "running"
         try:
@@ -228,8 +232,11 @@ class Stream(Confirming, StreamStart):
         )
         idle_since = time.monotonic()
         reading = True
+        full = False  # the last read returned all it was asked for: more is likely ready
         try:
             while reading or pending:
+                if self._deferred and not (full and reading):
+                    self._kick()  # the next read may block: commit what is queued now
                 if self._unconfirmed:
                     self._settle(self._depth)  # confirm what is committed, never wait
                 if reading and (self._stop.is_set() or self._limit_reached()):
@@ -238,7 +245,15 @@ class Stream(Confirming, StreamStart):
                     want = self.batch_size
                     if self.max_records is not None:
                         want = min(want, self.max_records - self._read_records)
+                    began = time.monotonic()
                     batch = self.source.read(want, self.batch_timeout)
+                    # Ready records (a full batch at once): the next read likely returns at
+                    # once too, and its batch's commit is asked for with this one's.
+                    full = (
+                        batch is not None
+                        and len(batch.records) >= want
+                        and time.monotonic() - began < READY_S
+                    )
                     if batch is None:
                         reading = False
                         if self.windows is not None and self.windows.has_open():
@@ -432,6 +447,15 @@ class Stream(Confirming, StreamStart):
         }
         if outcome.runs:
             args["runs"] = outcome.runs
+        if self._grouping:
+            # Queued now, its commit asked for with the next ones' (one transaction for up
+            # to GROUP batches) while the source returns full batches; see _loop, _settle.
+            self._ckpt.queue(self.name, **args)  # type: ignore[attr-defined]
+            self._deferred.append(u.then)
+            self._unconfirmed.append(u)
+            if len(self._deferred) >= GROUP:
+                self._kick()
+            return
         if self._depth > 1:
             self._ckpt.commit_later(self.name, then=u.then, **args)  # type: ignore[attr-defined]
             self._unconfirmed.append(u)  # queued (a raise above: nothing to wait for)

@@ -22,6 +22,7 @@ each batch as it commits and may stop the stream right after it); the progress l
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +33,12 @@ from ._protocol import Checkpoint
 
 #: How many batches may be written to the sink and queued for commit, unconfirmed.
 DEPTH = 8
+#: How many batches' commits are asked for together (in one transaction) while the source
+#: keeps returning full batches: the writer's cost is mostly per transaction (same-run:
+#: see the commit that set it).
+GROUP = DEPTH // 2
+#: A read that returned a full batch within this many seconds found its records ready.
+READY_S = 0.005
 #: ``on_batch`` callbacks that only display progress (they do not need each batch confirmed
 #: before the next is written).
 DISPLAY_ONLY: set[Callable[[Any], None]] = set()
@@ -92,6 +99,9 @@ class Confirming:
     _unconfirmed: collections.deque[Unconfirmed]
     #: How many batches may be unconfirmed (1: each commit is waited for at once).
     _depth: int
+    #: The ``then`` of the batches queued for commit whose commit is not asked for yet.
+    _deferred: list[Callable[[BaseException | None], None]]
+    _ckpt: Any
 
     def _event(self, event: str, info: Mapping[str, Any]) -> None:
         raise NotImplementedError
@@ -119,6 +129,7 @@ class Confirming:
             if not u.done:
                 if len(q) <= keep:
                     return
+                self._kick()
                 u.wait()
             if u.error is not None:
                 seq, info = u.checkpoint.seq, u.info
@@ -131,6 +142,13 @@ class Confirming:
                 ) from u.error
             q.popleft()
             self._confirm(u)
+
+    def _kick(self) -> None:
+        """Ask for the commit of the batches queued without it (one transaction)."""
+        thens = self._deferred
+        if thens:
+            self._deferred = []
+            self._ckpt.wake(thens[0] if len(thens) == 1 else functools.partial(_each, thens))
 
     def _confirm(self, u: Unconfirmed) -> None:
         """What follows the commit of batch ``u``."""
@@ -149,6 +167,11 @@ class Confirming:
         self._event("batch", info)
         if self.on_batch is not None:
             self.on_batch(self)
+
+
+def _each(thens: list[Callable[[BaseException | None], None]], error: BaseException | None) -> None:
+    for then in thens:
+        then(error)
 
 
 def batch_info(
