@@ -12,6 +12,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import operator
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from ._trail import AuditTrail, Chained
 
 _sha256 = hashlib.sha256
+_write = os.write
+_lseek = os.lseek
+_SEEK_END = os.SEEK_END
+_line = operator.itemgetter(0)  # a chained record's line
 
 
 def chain_rendered(self: AuditTrail, rendered: Rendered) -> Chained:
@@ -91,6 +96,10 @@ def commit_waiting(self: AuditTrail, inbox: collections.deque[Any]) -> None:
     pads = self._hmac
     seq, prev = self._seq, self._prev
     chained: list[Chained] = []
+    add = chained.append
+    popleft = inbox.popleft
+    if pads is not None:
+        inner_copy, outer_copy = pads[0].copy, pads[1].copy
     while inbox:
         rec = inbox[0]
         if type(rec) is not list:
@@ -99,17 +108,17 @@ def commit_waiting(self: AuditTrail, inbox: collections.deque[Any]) -> None:
             data = (rec[0] + prev + rec[1] + str(seq + 1) + rec[2]).encode()
         except UnicodeEncodeError:
             break  # chain_waiting names it
-        inbox.popleft()
+        popleft()
         seq += 1
         if pads is None:
             prev = _sha256(data).hexdigest()
         else:
-            inner = pads[0].copy()
+            inner = inner_copy()
             inner.update(data)
-            outer = pads[1].copy()
+            outer = outer_copy()
             outer.update(inner.digest())
             prev = outer.hexdigest()
-        chained.append((data[:-1] + b',"hash":"' + prev.encode() + b'"}\n', None, seq, prev, rec))
+        add((data[:-1] + b',"hash":"' + prev.encode() + b'"}\n', None, seq, prev, rec))
     if not chained:
         commit_general(self, inbox)
         return
@@ -123,12 +132,12 @@ def commit_waiting(self: AuditTrail, inbox: collections.deque[Any]) -> None:
         write_records(self, chained)
         return
     # write_records for this case: the foreign-writer check, then one write(2).
-    if os.lseek(fd, 0, os.SEEK_END) != self._size:
+    if _lseek(fd, 0, _SEEK_END) != self._size:
         write_records(self, chained)  # it switches to flock and rechains them
         return
-    data = b"".join([item[0] for item in chained]) if len(chained) > 1 else chained[0][0]
+    data = b"".join(map(_line, chained)) if len(chained) > 1 else chained[0][0]
     try:
-        written = os.write(fd, data)
+        written = _write(fd, data)
     except OSError as exc:  # nothing of it was written
         self._unwritten = chained  # never dropped: written again before anything newer
         raise _write_error(self, exc) from exc

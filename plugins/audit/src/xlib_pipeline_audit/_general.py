@@ -44,18 +44,61 @@ def deep_text(value: Any) -> str:
     if value is None:
         return "null"
     if t is dict:
-        parts = []
-        for k in value:
-            if type(k) is not str or not k.isascii():
-                raise NotFast("an object key that is not an ASCII string")
-        for k in sorted(value):
-            parts.append(jstr(k) + ":" + deep_text(value[k]))
-        return "{" + ",".join(parts) + "}"
+        return _object_text(value)
     if t is list:
-        return "[" + ",".join([deep_text(v) for v in value]) + "]"
+        parts = []
+        for v in value:
+            t = type(v)
+            if t is str:
+                parts.append(jstr(v))
+            elif t is int and -_MAX_INT < v < _MAX_INT:
+                parts.append(str(v))
+            else:
+                parts.append(deep_text(v))
+        return "[" + ",".join(parts) + "]"
     if t is float and _plain_float(value):
         return repr(value)  # the json encoder's text, as canonical's plain path writes it
     return text(value)
+
+
+#: An object's keys (in its order) -> ``(key, '"key":')`` in canonical order, or None when
+#: a key is not an ASCII string. A stream's records repeat the same few objects (its
+#: ``stream`` param, a batch's ``counts``) batch after batch: the keys' checks, their sort
+#: and their texts once per layout, not per record. Bounded.
+_LAYOUTS: dict[tuple[Any, ...], tuple[tuple[str, str], ...] | None] = {}
+
+
+def _layout(keys: tuple[Any, ...]) -> tuple[tuple[str, str], ...] | None:
+    for k in keys:
+        if type(k) is not str or not k.isascii():
+            return None
+    return tuple((k, jstr(k) + ":") for k in sorted(keys))
+
+
+def _object_text(value: dict[Any, Any]) -> str:
+    """:func:`deep_text` of a dict (see :data:`_LAYOUTS`). A key equal to a cached one
+    (a str subclass) renders as that str: its canonical text is the same."""
+    keys = tuple(value)
+    try:
+        layout = _LAYOUTS[keys]
+    except KeyError:
+        layout = _layout(keys)
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = layout
+    if layout is None:
+        raise NotFast("an object key that is not an ASCII string")
+    parts = []
+    for k, name in layout:
+        v = value[k]
+        t = type(v)
+        if t is str:
+            parts.append(name + jstr(v))
+        elif t is int and -_MAX_INT < v < _MAX_INT:
+            parts.append(name + str(v))
+        else:
+            parts.append(name + deep_text(v))
+    return "{" + ",".join(parts) + "}"
 
 
 def prerender(record: Mapping[str, Any], shapes: dict[tuple[str, ...], Shape]) -> Rendered | None:
@@ -111,7 +154,12 @@ class RunRecords:
         self, ts: str, actor: Any, tenant: Any, pipeline: Any, run_id: Any, tasks: Any, stream: Any
     ) -> Rendered | None:
         """A stream batch's ``run.started`` (no ``params``, no ``logical_date``)."""
-        if not (_exact(actor) and _exact(tenant) and _exact(pipeline) and type(tasks) is int):
+        if not (
+            (actor is None or type(actor) is str)  # a str or None: its text follows from ==
+            and (tenant is None or type(tenant) is str)
+            and (pipeline is None or type(pipeline) is str)
+            and type(tasks) is int
+        ):
             return None
         key = ("run.started", actor, tenant, pipeline, tasks)
         entry = self._shapes.get(key)
@@ -124,7 +172,10 @@ class RunRecords:
         if entry is None:
             return None
         try:
-            return entry[0].render((jstr(ts), deep_text(run_id), deep_text(stream)))
+            return entry[0].render((
+                jstr(ts), jstr(run_id) if type(run_id) is str else deep_text(run_id),
+                deep_text(stream),
+            ))  # fmt: skip
         except ValueError:
             return None
 
@@ -139,9 +190,15 @@ class RunRecords:
         error_class: Any,
         counts: Any,
         duration_ms: Any,
+        counts_text: str | None = None,
     ) -> Rendered | None:
-        """A ``run.finished`` record with ``counts`` and ``duration_ms``."""
-        if not (_exact(actor) and _exact(tenant) and _exact(pipeline)):
+        """A ``run.finished`` record with ``counts`` and ``duration_ms`` (``counts_text``:
+        the canonical text of ``counts``, when the caller has it)."""
+        if not (
+            (actor is None or type(actor) is str)
+            and (tenant is None or type(tenant) is str)
+            and (pipeline is None or type(pipeline) is str)
+        ):
             return None
         key = ("run.finished", actor, tenant, pipeline)
         entry = self._shapes.get(key)
@@ -154,8 +211,12 @@ class RunRecords:
             return None
         try:
             return entry[0].render((
-                jstr(ts), deep_text(run_id), deep_text(outcome), deep_text(error_class),
-                deep_text(counts), deep_text(duration_ms),
+                jstr(ts),
+                jstr(run_id) if type(run_id) is str else deep_text(run_id),
+                jstr(outcome) if type(outcome) is str else deep_text(outcome),
+                "null" if error_class is None else deep_text(error_class),
+                deep_text(counts) if counts_text is None else counts_text,
+                deep_text(duration_ms),
             ))  # fmt: skip
         except ValueError:
             return None
@@ -164,7 +225,12 @@ class RunRecords:
         self, ts: str, actor: Any, tenant: Any, pipeline: Any, stream: Any, info: Any
     ) -> Rendered | None:
         """A ``stream.batch`` record of ``info`` (the ``stream_event`` hook's, no error)."""
-        if not (_exact(actor) and _exact(tenant) and _exact(pipeline) and _exact(stream)):
+        if not (
+            (actor is None or type(actor) is str)
+            and (tenant is None or type(tenant) is str)
+            and (pipeline is None or type(pipeline) is str)
+            and (stream is None or type(stream) is str)
+        ):
             return None
         if type(info) is not dict or "error" in info:
             return None
@@ -180,14 +246,15 @@ class RunRecords:
         if entry is None:
             return None
         try:
-            texts = [jstr(ts), deep_text(info.get("run_id"))]
+            run_id = info.get("run_id")
+            texts = [jstr(ts), jstr(run_id) if type(run_id) is str else deep_text(run_id)]
+            add = texts.append
             for k in entry[1][2:]:
-                texts.append(deep_text(info[k]))
+                v = info[k]
+                if type(v) is int and -_MAX_INT < v < _MAX_INT:  # most of them: counts
+                    add(str(v))
+                else:
+                    add(deep_text(v))
             return entry[0].render(texts)
         except ValueError:
             return None
-
-
-def _exact(value: Any) -> bool:
-    """A constant whose text follows from its value's equality: a str or ``None``."""
-    return value is None or type(value) is str

@@ -17,7 +17,7 @@ from xlib_pipeline import (
 )
 
 from ._canonical import digest
-from ._general import RunRecords, prerender
+from ._general import RunRecords, deep_text, prerender
 from ._settings import error_class, now_iso
 from ._task_records import Quick, TaskRecords, TaskTexts
 
@@ -60,10 +60,15 @@ class AuditRun:
     )
 
     def __init__(
-        self, plugin: AuditPlugin, run: RunContext, cache: dict[Any, Any] | None = None
+        self,
+        plugin: AuditPlugin,
+        run: RunContext,
+        cache: dict[Any, Any] | None = None,
+        trail: Any = None,
     ) -> None:
         #: The run's trail's ``append`` (opened here: every run writes ``run.started``).
-        trail = plugin.writer()
+        if trail is None:
+            trail = plugin.writer()
         self.append = trail.append
         #: A task's plain ``task.finished`` waits in the inbox for the lane's next write
         #: (its next ``task.started``): one ``write(2)`` per task. ``flush`` writes it when
@@ -80,7 +85,8 @@ class AuditRun:
         #: The text between ``prev`` and ``seq`` of this run's quick records (its run id):
         #: the per-task quick records (``meta``) are the same in every run of a plan.
         self.mid: str = self.records.run_mid() or ""
-        #: Classification level -> the quick ``task.finished`` pre text with that level.
+        #: Classification level -> the quick ``task.finished`` pre text with that level (no
+        #: run id in it: shared by the runs of a plan, with ``meta``).
         self.classified: dict[str, str | None] = {}
         tasks = run.tasks
         # Every task's metadata depends on the task (frozen), the run's actor, pipeline and
@@ -95,7 +101,7 @@ class AuditRun:
             except TypeError:  # an actor or tenant that is not hashable
                 cache = None
         if hit is not None and hit[0] is tasks:
-            self.meta, digests = hit[1], hit[2]
+            self.meta, digests, self.classified = hit[1], hit[2], hit[3]
         else:
             self.meta = {}
             digests = False
@@ -108,7 +114,7 @@ class AuditRun:
             if cacheable and cache is not None:
                 if len(cache) >= 16:
                     cache.clear()
-                cache[key] = (tasks, self.meta, digests)
+                cache[key] = (tasks, self.meta, digests, self.classified)
         if digests:
             run.stash[OUTPUTS_IN_DRIVER] = True  # output digests read each output
 
@@ -146,6 +152,8 @@ class Recorder:
         self._shapes: dict[Any, Any] = {}
         #: The per-batch records of a stream, from shapes with the run's constants baked in.
         self._runs = RunRecords()
+        #: A run's counts and their text by the tasks' counts (see _counts_of).
+        self._counts: dict[tuple[Any, ...], tuple[dict[str, int], str | None]] = {}
 
     def _fast(self, trail: Any, rec: dict[str, Any]) -> Any:
         """``rec`` pre-rendered when no processor has to see it (same bytes), else as is."""
@@ -190,10 +198,10 @@ class Recorder:
 
     @hookimpl(tryfirst=True)
     def before_pipeline(self, run: Any) -> None:
-        st = AuditRun(self._plugin, run, self._metas)
+        writer = self._plugin.writer()
+        st = AuditRun(self._plugin, run, self._metas, writer)
         run.stash[AUDIT_RUN] = st
         self._last = (run, st)
-        writer = self._plugin.writer()
         run_params = run.params
         stream = run_params.get("stream")
         fast = None
@@ -244,11 +252,11 @@ class Recorder:
         count = getattr(result.tasks, "counts", None)
         if count is not None and status != "refused" and trail.prerendered:
             # run.finished with counts and duration_ms: rendered from its shape, no dict.
-            found = count()
+            counts, text = self._counts_of(count())
             fast = self._runs.finished(
                 now_iso(), st.actor, st.tenant, st.pipeline, st.run_id, status,
-                error_class(result.error), {s.value: found[s] for s in _TERMINAL if s in found},
-                round((result.finished - result.started) * 1000, 3),
+                error_class(result.error), counts,
+                round((result.finished - result.started) * 1000, 3), text,
             )  # fmt: skip
         record = fast or self._fast(trail, self._finished(st, result))
         if "stream" not in run.params:
@@ -267,6 +275,24 @@ class Recorder:
             trail.append(record, wait=True)
         if self._plugin.checkpointer is not None:
             self._plugin.checkpoint()
+
+    def _counts_of(self, found: dict[Any, int]) -> tuple[dict[str, int], str | None]:
+        """A run's ``counts`` (terminal statuses only, by value) and their canonical text,
+        kept by the tasks' counts (a stream's batches end alike: once, not per batch). The
+        counts are the core's integers, so equal counts render alike."""
+        key = tuple(found.items())
+        hit = self._counts.get(key)
+        if hit is None:
+            counts = {s.value: found[s] for s in _TERMINAL if s in found}
+            try:
+                text: str | None = deep_text(counts)
+            except ValueError:
+                text = None
+            hit = (counts, text)
+            if len(self._counts) >= 64:
+                self._counts.clear()
+            self._counts[key] = hit
+        return hit
 
     def _finished(self, st: AuditRun, result: Any) -> dict[str, Any]:
         """A ``run.finished`` (or ``run.refused``) record built as a dict."""

@@ -46,16 +46,17 @@ class GroupCommitSink:
     def append(self, fields: dict[str, Any] | Rendered, wait: bool) -> int | None:
         inbox = self.inbox
         inbox.append(fields)
-        lock = self.trail._lock
+        trail = self.trail
+        lock = trail._lock
         # Waiting for the lock means: whoever holds it is writing, and by the time we hold
         # it our record is either in the file or still in the inbox, where we take it.
         got = lock.acquire() if wait else lock.acquire(blocking=False)
         while got:
             try:
-                if self.trail._sink is not self:  # switched to flock meanwhile
-                    self.drain_to(self.trail._sink)
+                if trail._sink is not self:  # switched to flock meanwhile
+                    self.drain_to(trail._sink)
                     return None
-                self.write_waiting()
+                trail._commit_waiting(inbox)  # write_waiting, one call fewer
             finally:
                 lock.release()
             if not inbox:

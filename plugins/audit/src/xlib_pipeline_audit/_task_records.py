@@ -70,8 +70,12 @@ class TaskRecords:
         self.pipeline = pipeline
         self.run_id = run_id
         self._const: dict[str, str] | None
-        try:
-            self._const = {"actor": text(actor), "pipeline": text(pipeline), "run_id": text(run_id)}
+        try:  # (strs, the common case, without the calls: once per run)
+            self._const = {
+                "actor": _jstr(actor) if type(actor) is str else text(actor),
+                "pipeline": _jstr(pipeline) if type(pipeline) is str else text(pipeline),
+                "run_id": _jstr(run_id) if type(run_id) is str else text(run_id),
+            }
         except ValueError:
             self._const = None
         self._started: dict[int, Shape] = {}
