@@ -114,6 +114,10 @@ def test_a_runs_counts_text_is_kept_by_its_counts() -> None:
     mixed = rec._counts_of({Status.FAILED: 1, Status.RUNNING: 1, Status.SUCCEEDED: 2})
     assert mixed == ({"succeeded": 2, "failed": 1}, '{"failed":1,"succeeded":2}')
     assert rec._counts_of({}) == ({}, "{}")
+    # Counts that are not hashable (not the core's): rendered, not kept.
+    odd = rec._counts_of({Status.SUCCEEDED: [1]})  # type: ignore[dict-item]
+    assert odd == ({"succeeded": [1]}, '{"succeeded":[1]}')
+    assert rec._counts_of({Status.SUCCEEDED: [1]}) is not odd  # type: ignore[dict-item]
 
 
 def test_runs_of_one_plan_record_each_outputs_own_level(tmp_path: Path) -> None:

@@ -280,8 +280,12 @@ class Recorder:
         """A run's ``counts`` (terminal statuses only, by value) and their canonical text,
         kept by the tasks' counts (a stream's batches end alike: once, not per batch). The
         counts are the core's integers, so equal counts render alike."""
-        key = tuple(found.items())
-        hit = self._counts.get(key)
+        items = tuple(found.items())
+        key: tuple[Any, ...] | None = items
+        try:
+            hit = self._counts.get(items)
+        except TypeError:  # not the core's integers: not kept
+            key, hit = None, None
         if hit is None:
             counts = {s.value: found[s] for s in _TERMINAL if s in found}
             try:
@@ -289,9 +293,10 @@ class Recorder:
             except ValueError:
                 text = None
             hit = (counts, text)
-            if len(self._counts) >= 64:
-                self._counts.clear()
-            self._counts[key] = hit
+            if key is not None:
+                if len(self._counts) >= 64:
+                    self._counts.clear()
+                self._counts[key] = hit
         return hit
 
     def _finished(self, st: AuditRun, result: Any) -> dict[str, Any]:
