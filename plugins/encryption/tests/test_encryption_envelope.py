@@ -428,3 +428,33 @@ class TestDecorator:
         """A non-string tenant_id is refused where the decorator is used."""
         with pytest.raises(ConfigError, match="tenant_id"):
             manager(RING).encrypt_data(tenant_id=3)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(max_size=2048),
+    tenant=st.one_of(st.none(), st.text(min_size=1, max_size=12)),
+    kind=st.sampled_from(["output", "stream_output", "window_state", "error"]),
+)
+def test_the_hook_seals_as_the_envelope_does(data: bytes, tenant: str | None, kind: str) -> None:
+    """The ``encrypt`` hook seals in one frame: the same layout as
+    ``Envelope.seal_noting_key`` (header of the scope's data key, a fresh nonce, AES-GCM
+    under the same associated data), so each opens the other's payloads; an output's master
+    key id is noted for the run's evidence."""
+    plugin = PM.get_plugin("encryption")
+    env = plugin.envelope
+    r = ref(task="parity", tenant=tenant, kind=kind)
+    plugin._seen[r.run_id] = {}
+    try:
+        by_hook = enc(PM, data, r)
+        by_envelope, kid = env.seal_noting_key(data, r)
+        noted = dict(plugin._seen[r.run_id])
+    finally:
+        plugin._seen.pop(r.run_id, None)
+    assert env.open(by_hook, r) == data == dec(PM, by_envelope, r)
+    assert len(by_hook) == len(by_envelope)
+    head = len(by_hook) - len(data) - 16 - 12  # the header: the scope's, shared
+    assert by_hook[:head] == by_envelope[:head]
+    assert by_hook[head : head + 12] != by_envelope[head : head + 12]  # nonces differ
+    assert key_id_of(by_hook) == kid == RING.active_key_id
+    assert noted == ({"parity": kid} if kind == "output" else {})

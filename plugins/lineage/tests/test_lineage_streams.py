@@ -198,3 +198,52 @@ def test_a_held_event_keeps_its_commit_time(
     times = [datetime.fromisoformat(e["eventTime"]).timestamp() for e in running]
     assert len(times) == 2 and all(t <= s for t, s in zip(times, seen, strict=True))
     assert [e["run"]["facets"]["xlibPipeline_stream"]["batch"] for e in running] == [1, 2]
+
+
+def test_streams_one_after_another_each_get_their_own_writer(tmp_path: Path) -> None:
+    """The writer of the last event's stream is reused for its next event only: a stream
+    run after another (and interleaved with a plain run) writes its own START..COMPLETE,
+    and nothing is left held, open or running; plain runs leave no per-run state behind
+    (their per-task hooks find it by run id) and stream batches add none."""
+    path = tmp_path / "lineage.jsonl"
+    with PipelineManager(_config(path, tmp_path), entry_points=False, plugins=_plugins()) as pm:
+        recorder: Any = pm.get_plugin("lineage.recorder")
+        sizes: list[int] = []
+
+        def on_batch(stream: Any) -> None:
+            sizes.append(len(recorder.runs))
+
+        first = pm.stream(_pipeline(), source=list(range(20)), batch_size=10, on_batch=on_batch)
+        plain = Pipeline("lin_plain")
+        plain.add_task("a", lambda: [1])
+        plain.add_task("b", lambda a: a, depends_on=["a"])
+        result = pm.execute_pipeline(plain)
+        assert result.status == "succeeded"
+        other = Pipeline("lin_stream2")
+        other.add_task("parse", lambda batch: batch)
+        second = pm.stream(other, source=list(range(30)), batch_size=10, on_batch=on_batch)
+        assert first.status == second.status == "completed"
+        assert first.stream_run_id != second.stream_run_id
+        assert len(recorder.streams) == 0 and recorder._last is None
+        assert recorder.runs == {} and sizes == [0] * 5
+    events = [json.loads(x) for x in path.read_text().splitlines()]
+    by_run: dict[str, list[str]] = {}
+    for e in events:
+        by_run.setdefault(e["run"]["runId"], []).append(e["eventType"])
+    assert by_run[str(first.stream_run_id)] == ["START", "RUNNING", "RUNNING", "COMPLETE"]
+    assert by_run[str(second.stream_run_id)] == ["START", *["RUNNING"] * 3, "COMPLETE"]
+    # the plain run's task events were recorded through the per-run state
+    assert by_run[result.run_id] == ["START", "COMPLETE"]
+    tasks = sorted(
+        (e["job"]["name"], e["eventType"])
+        for e in events
+        if e["run"]["runId"]
+        not in (result.run_id, str(first.stream_run_id), str(second.stream_run_id))
+    )
+    assert tasks == [
+        ("lin_plain.a", "COMPLETE"),
+        ("lin_plain.a", "START"),
+        ("lin_plain.b", "COMPLETE"),
+        ("lin_plain.b", "START"),
+    ], tasks
+    assert not [t for t in threading.enumerate() if t.name == "xlib-lineage-stream"]

@@ -31,6 +31,7 @@ from xlib_pipeline import (
     ConfigKey,
     EvidenceSection,
     RunContext,
+    Status,
     Task,
     TaskOption,
     check_keys,
@@ -40,8 +41,10 @@ from xlib_pipeline.exceptions import ComplianceError, ConfigError
 
 from ._detectors import LEVELS, RANK, Detector, check_detector, check_level, resolve
 from ._levels import CLASSIFICATION_RUN, Plans, RunState, static_levels
-from ._scan import gather_text, run_detectors
+from ._scan import _records, gather_text, run_detectors
 
+#: The states whose output after_task classifies (``Status.has_output``, without a call).
+_WITH_OUTPUT = frozenset(s for s in Status if s.has_output)
 #: The core-defined key the levels are published under (``run.stash[STASH_KEY]``).
 STASH_KEY = CLASSIFICATION
 _SECTION_KEYS = (
@@ -135,7 +138,12 @@ class ClassificationPlugin:
         The answer for the last text is reused when the next output gathers the same text
         (a task passing its input on) and every detector is a RegexDetector (see
         :func:`~._scan.run_detectors`)."""
-        text = gather_text(value, self.scan_limit)
+        limit = self.scan_limit
+        t = type(value)
+        # a batch of records (most outputs of a stream): its fast path without the call
+        text = _records(value, limit) if (t is list or t is tuple) and value else None
+        if text is None:
+            text = gather_text(value, limit)
         if not text:
             return None, ()
         dets = tuple(self.detectors)
@@ -276,13 +284,11 @@ class _Enforcer:
 
     @hookimpl
     def validate_pipeline(self, pipeline: Any, run: RunContext) -> None:
-        cleared = [
-            (t, RANK[t.options["clearance"]])
-            for t in run.tasks
-            if t.options.get("clearance") is not None
-        ]
-        if not cleared:
+        # the clearances are read once per pipeline version (the plan before_pipeline uses)
+        clearance = self.p.plans.plan(run.tasks, self.p.default_level).clearance
+        if not clearance:
             return
+        cleared = [(t, clearance[t.name]) for t in run.tasks if t.name in clearance]
         levels = static_levels(run.tasks, self.p.default_level)
         violations = []
         for t, c in cleared:
@@ -369,7 +375,7 @@ class _Enforcer:
 
     @hookimpl(tryfirst=True)
     def after_task(self, task: Task, run: RunContext, outcome: Any) -> None:
-        if not outcome.final or not outcome.status.has_output:
+        if not outcome.final or outcome.status not in _WITH_OUTPUT:
             return
         state = run.stash.get(CLASSIFICATION_RUN, None)
         if state is None:
@@ -402,7 +408,9 @@ class _Enforcer:
                 lvl = RANK[found]
                 inherited = None
         levels[task.name] = lvl
-        state.published.outputs[task.name] = p.plans.entry((lvl, declared, detected, inherited))
+        key = (lvl, declared, detected, inherited)
+        plans = p.plans
+        state.published.outputs[task.name] = plans.entries.get(key) or plans.entry(key)
 
 
 class _Clearances:

@@ -36,7 +36,7 @@ from xlib_pipeline import ENCRYPTED_MAGIC, DataShreddedError, PayloadRef, Securi
 from ._keyring import KeyManagementService
 
 VERSION = 1
-_PREFIX = ENCRYPTED_MAGIC + bytes([VERSION])
+_PREFIX = PREFIX = ENCRYPTED_MAGIC + bytes([VERSION])
 _NONCE = 12
 
 
@@ -53,10 +53,12 @@ class _NoncePool:
     _COUNT = 4096
 
     def __init__(self) -> None:
-        self._q: deque[bytes] = deque()
+        #: the nonces not handed out yet (``q.popleft()`` takes one; :meth:`take` when
+        #: it is empty)
+        self.q: deque[bytes] = deque()
 
     def take(self) -> bytes:
-        q = self._q
+        q = self.q
         while True:
             try:
                 return q.popleft()
@@ -65,10 +67,10 @@ class _NoncePool:
                 q.extend([buf[i : i + _NONCE] for i in range(0, len(buf), _NONCE)])
 
     def reset(self) -> None:
-        self._q = deque()
+        self.q = deque()
 
 
-_NONCES = _NoncePool()
+_NONCES = NONCES = _NoncePool()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_NONCES.reset)
 _U16 = struct.Struct(">H")
@@ -143,7 +145,9 @@ class Envelope:
 
     # -- encrypt ---------------------------------------------------------------------------
 
-    def _sealing_key(self, ref: PayloadRef) -> tuple[bytes, AESGCM, str]:
+    def sealing_key(self, ref: PayloadRef) -> tuple[bytes, AESGCM, str]:
+        """(ciphertext header, the data key's AEAD, master key id) sealing ``ref``'s payload
+        (a data key made and wrapped on first use of its scope)."""
         scope = (ref.tenant or "", ref.run_id if self.per_run_keys else None)
         entry = self._seal.get(scope)
         if entry is not None:
@@ -169,7 +173,7 @@ class Envelope:
     def seal_noting_key(self, data: bytes, ref: PayloadRef) -> tuple[bytes, str]:
         """:meth:`seal`, and the id of the master key the data key is wrapped under (what
         :func:`key_id_of` reads back from the ciphertext)."""
-        header, aead, kid = self._sealing_key(ref)
+        header, aead, kid = self.sealing_key(ref)
         nonce = _NONCES.take()
         return header + nonce + aead.encrypt(nonce, data, _PREFIX + ref.aad()), kid
 

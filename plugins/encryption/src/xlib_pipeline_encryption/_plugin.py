@@ -306,7 +306,10 @@ class EncryptionPlugin:
             run.manager.require_store(f"the encrypt option of task {marked[0]!r}")
 
     def before_pipeline(self, run: RunContext) -> None:
-        marked = self._marked_in(run.tasks)
+        last = self._last_marked  # _marked_in, without the call for the same tasks
+        marked = (
+            last[1] if last is not None and last[0] is run.tasks else self._marked_in(run.tasks)
+        )
         if marked:
             name = run.pipeline_name
             stream = run.params.get("stream")
@@ -324,7 +327,9 @@ class EncryptionPlugin:
             self._seen[run.run_id] = {}
 
     def after_pipeline(self, run: RunContext, result: Any) -> None:
-        self.envelope.forget_run(run.run_id)
+        env = self._envelope
+        if env is not None and env.per_run_keys:  # else forget_run has nothing to forget
+            env.forget_run(run.run_id)
         seen = self._seen.pop(run.run_id, None)
         if seen is not None:
             run.stash[SEALED_KEYS] = seen

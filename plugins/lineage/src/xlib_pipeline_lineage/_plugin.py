@@ -270,6 +270,13 @@ class _Recorder:
         #: per write, within HOLD_S + TICK_S of their batch's commit (a write per micro-batch
         #: cost more than building the event); the end event writes the rest and closes it.
         self.streams: weakref.WeakKeyDictionary[Any, StreamWriter] = weakref.WeakKeyDictionary()
+        #: The state of each plain run between its before_ and after_pipeline, by run id
+        #: (also ``run.stash[LINEAGE_RUN]``): the per-task hooks find it, or that the run is
+        #: a stream's batch (none), with one dict lookup, not a call of ``Stash.get``.
+        self.runs: dict[str, RunState] = {}
+        #: (the stream of the last event, its writer): a stream's batches come one after
+        #: the other, and the weak dictionary's lookup costs more than the event's noting
+        self._last: tuple[weakref.ref[Any], StreamWriter] | None = None
 
     @hookimpl
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
@@ -282,12 +289,19 @@ class _Recorder:
             noted = stream_event(stream, event, info, namespace=p.namespace, producer=p.producer)
             if noted is None:
                 return
-        writer = self.streams.get(stream)
-        if writer is None:
-            writer = self.streams[stream] = StreamWriter(p.sink(), self._build)
+        last = self._last
+        if last is not None and last[0]() is stream:  # the stream of the last event
+            writer = last[1]
+        else:
+            found = self.streams.get(stream)
+            if found is None:
+                found = self.streams[stream] = StreamWriter(p.sink(), self._build)
+            writer = found
+            self._last = (weakref.ref(stream), writer)
         if event == "batch" or event == "started":
             writer.add(noted)  # a failed write fails the stream, as it always did
             return
+        self._last = None
         self.streams.pop(stream, None)  # the stream ended
         writer.close(noted)
 
@@ -304,6 +318,7 @@ class _Recorder:
     def close(self) -> None:
         """Write the events of streams still open and close their files (the manager is
         closing; a failed write is logged, as a run's is, not raised)."""
+        self._last = None
         while self.streams:
             _, writer = self.streams.popitem()
             try:
@@ -319,11 +334,12 @@ class _Recorder:
             return
         state = RunState(self.p, run)
         run.stash[LINEAGE_RUN] = state
+        self.runs[run.run_id] = state
         state.emitter.put(("PS", run.started))
 
     @hookimpl
     def before_task(self, task: Any, run: Any, inputs: tuple[Any, ...]) -> None:
-        state = run.stash.get(LINEAGE_RUN, None)
+        state = self.runs.get(run.run_id)
         if state is not None:
             state.emitter.put(("S", task.name, time.time()))
 
@@ -331,7 +347,7 @@ class _Recorder:
     def after_task(self, task: Any, run: Any, outcome: Any) -> None:
         if not outcome.final:
             return
-        state = run.stash.get(LINEAGE_RUN, None)
+        state = self.runs.get(run.run_id)
         if state is not None:
             state.emitter.put(
                 (
@@ -349,6 +365,7 @@ class _Recorder:
     def after_pipeline(self, run: Any, result: Any) -> None:
         if "stream" in run.params:
             return
+        self.runs.pop(run.run_id, None)
         state = run.stash.get(LINEAGE_RUN, None)
         if state is None:  # refused before before_pipeline ran
             state = RunState(self.p, run)
