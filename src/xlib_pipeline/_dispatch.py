@@ -10,6 +10,8 @@ from typing import Any
 
 import pluggy
 
+from .exceptions import PipelineError, PluginError
+
 #: The hooks called once per task attempt, and their arguments in spec order: called
 #: directly (see :func:`direct_calls`) when pluggy's dispatch adds nothing.
 PER_TASK = {
@@ -72,3 +74,24 @@ def direct_calls(pm: pluggy.PluginManager, hook: str) -> tuple[Direct, ...] | No
         pick = None if names == spec else tuple(spec.index(a) for a in names)
         out.append((impl.function, pick, impl.plugin_name))
     return tuple(out)
+
+
+def _blame(exc: Exception, hook: str, plugin: str | None) -> PipelineError:
+    """The error a hook failure surfaces as: the one place plugin errors are attributed.
+
+    A :class:`~xlib_pipeline.exceptions.PipelineError` a plugin raised on purpose
+    (``SecurityError``, ``ComplianceError`` ...) passes through with ``.plugin`` set; anything
+    else becomes a :class:`PluginError` naming the plugin and the hook.
+    """
+    if isinstance(exc, PipelineError):
+        if getattr(exc, "plugin", None) is None:
+            exc.plugin = plugin  # type: ignore[attr-defined]
+        return exc
+    owner = plugin or "unknown"
+    err = PluginError(
+        f"plugin {owner!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}",
+        plugin=owner,
+        hook=hook,
+    )
+    err.__cause__ = exc
+    return err

@@ -206,11 +206,13 @@ def get_logger(name: str = LOGGER_NAME, /, **bind: Any) -> Any:
     the fields as ``extra`` (an :class:`EventLogger`: structlog is not imported); with one
     (``structlog.is_configured()``) it is the application's ``structlog.get_logger(name)``.
     """
-    if _structlog_configured():
-        import structlog
-
-        return structlog.get_logger(name).bind(**bind)
-    return EventLogger(_stdlib_logger(name), bind)
+    mod = sys.modules.get("structlog")  # _structlog_configured, written out (once per run)
+    if mod is not None and mod.is_configured():
+        return mod.get_logger(name).bind(**bind)
+    logger = logging.Logger.manager.loggerDict.get(name) if name else None
+    if not isinstance(logger, logging.Logger):
+        logger = logging.getLogger(name)
+    return EventLogger(logger, bind)
 
 
 def _stdlib_logger(name: str) -> logging.Logger:
@@ -225,8 +227,17 @@ def _stdlib_logger(name: str) -> logging.Logger:
 
 def events_enabled() -> bool:
     """Whether per-task events are worth building: the ``xlib_pipeline`` logger takes INFO,
-    or the application configured structlog (its processors then decide)."""
-    return _structlog_configured() or _stdlib_logger(LOGGER_NAME).isEnabledFor(logging.INFO)
+    or the application configured structlog (its processors then decide).
+
+    :func:`_structlog_configured` and :func:`_stdlib_logger` written out (twice per run, once
+    per stream batch's run: three calls less each time)."""
+    mod = sys.modules.get("structlog")
+    if mod is not None and mod.is_configured():
+        return True
+    logger = logging.Logger.manager.loggerDict.get(LOGGER_NAME)
+    if not isinstance(logger, logging.Logger):
+        logger = logging.getLogger(LOGGER_NAME)
+    return logger.isEnabledFor(logging.INFO)
 
 
 # --- handlers for the CLI and for applications --------------------------------------------------

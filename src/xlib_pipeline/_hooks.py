@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import pluggy
 
-from ._dispatch import DIRECT, Direct, direct_calls
+from ._dispatch import DIRECT, Direct, _blame, direct_calls
 from ._records import (
     CliCommand,
     ConfigKey,
@@ -42,27 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._scopes import TaskScope
     from ._signals import ComplianceEvent, MetricSample
     from ._task import Pipeline, Task
-
-
-def _blame(exc: Exception, hook: str, plugin: str | None) -> PipelineError:
-    """The error a hook failure surfaces as: the one place plugin errors are attributed.
-
-    A :class:`~xlib_pipeline.exceptions.PipelineError` a plugin raised on purpose
-    (``SecurityError``, ``ComplianceError`` ...) passes through with ``.plugin`` set; anything
-    else becomes a :class:`PluginError` naming the plugin and the hook.
-    """
-    if isinstance(exc, PipelineError):
-        if getattr(exc, "plugin", None) is None:
-            exc.plugin = plugin  # type: ignore[attr-defined]
-        return exc
-    owner = plugin or "unknown"
-    err = PluginError(
-        f"plugin {owner!r} failed in hook {hook!r}: {type(exc).__name__}: {exc}",
-        plugin=owner,
-        hook=hook,
-    )
-    err.__cause__ = exc
-    return err
 
 
 class Hooks:
@@ -111,6 +90,26 @@ class Hooks:
                     return res
                 results.append(res)
         return None if first else results
+
+    def _call_each(self, hook: str, calls: tuple[Direct, ...], args: tuple[Any, ...]) -> None:
+        """:meth:`_call_direct` for a hook whose answers nobody reads (``before_task``,
+        ``after_task``, the per-run notifications): no list of results is built."""
+        for fn, pick, plugin in calls:
+            try:
+                if pick is None:
+                    fn(*args)
+                else:
+                    fn(*[args[k] for k in pick])
+            except Exception as exc:
+                self._reraise(exc, hook, plugin)
+
+    def _notify(self, hook: str, args: tuple[Any, ...]) -> None:
+        """:meth:`_per_run` for a notification (its answers are not read)."""
+        calls = self._direct[hook]
+        if calls is not None:
+            self._call_each(hook, calls, args)
+        elif self.has[hook]:
+            self._invoke(hook, dict(zip(DIRECT[hook], args, strict=True)))
 
     def _per_run(self, hook: str, args: tuple[Any, ...], first: bool = False) -> Any:
         """Call a per-run hook (:data:`~._dispatch.PER_RUN`) with ``args`` in spec order:
@@ -281,7 +280,7 @@ class Hooks:
         options: Mapping[str, Any],
     ) -> None:
         """Let plugins register what a run's task or run options need."""
-        self._per_run("prepare_run", (manager, pipeline, tasks, options))
+        self._notify("prepare_run", (manager, pipeline, tasks, options))
 
     def close(self, *, manager: Any) -> None:
         """Let every plugin release what it holds."""
@@ -289,7 +288,7 @@ class Hooks:
 
     def validate_pipeline(self, *, pipeline: Pipeline, run: RunContext) -> None:
         """Raise when a plugin refuses the run."""
-        self._per_run("validate_pipeline", (pipeline, run))
+        self._notify("validate_pipeline", (pipeline, run))
 
     def check_access(
         self, *, principal: str | None, permission: str, tenant: str | None, action: str
@@ -367,7 +366,7 @@ class Hooks:
 
     def stream_event(self, *, stream: Any, event: str, info: Mapping[str, Any]) -> None:
         """Tell observers about a stream's start, each committed batch and its end."""
-        self._per_run("stream_event", (stream, event, info))
+        self._notify("stream_event", (stream, event, info))
 
     def record_admin_action(
         self, *, action: str, details: Mapping[str, Any], principal: str | None
@@ -401,7 +400,7 @@ class Hooks:
 
     def before_pipeline(self, *, run: RunContext) -> None:
         """A run is about to start."""
-        self._per_run("before_pipeline", (run,))
+        self._notify("before_pipeline", (run,))
 
     def after_pipeline(self, *, run: RunContext, result: PipelineResult) -> None:
         """A run ended: every implementation is called, even after one raised (a broken
@@ -457,7 +456,7 @@ class Hooks:
         """A task is about to run with ``inputs`` (raising refuses it)."""
         calls = self._direct["before_task"]
         if calls is not None:
-            self._call_direct("before_task", calls, (task, run, inputs))
+            self._call_each("before_task", calls, (task, run, inputs))
             return
         self._invoke("before_task", {"task": task, "run": run, "inputs": inputs})
 
@@ -465,13 +464,13 @@ class Hooks:
         """An attempt of a task reached an outcome."""
         calls = self._direct["after_task"]
         if calls is not None:
-            self._call_direct("after_task", calls, (task, run, outcome))
+            self._call_each("after_task", calls, (task, run, outcome))
             return
         self._invoke("after_task", {"task": task, "run": run, "outcome": outcome})
 
     def lane_idle(self, *, run: RunContext) -> None:
         """A lane of ``run`` found no ready work and is about to wait."""
-        self._per_run("lane_idle", (run,))
+        self._notify("lane_idle", (run,))
 
     def on_task_error(
         self, *, task: Task, run: RunContext, outcome: TaskOutcome

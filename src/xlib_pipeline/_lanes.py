@@ -30,10 +30,11 @@ class Flag:
 
     __slots__ = ("_event", "_flag", "_lock")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Lock | None = None) -> None:
         self._flag = False
         self._event: threading.Event | None = None
-        self._lock = threading.Lock()
+        #: May be shared by a run's two flags: held only to set a flag or make its Event.
+        self._lock = threading.Lock() if lock is None else lock
 
     def is_set(self) -> bool:
         return self._flag

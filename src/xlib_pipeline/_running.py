@@ -6,52 +6,34 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
 
-from ._cache import cache_store_of, refresh_indices
+from ._cache import cache_store_of
 from ._context import RESERVED_PARAMS, check_params, logical_date, params_json
 from ._events import events_enabled, get_logger
 from ._featured import FeaturedRun
-from ._features import Features, compile_features
-from ._graph import Plan, plan, suggest
+from ._graph import Plan
 from ._manager_events import ManagerEvents
 from ._monitor import Monitor
 from ._outcomes import Columns, Observer, lane_count, new_run_id
-from ._plugins import KNOWN_RUN_OPTIONS, KNOWN_TASK_OPTIONS, Hooks, package_for
+from ._plugins import Hooks
+from ._prepared import ManagerPreparing, PreparedRun
 from ._progress import Callback, EventObserver, ProgressEvent, iterate
-from ._records import OUTPUTS_IN_DRIVER, RunContext, RunOption, Status, TaskOption, check_tenant_id
+from ._records import OUTPUTS_IN_DRIVER, RunContext, Status
 from ._resources import ManagerResources
 from ._results import PipelineResult, TaskResults
 from ._scheduler import Run
 from ._store import RunStore
 from ._store_recorder import StoreRecorder, load_resume
 from ._tables import CacheTable
-from ._task import Pipeline, Task, param_defaults
+from ._task import Pipeline, param_defaults
 from .exceptions import (
     ConfigError,
     DefinitionError,
-    MissingPluginError,
     PipelineError,
-    UnknownTaskOptionError,
-)
-
-_CORE_RUN_OPTIONS = (
-    "parallel",
-    "monitor",
-    "executor",
-    "max_workers",
-    "tenant_id",
-    "principal",
-    "params",
-    "run_id",
-    "resume",
-    "force",
-    "refresh",
-    "on_event",
 )
 
 #: The run param a stream sets on each batch run (see xlib_pipeline.streams).
@@ -59,84 +41,10 @@ BATCH_INPUT = "stream"
 _RESERVED = frozenset(RESERVED_PARAMS)
 
 
-class ManagerRuns(ManagerResources, ManagerEvents):
+class ManagerRuns(ManagerPreparing, ManagerResources, ManagerEvents):
     """Validating and running pipelines (a part of ``PipelineManager``)."""
 
-    _task_options: Mapping[str, TaskOption]
-    _run_options: Mapping[str, RunOption]
-    _checked: weakref.WeakKeyDictionary[Plan, tuple[Task, ...]]
-    _features: weakref.WeakKeyDictionary[Plan, Features | None]
     sleep: Callable[[float], None]
-
-    # -- validation ------------------------------------------------------------------------
-
-    def validate_pipeline(self, pipeline: Pipeline) -> Plan:
-        """Validate graph and task options without running anything; return the plan."""
-        return self._validated(pipeline)[0]
-
-    def _validated(self, pipeline: Pipeline) -> tuple[Plan, tuple[Task, ...]]:
-        """The plan and its tasks in topological order (checked once per plan version)."""
-        if not isinstance(pipeline, Pipeline):
-            raise DefinitionError(
-                f"execute_pipeline expects a Pipeline, got {type(pipeline).__name__}"
-            )
-        p = plan(pipeline)
-        ordered = self._checked.get(p)
-        if ordered is None:
-            self._check_options(p)
-            self._features[p] = features = compile_features(p, self.config)
-            if features is not None and features.cache is not None:
-                self.require_store("cache")  # entries live in the run store
-            ordered = tuple(p.tasks[i] for i in p.order)
-            self._checked[p] = ordered
-        return p, ordered
-
-    def _check_options(self, p: Plan) -> None:
-        if not p.has_options:
-            return
-        known = self._task_options
-        for t in p.tasks:
-            if "window" in t.options:
-                raise DefinitionError(
-                    f"task {t.name!r}: window= applies when the pipeline runs as a stream "
-                    "(pm.stream or xlib-pipeline stream); execute_pipeline runs one batch",
-                    task=t.name,
-                )
-            for key, value in t.options.items():
-                spec = known.get(key)
-                if spec is None:
-                    plugin = KNOWN_TASK_OPTIONS.get(key)
-                    raise UnknownTaskOptionError(
-                        t.name,
-                        key,
-                        suggest(key, [*known, *KNOWN_TASK_OPTIONS]),
-                        package_for(plugin) if plugin else None,
-                    )
-                try:
-                    spec.convert(value)
-                except (ValueError, TypeError, ArithmeticError) as exc:
-                    raise DefinitionError(
-                        f"task {t.name!r}: option {key}={value!r} is invalid: {exc}", task=t.name
-                    ) from exc
-
-    def _check_run_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in options.items():
-            spec = self._run_options.get(key)
-            if spec is None:
-                plugin = KNOWN_RUN_OPTIONS.get(key)
-                if plugin is not None:
-                    raise MissingPluginError(f"execute_pipeline({key}=...)", package_for(plugin))
-                hint = suggest(key, [*self._run_options, *_CORE_RUN_OPTIONS, *KNOWN_RUN_OPTIONS])
-                extra = f"; did you mean {hint!r}?" if hint else ""
-                raise TypeError(f"execute_pipeline() got an unknown option {key!r}{extra}")
-            try:
-                out[key] = spec.convert(value)
-            except (ValueError, TypeError, ArithmeticError) as exc:
-                raise ConfigError(
-                    f"execute_pipeline({key}={value!r}) is invalid: {exc}", key=key
-                ) from exc
-        return out
 
     # -- running ---------------------------------------------------------------------------
 
@@ -180,33 +88,50 @@ class ManagerRuns(ManagerResources, ManagerEvents):
                 "execute_pipeline(on_event=...) must be callable with one ProgressEvent, "
                 f"got {type(on_event).__name__}"
             )
-        p, tasks = self._validated(pipeline)
-        fresh = refresh_indices(p, refresh)
+        prep = self._prepare_run(
+            pipeline,
+            parallel=parallel,
+            monitor=monitor,
+            executor=executor,
+            max_workers=max_workers,
+            tenant_id=tenant_id,
+            principal=principal,
+            force=force,
+            refresh=refresh,
+            on_event=on_event,
+            **options,
+        )
+        return self._launch(
+            prep, params=params, run_id=run_id, resume=resume, source=source, inputs=inputs
+        )
+
+    def _launch(
+        self,
+        prep: PreparedRun,
+        *,
+        params: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        resume: str | None = None,
+        source: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> PipelineResult:
+        """One run of a prepared pipeline (see :meth:`_prepare_run`): what differs from run
+        to run (params, inputs, the run id, resuming) and every per-run hook."""
+        p = prep.plan
+        pipeline = prep.pipeline
         given: dict[int, tuple[Status, Any]] = {}
-        for key, value in (inputs or {}).items():
-            if key not in p.index:
-                raise DefinitionError(
-                    f"inputs: pipeline {pipeline.name!r} has no task {key!r}", task=key
-                )
-            given[p.index[key]] = (Status.SUCCEEDED, value)
-        run_options = self._check_run_options(options)
-        core = self.config.core
-        if parallel is None:
-            parallel = core.parallel_execution
-        name = executor or (core.executor if parallel else "inline")
-        if max_workers is not None and (
-            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
-        ):
-            raise ConfigError(f"max_workers must be a positive int, got {max_workers!r}")
-        if tenant_id is not None:
-            try:
-                check_tenant_id(tenant_id)
-            except ValueError as exc:
-                raise ConfigError(str(exc), key="tenant_id") from exc
-        store = self.store
+        if inputs:
+            index = p.index
+            for key, value in inputs.items():
+                if key not in index:
+                    raise DefinitionError(
+                        f"inputs: pipeline {pipeline.name!r} has no task {key!r}", task=key
+                    )
+                given[index[key]] = (Status.SUCCEEDED, value)
         resumed_from: str | None = None
         first_start = time.time()
         if resume is not None:
+            store = self.store
             if store is None:
                 raise ConfigError(
                     "resume needs a run store: configure {'store': {'path': 'runs.sqlite'}}",
@@ -217,46 +142,40 @@ class ManagerRuns(ManagerResources, ManagerEvents):
             params = _resumed_params(rec.run_id, rec.params, params)
             if rec.started is not None:
                 first_start = rec.started
-        run_params = {**param_defaults(pipeline), **(params or {})}
+        if pipeline.params:
+            run_params = {**param_defaults(pipeline), **(params or {})}
+        else:
+            run_params = {**(params or {})}
         # Nothing to check without params, nor when no task takes params (by name or through
         # its context) and every param is a reserved one (a stream's batch: ``stream``).
         if p.has_calls or not run_params.keys() <= _RESERVED:
             check_params(pipeline.name, p.names, p.calls, run_params, set(given), pipeline.params)
         day = logical_date(run_params, first_start)
-        self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=run_options)
+        tasks = prep.tasks
+        self.hooks.prepare_run(manager=self, pipeline=pipeline, tasks=tasks, options=prep.options)
         hooks = self.hooks  # this run's hooks, whatever registers later
         rid = run_id or new_run_id()
+        principal = prep.principal
+        if hooks.has["resolve_principal"]:
+            principal = hooks.resolve_principal(principal=principal, config=self.config)
         ctx = RunContext(
             run_id=rid,
             pipeline=pipeline,
             tasks=tasks,
             config=self.config,
             manager=self,
-            tenant_id=tenant_id,
-            principal=hooks.resolve_principal(principal=principal, config=self.config),
-            executor=name,
-            options=run_options,
+            tenant_id=prep.tenant_id,
+            principal=principal,
+            executor=prep.executor,
+            options=prep.options,
             params=run_params,
             resumed_from=resumed_from,
             log=get_logger(pipeline=pipeline.name, run_id=rid),
             logical_date=day,
-            max_workers=(max_workers or core.max_workers) if parallel else 1,
+            max_workers=prep.ctx_workers,
             sleep=self.sleep,
         )
-        return self._execute(
-            ctx,
-            p,
-            hooks,
-            parallel=parallel,
-            monitor=monitor,
-            max_workers=max_workers,
-            resume=resume,
-            force=force,
-            source=source,
-            given=given,
-            refresh=fresh,
-            on_event=on_event,
-        )
+        return self._execute(ctx, prep, hooks, resume=resume, source=source, given=given)
 
     def iter_events(self, pipeline: Pipeline, **kwargs: Any) -> Iterator[ProgressEvent]:
         """Run ``pipeline`` in a worker thread and yield its :class:`ProgressEvent` as they
@@ -325,56 +244,52 @@ class ManagerRuns(ManagerResources, ManagerEvents):
     def _execute(
         self,
         ctx: RunContext,
-        p: Plan,
+        prep: PreparedRun,
         hooks: Hooks,
         *,
-        parallel: bool,
-        monitor: bool,
-        max_workers: int | None,
         resume: str | None = None,
-        force: bool = False,
         source: str | None = None,
         given: Mapping[int, tuple[Status, Any]] | None = None,
-        refresh: bool | frozenset[int] = False,
-        on_event: Callback | None = None,
     ) -> PipelineResult:
         store: RunStore | None = None
         obs: list[Observer] = []
         batch = False
         preloaded: Mapping[int, tuple[Status, Any]] | None = None
         reused: dict[int, str] | None = None  # task -> the run whose outcome is reused
+        p = prep.plan
         try:
             chosen = hooks.select_executor(run=ctx)
             if chosen is not None and chosen != ctx.executor:
                 ctx = attrs.evolve(ctx, executor=chosen)
             hooks.validate_pipeline(pipeline=ctx.pipeline, run=ctx)
             store = self.store  # after validators: they may require_store()
-            features = self._features.get(p)
+            features = prep.features
             cache_table: CacheTable | None = None
             if features is not None and features.cache is not None and store is not None:
                 cache_table = cache_store_of(self, store)  # a store without one: refused
             # Stored outputs are decrypted only once validators (access control) agreed.
             carried = None
             if resume is not None and store is not None:
-                old, preloaded, carried = load_resume(store, resume, p, hooks, force=force)
+                old, preloaded, carried = load_resume(store, resume, p, hooks, force=prep.force)
                 reused = {i: carried[i][1] if i in carried else old for i in preloaded}
             if given:
                 preloaded = {**(preloaded or {}), **given}
             # A stream's batch commits with its checkpoint (one wait per batch), not task by
             # task: a crash re-runs the whole batch from the last checkpoint anyway.
             batch = given is not None and BATCH_INPUT in ctx.params
+            record_outputs = prep.record_outputs
             if store is not None:
                 recorder = StoreRecorder(
                     store,
                     hooks,
-                    record_outputs=self._record_outputs(),
+                    record_outputs=record_outputs,
                     carried=carried,
                     source=source,
                     flush=not batch,
                 )
                 recorder.start(ctx, p)
                 obs.append(recorder)
-            ctx.stash[OUTPUTS_IN_DRIVER] = store is not None and self._record_outputs()
+            ctx.stash[OUTPUTS_IN_DRIVER] = store is not None and record_outputs
             hooks.before_pipeline(run=ctx)
         except BaseException as exc:
             refused = _refused_result(ctx, p, exc)
@@ -389,40 +304,60 @@ class ManagerRuns(ManagerResources, ManagerEvents):
             except PipelineError:
                 pass
             raise
-        ex = self.executor(ctx.executor)
-        suggested = ex.lanes()
-        if not parallel or ctx.executor == "inline":
+        if not prep.parallel or ctx.executor == "inline":
+            self.executor(ctx.executor)  # an unknown executor is refused here, as below
             lanes = 1
-        elif suggested is not None:
-            lanes = suggested
         else:
-            lanes = lane_count(max_workers or self.config.core.max_workers, len(p))
+            suggested = self.executor(ctx.executor).lanes()
+            if suggested is not None:
+                lanes = suggested
+            else:
+                lanes = lane_count(prep.max_workers or self.config.core.max_workers, len(p))
         events: EventObserver | None = None
+        monitor = prep.monitor
+        on_event = prep.on_event
         if monitor or on_event is not None:
             events = EventObserver([Monitor(p)] if monitor else [])
             if on_event is not None:
                 events.callbacks.append(on_event)
             obs.append(events)
-        extra: dict[str, Any] = {"plan": p}
-        if features is not None:
-            extra = {"features": features, "refresh": refresh}
-            if cache_table is not None:
-                extra["cache_store"] = cache_table
-        run = (FeaturedRun if features is not None else Run)(
-            **extra,
-            ctx=ctx,
-            hooks=hooks,
-            executor_for=self.executor,
-            lanes=lanes,
-            strategy=self.config.core.execution_strategy,
-            continuation=self.config.core.dependency_optimization,
-            on_failure=self.config.core.on_failure,
-            observers=obs,
-            preloaded=preloaded,
-            grace=self.config.get("cancel_grace_seconds", 10.0),
-            commit=store.commit if store is not None and not batch else None,
-            flush=store.flush if store is not None and not batch else None,
-        )
+        commit = flush = None
+        if store is not None and not batch:
+            commit, flush = store.commit, store.flush
+        if features is None:
+            run: Run = Run(
+                ctx=ctx,
+                plan=p,
+                hooks=hooks,
+                executor_for=self.executor,
+                lanes=lanes,
+                strategy=prep.strategy,
+                continuation=prep.continuation,
+                on_failure=prep.on_failure,
+                observers=obs,
+                preloaded=preloaded,
+                grace=prep.grace,
+                commit=commit,
+                flush=flush,
+            )
+        else:
+            run = FeaturedRun(
+                features=features,
+                refresh=prep.refresh,
+                cache_store=cache_table,
+                ctx=ctx,
+                hooks=hooks,
+                executor_for=self.executor,
+                lanes=lanes,
+                strategy=prep.strategy,
+                continuation=prep.continuation,
+                on_failure=prep.on_failure,
+                observers=obs,
+                preloaded=preloaded,
+                grace=prep.grace,
+                commit=commit,
+                flush=flush,
+            )
         if events is not None:
             events.start(run, reused)
         if run.events:  # else the logger drops it (the run's check, made just now)

@@ -106,14 +106,12 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
         self.freeze: tuple[bool, ...] | None = plan.frozen(
             bool(ctx.config.get("freeze_inputs", False))
         )
-        self.done = 0
-        self.first_failure: int | None = None
-        self.fatal: BaseException | None = None
-        self.stopping = False
-        self.stop_event = Flag()
+        # The two flags share one lock (each takes it only to set or to make its Event).
+        flag_lock = threading.Lock()
+        self.stop_event = Flag(flag_lock)
         self.lock = threading.Lock()
-        self.finished_event = Flag()
-        self.preloaded = dict(preloaded or {})
+        self.finished_event = Flag(flag_lock)
+        self.preloaded = dict(preloaded) if preloaded else {}
         has = hooks.has
         self.h_before = has["before_task"]
         self.h_after = has["after_task"]
@@ -133,10 +131,9 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
         )
         # Params by name and the TaskContext: decided once per run from the plan's call
         # specs; ``None`` (the usual case) costs a task nothing.
-        self.task_kwargs: list[dict[str, Any] | None] | None = None
-        self.params_view = Params(ctx.params)
         if plan.has_calls:
             params = ctx.params
+            self.params_view = Params(params)
             kws: list[dict[str, Any] | None] = []
             for spec in plan.calls:
                 if spec is None:
@@ -148,14 +145,25 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
                 self.task_kwargs = kws
         # Coroutine tasks on a local executor await on one event loop per run (started on
         # first use); their completions come back to the lanes as _AsyncDone items.
-        self.is_async = plan.is_async if plan.has_async else None
-        self.aloop: LoopThread | None = None
-        self._aloop_lock = threading.Lock()
-        self.cancel_reason: str | None = None
-        self.async_running: set[int] = set()
-        self._queue: Any = None
-        #: Hands a ready task index (or a coroutine completion) to the lanes.
-        self._push: Callable[[Any], None] = _no_push
+        if plan.has_async:
+            self.is_async = plan.is_async
+            self._aloop_lock = threading.Lock()
+            self.async_running = set()
+
+    # Per-run state every run starts with: class defaults, set on the instance on change.
+    done = 0
+    first_failure: int | None = None
+    fatal: BaseException | None = None
+    stopping = False
+    cancel_reason: str | None = None
+    #: Params by name (per task) when a task takes any, else ``None``.
+    task_kwargs: list[dict[str, Any] | None] | None = None
+    #: Which tasks are coroutine functions (``None``: none is).
+    is_async: tuple[bool, ...] | None = None
+    aloop: LoopThread | None = None
+    _queue: Any = None
+    #: Hands a ready task index (or a coroutine completion) to the lanes.
+    _push: Callable[[Any], None] = staticmethod(_no_push)
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -167,8 +175,8 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
         default = self.executor_for(self.ctx.executor)
         self.default_executor = default
         self.default_local = getattr(default, "name", "") in ("threads", "inline")
-        roots = [i for i in self.plan.roots]
-        if self.intelligent:
+        roots = list(self.plan.roots)
+        if self.intelligent and len(roots) > 1:
             roots.sort(key=self.plan.height.__getitem__, reverse=True)
         interrupted: BaseException | None = None
         try:
@@ -426,6 +434,8 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
             log_task_event(self, i, status, attempt, resumed)
         if ready is None:
             return None
+        if len(ready) == 1 and self.continuation:  # _hand_over's answer, one call less
+            return ready[0]
         return self._hand_over(ready)
 
     def _hand_over(self, ready: list[int]) -> int | None:
@@ -475,8 +485,11 @@ class Run(LaneDriver, CoroutineLanes, AttemptHooks):
             log_task_event(self, i, SUCCEEDED, attempt, False)
         if ready is None:
             return None
-        if len(ready) > 1 and self.intelligent:
-            ready.sort(key=self.plan.height.__getitem__, reverse=True)
+        if len(ready) > 1:
+            if self.intelligent:
+                ready.sort(key=self.plan.height.__getitem__, reverse=True)
+        elif self.continuation:  # _hand_over's answer, one call less
+            return ready[0]
         return self._hand_over(ready)
 
     # -- events and result ----------------------------------------------------------------------

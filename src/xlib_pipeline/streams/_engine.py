@@ -21,6 +21,7 @@ from ._windows import WindowOperator
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._manager import PipelineManager
+    from .._prepared import PreparedRun
     from .._results import PipelineResult
     from .._task import Pipeline
 
@@ -362,14 +363,15 @@ class Stream(Confirming, StreamStart):
         params = self._params(seq, batch)
         if index is not None:
             params["stream"]["record"] = index
-        result: PipelineResult = self.pm.execute_pipeline(
-            self.batch_pipeline,
-            inputs={BATCH_TASK: records},
-            params=params,
-            source=f"stream:{self.name}",
-            **self.run_kwargs,
+        # The batches' runs share what execute_pipeline would check and compute again for
+        # each (plan, options, executor): prepared once, again when the pipeline or the
+        # manager's config changed (PreparedRun.current).
+        prep: PreparedRun | None = getattr(self, "_prepared", None)
+        if prep is None or not prep.current():
+            prep = self._prepared = self.pm._prepare_run(self.batch_pipeline, **self.run_kwargs)
+        return self.pm._launch(
+            prep, inputs={BATCH_TASK: records}, params=params, source=f"stream:{self.name}"
         )
-        return result
 
     def _commit(self, seq: int, batch: SourceBatch, outcome: BatchOutcome) -> None:
         """Write batch ``seq`` to the sink and queue its checkpoint's commit (see
