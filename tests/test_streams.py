@@ -382,7 +382,13 @@ def test_a_batch_is_committed_with_its_checkpoint_in_one_write(
         }
         ended = {p[-1] for sql, p in w if str(sql).startswith("UPDATE runs")}
         assert ckpts == started == ended, sqls
-        if ckpts:
+        if not ckpts:
+            continue
+        if hasattr(store, "hold"):
+            # A batch's run is held until its checkpoint: its lease (claimed and released
+            # in that one transaction, never seen) is not queued at all.
+            assert not any("leases" in s for s in sqls), sqls
+        else:
             assert any("INTO leases" in s for s in sqls) or any(
                 "DELETE FROM leases" in s for s in sqls
             )

@@ -23,8 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _lease
-from ._commit import CLAIM_NEW, LOG, RELEASE, run_insert
+from ._commit import LOG, run_insert
 from ._group_commit import Statement
 
 
@@ -81,17 +80,13 @@ class HeldRun(Recording):
         self.items.append((sql, params))
 
     def claim_new(self, holder: str) -> None:
-        """The lease of the run id minted just now (see ``LeaseMixin.claim_new``)."""
-        mine = _lease.me(holder)
-        self.add(
-            CLAIM_NEW,
-            (holder, holder, mine.pid, mine.host, mine.proc_start, mine.acquired, mine.acquired),
-        )
+        """Nothing to write: a held run's rows commit in one transaction (with its
+        checkpoint, or released as they are), so its lease would be inserted and deleted in
+        that transaction, never seen (the writer elided both statements). A run that never
+        ended shows as interrupted without a lease, as with a dead owner's."""
 
     def release_leases(self, holder: str) -> None:
-        """Release the run's leases (a held run takes no heartbeat)."""
-        self.add(RELEASE, (holder,))
+        """Nothing to release (see :meth:`claim_new`)."""
 
     def let_go(self, holder: str) -> None:
-        """Nothing to stop: a held run's lease takes no heartbeat (its row is only written
-        with its checkpoint's commit, and released in the same transaction)."""
+        """Nothing to stop: a held run takes no lease heartbeat (see :meth:`claim_new`)."""
