@@ -305,3 +305,74 @@ def test_a_stream_batch_longer_than_a_heartbeat_still_commits_once_with_its_chec
     for w in writes:  # no heartbeat, no commit of a batch's rows before its checkpoint
         if any(sql.startswith("INSERT OR REPLACE INTO runs") or "leases" in sql for sql in w):
             assert any("INTO stream_batches" in sql for sql in w), w
+
+
+_STREAMS = ("s1", "s2")
+
+
+@st.composite
+def batch_units(draw: st.DrawFn) -> list[tuple[str, tuple[Any, ...]]]:
+    """Stream batches' units as the checkpoint queues them: the run's row, log rows, its
+    final state, sometimes a blob reference, then its batch row and its stream's update."""
+    from xlib_pipeline._merge import ADVANCE, BATCH_INSERT
+
+    items: list[tuple[str, tuple[Any, ...]]] = []
+    seqs = dict.fromkeys(_STREAMS, 0)
+    for k in range(draw(st.integers(1, 6))):
+        run = f"r{k}"
+        name = draw(st.sampled_from(_STREAMS))
+        seqs[name] += 1
+        items.append((_INSERT, _row(run)))
+        items.extend((LOG, row) for row in _stream_batch_rows(run))
+        if draw(st.booleans()):
+            items.append(("INSERT OR REPLACE INTO blob_refs (run_id, task, name) "
+                          "VALUES (?, ?, ?)", (run, "t", f"b{k}")))  # fmt: skip
+        items.append((FINISH_RUN, (draw(st.sampled_from(["succeeded", "failed"])), 9.0,
+                                   draw(st.sampled_from([None, "E: x"])), run)))  # fmt: skip
+        n = draw(st.integers(0, 20))
+        items.append((BATCH_INSERT, (name, seqs[name], run, "0", str(n), n, n, 0, k % 2,
+                                     str(n), b"o", float(k))))  # fmt: skip
+        items.append((ADVANCE, (seqs[name], str(n), str(n * 2), n, n, k % 3, k % 2,
+                                draw(st.sampled_from([None, k])),
+                                draw(st.sampled_from([None, b"w"])), float(k), name)))  # fmt: skip
+    return items
+
+
+def _stream_tables(conn: sqlite3.Connection) -> tuple[list[Any], ...]:
+    return tuple(
+        conn.execute(f"SELECT * FROM {t} ORDER BY {o}").fetchall()
+        for t, o in (("runs", "run_id"), ("stream_batches", "stream, seq"),
+                     ("streams", "name"), ("blob_refs", "run_id, task"))
+    )  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=batch_units())
+def test_batches_committed_together_merge_their_statements_with_the_same_rows(
+    items: list[Any],
+) -> None:
+    """Batches committed in one transaction: their runs rows are one INSERT, their batch
+    rows one, each stream's updates one (the last position, the counters summed)."""
+    from xlib_pipeline.streams._checkpoint import _SCHEMA as CKPT
+
+    def fresh() -> sqlite3.Connection:
+        conn = _fresh()
+        conn.executescript(CKPT)
+        for name in _STREAMS:
+            conn.execute("INSERT INTO streams (name, pipeline, status, records, outputs, late, "
+                         "dead) VALUES (?, 'p', 'running', 5, 5, 1, 1)", (name,))  # fmt: skip
+        return conn
+
+    got = fresh()
+    seen: list[str] = []
+    got.set_trace_callback(seen.append)
+    _write_mixed(got, list(items))
+    got.set_trace_callback(None)
+    want = fresh()
+    _one_by_one(want, items)
+    assert _stream_tables(got) == _stream_tables(want)
+    assert _log_tables(got) == _log_tables(want)
+    streams = {p[-1] for sql, p in items if str(sql).startswith("UPDATE streams")}
+    assert len([s for s in seen if s.startswith("UPDATE streams")]) == len(streams)
+    assert len([s for s in seen if "INTO stream_batches" in s]) == 1
+    assert len([s for s in seen if "INTO runs" in s]) == 1

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._faults import describe_fault
 from ._group_commit import GroupCommitter, Statement
+from ._merge import merged
 from .exceptions import StoreError
 
 
@@ -187,7 +188,16 @@ def _write_mixed(conn: sqlite3.Connection, items: list[Statement]) -> None:
     # stream's batches committed together were a few INSERTs each, split by their runs
     # and checkpoint rows).
     together = not any(sql is not LOG and ("tasks" in sql or "events" in sql) for sql, _ in items)
+    plan = merged(items, skip, final, RUN_INSERTS) if together else None
     conn.execute("BEGIN IMMEDIATE")
+    if plan is not None:  # stream batches' runs rows and checkpoints merged (_merge)
+        for sql, params in plan:
+            conn.execute(sql, params)
+        logs = [params for sql, params in items if sql is LOG]
+        if logs:
+            _insert_rows(conn, logs)
+        conn.execute("COMMIT")
+        return
     rows: list[tuple[Any, ...]] = []
     for i, (sql, params) in enumerate(items):
         if sql is LOG:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._group_commit import Then
+from .._merge import ADVANCE, BATCH_INSERT
 from .._tables import BatchRecord, StreamRecord
 from ..exceptions import StoreError
 from ._protocol import Checkpoint
@@ -277,9 +278,7 @@ class CheckpointStore:
         pos = _j(checkpoint.position)
         return [
             (
-                "INSERT OR REPLACE INTO stream_batches (stream, seq, run_id, start_offset, "
-                "end_offset, records, outputs, late, dead, position, output, committed) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                BATCH_INSERT,
                 (
                     name,
                     checkpoint.seq,
@@ -296,9 +295,7 @@ class CheckpointStore:
                 ),
             ),
             (
-                "UPDATE streams SET seq=?, offset=?, position=?, records=records+?, "
-                "outputs=outputs+?, late=late+?, dead=dead+?, lag=?, window_state=?, "
-                "updated=? WHERE name=?",
+                ADVANCE,
                 (
                     checkpoint.seq,
                     _j(checkpoint.offset),
