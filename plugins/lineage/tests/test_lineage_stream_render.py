@@ -114,3 +114,27 @@ def test_a_running_event_is_the_whole_events_text(
             assert got == _whole(stream, info, ts, namespace, producer)
     if not any("\x00" in x for x in (job, run_id, namespace, producer)):
         assert (run_id, job, namespace, producer) in _streams._RUNNING  # the fast path ran
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [[0, 10], [-5, 2**70], [True, 1], [1, 2.5], [3], [1, 2, 3], (4, 5), [1, "x"], [None, 7]],
+)
+def test_a_running_events_offsets_are_json_dumps_text(offsets: Any) -> None:
+    """Two int positions (a file or list source's batch) are rendered without the general
+    encoder, as json.dumps renders them; anything else takes the general path."""
+    stream = _Stream("s", "run-1", "job")
+    info = {
+        "seq": 3,
+        "run_id": "r3",
+        "offsets": offsets,
+        "records": 10,
+        "outputs": 10,
+        "late": 0,
+        "dead": 0,
+        "lag": None,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_streams, "time", SimpleNamespace(time=lambda: 1234.5))
+        got = _streams.stream_event(stream, "batch", info, namespace="ns", producer="p")
+        assert got == _whole(stream, {**info, "offsets": list(offsets)}, 1234.5, "ns", "p")

@@ -68,13 +68,24 @@ def stream_event(
         parts = _RUNNING.get(key) or _running_parts(key)
         if parts is not None:
             head = _HEADS.get((producer, stream.name)) or _facet_head(producer, stream.name)
+            offsets = info["offsets"]
+            if (
+                type(offsets) is list
+                and len(offsets) == 2
+                and type(offsets[0]) is int
+                and type(offsets[1]) is int
+            ):  # a batch of a file or list source: two positions (json.dumps's text)
+                off = f"[{offsets[0]!r}, {offsets[1]!r}]"
+            else:
+                off = _json(list(offsets))
+            lag = info.get("lag")
             return (
                 f'{parts[0]}"{ev.iso(now)}"{parts[1]}{head}{int(info["seq"])}'
                 f', "batchRunId": {_str(str(info["run_id"]))}'
-                f', "offsets": {_json(list(info["offsets"]))}'
+                f', "offsets": {off}'
                 f', "records": {int(info["records"])}, "outputs": {int(info["outputs"])}'
                 f', "late": {int(info["late"])}, "dead": {int(info["dead"])}'
-                f', "lag": {_json(info.get("lag"))}}}{parts[2]}'
+                f', "lag": {"null" if lag is None else _json(lag)}}}{parts[2]}'
             )
     facet = _facet(producer, stream.name, event)
     if event == "batch":
