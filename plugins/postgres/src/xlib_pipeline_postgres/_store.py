@@ -26,8 +26,9 @@ import psycopg
 import psycopg_pool
 
 from xlib_pipeline import ConfigError, StoreError, data_dir
-from xlib_pipeline.store import LOG, BlobStore
+from xlib_pipeline.store import BlobStore
 
+from ._held import HeldRun, Recording, Statement
 from ._leases import StoreLeases
 from ._schema import MIGRATION_LOCK, MIGRATIONS, MIGRATIONS_TABLE, SCHEMA_VERSION
 from ._writer import Committer, Native, seal_text, unseal_text
@@ -68,7 +69,7 @@ def _pool_options(value: Mapping[str, Any]) -> tuple[int, int, float]:
     return lo, hi, float(timeout)
 
 
-class PostgresStore(StoreLeases):
+class PostgresStore(Recording, StoreLeases):
     """A run store in a PostgreSQL database (``store: {url: "postgresql://..."}``)."""
 
     def __init__(self, section: Mapping[str, Any]) -> None:
@@ -116,7 +117,9 @@ class PostgresStore(StoreLeases):
         self._holders: set[str] = set()
         self._beat_thread: threading.Thread | None = None
         self._closed = threading.Event()
-        self.add = self._committer.add
+        #: Stream batches' runs held apart from the queue until their checkpoint (._held).
+        self._held: dict[str, HeldRun] = {}
+        self.add = self._committer.add  # type: ignore[method-assign]
         self.commit = self._committer.commit
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
@@ -203,6 +206,7 @@ class PostgresStore(StoreLeases):
         """Commit what is queued, then close the connections."""
         self._closed.set()
         try:
+            self.release_held()  # runs whose checkpoint never came: recorded as they are
             self._committer.close()
         finally:
             self.pool.close()
@@ -254,46 +258,36 @@ class PostgresStore(StoreLeases):
             path=self.path,
         )
 
-    def run_started(self, row: Mapping[str, Any]) -> None:
-        if self.url != self.path and isinstance(row.get("config"), str):
-            row = {**row, "config": row["config"].replace(self.url, self.path)}  # no password
-        cols = ", ".join(row)
-        marks = ", ".join("%s" for _ in row)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in row if c != "run_id")
-        self.add(
-            f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT (run_id) DO UPDATE SET "
-            + updates,
-            tuple(row.values()),
-        )
+    # -- stream batches' held runs (see ._held) ----------------------------------------------
 
-    def event(
-        self,
-        run_id: str,
-        task: str | None,
-        event: str,
-        *,
-        attempt: int | None = None,
-        error_type: str | None = None,
-        error: Any = None,
-        ts: float | None = None,
-    ) -> None:
-        self.add(
-            LOG,
-            (2, run_id, task, event, attempt, None, None, error_type, error, None, None, None,
-             None, ts or time.time()),
-        )  # fmt: skip
+    def hold(self, run_id: str) -> HeldRun:
+        """A stream batch's run ``run_id``: its statements are held apart from the queue
+        until :meth:`take_held` (its checkpoint's commit) or :meth:`release_held`."""
+        held = self._held[run_id] = HeldRun(self.url, self.path)
+        return held
 
-    def task_finished(self, row: tuple[Any, ...]) -> None:
-        self.add(LOG, (1, *row, None))
+    def take_held(self, run_ids: tuple[str, ...]) -> list[Statement]:
+        """The held statements of ``run_ids``, in order, no longer held (the caller queues
+        them with :meth:`add_unit`)."""
+        pop = self._held.pop
+        return [item for rid in run_ids for item in getattr(pop(rid, None), "items", ())]
 
-    def blob_referenced(self, run_id: str, task: str, name: str) -> None:
-        self.add(
-            "INSERT INTO blob_refs (run_id, task, name) VALUES (%s, %s, %s) "
-            "ON CONFLICT (run_id, task) DO UPDATE SET name = EXCLUDED.name",
-            (run_id, task, name),
-        )
+    def add_unit(self, statements: list[Statement]) -> None:
+        """Queue ``statements`` at once (no commit of the queue takes only some of them)."""
+        self._committer.add_unit(statements)
+
+    def release_held(self, run_ids: tuple[str, ...] | None = None) -> None:
+        """Queue the held statements of ``run_ids`` (every held run: ``None``) as they are,
+        committed with the next commit: a batch that will not be checkpointed."""
+        if run_ids is None:
+            run_ids = tuple(self._held)
+        items = self.take_held(run_ids)
+        if items:
+            self._committer.add_unit(items)
 
     def run_finished(self, run_id: str, status: str, finished: float, error: Any) -> None:
+        if self._held:  # a held run refused before it ran: its row is recorded now
+            self.release_held((run_id,))
         self.add(
             "UPDATE runs SET status = %s, finished = %s, error = %s WHERE run_id = %s",
             (status, finished, error, run_id),

@@ -6,9 +6,11 @@ database shares the entries; a tenant's entries serve only that tenant (``tenant
 DISTINCT FROM``, and the tenant is in the key and the encryption AAD).
 
 :class:`PostgresCheckpoints` is the store's ``CheckpointTable``: its writes are queued on the
-store's writer behind the batch run's rows and committed with them in one transaction
-(:class:`~._store.Native` statements), so a crash or a dropped connection leaves either the
-whole batch (run and checkpoint) or none of it. Reads use the pool.
+store's writer after the batch run's rows, which the store held until then (:mod:`._held`),
+as one unit committed in one transaction (:class:`~._store.Native` statements), so a crash or
+a dropped connection leaves either the whole batch (run and checkpoint) or none of it, and
+no other commit (another run's flush) takes the run's rows without the checkpoint. Reads
+use the pool.
 """
 
 from __future__ import annotations
@@ -78,8 +80,7 @@ class _Table:
 
     def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Queue ``statements`` on the store's writer behind what it holds; wait once."""
-        for sql, params in statements:
-            self.store.add(Native(sql), params)
+        self.store.add_unit([(Native(sql), params) for sql, params in statements])
         try:
             self.store.flush()
         except StoreError as exc:
@@ -291,9 +292,23 @@ class PostgresCheckpoints(_Table):
             ]
         )
 
+    def _unit(self, name: str, batch: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that commit one batch: its runs' rows held by the store
+        (``run_id``, and ``runs`` before it: a quarantined batch's runs), then its
+        checkpoint's, as one unit (no other commit of the queue takes some of them)."""
+        runs: tuple[str, ...] = tuple(batch.pop("runs", ()))
+        if batch["run_id"] is not None:
+            runs += (batch["run_id"],)
+        unit = self.store.take_held(runs) if runs else []
+        unit += [(Native(sql), params) for sql, params in self._statements(name, **batch)]
+        return unit
+
     def commit(self, name: str, **batch: Any) -> None:
-        batch.pop("runs", None)  # a quarantined batch's other runs: already queued
-        self._write(self._statements(name, **batch))
+        self.store.add_unit(self._unit(name, batch))
+        try:
+            self.store.flush()
+        except StoreError as exc:
+            raise self._named(exc) from exc.__cause__
 
     def commit_later(
         self, name: str, *, then: Callable[[BaseException | None], None], **batch: Any
@@ -301,9 +316,7 @@ class PostgresCheckpoints(_Table):
         """Queue the batch's commit behind its run's rows and return at once; the store's
         writer calls ``then(None)`` once they are committed in one transaction, or
         ``then(StoreError)``."""
-        batch.pop("runs", None)  # a quarantined batch's other runs: already queued
-        for sql, params in self._statements(name, **batch):
-            self.store.add(Native(sql), params)
+        self.store.add_unit(self._unit(name, batch))
 
         def done(err: BaseException | None) -> None:
             named = err
