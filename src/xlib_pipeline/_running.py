@@ -324,39 +324,26 @@ class ManagerRuns(ManagerPreparing, ManagerResources, ManagerEvents):
         commit = flush = None
         if store is not None and not batch:
             commit, flush = store.commit, store.flush
+        shared: dict[str, Any] = {
+            "ctx": ctx,
+            "hooks": hooks,
+            "executor_for": self.executor,
+            "lanes": lanes,
+            "strategy": prep.strategy,
+            "continuation": prep.continuation,
+            "on_failure": prep.on_failure,
+            "observers": obs,
+            "preloaded": preloaded,
+            "grace": prep.grace,
+            "commit": commit,
+            "flush": flush,
+        }
+        run: Run
         if features is None:
-            run: Run = Run(
-                ctx=ctx,
-                plan=p,
-                hooks=hooks,
-                executor_for=self.executor,
-                lanes=lanes,
-                strategy=prep.strategy,
-                continuation=prep.continuation,
-                on_failure=prep.on_failure,
-                observers=obs,
-                preloaded=preloaded,
-                grace=prep.grace,
-                commit=commit,
-                flush=flush,
-            )
+            run = Run(plan=p, **shared)
         else:
             run = FeaturedRun(
-                features=features,
-                refresh=prep.refresh,
-                cache_store=cache_table,
-                ctx=ctx,
-                hooks=hooks,
-                executor_for=self.executor,
-                lanes=lanes,
-                strategy=prep.strategy,
-                continuation=prep.continuation,
-                on_failure=prep.on_failure,
-                observers=obs,
-                preloaded=preloaded,
-                grace=prep.grace,
-                commit=commit,
-                flush=flush,
+                features=features, refresh=prep.refresh, cache_store=cache_table, **shared
             )
         if events is not None:
             events.start(run, reused)
