@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from xlib_pipeline import Pipeline, PipelineManager, hookimpl
 from xlib_pipeline._commit import CLAIM_NEW, LOG, RELEASE, _fresh
 from xlib_pipeline._store import RunStore
@@ -177,3 +179,76 @@ def test_a_checkpoint_that_cannot_be_queued_fails_the_stream_without_waiting(
         assert s._depth > 1
         assert s.status == "failed" and isinstance(s.error, TypeError)
         assert s.batches == 2
+
+
+def _commit_threads(tmp_path: Path, synchronous: str) -> set[str]:
+    """The threads that wrote a stream's batch commits on a store with ``synchronous``."""
+    import threading
+
+    src, out = tmp_path / "in.jsonl", tmp_path / f"out-{synchronous}.jsonl"
+    _input(src, 200)
+    db = tmp_path / f"{synchronous}.sqlite"
+    threads: set[str] = set()
+    with PipelineManager({"store": {"path": str(db), "synchronous": synchronous}}) as pm:
+        store = pm.store
+        assert store is not None
+
+        def hook(batch: list[Any]) -> None:
+            if any("INTO stream_batches" in str(sql) for sql, _ in batch):
+                threads.add(threading.current_thread().name)
+
+        store.write_hook = hook
+        s = pm.stream(_pipeline(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+        store.write_hook = None
+        assert s.status == "completed" and s.records == 200, s.error
+    assert _ids(out) == list(range(200))
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM stream_batches").fetchone()[0] == 20
+    return threads
+
+
+def test_a_stream_writes_its_own_commits_unless_each_commit_waits_for_the_disk(
+    tmp_path: Path,
+) -> None:
+    """synchronous normal: a commit is CPU work, written on the stream's thread (no writer
+    thread taking the GIL at each of its system calls); full: the writer thread's fsync
+    overlaps the stream's next batch."""
+    import threading
+
+    assert _commit_threads(tmp_path, "normal") == {threading.current_thread().name}
+    assert _commit_threads(tmp_path, "full") == {"xlib-store-writer"}
+
+
+def test_a_streams_own_connection_leaves_wal_checkpoints_to_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's start and end are committed on the checkpoint table's own connection:
+    it must not copy the WAL back into the file itself (SQLite's auto-checkpoint once the
+    WAL holds 1000 pages held a stream's end for 20-45 ms); the store's checkpointer does
+    that, off the commit path."""
+    from xlib_pipeline import _commit
+
+    monkeypatch.setattr(_commit.Checkpointer, "WAL_CHECKPOINT_BYTES", 1 << 40)  # never here
+    src, out, db = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "runs.sqlite"
+    src.write_text("".join(json.dumps({"id": i, "pad": "x" * 4000}) + "\n" for i in range(1500)))
+    with PipelineManager({"store": {"path": str(db)}}) as pm:
+        pm.stream(
+            _pipeline(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=1, max_batches=1
+        )
+        before = db.read_bytes()
+        wal = Path(str(db) + "-wal")
+        p = Pipeline("padded")
+
+        @p.task("keep")
+        def keep(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return batch
+
+        s = pm.stream(p, source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=50, from_start=True)
+        assert s.status == "completed" and s.records == 1500, s.error
+        assert wal.stat().st_size > 1000 * 4096  # past SQLite's auto-checkpoint
+        assert db.read_bytes() == before  # nothing copied back by the stream's own commits
+    with sqlite3.connect(db) as c:
+        assert (
+            c.execute("SELECT COUNT(*) FROM stream_batches WHERE stream='padded'").fetchone()[0]
+            == 30
+        )

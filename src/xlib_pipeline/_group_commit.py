@@ -16,6 +16,12 @@ Who writes (flat combining, with a writer thread for callers that must not wait)
   ready work meanwhile) wakes the writer thread: a lane waiting in SQLite for the GIL to come
   back would hold up its ready work, and the writer's batches are larger (same-run A/B on the
   10,000-task DAG: lanes committing themselves made 4x more, smaller commits and cost more).
+- :meth:`GroupCommitter.commit_here` with a callback (a stream on a store whose commit does
+  not wait for the disk: its batches' commits are already grouped, and the stream has
+  nothing else to run meanwhile) writes the batch itself when no commit is in flight, else
+  leaves it to the combiner in flight: no writer thread, whose Python work on the other CPU
+  took the GIL from the stream's thread at each of its system calls (same-run, every
+  plugin on: 1.13 -> 0.95 ms per batch of 10 records).
 
 A commit writes what was queued **before it was asked for** (the queue's length then, the
 *cut*), never statements queued after it: a caller that queues a unit of statements and then
@@ -107,6 +113,26 @@ class GroupCommitter:
                         self._cond.notify()
         if err is not None and then is not None:
             then(err)
+
+    def commit_here(self, then: Then) -> None:
+        """Have what is queued committed, then ``then(error)``: by this thread when no commit
+        is in flight (``then`` has run when this returns), else by the commit in flight (on
+        its thread, after it). Never raises a storage fault: ``then`` learns it, and the
+        statements stay queued for :meth:`flush` to retry, as with :meth:`commit`.
+        """
+        with self._lock:
+            err = self.error
+            inline = False
+            if err is None:
+                self._cut = len(self._pending)
+                self._then.append(then)
+                inline = not self._busy
+                if inline:
+                    self._busy = True
+        if err is not None:
+            then(err)
+        elif inline:
+            self._combine()
 
     def flush(self) -> None:
         """Block until everything queued so far is committed; raise StoreError if it fails.

@@ -128,6 +128,13 @@ class RunStore(Recording, _lease.LeaseMixin):
         self._committer = Committer(self.path, self._writer_connection, busy_timeout_ms)
         self.add = self._committer.add  # type: ignore[method-assign]
         self.commit = self._committer.commit
+        #: ``commit_soon(then)``: a stream's checkpoint commits. With ``synchronous: normal``
+        #: a commit is CPU work (no fsync), so the stream's thread writes it itself when no
+        #: commit is in flight (``commit_here``); with ``full`` the writer thread does, and
+        #: its fsync overlaps the stream's next batch.
+        self.commit_soon = (
+            self._committer.commit if synchronous == "full" else self._committer.commit_here
+        )
         #: Stream batches' runs held apart from the queue until their checkpoint (_held).
         self._held: dict[str, HeldRun] = {}
         #: ``fn(connection)`` on the writer's warm connection, unless a commit is in flight.
