@@ -252,3 +252,51 @@ def test_a_streams_own_connection_leaves_wal_checkpoints_to_the_store(
             c.execute("SELECT COUNT(*) FROM stream_batches WHERE stream='padded'").fetchone()[0]
             == 30
         )
+
+
+def test_ctrl_c_while_the_stream_writes_its_commit_stops_it_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C lands while the stream's own thread writes a commit (synchronous normal): the
+    batch goes back to the queue, the store's writer commits it, the stream stops as on any
+    Ctrl-C (no wait for a commit nobody makes), and a restart is exactly-once."""
+    import threading
+
+    src, out, db = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "runs.sqlite"
+    _input(src, 200)
+    with PipelineManager({"store": {"path": str(db)}}) as pm:
+        store = pm.store
+        assert store is not None
+        fired: list[str] = []
+
+        def hook(batch: list[Any]) -> None:  # the stream's own commit of batch 6, once
+            if not fired and any(
+                "INTO stream_batches" in str(sql) and params[1] >= 6 for sql, params in batch
+            ):
+                fired.append(threading.current_thread().name)
+                raise KeyboardInterrupt
+
+        store.write_hook = hook
+        box: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                pm.stream(_pipeline(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+            except BaseException as exc:
+                box.append(exc)
+
+        t = threading.Thread(target=run)  # a Ctrl-C of the caller's thread, not pytest's
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the stream hung after Ctrl-C during its own commit"
+        store.write_hook = None
+        assert fired == [t.name]
+        assert len(box) == 1 and isinstance(box[0], KeyboardInterrupt)
+        status = store.open_checkpoints().load("doubling")
+        assert status is not None and status.status == "stopped"
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with PipelineManager({"store": {"path": str(db)}}) as pm:
+        s = pm.stream(_pipeline(), source=f"jsonl:{src}", sink=f"jsonl:{out}", batch_size=10)
+        assert s.status == "completed" and s.error is None, s.error
+    assert _ids(out) == list(range(200))

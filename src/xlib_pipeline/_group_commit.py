@@ -132,7 +132,14 @@ class GroupCommitter:
         if err is not None:
             then(err)
         elif inline:
-            self._combine()
+            try:
+                self._combine()
+            except BaseException:
+                # Ctrl-C (or a bug) while this thread wrote: the batch and the callbacks not
+                # yet run went back to the queue; the writer thread writes them, as nobody
+                # else may ask (a stream stopping waits for its commits).
+                self.commit()
+                raise
 
     def flush(self) -> None:
         """Block until everything queued so far is committed; raise StoreError if it fails.

@@ -7,8 +7,10 @@ together (each batch's rows and checkpoint in one transaction). Who writes is th
 choice (``commit_soon``): the SQLite store with ``synchronous: normal`` writes on the
 stream's own thread when it asks (a commit is CPU work there, and a writer thread on the
 other CPU took the GIL at each of the stream's system calls); with ``full`` (an fsync per
-commit) and on PostgreSQL the store's writer thread does, while the stream goes on. What must follow a commit (the source's acknowledgement, the counters, the
-``batch`` stream event that audit and lineage record as committed, ``on_batch``) runs on the
+commit) and on PostgreSQL the store's writer thread does, while the stream goes on.
+
+What must follow a commit (the source's acknowledgement, the counters, the ``batch`` stream
+event that audit and lineage record as committed, ``on_batch``) runs on the
 stream's thread, in order, once the commit is confirmed: at each turn of the loop, before
 a batch is written while :data:`DEPTH` batches are unconfirmed, and at the end.
 
