@@ -229,3 +229,76 @@ def test_pending_entries_to_a_file_sink_exactly_once(
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == list(range(100))
     assert r.xpending("in", "g")["pending"] == 0
+
+
+def test_lag_counts_what_the_group_has_not_processed_not_the_batches_in_flight(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """Lag (docs/streams.md) is what the stream has not read yet, as a JSON-lines source's:
+    entries never delivered plus pending entries no batch of this stream holds (its own,
+    left by a restart, and a dead consumer's, which it will claim); the entries of the
+    batches it is running are not lag."""
+    from xlib_pipeline_redis._connectors import RedisStreamSource
+
+    fill(r, 30)
+    r.xgroup_create("in", "g", id="0")
+    r.xreadgroup("g", "c", {"in": ">"}, count=12)  # ours before a crash: read again
+    r.xreadgroup("g", "live", {"in": ">"}, count=3)  # another consumer's, running now
+    src = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=c", {})
+    try:
+        assert src.lag() == 12 + 15  # 12 to re-read, 15 never delivered
+        first = src.read(5, 0.1)
+        assert first is not None and len(first.records) == 5
+        assert src.lag() == 7 + 15  # the 5 in flight are not waiting
+        second = src.read(5, 0.1)
+        assert second is not None and len(second.records) == 5
+        assert src.lag() == 2 + 15
+        src.committed(first.end)
+        assert src.lag() == 2 + 15
+        rest = src.read(5, 0.1)
+        assert rest is not None and len(rest.records) == 2
+        assert src.lag() == 15
+        src.committed(second.end)
+        src.committed(rest.end)
+        assert src.lag() == 15
+        third = src.read(10, 0.1)
+        assert third is not None and len(third.records) == 10
+        assert src.lag() == 5
+        src.committed(third.end)
+        assert src.lag() == 5
+    finally:
+        src.close()
+    # The other consumer died: its 3 entries will be claimed, so they are waiting too.
+    time.sleep(0.05)
+    src = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=c&claim_idle_ms=20", {})
+    try:
+        assert src.lag() == 3 + 5
+        claimed = src.read(10, 0.1)
+        assert claimed is not None and len(claimed.records) == 3
+        assert src.lag() == 5
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("sink", ["jsonl", "redis"])
+def test_a_finished_streams_lag_is_zero(
+    r: redis.Redis, redis_url: str, tmp_path: Path, sink: str
+) -> None:
+    """Every entry processed: lag 0 on the stream and in the store (runs show), whether the
+    entries are acknowledged in the sink's transaction or after the checkpoint."""
+    fill(r, 100)
+    target = f"jsonl:{tmp_path / 'out.jsonl'}" if sink == "jsonl" else f"{redis_url}/out"
+    store = tmp_path / "runs.sqlite"
+    with PipelineManager({"store": {"path": str(store)}}) as pm:
+        s = pm.stream(
+            scoring(),
+            source=f"{redis_url}/in?group=g&consumer=c",
+            sink=target,
+            batch_size=10,
+            batch_timeout=0.1,
+            idle_timeout=0.3,
+        )
+    assert s.error is None and s.records == 100
+    assert s.lag == 0
+    with sqlite3.connect(store) as c:
+        assert c.execute("SELECT lag FROM streams").fetchone()[0] == 0

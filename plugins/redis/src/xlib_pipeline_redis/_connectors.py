@@ -89,10 +89,13 @@ class RedisStreamSource(BaseSource):
         self.url = f"{server}/{stream}?group={group}"
         self.client = _client(server)
         self._own_pending = True
+        #: Entries the sink acknowledged in its transaction, whose batch is not confirmed
+        #: committed yet: :meth:`committed` does not acknowledge them again.
         self._acked_in_sink: set[str] = set()
-        #: Entries delivered in a batch whose commit is not acknowledged yet: they are still
-        #: in our pending list, and a pending read must not deliver them again (the next
-        #: batch is read while the previous one commits, or with max_in_flight > 1).
+        #: Entries delivered in a batch and not acknowledged yet: they are still in our
+        #: pending list, and a pending read must not deliver them again (the next batch is
+        #: read while the previous one commits, or with max_in_flight > 1); :meth:`lag`
+        #: does not count them (they are being processed).
         self._delivered: set[str] = set()
         try:
             self.client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -194,22 +197,45 @@ class RedisStreamSource(BaseSource):
         if not ids:
             return
         self._delivered.difference_update(ids)
-        if self._acked_in_sink:
-            done = self._acked_in_sink
-            self._acked_in_sink = set()
-            if done.issuperset(ids):
+        done = self._acked_in_sink
+        if done:
+            todo = [i for i in ids if i not in done]
+            done.difference_update(ids)
+            if not todo:
                 return
+            ids = todo
         self.client.xack(self.stream, self.group, *ids)
 
+    def _acked(self, ids: Sequence[str]) -> None:
+        """The sink acknowledged ``ids`` in its transaction (before their checkpoint)."""
+        self._acked_in_sink.update(ids)
+        self._delivered.difference_update(ids)
+
     def lag(self) -> int | None:
+        """Entries this stream has not read yet (docs/streams.md): those never delivered to
+        the group (``XINFO GROUPS`` ``lag``, Redis 7.0+; ``None`` when Redis cannot tell)
+        plus pending entries no batch of this stream holds: this consumer's own (left by
+        a restart, read again first) and those of consumers idle for ``claim_idle_ms``
+        (claimed next). Entries of the batches in flight, or of another live consumer's,
+        are being processed: not lag."""
         try:
-            for g in self.client.xinfo_groups(self.stream):
-                if g.get("name") == self.group:
-                    lag = g.get("lag")
-                    return None if lag is None else int(lag) + int(g.get("pending", 0))
+            group = next(
+                (g for g in self.client.xinfo_groups(self.stream) if g.get("name") == self.group),
+                None,
+            )
+            if group is None or group.get("lag") is None:
+                return None
+            lag = int(group["lag"])
+            if int(group.get("pending", 0)) > len(self._delivered):  # not all ours in flight
+                for c in self.client.xinfo_consumers(self.stream, self.group):
+                    pending = int(c.get("pending", 0))
+                    if c.get("name") == self.consumer:
+                        lag += max(0, pending - len(self._delivered))
+                    elif int(c.get("idle", 0)) >= self.claim_idle_ms:
+                        lag += pending
         except redis.RedisError:
             return None
-        return None
+        return lag
 
     def close(self) -> None:
         self.client.close()
@@ -309,7 +335,7 @@ class RedisStreamSink(BaseSink):
                 f"(nothing of it was written): {exc}"
             ) from exc
         if acked and isinstance(source, RedisStreamSource):
-            source._acked_in_sink = set(acked)
+            source._acked(acked)
         if records:
             self._last = str(results[len(records) - 1])
         return self._last
