@@ -182,6 +182,8 @@ def test_sigkill_at_ten_seeded_points(r: redis.Redis, redis_url: str, tmp_path: 
     assert r.xpending("in", "g")["pending"] == 0
     with sqlite3.connect(tmp_path / "runs.sqlite") as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # Each entry counted once, adopted batches included (docs/streams.md's counters).
+        assert c.execute("SELECT records, outputs FROM streams").fetchone() == (n, n)
 
 
 def test_pending_entries_are_not_delivered_twice_before_their_commit(
@@ -302,3 +304,70 @@ def test_a_finished_streams_lag_is_zero(
     assert s.lag == 0
     with sqlite3.connect(store) as c:
         assert c.execute("SELECT lag FROM streams").fetchone()[0] == 0
+
+
+def test_adopted_batches_count_their_records_and_outputs(
+    r: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A crash after two batches' EXEC but before the store's commit: the restart adopts
+    the sink's checkpoint, and the counters (docs/streams.md) count the adopted batches'
+    input records and the entries they wrote, as if their commits had not been lost."""
+    fill(r, 100)
+    store = tmp_path / "runs.sqlite"
+    halve = textwrap.dedent(  # outputs differ from inputs: one entry per even id
+        """
+        from xlib_pipeline import Pipeline
+        pipeline = Pipeline("redis_scoring")
+        @pipeline.task("even")
+        def even(batch):
+            return [{"id": r["id"]} for r in batch if int(r["id"]) % 2 == 0]
+        """
+    )
+    ns: dict[str, Any] = {}
+    exec(halve, ns)
+    args = {
+        "source": f"{redis_url}/in?group=g&consumer=c",
+        "sink": f"{redis_url}/out",
+        "batch_size": 10,
+    }
+    with PipelineManager({"store": {"path": str(store)}}) as pm:
+        pm.stream(ns["pipeline"], max_batches=4, **args)
+    with sqlite3.connect(store) as c:
+        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
+        c.execute("DELETE FROM stream_batches WHERE seq > 2")
+        c.execute(
+            "UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20, outputs = 10", prev
+        )
+    with PipelineManager({"store": {"path": str(store)}}) as pm:
+        s = pm.stream(ns["pipeline"], idle_timeout=0.5, **args)
+    assert s.error is None
+    assert sorted(outputs(r)) == list(range(0, 100, 2))
+    assert (s.records, s.outputs, s.batches) == (100, 50, 10)
+    with sqlite3.connect(store) as c:
+        assert c.execute("SELECT records, outputs FROM streams").fetchone() == (100, 50)
+        catch_up = c.execute(
+            "SELECT records, outputs FROM stream_batches WHERE run_id IS NULL"
+        ).fetchall()
+    assert catch_up == [(20, 10)]  # batches 3 and 4, adopted as one catch-up checkpoint
+
+
+def test_adopted_batches_of_another_source_count_their_outputs(
+    r: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The sink cannot know how many records another source's batch read: an adopted batch
+    then counts its outputs only (docs/plugins/redis.md)."""
+    store = tmp_path / "runs.sqlite"
+    rows = [{"id": i, "amount": i * 10} for i in range(50)]
+    args = {"sink": f"{redis_url}/out", "batch_size": 10}
+    with PipelineManager({"store": {"path": str(store)}}) as pm:
+        pm.stream(scoring(), source=rows, max_batches=3, **args)
+    with sqlite3.connect(store) as c:
+        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
+        c.execute("DELETE FROM stream_batches WHERE seq > 2")
+        c.execute(
+            "UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20, outputs = 20", prev
+        )
+    with PipelineManager({"store": {"path": str(store)}}) as pm:
+        s = pm.stream(scoring(), source=rows, **args)
+    assert s.error is None and outputs(r) == list(range(50))
+    assert (s.records, s.outputs, s.batches) == (40, 50, 5)

@@ -72,7 +72,10 @@ class Sink(Protocol):
 
         A sink that commits its own checkpoint atomically with its writes (a broker
         transaction) returns it when it is newer than the store's; the stream then
-        continues after it. Others return ``None``.
+        continues after it. Others return ``None``. Such a sink may also have an
+        ``adopted_counts()`` method returning ``(records, outputs)``, the input records and
+        output records of the batches past ``checkpoint`` that it returned: the stream's
+        counters then count them (without it, they count 0).
         """
 
     def position(self) -> Any:

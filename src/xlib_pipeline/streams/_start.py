@@ -88,15 +88,18 @@ class StreamStart(StreamPayloads):
 
     def _adopt_sink_checkpoint(self, rec: StreamRecord, newer: Checkpoint) -> StreamRecord:
         """The sink committed batches (in its own transaction) the store did not record
-        before a crash: record them as one catch-up checkpoint and continue after it."""
+        before a crash: record them as one catch-up checkpoint and continue after it. Its
+        records and outputs are the adopted batches' (``Sink.open``), when the sink knows."""
         assert self._ckpt is not None
+        counts = getattr(self.sink, "adopted_counts", None)
+        records, outputs = (counts() if callable(counts) else None) or (0, 0)
         self._ckpt.commit(
             self.name,
             checkpoint=newer,
             run_id=None,
             start=rec.offset,
-            records=0,
-            outputs=0,
+            records=records,
+            outputs=outputs,
             output=None,
             window_state=None,
         )

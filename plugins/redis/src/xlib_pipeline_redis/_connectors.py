@@ -247,6 +247,12 @@ def _field(value: Any) -> str | int | float | bytes:
     return json.dumps(value, default=str)
 
 
+#: How many batches' counts the sink's checkpoint keeps, ``[seq, records, outputs]``: more
+#: than a stream ever writes past its store's checkpoint (8), so the batches a restart adopts
+#: are counted.
+COUNTS_KEPT = 16
+
+
 class RedisStreamSink(BaseSink):
     """Appends output records to a Redis stream, exactly once per batch (MULTI/EXEC)."""
 
@@ -269,6 +275,11 @@ class RedisStreamSink(BaseSink):
         self.maxlen = maxlen
         self.client = _client(server)
         self._last: str | None = None
+        #: The last batches' ``[seq, input records (None: unknown), outputs]``, kept in the
+        #: checkpoint; what :meth:`open` adopted, as ``(records, outputs)``.
+        self._counts: list[list[Any]] = []
+        self._adopted: tuple[int, int] | None = None
+        self._last_ids: Any = None
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> RedisStreamSink:
@@ -289,17 +300,28 @@ class RedisStreamSink(BaseSink):
             raw = self.client.get(self.key)
         except redis.RedisError as exc:
             raise StreamError(f"sink {self.url}: cannot reach Redis: {exc}") from exc
+        self._counts, self._adopted = [], None
         if checkpoint is None or checkpoint.seq == 0:  # a new stream, or from_start
             self.client.set(self.key, json.dumps({"seq": 0, "offset": None, "position": None}))
             return None
+        self._last_ids = _ids(checkpoint.offset)
         if raw is None:
             return None
         saved = json.loads(raw)
+        self._counts = list(saved.get("counts") or ())
         if int(saved.get("seq", 0)) > checkpoint.seq:
+            self._adopted = _total(self._counts, checkpoint.seq, int(saved["seq"]))
+            self._last_ids = _ids(saved.get("offset"))
             return Checkpoint(
                 seq=int(saved["seq"]), offset=saved.get("offset"), position=saved.get("position")
             )
         return None
+
+    def adopted_counts(self) -> tuple[int, int] | None:
+        """``(input records, outputs)`` of the batches past the store's checkpoint that
+        :meth:`open` adopted (input records counted when the source is a Redis stream: the
+        checkpoint lists its entries), ``None`` when it adopted none or cannot tell."""
+        return self._adopted
 
     def position(self) -> Any:
         return self._last
@@ -318,14 +340,23 @@ class RedisStreamSink(BaseSink):
             else:
                 pipe.xadd(self.stream, fields)
         acked: list[str] = []
-        if isinstance(source, RedisStreamSource) and source.server == self.server:
-            ids = (checkpoint.offset or {}).get("ids") or []
-            if ids:
+        read: int | None = None  # the batch's input records, when the sink can know them
+        if isinstance(source, RedisStreamSource):
+            ids = _ids(checkpoint.offset)
+            # The same ids as the batch before: an empty batch closing windows at the end.
+            read = 0 if ids == self._last_ids else len(ids)
+            self._last_ids = ids
+            if ids and source.server == self.server:
                 pipe.xack(source.stream, source.group, *ids)
                 acked = list(ids)
+        seq = checkpoint.seq
+        counts = [c for c in self._counts[-(COUNTS_KEPT - 1) :] if c[0] < seq]
+        counts.append([seq, read, len(records)])
         pipe.set(
             self.key,
-            json.dumps({"seq": checkpoint.seq, "offset": checkpoint.offset, "position": None}),
+            json.dumps(
+                {"seq": seq, "offset": checkpoint.offset, "position": None, "counts": counts}
+            ),
         )
         try:
             results = pipe.execute()
@@ -334,6 +365,7 @@ class RedisStreamSink(BaseSink):
                 f"sink {self.url}: the transaction of batch {checkpoint.seq} failed "
                 f"(nothing of it was written): {exc}"
             ) from exc
+        self._counts = counts
         if acked and isinstance(source, RedisStreamSource):
             source._acked(acked)
         if records:
@@ -342,6 +374,25 @@ class RedisStreamSink(BaseSink):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _ids(offset: Any) -> list[str]:
+    """The entry ids a Redis source's batch offset lists."""
+    return list(offset.get("ids") or ()) if isinstance(offset, dict) else []
+
+
+def _total(counts: Sequence[Sequence[Any]], after: int, upto: int) -> tuple[int, int] | None:
+    """The input records and outputs of batches ``after + 1 .. upto`` in a sink checkpoint's
+    ``counts`` (unknown input records count 0); ``None`` if a batch is missing."""
+    by_seq = {int(c[0]): c for c in counts}
+    records = outputs = 0
+    for seq in range(after + 1, upto + 1):
+        c = by_seq.get(seq)
+        if c is None:
+            return None
+        records += int(c[1] or 0)
+        outputs += int(c[2])
+    return records, outputs
 
 
 def wait_for(client: redis.Redis, seconds: float = 10.0) -> None:
