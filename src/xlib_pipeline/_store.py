@@ -27,8 +27,7 @@ import attrs
 from . import _lease
 from ._blobs import BlobStore, blobs_section
 from ._commit import FINISH_RUN, FOLDED_ORDER, Checkpointer, Committer
-from ._group_commit import Statement
-from ._held import HeldRun, Recording
+from ._held import HeldRun, HeldRuns, SqliteRecording
 from ._records import PayloadRef
 from ._sealed_streams import STREAM_PAYLOADS, sealed_stream_payloads
 from ._store_file import DEFAULT_STORE_FILE as DEFAULT_STORE_FILE
@@ -88,13 +87,19 @@ class TaskRecord:
         return self.finished - self.started
 
 
-class RunStore(Recording, _lease.LeaseMixin):
+class _HeldRun(HeldRun, SqliteRecording):
+    """A stream batch's run on the embedded store, held until its checkpoint."""
+
+
+class RunStore(SqliteRecording, HeldRuns, _lease.LeaseMixin):
     """A handle on one store file. Thread-safe; writes go through a group committer.
 
     Records are committed as soon as no commit is in flight (see :mod:`._group_commit`): no
     window, no writer thread. ``commit(then)`` is the scheduler's barrier: ``then`` runs
     once everything recorded so far is committed (or with the error when it could not be).
     """
+
+    held_run = _HeldRun
 
     def __init__(
         self,
@@ -135,8 +140,7 @@ class RunStore(Recording, _lease.LeaseMixin):
         self.commit_soon = (
             self._committer.commit if synchronous == "full" else self._committer.commit_here
         )
-        #: Stream batches' runs held apart from the queue until their checkpoint (_held).
-        self._held: dict[str, HeldRun] = {}
+        self.hold_runs(self._committer)  # stream batches' runs, until their checkpoint
         #: ``fn(connection)`` on the writer's warm connection, unless a commit is in flight.
         self.read_if_idle = self._committer.read_if_idle
 
@@ -226,38 +230,9 @@ class RunStore(Recording, _lease.LeaseMixin):
         with self._reading() as c:
             return [r[0] for r in c.execute("SELECT DISTINCT name FROM blob_refs ORDER BY name")]
 
-    def hold(self, run_id: str) -> HeldRun:
-        """A stream batch's run ``run_id``: its statements are held apart from the queue
-        until :meth:`take_held` (its checkpoint's commit) or :meth:`release_held`."""
-        held = self._held[run_id] = HeldRun()
-        return held
-
-    def take_held(self, run_ids: tuple[str, ...]) -> list[Statement]:
-        """The held statements of ``run_ids``, in order, no longer held (the caller queues
-        them with :meth:`add_unit`)."""
-        pop = self._held.pop
-        if len(run_ids) == 1:
-            held = pop(run_ids[0], None)
-            return [] if held is None else held.items
-        return [item for rid in run_ids for item in getattr(pop(rid, None), "items", ())]
-
-    def add_unit(self, statements: list[Statement]) -> None:
-        """Queue ``statements`` at once (no commit of the queue takes only some of them)."""
-        self._committer.add_unit(statements)
-
-    def release_held(self, run_ids: tuple[str, ...] | None = None) -> None:
-        """Queue the held statements of ``run_ids`` (every held run: ``None``) as they are,
-        committed with the next commit: a batch that will not be checkpointed."""
-        if run_ids is None:
-            run_ids = tuple(self._held)
-        items = self.take_held(run_ids)
-        if items:
-            self._committer.add_unit(items)
-
     def run_finished(self, run_id: str, status: str, finished: float, error: str | None) -> None:
         """Record how a run ended, release its leases and commit everything (or raise)."""
-        if self._held:  # a held run refused before it ran: its row is recorded now
-            self.release_held((run_id,))
+        self.release_held((run_id,))  # a held run refused before it ran: recorded now
         self.add(FINISH_RUN, (status, finished, error, run_id))
         self.add(
             "INSERT INTO events (run_id, task, ts, event, attempt, error_type, error) "

@@ -4,13 +4,18 @@
 - :class:`RecordingPlugin` records every hook call it receives (thread-safe).
 - :class:`ExecutorConformance` is a pytest mixin every executor should pass: subclass it,
   set ``executor`` (and optionally ``config``/``plugins``), and pytest collects its tests.
+- :class:`HeldBatchesConformance` is a pytest mixin every run store backend should pass (a
+  stream batch's run rows commit only with its checkpoint): subclass it, override
+  ``store_section``, and pytest collects its tests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ._manager import PipelineManager
@@ -124,3 +129,140 @@ class ExecutorConformance:
         p.add_task("pid", _pid)
         pid = self.run(p).final_result
         assert (pid != os.getpid()) is self.remote
+
+
+#: What a store's ``write_hook`` saw: each write's statements (SQL, parameters).
+Writes = list[list[tuple[str, tuple[Any, ...]]]]
+
+
+def _rows_of(write: list[tuple[str, tuple[Any, ...]]], run_ids: set[str]) -> bool:
+    """Whether ``write`` holds a row of one of the runs ``run_ids``."""
+    return any(
+        str(sql) != "CALL" and any(p in run_ids for p in params if isinstance(p, str))
+        for sql, params in write
+    )
+
+
+def _checkpoints(write: list[tuple[str, tuple[Any, ...]]]) -> bool:
+    """Whether ``write`` commits a stream batch's checkpoint."""
+    return any("INTO stream_batches" in str(sql) for sql, _ in write)
+
+
+def _failing(name: str, *, bad_id: int) -> Pipeline:
+    """A pipeline whose task ``work`` fails on a batch holding the record ``bad_id``."""
+    p = Pipeline(name)
+
+    def work(batch: list[Any]) -> list[Any]:
+        if any(r["id"] == bad_id for r in batch):
+            raise ValueError("bad record")
+        return batch
+
+    p.add_task("work", work)
+    return p
+
+
+class HeldBatchesConformance:
+    """Tests every run store backend must pass: a stream batch's run rows (runs row, task
+    rows, events) are held apart from the store's queue until its checkpoint commits them,
+    as one unit (docs/run-store.md, guarantees (b) and (c); ``xlib_pipeline.store.HeldRuns``):
+    no other commit on the store takes them along, and a batch that is never checkpointed
+    is still recorded.
+
+    Subclass with ``store_section`` returning the ``store`` config section of an empty
+    store of the backend (default: an embedded SQLite file in ``tmp_path``); override
+    ``make_manager`` for more setup. The store must have the ``write_hook`` of the core's
+    stores (called with each write's statements before it is written), and its SQL must
+    name the tables (``INTO runs (``, ``INTO stream_batches``).
+    """
+
+    def store_section(self, tmp_path: Path) -> Mapping[str, Any]:
+        """The ``store`` section of an empty store for one test."""
+        return {"path": str(tmp_path / "runs.sqlite")}
+
+    def make_manager(self, tmp_path: Path) -> PipelineManager:
+        """The manager the tests use (installed plugins load, as in production)."""
+        return PipelineManager({"store": dict(self.store_section(tmp_path))})
+
+    def test_a_plain_run_flushed_during_a_batch_does_not_commit_the_batchs_first_rows(
+        self, tmp_path: Path
+    ) -> None:
+        """A plain run executed beside a stream on the same manager flushes the store while
+        a batch is between its run rows and its checkpoint: a store that queues the batch's
+        rows as they are recorded commits its runs row and first events with that flush,
+        before the checkpoint; no write may hold a batch's rows without its checkpoint."""
+        plain = Pipeline("plain")
+        plain.add_task("one", lambda: 1)
+        p = Pipeline("held")
+        side: list[Any] = []
+
+        def work(batch: list[Any]) -> list[Any]:
+            # Another thread's plain run, while this batch's rows are recorded (not committed).
+            t = threading.Thread(target=lambda: side.append(pm.execute_pipeline(plain)))
+            t.start()
+            t.join()
+            return [dict(r, seen=True) for r in batch]
+
+        p.add_task("work", work)
+        src = tmp_path / "in.jsonl"
+        src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(6)))
+        seen: Writes = []
+        with self.make_manager(tmp_path) as pm:
+            store: Any = pm.store
+            assert store is not None
+            store.write_hook = lambda batch: seen.append(list(batch))
+            s = pm.stream(p, source=f"jsonl:{src}", sink=f"jsonl:{tmp_path / 'o.jsonl'}",
+                          batch_size=3, from_start=True)  # fmt: skip
+            store.write_hook = None
+            assert s.status == "completed" and s.batches == 2, s.error
+            assert len(side) == 2 and all(r.success for r in side)
+            runs = store.list_runs(pipeline=s.batch_pipeline.name)
+            assert len(runs) == 2 and {r.status for r in runs} == {"succeeded"}
+            assert {r.status for r in store.list_runs(pipeline="plain")} == {"succeeded"}
+            batch_ids = {r.run_id for r in runs}
+            mine = [w for w in seen if _rows_of(w, batch_ids)]
+            assert mine
+            for w in mine:  # a batch's rows are only ever written with a checkpoint
+                assert _checkpoints(w), w
+            assert store.take_held(tuple(batch_ids)) == []  # nothing left held
+
+    def test_a_failed_batch_is_recorded_though_never_checkpointed(self, tmp_path: Path) -> None:
+        """The failed batch's run is held (no checkpoint will take it): it is released to
+        the queue and committed as a failed run, as a plain run's."""
+        p = _failing("breaks", bad_id=4)
+        src = tmp_path / "in.jsonl"
+        src.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(6)))
+        with self.make_manager(tmp_path) as pm:
+            s = pm.stream(p, source=f"jsonl:{src}", sink=None, batch_size=3, from_start=True)
+            assert s.status == "failed" and s.batches == 1
+            store: Any = pm.store
+            assert store is not None
+            store.flush()  # the failed run's rows are queued, not held
+            runs = store.list_runs(pipeline=s.batch_pipeline.name)
+            assert sorted(r.status for r in runs) == ["failed", "succeeded"]
+            assert store.take_held(tuple(r.run_id for r in runs)) == []
+            failed = next(r for r in runs if r.status == "failed")
+            assert store.get_tasks(failed.run_id)["work"].status == "failed"
+
+    def test_a_quarantined_batchs_runs_commit_with_its_checkpoint(self, tmp_path: Path) -> None:
+        """With a dead-letter sink, a failed batch runs again record by record: every one of
+        its runs is committed in its checkpoint's write, and in no other."""
+        p = _failing("quarantine", bad_id=1)
+        dead: list[Any] = []
+        out: list[Any] = []
+        seen: Writes = []
+        with self.make_manager(tmp_path) as pm:
+            store: Any = pm.store
+            assert store is not None
+            store.write_hook = lambda batch: seen.append(list(batch))
+            s = pm.stream(p, source=[{"id": i} for i in range(3)], sink=out.extend,
+                          dead_letter=dead.extend, batch_size=3)  # fmt: skip
+            store.write_hook = None
+            assert s.status == "completed", s.error
+            assert [d["record"]["id"] for d in dead] == [1] and len(out) == 2
+            runs = store.list_runs(pipeline=s.batch_pipeline.name)
+            assert len(runs) == 4  # the batch's, then one per record
+            ids = {r.run_id for r in runs}
+            assert store.take_held(tuple(ids)) == []
+        (w,) = [w for w in seen if _checkpoints(w)]
+        assert {params[0] for sql, params in w if "INTO runs (" in str(sql)} == ids
+        assert [x for x in seen if x is not w and _rows_of(x, ids)] == []

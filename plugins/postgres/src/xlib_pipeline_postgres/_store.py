@@ -26,10 +26,10 @@ import psycopg
 import psycopg_pool
 
 from xlib_pipeline import ConfigError, StoreError, data_dir
-from xlib_pipeline.store import BlobStore
+from xlib_pipeline.store import BlobStore, HeldRuns
 
-from ._held import HeldRun, Recording, Statement
 from ._leases import StoreLeases
+from ._recording import HeldRun, Recording
 from ._schema import MIGRATION_LOCK, MIGRATIONS, MIGRATIONS_TABLE, SCHEMA_VERSION
 from ._writer import Committer, Native, seal_text, unseal_text
 
@@ -69,8 +69,10 @@ def _pool_options(value: Mapping[str, Any]) -> tuple[int, int, float]:
     return lo, hi, float(timeout)
 
 
-class PostgresStore(Recording, StoreLeases):
+class PostgresStore(Recording, HeldRuns, StoreLeases):
     """A run store in a PostgreSQL database (``store: {url: "postgresql://..."}``)."""
+
+    held_run = HeldRun
 
     def __init__(self, section: Mapping[str, Any]) -> None:
         self.url = str(section["url"])
@@ -117,10 +119,9 @@ class PostgresStore(Recording, StoreLeases):
         self._holders: set[str] = set()
         self._beat_thread: threading.Thread | None = None
         self._closed = threading.Event()
-        #: Stream batches' runs held apart from the queue until their checkpoint (._held).
-        self._held: dict[str, HeldRun] = {}
         self.add = self._committer.add  # type: ignore[method-assign]
         self.commit = self._committer.commit
+        self.hold_runs(self._committer)  # stream batches' runs, until their checkpoint
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         sync = "on" if self._sync == "full" else "off"
@@ -258,36 +259,8 @@ class PostgresStore(Recording, StoreLeases):
             path=self.path,
         )
 
-    # -- stream batches' held runs (see ._held) ----------------------------------------------
-
-    def hold(self, run_id: str) -> HeldRun:
-        """A stream batch's run ``run_id``: its statements are held apart from the queue
-        until :meth:`take_held` (its checkpoint's commit) or :meth:`release_held`."""
-        held = self._held[run_id] = HeldRun(self.url, self.path)
-        return held
-
-    def take_held(self, run_ids: tuple[str, ...]) -> list[Statement]:
-        """The held statements of ``run_ids``, in order, no longer held (the caller queues
-        them with :meth:`add_unit`)."""
-        pop = self._held.pop
-        return [item for rid in run_ids for item in getattr(pop(rid, None), "items", ())]
-
-    def add_unit(self, statements: list[Statement]) -> None:
-        """Queue ``statements`` at once (no commit of the queue takes only some of them)."""
-        self._committer.add_unit(statements)
-
-    def release_held(self, run_ids: tuple[str, ...] | None = None) -> None:
-        """Queue the held statements of ``run_ids`` (every held run: ``None``) as they are,
-        committed with the next commit: a batch that will not be checkpointed."""
-        if run_ids is None:
-            run_ids = tuple(self._held)
-        items = self.take_held(run_ids)
-        if items:
-            self._committer.add_unit(items)
-
     def run_finished(self, run_id: str, status: str, finished: float, error: Any) -> None:
-        if self._held:  # a held run refused before it ran: its row is recorded now
-            self.release_held((run_id,))
+        self.release_held((run_id,))  # a held run refused before it ran: recorded now
         self.add(
             "UPDATE runs SET status = %s, finished = %s, error = %s WHERE run_id = %s",
             (status, finished, error, run_id),

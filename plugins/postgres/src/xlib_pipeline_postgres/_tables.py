@@ -6,7 +6,7 @@ database shares the entries; a tenant's entries serve only that tenant (``tenant
 DISTINCT FROM``, and the tenant is in the key and the encryption AAD).
 
 :class:`PostgresCheckpoints` is the store's ``CheckpointTable``: its writes are queued on the
-store's writer after the batch run's rows, which the store held until then (:mod:`._held`),
+store's writer after the batch run's rows, which the store held until then (``HeldRuns``),
 as one unit committed in one transaction (:class:`~._store.Native` statements), so a crash or
 a dropped connection leaves either the whole batch (run and checkpoint) or none of it, and
 no other commit (another run's flush) takes the run's rows without the checkpoint. Reads
