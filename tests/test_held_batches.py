@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from xlib_pipeline import Pipeline, PipelineManager
 from xlib_pipeline.testing import HeldBatchesConformance
 
@@ -32,17 +34,25 @@ def _checkpoint_writes(seen: list[list[tuple[str, tuple[Any, ...]]]]) -> list[in
     return [c for c in counts if c]
 
 
-def test_ready_full_batches_commit_several_per_transaction(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_ready_full_batches_commit_several_per_transaction(
+    tmp_path: Path, synchronous: str
+) -> None:
     """While the source returns full batches at once, a pipelined stream asks for the
-    commit of GROUP batches together: one transaction each (the writer committed them one
-    or two at a time, as each was queued), with the same rows."""
-    from xlib_pipeline.streams._pipelined import GROUP
+    commit of several batches together: one transaction each (the writer committed them one
+    or two at a time, as each was queued), with the same rows. The whole depth (8) when the
+    stream's thread writes the commit (synchronous normal), half of it when the writer
+    thread does (full: the next group fills meanwhile)."""
+    from xlib_pipeline.streams._pipelined import DEPTH
+
+    group = DEPTH if synchronous == "normal" else DEPTH // 2
 
     p = Pipeline("grouped")
     p.add_task("work", lambda batch: [dict(r, seen=True) for r in batch])
     seen: list[list[tuple[str, tuple[Any, ...]]]] = []
     out = tmp_path / "o.jsonl"
-    with PipelineManager({"store": {"path": str(tmp_path / "r.sqlite")}}) as pm:
+    cfg = {"store": {"path": str(tmp_path / "r.sqlite"), "synchronous": synchronous}}
+    with PipelineManager(cfg) as pm:
         store = pm.store
         assert store is not None
         store.write_hook = lambda batch: seen.append(list(batch))
@@ -57,7 +67,8 @@ def test_ready_full_batches_commit_several_per_transaction(tmp_path: Path) -> No
         ckpt.close()
     counts = _checkpoint_writes(seen)
     assert sum(counts) == 40
-    assert len(counts) <= 40 // GROUP + 1, counts
+    assert len(counts) <= 40 // group + 1, counts
+    assert max(counts) == group, counts
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in lines] == list(range(400)) and all(r["seen"] for r in lines)
 

@@ -137,8 +137,9 @@ class RunStore(SqliteRecording, HeldRuns, _lease.LeaseMixin):
         #: a commit is CPU work (no fsync), so the stream's thread writes it itself when no
         #: commit is in flight (``commit_here``); with ``full`` the writer thread does, and
         #: its fsync overlaps the stream's next batch.
+        self.commits_here = synchronous != "full"
         self.commit_soon = (
-            self._committer.commit if synchronous == "full" else self._committer.commit_here
+            self._committer.commit_here if self.commits_here else self._committer.commit
         )
         self.hold_runs(self._committer)  # stream batches' runs, until their checkpoint
         #: ``fn(connection)`` on the writer's warm connection, unless a commit is in flight.

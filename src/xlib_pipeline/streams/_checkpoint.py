@@ -127,6 +127,8 @@ class CheckpointStore:
         self._ask: Callable[[Then], None] | None = (
             None if writer is None else getattr(writer, "commit_soon", None) or writer.commit
         )
+        #: Whether a commit asked for is written on the asking thread (see RunStore).
+        self.commits_here = bool(getattr(writer, "commits_here", False))
 
     def _tx(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from ..exceptions import ConfigError, PipelineError, StoreError, StreamError
 from ._batch import BatchOutcome, brief_offset
 from ._batch import records_of as _records_of
 from ._pipeline import BATCH_TASK, derive
-from ._pipelined import GROUP, READY_S, Confirming, Unconfirmed, batch_info
+from ._pipelined import GROUP, GROUP_HERE, READY_S, Confirming, Unconfirmed, batch_info
 from ._protocol import Checkpoint, Sink, Source, SourceBatch
 from ._start import StreamStart
 from ._windows import WindowOperator
@@ -110,6 +110,7 @@ class Stream(Confirming, StreamStart):
         self._deferred: list[Callable[[BaseException | None], None]] = []
         #: Whether the checkpoint table queues commits without asking for them (GROUP).
         self._grouping = False
+        self._group = GROUP
         self._tenant = self.run_kwargs.get("tenant_id")
 
     # -- control ----------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class Stream(Confirming, StreamStart):
         self._ckpt = open_checkpoints(store, f"stream {self.name!r}")
         self._depth = self._pipelines(self.sink, (self.late_sink, self.dead_letter), self._ckpt)
         self._grouping = self._depth > 1 and callable(getattr(self._ckpt, "wake", None))
+        self._group = GROUP_HERE if getattr(self._ckpt, "commits_here", False) else GROUP
         self.started = time.time()
         self.status = "running"
         try:
@@ -451,11 +453,11 @@ class Stream(Confirming, StreamStart):
             args["runs"] = outcome.runs
         if self._grouping:
             # Queued now, its commit asked for with the next ones' (one transaction for up
-            # to GROUP batches) while the source returns full batches; see _loop, _settle.
+            # to _group batches) while the source returns full batches; see _loop, _settle.
             self._ckpt.queue(self.name, **args)  # type: ignore[attr-defined]
             self._deferred.append(u.then)
             self._unconfirmed.append(u)
-            if len(self._deferred) >= GROUP:
+            if len(self._deferred) >= self._group:
                 self._kick()
             return
         if self._depth > 1:

@@ -40,8 +40,12 @@ from ._protocol import Checkpoint
 DEPTH = 8
 #: How many batches' commits are asked for together (in one transaction) while the source
 #: keeps returning full batches: the writer's cost is mostly per transaction (same-run:
-#: see the commit that set it).
+#: see the commit that set it). Half the depth when the store's writer thread commits (the
+#: next group fills while one commits); the whole depth when the store commits on the
+#: stream's thread (``commits_here``: nothing runs beside it, and a transaction of 8 writes
+#: 3.2 WAL frames per batch against 4.9 for 4: same-run, core only 0.43 -> 0.29 ms).
 GROUP = DEPTH // 2
+GROUP_HERE = DEPTH
 #: A read that returned a full batch within this many seconds found its records ready.
 READY_S = 0.005
 #: ``on_batch`` callbacks that only display progress (they do not need each batch confirmed
@@ -106,6 +110,8 @@ class Confirming:
     _depth: int
     #: The ``then`` of the batches queued for commit whose commit is not asked for yet.
     _deferred: list[Callable[[BaseException | None], None]]
+    #: How many batches' commits are asked for together (GROUP or GROUP_HERE).
+    _group: int
     _ckpt: Any
 
     def _event(self, event: str, info: Mapping[str, Any]) -> None:
