@@ -33,7 +33,10 @@ A store also holds the result cache and stream checkpoints: ``open_cache()`` ret
 :class:`CacheEntry`, :class:`StreamRecord`, :class:`BatchRecord`), whose ``commit`` queues
 ``store.take_held(runs)`` (the batch's run, and a quarantined batch's runs), then its own
 statements, with ``store.add_unit``: one transaction. See docs/run-store.md ("Where the
-cache and checkpoints live").
+cache and checkpoints live"). The SQLite checkpoint table asks for a stream's commits with
+the store's optional ``commit_soon(then)`` (else ``commit``) and groups up to 8 batches per
+transaction when the store's ``commits_here`` says ``commit_soon`` writes on the asking
+thread (:meth:`GroupCommitter.commit_here`), 4 otherwise.
 """
 
 from __future__ import annotations
