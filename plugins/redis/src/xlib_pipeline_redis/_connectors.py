@@ -97,6 +97,9 @@ class RedisStreamSource(BaseSource):
         #: read while the previous one commits, or with max_in_flight > 1); :meth:`lag`
         #: does not count them (they are being processed).
         self._delivered: set[str] = set()
+        #: Our pending entries up to this id were read already: the next pending read starts
+        #: after it, not at ``0`` through the entries of the batches in flight again.
+        self._pending_after = "0"
         try:
             self.client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -176,21 +179,23 @@ class RedisStreamSource(BaseSource):
         )
 
     def _read_pending(self, max_records: int) -> list[tuple[str, dict[str, str]]]:
-        """Our pending entries not delivered in a batch still committing (after the last
-        such entry); none left: back to claiming and new entries."""
-        after = "0"
+        """Our pending entries not delivered in a batch still committing, after those read
+        already (one round-trip per batch); none left: back to claiming and new entries.
+        Every entry of our pending list before ``_pending_after`` is delivered or acked: the
+        pending read delivers all it skips over, and what joins the list later (claimed or
+        new entries) is delivered as it joins."""
         while True:
             got: Any = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: after}, count=max_records
+                self.group, self.consumer, {self.stream: self._pending_after}, count=max_records
             )
             entries: list[tuple[str, dict[str, str]]] = got[0][1] if got else []
             if not entries:
                 self._own_pending = False
                 return []
+            self._pending_after = entries[-1][0]
             fresh = [e for e in entries if e[0] not in self._delivered]
             if fresh:
                 return fresh
-            after = entries[-1][0]
 
     def committed(self, offset: Any) -> None:
         ids = offset.get("ids") if isinstance(offset, dict) else None

@@ -1,0 +1,108 @@
+"""Round-trips of the Redis source against a real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.connection import AbstractConnection
+from xlib_pipeline_redis._connectors import RedisStreamSource
+
+from xlib_pipeline import Pipeline
+
+
+def fill(r: redis.Redis, n: int) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd("in", {"id": i, "amount": i})
+    pipe.execute()
+
+
+def outputs(r: redis.Redis) -> list[int]:
+    return [int(f["id"]) for _, f in r.xrange("out")]
+
+
+def scoring() -> Pipeline:
+    p = Pipeline("redis_scoring")
+    p.add_task("ids", lambda batch: [{"id": int(x["id"])} for x in batch])
+    return p
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts round-trips to Redis: one packed send per command, or per pipeline."""
+    sent = [0]
+    real = AbstractConnection.send_packed_command
+
+    def counted(self: AbstractConnection, command: object, check_health: bool = True) -> None:
+        sent[0] += 1
+        real(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    yield sent
+
+
+def test_a_restart_reads_its_pending_entries_in_one_round_trip_per_batch(
+    r: redis.Redis, redis_url: str, trips: list[int]
+) -> None:
+    """The pending entries of a restart are read in full batches, one XREADGROUP each: the
+    next pending read starts after the last one, not at 0 through the batches still in
+    flight (the stream reads up to 8 batches ahead of their commits)."""
+    fill(r, 40)
+    r.xgroup_create("in", "g", id="0")
+    r.xreadgroup("g", "c", {"in": ">"}, count=30)  # delivered, never acknowledged: a crash
+    src = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=c", {})
+    try:
+        batches = []
+        for _ in range(3):  # none committed yet: all three in flight
+            trips[0] = 0
+            batch = src.read(10, 0.1)
+            assert batch is not None
+            batches.append(batch)
+            assert trips[0] == 1  # was 1, 2, 3: each read re-read the batches before it
+        assert [[int(x["id"]) for x in b.records] for b in batches] == [
+            list(range(0, 10)),
+            list(range(10, 20)),
+            list(range(20, 30)),
+        ]
+        trips[0] = 0
+        new = src.read(10, 0.1)  # pending exhausted: nothing to claim, then new entries
+        assert new is not None and [int(x["id"]) for x in new.records] == list(range(30, 40))
+        assert trips[0] == 3  # XREADGROUP (none pending left), XAUTOCLAIM, XREADGROUP >; was 6
+        for b in [*batches, new]:
+            src.committed(b.end)
+        assert r.xpending("in", "g")["pending"] == 0
+    finally:
+        src.close()
+
+
+def test_pending_entries_after_a_claim_are_still_read_once(r: redis.Redis, redis_url: str) -> None:
+    """A dead consumer's entries claimed between our own pending reads are delivered once:
+    the pending read skips them (delivered as they were claimed), before and after its
+    cursor, and delivers none of ours twice."""
+    fill(r, 40)
+    r.xgroup_create("in", "g", id="0")
+    r.xreadgroup("g", "dead", {"in": ">"}, count=5)  # ids 0-4: claimed below our cursor
+    r.xreadgroup("g", "c", {"in": ">"}, count=10)  # ids 5-14: ours, left by a restart
+    r.xreadgroup("g", "dead", {"in": ">"}, count=5)  # ids 15-19: claimed above it
+    src = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=c&claim_idle_ms=0", {})
+    seen: list[int] = []
+    try:
+        prev = None
+        for _ in range(20):  # each batch committed after the next is read, as a stream does
+            batch = src.read(4, 0.1)
+            assert batch is not None
+            seen += [int(x["id"]) for x in batch.records]
+            if prev is not None:
+                src.committed(prev.end)
+            prev = batch
+            if len(seen) >= 40:
+                break
+        assert prev is not None
+        src.committed(prev.end)
+        assert sorted(seen) == list(range(40))  # each once
+        assert seen[:10] == list(range(5, 15))  # our own first, in batches of 4, 4, 2
+        assert r.xpending("in", "g")["pending"] == 0
+    finally:
+        src.close()
