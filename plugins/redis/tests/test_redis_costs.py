@@ -106,3 +106,28 @@ def test_pending_entries_after_a_claim_are_still_read_once(r: redis.Redis, redis
         assert r.xpending("in", "g")["pending"] == 0
     finally:
         src.close()
+
+
+def test_lag_with_other_live_consumers_is_one_round_trip(
+    r: redis.Redis, redis_url: str, trips: list[int]
+) -> None:
+    """Another live consumer's entries in flight: the group's pending count exceeds ours,
+    and lag() needs the consumers' pending counts too; both come in one round-trip."""
+    fill(r, 30)
+    a = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=a", {})
+    b = RedisStreamSource.from_url(f"{redis_url}/in?group=g&consumer=b", {})
+    try:
+        first = a.read(5, 0.1)
+        other = b.read(5, 0.1)
+        assert first is not None and other is not None
+        trips[0] = 0
+        assert a.lag() == 20  # b's 5 are being processed, a's 5 in flight
+        assert trips[0] == 1  # was 2: XINFO GROUPS, then XINFO CONSUMERS
+        a.committed(first.end)
+        b.committed(other.end)
+        trips[0] = 0
+        assert a.lag() == 20
+        assert trips[0] == 1
+    finally:
+        a.close()
+        b.close()

@@ -222,17 +222,19 @@ class RedisStreamSource(BaseSource):
         plus pending entries no batch of this stream holds: this consumer's own (left by
         a restart, read again first) and those of consumers idle for ``claim_idle_ms``
         (claimed next). Entries of the batches in flight, or of another live consumer's,
-        are being processed: not lag."""
+        are being processed: not lag. One round-trip: the group's and its consumers' counts
+        are asked for together (with other live consumers, the consumers' are needed)."""
         try:
-            group = next(
-                (g for g in self.client.xinfo_groups(self.stream) if g.get("name") == self.group),
-                None,
-            )
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.stream)
+            pipe.xinfo_consumers(self.stream, self.group)
+            groups, consumers = pipe.execute()
+            group = next((g for g in groups if g.get("name") == self.group), None)
             if group is None or group.get("lag") is None:
                 return None
             lag = int(group["lag"])
             if int(group.get("pending", 0)) > len(self._delivered):  # not all ours in flight
-                for c in self.client.xinfo_consumers(self.stream, self.group):
+                for c in consumers:
                     pending = int(c.get("pending", 0))
                     if c.get("name") == self.consumer:
                         lag += max(0, pending - len(self._delivered))
