@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,28 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+def _forget_batches_after(store: Path, seq: int) -> None:
+    """Forge a crash between the sink's commit and the store's: the store forgets every
+    batch after ``seq`` (its stream row back to batch ``seq``'s offsets, position and
+    counters) while Redis keeps their output entries, acks and the sink's checkpoint."""
+    with sqlite3.connect(store) as c:
+        prev = c.execute(
+            "SELECT end_offset, position FROM stream_batches WHERE seq = ?", (seq,)
+        ).fetchone()
+        records, outputs = c.execute(
+            "SELECT SUM(records), SUM(outputs) FROM stream_batches WHERE seq <= ?", (seq,)
+        ).fetchone()
+        c.execute("DELETE FROM stream_batches WHERE seq > ?", (seq,))
+        c.execute(
+            "UPDATE streams SET seq = ?, offset = ?, position = ?, records = ?, outputs = ?",
+            (seq, *prev, records, outputs),
+        )
+
+
+@pytest.fixture
+def forget_batches_after() -> Callable[[Path, int], None]:
+    """:func:`_forget_batches_after`, for the tests of a restart adopting the sink's
+    checkpoint."""
+    return _forget_batches_after

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -136,14 +137,8 @@ def test_lag_with_other_live_consumers_is_one_round_trip(
         b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core records a catch-up checkpoint without a lag (streams/_start.py "
-    "_adopt_sink_checkpoint passes none to CheckpointTable.commit; seeking the source "
-    "to the adopted offset and passing lag=self.source.lag() makes this pass)",
-)
 def test_a_catch_up_checkpoint_records_the_lag(
-    r: redis.Redis, redis_url: str, tmp_path: Path
+    r: redis.Redis, redis_url: str, tmp_path: Path, forget_batches_after: Any
 ) -> None:
     """A crash after the last batch's EXEC, before the store's commit: the restart adopts
     the sink's checkpoint and has nothing more to read. The stream's lag (runs show, the
@@ -153,10 +148,7 @@ def test_a_catch_up_checkpoint_records_the_lag(
     args = {"source": f"{redis_url}/in?group=g&consumer=c", "sink": f"{redis_url}/out"}
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         pm.stream(scoring(), batch_size=10, max_batches=3, **args)
-    with sqlite3.connect(store) as c:
-        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
-        c.execute("DELETE FROM stream_batches WHERE seq = 3")
-        c.execute("UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20", prev)
+    forget_batches_after(store, 2)
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         s = pm.stream(scoring(), batch_size=10, idle_timeout=0.3, **args)
     assert s.error is None and s.batches == 3 and outputs(r) == list(range(30))

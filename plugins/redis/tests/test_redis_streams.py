@@ -97,7 +97,7 @@ def test_a_dead_consumers_pending_entries_are_claimed(
 
 
 def test_the_sink_ahead_of_the_store_is_not_written_twice(
-    r: redis.Redis, redis_url: str, tmp_path: Path
+    r: redis.Redis, redis_url: str, tmp_path: Path, forget_batches_after: Any
 ) -> None:
     """A crash after EXEC but before the store's commit: the restart adopts the sink's
     checkpoint instead of re-running the batch."""
@@ -111,11 +111,7 @@ def test_the_sink_ahead_of_the_store_is_not_written_twice(
             batch_size=10,
             max_batches=3,
         )
-    # Forge the crash: the store forgets batch 3, Redis (acks + output + checkpoint) has it.
-    with sqlite3.connect(store) as c:
-        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
-        c.execute("DELETE FROM stream_batches WHERE seq = 3")
-        c.execute("UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20", prev)
+    forget_batches_after(store, 2)  # the store forgets batch 3; Redis has it
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         s = pm.stream(
             scoring(),
@@ -307,7 +303,7 @@ def test_a_finished_streams_lag_is_zero(
 
 
 def test_adopted_batches_count_their_records_and_outputs(
-    r: redis.Redis, redis_url: str, tmp_path: Path
+    r: redis.Redis, redis_url: str, tmp_path: Path, forget_batches_after: Any
 ) -> None:
     """A crash after two batches' EXEC but before the store's commit: the restart adopts
     the sink's checkpoint, and the counters (docs/streams.md) count the adopted batches'
@@ -332,12 +328,7 @@ def test_adopted_batches_count_their_records_and_outputs(
     }
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         pm.stream(ns["pipeline"], max_batches=4, **args)
-    with sqlite3.connect(store) as c:
-        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
-        c.execute("DELETE FROM stream_batches WHERE seq > 2")
-        c.execute(
-            "UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20, outputs = 10", prev
-        )
+    forget_batches_after(store, 2)
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         s = pm.stream(ns["pipeline"], idle_timeout=0.5, **args)
     assert s.error is None
@@ -352,7 +343,7 @@ def test_adopted_batches_count_their_records_and_outputs(
 
 
 def test_adopted_batches_of_another_source_count_their_outputs(
-    r: redis.Redis, redis_url: str, tmp_path: Path
+    r: redis.Redis, redis_url: str, tmp_path: Path, forget_batches_after: Any
 ) -> None:
     """The sink cannot know how many records another source's batch read: an adopted batch
     then counts its outputs only (docs/plugins/redis.md)."""
@@ -361,12 +352,7 @@ def test_adopted_batches_of_another_source_count_their_outputs(
     args = {"sink": f"{redis_url}/out", "batch_size": 10}
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         pm.stream(scoring(), source=rows, max_batches=3, **args)
-    with sqlite3.connect(store) as c:
-        prev = c.execute("SELECT end_offset, position FROM stream_batches WHERE seq = 2").fetchone()
-        c.execute("DELETE FROM stream_batches WHERE seq > 2")
-        c.execute(
-            "UPDATE streams SET seq = 2, offset = ?, position = ?, records = 20, outputs = 20", prev
-        )
+    forget_batches_after(store, 2)
     with PipelineManager({"store": {"path": str(store)}}) as pm:
         s = pm.stream(scoring(), source=rows, **args)
     assert s.error is None and outputs(r) == list(range(50))

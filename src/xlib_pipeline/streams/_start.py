@@ -41,6 +41,7 @@ class StreamStart(StreamPayloads):
                 f"{rec.pipeline!r}, not {self.pipeline.name!r}; choose another name= (CLI: "
                 "--name) or start over with from_start=True"
             )
+        adopted = False
         if rec is None or self.from_start:
             origin_ckpt = None
             if rec is not None:  # start over: back to where the sink stood originally
@@ -73,8 +74,10 @@ class StreamStart(StreamPayloads):
                     side.open(None)
             if newer is not None and newer.seq > rec.seq:
                 rec = self._adopt_sink_checkpoint(rec, newer)
+                adopted = True
         self._restore(rec)
-        self.source.seek(self.checkpoint.offset if self.checkpoint else None)
+        if not adopted:  # (an adopted checkpoint's offset is sought already)
+            self.source.seek(self.checkpoint.offset if self.checkpoint else None)
         self._event(
             "started",
             {
@@ -89,10 +92,13 @@ class StreamStart(StreamPayloads):
     def _adopt_sink_checkpoint(self, rec: StreamRecord, newer: Checkpoint) -> StreamRecord:
         """The sink committed batches (in its own transaction) the store did not record
         before a crash: record them as one catch-up checkpoint and continue after it. Its
-        records and outputs are the adopted batches' (``Sink.open``), when the sink knows."""
+        records and outputs are the adopted batches' (``Sink.open``), when the sink knows;
+        its lag is the source's once sought after them (``runs show`` and the monitor show
+        it before any next batch)."""
         assert self._ckpt is not None
         counts = getattr(self.sink, "adopted_counts", None)
         records, outputs = (counts() if callable(counts) else None) or (0, 0)
+        self.source.seek(newer.offset)
         self._ckpt.commit(
             self.name,
             checkpoint=newer,
@@ -102,6 +108,7 @@ class StreamStart(StreamPayloads):
             outputs=outputs,
             output=None,
             window_state=None,
+            lag=self.source.lag(),
         )
         loaded = self._ckpt.load(self.name)
         assert loaded is not None
