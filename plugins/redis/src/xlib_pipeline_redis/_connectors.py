@@ -3,8 +3,10 @@
 Source URL: ``redis://HOST:PORT[/DB]/STREAM?group=GROUP[&consumer=NAME][&claim_idle_ms=N]``.
 Records are the entries' field maps (``dict[str, str]``). Reading order on each batch:
 this consumer's own pending entries (delivered before a crash, never acknowledged), then
-entries idle for ``claim_idle_ms`` in *other* consumers' pending lists (``XAUTOCLAIM``:
-a dead consumer's work is taken over), then new entries (``XREADGROUP ... >``).
+entries idle for ``claim_idle_ms`` in *other* consumers' pending lists (``XAUTOCLAIM``,
+at the first read and then at most once per ``claim_interval``: a dead consumer's work is
+taken over), then new entries (``XREADGROUP ... >``). Pending entries deleted with ``XDEL``
+are skipped, acknowledged, counted (``deleted``) and logged.
 
 Sink URL: ``redis://HOST:PORT[/DB]/STREAM[?checkpoint_key=KEY][&maxlen=N]``. Each output
 record (a dict) becomes one entry; values that are not str/int/float/bytes are written as
@@ -16,6 +18,7 @@ crash the stream either wrote and acknowledged a batch, or did neither.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +29,11 @@ import redis
 
 from xlib_pipeline import ConfigError
 from xlib_pipeline.streams import BaseSink, BaseSource, Checkpoint, Source, SourceBatch, StreamError
+
+_log = logging.getLogger("xlib_pipeline.redis")
+
+#: The longest wait between two claim scans (seconds), whatever ``claim_idle_ms``.
+CLAIM_INTERVAL_MAX = 60.0
 
 
 def _parse(url: str, role: str, allowed: set[str]) -> tuple[str, str, dict[str, str]]:
@@ -86,6 +94,17 @@ class RedisStreamSource(BaseSource):
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{group}"
         self.claim_idle_ms = claim_idle_ms
+        #: Seconds between two claim scans: a dead consumer's entries cannot be claimed
+        #: before they are idle ``claim_idle_ms``, so scanning every half of it (at most
+        #: :data:`CLAIM_INTERVAL_MAX`) delays a takeover by at most that; between scans a
+        #: read is one round-trip.
+        self.claim_interval = min(claim_idle_ms / 2000, CLAIM_INTERVAL_MAX)
+        self._next_claim = 0.0  # the first read claims
+        #: Where the next claim scan starts: Redis inspects at most COUNT*10 pending
+        #: entries per XAUTOCLAIM and returns where to continue (``0-0``: scanned all).
+        self._claim_from = "0-0"
+        #: Pending entries deleted with XDEL that were skipped (acknowledged, not delivered).
+        self.deleted = 0
         self.url = f"{server}/{stream}?group={group}"
         self.client = _client(server)
         self._own_pending = True
@@ -147,18 +166,7 @@ class RedisStreamSource(BaseSource):
             if self._own_pending:  # delivered to us before a restart, never acknowledged
                 entries = self._read_pending(max_records)
             if not entries:  # a dead consumer's pending entries
-                claimed = self.client.xautoclaim(
-                    self.stream,
-                    self.group,
-                    self.consumer,
-                    min_idle_time=self.claim_idle_ms,
-                    start_id="0-0",
-                    count=max_records,
-                )
-                delivered = self._delivered
-                entries = [e for e in claimed[1] if e[1] is not None and e[0] not in delivered]
-                if entries:
-                    self._own_pending = True  # they are ours now: read them as pending
+                entries = self._claim(max_records)
             if not entries:
                 got: Any = self.client.xreadgroup(
                     self.group,
@@ -193,9 +201,57 @@ class RedisStreamSource(BaseSource):
                 self._own_pending = False
                 return []
             self._pending_after = entries[-1][0]
-            fresh = [e for e in entries if e[0] not in self._delivered]
+            fresh = self._skip_deleted([e for e in entries if e[0] not in self._delivered])
             if fresh:
                 return fresh
+
+    def _claim(self, max_records: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries idle ``claim_idle_ms`` in other consumers' pending lists, taken over:
+        a scan continues from where the last XAUTOCLAIM stopped, and a new scan starts at
+        most once per :attr:`claim_interval`."""
+        now = time.monotonic()
+        if self._claim_from == "0-0" and now < self._next_claim:
+            return []
+        claimed: Any = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_from,
+            count=max_records,
+        )
+        self._claim_from = str(claimed[0])
+        if self._claim_from == "0-0":  # the whole pending list scanned
+            self._next_claim = now + self.claim_interval
+        if len(claimed) > 2 and claimed[2]:  # Redis 7: deleted, and removed from the list
+            self._log_deleted([str(i) for i in claimed[2]], "taken over")
+        delivered = self._delivered
+        entries = self._skip_deleted([e for e in claimed[1] if e[0] not in delivered])
+        if entries:
+            self._own_pending = True  # they are ours now: read them as pending
+        return entries
+
+    def _skip_deleted(
+        self, entries: list[tuple[str, dict[str, str]]]
+    ) -> list[tuple[str, dict[str, str]]]:
+        """``entries`` but those deleted with XDEL while pending (their id, no fields: an
+        entry has at least one), which are acknowledged: they no longer exist."""
+        gone = [e[0] for e in entries if not e[1]]
+        if not gone:
+            return entries
+        self.client.xack(self.stream, self.group, *gone)
+        self._log_deleted(gone, "pending")
+        return [e for e in entries if e[1]]
+
+    def _log_deleted(self, ids: list[str], where: str) -> None:
+        self.deleted += len(ids)
+        _log.warning(
+            "source %s: skipped %d %s entries deleted with XDEL (acknowledged): %s",
+            self.url,
+            len(ids),
+            where,
+            ", ".join(ids),
+        )
 
     def committed(self, offset: Any) -> None:
         ids = offset.get("ids") if isinstance(offset, dict) else None
