@@ -1,4 +1,5 @@
-"""Developer tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``plugins``, ``build``.
+"""Developer tasks: ``nox -s tests``, ``tests-versions``, ``lint``, ``demo``, ``bench``,
+``plugins``, ``build``.
 
 Plugins are found by globbing ``plugins/*/pyproject.toml``; there is no hand-kept list.
 """
@@ -15,6 +16,8 @@ ROOT = Path(__file__).parent
 PLUGINS = sorted(p.parent.name for p in ROOT.glob("plugins/*/pyproject.toml"))
 nox.options.sessions = ["tests"]
 nox.options.reuse_venv = "yes"
+# requires-python is ">=3.11"; the versions ``nox -s tests-versions`` runs the suite on.
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
 
 
 def _install_all(session: nox.Session) -> None:
@@ -32,6 +35,19 @@ def _install_all(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite: core and every plugin, installed together."""
+    _whole_suite(session)
+
+
+@nox.session(python=SUPPORTED_PYTHONS, name="tests-versions")
+def tests_versions(session: nox.Session) -> None:
+    """The whole suite on each supported Python (``nox -s tests-versions-3.13`` for one).
+
+    Not among the default sessions: ``nox -s tests`` stays one run on the default interpreter.
+    """
+    _whole_suite(session)
+
+
+def _whole_suite(session: nox.Session) -> None:
     _install_all(session)
     session.env.setdefault("XLIB_PIPELINE_HOME", str(Path(session.create_tmp()) / "home"))
     session.env.setdefault("XLIB_PIPELINE_KEYS_DIR", str(Path(session.create_tmp()) / "keys"))
