@@ -42,7 +42,7 @@ def test_ready_full_batches_commit_several_per_transaction(
     commit of several batches together: one transaction each (the writer committed them one
     or two at a time, as each was queued), with the same rows. The whole depth (8) when the
     stream's thread writes the commit (synchronous normal), half of it when the writer
-    thread does (full: the next group fills meanwhile)."""
+    thread does (full: the next group fills meanwhile; two may then go in one)."""
     from xlib_pipeline.streams._pipelined import DEPTH
 
     group = DEPTH if synchronous == "normal" else DEPTH // 2
@@ -68,7 +68,9 @@ def test_ready_full_batches_commit_several_per_transaction(
     counts = _checkpoint_writes(seen)
     assert sum(counts) == 40
     assert len(counts) <= 40 // group + 1, counts
-    assert max(counts) == group, counts
+    # The stream asks for `group` at a time; the writer thread (full) may find two groups
+    # queued when it wakes and commit them together, but never more than the depth.
+    assert group <= max(counts) <= DEPTH, counts
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in lines] == list(range(400)) and all(r["seen"] for r in lines)
 
