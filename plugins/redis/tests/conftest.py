@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.connection import AbstractConnection
 from xlib_pipeline_redis._connectors import wait_for
 
 
@@ -75,3 +76,17 @@ def forget_batches_after() -> Callable[[Path, int], None]:
     """:func:`_forget_batches_after`, for the tests of a restart adopting the sink's
     checkpoint."""
     return _forget_batches_after
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts round-trips to Redis: one packed send per command, or per pipeline."""
+    sent = [0]
+    real = AbstractConnection.send_packed_command
+
+    def counted(self: AbstractConnection, command: object, check_health: bool = True) -> None:
+        sent[0] += 1
+        real(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    yield sent

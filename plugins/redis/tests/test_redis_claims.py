@@ -4,12 +4,10 @@ against a real server."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from redis.connection import AbstractConnection
 from xlib_pipeline_redis._connectors import RedisStreamSource
 
 from xlib_pipeline import Pipeline, PipelineManager
@@ -20,20 +18,6 @@ def fill(r: redis.Redis, n: int) -> list[str]:
     for i in range(n):
         pipe.xadd("in", {"id": i})
     return [str(x) for x in pipe.execute()]
-
-
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts round-trips to Redis: one packed send per command, or per pipeline."""
-    sent = [0]
-    real = AbstractConnection.send_packed_command
-
-    def counted(self: AbstractConnection, command: object, check_health: bool = True) -> None:
-        sent[0] += 1
-        real(self, command, check_health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    yield sent
 
 
 def test_a_steady_stream_costs_one_round_trip_per_read(

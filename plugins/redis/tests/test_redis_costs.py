@@ -4,13 +4,10 @@ against a real server."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-from redis.connection import AbstractConnection
 from xlib_pipeline_redis._connectors import RedisStreamSource
 
 from xlib_pipeline import Pipeline, PipelineManager
@@ -31,20 +28,6 @@ def scoring() -> Pipeline:
     p = Pipeline("redis_scoring")
     p.add_task("ids", lambda batch: [{"id": int(x["id"])} for x in batch])
     return p
-
-
-@pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts round-trips to Redis: one packed send per command, or per pipeline."""
-    sent = [0]
-    real = AbstractConnection.send_packed_command
-
-    def counted(self: AbstractConnection, command: object, check_health: bool = True) -> None:
-        sent[0] += 1
-        real(self, command, check_health)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    yield sent
 
 
 def test_a_restart_reads_its_pending_entries_in_one_round_trip_per_batch(
