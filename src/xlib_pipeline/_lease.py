@@ -223,6 +223,12 @@ class LeaseMixin:
         if beats is not None:
             beats.discard(holder)
 
+    def stop_heartbeats(self, timeout: float = 5.0) -> None:
+        """Closing: end the heartbeat thread and join it (bounded); nothing beats after."""
+        beats = self.__dict__.get("_beats")
+        if beats is not None:
+            beats.stop(timeout)
+
     def release_leases(self, holder: str) -> None:
         """Queue the release of every lease held by run ``holder`` (committed with the rest)."""
         self.let_go(holder)
@@ -236,18 +242,31 @@ class LeaseMixin:
 
 
 class _Heartbeats:
-    """The heartbeat thread of one store: refreshes the leases of every run it holds."""
+    """The heartbeat thread of one store: refreshes the leases of every run it holds.
+
+    It waits on a condition, not in a sleep, so the store's close wakes it and joins it: it
+    never beats into a closed store nor outlives it. While the store is open it ends at the
+    first wake-up that finds no run holding a lease (the next run starts it again); it is
+    not woken when the last run lets go, so back-to-back runs share one thread instead of
+    starting one each.
+    """
 
     def __init__(self, store: LeaseMixin) -> None:
         self._store = store
         self._holders: set[str] = set()
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._running = False
+        self._closed = False
 
     def add(self, holder: str) -> None:
         with self._lock:
+            if self._closed:
+                return  # the store is closed: nothing may beat into it
             self._holders.add(holder)
-            if self._thread is None:
+            if not self._running:
+                self._running = True
                 self._thread = threading.Thread(target=self._loop, name="xlib-lease", daemon=True)
                 self._thread.start()
 
@@ -255,19 +274,33 @@ class _Heartbeats:
         with self._lock:
             self._holders.discard(holder)
 
+    def stop(self, timeout: float) -> None:
+        """End the thread (a beat in flight finishes first) and wait up to ``timeout`` s."""
+        with self._lock:
+            self._closed = True
+            self._holders.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
     def _loop(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_S)
-            with self._lock:
+        cond = self._cond
+        with cond:
+            while not cond.wait_for(self._is_closed, HEARTBEAT_S) and self._holders:
                 holders = sorted(self._holders)
-                if not holders:
-                    self._thread = None
-                    return
-            try:
-                marks = ", ".join("?" for _ in holders)
-                self._store.submit(
-                    f"UPDATE leases SET heartbeat=? WHERE holder IN ({marks})",
-                    (time.time(), *holders),
-                )
-            except Exception:  # pragma: no cover - a store fault is reported by the run
-                pass
+                cond.release()  # the store's submit never waits (it queues and commits)
+                try:
+                    marks = ", ".join("?" for _ in holders)
+                    self._store.submit(
+                        f"UPDATE leases SET heartbeat=? WHERE holder IN ({marks})",
+                        (time.time(), *holders),
+                    )
+                except Exception:  # pragma: no cover - a store fault is reported by the run
+                    pass
+                finally:
+                    cond.acquire()
+            self._running = False

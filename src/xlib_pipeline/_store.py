@@ -183,8 +183,10 @@ class RunStore(SqliteRecording, HeldRuns, _lease.LeaseMixin):
         self._committer.flush()
 
     def close(self) -> None:
-        """Commit what is queued, checkpoint the WAL and close the file."""
+        """Stop the lease heartbeat, commit what is queued, checkpoint the WAL and close the
+        file."""
         try:
+            self.stop_heartbeats()  # first: its last beat, if one is in flight, is committed
             self.release_held()  # runs whose checkpoint never came: recorded as they are
             self._committer.close()
         finally:

@@ -141,3 +141,34 @@ def test_the_cli_records_and_lists_runs_by_url(
     runs = listed if isinstance(listed, list) else listed["runs"]
     assert [r["pipeline"] for r in runs] == ["cli_pg"]
     assert runs[0]["status"] == "succeeded"
+
+
+def test_close_joins_the_lease_heartbeat_and_nothing_beats_after(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's close woke its heartbeat thread but did not wait for it: a beat in flight
+    could reach the closing writer. Now close returns with the thread ended (a run still
+    holding its lease does not keep it), and keep_alive on the closed store starts none."""
+    import threading
+
+    from xlib_pipeline_postgres import _leases
+
+    monkeypatch.setattr(_leases, "HEARTBEAT_S", 0.02)
+    pm = PipelineManager({"store": {"url": postgres_url}})
+    store = pm.store
+    assert store is not None
+    beat = threading.Event()
+
+    def hook(batch: list[tuple[str, object]]) -> None:
+        if any(str(sql).startswith("UPDATE leases SET heartbeat") for sql, _ in batch):
+            beat.set()
+
+    store.write_hook = hook  # type: ignore[attr-defined]
+    before = set(threading.enumerate())
+    store.keep_alive("held-run")
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == "xlib-lease"]
+    assert beat.wait(10), "the heartbeat never beat"
+    pm.close()
+    assert not thread.is_alive(), "PostgresStore.close() returned with the heartbeat alive"
+    store.keep_alive("late-run")
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "xlib-lease"]

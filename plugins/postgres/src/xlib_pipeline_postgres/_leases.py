@@ -97,6 +97,8 @@ class StoreLeases(StoreReads):
         """Refresh ``holder``'s leases every HEARTBEAT_S seconds until :meth:`let_go` (one
         daemon thread per store beats for every run it holds)."""
         with self._beat_lock:
+            if self._closed.is_set():
+                return  # the store is closed: nothing may beat into it
             self._holders.add(holder)
             if self._beat_thread is None:
                 self._beat_thread = threading.Thread(
@@ -109,11 +111,23 @@ class StoreLeases(StoreReads):
         with self._beat_lock:
             self._holders.discard(holder)
 
+    def stop_heartbeats(self, timeout: float = 5.0) -> None:
+        """Closing: wake the heartbeat thread and join it (bounded). A beat in flight ends
+        first; none starts after (the thread checks ``_closed`` under the lock)."""
+        with self._beat_lock:
+            self._closed.set()
+            self._holders.clear()
+            thread = self._beat_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _beat(self) -> None:
+        # Ends at the first wake-up that finds no run holding a lease (the next run starts
+        # it again), or at once when the store closes.
         while not self._closed.wait(HEARTBEAT_S):
             with self._beat_lock:
                 holders = sorted(self._holders)
-                if not holders:
+                if not holders or self._closed.is_set():
                     self._beat_thread = None
                     return
             try:
@@ -123,6 +137,8 @@ class StoreLeases(StoreReads):
                 )
             except Exception:  # a store fault is reported by the run itself
                 pass
+        with self._beat_lock:
+            self._beat_thread = None
 
     def release_leases(self, holder: str) -> None:
         self.let_go(holder)

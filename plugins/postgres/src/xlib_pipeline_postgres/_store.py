@@ -204,9 +204,9 @@ class PostgresStore(Recording, HeldRuns, StoreLeases):
         self._committer.flush()
 
     def close(self) -> None:
-        """Commit what is queued, then close the connections."""
-        self._closed.set()
+        """Stop the lease heartbeat, commit what is queued, then close the connections."""
         try:
+            self.stop_heartbeats()  # first: its last beat, if one is in flight, is committed
             self.release_held()  # runs whose checkpoint never came: recorded as they are
             self._committer.close()
         finally:
