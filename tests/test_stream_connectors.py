@@ -140,3 +140,40 @@ def test_checkpoint_json_is_json_dumps_sorted(value: Any) -> None:
     from xlib_pipeline.streams._checkpoint import _j
 
     assert _j(value) == json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "bad_line"),
+    [
+        ('{"id": 1}, {"id": 2}\n{"id": 3}\n', 1),  # two values on one line
+        ('{"id": 0}\n[1\n2]\n', 2),  # one value over two lines
+    ],
+)
+def test_a_line_holding_other_than_one_json_value_is_refused(
+    tmp_path: Path, text: str, bad_line: int
+) -> None:
+    """The batch's lines are parsed joined as one array first (fast); a line that holds
+    two values, or a value split over lines, parses that way too, and must still be named
+    as a line that is not JSON (not read as two records, or one)."""
+    from xlib_pipeline.streams import StreamError
+
+    path = tmp_path / "in.jsonl"
+    path.write_text(text)
+    src = JsonLinesSource(path)
+    with pytest.raises(StreamError, match=rf"in\.jsonl: line {bad_line} \(byte \d+\) is not JSON"):
+        src.read(100, 0.0)
+    src.close()
+
+
+def test_an_output_record_that_is_not_json_names_its_type(tmp_path: Path) -> None:
+    from xlib_pipeline.streams import Checkpoint, IterableSource, JsonLinesSink, StreamError
+
+    sink = JsonLinesSink(tmp_path / "out.jsonl")
+    sink.open(None)
+    with pytest.raises(StreamError, match=r"out\.jsonl: batch 4 .*not JSON-serializable") as exc:
+        sink.write([{"ok": 1}, {"at": {1, 2}}], Checkpoint(seq=4, offset=0, position=0),
+                   IterableSource([]))  # fmt: skip
+    assert "Object of type set is not JSON serializable" in str(exc.value)
+    assert "NoneType" not in str(exc.value)
+    sink.close()
+    assert (tmp_path / "out.jsonl").read_bytes() == b""  # nothing of the batch written

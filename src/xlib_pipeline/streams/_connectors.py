@@ -26,12 +26,20 @@ def _make_encoder() -> Callable[[Any], str]:
     make = getattr(je, "c_make_encoder", None)
     if make is None:  # pragma: no cover - no C accelerator
         return json.JSONEncoder(ensure_ascii=False).encode
-    enc = make(None, None, je.encode_basestring, None, ": ", ", ", False, False, True)
+    enc = make(None, _not_json, je.encode_basestring, None, ": ", ", ", False, False, True)
 
     def encode(record: Any) -> str:
         return "".join(enc(record, 0))
 
     return encode
+
+
+def _not_json(value: Any) -> Any:
+    """The encoder's ``default``: what a value that is not JSON is (the C encoder without
+    one says only "'NoneType' object is not callable")."""
+    raise TypeError(
+        f"Object of type {type(value).__name__} is not JSON serializable ({value!r:.80})"
+    )
 
 
 _ENCODE = _make_encoder()
@@ -258,9 +266,11 @@ class JsonLinesSource(BaseSource):
             return []
         try:
             parsed: list[Any] = json.loads(b"[" + b",".join(lines) + b"]")
-            return parsed
         except ValueError:
             pass
+        else:  # one value per line: a line "1, 2" or "[1" + "2]" parses joined, not alone
+            if len(parsed) == len(lines):
+                return parsed
         out: list[Any] = []
         pos = start
         for line in lines:
