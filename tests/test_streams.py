@@ -397,3 +397,41 @@ def test_a_batch_is_committed_with_its_checkpoint_in_one_write(
     runs = store.list_runs(pipeline="screening")
     assert len(runs) == 6 and {r.status for r in runs} == {"succeeded"}
     assert all(store.lease(r.run_id) is None for r in runs)  # every batch's lease released
+
+
+def test_root_tasks_taking_the_context_params_or_too_much(pm: PipelineManager) -> None:
+    """A root task takes the batch as the core calls a task with one upstream result:
+    with its TaskContext and params with a default (its own, the pipeline's declared ones,
+    ``stream``) besides; a root task needing arguments no batch run gives is refused
+    before anything runs, by name."""
+    from xlib_pipeline import TaskContext
+
+    p = Pipeline("ctx", params={"limit": 2})
+
+    @p.task("tag")
+    def tag(batch: list[int], ctx: TaskContext, stream: Any = None) -> list[Any]:
+        return [(x, ctx.params["stream"]["batch"], stream["batch"]) for x in batch]
+
+    @p.task("cut", depends_on=["tag"])
+    def cut(rows: list[Any], limit: int) -> list[Any]:  # the pipeline's default: 2
+        return rows[:limit]
+
+    got: list[Any] = []
+    s = pm.stream(p, source=range(6), sink=got.extend, batch_size=3)
+    assert s.status == "completed", s.error
+    assert got == [(0, 1, 1), (1, 1, 1), (3, 2, 2), (4, 2, 2)]
+
+    two = Pipeline("two_params")
+
+    @two.task("a")
+    def a(batch: list[Any], other: Any) -> Any:
+        return batch
+
+    with pytest.raises(DefinitionError, match=r"root task 'a' takes a\(batch.*, other.*\)"):
+        pm.stream(two, source=[1])
+    mixed = Pipeline("mixed")
+    mixed.add_task("a", lambda batch: batch)
+    mixed.add_task("b", lambda x, y: 1)
+    mixed.add_task("c", lambda a, b: a, depends_on=["a", "b"])
+    with pytest.raises(DefinitionError, match=r"root task 'b' takes <lambda>\(x, y\)"):
+        pm.stream(mixed, source=[1])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
 
-from .._task import Pipeline, Task
+from .._context import call_spec
+from .._task import Pipeline, Task, param_defaults
 from ..exceptions import DefinitionError, EmptyPipelineError
 
 #: The name of the task whose output is each micro-batch (given, never run).
@@ -19,20 +20,36 @@ def _batch_placeholder() -> Any:  # pragma: no cover - always given as an input
     raise RuntimeError("the stream batch is given to each run, never computed")
 
 
-def takes_batch(fn: Callable[..., Any]) -> bool:
-    """Whether a root task's function takes one positional argument (the batch)."""
+def takes_batch(fn: Callable[..., Any], defaults: Collection[str] = ()) -> bool:
+    """Whether a root task's function takes one positional argument (the batch), as the
+    core calls a task with one upstream result: besides it, a parameter receiving the
+    :class:`~xlib_pipeline.TaskContext` and params with a default (its own, or the
+    pipeline's ``defaults``)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return False
-    try:
-        sig.bind(None)
-    except TypeError:
+    if not any(p.kind in _POSITIONAL for p in sig.parameters.values()):
         return False
-    return any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-        for p in sig.parameters.values()
-    )
+    spec, ok = call_spec(fn, 1)
+    return ok and (spec is None or set(spec.required) <= set(defaults))
+
+
+_POSITIONAL = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.VAR_POSITIONAL,
+)
+
+
+def _unfed(task: Task, defaults: Collection[str]) -> str | None:
+    """Why a root task that does not take the batch cannot run in a stream (it needs
+    arguments that no batch run gives: a stream passes no run params), else ``None``."""
+    spec, ok = call_spec(task.fn, 0)
+    if ok and (spec is None or set(spec.required) <= set(defaults)):
+        return None
+    name = getattr(task.fn, "__name__", "its function")
+    return f"root task {task.name!r} takes {name}{inspect.signature(task.fn)}"
 
 
 def derive(
@@ -67,21 +84,29 @@ def derive(
             f"(tasks: {', '.join(pipeline.tasks)})",
             task=output_task,
         )
-    derived = Pipeline(pipeline.name, description=pipeline.description)
+    # The declared params (and their defaults) apply to every batch's run.
+    derived = Pipeline(pipeline.name, description=pipeline.description, params=pipeline.params)
+    defaults = {*param_defaults(pipeline), "stream"}  # what every batch run's params hold
     table: dict[str, Task] = {BATCH_TASK: Task(name=BATCH_TASK, fn=_batch_placeholder)}
     fed: list[str] = []
+    unfed: list[str] = []
     for t in tasks:
         new = t
-        if not t.depends_on and takes_batch(t.fn):
+        if not t.depends_on and takes_batch(t.fn, defaults):
             new = attrs.evolve(t, depends_on=(BATCH_TASK,))
             fed.append(t.name)
+        elif not t.depends_on and (why := _unfed(t, defaults)) is not None:
+            unfed.append(why)
         if wrap is not None:
             new = wrap(new)
         table[t.name] = new
-    if not fed:
+    if unfed or not fed:
         raise DefinitionError(
-            f"pipeline {pipeline.name!r}: no root task takes the batch; give a task without "
-            "depends_on one parameter (it receives each micro-batch as a list of records)"
+            f"pipeline {pipeline.name!r}: "
+            + (f"{'; '.join(unfed)}: " if unfed else "no root task takes the batch; ")
+            + "a root task of a stream takes the batch (one parameter: each micro-batch as "
+            "a list of records) or nothing; besides, only its TaskContext and params with a "
+            "default (a stream's batch runs get no params of yours)"
         )
     derived._tasks.update(table)
     derived._touch()
