@@ -154,3 +154,61 @@ def test_a_stream_runs_as_a_principal_for_a_tenant(tmp_path: Path, store_backend
     assert ok.status == "completed" and len(out) == 5
     assert refused.status == "failed" and refused.batches == 0
     assert "alice" in str(refused.error) and "globex" in str(refused.error)
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from xlib_pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue() + err.getvalue()
+
+
+def test_cli_dead_letter_redaction_and_runs_show_access(tmp_path: Path) -> None:
+    """The CLI quarantines PII with --dead-letter; a failed stream's error leaves (stderr,
+    the store, runs show) redacted, shown as text (not rich markup); and runs show of a
+    tenant's stream whose first batch failed (no committed batch) still applies the
+    tenant's access policy, which it skipped."""
+    pytest.importorskip("xlib_pipeline_tenancy", reason="needs xlib-pipeline-tenancy")
+    (tmp_path / "pipe.py").write_text(
+        "from xlib_pipeline import Pipeline\n"
+        "p = Pipeline('contacts')\n"
+        "@p.task('parse')\n"
+        "def parse(batch):\n"
+        "    return [r if isinstance(r['who'], list) else {}['who: ' + r['who']] for r in batch]\n"
+        "@p.task('publish', depends_on=['parse'], clearance='internal')\n"
+        "def publish(rows):\n"
+        "    return [{'id': r['id'], 'who': r['who'][0]} for r in rows]\n"
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "classification": {"detect_pii": True},
+                "security": {"access_control": "rbac"},
+                "tenancy": {"bindings": {"alice": {"acme": ["operator"]}}},
+            }
+        )
+    )
+    rows = [{"id": 0, "who": ["x"]}, {"id": 1, "who": ["jane.doe@example.com"]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "bad.jsonl").write_text('{"id": 2, "who": "jane.doe@example.com"}\n')
+    store, common = str(tmp_path / "runs.sqlite"), ("--tenant", "acme", "--principal", "alice")
+    base = ("stream", str(tmp_path / "pipe.py"), "--config", str(tmp_path / "cfg.json"))
+    code, text = _cli(*base, "--source", f"jsonl:{tmp_path / 'in.jsonl'}", "--store", store,
+                      "--dead-letter", f"jsonl:{tmp_path / 'dead.jsonl'}", *common)  # fmt: skip
+    assert code == 0, text
+    dead = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [d["record"]["id"] for d in dead] == [1]
+
+    # A task error quoting the record (a KeyError naming it): redacted wherever it goes.
+    code, text = _cli(*base, "--source", f"jsonl:{tmp_path / 'bad.jsonl'}", "--store", store,
+                      "--name", "bad", *common)  # fmt: skip
+    assert code == 1 and "jane.doe" not in text and "[redacted" in text, text
+    code, text = _cli("runs", "show", "bad", "--store", store, "--principal", "alice")
+    assert code == 0 and "jane.doe" not in text and "[redacted" in text, text
+    code, text = _cli("runs", "show", "bad", "--store", store, "--principal", "mallory")
+    assert code != 0 and "mallory" in text and "acme" in text, text

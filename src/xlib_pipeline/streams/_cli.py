@@ -21,6 +21,9 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     sp.add_argument("--follow", action="store_true", help="tail a growing JSON-lines file")
     sp.add_argument("--sink", help="sink URL: jsonl:PATH, redis://... (default: none)")
     sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
+    sp.add_argument(
+        "--dead-letter", help="sink URL for records of a failed batch that fail alone (PII ...)"
+    )
     sp.add_argument("--store", help="run store file or postgresql:// URL (checkpoints live there)")
     sp.add_argument("--name", help="stream name (default: the pipeline's name)")
     sp.add_argument("--batch-size", type=int, default=1000, help="records per batch at most")
@@ -58,36 +61,108 @@ def cmd_stream(args: argparse.Namespace) -> int:
     monitor = sys.stderr.isatty() if args.monitor is None else args.monitor
     from .._manager import PipelineManager
 
+    name = args.name or pipeline.name
     with PipelineManager(config) as pm:
-        stream = pm.stream(
-            pipeline,
-            source=args.source,
-            source_options={"follow": True} if args.follow else None,
-            sink=args.sink,
-            late_sink=args.late_sink,
-            name=args.name,
-            batch_size=args.batch_size,
-            batch_timeout=args.batch_timeout,
-            max_in_flight=args.max_in_flight,
-            from_start=args.from_start,
-            output_task=args.output_task,
-            max_batches=args.max_batches,
-            max_records=args.max_records,
-            idle_timeout=args.idle_timeout,
-            on_batch=print_progress if monitor else None,
-            **options,
+        try:
+            stream: Any = pm.stream(
+                pipeline,
+                source=args.source,
+                source_options={"follow": True} if args.follow else None,
+                sink=args.sink,
+                late_sink=args.late_sink,
+                dead_letter=args.dead_letter,
+                name=name,
+                batch_size=args.batch_size,
+                batch_timeout=args.batch_timeout,
+                max_in_flight=args.max_in_flight,
+                from_start=args.from_start,
+                output_task=args.output_task,
+                max_batches=args.max_batches,
+                max_records=args.max_records,
+                idle_timeout=args.idle_timeout,
+                on_batch=print_progress if monitor else None,
+                **options,
+            )
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the stream stopped (see Stream.run)
+            stream = _stopped(pm, name)
+            if stream is None:
+                raise
+        if monitor:
+            sys.stderr.write("\n")
+        print(
+            f"stream {stream.name} {stream.status}: {stream.records} records, "
+            f"{stream.batches} batches, {stream.outputs} outputs, {stream.late} late",
+            file=sys.stderr,
         )
-    if monitor:
-        sys.stderr.write("\n")
-    print(
-        f"stream {stream.name} {stream.status}: {stream.records} records, "
-        f"{stream.batches} batches, {stream.outputs} outputs, {stream.late} late",
-        file=sys.stderr,
-    )
-    if stream.error is not None:
-        print(f"error: {stream.error}", file=sys.stderr)
-        return 1
+        if stream.error is not None:
+            # Error texts quote records: they leave through redaction (PII detectors).
+            print(f"error: {pm.describe_error(stream.error, tenant=args.tenant)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _stopped(pm: Any, name: str) -> Any:
+    """Stream ``name`` as its checkpoint records it after a Ctrl-C or SIGTERM, when that
+    stopped it (the stream records the stop before the interrupt reaches the CLI)."""
+    from types import SimpleNamespace
+
+    from .._tables import open_checkpoints
+
+    ckpt = open_checkpoints(pm.store, "stream")
+    try:
+        rec = ckpt.load(name)
+    finally:
+        ckpt.close()
+    if rec is None or rec.status != "stopped":
+        return None
+    return SimpleNamespace(
+        name=name,
+        status=rec.status,
+        records=rec.records,
+        batches=rec.seq,
+        outputs=rec.outputs,
+        late=rec.late,
+        error=None,
+    )
+
+
+#: Columns ``runs show STREAM``'s table needs unfolded (a run id and small numbers).
+ID_WIDTH_TABLE = 100
+
+
+def _check_access(store: Any, rec: Any, batches: Any, guard: Any) -> None:
+    """Apply the access policy of the stream's latest batch run to reading the stream: its
+    last committed batch's run, else (none committed: the first batch failed, or the runs
+    were pruned) its newest recorded run. A stream of a tenant with no run to take the
+    policy from is shown only under ``--config``'s policy."""
+    from ..exceptions import UsageError
+
+    run = None
+    last = next((b.run_id for b in batches if b.run_id), None)
+    if last is not None:
+        try:
+            run = store.get_run(last)
+        except PipelineError:
+            run = None
+    if run is None:
+        runs = store.list_runs(pipeline=rec.pipeline, limit=200)
+        run = next((r for r in runs if r.source == f"stream:{rec.name}"), None)
+    if run is not None:
+        guard.check(run, store.get_tasks(run.run_id).values())
+        return
+    if rec.tenant is None:
+        return
+    if guard.forced is None:
+        raise UsageError(
+            f"stream {rec.name!r} (tenant {rec.tenant!r}) has no recorded batch run to take "
+            "its access policy from; pass the policy with --config"
+        )
+    from types import SimpleNamespace
+
+    stand_in = SimpleNamespace(
+        run_id=f"(stream {rec.name})", pipeline=rec.pipeline, tenant=rec.tenant, config={}
+    )
+    guard.check(stand_in)
 
 
 def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
@@ -103,14 +178,8 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
         batches = ckpt.batches(name, limit=10)
     finally:
         ckpt.close()
-    last = next((b for b in batches if b.run_id), None)
-    if last is not None and guard is not None:  # the stream's data is read under its policy
-        try:
-            run = store.get_run(last.run_id or "")
-        except PipelineError:
-            run = None
-        if run is not None:
-            guard.check(run, store.get_tasks(run.run_id).values())
+    if guard is not None:  # the stream's data is read under its policy
+        _check_access(store, rec, batches, guard)
     span = (rec.updated or 0) - (rec.started or 0)
     info = {
         "stream": rec.name,
@@ -145,19 +214,28 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
     if as_json:
         print(json.dumps(info, indent=2, default=repr))
         return True
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
-    console.print(
-        f"[bold]{rec.pipeline}[/] stream {rec.name}: {rec.status}, {rec.records} records in "
-        f"{rec.seq} batches, {rec.outputs} outputs, {rec.late} late, lag "
+    from ..cli._format import console as make_console
+
+    # Stored strings (names, URLs, offsets, the error) are shown as plain Text, never rich
+    # markup: a redacted error reads "[redacted: ...]"; the table is as wide as it needs.
+    console = make_console(ID_WIDTH_TABLE)
+    head = Text(rec.pipeline, style="bold")
+    head.append(
+        f" stream {rec.name}: {rec.status}, {rec.records} records in {rec.seq} batches, "
+        f"{rec.outputs} outputs, {rec.late} late, {rec.dead} dead-lettered, lag "
         f"{'?' if rec.lag is None else rec.lag}"
     )
-    console.print(f"source {rec.source} -> sink {rec.sink}")
+    console.print(head, highlight=False, soft_wrap=True)
+    console.print(Text(f"source {rec.source} -> sink {rec.sink}"), highlight=False)
     console.print(
-        f"last checkpoint: batch {rec.seq}, source offset {rec.offset!r}, "
-        f"sink position {rec.position!r}"
+        Text(
+            f"last checkpoint: batch {rec.seq}, source offset {rec.offset!r}, "
+            f"sink position {rec.position!r}"
+        ),
+        highlight=False,
     )
     if span > 0 and rec.records:
         console.print(f"average {rec.records / span:,.0f} records/s since the stream started")
@@ -171,12 +249,12 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
         table.add_row(
             str(b.seq),
             b.run_id or "(sink catch-up)",
-            f"{b.start_offset!r}..{b.end_offset!r}",
+            Text(f"{b.start_offset!r}..{b.end_offset!r}"),
             str(b.records),
             str(b.outputs),
             str(b.late),
         )
     console.print(table)
     if rec.error:
-        console.print(f"error: {rec.error}")
+        console.print(Text(f"error: {rec.error}"), highlight=False)
     return True

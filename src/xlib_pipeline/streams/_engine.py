@@ -398,9 +398,12 @@ class Stream(Confirming, StreamStart):
         if not result.success and outcome.outputs is None:
             self._settle()  # a failed commit before it is the story
             err = result.error
+            # The stream's error is stored, printed and audited in clear: a task error
+            # quoting a record leaves through redaction (PII detectors), as a run's does.
+            why = self.pm.redact(str(err), tenant=self._tenant)
             raise StreamError(
                 f"stream {self.name!r}: batch {seq} (offsets {batch.start}..{batch.end}, "
-                f"run {result.run_id}) {result.status}: {type(err).__name__}: {err}; "
+                f"run {result.run_id}) {result.status}: {type(err).__name__}: {why}; "
                 f"batches up to {seq - 1} are committed, a restart retries batch {seq}"
             ) from err
         if outcome.outputs is not None:
