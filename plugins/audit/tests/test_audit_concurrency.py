@@ -46,11 +46,15 @@ class TestThreads:
         for i in range(40):
             p.add_task(f"t{i}", lambda: 1)
         threads = [threading.Thread(target=pm.execute_pipeline, args=(p,)) for pm in pms]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert pms[0].get_plugin("audit").trail is pms[1].get_plugin("audit").trail
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert pms[0].get_plugin("audit").trail is pms[1].get_plugin("audit").trail
+        finally:
+            for pm in pms:
+                pm.close()
         report = verify(path)
         assert report.ok, str(report)
         assert report.records == 2 * (40 * 2 + 2)

@@ -57,7 +57,7 @@ class TestDiscovery:
 
 @pytest.mark.skipif(not GUIDE.exists(), reason="user guide not available")
 class TestGuideMultiTenant:
-    def test_audit_part_of_enterprise_example(self, tmp_path):
+    def test_audit_part_of_enterprise_example(self, tmp_path, request):
         """The guide's multi-tenant pattern (pm.audit_log under @task) with audit keys only."""
         text = GUIDE.read_text()
         assert "@self.pm.audit_log(tenant_id=tenant_id)" in text
@@ -83,6 +83,7 @@ class TestGuideMultiTenant:
                 return p
 
         ent = Enterprise()
+        request.addfinalizer(ent.pm.close)  # its trail and the trail's flusher thread
         results = {t: ent.pm.execute_pipeline(ent.build(t)) for t in ("corp_a", "startup_b")}
         assert all(r["success"] for r in results.values())
         path = ent.pm.get_plugin("audit").path

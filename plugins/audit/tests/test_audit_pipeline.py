@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 
 import pytest
@@ -20,8 +22,22 @@ from xlib_pipeline import (
 MARKER = "RAW-VALUE-MARKER-7f3a"
 
 
+_OPENED: list[PipelineManager] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_managers():
+    """Close every manager a test made with ``_pm`` (many never close theirs): an open
+    manager keeps its trail, and the trail's ``xlib-audit-sync`` flusher thread, alive."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _pm(config: dict, *extra: object) -> PipelineManager:
-    return PipelineManager(config, entry_points=False, plugins=[AuditPlugin(), *extra])
+    pm = PipelineManager(config, entry_points=False, plugins=[AuditPlugin(), *extra])
+    _OPENED.append(pm)
+    return pm
 
 
 class TestRun:
@@ -256,6 +272,39 @@ class TestDirectCalls:
         assert not [r for r in list(read(path))[before:] if r["action"].startswith("call.")]
         assert MARKER not in path.read_text()
         assert verify(path).ok
+
+    def test_a_call_after_close_is_audited_and_leaves_no_trail_open(self, tmp_path):
+        """A pm.audit_log function called after pm.close() reopened the manager's trail,
+        which nothing closed again: the file and its xlib-audit-sync thread stayed open until
+        the process exited (one more per closed manager). The call is still audited, through
+        a reference to the trail released as soon as its record is written."""
+        from xlib_pipeline_audit._trail import registry
+
+        path = tmp_path / "a.jsonl"
+        pm = _pm({"audit": {"path": str(path), "fsync": "batch"}})
+
+        @pm.audit_log(operation="late")
+        def late():
+            return 1
+
+        assert late() == 1
+        pm.close()
+        before = set(threading.enumerate())
+        assert late() == 1
+        with pytest.raises(ZeroDivisionError):
+            pm.audit_log(operation="div")(lambda: 1 / 0)()
+        assert os.path.realpath(path) not in registry.open
+        left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("xlib-")]
+        assert not left, f"a call after close left {left} running"
+        recs = list(read(path))
+        assert [(r["action"], r.get("operation"), r["outcome"]) for r in recs[2:]] == [
+            ("call.started", "late", "started"),
+            ("call.finished", "late", "succeeded"),
+            ("call.started", "div", "started"),
+            ("call.finished", "div", "failed"),
+        ]
+        report = verify(path)
+        assert report.ok and report.unanchored == 0
 
     def test_decorator_without_audit_config_uses_defaults(self, _audit_home):
         """pm.audit_log with no audit config is never ignored: the default trail records it."""

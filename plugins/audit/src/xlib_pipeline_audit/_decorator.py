@@ -89,7 +89,6 @@ def call_started(
     task: str | None = None,
 ) -> tuple[dict[str, Any], bool, float]:
     """Write (and flush) the ``call.started`` record of a direct call."""
-    trail = plugin.writer()
     use_digests = plugin.settings.digests if digests is None else digests
     base = {
         "actor": plugin.actor,
@@ -107,7 +106,12 @@ def call_started(
         from ._canonical import digest
 
         start["input_digest"] = digest((args, kwargs), plugin.key)
-    trail.append(start, wait=True)  # in the file before the call runs, like a task
+    trail, borrowed = plugin.call_trail()
+    try:
+        trail.append(start, wait=True)  # in the file before the call runs, like a task
+    finally:
+        if borrowed:
+            trail.release()
     return base, use_digests, time.perf_counter()
 
 
@@ -132,9 +136,13 @@ def call_finished(
         from ._canonical import digest
 
         end["output_digest"] = digest(out, plugin.key)
-    trail = plugin.writer()
-    trail.append(end)
-    trail.sync()  # and synced when it ends, as a run is
+    trail, borrowed = plugin.call_trail()
+    try:
+        trail.append(end)
+        trail.sync()  # and synced when it ends, as a run is
+    finally:
+        if borrowed:
+            trail.release()
 
 
 class DirectCalls:

@@ -77,6 +77,8 @@ class AuditPlugin:
         self.explicitly_off = False
         self._manager: Any = None
         self._stop_observing: Callable[[], None] | None = None
+        #: The manager was closed (and released its trail): see :meth:`call_trail`.
+        self.closed = False
         #: Signs checkpoints of the trail's head (``audit.checkpoint_key_file``), or None.
         self.checkpointer: Checkpointer | None = None
 
@@ -154,6 +156,7 @@ class AuditPlugin:
     @hookimpl
     def configure(self, manager: Any, config: Any) -> None:
         self._manager = manager
+        self.closed = False
         section = config.get("audit") if config.given("audit") else None
         flags = [k for k in FLAG_KEYS if config.given(k) and config.get(k)]
         if section is not None and not section.enabled:
@@ -221,6 +224,7 @@ class AuditPlugin:
         if trail is not None and self.checkpointer is not None and not trail.closed:
             self.checkpoint(force=True)  # the last records get a checkpoint too
         self._trail = None
+        self.closed = True
         if trail is not None:
             trail.release()
 
@@ -241,24 +245,40 @@ class AuditPlugin:
                     "PipelineManager config",
                     key="audit",
                 )
-            from ._registry import open_trail
-
-            s = self.settings
-            trail = open_trail(
-                self.path,
-                fsync=s.fsync,
-                batch_size=s.batch_size,
-                batch_interval_ms=s.batch_interval_ms,
-                write_through=s.write_through,
-                key=self.key,
-                multiprocess=s.multiprocess,
-                max_bytes=s.max_bytes,
-                rotate=s.rotate,
-                processors=self._processors,
-                destinations=self._destinations,
-            )
-            self._trail = trail
+            trail = self._trail = self._open()
         return trail
+
+    def call_trail(self) -> tuple[AuditTrail, bool]:
+        """The trail a direct call's record goes to, and whether the caller must release it.
+
+        Once the manager is closed a ``pm.audit_log`` function may still be called: its
+        record is written through a reference of its own, released once written, instead
+        of reopening the manager's trail, which nothing would close again (the trail, its
+        file and its ``xlib-audit-sync`` thread stayed open until the process exited)."""
+        if not self.closed:
+            return self.writer(), False
+        if self.path is None:
+            self.writer()  # raises: auditing is off
+        return self._open(), True
+
+    def _open(self) -> AuditTrail:
+        from ._registry import open_trail
+
+        assert self.path is not None
+        s = self.settings
+        return open_trail(
+            self.path,
+            fsync=s.fsync,
+            batch_size=s.batch_size,
+            batch_interval_ms=s.batch_interval_ms,
+            write_through=s.write_through,
+            key=self.key,
+            multiprocess=s.multiprocess,
+            max_bytes=s.max_bytes,
+            rotate=s.rotate,
+            processors=self._processors,
+            destinations=self._destinations,
+        )
 
     def add_processor(self, processor: Callable[[Any, str, Any], Any]) -> None:
         """Add a structlog processor run on every record before it is hashed."""
