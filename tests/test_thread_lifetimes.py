@@ -18,7 +18,9 @@ import pytest
 from xlib_pipeline import Pipeline, PipelineManager, _lease
 from xlib_pipeline.store import RunStore
 
-JOIN_S = 10.0  # generous: a thread that is told to stop ends in milliseconds
+# Generous for a thread told to stop (it ends in milliseconds), and shorter than the lease
+# heartbeat's HEARTBEAT_S (10 s), so a thread that only ends at its next timer is caught.
+JOIN_S = 5.0
 
 
 def ours(threads: Iterable[threading.Thread]) -> set[threading.Thread]:
