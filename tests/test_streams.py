@@ -473,3 +473,48 @@ def test_cli_stream_stopped_by_sigterm_exits_0(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "stream tail stopped: 30 records, 3 batches, 30 outputs" in err
+
+
+def test_runs_show_prints_a_broker_batchs_offsets_briefly(tmp_path: Path) -> None:
+    """A broker source's offset lists the batch's entry ids (Redis); runs show printed the
+    whole lists, one per batch shown and the checkpoint's (70 kB for batches of 50). The
+    text shows the first, last and count, as audit records and the monitor do; --json keeps
+    them whole."""
+    import contextlib
+    import io
+
+    from xlib_pipeline.cli import main
+    from xlib_pipeline.streams import BaseSource, SourceBatch
+
+    class Broker(BaseSource):
+        url = "broker:test"
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def seek(self, offset: Any) -> None:
+            self.n = 0 if offset is None else int(offset["last"])
+
+        def read(self, max_records: int, timeout: float) -> SourceBatch | None:
+            if self.n >= 300:
+                return None
+            ids = [str(i) for i in range(self.n + 1, self.n + max_records + 1)]
+            start, self.n = {"ids": [], "last": str(self.n)}, self.n + max_records
+            return SourceBatch(records=ids, start=start, end={"ids": ids, "last": ids[-1]})
+
+    store = tmp_path / "runs.sqlite"
+    with PipelineManager({"store": {"path": str(store)}}, entry_points=False) as pm:
+        p = Pipeline("ids")
+        p.add_task("keep", lambda batch: batch)
+        s = pm.stream(p, source=Broker(), sink=None, batch_size=100)
+        assert s.status == "completed" and s.records == 300, s.error
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["runs", "show", "ids", "--store", str(store)]) == 0
+    text = buf.getvalue()
+    assert "'150'" not in text, text  # no id from inside a batch
+    assert "{'first': '201', 'last': '300', 'count': 100}" in text
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["runs", "show", "ids", "--store", str(store), "--json"]) == 0
+    assert len(json.loads(buf.getvalue())["checkpoint"]["offset"]["ids"]) == 100

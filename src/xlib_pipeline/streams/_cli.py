@@ -218,6 +218,7 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
     from rich.text import Text
 
     from ..cli._format import console as make_console
+    from ._batch import brief_offset
 
     # Stored strings (names, URLs, offsets, the error) are shown as plain Text, never rich
     # markup: a redacted error reads "[redacted: ...]"; the table is as wide as it needs.
@@ -232,7 +233,7 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
     console.print(Text(f"source {rec.source} -> sink {rec.sink}"), highlight=False)
     console.print(
         Text(
-            f"last checkpoint: batch {rec.seq}, source offset {rec.offset!r}, "
+            f"last checkpoint: batch {rec.seq}, source offset {brief_offset(rec.offset)!r}, "
             f"sink position {rec.position!r}"
         ),
         highlight=False,
@@ -249,7 +250,7 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
         table.add_row(
             str(b.seq),
             b.run_id or "(sink catch-up)",
-            Text(f"{b.start_offset!r}..{b.end_offset!r}"),
+            Text(f"{brief_offset(b.start_offset)!r}..{brief_offset(b.end_offset)!r}"),
             str(b.records),
             str(b.outputs),
             str(b.late),
