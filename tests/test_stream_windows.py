@@ -138,3 +138,18 @@ def test_bad_window_options_and_records_are_named(store_backend: Any) -> None:
             pm.stream(p2, source=[], max_in_flight=2)
         with pytest.raises(Exception, match="'threads' or 'inline' executor"):
             pm.stream(p2, source=[], executor="processes")
+
+
+def test_a_window_type_is_checked_against_its_slide(manager: Any) -> None:
+    """docs/streams.md: ``type`` is checked against ``slide``; 'tumbling' with a smaller
+    slide was refused, but 'sliding' without one (a tumbling window) was accepted."""
+    for opts, why in (
+        ({"size": 10, "field": "ts", "type": "sliding"}, "a sliding window has slide < size"),
+        ({"size": 10, "field": "ts", "slide": 5, "type": "tumbling"}, "slide == size"),
+    ):
+        p = Pipeline("typed")
+        with pytest.raises(DefinitionError, match=rf"task 'agg'.*{why}"):
+            p.add_task("agg", lambda w: w, window=opts)
+            manager.stream(p, source=[])
+    ok = {"size": 10, "field": "ts", "slide": 5, "type": "sliding"}
+    Pipeline("typed").add_task("agg", lambda w: w, window=ok)  # a smaller slide: fine

@@ -84,6 +84,11 @@ class WindowSpec:
             raise ValueError(f"'type' must be 'tumbling' or 'sliding', got {kind!r}")
         if kind == "tumbling" and slide != size:
             raise ValueError("a tumbling window has slide == size; use type 'sliding'")
+        if kind == "sliding" and slide == size:
+            raise ValueError(
+                "a sliding window has slide < size (with slide == size, the default, it is "
+                "tumbling); give 'slide'"
+            )
         if slide > size:
             raise ValueError(f"'slide' ({slide}) larger than 'size' ({size}) would skip records")
         field = value["field"]
