@@ -212,3 +212,29 @@ def test_cli_dead_letter_redaction_and_runs_show_access(tmp_path: Path) -> None:
     assert code == 0 and "jane.doe" not in text and "[redacted" in text, text
     code, text = _cli("runs", "show", "bad", "--store", store, "--principal", "mallory")
     assert code != 0 and "mallory" in text and "acme" in text, text
+
+
+def test_a_failed_batchs_error_is_not_stored_in_clear_when_errors_are_sealed(
+    store_backend: Any,
+) -> None:
+    """With encryption at rest a batch run's error is stored sealed; the stream's error
+    (the streams row, runs show STREAM) quoted the same text in clear, a record's values
+    included. It now points to the run; the Python caller still gets the whole text."""
+    p = Pipeline("leaky")
+
+    @p.task("check")
+    def check(batch: list[dict[str, Any]]) -> list[Any]:
+        raise ValueError(f"bad record {batch[0]}")
+
+    config = {"store": store_backend.section, "security": {"encryption_at_rest": True}}
+    with PipelineManager(config) as pm:
+        s = pm.stream(p, source=[{"card": "4111-1111"}], sink=None)
+        ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+        try:
+            rec = ckpt.load("leaky")
+        finally:
+            ckpt.close()
+    assert s.status == "failed" and "4111-1111" in str(s.error)
+    assert rec is not None and rec.error is not None
+    assert "4111-1111" not in rec.error
+    assert f"runs show {s.last_run_id}" in rec.error and "batch 1" in rec.error

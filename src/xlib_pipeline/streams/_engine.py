@@ -190,6 +190,7 @@ class Stream(Confirming, StreamStart):
     def _finish(self) -> None:
         self.finished = time.time()
         err = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        err = getattr(self.error, "stored", None) or err  # a sealed batch error's pointer
         try:
             if self.status != "created" and self.checkpoint is not None:
                 self._event(
@@ -397,15 +398,7 @@ class Stream(Confirming, StreamStart):
         self.last_run_id = result.run_id
         if not result.success and outcome.outputs is None:
             self._settle()  # a failed commit before it is the story
-            err = result.error
-            # The stream's error is stored, printed and audited in clear: a task error
-            # quoting a record leaves through redaction (PII detectors), as a run's does.
-            why = self.pm.redact(str(err), tenant=self._tenant)
-            raise StreamError(
-                f"stream {self.name!r}: batch {seq} (offsets {batch.start}..{batch.end}, "
-                f"run {result.run_id}) {result.status}: {type(err).__name__}: {why}; "
-                f"batches up to {seq - 1} are committed, a restart retries batch {seq}"
-            ) from err
+            raise self._batch_error(seq, batch, result) from result.error
         if outcome.outputs is not None:
             out = outcome.outputs
         else:

@@ -40,6 +40,26 @@ class StreamPayloads:
             assert self.checkpoint is not None
             self.late_sink.write(late, Checkpoint(seq=seq, offset=None, position=None), self.source)
 
+    def _batch_error(self, seq: int, batch: Any, result: Any) -> StreamError:
+        """The stream's error for failed batch ``seq``, quoting its run's error. A task
+        error may quote a record: it goes through redaction (PII detectors), as a run's
+        does; when the run's error texts are stored sealed (encryption), the stored copy
+        of the stream's error (``runs show``, the ``failed`` event) points to the run
+        instead of quoting it in clear (``stored``)."""
+        from .._store_recorder import _sealing
+
+        err = result.error
+        head = (
+            f"stream {self.name!r}: batch {seq} (offsets {batch.start}..{batch.end}, "
+            f"run {result.run_id}) {result.status}: {type(err).__name__}: "
+        )
+        tail = f"; batches up to {seq - 1} are committed, a restart retries batch {seq}"
+        exc = StreamError(head + self.pm.redact(str(err), tenant=self._tenant) + tail)
+        if _sealing(self.pm.hooks):
+            sealed = f"(stored sealed: xlib-pipeline runs show {result.run_id})"
+            exc.stored = f"StreamError: {head}{sealed}{tail}"  # type: ignore[attr-defined]
+        return exc
+
     # -- payloads at rest -------------------------------------------------------------------
 
     def _ref(self, kind: str) -> PayloadRef:
