@@ -518,3 +518,17 @@ def test_runs_show_prints_a_broker_batchs_offsets_briefly(tmp_path: Path) -> Non
     with contextlib.redirect_stdout(buf):
         assert main(["runs", "show", "ids", "--store", str(store), "--json"]) == 0
     assert len(json.loads(buf.getvalue())["checkpoint"]["offset"]["ids"]) == 100
+
+
+def test_a_source_that_ends_completes_with_an_idle_timeout(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    """idle_timeout stops an endless stream (stopped); a stream whose source ended within
+    it completed, but was reported stopped whenever idle_timeout was set."""
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, 30)
+    s = pm.stream(screening(), source=f"jsonl:{src}", sink=None, idle_timeout=30, name="ends")
+    assert s.status == "completed" and s.records == 30
+    s = pm.stream(screening(), source=f"jsonl:{src}", source_options={"follow": True},
+                  sink=None, idle_timeout=0.2, batch_timeout=0.05, name="tails")  # fmt: skip
+    assert s.status == "stopped" and s.records == 30

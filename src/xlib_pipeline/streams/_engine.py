@@ -237,6 +237,7 @@ class Stream(Confirming, StreamStart):
         idle_since = time.monotonic()
         reading = True
         full = False  # the last read returned all it was asked for: more is likely ready
+        idled = False  # idle_timeout stopped the reading
         try:
             while reading or pending:
                 if self._deferred and not (full and reading):
@@ -273,7 +274,7 @@ class Stream(Confirming, StreamStart):
                             self.idle_timeout is not None
                             and time.monotonic() - idle_since >= self.idle_timeout
                         ):
-                            reading = False
+                            reading, idled = False, True
                         elif not pending:
                             continue
                     else:
@@ -307,10 +308,9 @@ class Stream(Confirming, StreamStart):
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if self.status == "running":
-            self.status = "stopped" if self._stop.is_set() or self._limit_reached() else "completed"
-            if self.idle_timeout is not None and self.status == "completed":
-                self.status = "stopped"
+        if self.status == "running":  # completed: the source ended (not idle, a limit, stop())
+            stopped = self._stop.is_set() or self._limit_reached() or idled
+            self.status = "stopped" if stopped else "completed"
 
     # -- one batch --------------------------------------------------------------------------
 
