@@ -177,3 +177,31 @@ def test_an_output_record_that_is_not_json_names_its_type(tmp_path: Path) -> Non
     assert "NoneType" not in str(exc.value)
     sink.close()
     assert (tmp_path / "out.jsonl").read_bytes() == b""  # nothing of the batch written
+
+
+def test_an_idle_followed_file_is_polled_every_poll_interval_with_timeout_0(
+    tmp_path: Path,
+) -> None:
+    """batch_timeout=0 on a followed file read in a busy loop while it was idle (a CPU
+    each); the source still polls every poll_interval then. A bound on the reads while
+    idle, not a timing: a slower machine only reads fewer times."""
+    from xlib_pipeline import Pipeline, PipelineManager
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("")
+    src = JsonLinesSource(path, follow=True, poll_interval=0.1)
+    reads: list[int] = []
+    real = src.read
+
+    def counted(max_records: int, timeout: float) -> Any:
+        reads.append(1)
+        return real(max_records, timeout)
+
+    src.read = counted  # type: ignore[method-assign]
+    p = Pipeline("idle")
+    p.add_task("keep", lambda batch: batch)
+    config = {"store": {"path": str(tmp_path / "r.sqlite")}}
+    with PipelineManager(config, entry_points=False) as pm:
+        s = pm.stream(p, source=src, sink=None, batch_timeout=0, idle_timeout=0.5)
+    assert s.status == "stopped"
+    assert len(reads) <= 20, len(reads)  # 0.5 s / 0.1 s: about 5; busy: tens of thousands

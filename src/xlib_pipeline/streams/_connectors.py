@@ -255,6 +255,10 @@ class JsonLinesSource(BaseSource):
             if deadline is None:
                 deadline = now + timeout
             if now >= deadline:
+                if not lines and timeout < self.poll_interval:
+                    # Nothing new within a timeout shorter than the poll interval (0, say):
+                    # still poll every poll_interval, not in a busy loop while idle.
+                    time.sleep(self.poll_interval - timeout)
                 break
             time.sleep(min(self.poll_interval, max(0.0, deadline - now)))
         end = start + sum(map(len, lines))  # where the file is (no lseek(2) for a tell())
