@@ -532,3 +532,19 @@ def test_a_source_that_ends_completes_with_an_idle_timeout(
     s = pm.stream(screening(), source=f"jsonl:{src}", source_options={"follow": True},
                   sink=None, idle_timeout=0.2, batch_timeout=0.05, name="tails")  # fmt: skip
     assert s.status == "stopped" and s.records == 30
+
+
+def test_an_unknown_executor_is_refused_before_the_stream_starts(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    """--executor nosuch: the stream was created, its sink opened, and it failed at its
+    first batch (exit 1, a 'failed' stream in the store); it is a ConfigError up front."""
+    with pytest.raises(ConfigError, match="unknown executor 'nosuch'"):
+        pm.stream(screening(), source=[{"id": 1, "amount": 1}], sink=f"jsonl:{tmp_path / 'o'}",
+                  executor="nosuch")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+    ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+    try:
+        assert ckpt.load("screening") is None
+    finally:
+        ckpt.close()

@@ -188,6 +188,8 @@ def run_stream(
     )
     # Refuse a bad pipeline, option or a missing store before anything is read or written.
     pm.validate_pipeline(stream.batch_pipeline)
+    if isinstance(run_kwargs.get("executor"), str):  # built (kept warm) for the batches
+        pm.executor(run_kwargs["executor"])
     if pm.store is None:
         raise ConfigError(
             f"stream {stream.name!r} needs a run store for its checkpoints: configure "
