@@ -357,3 +357,44 @@ def test_adopted_batches_of_another_source_count_their_outputs(
         s = pm.stream(scoring(), source=rows, **args)
     assert s.error is None and outputs(r) == list(range(50))
     assert (s.records, s.outputs, s.batches) == (40, 50, 5)
+
+
+def test_a_password_in_the_url_is_never_stored_or_shown(
+    r: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """redis://user:PASSWORD@host: the password was kept in the connectors' url, so the
+    run store (the stream's source and sink), runs show, audit and lineage records and
+    error messages held it in clear. It is masked; the connection still uses it."""
+    r.acl_setuser("streamer", enabled=True, passwords=["+s3cret-pw"], keys=["*"],
+                  commands=["+@all"])  # fmt: skip
+    try:
+        authed = redis_url.replace("redis://", "redis://streamer:s3cret-pw@")
+        fill(r, 5)
+        db = tmp_path / "runs.sqlite"
+        with PipelineManager({"store": {"path": str(db)}}) as pm:
+            s = pm.stream(scoring(), source=f"{authed}/in?group=g", sink=f"{authed}/out",
+                          idle_timeout=0.2)  # fmt: skip
+            assert s.status == "stopped" and s.outputs == 5, s.error
+            with pytest.raises(ConfigError) as bad:
+                pm.stream(scoring(), source=f"{authed}/in?group=g&grup=x")
+        assert "s3cret-pw" not in str(bad.value) and "streamer:***@" in str(bad.value)
+        with sqlite3.connect(db) as c:
+            dump = "\n".join(c.iterdump())
+        assert "s3cret-pw" not in dump and "streamer:***@" in dump
+    finally:
+        r.acl_deluser("streamer")
+
+
+def test_bad_numeric_url_parameters_are_named(redis_url: str, tmp_path: Path) -> None:
+    """maxlen=abc failed with a bare \"invalid literal for int()\" (no URL, no parameter);
+    maxlen=0 was taken (every output trimmed away) and claim_idle_ms=-5 failed only at
+    the first read (an XAUTOCLAIM DataError). All are ConfigErrors naming URL and key."""
+    with PipelineManager({"store": {"path": str(tmp_path / "runs.sqlite")}}) as pm:
+        for sink, why in (
+            (f"{redis_url}/out?maxlen=abc", "maxlen must be an int >= 1, got 'abc'"),
+            (f"{redis_url}/out?maxlen=0", "maxlen must be an int >= 1, got '0'"),
+        ):
+            with pytest.raises(ConfigError, match=rf"sink '{redis_url}/out\?maxlen=.*{why}"):
+                pm.stream(scoring(), source=[], sink=sink)
+        with pytest.raises(ConfigError, match=r"claim_idle_ms must be an int >= 0, got '-5'"):
+            pm.stream(scoring(), source=f"{redis_url}/in?group=g&claim_idle_ms=-5")

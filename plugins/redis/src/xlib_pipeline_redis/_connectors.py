@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 
@@ -38,23 +38,24 @@ CLAIM_INTERVAL_MAX = 60.0
 
 def _parse(url: str, role: str, allowed: set[str]) -> tuple[str, str, dict[str, str]]:
     parts = urlsplit(url)
+    shown = _shown(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"{role} {url!r}: expected redis://HOST:PORT[/DB]/STREAM", key=role)
+        raise ConfigError(f"{role} {shown!r}: expected redis://HOST:PORT[/DB]/STREAM", key=role)
     segments = [s for s in parts.path.split("/") if s]
     if not segments:
-        raise ConfigError(f"{role} {url!r}: no stream name (redis://HOST:PORT/STREAM)", key=role)
+        raise ConfigError(f"{role} {shown!r}: no stream name (redis://HOST:PORT/STREAM)", key=role)
     db = "0"
     if len(segments) == 2 and segments[0].isdigit():
         db, stream = segments
     elif len(segments) == 1:
         stream = segments[0]
     else:
-        raise ConfigError(f"{role} {url!r}: expected one stream name after the host", key=role)
+        raise ConfigError(f"{role} {shown!r}: expected one stream name after the host", key=role)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - allowed
     if unknown:
         raise ConfigError(
-            f"{role} {url!r}: unknown parameter(s) {sorted(unknown)}; expected {sorted(allowed)}",
+            f"{role} {shown!r}: unknown parameter(s) {sorted(unknown)}; expected {sorted(allowed)}",
             key=role,
         )
     auth = f"{parts.username or ''}:{parts.password}@" if parts.password else ""
@@ -62,11 +63,34 @@ def _parse(url: str, role: str, allowed: set[str]) -> tuple[str, str, dict[str, 
     return server, stream, query
 
 
+def _shown(url: str) -> str:
+    """``url`` with its password masked: how messages, the run store (the stream's source
+    and sink), ``runs show``, audit and lineage name a server."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _int(url: str, role: str, key: str, value: Any, low: int) -> int:
+    """URL parameter ``key`` as an int >= ``low``, else a ConfigError naming it."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = low - 1
+    if isinstance(value, bool) or n < low:
+        raise ConfigError(
+            f"{role} {_shown(url)!r}: {key} must be an int >= {low}, got {value!r}", key=role
+        )
+    return n
+
+
 def _check_options(url: str, role: str, options: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(
-            f"{role} {url!r}: option(s) {sorted(unknown)} do not apply to Redis streams "
+            f"{role} {_shown(url)!r}: option(s) {sorted(unknown)} do not apply to Redis streams "
             f"(--follow is for files: a Redis source always waits for new entries); "
             f"expected {sorted(allowed)}",
             key=role,
@@ -105,7 +129,7 @@ class RedisStreamSource(BaseSource):
         self._claim_from = "0-0"
         #: Pending entries deleted with XDEL that were skipped (acknowledged, not delivered).
         self.deleted = 0
-        self.url = f"{server}/{stream}?group={group}"
+        self.url = f"{_shown(server)}/{stream}?group={group}"
         self.client = _client(server)
         self._own_pending = True
         #: Entries the sink acknowledged in its transaction, whose batch is not confirmed
@@ -134,11 +158,8 @@ class RedisStreamSource(BaseSource):
         _check_options(url, "source", options, allowed)
         merged = {**query, **options}
         if not merged.get("group"):
-            raise ConfigError(f"source {url!r}: a consumer group is required (?group=NAME)")
-        try:
-            idle = int(merged.get("claim_idle_ms", 30_000))
-        except ValueError:
-            raise ConfigError(f"source {url!r}: claim_idle_ms must be an int") from None
+            raise ConfigError(f"source {_shown(url)!r}: a consumer group is required (?group=NAME)")
+        idle = _int(url, "source", "claim_idle_ms", merged.get("claim_idle_ms", 30_000), 0)
         return cls(
             server,
             stream,
@@ -333,7 +354,7 @@ class RedisStreamSink(BaseSink):
     ) -> None:
         self.server = server
         self.stream = stream
-        self.url = f"{server}/{stream}"
+        self.url = f"{_shown(server)}/{stream}"
         self.key = checkpoint_key or f"xlib-pipeline:checkpoint:{stream}"
         self.maxlen = maxlen
         self.client = _client(server)
@@ -355,7 +376,7 @@ class RedisStreamSink(BaseSink):
             server,
             stream,
             checkpoint_key=merged.get("checkpoint_key"),
-            maxlen=None if maxlen is None else int(maxlen),
+            maxlen=None if maxlen is None else _int(url, "sink", "maxlen", maxlen, 1),
         )
 
     def open(self, checkpoint: Checkpoint | None) -> Checkpoint | None:
