@@ -548,3 +548,19 @@ def test_an_unknown_executor_is_refused_before_the_stream_starts(
         assert ckpt.load("screening") is None
     finally:
         ckpt.close()
+
+
+def test_runs_show_suggests_a_mistyped_stream_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """runs show NAME said only that no run NAME is in the store, even when NAME was one
+    letter off a stream's name."""
+    from xlib_pipeline.cli import main
+
+    store = str(tmp_path / "runs.sqlite")
+    with PipelineManager({"store": {"path": store}}, entry_points=False) as pm:
+        pm.stream(screening(), source=[{"id": 1, "amount": 1}], sink=None, name="payments")
+    assert main(["runs", "show", "paymnets", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "'paymnets' is not in the run store" in err
+    assert "nor is a stream; did you mean stream 'payments'?" in err

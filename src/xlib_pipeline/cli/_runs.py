@@ -9,7 +9,7 @@ from typing import Any
 
 from .._graph import suggest
 from .._manager import PipelineManager
-from ..exceptions import PipelineError, UsageError
+from ..exceptions import PipelineError, StoreError, UsageError
 from ..loading import default_store_path, load_config, open_store, with_store
 from ._format import console as make_console
 from ._format import dumps, duration, id_column, iso, iso_short, secs
@@ -80,11 +80,14 @@ def _list(store: Any, path: Any, guard: AccessGuard, args: argparse.Namespace) -
 def _show(store: Any, path: Any, guard: AccessGuard, args: argparse.Namespace) -> int:
     try:
         rec = store.get_run(args.run_id)
-    except PipelineError:
-        from ..streams._cli import show_stream
+    except PipelineError as exc:
+        from ..streams._cli import show_stream, stream_hint
 
         if show_stream(store, args.run_id, as_json=args.json, guard=guard):
             return 0
+        hint = stream_hint(store, args.run_id)
+        if hint is not None:  # a mistyped stream name
+            raise StoreError(f"{exc}, nor is a stream; did you mean stream {hint!r}?") from None
         raise
     tasks = store.get_tasks(rec.run_id)
     guard.check(rec, tasks.values())

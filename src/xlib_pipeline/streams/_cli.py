@@ -165,6 +165,21 @@ def _check_access(store: Any, rec: Any, batches: Any, guard: Any) -> None:
     guard.check(stand_in)
 
 
+def stream_hint(store: Any, name: str) -> str | None:
+    """The stream of ``store`` whose name is closest to ``name`` (a did-you-mean), if any."""
+    from .._names import suggest
+
+    opener = getattr(store, "open_checkpoints", None)
+    if opener is None:
+        return None
+    ckpt = opener()
+    try:
+        names = [r.name for r in ckpt.list_streams()]
+    finally:
+        ckpt.close()
+    return suggest(name, names)
+
+
 def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
     """Print stream ``name`` of the open run ``store``; ``False`` when there is none."""
     from .._tables import open_checkpoints
