@@ -564,3 +564,19 @@ def test_runs_show_suggests_a_mistyped_stream_name(
     err = capsys.readouterr().err
     assert "'paymnets' is not in the run store" in err
     assert "nor is a stream; did you mean stream 'payments'?" in err
+
+
+def test_a_bare_path_and_an_unmakeable_sink_folder_are_named(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    """--source in.jsonl said "no connector for scheme ''" with no hint; a sink file in a
+    folder that cannot be made failed with a bare FileNotFoundError naming neither the sink
+    nor its URL."""
+    with pytest.raises(ConfigError, match=r"jsonl:in\.jsonl for a JSON-lines file"):
+        pm.stream(screening(), source="in.jsonl")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    s = pm.stream(screening(), source=[{"id": 1, "amount": 1}],
+                  sink=f"jsonl:{blocker / 'sub' / 'out.jsonl'}")  # fmt: skip
+    assert s.status == "failed" and isinstance(s.error, StreamError)
+    assert f"sink jsonl:{blocker / 'sub' / 'out.jsonl'}: cannot open the file" in str(s.error)

@@ -345,8 +345,8 @@ class JsonLinesSink(BaseSink):
         return cls(path, fsync=bool(options.get("fsync", False)))
 
     def open(self, checkpoint: Checkpoint | None) -> Checkpoint | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
         except OSError as exc:
             raise StreamError(f"sink {self.url}: cannot open the file: {exc}") from exc

@@ -91,6 +91,8 @@ def _unknown(pm: PipelineManager, url: str, role: str) -> str:
     )
     scheme = _scheme(url)
     hint = " (install xlib-pipeline-redis)" if scheme in ("redis", "rediss") else ""
+    if not scheme and url:  # a bare path
+        hint = f" (a URL names its scheme: jsonl:{url} for a JSON-lines file)"
     return (
         f"{role} {url!r}: no connector for scheme {scheme!r}{hint}; "
         f"known {role} schemes: {', '.join(have)}"
