@@ -238,3 +238,30 @@ def test_a_failed_batchs_error_is_not_stored_in_clear_when_errors_are_sealed(
     assert rec is not None and rec.error is not None
     assert "4111-1111" not in rec.error
     assert f"runs show {s.last_run_id}" in rec.error and "batch 1" in rec.error
+
+
+def test_a_stream_of_one_tenant_is_neither_continued_nor_wiped_by_another(
+    store_backend: Any,
+) -> None:
+    """The stream row kept its first tenant while a restart under another tenant continued
+    its checkpoint, and from_start=True under another tenant deleted it (its batches and
+    counters). Both are refused, naming the tenants; a name's pipeline check said
+    from_start=True would help, which it never did."""
+    rows = [{"id": i, "note": "x"} for i in range(5)]
+    config = {"store": store_backend.section}
+    with PipelineManager(config) as pm:
+        s = pm.stream(contacts(), source=rows, sink=None, tenant_id="acme", name="feed")
+        assert s.status == "completed"
+        for kwargs in ({}, {"from_start": True}, {"tenant_id": "globex", "from_start": True}):
+            other = pm.stream(contacts(), source=rows, sink=None, name="feed", **kwargs)
+            assert other.status == "failed", kwargs
+            assert "runs for tenant 'acme'" in str(other.error), other.error
+        again = pm.stream(contacts(), source=rows + rows, sink=None, tenant_id="acme",
+                          name="feed")  # fmt: skip
+        assert again.status == "completed" and again.records == 10 and again.batches == 2
+        other_pipeline = Pipeline("other")
+        other_pipeline.add_task("x", lambda b: b)
+        s = pm.stream(other_pipeline, source=rows, sink=None, tenant_id="acme", name="feed",
+                      from_start=True)  # fmt: skip
+        assert "belongs to pipeline 'contacts'" in str(s.error)
+        assert "from_start" not in str(s.error)

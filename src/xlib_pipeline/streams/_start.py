@@ -39,7 +39,13 @@ class StreamStart(StreamPayloads):
             raise StreamError(
                 f"stream {self.name!r} in {str(ckpt.path)!r} belongs to pipeline "
                 f"{rec.pipeline!r}, not {self.pipeline.name!r}; choose another name= (CLI: "
-                "--name) or start over with from_start=True"
+                "--name)"
+            )
+        if rec is not None and rec.tenant != self._tenant:  # nor continued, nor wiped
+            raise StreamError(
+                f"stream {self.name!r} in {str(ckpt.path)!r} runs for tenant {rec.tenant!r}, "
+                f"not {self._tenant!r}: its checkpoint is that tenant's; choose another name= "
+                "(CLI: --name), or give its tenant_id= (CLI: --tenant)"
             )
         adopted = False
         if rec is None or self.from_start:
