@@ -333,6 +333,7 @@ def test_cli_stream_and_runs_show(tmp_path: Path, store_backend: Any) -> None:
         assert main(["runs", "show", "cli_stream", "--store", str(store), "--json"]) == 0
     shown = json.loads(buf.getvalue())
     assert shown["records"] == 120 and shown["batches"] == 3 and shown["status"] == "completed"
+    assert shown["throughput"] > 0  # records/s since the stream started, as the text says
     assert shown["checkpoint"]["offset"] == src.stat().st_size
     assert shown["checkpoint"]["position"] == out.stat().st_size
     assert [b["seq"] for b in shown["last_batches"]] == [3, 2, 1]

@@ -208,6 +208,7 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
         "late": rec.late,
         "dead_letter": rec.dead,
         "lag": rec.lag,
+        "throughput": round(rec.records / span, 1) if span > 0 and rec.records else None,
         "checkpoint": {"seq": rec.seq, "offset": rec.offset, "position": rec.position},
         "tenant": rec.tenant,
         "started": iso(rec.started),
