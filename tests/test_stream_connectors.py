@@ -205,3 +205,38 @@ def test_an_idle_followed_file_is_polled_every_poll_interval_with_timeout_0(
         s = pm.stream(p, source=src, sink=None, batch_timeout=0, idle_timeout=0.5)
     assert s.status == "stopped"
     assert len(reads) <= 20, len(reads)  # 0.5 s / 0.1 s: about 5; busy: tens of thousands
+
+
+@pytest.mark.parametrize("how", ["truncate", "replace"])
+def test_a_followed_file_truncated_or_replaced_stops_the_stream(tmp_path: Path, how: str) -> None:
+    """Log rotation under a followed file: truncated (copytruncate) or replaced at its path,
+    the stream waited forever on what it would never read again, status running, lag 0.
+    It now fails, naming the file and what happened; what it committed stays committed."""
+    import time
+
+    from xlib_pipeline import Pipeline, PipelineManager
+
+    path = tmp_path / "in.jsonl"
+    _lines(path, [{"i": i} for i in range(10)])
+    p = Pipeline("tail")
+    p.add_task("keep", lambda batch: batch)
+    config = {"store": {"path": str(tmp_path / "r.sqlite")}}
+    with PipelineManager(config, entry_points=False) as pm:
+        s = pm.stream(p, source=JsonLinesSource(path, follow=True, poll_interval=0.01),
+                      sink=None, batch_timeout=0.05, wait=False)  # fmt: skip
+        for _ in range(2000):
+            if s.records == 10:
+                break
+            time.sleep(0.01)
+        if how == "truncate":
+            path.write_text("")
+        else:
+            path.rename(tmp_path / "in.jsonl.1")
+            _lines(path, [{"i": 0}])
+        ended = s.wait(30)
+        s.stop()  # (if it kept waiting on the rotated file)
+        s.wait()
+    assert ended, "the stream kept waiting on a rotated file"
+    assert s.status == "failed" and s.records == 10 and s.batches == 1
+    want = "was truncated to 0 bytes" if how == "truncate" else "another file replaced it"
+    assert want in str(s.error) and "in.jsonl" in str(s.error)

@@ -252,6 +252,8 @@ class JsonLinesSource(BaseSource):
                 break
             if line:  # half-written: read it again once complete
                 f.seek(-len(line), os.SEEK_CUR)
+            elif not lines:  # idle at the end: still the file it was (log rotation)?
+                self._same_file(start)
             if deadline is None:
                 deadline = now + timeout
             if now >= deadline:
@@ -264,6 +266,27 @@ class JsonLinesSource(BaseSource):
         end = start + sum(map(len, lines))  # where the file is (no lseek(2) for a tell())
         self._pos = end
         return SourceBatch(records=self._parse(lines, start), start=start, end=end)
+
+    def _same_file(self, pos: int) -> None:
+        """Refuse to wait on a file truncated below ``pos`` or replaced at its path (log
+        rotation): the stream would wait forever, looking healthy (lag 0)."""
+        st = os.fstat(self._f.fileno())
+        if st.st_size < pos:
+            raise StreamError(
+                f"source {self.url}: the file was truncated to {st.st_size} bytes while the "
+                f"stream was at byte {pos} (rotated with copytruncate?); what it holds now is "
+                "not what the checkpoint counts: read it as a new stream (another name)"
+            )
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return  # moved away: its replacement may not exist yet
+        if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            raise StreamError(
+                f"source {self.url}: another file replaced it at its path (rotated?) after the "
+                f"stream read the old one to its end (byte {pos}); read the new file as a new "
+                "stream (another name)"
+            )
 
     def _parse(self, lines: list[bytes], start: int) -> list[Any]:
         if not lines:
