@@ -171,9 +171,10 @@ def test_an_output_record_that_is_not_json_names_its_type(tmp_path: Path) -> Non
     sink = JsonLinesSink(tmp_path / "out.jsonl")
     sink.open(None)
     with pytest.raises(StreamError, match=r"out\.jsonl: batch 4 .*not JSON-serializable") as exc:
-        sink.write([{"ok": 1}, {"at": {1, 2}}], Checkpoint(seq=4, offset=0, position=0),
+        sink.write([{"ok": 1}, {"at": {"4111-1111"}}], Checkpoint(seq=4, offset=0, position=0),
                    IterableSource([]))  # fmt: skip
     assert "Object of type set is not JSON serializable" in str(exc.value)
+    assert "4111" not in str(exc.value)  # the type, never the value (stored in clear)
     assert "NoneType" not in str(exc.value)
     sink.close()
     assert (tmp_path / "out.jsonl").read_bytes() == b""  # nothing of the batch written

@@ -134,12 +134,13 @@ def test_bad_urls_and_records_are_named(r: redis.Redis, redis_url: str, tmp_path
         with pytest.raises(ConfigError, match="--follow is for files"):
             pm.stream(scoring(), source=f"{redis_url}/in?group=g", source_options={"follow": 1})
         p = Pipeline("lists")
-        p.add_task("x", lambda batch: [[1, 2] for _ in batch])
+        p.add_task("x", lambda batch: [["4111-1111", 2] for _ in batch])
         fill(r, 3)
         s = pm.stream(
             p, source=f"{redis_url}/in?group=g", sink=f"{redis_url}/out", idle_timeout=0.2
         )
         assert s.status == "failed" and "non-empty dict" in str(s.error)
+        assert "got list" in str(s.error) and "4111" not in str(s.error)  # stored in clear
         assert r.xpending("in", "g")["pending"] == 3  # nothing acknowledged, nothing lost
 
 

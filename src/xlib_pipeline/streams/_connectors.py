@@ -35,11 +35,10 @@ def _make_encoder() -> Callable[[Any], str]:
 
 
 def _not_json(value: Any) -> Any:
-    """The encoder's ``default``: what a value that is not JSON is (the C encoder without
-    one says only "'NoneType' object is not callable")."""
-    raise TypeError(
-        f"Object of type {type(value).__name__} is not JSON serializable ({value!r:.80})"
-    )
+    """The encoder's ``default``: the type of a value that is not JSON (the C encoder
+    without one says only "'NoneType' object is not callable"); never the value, which the
+    stream's stored error would quote in clear."""
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 _ENCODE = _make_encoder()

@@ -416,7 +416,8 @@ class RedisStreamSink(BaseSink):
             if not isinstance(rec, Mapping) or not rec:
                 raise StreamError(
                     f"sink {self.url}: batch {checkpoint.seq}: an output record must be a "
-                    f"non-empty dict (a Redis entry's field map), got {rec!r:.80}"
+                    f"non-empty dict (a Redis entry's field map), got "
+                    f"{'an empty dict' if isinstance(rec, Mapping) else type(rec).__name__}"
                 )
             fields: dict[Any, Any] = {str(k): _field(v) for k, v in rec.items()}
             if self.maxlen is not None:
