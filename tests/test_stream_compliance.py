@@ -265,3 +265,26 @@ def test_a_stream_of_one_tenant_is_neither_continued_nor_wiped_by_another(
                       from_start=True)  # fmt: skip
         assert "belongs to pipeline 'contacts'" in str(s.error)
         assert "from_start" not in str(s.error)
+
+
+def test_a_sink_error_quoting_pii_is_stored_redacted(store_backend: Any) -> None:
+    """A sink's error (here a callback's) is the stream's error, stored in the streams row
+    and recorded by the 'failed' event in clear; with PII detection on it was kept as
+    raised, an e-mail address and all. It goes through the redaction first."""
+
+    def deliver(records: list[Any]) -> None:
+        raise OSError("mailbox jane.doe@example.com is full")
+
+    config = {"store": store_backend.section, "classification": {"detect_pii": True}}
+    with PipelineManager(config) as pm:
+        p = Pipeline("notify")
+        p.add_task("keep", lambda batch: [{"id": r["id"]} for r in batch])
+        s = pm.stream(p, source=[{"id": 1}], sink=deliver)
+        ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+        try:
+            rec = ckpt.load("notify")
+        finally:
+            ckpt.close()
+    assert s.status == "failed" and "jane.doe" in str(s.error)  # the caller's own error
+    assert rec is not None and rec.error and "jane.doe" not in rec.error
+    assert "redacted" in rec.error

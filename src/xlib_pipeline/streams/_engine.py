@@ -191,6 +191,8 @@ class Stream(Confirming, StreamStart):
         self.finished = time.time()
         err = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
         err = getattr(self.error, "stored", None) or err  # a sealed batch error's pointer
+        if err is not None:  # stored and audited in clear: through the PII redaction
+            err = self.pm.redact(err, tenant=self._tenant)
         try:
             if self.status != "created" and self.checkpoint is not None:
                 self._event(
