@@ -581,3 +581,21 @@ def test_a_bare_path_and_an_unmakeable_sink_folder_are_named(
                   sink=f"jsonl:{blocker / 'sub' / 'out.jsonl'}")  # fmt: skip
     assert s.status == "failed" and isinstance(s.error, StreamError)
     assert f"sink jsonl:{blocker / 'sub' / 'out.jsonl'}: cannot open the file" in str(s.error)
+
+
+def test_a_restart_on_another_source_is_logged(
+    pm: PipelineManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint is a byte position in the file the stream read; restarted on another
+    file it silently skipped that many bytes of it. It still continues (a moved file keeps
+    its stream), with a warning naming both sources."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(a, 10)
+    write_jsonl(b, 30)
+    pm.stream(screening(), source=f"jsonl:{a}", sink=None, name="moved")
+    with caplog.at_level("WARNING"):
+        s = pm.stream(screening(), source=f"jsonl:{b}", sink=None, name="moved")
+    assert s.status == "completed"
+    warned = [r for r in caplog.records if "stream.source_changed" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "a.jsonl" in caplog.text and "b.jsonl" in caplog.text

@@ -72,6 +72,15 @@ class StreamStart(StreamPayloads):
             rec = ckpt.load(self.name)
             assert rec is not None
         else:
+            if rec.source != self.source.url:  # the checkpoint's offset is the old source's
+                from .._events import get_logger
+
+                get_logger(pipeline=self.pipeline.name, stream=self.name).warning(
+                    "stream.source_changed",
+                    before=rec.source,
+                    now=self.source.url,
+                    offset=brief_offset(rec.offset),
+                )
             ckpt.reopen(self.name, source=self.source.url, sink=self.sink.url)
             self.stream_run_id = rec.lineage_run
             newer = self.sink.open(rec.checkpoint)
