@@ -288,3 +288,42 @@ def test_a_sink_error_quoting_pii_is_stored_redacted(store_backend: Any) -> None
     assert s.status == "failed" and "jane.doe" in str(s.error)  # the caller's own error
     assert rec is not None and rec.error and "jane.doe" not in rec.error
     assert "redacted" in rec.error
+
+
+def test_a_refused_start_leaves_the_streams_row_as_it_was(store_backend: Any) -> None:
+    """A start refused before the stream opens (another pipeline's or tenant's name, or a
+    principal without read_data on the stream's tenant) wrote its own status and error
+    over the rightful stream's row ('failed'), and a principal of another tenant reopened
+    it (status running, its source and sink URLs) before its first batch was refused.
+    Continuing a tenant's stream now needs read_data on it, as resuming a run does, and
+    a refused start writes nothing."""
+    pytest.importorskip("xlib_pipeline_tenancy", reason="needs xlib-pipeline-tenancy")
+    config = {
+        "store": store_backend.section,
+        "security": {"access_control": "rbac"},
+        "tenancy": {"bindings": {"alice": {"acme": ["operator"]}, "bob": {"globex": ["operator"]}}},
+    }
+    rows = [{"id": i, "note": "x"} for i in range(5)]
+    with PipelineManager(config) as pm:
+        ok = pm.stream(contacts(), source=rows, sink=None, tenant_id="acme", principal="alice",
+                       name="feed")  # fmt: skip
+        assert ok.status == "completed", ok.error
+        other = Pipeline("other")
+        other.add_task("x", lambda b: b)
+        refused = [
+            pm.stream(contacts(), source=rows, sink=None, tenant_id="acme", principal="bob",
+                      name="feed"),
+            pm.stream(other, source=rows, sink=None, tenant_id="acme", principal="alice",
+                      name="feed"),
+            pm.stream(contacts(), source=rows, sink=None, tenant_id="globex", principal="bob",
+                      name="feed"),
+        ]  # fmt: skip
+        assert [s.status for s in refused] == ["failed"] * 3
+        assert "bob" in str(refused[0].error) and "read_data" in str(refused[0].error)
+        ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+        try:
+            rec = ckpt.load("feed")
+        finally:
+            ckpt.close()
+    assert rec is not None and rec.status == "completed" and rec.error is None
+    assert rec.records == 5 and rec.tenant == "acme"

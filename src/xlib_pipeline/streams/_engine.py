@@ -104,6 +104,7 @@ class Stream(Confirming, StreamStart):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ckpt: CheckpointTable | None = None
+        self._opened = False  # the stream's row was created or reopened by this start
         #: Batches written and queued for commit, not yet confirmed (see _pipelined).
         self._unconfirmed: collections.deque[Unconfirmed] = collections.deque()
         self._depth = 1
@@ -206,7 +207,8 @@ class Stream(Confirming, StreamStart):
         try:
             if self._ckpt is not None:
                 try:
-                    self._ckpt.finish(self.name, self.status, err)
+                    if self._opened:  # a refused start leaves the stream's row as it was
+                        self._ckpt.finish(self.name, self.status, err)
                 except StoreError as exc:  # the store is down: the first error is the story
                     if self.error is None:
                         self.status, self.error = "failed", exc

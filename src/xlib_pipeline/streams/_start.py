@@ -27,6 +27,8 @@ class StreamStart(StreamPayloads):
     dead: int
     lag: int | None
     _ckpt: CheckpointTable | None
+    _opened: bool
+    run_kwargs: dict[str, Any]
 
     def _event(self, event: str, info: Mapping[str, Any]) -> None:
         raise NotImplementedError
@@ -46,6 +48,13 @@ class StreamStart(StreamPayloads):
                 f"stream {self.name!r} in {str(ckpt.path)!r} runs for tenant {rec.tenant!r}, "
                 f"not {self._tenant!r}: its checkpoint is that tenant's; choose another name= "
                 "(CLI: --name), or give its tenant_id= (CLI: --tenant)"
+            )
+        if rec is not None:  # its checkpoint holds its outputs and window state
+            self.pm.check_access(
+                permission="read_data",
+                tenant=rec.tenant,
+                action=f"continue stream {self.name!r}",
+                principal=self.run_kwargs.get("principal"),
             )
         adopted = False
         if rec is None or self.from_start:
@@ -69,6 +78,7 @@ class StreamStart(StreamPayloads):
                 tenant=self._tenant,
                 lineage_run=self.stream_run_id,
             )
+            self._opened = True
             rec = ckpt.load(self.name)
             assert rec is not None
         else:
@@ -82,6 +92,7 @@ class StreamStart(StreamPayloads):
                     offset=brief_offset(rec.offset),
                 )
             ckpt.reopen(self.name, source=self.source.url, sink=self.sink.url)
+            self._opened = True
             self.stream_run_id = rec.lineage_run
             newer = self.sink.open(rec.checkpoint)
             for side in (self.late_sink, self.dead_letter):
