@@ -19,7 +19,21 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     add_config_arg(sp)
     sp.add_argument("--source", required=True, help="source URL: jsonl:PATH, redis://... ")
     sp.add_argument("--follow", action="store_true", help="tail a growing JSON-lines file")
+    sp.add_argument(
+        "--source-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a source option (repeatable; VALUE read as JSON, else text): poll_interval=0.1",
+    )
     sp.add_argument("--sink", help="sink URL: jsonl:PATH, redis://... (default: none)")
+    sp.add_argument(
+        "--sink-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sink option (repeatable; VALUE read as JSON, else text): fsync=true",
+    )
     sp.add_argument("--late-sink", help="sink URL for late records of windowed tasks")
     sp.add_argument(
         "--dead-letter", help="sink URL for records of a failed batch that fail alone (PII ...)"
@@ -42,6 +56,23 @@ def add_parser(sub: Any, add_config_arg: Any) -> None:
     )
 
 
+def connector_options(flag: str, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as options: each VALUE read as JSON (``true``, ``0.1``, ``"x"``)
+    and otherwise kept as text. The connector names the options it does not know."""
+    from ..exceptions import ConfigError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} fsync=true")
+        try:
+            options[key.strip()] = json.loads(text)
+        except ValueError:
+            options[key.strip()] = text
+    return options
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Run ``xlib-pipeline stream``; exit 0 when it completed or stopped, 1 when it failed."""
     from ..cli._config import cli_config
@@ -59,6 +90,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.executor:
         options["executor"] = args.executor
     monitor = sys.stderr.isatty() if args.monitor is None else args.monitor
+    source_options = connector_options("--source-option", args.source_option)
+    if args.follow:
+        source_options["follow"] = True
+    sink_options = connector_options("--sink-option", args.sink_option)
     from .._manager import PipelineManager
 
     name = args.name or pipeline.name
@@ -67,8 +102,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
             stream: Any = pm.stream(
                 pipeline,
                 source=args.source,
-                source_options={"follow": True} if args.follow else None,
+                source_options=source_options or None,
                 sink=args.sink,
+                sink_options=sink_options or None,
                 late_sink=args.late_sink,
                 dead_letter=args.dead_letter,
                 name=name,
