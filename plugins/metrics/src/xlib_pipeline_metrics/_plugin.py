@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import ComplianceEvent, ConfigError, ConfigKey, MetricSample, Status, hookimpl
 
+from ._streams import StreamStats
+from ._streams import families as stream_families
+from ._streams import record as stream_record
+
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
 
@@ -180,6 +184,10 @@ class _Recorder:
     def on_compliance_event(self, event: ComplianceEvent) -> None:
         self.p.on_compliance_event(event)
 
+    @hookimpl
+    def stream_event(self, stream: Any, event: str, info: Any) -> None:
+        self.p.stream_event(stream, event, info)
+
 
 class MetricsPlugin:
     """Prometheus metrics of every run (``xlib-pipeline-metrics``).
@@ -200,6 +208,7 @@ class MetricsPlugin:
         self._thread: threading.Thread | None = None
         self._folded: set[str] = set()  # runs folded in, still listed as live
         self._stats: dict[str, _PipelineStats] = {}
+        self._streams: dict[str, StreamStats] = {}
         self._export_errors: dict[str, int] = {}
         self._bounds: tuple[float, ...] = ()
         self._lock = threading.Lock()
@@ -344,6 +353,7 @@ class MetricsPlugin:
                         )
             for exporter, n in sorted(self._export_errors.items()):
                 errors.add_metric([exporter], n)
+            streams = list(stream_families(core, self._streams))  # none without streams
         return [
             runs,
             tasks,
@@ -355,6 +365,7 @@ class MetricsPlugin:
             *compliance.values(),
             other,
             errors,
+            *streams,
         ]
 
     # -- counting ----------------------------------------------------------------------------
@@ -427,6 +438,13 @@ class MetricsPlugin:
         st = self._pipeline(event.pipeline or "")
         with self._lock:
             st.compliance[event.kind] = st.compliance.get(event.kind, 0) + 1
+
+    def stream_event(self, stream: Any, event: str, info: Any) -> None:
+        """A stream's event: counted per stream name; its end is exported at once."""
+        with self._lock:
+            stream_record(self._streams, stream, event, info)
+        if event not in ("started", "batch"):  # batches go out with the next run end
+            self.export()
 
     def _export_failed(self, exporter: str) -> None:
         with self._lock:
