@@ -551,6 +551,50 @@ def test_an_unknown_executor_is_refused_before_the_stream_starts(
         ckpt.close()
 
 
+def test_a_late_sink_without_a_windowed_task_is_refused_before_anything_is_written(
+    pm: PipelineManager, tmp_path: Path
+) -> None:
+    """late_sink= was accepted and never written when no task is windowed (late records
+    come only from windows): a ConfigError naming the setting, before the store or a
+    sink is touched."""
+    out, late = tmp_path / "out.jsonl", tmp_path / "late.jsonl"
+    with pytest.raises(ConfigError, match=r"late_sink= \(CLI: --late-sink\).*no task of "
+                       r"pipeline 'screening' is windowed.*window=") as info:  # fmt: skip
+        pm.stream(screening(), source=[{"id": 1, "amount": 1}], sink=f"jsonl:{out}",
+                  late_sink=f"jsonl:{late}")  # fmt: skip
+    assert info.value.key == "late_sink"
+    assert not out.exists() and not late.exists()
+    ckpt = pm.store.open_checkpoints()  # type: ignore[union-attr]
+    try:
+        assert ckpt.load("screening") is None
+    finally:
+        ckpt.close()
+
+
+def test_cli_late_sink_without_a_windowed_task_exits_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xlib_pipeline.cli import main
+
+    (tmp_path / "pipe.py").write_text(
+        "from xlib_pipeline import Pipeline\n"
+        "p = Pipeline('plain')\n"
+        "p.add_task('keep', lambda b: b)\n"
+    )
+    src, out, late = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "late.jsonl"
+    write_jsonl(src, 5)
+    args = [
+        *("stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}"),
+        *("--sink", f"jsonl:{out}", "--store", str(tmp_path / "runs.sqlite"), "--no-monitor"),
+    ]
+    assert main([*args, "--late-sink", f"jsonl:{late}"]) == 2
+    err = capsys.readouterr().err
+    assert "ConfigError: stream 'plain': late_sink= (CLI: --late-sink) is set" in err
+    assert "Traceback" not in err
+    assert not out.exists() and not late.exists()
+    assert main(args) == 0  # the same stream without it runs
+
+
 def test_runs_show_suggests_a_mistyped_stream_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ from ._connectors import CallbackSink, IterableSource
 from ._engine import Stream
 from ._pipelined import DISPLAY_ONLY
 from ._protocol import BaseSink, Checkpoint, Sink, Source
+from ._windows import windowed_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._manager import PipelineManager
@@ -137,7 +138,7 @@ def run_stream(
     sink), a failed batch is run again record by record and the records that fail (PII
     refused by classification, say) go there with their error, counted and audited;
     without it a failed batch stops the stream. ``late_sink`` receives late records of
-    windowed tasks. Other keyword arguments
+    windowed tasks (a ``ConfigError`` when no task is windowed). Other keyword arguments
     (``tenant_id``, ``principal``, ``executor``, plugin run options ...) apply to each
     batch's run as in ``execute_pipeline``.
     """
@@ -167,6 +168,14 @@ def run_stream(
     for banned in ("inputs", "resume", "run_id", "params"):
         if banned in run_kwargs:
             raise TypeError(f"pm.stream() does not take {banned}=: each batch is its own run")
+    if late_sink is not None and not windowed_tasks(pipeline):
+        raise ConfigError(
+            f"stream {name or pipeline.name!r}: late_sink= (CLI: --late-sink) is set, but no "
+            f"task of pipeline {pipeline.name!r} is windowed, and late records exist only for "
+            "windowed tasks (a task with window={'size': ..., 'field': ...}, see docs/streams.md"
+            "#event-time-windows): remove late_sink, or window a task",
+            key="late_sink",
+        )
     src = resolve_source(pm, source, source_options or {})
     snk = resolve_sink(pm, sink, sink_options or {})
     stream = Stream(
