@@ -10,8 +10,17 @@ from xlib_pipeline import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._channels import Alert, DeliveryError, alertmanager_payload, webhook_payload
-    from ._plugin import AlertingPlugin, FiringState, TaskWatcher
-    from ._settings import RULES, TASK_RULES, AlertingSettings, Channel, Rule, settings
+    from ._plugin import AlertingPlugin, TaskWatcher
+    from ._settings import (
+        RULES,
+        STREAM_RULES,
+        TASK_RULES,
+        AlertingSettings,
+        Channel,
+        Rule,
+        settings,
+    )
+    from ._state import FiringState
 
 _LAZY = {
     "Alert": "._channels",
@@ -19,10 +28,11 @@ _LAZY = {
     "alertmanager_payload": "._channels",
     "webhook_payload": "._channels",
     "AlertingPlugin": "._plugin",
-    "FiringState": "._plugin",
+    "FiringState": "._state",
     "TaskWatcher": "._plugin",
     "RULES": "._settings",
     "TASK_RULES": "._settings",
+    "STREAM_RULES": "._settings",
     "AlertingSettings": "._settings",
     "Channel": "._settings",
     "Rule": "._settings",
@@ -33,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RULES",
+    "STREAM_RULES",
     "TASK_RULES",
     "Alert",
     "AlertingPlugin",

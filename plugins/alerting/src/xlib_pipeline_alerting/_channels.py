@@ -25,8 +25,10 @@ def rfc3339(ts: float) -> str:
 @attrs.frozen
 class Alert:
     """One notification. ``status`` is ``firing`` or ``resolved``; ``dedup_key`` is
-    ``pipeline/task/rule`` (``-`` for no task): Alertmanager groups and resolves by it.
-    ``message`` has been through the ``redact`` hook (no PII)."""
+    ``pipeline/task/rule`` (``-`` for no task), for a stream's alert
+    ``pipeline/stream:NAME/rule`` (``stream_lag``: ``.../stream_lag>THRESHOLD``):
+    Alertmanager groups and resolves by it. ``batch`` is the stream batch concerned,
+    ``threshold`` a lag rule's. ``message`` has been through the ``redact`` hook (no PII)."""
 
     rule: str
     pipeline: str
@@ -39,17 +41,27 @@ class Alert:
     severity: str = "critical"
     time: float = 0.0
     labels: Any = attrs.field(factory=dict)
+    stream: str | None = None
+    batch: int | None = None
+    threshold: float | None = None
 
     @property
     def dedup_key(self) -> str:
+        if self.stream is not None:
+            above = "" if self.threshold is None else f">{self.threshold:g}"
+            return f"{self.pipeline}/stream:{self.stream}/{self.rule}{above}"
         return f"{self.pipeline}/{self.task or '-'}/{self.rule}"
 
     @property
     def summary(self) -> str:
         head = "RESOLVED" if self.status == "resolved" else self.severity.upper()
         where = f"{self.pipeline}/{self.task}" if self.task else self.pipeline
+        if self.stream is not None:
+            where = f"{self.pipeline} stream {self.stream}"
         text = f"[{head}] {self.rule} {where}"
         if self.status == "resolved":
+            if self.stream is not None:
+                return f"{text}: {self.message}"
             return f"{text}: the next run succeeded (run {self.run_id})"
         if self.error_class:
             text += f": {self.error_class}"
@@ -71,6 +83,9 @@ class Alert:
             "time": rfc3339(self.time),
             "dedup_key": self.dedup_key,
             "labels": dict(self.labels),
+            "stream": self.stream,
+            "batch": self.batch,
+            "threshold": self.threshold,
         }
 
 
@@ -122,11 +137,13 @@ def alertmanager_payload(alert: Alert, ch: Channel, hold_seconds: float) -> list
     }
     if alert.task:
         labels["task"] = alert.task
+    if alert.stream is not None:
+        labels["stream"] = alert.stream
     annotations = {"summary": alert.summary}
-    for key in ("run_id", "tenant", "error_class", "message"):
+    for key in ("run_id", "tenant", "error_class", "message", "batch", "threshold"):
         value = getattr(alert, key)
-        if value:
-            annotations[key] = str(value)
+        if value is not None and value != "":
+            annotations[key] = f"{value:g}" if isinstance(value, float) else str(value)
     item: dict[str, Any] = {
         "labels": labels,
         "annotations": annotations,

@@ -5,15 +5,15 @@ The plugin object itself only registers its config key and CLI command. ``config
 registers the run-level hooks (:class:`RunAlerts`) when ``alerting`` is set, and the
 per-task hooks (:class:`TaskWatcher`) only when a rule needs them (``task_failed``,
 ``retries_exhausted``, ``sla_missed`` on tasks): otherwise alerting adds nothing per task.
+Likewise the stream hook (:class:`._streams.StreamAlerts`) for ``stream_failed`` and
+``stream_lag`` rules only.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
-import os
 import threading
 import time
 import weakref
@@ -29,6 +29,8 @@ from xlib_pipeline import (
     data_dir,
     hookimpl,
 )
+
+from ._state import FiringState
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._channels import Alert
@@ -116,55 +118,10 @@ class Timers:
             self._thread.join(timeout=5)
 
 
-class FiringState:
-    """Firing alerts by pipeline, kept in a JSON file so that the next run, even in a new
-    process (a nightly cron job), can send the resolved notifications."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def _update(self, fn: Callable[[dict[str, Any]], Any]) -> Any:
-        import fcntl
-
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    data = json.loads(self.path.read_text())
-                    if not isinstance(data, dict):
-                        data = {}
-                except (OSError, ValueError):
-                    data = {}
-                out = fn(data)
-                tmp = self.path.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, sort_keys=True)
-                os.replace(tmp, self.path)
-                return out
-            finally:
-                os.close(lock)
-
-    def firing(self, alert: Alert) -> None:
-        def add(data: dict[str, Any]) -> None:
-            data.setdefault(alert.pipeline, {})[alert.dedup_key] = alert.as_dict()
-
-        self._update(add)
-
-    def take(self, pipeline: str) -> list[dict[str, Any]]:
-        def pop(data: dict[str, Any]) -> list[dict[str, Any]]:
-            return list((data.pop(pipeline, None) or {}).values())
-
-        out: list[dict[str, Any]] = self._update(pop)
-        return out
-
-
 class AlertingPlugin:
-    """Alerts on failed runs, failed tasks, missed SLAs, compliance violations and
-    exhausted retries (``xlib-pipeline-alerting``). Inert unless config ``alerting`` is set.
+    """Alerts on failed runs, failed tasks, missed SLAs, compliance violations, exhausted
+    retries, failed and lagging streams (``xlib-pipeline-alerting``). Inert unless config
+    ``alerting`` is set.
     """
 
     name = "alerting"
@@ -218,6 +175,10 @@ class AlertingPlugin:
         manager.register(RunAlerts(self), name="alerting.runs")
         if s.task_rules:
             manager.register(TaskWatcher(self, s.task_rules), name="alerting.tasks")
+        if s.stream_rules:
+            from ._streams import StreamAlerts
+
+            manager.register(StreamAlerts(self, s.stream_rules), name="alerting.streams")
 
     @hookimpl
     def close(self, manager: Any) -> None:

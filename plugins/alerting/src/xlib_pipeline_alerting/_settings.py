@@ -8,6 +8,7 @@ file (``*_file``) holding each, read when the manager is built.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +19,19 @@ import attrs
 
 from xlib_pipeline import check_keys
 
-RULES = ("run_failed", "task_failed", "sla_missed", "compliance_violation", "retries_exhausted")
+RULES = (
+    "run_failed",
+    "task_failed",
+    "sla_missed",
+    "compliance_violation",
+    "retries_exhausted",
+    "stream_failed",
+    "stream_lag",
+)
 #: Rules that need per-task hooks; without them the plugin adds nothing per task.
 TASK_RULES = ("task_failed", "sla_missed", "retries_exhausted")
+#: Rules on streams (the ``stream_event`` hook, registered only when one is configured).
+STREAM_RULES = ("stream_failed", "stream_lag")
 SEVERITIES = ("critical", "warning", "info")
 CHANNEL_TYPES = ("webhook", "alertmanager", "email")
 
@@ -68,7 +79,17 @@ _CHANNEL_KEYS = {
         "ca_file",
     ),
 }
-_RULE_KEYS = ("on", "tasks", "task", "pipelines", "seconds", "severity", "kinds")
+_RULE_KEYS = (
+    "on",
+    "tasks",
+    "task",
+    "pipelines",
+    "seconds",
+    "severity",
+    "kinds",
+    "streams",
+    "above",
+)
 EXAMPLE = (
     "{'channels': [{'type': 'webhook', 'url': 'https://hooks.example/abc'}], "
     "'rules': [{'on': 'run_failed'}]}"
@@ -99,7 +120,8 @@ class Channel:
 
 @attrs.frozen
 class Rule:
-    """When to alert. ``tasks``/``pipelines`` are glob patterns (``None``: any)."""
+    """When to alert. ``tasks``/``pipelines``/``streams`` are glob patterns (``None``:
+    any); ``above`` is a ``stream_lag`` rule's threshold."""
 
     on: str
     tasks: tuple[str, ...] | None = None
@@ -107,6 +129,15 @@ class Rule:
     seconds: float | None = None
     severity: str = "critical"
     kinds: tuple[str, ...] | None = None
+    streams: tuple[str, ...] | None = None
+    above: float | None = None
+
+    def matches_stream(self, pipeline: str, stream: str) -> bool:
+        if self.streams is not None and not any(
+            fnmatch.fnmatchcase(stream, g) for g in self.streams
+        ):
+            return False
+        return self.matches(pipeline, None)
 
     def matches(self, pipeline: str, task: str | None) -> bool:
         if self.pipelines is not None and not any(
@@ -134,6 +165,10 @@ class AlertingSettings:
     state_file: str | None = None
     labels: Mapping[str, str] = attrs.field(factory=dict)
     resolve: bool = True
+
+    @property
+    def stream_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.on in STREAM_RULES)
 
     @property
     def task_rules(self) -> tuple[Rule, ...]:
@@ -298,8 +333,29 @@ def _rule(i: int, spec: Any) -> Rule:
     if "task" in d and "tasks" in d:
         raise ValueError(f"{where}: give 'task' or 'tasks', not both")
     tasks = _globs(f"{where}.tasks", d.get("tasks", d.get("task")))
-    if tasks is not None and on in ("run_failed",):
-        raise ValueError(f"{where}: 'run_failed' takes no tasks; use 'task_failed'")
+    if tasks is not None and on in ("run_failed", *STREAM_RULES):
+        hint = "use 'task_failed'" if on == "run_failed" else "use 'streams' (stream names)"
+        raise ValueError(f"{where}: {on!r} takes no tasks; {hint}")
+    streams = _globs(f"{where}.streams", d.get("streams"))
+    if streams is not None and on not in STREAM_RULES:
+        raise ValueError(f"{where}: 'streams' applies to {' and '.join(STREAM_RULES)} only")
+    above = d.get("above")
+    if on == "stream_lag":
+        if above is None:
+            raise ValueError(
+                f"{where}: stream_lag needs 'above' (the lag, in the source's unit, above "
+                "which it fires), e.g. {'on': 'stream_lag', 'above': 10000}"
+            )
+        if (
+            isinstance(above, bool)
+            or not isinstance(above, int | float)
+            or not math.isfinite(above)
+            or above < 0
+        ):
+            raise ValueError(f"{where}: 'above' must be a finite number >= 0, got {above!r}")
+        above = float(above)
+    elif above is not None:
+        raise ValueError(f"{where}: 'above' applies to stream_lag only")
     seconds = d.get("seconds")
     if on == "sla_missed":
         if seconds is None:
@@ -320,6 +376,8 @@ def _rule(i: int, spec: Any) -> Rule:
         seconds=seconds,
         severity=severity,
         kinds=kinds,
+        streams=streams,
+        above=above,
     )
 
 
