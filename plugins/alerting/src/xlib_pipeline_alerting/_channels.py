@@ -70,7 +70,9 @@ class Alert:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        """The alert's fields; ``stream``, ``batch`` and ``threshold`` on a stream's alert
+        only (a run's alert is sent as before)."""
+        out: dict[str, Any] = {
             "status": self.status,
             "rule": self.rule,
             "severity": self.severity,
@@ -83,10 +85,10 @@ class Alert:
             "time": rfc3339(self.time),
             "dedup_key": self.dedup_key,
             "labels": dict(self.labels),
-            "stream": self.stream,
-            "batch": self.batch,
-            "threshold": self.threshold,
         }
+        if self.stream is not None:
+            out.update(stream=self.stream, batch=self.batch, threshold=self.threshold)
+        return out
 
 
 class DeliveryError(Exception):
