@@ -11,8 +11,9 @@ A page marks its blocks with HTML comments, and they run in order in one empty f
   after it.
 
 Output is compared after replacing what changes from run to run: run ids become
-``<run-id>``, times ``<time>``, durations ``<seconds>``, the monitor's achieved
-parallelism ``<ratio>``, ports ``<port>``, temporary paths ``<tmp>``. A doc that no longer
+``<run-id>`` (a stream's lineage run, a uuid4, too), times ``<time>``, durations
+``<seconds>``, the monitor's achieved parallelism ``<ratio>``, a stream's average records per
+second ``<rate>``, ports ``<port>``, temporary paths ``<tmp>``. A doc that no longer
 matches what the code prints fails here.
 
 After a deliberate change of output (a CLI message, a table), regenerate a page's examples
@@ -34,7 +35,7 @@ PAGES = [p for p in ("monitoring.md", "troubleshooting.md") if (REPO / "docs" / 
 
 _BLOCK = re.compile(r"<!-- (file|run|output|shell)(?:: ([^ ]+))? -->\n```[a-z]*\n(.*?)```", re.S)
 _SUBS = [
-    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}"), "<run-id>"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}"), "<run-id>"),
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}(?:-[0-9a-f]{1,4})?\b"), "<run-id>"),
     (
         re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:\d\d)?"),
@@ -45,6 +46,7 @@ _SUBS = [
     (re.compile(r"\b1[7-9]\d{8}(?:\.\d+)?\b|\b1\.[7-9]\d*e\+09\b"), "<time>"),
     (re.compile(r"\b\d+\.\d+(?:e-\d+)?(?= ?s\b|s;|s,|s\))"), "<seconds>"),
     (re.compile(r"(?<=parallelism )\d+\.\d+(?=x)"), "<ratio>"),
+    (re.compile(r"(?<=average )[\d,]+(?= records/s)"), "<rate>"),
     (re.compile(r"(127\.0\.0\.1|localhost):\d+"), r"\1:<port>"),
 ]
 
@@ -142,11 +144,12 @@ def test_normalize_replaces_what_changes() -> None:
     tmp = Path("/tmp/x")
     text = (
         "run 01a2349d-17df-76ae-a99a-0a47bebd51b1 at 2026-12-02T02:41:03.123Z in 0.25s; "
-        "port 127.0.0.1:40123 /tmp/x/home 1796179040.2231927; parallelism 0.82x"
+        "port 127.0.0.1:40123 /tmp/x/home 1796179040.2231927; parallelism 0.82x; "
+        "'run': '12ce4847-ee57-43b9-ae6e-c3b7e427b260'; average 1,246 records/s"
     )
     assert normalize(text, tmp) == (
         "run <run-id> at <time> in <seconds>s; port 127.0.0.1:<port> <tmp>/home <time>; "
-        "parallelism <ratio>x"
+        "parallelism <ratio>x; 'run': '<run-id>'; average <rate> records/s"
     )
 
 
