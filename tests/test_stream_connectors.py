@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xlib_pipeline import ConfigError
 from xlib_pipeline.streams import JsonLinesSource
 
 
@@ -103,7 +105,7 @@ def test_offsets_are_the_files_position(
     if rows and newline_at_end:
         text += "\n"
     path.write_bytes(text.encode())
-    src = JsonLinesSource(path, follow=follow, poll_interval=0.001)
+    src = JsonLinesSource(path, follow=follow, poll_interval=0.001 if follow else None)
     src.LAG_INTERVAL = 3600.0  # type: ignore[misc]
     pos = 0
     seen: list[Any] = []
@@ -241,3 +243,50 @@ def test_a_followed_file_truncated_or_replaced_stops_the_stream(tmp_path: Path, 
     assert s.status == "failed" and s.records == 10 and s.batches == 1
     want = "was truncated to 0 bytes" if how == "truncate" else "another file replaced it"
     assert want in str(s.error) and "in.jsonl" in str(s.error)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"poll_interval": 0.2}, "poll_interval applies only to a followed file (follow=true"),
+        ({"follow": True, "poll_interval": 0}, "poll_interval must be seconds > 0, got 0"),
+        ({"follow": True, "poll_interval": "fast"}, "poll_interval must be seconds > 0"),
+        ({"follow": True, "poll_interval": True}, "poll_interval must be seconds > 0"),
+        ({"follow": "yes"}, "follow must be true or false, got 'yes'"),
+    ],
+)
+def test_jsonl_source_options_that_cannot_take_effect_are_refused(
+    tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    """poll_interval was accepted and never used without follow (an unfollowed file is
+    read to its end, never polled); a non-number raised a bare ValueError, and
+    follow='yes' was truthy. Refused at construction, naming the source."""
+    path = tmp_path / "in.jsonl"
+    with pytest.raises(ConfigError, match=re.escape(says)) as info:
+        JsonLinesSource.from_url(f"jsonl:{path}", options)
+    assert f"jsonl:{path}" in str(info.value) and info.value.key in options
+    assert not path.exists()
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        JsonLinesSource(path, **options)
+    followed = JsonLinesSource.from_url(f"jsonl:{path}", {"follow": True, "poll_interval": 1})
+    assert (followed.follow, followed.poll_interval) == (True, 1.0)
+    assert JsonLinesSource(path).poll_interval == 0.05  # the default, used only when followed
+
+
+def test_cli_poll_interval_without_follow_exits_2_before_the_store_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xlib_pipeline.cli import main
+
+    (tmp_path / "pipe.py").write_text(
+        "from xlib_pipeline import Pipeline\np = Pipeline('tail')\np.add_task('k', lambda b: b)\n"
+    )
+    src, store = tmp_path / "in.jsonl", tmp_path / "runs.sqlite"
+    _lines(src, [{"id": 1}])
+    args = ["stream", str(tmp_path / "pipe.py"), "--source", f"jsonl:{src}", "--store", str(store)]
+    args += ["--no-monitor", "--source-option", "poll_interval=0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "poll_interval applies only to a followed file" in err and "Traceback" not in err
+    assert not store.exists()
+    assert main([*args, "--follow", "--max-records", "1"]) == 0

@@ -170,12 +170,34 @@ class JsonLinesSource(BaseSource):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, follow: bool = False, poll_interval: float = 0.05
+        self,
+        path: str | os.PathLike[str],
+        *,
+        follow: bool = False,
+        poll_interval: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.url = f"jsonl:{self.path}"
+        if not isinstance(follow, bool):
+            raise ConfigError(
+                f"source {self.url}: follow must be true or false, got {follow!r}", key="follow"
+            )
+        if poll_interval is not None:
+            if not follow:  # only a followed file waits (and polls) at its end
+                raise ConfigError(
+                    f"source {self.url}: poll_interval applies only to a followed file "
+                    "(follow=true, CLI --follow); without it the source reads to the file's "
+                    "end and stops",
+                    key="poll_interval",
+                )
+            number = not isinstance(poll_interval, bool) and isinstance(poll_interval, int | float)
+            if not number or not poll_interval > 0:  # (NaN too)
+                raise ConfigError(
+                    f"source {self.url}: poll_interval must be seconds > 0, got {poll_interval!r}",
+                    key="poll_interval",
+                )
         self.follow = follow
-        self.poll_interval = poll_interval
+        self.poll_interval = 0.05 if poll_interval is None else float(poll_interval)
         self._f: Any = None
         self._pos = 0
         #: The file's size as last seen (by a read that reached its end, or a stat) and when
@@ -199,9 +221,7 @@ class JsonLinesSource(BaseSource):
                 "expected follow, poll_interval"
             )
         return cls(
-            path,
-            follow=bool(options.get("follow", False)),
-            poll_interval=float(options.get("poll_interval", 0.05)),
+            path, follow=options.get("follow", False), poll_interval=options.get("poll_interval")
         )
 
     def _open(self) -> None:
