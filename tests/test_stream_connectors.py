@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xlib_pipeline import ConfigError
-from xlib_pipeline.streams import JsonLinesSource
+from xlib_pipeline.streams import JsonLinesSink, JsonLinesSource
 
 
 def _lines(path: Path, rows: list[Any]) -> int:
@@ -290,3 +290,13 @@ def test_cli_poll_interval_without_follow_exits_2_before_the_store_is_touched(
     assert "poll_interval applies only to a followed file" in err and "Traceback" not in err
     assert not store.exists()
     assert main([*args, "--follow", "--max-records", "1"]) == 0
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_jsonl_sink_fsync_must_be_a_bool(tmp_path: Path, value: Any) -> None:
+    """fsync='no' (--sink-option fsync=no) was truthy: the sink synced every batch."""
+    url = f"jsonl:{tmp_path / 'out.jsonl'}"
+    with pytest.raises(ConfigError, match=re.escape(f"fsync must be true or false, got {value!r}")):
+        JsonLinesSink.from_url(url, {"fsync": value})
+    assert JsonLinesSink.from_url(url, {"fsync": False}).fsync is False
+    assert JsonLinesSink.from_url(url, {}).fsync is False

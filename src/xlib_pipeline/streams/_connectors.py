@@ -371,6 +371,10 @@ class JsonLinesSink(BaseSink):
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.url = f"jsonl:{self.path}"
+        if not isinstance(fsync, bool):  # "no" would be truthy: a sync nobody asked for
+            raise ConfigError(
+                f"sink {self.url}: fsync must be true or false, got {fsync!r}", key="fsync"
+            )
         self.fsync = fsync
         self._f: Any = None
         self._pos = 0
@@ -384,7 +388,7 @@ class JsonLinesSink(BaseSink):
         unknown = set(options) - {"fsync"}
         if unknown:
             raise ConfigError(f"sink {url!r}: unknown option(s) {sorted(unknown)}; expected fsync")
-        return cls(path, fsync=bool(options.get("fsync", False)))
+        return cls(path, fsync=options.get("fsync", False))
 
     def open(self, checkpoint: Checkpoint | None) -> Checkpoint | None:
         try:
