@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from xlib_pipeline import Pipeline, PipelineManager
@@ -210,3 +213,45 @@ def test_stopped_streams(tmp_path: Path, stop: str) -> None:
         fams = families(pm.get_plugin("metrics").text())
     assert state(fams, "x") == "stopped"
     assert one(fams, "xlib_pipeline_stream_batches", stream="x") == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=120),
+    batch_size=st.integers(min_value=1, max_value=40),
+    in_flight=st.integers(min_value=1, max_value=3),
+    dead_every=st.sampled_from([None, 3, 7]),
+)
+def test_counters_match_the_streams_own(
+    n: int, batch_size: int, in_flight: int, dead_every: int | None
+) -> None:
+    """The model: a fresh stream's own counters (records, batches, outputs, dead-lettered)
+    are what its committed batches reported; the metrics must say the same."""
+    p = Pipeline("screening")
+
+    @p.task("keep")
+    def keep(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if dead_every is not None and any(r["id"] % dead_every == 0 for r in rows):
+            raise ValueError("a poisoned record")
+        return [r for r in rows if r["amount"] > 0]
+
+    rows = [{"id": i + 1, "amount": i % 3 - 1} for i in range(n)]
+    dead: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp, manager(Path(tmp), True) as pm:
+        s = pm.stream(
+            p,
+            source=rows,
+            sink=lambda out: None,
+            name="prop",
+            batch_size=batch_size,
+            max_in_flight=in_flight,
+            dead_letter=dead.extend,
+        )
+        text = pm.get_plugin("metrics").text()
+    assert s.status == "completed"
+    fams = families(text)
+    assert one(fams, "xlib_pipeline_stream_batches", stream="prop") == s.batches
+    assert one(fams, "xlib_pipeline_stream_records", stream="prop") == s.records == n
+    assert one(fams, "xlib_pipeline_stream_outputs", stream="prop") == s.outputs
+    assert one(fams, "xlib_pipeline_stream_dead_letters", stream="prop") == s.dead == len(dead)
+    assert state(fams, "prop") == "completed"

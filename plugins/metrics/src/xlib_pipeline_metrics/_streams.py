@@ -56,13 +56,12 @@ def record(
     name = str(stream.name)
     st = streams.get(name)
     pipeline = str(stream.pipeline.name)
-    if st is None or event == "started":
-        if st is None or st.pipeline != pipeline:
-            st = streams[name] = StreamStats(pipeline)
+    if st is None or st.pipeline != pipeline:  # the same name on another pipeline: anew
+        st = streams[name] = StreamStats(pipeline)
+    if event == "started":
         st.state = "running"
         st.lag = None
-        return
-    if event == "batch":
+    elif event == "batch":
         st.batches += 1
         counts = st.counts
         for key in counts:
