@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,7 @@ import pytest
 
 from xlib_pipeline import Pipeline, PipelineManager, _lease
 from xlib_pipeline.store import RunStore
-
-# Generous for a thread told to stop (it ends in milliseconds), and shorter than the lease
-# heartbeat's HEARTBEAT_S (10 s), so a thread that only ends at its next timer is caught.
-JOIN_S = 5.0
-
-
-def ours(threads: Iterable[threading.Thread]) -> set[threading.Thread]:
-    return {t for t in threads if t.name.startswith("xlib-") and t.is_alive()}
-
-
-def assert_all_end(threads: Iterable[threading.Thread], what: str) -> None:
-    """Join each thread (bounded); fail naming the ones still alive."""
-    alive = []
-    for t in threads:
-        t.join(JOIN_S)
-        if t.is_alive():
-            alive.append(t.name)
-    assert not alive, f"still alive {JOIN_S:.0f} s after {what}: {sorted(alive)}"
+from xlib_pipeline.testing import THREAD_JOIN_S, assert_threads_end, our_threads
 
 
 def _beats_seen(store: RunStore, count: int) -> tuple[threading.Event, list[tuple[Any, ...]]]:
@@ -60,13 +42,13 @@ def test_closing_the_manager_joins_the_lease_heartbeat(tmp_path: Path) -> None:
     for k in range(2):
         pm = PipelineManager({"store": {"path": str(tmp_path / f"th{k}.sqlite")}})
         assert pm.execute_pipeline(p).success
-        started = ours(set(threading.enumerate()) - before)
+        started = our_threads(set(threading.enumerate()) - before)
         assert "xlib-lease" in {t.name for t in started}  # lingers while the store is open
         pm.close()
         for t in started:
             if t.name == "xlib-lease":
                 assert not t.is_alive(), "pm.close() returned with the lease heartbeat alive"
-    assert_all_end(ours(set(threading.enumerate()) - before), "both managers closed")
+    assert_threads_end(our_threads(set(threading.enumerate()) - before), "both managers closed")
 
 
 def test_a_long_runs_lease_is_still_refreshed_every_heartbeat(
@@ -82,7 +64,7 @@ def test_a_long_runs_lease_is_still_refreshed_every_heartbeat(
         seen: list[Any] = []
 
         def slow() -> int:
-            assert two.wait(JOIN_S), "no two heartbeats while the run ran"
+            assert two.wait(THREAD_JOIN_S), "no two heartbeats while the run ran"
             seen.append(store.lease(params[-1][1]))
             return 1
 
@@ -108,13 +90,13 @@ def test_store_close_stops_a_beating_thread_and_nothing_beats_after(
     one, _ = _beats_seen(store, 1)
     before = set(threading.enumerate())
     store.keep_alive("held-run")
-    (beat,) = ours(set(threading.enumerate()) - before)
+    (beat,) = our_threads(set(threading.enumerate()) - before)
     assert beat.name == "xlib-lease"
-    assert one.wait(JOIN_S), "the heartbeat never beat"
+    assert one.wait(THREAD_JOIN_S), "the heartbeat never beat"
     store.close()  # the run still holds its lease: close must not wait for its let_go
     assert not beat.is_alive(), "RunStore.close() returned with the lease heartbeat alive"
     store.keep_alive("late-run")
-    assert not ours(set(threading.enumerate()) - before)
+    assert not our_threads(set(threading.enumerate()) - before)
 
 
 def test_a_manager_with_the_store_leaves_no_thread_after_close(tmp_path: Path) -> None:
@@ -124,7 +106,7 @@ def test_a_manager_with_the_store_leaves_no_thread_after_close(tmp_path: Path) -
     seen: set[threading.Thread] = set()
 
     def look(*args: Any) -> Any:
-        seen.update(ours(threading.enumerate()))
+        seen.update(our_threads(threading.enumerate()))
         return args[0] if args else 1
 
     p = Pipeline("guard")
@@ -145,8 +127,10 @@ def test_a_manager_with_the_store_leaves_no_thread_after_close(tmp_path: Path) -
             from_start=True,
         )
         assert stream.status == "completed" and stream.batches == 3
-        seen |= ours(set(threading.enumerate()) - before)
+        seen |= our_threads(set(threading.enumerate()) - before)
     finally:
         pm.close()
     assert "xlib-lease" in {t.name for t in seen}
-    assert_all_end((seen - before) | ours(set(threading.enumerate()) - before), "pm.close()")
+    assert_threads_end(
+        (seen - before) | our_threads(set(threading.enumerate()) - before), "pm.close()"
+    )

@@ -7,6 +7,8 @@
 - :class:`HeldBatchesConformance` is a pytest mixin every run store backend should pass (a
   stream batch's run rows commit only with its checkpoint): subclass it, override
   ``store_section``, and pytest collects its tests.
+- :func:`our_threads` and :func:`assert_threads_end`: a plugin's threads (named ``xlib-...``)
+  end once the manager that started them is closed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,28 @@ from ._manager import PipelineManager
 from ._records import RunContext, TaskOutcome
 from ._task import Pipeline, Task
 from .hookspecs import hookimpl
+
+#: How long :func:`assert_threads_end` waits for each thread: generous for a thread told to
+#: stop (it ends in milliseconds), and shorter than the run store's lease heartbeat period
+#: (10 s), so a thread that only ends at its next timer is caught.
+THREAD_JOIN_S = 5.0
+
+
+def our_threads(threads: Iterable[threading.Thread]) -> set[threading.Thread]:
+    """The live threads among ``threads`` named as the library's are (``xlib-...``)."""
+    return {t for t in threads if t.name.startswith("xlib-") and t.is_alive()}
+
+
+def assert_threads_end(threads: Iterable[threading.Thread], what: str) -> None:
+    """Join each thread (at most :data:`THREAD_JOIN_S` each); fail naming those still alive.
+
+    ``what`` says what should have ended them, for the message (``"pm.close()"``)."""
+    alive = []
+    for t in threads:
+        t.join(THREAD_JOIN_S)
+        if t.is_alive():
+            alive.append(t.name)
+    assert not alive, f"still alive {THREAD_JOIN_S:.0f} s after {what}: {sorted(alive)}"
 
 
 def isolated_manager(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,7 @@ import pytest
 from xlib_pipeline_audit import AuditPlugin, read, verify
 
 from xlib_pipeline import Pipeline, PipelineManager
-
-# Generous for a thread told to stop (it ends in milliseconds), and shorter than the lease
-# heartbeat's HEARTBEAT_S (10 s), so a thread that only ends at its next timer is caught.
-JOIN_S = 5.0
-
-
-def ours(threads: Iterable[threading.Thread]) -> set[threading.Thread]:
-    return {t for t in threads if t.name.startswith("xlib-") and t.is_alive()}
-
-
-def assert_all_end(threads: Iterable[threading.Thread], what: str) -> None:
-    """Join each thread (bounded); fail naming the ones still alive."""
-    alive = []
-    for t in threads:
-        t.join(JOIN_S)
-        if t.is_alive():
-            alive.append(t.name)
-    assert not alive, f"still alive {JOIN_S:.0f} s after {what}: {sorted(alive)}"
+from xlib_pipeline.testing import assert_threads_end, our_threads
 
 
 def test_a_manager_with_audit_store_and_lineage_leaves_no_thread_after_close(
@@ -43,7 +25,7 @@ def test_a_manager_with_audit_store_and_lineage_leaves_no_thread_after_close(
     seen: set[threading.Thread] = set()
 
     def look(*args: Any) -> Any:
-        seen.update(ours(threading.enumerate()))
+        seen.update(our_threads(threading.enumerate()))
         return args[0] if args else 1
 
     trail = tmp_path / "audit.jsonl"
@@ -79,12 +61,14 @@ def test_a_manager_with_audit_store_and_lineage_leaves_no_thread_after_close(
             from_start=True,
         )
         assert stream.status == "completed" and stream.batches == 3, stream.error
-        seen |= ours(set(threading.enumerate()) - before)
+        seen |= our_threads(set(threading.enumerate()) - before)
     finally:
         pm.close()
     names = {t.name for t in seen}
     assert "xlib-audit-sync:audit.jsonl" in names and "xlib-lease" in names, names
-    assert_all_end((seen - before) | ours(set(threading.enumerate()) - before), "pm.close()")
+    assert_threads_end(
+        (seen - before) | our_threads(set(threading.enumerate()) - before), "pm.close()"
+    )
     assert verify(trail).ok
     assert {"run.started", "call.finished", "stream.completed"} <= {
         r["action"] for r in read(trail)
