@@ -30,12 +30,11 @@ from xlib_pipeline import (
     hookimpl,
 )
 
-from ._state import FiringState
-
 if TYPE_CHECKING:  # pragma: no cover
     from ._channels import Alert
     from ._sender import ChannelSender
     from ._settings import AlertingSettings, Rule
+    from ._state import FiringState
 
 # The entry point loads this module on every PipelineManager(): the settings (attrs
 # classes) and channel modules are imported when ``alerting`` is configured or used.
@@ -171,6 +170,8 @@ class AlertingPlugin:
 
         self.senders = {c.name: ChannelSender(c, s) for c in s.channels}
         path = Path(s.state_file).expanduser() if s.state_file else data_dir() / "alerting.json"
+        from ._state import FiringState  # not at import: the plugin loads unconfigured
+
         self.state = FiringState(path)
         manager.register(RunAlerts(self), name="alerting.runs")
         if s.task_rules:

@@ -21,14 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import ComplianceEvent, ConfigError, ConfigKey, MetricSample, Status, hookimpl
 
-from ._streams import StreamStats
-from ._streams import families as stream_families
-from ._streams import record as stream_record
-
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.core import Metric
 
     from ._settings import MetricsSettings
+    from ._streams import StreamStats
 
 
 def _settings(value: Any) -> MetricsSettings | None:
@@ -353,7 +350,9 @@ class MetricsPlugin:
                         )
             for exporter, n in sorted(self._export_errors.items()):
                 errors.add_metric([exporter], n)
-            streams = list(stream_families(core, self._streams))  # none without streams
+            from ._streams import families  # not at import: the plugin loads unconfigured
+
+            streams = list(families(core, self._streams))  # none without streams
         return [
             runs,
             tasks,
@@ -367,8 +366,6 @@ class MetricsPlugin:
             errors,
             *streams,
         ]
-
-    # -- counting ----------------------------------------------------------------------------
 
     def _fold(self, st: _PipelineStats, tasks: Any) -> None:
         """Add a run's task results (final or a live snapshot) to ``st``. Holds the lock."""
@@ -441,8 +438,10 @@ class MetricsPlugin:
 
     def stream_event(self, stream: Any, event: str, info: Any) -> None:
         """A stream's event: counted per stream name; its end is exported at once."""
+        from ._streams import record
+
         with self._lock:
-            stream_record(self._streams, stream, event, info)
+            record(self._streams, stream, event, info)
         if event not in ("started", "batch"):  # batches go out with the next run end
             self.export()
 
