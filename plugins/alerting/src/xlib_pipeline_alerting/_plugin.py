@@ -300,15 +300,29 @@ class AlertingPlugin:
         elif result.success and self.settings is not None and self.settings.resolve:
             self.resolve(name, result.run_id)
 
-    def resolve(self, pipeline: str, run_id: str) -> None:
-        """Send the resolved notification of every alert firing for ``pipeline``."""
+    def resolve(
+        self,
+        pipeline: str,
+        run_id: str | None,
+        *,
+        stream: str | None = None,
+        batch: int | None = None,
+        messages: dict[str, str] | None = None,
+    ) -> None:
+        """Send the resolved notification of every alert firing for ``pipeline``'s runs, or,
+        given ``stream``, of that stream's alerts whose dedup keys ``messages`` maps to the
+        notification's message (committed batch ``batch``)."""
         assert self.state is not None
         try:
-            firing = self.state.take(pipeline)
+            firing = self.state.take(pipeline, stream=stream, keys=messages)
         except OSError as exc:
             _log.error("alerting: cannot read firing alerts from %s: %s", self.state.path, exc)
             return
         for a in firing:
+            extra: dict[str, Any] = {}
+            if stream is not None:
+                extra = {"stream": stream, "batch": batch, "threshold": a.get("threshold")}
+                extra["message"] = (messages or {}).get(a["dedup_key"], "")
             self.dispatch(
                 _alert(
                     rule=a["rule"],
@@ -320,6 +334,7 @@ class AlertingPlugin:
                     severity=a["severity"],
                     time=time.time(),
                     labels=a.get("labels") or {},
+                    **extra,
                 )
             )
 

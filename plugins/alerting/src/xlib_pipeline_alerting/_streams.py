@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from xlib_pipeline import hookimpl
@@ -157,33 +156,9 @@ class StreamAlerts:
     def _resolve(
         self, pipeline: str, name: str, keys: dict[str, str], run_id: Any, seq: Any
     ) -> None:
-        from ._plugin import _alert
-
         p = self.plugin
-        if p.state is None or p.settings is None or not p.settings.resolve:
-            return
-        try:
-            firing = p.state.take(pipeline, stream=name, keys=keys)
-        except OSError as exc:
-            _log.error("alerting: cannot read firing alerts from %s: %s", p.state.path, exc)
-            return
-        for a in firing:
-            p.dispatch(
-                _alert(
-                    rule=a["rule"],
-                    pipeline=pipeline,
-                    status="resolved",
-                    run_id=run_id,
-                    stream=name,
-                    batch=seq,
-                    threshold=a.get("threshold"),
-                    tenant=a.get("tenant"),
-                    severity=a["severity"],
-                    time=time.time(),
-                    labels=a.get("labels") or {},
-                    message=keys.get(a["dedup_key"], ""),
-                )
-            )
+        if p.state is not None and p.settings is not None and p.settings.resolve:
+            p.resolve(pipeline, run_id, stream=name, batch=seq, messages=keys)
 
 
 def _tenant(stream: Any) -> str | None:
