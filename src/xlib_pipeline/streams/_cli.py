@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from typing import Any
 
 from ..exceptions import PipelineError
@@ -144,11 +145,8 @@ def _stopped(pm: Any, name: str) -> Any:
 
     from .._tables import open_checkpoints
 
-    ckpt = open_checkpoints(pm.store, "stream")
-    try:
+    with closing(open_checkpoints(pm.store, "stream")) as ckpt:
         rec = ckpt.load(name)
-    finally:
-        ckpt.close()
     if rec is None or rec.status != "stopped":
         return None
     return SimpleNamespace(
@@ -208,11 +206,8 @@ def stream_hint(store: Any, name: str) -> str | None:
     opener = getattr(store, "open_checkpoints", None)
     if opener is None:
         return None
-    ckpt = opener()
-    try:
+    with closing(opener()) as ckpt:
         names = [r.name for r in ckpt.list_streams()]
-    finally:
-        ckpt.close()
     return suggest(name, names)
 
 
@@ -221,14 +216,11 @@ def show_stream(store: Any, name: str, *, as_json: bool, guard: Any) -> bool:
     from .._tables import open_checkpoints
     from ..cli._format import id_column, iso
 
-    ckpt = open_checkpoints(store, "runs show")
-    try:
+    with closing(open_checkpoints(store, "runs show")) as ckpt:
         rec = ckpt.load(name)
         if rec is None:
             return False
         batches = ckpt.batches(name, limit=10)
-    finally:
-        ckpt.close()
     if guard is not None:  # the stream's data is read under its policy
         _check_access(store, rec, batches, guard)
     span = (rec.updated or 0) - (rec.started or 0)
